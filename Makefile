@@ -1,0 +1,50 @@
+# serverPKI — the two commands a newcomer needs: `make demo` and `make test`.
+# Both install what is missing first (Debian packages as root, a virtualenv).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-plpython3-15 python3-cryptography \
+                pebble bind9 bind9-utils bind9-dnsutils openssh-server openssl
+STAMP_APT := $(VENV)/.apt-done
+STAMP_PIP := $(VENV)/.pip-done
+
+.PHONY: setup test test-fast demo bench clean db-init db-upgrade db-status
+
+setup: $(STAMP_APT) $(STAMP_PIP)
+
+# the real peers: PostgreSQL with plpython3u, Pebble, BIND 9, OpenSSH (COMPONENTS.md)
+$(STAMP_APT):
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@$(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(STAMP_PIP): pyproject.toml $(STAMP_APT)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+test: setup
+	$(BIN)/pytest -q
+
+demo: setup
+	$(BIN)/serverpki demo
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# apply db/ to the database named by PGHOST/PGPORT/PGDATABASE/PGUSER
+db-init: setup
+	$(BIN)/serverpki db init
+db-upgrade: setup
+	$(BIN)/serverpki db upgrade
+db-status: setup
+	$(BIN)/serverpki db status
+
+clean:
+	rm -rf $(VENV) build *.egg-info agent/*.egg-info .pytest_cache

@@ -1,0 +1,74 @@
+"""`serverpki`: the administrative verbs the seed's command line does not have."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from . import migrate
+from .db import connect, refusals_as_errors
+from .errors import ServerPKIError
+
+# locals can hold keys and passphrases: never print them in a traceback
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+                  help="serverPKI administration: database schema, agent, demo.")
+db_app = typer.Typer(no_args_is_help=True, help="Install or upgrade the serverPKI schema.")
+app.add_typer(db_app, name="db")
+
+DsnOption = Annotated[Optional[str], typer.Option(
+    "--dsn", envvar="SERVERPKI_DSN",
+    help="libpq connection string; default: PGHOST, PGPORT, PGDATABASE, PGUSER")]
+
+
+def _fail(exc: ServerPKIError) -> None:
+    typer.echo(f"serverpki: {exc}", err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@db_app.command("init")
+def db_init(dsn: DsnOption = None) -> None:
+    """Install the schema into an empty database (the same as upgrade, which is safe to repeat)."""
+    db_upgrade(dsn)
+
+
+@db_app.command("upgrade")
+def db_upgrade(dsn: DsnOption = None) -> None:
+    """Apply new versioned DDL once, and re-apply functions, views and triggers."""
+    try:
+        with connect(dsn, autocommit=True) as conn, refusals_as_errors():
+            applied = migrate.upgrade(conn, log=lambda line: typer.echo(line))
+            typer.echo(f"schema is current ({len(applied)} migration(s) applied now; functions, views and triggers re-applied)")
+    except ServerPKIError as exc:
+        _fail(exc)
+
+
+@db_app.command("status")
+def db_status(dsn: DsnOption = None) -> None:
+    """Show applied and pending migrations and whether keys are encrypted."""
+    try:
+        with connect(dsn, autocommit=True) as conn, refusals_as_errors():
+            st = migrate.status(conn)
+    except ServerPKIError as exc:
+        _fail(exc)
+    typer.echo(f"applied: {', '.join(st.applied) or 'none'}")
+    typer.echo(f"pending: {', '.join(st.pending) or 'none'}")
+    if st.keys_encrypted is not None:
+        typer.echo(f"keys encrypted: {'yes' if st.keys_encrypted else 'no'}")
+    if st.pending:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo_command(keep: Annotated[bool, typer.Option(help="leave the lab running and print how to reach it")] = False) -> None:
+    """Run the whole job on a self-contained local setup (a private lab on loopback)."""
+    from .demo import run_demo
+
+    try:
+        run_demo(keep=keep)
+    except ServerPKIError as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,90 @@
+"""Install and upgrade the database: versioned DDL once, everything else always.
+
+db/schema/NNNN_*.sql are applied once each, in order, and recorded in
+pki.schema_migrations (the row is written before the DDL, in the same
+transaction, so two installers racing cannot both apply one). Functions,
+views and triggers (db/functions, db/views, db/triggers) are re-applied on
+every upgrade, in the order of their number prefix across the three folders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+
+REPEATABLE_DIRS = ("functions", "views", "triggers")
+LOCK_KEY = 0x5E5F_E9C1  # advisory lock: one installer at a time per database
+
+
+def sql_root() -> Path:
+    """The db/ folder shipped inside the package (a link to the checkout's db/ in development)."""
+    return Path(str(resources.files("serverpki") / "db"))
+
+
+def versioned_files(root: Path | None = None) -> list[Path]:
+    root = root or sql_root()
+    return sorted((root / "schema").glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
+
+def repeatable_files(root: Path | None = None) -> list[Path]:
+    root = root or sql_root()
+    files = [f for d in REPEATABLE_DIRS for f in (root / d).glob("[0-9][0-9][0-9][0-9]_*.sql")]
+    return sorted(files, key=lambda f: (f.name, f.parent.name))
+
+
+@dataclass
+class Status:
+    applied: list[str]
+    pending: list[str]
+    keys_encrypted: bool | None
+
+
+def _applied(conn: psycopg.Connection) -> list[str]:
+    exists = conn.execute("SELECT to_regclass('pki.schema_migrations') IS NOT NULL").fetchone()[0]
+    if not exists:
+        return []
+    return [r[0] for r in conn.execute("SELECT version FROM pki.schema_migrations ORDER BY version")]
+
+
+def status(conn: psycopg.Connection) -> Status:
+    applied = _applied(conn)
+    pending = [f.stem for f in versioned_files() if f.stem not in applied]
+    encrypted = None
+    if applied:
+        row = conn.execute("SELECT keysencrypted FROM pki.revision ORDER BY id DESC LIMIT 1").fetchone()
+        encrypted = row[0] if row else None
+    return Status(applied, pending, encrypted)
+
+
+def upgrade(conn: psycopg.Connection, log=print) -> list[str]:
+    """Bring the database to this release; returns the versions applied now. Safe to run twice."""
+    done: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        conn.execute("SET LOCAL search_path = pki, dd, public")
+        applied = set(_applied(conn))
+        for f in versioned_files():
+            if f.stem in applied:
+                continue
+            if applied or done:
+                conn.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (f.stem,))
+                conn.execute(f.read_text())
+            else:  # the first migration creates the table it is recorded in
+                conn.execute(f.read_text())
+                conn.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (f.stem,))
+            done.append(f.stem)
+            log(f"applied {f.relative_to(f.parents[1])}")
+        for f in repeatable_files():
+            conn.execute(f.read_text())
+        configure_database(conn)
+    return done
+
+
+def configure_database(conn: psycopg.Connection) -> None:
+    """Per-database settings, which CREATE DATABASE ... TEMPLATE does not copy."""
+    conn.execute(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = pki, dd, public', current_database()); END $$"
+    )

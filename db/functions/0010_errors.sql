@@ -1,0 +1,31 @@
+-- 0010_errors: the registry of our SQLSTATEs and the one way we raise them.
+-- Every refusal names the offending value (MESSAGE) and what to do (HINT).
+
+INSERT INTO dd.sqlstates (code, name, meaning) VALUES
+    ('SP001', 'invalid_name',        'a host, subject, jail, place or service name breaks its syntax rules'),
+    ('SP002', 'not_found',           'a name given to a function or a selection is not in the configuration'),
+    ('SP003', 'duplicate',           'the object exists already (names are unique, case-insensitively)'),
+    ('SP004', 'invalid_path',        'a path is not absolute, contains ".." or "." or control characters'),
+    ('SP005', 'out_of_range',        'a number is outside its range (port, mode, uid, gid, TTL, setting)'),
+    ('SP006', 'invalid_tlsa_prefix', 'a TLSA prefix is not of the form "_PORT._PROTO.{}. TTL IN TLSA U S M"'),
+    ('SP007', 'structure',           'a rule between rows is broken (jail needs jailroot, one subject per certificate, ...)'),
+    ('SP008', 'invalid_certificate', 'stored certificate data is not a parsable certificate, or disagrees with its key, hash or instance'),
+    ('SP009', 'missing_value',       'a required argument is NULL or empty'),
+    ('SP010', 'in_use',              'the object is still referenced; remove the references first'),
+    ('SP011', 'invalid_value',       'a value is not one of the allowed values of its kind (enum, setting)'),
+    ('SP012', 'read_only',           'the row or column may not be changed this way')
+ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, meaning = EXCLUDED.meaning;
+
+-- raise_error: raise one of our SQLSTATEs with a message and a hint
+CREATE OR REPLACE FUNCTION pki.raise_error(code text, message text, hint text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM dd.sqlstates s WHERE s.code = raise_error.code) THEN
+        RAISE EXCEPTION 'internal: unregistered SQLSTATE % (%)', code, message;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, HINT = hint;
+END
+$$;

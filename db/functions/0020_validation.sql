@@ -1,0 +1,204 @@
+-- 0020_validation: the syntax rules of names, paths and numbers. Each check
+-- raises our SQLSTATE naming the value and what it was for, or returns quietly.
+-- Triggers call them, so plain INSERT/UPDATE is checked as strictly as the
+-- management functions.
+
+-- check_required: a value must be given and not be blank
+CREATE OR REPLACE FUNCTION pki.check_required(value text, what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL OR btrim(value) = '' THEN
+        PERFORM pki.raise_error('SP009', format('%s must not be empty', what),
+            format('give a value for %s', what));
+    END IF;
+END
+$$;
+
+-- check_printable: no control characters (they break logs, file names and shells)
+CREATE OR REPLACE FUNCTION pki.check_printable(value text, what text, max_length int)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL THEN
+        RETURN;
+    END IF;
+    IF value ~ '[[:cntrl:]]' THEN
+        PERFORM pki.raise_error('SP001', format('%s %s contains a control character', what, quote_literal(left(value, 80))),
+            'remove tabs, newlines and other control characters');
+    END IF;
+    IF length(value) > max_length THEN
+        PERFORM pki.raise_error('SP001', format('%s %s… is %s characters long, more than %s',
+                what, quote_literal(left(value, 40)), length(value), max_length),
+            format('use at most %s characters', max_length));
+    END IF;
+END
+$$;
+
+-- check_host_name: LDH labels of 1..63, 253 in all; '*' only as the whole leftmost label
+CREATE OR REPLACE FUNCTION pki.check_host_name(value text, what text, allow_wildcard boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    labels text[];
+    label text;
+    i int;
+BEGIN
+    PERFORM pki.check_required(value, what);
+    PERFORM pki.check_printable(value, what, 253);
+    labels := string_to_array(value, '.');
+    FOR i IN 1 .. array_length(labels, 1) LOOP
+        label := labels[i];
+        IF label = '*' AND i = 1 AND allow_wildcard AND array_length(labels, 1) > 2 THEN
+            CONTINUE;
+        END IF;
+        IF label = '*' OR position('*' IN label) > 0 THEN
+            PERFORM pki.raise_error('SP001', format('%s "%s": a wildcard is allowed only as the whole leftmost label%s',
+                    what, value, CASE WHEN allow_wildcard THEN ' of a name with at least two more labels' ELSE ' of a certificate name, not here' END),
+                'write it as *.example.org');
+        END IF;
+        IF label = '' THEN
+            PERFORM pki.raise_error('SP001', format('%s "%s" has an empty label', what, value),
+                'write the name without leading, trailing or doubled dots');
+        END IF;
+        IF length(label) > 63 THEN
+            PERFORM pki.raise_error('SP001', format('%s "%s": label "%s" is longer than 63 characters', what, value, label),
+                'DNS labels have at most 63 characters');
+        END IF;
+        IF label !~ '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$' THEN
+            PERFORM pki.raise_error('SP001', format('%s "%s": label "%s" is not letters, digits and inner hyphens', what, value, label),
+                'host names use letters, digits and hyphens (LDH), no hyphen at either end of a label');
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- check_simple_name: one safe path component (jail, place, client, service names)
+CREATE OR REPLACE FUNCTION pki.check_simple_name(value text, what text, max_length int DEFAULT 64)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    PERFORM pki.check_required(value, what);
+    PERFORM pki.check_printable(value, what, max_length);
+    IF value !~ '^[A-Za-z0-9][A-Za-z0-9._@-]*$' THEN
+        PERFORM pki.raise_error('SP001', format('%s "%s" must start with a letter or digit and hold only letters, digits, ".", "_", "@" and "-"', what, value),
+            'it becomes part of a path or file name on the target; pick a name without "/", spaces or shell characters');
+    END IF;
+END
+$$;
+
+-- check_subject_name: the syntax a subject's name needs for its type
+CREATE OR REPLACE FUNCTION pki.check_subject_name(value text, subject_type dd.subject_type, is_altname boolean)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    what text := CASE WHEN is_altname THEN 'alt name' ELSE 'subject name' END;
+BEGIN
+    CASE subject_type
+        WHEN 'client' THEN
+            PERFORM pki.check_simple_name(value, 'client ' || what);
+        WHEN 'CA' THEN
+            PERFORM pki.check_required(value, 'CA ' || what);
+            PERFORM pki.check_printable(value, 'CA ' || what, 64);
+            IF value ~ '[/\\]' OR value ~ '^[ .]' THEN
+                PERFORM pki.raise_error('SP001', format('CA %s "%s" must not contain "/" or "\" nor start with a space or a dot', what, value),
+                    'use a plain name such as "Local CA"');
+            END IF;
+        ELSE
+            PERFORM pki.check_host_name(value, what, true);
+    END CASE;
+END
+$$;
+
+-- check_abs_path: absolute, no "." or ".." component, no control characters
+CREATE OR REPLACE FUNCTION pki.check_abs_path(value text, what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL THEN
+        RETURN;
+    END IF;
+    IF value ~ '[[:cntrl:]]' THEN
+        PERFORM pki.raise_error('SP004', format('%s %s contains a control character', what, quote_literal(left(value, 80))),
+            'remove tabs, newlines and other control characters from the path');
+    END IF;
+    IF length(value) > 1024 THEN
+        PERFORM pki.raise_error('SP004', format('%s "%s…" is longer than 1024 characters', what, left(value, 40)),
+            'use a shorter path');
+    END IF;
+    IF left(value, 1) <> '/' THEN
+        PERFORM pki.raise_error('SP004', format('%s "%s" is not an absolute path', what, value),
+            'start the path with "/"');
+    END IF;
+    IF value ~ '(^|/)\.\.?(/|$)' THEN
+        PERFORM pki.raise_error('SP004', format('%s "%s" contains a "." or ".." component', what, value),
+            'write the path without "." and ".." so it cannot leave its directory');
+    END IF;
+    IF value ~ '//' THEN
+        PERFORM pki.raise_error('SP004', format('%s "%s" contains an empty component ("//")', what, value),
+            'write the path with single slashes');
+    END IF;
+END
+$$;
+
+-- check_range: an integer within lo..hi
+CREATE OR REPLACE FUNCTION pki.check_range(value bigint, lo bigint, hi bigint, what text, hint text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    IF value IS NOT NULL AND (value < lo OR value > hi) THEN
+        PERFORM pki.raise_error('SP005', format('%s %s is out of range %s..%s', what, value, lo, hi),
+            coalesce(hint, format('give a number from %s to %s', lo, hi)));
+    END IF;
+END
+$$;
+
+-- tlsa_prefix_parts: the fields of a TLSA prefix such as '_443._tcp.{}. 3600 IN TLSA 3 0 1', or NULL
+CREATE OR REPLACE FUNCTION pki.tlsa_prefix_parts(prefix text,
+    OUT port int, OUT proto text, OUT ttl bigint, OUT usage int, OUT selector int, OUT matching int)
+LANGUAGE sql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT m[1]::int, m[2], m[3]::bigint, m[4]::int, m[5]::int, m[6]::int
+      FROM regexp_match(prefix,
+        '^_([0-9]{1,5})\._(tcp|udp|sctp)\.\{\}\.[ \t]+([0-9]{1,10})[ \t]+IN[ \t]+TLSA[ \t]+([0-9]{1,3})[ \t]+([0-9]{1,3})[ \t]+([0-9]{1,3})$', 'i') AS m
+$$;
+
+-- check_tlsa_prefix: the prefix parses, its port is the service's, and its fields are in range
+CREATE OR REPLACE FUNCTION pki.check_tlsa_prefix(prefix text, service_port int)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    p record;
+    example text := format('_%s._tcp.{}. 3600 IN TLSA 3 0 1', coalesce(service_port, 443));
+BEGIN
+    PERFORM pki.check_required(prefix, 'TLSA prefix');
+    PERFORM pki.check_printable(prefix, 'TLSA prefix', 200);
+    SELECT * INTO p FROM pki.tlsa_prefix_parts(prefix);
+    IF p.port IS NULL THEN
+        PERFORM pki.raise_error('SP006', format('TLSA prefix "%s" is not of the form "_PORT._PROTO.{}. TTL IN TLSA USAGE SELECTOR MATCHING"', prefix),
+            format('write it like "%s"; {} stands for the certificate''s names', example));
+    END IF;
+    IF p.port <> service_port THEN
+        PERFORM pki.raise_error('SP006', format('TLSA prefix "%s" names port %s, but the service''s port is %s', prefix, p.port, service_port),
+            format('write it like "%s"', example));
+    END IF;
+    IF p.ttl > 2147483647 THEN
+        PERFORM pki.raise_error('SP006', format('TLSA prefix "%s": TTL %s is out of range 0..2147483647', prefix, p.ttl),
+            'use a TTL such as 3600');
+    END IF;
+    IF p.usage > 3 OR p.selector > 1 OR p.matching > 2 THEN
+        PERFORM pki.raise_error('SP006', format('TLSA prefix "%s": usage %s, selector %s, matching type %s are not all in range (usage 0-3, selector 0-1, matching 0-2)',
+                prefix, p.usage, p.selector, p.matching),
+            'DANE-EE with the full certificate and SHA-256 is "3 0 1"');
+    END IF;
+END
+$$;

@@ -1,0 +1,106 @@
+-- 0400_certkeydata: no client can store an inconsistent certificate. Server-side
+-- Python (Debian's python3-cryptography 38) parses every stored certificate;
+-- the TLSA hash and the validity dates are derived from it, never trusted.
+
+-- check_certkeydata: parse the PEM certificate, derive hash and dates, check algo and key
+CREATE OR REPLACE FUNCTION pki.check_certkeydata()
+RETURNS trigger LANGUAGE plpython3u
+SET search_path = pki, dd, pg_temp
+AS $$
+import hashlib
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+def refuse(code, message, hint):
+    plpy.error(message, hint=hint, sqlstate=code)
+
+new = TD["new"]
+if TD["event"] == "UPDATE":
+    old = TD["old"]
+    for column in ("certinstance", "encryption_algo", "cert", "hash", "not_before", "not_after"):
+        if new[column] != old[column]:
+            refuse("SP012", "certkeydata %s: column %s cannot change; a stored certificate is immutable" % (old["id"], column),
+                   "issue a new instance instead")
+
+pem = bytes(new["cert"]) if new["cert"] is not None else b""
+if pem.count(b"-----BEGIN CERTIFICATE-----") != 1:
+    refuse("SP008", "certkeydata for instance %s: cert must hold exactly one PEM certificate" % new["certinstance"],
+           "store the leaf certificate only; its CA certificate is an instance of its own (cacert)")
+try:
+    cert = x509.load_pem_x509_certificate(pem)
+    der = cert.public_bytes(serialization.Encoding.DER)
+except Exception as exc:
+    refuse("SP008", "certkeydata for instance %s: cert is not a parsable PEM certificate (%s)" % (new["certinstance"], type(exc).__name__),
+           "store the PEM text as produced by the CA")
+
+public_key = cert.public_key()
+algo = "rsa" if isinstance(public_key, rsa.RSAPublicKey) else "ec" if isinstance(public_key, ec.EllipticCurvePublicKey) else None
+if algo is None or algo != new["encryption_algo"]:
+    refuse("SP008", "certkeydata for instance %s: the certificate's key is %s, the row says %s" % (
+               new["certinstance"], algo or type(public_key).__name__, new["encryption_algo"]),
+           "set encryption_algo to the certificate's key algorithm (rsa or ec)")
+
+digest = hashlib.sha256(der).hexdigest().upper()
+if new["hash"] is not None and new["hash"].upper() != digest:
+    refuse("SP008", "certkeydata for instance %s: hash %s is not the SHA-256 of the certificate (%s)" % (
+               new["certinstance"], new["hash"], digest),
+           "leave hash NULL; the database computes it")
+new["hash"] = digest
+new["not_before"] = cert.not_valid_before.isoformat() + "+00:00"
+new["not_after"] = cert.not_valid_after.isoformat() + "+00:00"
+
+key_pem = bytes(new["key"]) if new["key"] is not None else None
+if key_pem is not None and b"ENCRYPTED" not in key_pem:
+    # an encrypted key cannot be opened here; a clear one must belong to the certificate
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        matches = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == \
+            public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except Exception as exc:
+        refuse("SP008", "certkeydata for instance %s: key is not a parsable PEM private key (%s)" % (new["certinstance"], type(exc).__name__),
+               "store the key as PKCS#8 PEM")
+    if not matches:
+        refuse("SP008", "certkeydata for instance %s: the key does not belong to the certificate" % new["certinstance"],
+               "store the key that signed the CSR of this certificate")
+return "MODIFY"
+$$;
+DROP TRIGGER IF EXISTS check_certkeydata ON pki.certkeydata;
+CREATE TRIGGER check_certkeydata BEFORE INSERT OR UPDATE ON pki.certkeydata
+    FOR EACH ROW EXECUTE FUNCTION pki.check_certkeydata();
+
+-- touch_instance_validity: after a pair is stored or removed, let the instance re-derive its dates
+CREATE OR REPLACE FUNCTION pki.touch_instance_validity()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    UPDATE certinstances SET not_before = NULL, not_after = NULL
+     WHERE id = CASE WHEN TG_OP = 'DELETE' THEN OLD.certinstance ELSE NEW.certinstance END;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS touch_instance_validity ON pki.certkeydata;
+CREATE TRIGGER touch_instance_validity AFTER INSERT OR DELETE ON pki.certkeydata
+    FOR EACH ROW EXECUTE FUNCTION pki.touch_instance_validity();
+
+-- derive_instance_validity: an instance with stored pairs is valid where all of them are
+CREATE OR REPLACE FUNCTION pki.derive_instance_validity()
+RETURNS trigger LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    nb timestamptz;
+    na timestamptz;
+BEGIN
+    SELECT max(k.not_before), min(k.not_after) INTO nb, na FROM certkeydata k WHERE k.certinstance = NEW.id;
+    IF nb IS NOT NULL THEN
+        NEW.not_before := nb;
+        NEW.not_after := na;
+    END IF;
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS derive_instance_validity ON pki.certinstances;
+CREATE TRIGGER derive_instance_validity BEFORE INSERT OR UPDATE ON pki.certinstances
+    FOR EACH ROW EXECUTE FUNCTION pki.derive_instance_validity();

@@ -1,0 +1,37 @@
+"""Assertions shared by the SQL tests."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+# every table an operator or the agent can change; a refusal must leave all of them as they were
+STATE_TABLES = (
+    "certificates", "subjects", "services", "certificates_services", "disthosts", "jails",
+    "places", "targets", "settings", "revision", "certinstances", "certkeydata",
+)
+
+
+def snapshot(conn: psycopg.Connection) -> dict[str, list[tuple]]:
+    """The whole content of the state tables, for before/after comparisons."""
+    out = {}
+    for table in STATE_TABLES:
+        if conn.execute("SELECT to_regclass(%s)", (f"pki.{table}",)).fetchone()[0] is None:
+            continue
+        rows = conn.execute(f"SELECT t::text FROM pki.{table} t ORDER BY 1").fetchall()
+        out[table] = rows
+    return out
+
+
+def assert_refused(conn: psycopg.Connection, sql: str, params=None, sqlstate: str = "", match: str = "") -> psycopg.Error:
+    """Run sql, expect our SQLSTATE (and a message containing match), and prove nothing changed."""
+    before = snapshot(conn)
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(sql, params)
+    err = info.value
+    assert err.diag.sqlstate == sqlstate, f"expected {sqlstate}, got {err.diag.sqlstate}: {err.diag.message_primary}"
+    if match:
+        assert match in (err.diag.message_primary or ""), err.diag.message_primary
+    assert err.diag.message_hint, f"refusal without a hint: {err.diag.message_primary}"
+    assert snapshot(conn) == before, "a refused statement changed the database"
+    return err
