@@ -13,7 +13,12 @@ INSERT INTO dd.sqlstates (code, name, meaning) VALUES
     ('SP009', 'missing_value',       'a required argument is NULL or empty'),
     ('SP010', 'in_use',              'the object is still referenced; remove the references first'),
     ('SP011', 'invalid_value',       'a value is not one of the allowed values of its kind (enum, setting)'),
-    ('SP012', 'read_only',           'the row or column may not be changed this way')
+    ('SP012', 'read_only',           'the row or column may not be changed this way'),
+    ('SP020', 'illegal_transition',  'a change of certinstances.state that the state machine does not allow'),
+    ('SP021', 'dane_order',          'a successor would be deployed before its TLSA records were published for 2 x TTL'),
+    ('SP022', 'lease_lost',          'the job is not running under this agent (its lease expired or it finished)'),
+    ('SP023', 'bad_job_result',      'a job result lacks what its kind must report, or does not fit the job'),
+    ('SP024', 'bad_selection',       'a selection names certificates or disthosts that are not in the configuration, or contradicts itself')
 ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, meaning = EXCLUDED.meaning;
 
 -- raise_error: raise one of our SQLSTATEs with a message and a hint

@@ -24,9 +24,10 @@ if TD["event"] == "UPDATE":
                    "issue a new instance instead")
 
 pem = bytes(new["cert"]) if new["cert"] is not None else b""
-if pem.count(b"-----BEGIN CERTIFICATE-----") != 1:
-    refuse("SP008", "certkeydata for instance %s: cert must hold exactly one PEM certificate" % new["certinstance"],
-           "store the leaf certificate only; its CA certificate is an instance of its own (cacert)")
+# nothing but the one certificate: the cert column is readable by pki_admin, so a key must never ride along
+if pem.count(b"-----BEGIN CERTIFICATE-----") != 1 or pem.count(b"-----BEGIN ") != 1:
+    refuse("SP008", "certkeydata for instance %s: cert must hold exactly one PEM certificate and nothing else" % new["certinstance"],
+           "store the leaf certificate only; its CA certificate is an instance of its own (cacert), its key goes in key")
 try:
     cert = x509.load_pem_x509_certificate(pem)
     der = cert.public_bytes(serialization.Encoding.DER)
@@ -51,16 +52,23 @@ new["not_before"] = cert.not_valid_before.isoformat() + "+00:00"
 new["not_after"] = cert.not_valid_after.isoformat() + "+00:00"
 
 key_pem = bytes(new["key"]) if new["key"] is not None else None
-if key_pem is not None and b"ENCRYPTED" not in key_pem:
-    # an encrypted key cannot be opened here; a clear one must belong to the certificate
+if key_pem is not None:
+    if key_pem.count(b"-----BEGIN ") != 1:
+        refuse("SP008", "certkeydata for instance %s: key must hold exactly one PEM private key" % new["certinstance"],
+               "store the key as one PKCS#8 PEM block")
+    # an encrypted key cannot be opened here (the loader says so with TypeError); a clear one must belong to the certificate
+    encrypted = False
+    matches = False
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
         matches = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == \
             public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except TypeError:
+        encrypted = True
     except Exception as exc:
         refuse("SP008", "certkeydata for instance %s: key is not a parsable PEM private key (%s)" % (new["certinstance"], type(exc).__name__),
                "store the key as PKCS#8 PEM")
-    if not matches:
+    if not encrypted and not matches:
         refuse("SP008", "certkeydata for instance %s: the key does not belong to the certificate" % new["certinstance"],
                "store the key that signed the CSR of this certificate")
 return "MODIFY"
@@ -69,9 +77,10 @@ DROP TRIGGER IF EXISTS check_certkeydata ON pki.certkeydata;
 CREATE TRIGGER check_certkeydata BEFORE INSERT OR UPDATE ON pki.certkeydata
     FOR EACH ROW EXECUTE FUNCTION pki.check_certkeydata();
 
--- touch_instance_validity: after a pair is stored or removed, let the instance re-derive its dates
+-- touch_instance_validity: after a pair is stored or removed, let the instance re-derive its dates.
+-- SECURITY DEFINER: pki_admin's remove_cert cascades to key pairs, and the admin may not write instances
 CREATE OR REPLACE FUNCTION pki.touch_instance_validity()
-RETURNS trigger LANGUAGE plpgsql
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
@@ -94,6 +103,12 @@ DECLARE
     na timestamptz;
 BEGIN
     SELECT max(k.not_before), min(k.not_after) INTO nb, na FROM certkeydata k WHERE k.certinstance = NEW.id;
+    -- the pairs of one instance are deployed together, so they must share a period of validity
+    IF nb >= na THEN
+        PERFORM raise_error('SP008', format('certinstance %s: its key pairs are never valid at the same time (latest not_before %s, earliest not_after %s)',
+                NEW.id, nb, na),
+            'store the pairs that were issued together for this instance');
+    END IF;
     IF nb IS NOT NULL THEN
         NEW.not_before := nb;
         NEW.not_after := na;

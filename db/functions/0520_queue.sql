@@ -1,0 +1,392 @@
+-- 0520_queue: enqueue, claim, lease, complete and fail jobs. Completing a job
+-- applies its outcome (store the certificate, advance the state, enqueue what
+-- follows) in the same transaction; the agent decides nothing.
+
+-- without_secrets: a copy of a JSON value without private key material or passphrases
+CREATE OR REPLACE FUNCTION pki.without_secrets(doc jsonb)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    out jsonb;
+BEGIN
+    CASE jsonb_typeof(doc)
+        WHEN 'object' THEN
+            SELECT coalesce(jsonb_object_agg(k, without_secrets(v)), '{}') INTO out
+              FROM jsonb_each(doc) AS e(k, v)
+             WHERE k NOT IN ('key', 'private_key', 'passphrase', 'password', 'secret', 'hmac_key', 'account_key');
+            RETURN out;
+        WHEN 'array' THEN
+            SELECT coalesce(jsonb_agg(without_secrets(v)), '[]') INTO out FROM jsonb_array_elements(doc) AS e(v);
+            RETURN out;
+        WHEN 'string' THEN
+            RETURN CASE WHEN doc #>> '{}' LIKE '%PRIVATE KEY-----%' THEN '"(private key removed)"'::jsonb ELSE doc END;
+        ELSE
+            RETURN doc;
+    END CASE;
+END
+$$;
+
+-- enqueue: one job, unless one of this kind and subject is active already (then NULL)
+CREATE OR REPLACE FUNCTION pki.enqueue(p_kind text, p_subject_key text, p_reason text, p_args jsonb DEFAULT '{}',
+    p_certificate int DEFAULT NULL, p_instance int DEFAULT NULL, p_disthost int DEFAULT NULL, p_zone text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    new_id bigint;
+BEGIN
+    INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, disthost, zone,
+                      priority, max_attempts, run_after)
+    SELECT p_kind, p_subject_key, p_reason, coalesce(p_args, '{}'), p_certificate, p_instance, p_disthost, p_zone,
+           k.priority, least(k.max_attempts, setting_int('job_max_attempts')), pki.now()
+      FROM job_kinds k WHERE k.kind = p_kind
+    ON CONFLICT (kind, subject_key) WHERE state IN ('queued', 'running', 'failed') DO NOTHING
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END
+$$;
+
+-- enqueue_issue: a reserved instance and an issue job for each certificate without an active one;
+-- then_action says what follows when it is issued: 'distribute', 'prepublish' or nothing
+CREATE OR REPLACE FUNCTION pki.enqueue_issue(p_certs int[], p_then text[], p_reasons text[], sel dd.selection)
+RETURNS TABLE (job bigint, certificate int, instance int)
+LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    PERFORM set_context('issue job enqueued', NULL);
+    RETURN QUERY
+    WITH todo AS (
+        SELECT DISTINCT ON (u.cert) u.cert, u.then_action, u.why, c.type, sub.type AS subject_type
+          FROM unnest(p_certs, p_then, p_reasons) AS u(cert, then_action, why)
+          JOIN certificates c ON c.id = u.cert
+          JOIN subjects sub ON sub.certificate = c.id AND NOT sub.isaltname
+         WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.subject_key = 'cert:' || u.cert
+                              AND j.kind IN ('issue_local', 'issue_acme', 'issue_local_ca')
+                              AND j.state IN ('queued', 'running', 'failed'))
+    ), inst AS (
+        INSERT INTO certinstances (certificate, state)
+        SELECT todo.cert, 'reserved' FROM todo
+        RETURNING certinstances.id, certinstances.certificate
+    ), queued AS (
+        INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, priority, max_attempts, run_after)
+        SELECT k.kind, 'cert:' || todo.cert, todo.why,
+               jsonb_build_object('then', todo.then_action, 'no_tlsa', coalesce(sel.no_tlsa, false),
+                                  'skip_hosts', to_jsonb(coalesce(sel.skip_hosts, '{}')),
+                                  'only_hosts', to_jsonb(coalesce(sel.only_hosts, '{}'))),
+               todo.cert, inst.id, k.priority, least(k.max_attempts, setting_int('job_max_attempts')), pki.now()
+          FROM todo JOIN inst ON inst.certificate = todo.cert
+          JOIN job_kinds k ON k.kind = CASE WHEN todo.subject_type = 'CA' THEN 'issue_local_ca'
+                                            WHEN todo.type = 'LE' THEN 'issue_acme' ELSE 'issue_local' END
+        RETURNING jobs.id, jobs.certificate, jobs.instance
+    )
+    SELECT queued.id, queued.certificate, queued.instance FROM queued;
+END
+$$;
+
+-- enqueue_distribution: one job per (instance, disthost) for the instance's targets on the selected hosts
+CREATE OR REPLACE FUNCTION pki.enqueue_distribution(p_instances int[], sel dd.selection, p_mode text, p_reason text)
+RETURNS TABLE (job bigint, instance int, disthost int)
+LANGUAGE sql
+SET search_path = pki, dd, pg_temp
+AS $$
+    INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, disthost, priority, max_attempts, run_after)
+    SELECT 'distribute', format('inst:%s/host:%s', i.id, t.disthost), p_reason,
+           jsonb_build_object('mode', p_mode, 'no_tlsa', coalesce(sel.no_tlsa, false),
+                              'targets', jsonb_agg(t.id ORDER BY t.id)),
+           i.certificate, i.id, t.disthost, k.priority, least(k.max_attempts, setting_int('job_max_attempts')), pki.now()
+      FROM certinstances i
+      JOIN targets t ON t.certificate = i.certificate
+      JOIN disthosts d ON d.id = t.disthost
+      JOIN job_kinds k ON k.kind = 'distribute'
+     WHERE i.id = ANY (p_instances) AND host_selected(sel, d.fqdn)
+     GROUP BY i.id, i.certificate, t.disthost, k.priority, k.max_attempts
+    ON CONFLICT (kind, subject_key) WHERE state IN ('queued', 'running', 'failed') DO NOTHING
+    RETURNING jobs.id, jobs.instance, jobs.disthost
+$$;
+
+-- tlsa_wanted: the instances whose TLSA records a certificate's names should carry now
+CREATE OR REPLACE FUNCTION pki.tlsa_wanted(cert int, also int DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT coalesce(jsonb_agg(i.id ORDER BY i.id), '[]')
+      FROM certinstances i
+     WHERE i.certificate = cert AND (i.state IN ('deployed', 'prepublished') OR i.id = also)
+$$;
+
+-- enqueue_tlsa: make a certificate's TLSA RRsets hold what tlsa_wanted says (or nothing: remove);
+-- prepublish names the successor that becomes 'prepublished' when the records are out
+CREATE OR REPLACE FUNCTION pki.enqueue_tlsa(cert int, p_reason text, prepublish int DEFAULT NULL, remove boolean DEFAULT false)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    wanted jsonb := CASE WHEN remove THEN '[]'::jsonb ELSE tlsa_wanted(cert, prepublish) END;
+    new_args jsonb := jsonb_build_object('instances', wanted, 'prepublish', prepublish, 'remove', remove);
+    job_id bigint;
+BEGIN
+    job_id := enqueue('publish_tlsa', 'tlsa:cert:' || cert, p_reason, new_args, cert);
+    IF job_id IS NULL THEN
+        -- one is pending: give it the newest wish unless an agent is at it (then its completion re-checks)
+        UPDATE jobs SET args = new_args, reason = p_reason
+         WHERE kind = 'publish_tlsa' AND subject_key = 'tlsa:cert:' || cert AND state IN ('queued', 'failed')
+        RETURNING id INTO job_id;
+    END IF;
+    RETURN job_id;
+END
+$$;
+
+-- requeue_expired_leases: running jobs whose agent vanished go back to the queue (or die)
+CREATE OR REPLACE FUNCTION pki.requeue_expired_leases()
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs;
+    n int := 0;
+BEGIN
+    FOR j IN SELECT * FROM jobs WHERE state = 'running' AND locked_until < pki.now()
+              ORDER BY id FOR UPDATE SKIP LOCKED LOOP
+        PERFORM finish_failed(j, format('lease of agent %s expired at %s', j.locked_by, j.locked_until), true, NULL);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- claim_jobs: up to max_jobs due jobs of the given kinds (all kinds when NULL), leased to the agent
+CREATE OR REPLACE FUNCTION pki.claim_jobs(agent text, kinds text[] DEFAULT NULL, max_jobs int DEFAULT 1, lease interval DEFAULT NULL)
+RETURNS SETOF pki.jobs LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    PERFORM check_required(agent, 'agent name');
+    PERFORM requeue_expired_leases();
+    RETURN QUERY
+    WITH c AS (
+        SELECT j.id FROM jobs j
+         WHERE j.state IN ('queued', 'failed') AND j.run_after <= pki.now()
+           AND (kinds IS NULL OR j.kind = ANY (kinds))
+         ORDER BY j.priority DESC, j.id
+         LIMIT greatest(max_jobs, 0)
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs j
+       SET state = 'running', attempts = j.attempts + 1, locked_by = agent,
+           locked_until = pki.now() + coalesce(lease, setting_interval('job_lease'))
+      FROM c WHERE j.id = c.id
+    RETURNING j.*;
+END
+$$;
+
+-- held_job: the job, locked, if it is running under this agent; else SP022
+CREATE OR REPLACE FUNCTION pki.held_job(job_id bigint, agent text)
+RETURNS pki.jobs LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs;
+BEGIN
+    SELECT * INTO j FROM jobs WHERE id = job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM raise_error('SP002', format('no job %s', job_id), 'see SELECT * FROM jobs_overview');
+    END IF;
+    IF j.state <> 'running' OR j.locked_by IS DISTINCT FROM agent THEN
+        PERFORM raise_error('SP022', format('job %s is %s%s, not running under agent %s', job_id, j.state,
+                CASE WHEN j.locked_by IS NOT NULL THEN ' under agent ' || j.locked_by ELSE '' END, agent),
+            'its lease expired and it went back to the queue; drop this result, another attempt will redo it');
+    END IF;
+    RETURN j;
+END
+$$;
+
+-- extend_lease: keep a claimed job during long work
+CREATE OR REPLACE FUNCTION pki.extend_lease(job_id bigint, agent text, lease interval DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs := held_job(job_id, agent);
+    until timestamptz := pki.now() + coalesce(lease, setting_interval('job_lease'));
+BEGIN
+    UPDATE jobs SET locked_until = until WHERE id = j.id;
+    RETURN until;
+END
+$$;
+
+-- record_job_event: a job outcome in the history
+CREATE OR REPLACE FUNCTION pki.record_job_event(j pki.jobs, outcome dd.job_state, why text)
+RETURNS void LANGUAGE sql
+SET search_path = pki, dd, pg_temp
+AS $$
+    INSERT INTO events (at, instance, certificate, job, job_state, reason)
+    VALUES (pki.now(), j.instance, j.certificate, j.id, outcome, format('%s job %s: %s', j.kind, j.id, why))
+$$;
+
+-- finish_failed: back off and retry, or give up and undo what waited for the job
+CREATE OR REPLACE FUNCTION pki.finish_failed(j pki.jobs, error text, retry boolean, retry_after interval)
+RETURNS dd.job_state LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    outcome dd.job_state := CASE WHEN retry AND j.attempts < j.max_attempts THEN 'failed' ELSE 'dead' END;
+    backoff interval := least(setting_interval('job_backoff') * power(2, greatest(j.attempts - 1, 0)), interval '6 hours');
+BEGIN
+    UPDATE jobs SET state = outcome, locked_by = NULL, locked_until = NULL, last_error = left(error, 4000),
+                    run_after = pki.now() + coalesce(retry_after, backoff),
+                    finished = CASE WHEN outcome = 'dead' THEN pki.now() END
+     WHERE id = j.id;
+    PERFORM record_job_event(j, outcome, left(error, 1000));
+    IF outcome = 'dead' AND j.kind IN ('issue_local', 'issue_acme', 'issue_local_ca') THEN
+        PERFORM set_context(format('issue job %s failed for good', j.id), j.id);
+        DELETE FROM certinstances WHERE id = j.instance AND state = 'reserved';
+    END IF;
+    RETURN outcome;
+END
+$$;
+
+-- fail_job: the agent reports an error; retry with exponential back-off unless told not to
+CREATE OR REPLACE FUNCTION pki.fail_job(job_id bigint, agent text, error text, retry boolean DEFAULT true, retry_after interval DEFAULT NULL)
+RETURNS dd.job_state LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    RETURN finish_failed(held_job(job_id, agent), coalesce(nullif(error, ''), 'unspecified error'), retry, retry_after);
+END
+$$;
+
+-- complete_job: apply the job's outcome and mark it done, in one transaction
+CREATE OR REPLACE FUNCTION pki.complete_job(job_id bigint, agent text, result jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs := held_job(job_id, agent);
+BEGIN
+    result := coalesce(result, '{}');
+    PERFORM set_context(format('%s job %s done', j.kind, j.id), j.id);
+    CASE j.kind
+        WHEN 'issue_local', 'issue_acme', 'issue_local_ca' THEN PERFORM apply_issued(j, result);
+        WHEN 'distribute' THEN PERFORM apply_distributed(j, result);
+        WHEN 'publish_tlsa' THEN PERFORM apply_tlsa_published(j, result);
+        ELSE NULL;  -- reminders, registration, key encryption: nothing to advance
+    END CASE;
+    UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, last_error = NULL,
+                    result = without_secrets(complete_job.result), finished = pki.now()
+     WHERE id = j.id;
+    PERFORM record_job_event(j, 'done', 'done');
+END
+$$;
+
+-- apply_issued: store the pairs, reserved -> issued, then what the job said follows
+CREATE OR REPLACE FUNCTION pki.apply_issued(j pki.jobs, result jsonb)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    cert certificates;
+    algos text[];
+    wanted text[];
+    sel dd.selection;
+BEGIN
+    SELECT * INTO cert FROM certificates WHERE id = j.certificate;
+    IF NOT FOUND OR j.instance IS NULL OR NOT EXISTS (SELECT 1 FROM certinstances WHERE id = j.instance AND state = 'reserved') THEN
+        PERFORM raise_error('SP023', format('job %s: its certificate or reserved instance is gone', j.id),
+            'the certificate was removed meanwhile; fail the job without retry');
+    END IF;
+    IF jsonb_typeof(result -> 'pairs') IS DISTINCT FROM 'array' THEN
+        PERFORM raise_error('SP023', format('job %s: result lacks "pairs" (a list of {algo, cert, key})', j.id),
+            'report every issued key/certificate pair');
+    END IF;
+    SELECT array_agg(p ->> 'algo' ORDER BY p ->> 'algo') INTO algos FROM jsonb_array_elements(result -> 'pairs') p;
+    wanted := CASE cert.encryption_algo WHEN 'rsa_plus_ec' THEN ARRAY['ec', 'rsa'] ELSE ARRAY[cert.encryption_algo::text] END;
+    IF algos IS DISTINCT FROM wanted THEN
+        PERFORM raise_error('SP023', format('job %s: issued pairs %s, the certificate wants %s', j.id, algos, wanted),
+            'issue one pair per key algorithm of the certificate');
+    END IF;
+    INSERT INTO certkeydata (certinstance, encryption_algo, cert, key)
+    SELECT j.instance, (p ->> 'algo')::dd.cert_encryption_algo, convert_to(p ->> 'cert', 'UTF8'),
+           convert_to(p ->> 'key', 'UTF8')
+      FROM jsonb_array_elements(result -> 'pairs') p;
+    UPDATE certinstances SET state = 'issued', cacert = (result ->> 'cacert')::int,
+                             ocsp_must_staple = cert.ocsp_must_staple
+     WHERE id = j.instance;
+    sel := ROW(false, '{}', '{}', '{}',
+               ARRAY(SELECT jsonb_array_elements_text(coalesce(j.args -> 'skip_hosts', '[]'))),
+               ARRAY(SELECT jsonb_array_elements_text(coalesce(j.args -> 'only_hosts', '[]'))),
+               coalesce((j.args ->> 'no_tlsa')::boolean, false));
+    CASE j.args ->> 'then'
+        WHEN 'distribute' THEN
+            PERFORM enqueue_distribution(ARRAY[j.instance], sel, 'deploy', format('issued by job %s: distribute', j.id));
+        WHEN 'prepublish' THEN
+            IF NOT sel.no_tlsa THEN
+                PERFORM enqueue_tlsa(j.certificate, format('issued by job %s: prepublish TLSA', j.id), j.instance);
+            END IF;
+        ELSE NULL;
+    END CASE;
+END
+$$;
+
+-- apply_distributed: record the targets served; promote when every target has the instance
+CREATE OR REPLACE FUNCTION pki.apply_distributed(j pki.jobs, result jsonb)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    inst certinstances;
+BEGIN
+    SELECT * INTO inst FROM certinstances WHERE id = j.instance FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM raise_error('SP023', format('job %s: instance %s is gone', j.id, j.instance),
+            'the instance was cleaned up meanwhile; fail the job without retry');
+    END IF;
+    INSERT INTO deployments (instance, target, job, deployed)
+    SELECT inst.id, t.id, j.id, pki.now()
+      FROM jsonb_array_elements_text(j.args -> 'targets') a JOIN targets t ON t.id = a::int
+    ON CONFLICT (instance, target) DO UPDATE SET job = EXCLUDED.job, deployed = EXCLUDED.deployed;
+    IF inst.state IN ('issued', 'prepublished')
+       AND NOT EXISTS (SELECT 1 FROM targets t WHERE t.certificate = inst.certificate
+                         AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.instance = inst.id AND d.target = t.id)) THEN
+        PERFORM set_context(format('job %s: successor %s deployed to every target', j.id, inst.id), j.id);
+        UPDATE certinstances SET state = 'expired' WHERE certificate = inst.certificate AND state = 'deployed';
+        PERFORM set_context(format('distribute job %s: on every target', j.id), j.id);
+        UPDATE certinstances SET state = 'deployed' WHERE id = inst.id;
+        -- a new local instance is live: the next reminder is due before it expires
+        UPDATE certificates SET authorized_until = NULL WHERE id = inst.certificate AND type = 'local';
+        IF tlsa_ttl(inst.certificate) IS NOT NULL AND NOT coalesce((j.args ->> 'no_tlsa')::boolean, false) THEN
+            PERFORM enqueue_tlsa(inst.certificate, format('instance %s deployed: TLSA holds the active instance only', inst.id));
+        END IF;
+    END IF;
+END
+$$;
+
+-- apply_tlsa_published: the records are out; count the DANE wait from now; prepublish the successor
+CREATE OR REPLACE FUNCTION pki.apply_tlsa_published(j pki.jobs, result jsonb)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    prepublish int := (j.args ->> 'prepublish')::int;
+BEGIN
+    UPDATE certinstances SET tlsa_published = pki.now()
+     WHERE id IN (SELECT a::int FROM jsonb_array_elements_text(j.args -> 'instances') a) AND tlsa_published IS NULL;
+    IF NOT coalesce((j.args ->> 'remove')::boolean, false) THEN
+        UPDATE certinstances SET tlsa_published = NULL
+         WHERE certificate = j.certificate
+           AND id NOT IN (SELECT a::int FROM jsonb_array_elements_text(j.args -> 'instances') a);
+    END IF;
+    IF prepublish IS NOT NULL THEN
+        PERFORM set_context(format('publish_tlsa job %s: TLSA of active and successor published', j.id), j.id);
+        UPDATE certinstances SET state = 'prepublished' WHERE id = prepublish AND state = 'issued';
+    END IF;
+    -- what DNS should hold may have changed while the agent worked: publish again
+    IF NOT coalesce((j.args ->> 'remove')::boolean, false) AND tlsa_wanted(j.certificate) <> (j.args -> 'instances')
+       AND tlsa_wanted(j.certificate) <> '[]'::jsonb THEN
+        -- the finished job must leave the active set first, so the new one can be inserted
+        UPDATE jobs SET state = 'done' WHERE id = j.id;
+        PERFORM enqueue_tlsa(j.certificate, format('the wanted TLSA set changed while job %s ran', j.id));
+    END IF;
+END
+$$;

@@ -1,0 +1,206 @@
+-- 0530_scheduler: one scheduler pass (LIFECYCLE.md), set-based. plan_rows decides
+-- for all selected certificates in one query; plan shows it; schedule applies
+-- exactly those rows with one statement per kind of action.
+
+-- plan_rows: every action of one pass, with the reason; writes nothing
+CREATE OR REPLACE FUNCTION pki.plan_rows(sel dd.selection)
+RETURNS TABLE (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
+LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+WITH cfg AS (
+    SELECT pki.now() AS now,
+           setting_int('pre_publish_days') * interval '1 day' AS pre_publish,
+           setting_int('local_issue_mail_days') * interval '1 day' AS mail_days,
+           setting_interval('expire_grace') AS grace
+), c AS (
+    SELECT * FROM selected_certs(sel)
+), pending AS (         -- active jobs of the selected certificates
+    SELECT j.certificate, j.instance, j.kind, j.id
+      FROM jobs j JOIN c ON c.id = j.certificate
+     WHERE j.state IN ('queued', 'running', 'failed')
+), i AS (
+    SELECT ci.id, ci.certificate, ci.state, ci.not_before, ci.not_after, ci.tlsa_published,
+           row_number() OVER (PARTITION BY ci.certificate, ci.state ORDER BY ci.id DESC) AS rn,
+           EXISTS (SELECT 1 FROM pending p WHERE p.instance = ci.id AND p.kind LIKE 'issue%') AS issuing
+      FROM certinstances ci JOIN c ON c.id = ci.certificate
+), cleanup AS (         -- rule 1
+    SELECT i.certificate, i.id,
+           CASE WHEN i.state = 'reserved' THEN 'rule 1: reserved, and no issue job is pending'
+                WHEN i.state = 'archived' THEN 'rule 1: archived in an earlier run'
+                ELSE format('rule 1: an older %s instance (a newer one exists)', i.state) END AS why
+      FROM i
+     WHERE (i.state = 'reserved' AND NOT i.issuing)
+        OR i.state = 'archived'
+        OR (i.state IN ('issued', 'prepublished', 'deployed', 'expired') AND i.rn > 1)
+), alive AS (
+    SELECT i.* FROM i WHERE i.id NOT IN (SELECT cleanup.id FROM cleanup)
+), archive AS (         -- rule 3, first half (and revoked ones)
+    SELECT a.certificate, a.id, format('rule 3: %s in an earlier run', a.state) AS why
+      FROM alive a WHERE a.state IN ('expired', 'revoked')
+), expire AS (          -- rule 3, second half
+    SELECT a.certificate, a.id, format('rule 3: not deployed and not_after %s + expire_grace has passed', a.not_after) AS why
+      FROM alive a, cfg
+     WHERE a.state IN ('issued', 'prepublished') AND cfg.now >= a.not_after + cfg.grace
+), active AS (
+    SELECT DISTINCT ON (a.certificate) a.* FROM alive a WHERE a.state = 'deployed' ORDER BY a.certificate, a.id DESC
+), cand AS (            -- successors before rule 4
+    SELECT DISTINCT ON (a.certificate) a.*
+      FROM alive a
+     WHERE a.state IN ('issued', 'prepublished') AND a.id NOT IN (SELECT expire.id FROM expire)
+     ORDER BY a.certificate, a.id DESC
+), useless AS (         -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates)
+    SELECT s.certificate, s.id,
+           format('rule 4: successor expires %s, too soon after the active instance (%s)', s.not_after, act.not_after) AS why
+      FROM cand s JOIN active act ON act.certificate = s.certificate, cfg
+     WHERE s.state = 'issued'
+       AND s.not_after < act.not_after + least(cfg.mail_days, (act.not_after - act.not_before) / 3)
+), st AS (              -- one row per certificate with its roles
+    SELECT c.*, act.id AS active_id, act.not_before AS act_nb, act.not_after AS act_na,
+           s.id AS succ_id, s.state AS succ_state, s.tlsa_published AS succ_published,
+           EXISTS (SELECT 1 FROM alive a WHERE a.certificate = c.id AND a.state = 'reserved') AS issuing,
+           EXISTS (SELECT 1 FROM alive a WHERE a.certificate = c.id AND a.state <> 'reserved'
+                     AND a.id NOT IN (SELECT expire.id FROM expire)
+                     AND a.id NOT IN (SELECT archive.id FROM archive)) AS has_left,
+           EXISTS (SELECT 1 FROM pending p WHERE p.instance = s.id AND p.kind = 'distribute') AS succ_distributing,
+           EXISTS (SELECT 1 FROM pending p WHERE p.certificate = c.id AND p.kind = 'publish_tlsa') AS tlsa_pending,
+           cfg.*
+      FROM c CROSS JOIN cfg
+      LEFT JOIN active act ON act.certificate = c.id
+      LEFT JOIN cand s ON s.certificate = c.id AND s.id NOT IN (SELECT useless.id FROM useless)
+), decided AS (
+    -- rule 5: the reminder for a local certificate (before rule 6: disabled ones are reminded too)
+    SELECT st.id, st.active_id AS inst, 'remind' AS action,
+           format('rule 5: active instance expires %s; mail a reminder to issue its successor (-C)', st.act_na) AS why, NULL AS then_action
+      FROM st
+     WHERE st.type = 'local' AND st.active_id IS NOT NULL AND st.authorized_until IS NULL
+       AND st.now >= st.act_na - st.mail_days
+    UNION ALL
+    -- rules 2 and 7: nothing deployed, or the active instance is about to expire: replace it
+    SELECT st.id,
+           CASE WHEN st.succ_id IS NOT NULL THEN st.succ_id ELSE st.active_id END,
+           CASE
+               WHEN st.issuing THEN 'wait'
+               WHEN st.succ_id IS NULL AND st.type = 'local' THEN 'wait'
+               WHEN st.succ_id IS NULL THEN 'issue'
+               WHEN st.succ_distributing THEN 'wait'
+               WHEN st.active_id IS NULL OR st.tlsa_ttl IS NULL THEN 'distribute'
+               WHEN st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl THEN 'distribute'
+               WHEN st.succ_state = 'issued' AND NOT st.tlsa_pending AND NOT coalesce(sel.no_tlsa, false) THEN 'prepublish'
+               ELSE 'wait'
+           END,
+           CASE
+               WHEN st.issuing THEN 'rule 7: an issue job is pending'
+               WHEN st.succ_id IS NULL AND st.type = 'local' AND st.active_id IS NULL AND NOT st.has_left
+                   THEN 'rule 2: nothing left; local certificates are issued on request only (operate_serverPKI -C)'
+               WHEN st.succ_id IS NULL AND st.type = 'local'
+                   THEN format('rule 7: active instance expires %s; local certificates are issued on request only (-C)', st.act_na)
+               WHEN st.succ_id IS NULL AND st.active_id IS NULL AND NOT st.has_left
+                   THEN 'rule 2: nothing left; issue one and distribute it'
+               WHEN st.succ_id IS NULL AND st.active_id IS NULL THEN 'rule 7: no active instance; issue one and distribute it'
+               WHEN st.succ_id IS NULL THEN format('rule 7: active instance expires %s and there is no successor; issue one', st.act_na)
+               WHEN st.succ_distributing THEN 'rule 7: the successor''s distribution is pending'
+               WHEN st.active_id IS NULL THEN 'rule 7: no active instance; distribute the successor'
+               WHEN st.tlsa_ttl IS NULL THEN format('rule 7: active instance expires %s; distribute the successor', st.act_na)
+               WHEN st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl
+                   THEN format('rule 7: active instance expires %s; successor''s TLSA published %s (2 x TTL ago); distribute it', st.act_na, st.succ_published)
+               WHEN st.succ_state = 'prepublished'
+                   THEN format('DANE-safe order: successor''s TLSA published %s; deploy after %s', st.succ_published, st.succ_published + 2 * st.tlsa_ttl)
+               WHEN st.tlsa_pending THEN 'DANE-safe order: the successor''s TLSA publication is pending'
+               WHEN coalesce(sel.no_tlsa, false) THEN 'DANE-safe order: the successor''s TLSA must be prepublished first, but -N forbids TLSA changes'
+               ELSE 'rule 7: DANE-safe order: publish the successor''s TLSA before deploying it'
+           END,
+           CASE WHEN st.succ_id IS NULL AND st.type = 'LE'
+                THEN CASE WHEN st.active_id IS NULL OR st.tlsa_ttl IS NULL THEN 'distribute' ELSE 'prepublish' END END
+      FROM st
+     WHERE st.enabled AND (st.active_id IS NULL OR st.now >= st.act_na - st.grace)
+    UNION ALL
+    -- rule 9: prepublish the successor of an LE certificate
+    SELECT st.id, coalesce(st.succ_id, st.active_id),
+           CASE
+               WHEN st.issuing OR st.tlsa_pending THEN 'wait'
+               WHEN st.succ_id IS NULL THEN 'issue'
+               WHEN st.tlsa_ttl IS NULL THEN NULL
+               WHEN coalesce(sel.no_tlsa, false) THEN 'wait'
+               ELSE 'prepublish'
+           END,
+           CASE
+               WHEN st.issuing THEN 'rule 9: an issue job for the successor is pending'
+               WHEN st.tlsa_pending THEN 'rule 9: the successor''s TLSA publication is pending'
+               WHEN st.succ_id IS NULL THEN format('rule 9: active instance expires %s (within pre_publish_days); issue a successor', st.act_na)
+               WHEN coalesce(sel.no_tlsa, false) THEN 'rule 9: prepublish due, but -N forbids TLSA changes'
+               ELSE format('rule 9: active instance expires %s; publish the TLSA of active and successor', st.act_na)
+           END,
+           CASE WHEN st.succ_id IS NULL THEN CASE WHEN st.tlsa_ttl IS NULL THEN NULL ELSE 'prepublish' END END
+      FROM st
+     WHERE st.enabled AND st.type = 'LE' AND st.active_id IS NOT NULL
+       AND st.now < st.act_na - st.grace
+       AND st.now >= st.act_na - least(st.pre_publish, (st.act_na - st.act_nb) / 3)
+       AND st.succ_state IS DISTINCT FROM 'prepublished'
+)
+SELECT x.certificate, c.name, x.inst, x.action, x.why, x.then_action
+  FROM (
+    SELECT cleanup.certificate, cleanup.id AS inst, 'delete' AS action, cleanup.why, NULL AS then_action FROM cleanup
+    UNION ALL SELECT useless.certificate, useless.id, 'delete', useless.why, NULL FROM useless
+    UNION ALL SELECT archive.certificate, archive.id, 'archive', archive.why, NULL FROM archive
+    UNION ALL SELECT expire.certificate, expire.id, 'expire', expire.why, NULL FROM expire
+    UNION ALL SELECT d.id, d.inst, d.action, d.why, d.then_action FROM decided d WHERE d.action IS NOT NULL
+  ) x(certificate, inst, action, why, then_action)
+  JOIN c ON c.id = x.certificate
+ ORDER BY c.name, x.inst NULLS LAST, x.action
+$$;
+
+-- plan: what schedule would do now, and why; writes nothing (operate_serverPKI -S -n)
+CREATE OR REPLACE FUNCTION pki.plan(sel dd.selection DEFAULT NULL)
+RETURNS TABLE (certificate text, instance int, action text, reason text)
+LANGUAGE plpgsql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    sel := coalesce(sel, selection());
+    PERFORM check_selection(sel);
+    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM plan_rows(sel) p;
+END
+$$;
+
+-- schedule: one scheduler pass (operate_serverPKI -S); returns the plan it carried out
+CREATE OR REPLACE FUNCTION pki.schedule(sel dd.selection DEFAULT NULL)
+RETURNS TABLE (certificate text, instance int, action text, reason text)
+LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    sel := coalesce(sel, selection());
+    PERFORM check_selection(sel);
+    -- one pass at a time: a second cron run waits instead of deciding on the same facts
+    PERFORM pg_advisory_xact_lock(hashtext('pki.schedule'));
+    CREATE TEMP TABLE IF NOT EXISTS pass_plan (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
+        ON COMMIT DROP;
+    TRUNCATE pass_plan;
+    INSERT INTO pass_plan SELECT * FROM plan_rows(sel);
+
+    PERFORM set_context('scheduler: rule 1 (cleanup) or rule 4 (useless successor)');
+    DELETE FROM certinstances ci USING pass_plan p WHERE p.action = 'delete' AND ci.id = p.instance;
+    PERFORM set_context('scheduler: rule 3 (archive what expired or was revoked in an earlier run)');
+    UPDATE certinstances ci SET state = 'archived' FROM pass_plan p WHERE p.action = 'archive' AND ci.id = p.instance;
+    PERFORM set_context('scheduler: rule 3 (not deployed, past not_after + expire_grace)');
+    UPDATE certinstances ci SET state = 'expired' FROM pass_plan p WHERE p.action = 'expire' AND ci.id = p.instance;
+
+    PERFORM enqueue_issue(array_agg(p.certificate_id), array_agg(p.then_action), array_agg(p.reason), sel)
+       FROM pass_plan p WHERE p.action = 'issue' HAVING count(*) > 0;
+    PERFORM enqueue_distribution(array_agg(p.instance), sel, 'deploy', 'scheduler rule 7: distribute the successor')
+       FROM pass_plan p WHERE p.action = 'distribute' HAVING count(*) > 0;
+    PERFORM enqueue_tlsa(p.certificate_id, p.reason, p.instance) FROM pass_plan p WHERE p.action = 'prepublish';
+
+    -- rule 5: one message lists every local certificate due; each is mailed once
+    IF EXISTS (SELECT 1 FROM pass_plan p WHERE p.action = 'remind') THEN
+        PERFORM enqueue('mail_reminder', 'reminder:' || txid_current(), 'rule 5: local certificates must be issued',
+                        jsonb_build_object('certificates', jsonb_agg(jsonb_build_object(
+                            'name', p.certificate, 'instance', p.instance, 'not_after', ci.not_after) ORDER BY p.certificate)))
+           FROM pass_plan p JOIN certinstances ci ON ci.id = p.instance WHERE p.action = 'remind';
+        UPDATE certificates c SET authorized_until = pki.now() FROM pass_plan p WHERE p.action = 'remind' AND c.id = p.certificate_id;
+    END IF;
+    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM pass_plan p
+                  ORDER BY p.certificate, p.instance NULLS LAST, p.action;
+END
+$$;
