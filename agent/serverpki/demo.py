@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,11 @@ DEMO_DB = "serverpki_demo"
 def _psql(cluster: PostgresCluster, *args: str) -> None:
     env = {**os.environ, **cluster.env(DEMO_DB)}
     subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-P", "pager=off", *args], env=env, check=True)
+
+
+def _operate(cluster: PostgresCluster, *args: str) -> None:
+    env = {**os.environ, **cluster.env(DEMO_DB)}
+    subprocess.run([sys.executable, "-m", "serverpki.operate", *args], env=env, check=True)
 
 
 def _banner(text: str) -> None:
@@ -48,6 +54,10 @@ def run_demo(keep: bool = False) -> None:
         _psql(cluster, "-q", "-f", str(example))
         _banner("SELECT * FROM certs")
         _psql(cluster, "-c", "SELECT * FROM certs")
+        _banner("operate_serverPKI -n -v  (the configuration check and the seed's two tables)")
+        _operate(cluster, "-n", "-v")
+        _banner("operate_serverPKI -S -n -a  (what the hourly cron run would do now, and why)")
+        _operate(cluster, "-S", "-n", "-a")
         if keep:
             env = " ".join(f"{k}={v}" for k, v in cluster.env(DEMO_DB).items())
             print(f"\nthe lab keeps running; connect with: {env} psql\nstop it with: rm -rf {base} after pg_ctl stop")

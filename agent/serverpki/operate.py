@@ -1,0 +1,149 @@
+"""`operate_serverPKI`: the seed's command line (operation.txt), every option with its meaning.
+
+Each action is one call of its SQL function; the database validates the
+selection and decides. This release carries the checks and reports (-n,
+-n -v, -r N -n, -S -n); actions that need the agent to perform jobs refuse
+with exit status 2 and say so, rather than queueing work nobody performs.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import psycopg
+import typer
+
+from . import __version__, reports
+from .db import connect, refusals_as_errors
+from .errors import ConfigError, ServerPKIError, UsageError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+Flag = bool
+Names = Optional[list[str]]
+
+
+def _selection_sql(all_certs: bool, include: Names, exclude: Names, only: Names,
+                   skip: Names, limit: Names, no_tlsa: bool) -> tuple[str, list]:
+    """The selection as one SQL expression; the database refuses unknown names (SP024)."""
+    return ("selection(%s, %s, %s, %s, %s, %s, %s)",
+            [all_certs, include or [], exclude or [], only or [], skip or [], limit or [], no_tlsa])
+
+
+def _load_config(path: Optional[Path]) -> dict:
+    """Read the TOML configuration named by -f (the agent's full configuration arrives with its jobs)."""
+    if path is None:
+        return {}
+    try:
+        config = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+    database = config.get("database", {})
+    if not isinstance(database, dict) or not isinstance(database.get("dsn", ""), str):
+        raise ConfigError(f"configuration file {path}: [database] dsn must be a string")
+    return config
+
+
+def _check_combination(actions: dict[str, bool], export: Optional[str], check_only: bool, renew: Optional[int]) -> None:
+    chosen = [name for name, on in actions.items() if on]
+    if export is not None and (chosen or check_only):
+        raise UsageError("-E (export) may not be combined with other actions")
+    if actions["-Z"] and len(chosen) > 1:
+        raise UsageError("-Z (register) may not be combined with other actions")
+    if actions["-X"] and actions["-Y"]:
+        raise UsageError("-X (encrypt keys) and -Y (decrypt keys) contradict each other")
+    if renew is not None and not (actions["-C"] or actions["-D"] or check_only):
+        raise UsageError("-r REMAINING_DAYS goes with -C, -D or -n")
+
+
+@app.command(help=f"Server PKI {__version__}: issue, renew and distribute certificates and their TLSA records.")
+def operate(
+    create_certs: Annotated[Flag, typer.Option("-C", "--create-certs", help="Create all selected certs (state issued).")] = False,
+    renew_local_certs: Annotated[Optional[int], typer.Option("-r", "--renew-local-certs", metavar="REMAINING_DAYS",
+        help="Local certs in state deployed expiring within REMAINING_DAYS; with -D distribute those issued within as many days.")] = None,
+    schedule_actions: Annotated[Flag, typer.Option("-S", "--schedule-actions", help="Schedule necessary actions; -C and -D are ignored.")] = False,
+    distribute_certs: Annotated[Flag, typer.Option("-D", "--distribute-certs", help="Distribute issued, currently valid certs.")] = False,
+    consolidate_certs: Annotated[Flag, typer.Option("-K", "--consolidate-certs", help="Re-distribute deployed certs.")] = False,
+    consolidate_tlsas: Annotated[Flag, typer.Option("-T", "--consolidate-TLSAs", help="Publish TLSA RRs of deployed and prepublished certs.")] = False,
+    remove_tlsas: Annotated[Flag, typer.Option("-R", "--remove-TLSAs", help="Remove TLSA RRs.")] = False,
+    export_cert_and_key: Annotated[Optional[str], typer.Option("-E", "--export-cert-and-key", metavar="CERT_SERIAL",
+        help="Export certificate and key of instance CERT_SERIAL to the work directory; alone.")] = None,
+    all_certs: Annotated[Flag, typer.Option("-a", "--all", help="Include all certs, even disabled ones.")] = False,
+    include: Annotated[Names, typer.Option("-i", "--include", metavar="CERT_TO_BE_INCLUDED", help="Include this cert even if disabled; repeatable.")] = None,
+    exclude: Annotated[Names, typer.Option("-e", "--exclude", metavar="CERT_TO_BE_EXCLUDED", help="Exclude this cert; repeatable.")] = None,
+    only: Annotated[Names, typer.Option("-o", "--only", metavar="ONLY_CERT", help="Only these certs; repeatable.")] = None,
+    skip_disthost: Annotated[Names, typer.Option("-s", "--skip-disthost", metavar="SKIP_HOST", help="No distribution to this disthost; repeatable.")] = None,
+    limit_to_disthost: Annotated[Names, typer.Option("-l", "--limit-to-disthost", metavar="ONLY_HOST", help="Distribute to these disthosts only; repeatable.")] = None,
+    no_tlsa_records: Annotated[Flag, typer.Option("-N", "--no-TLSA-records", help="Do not change TLSA records.")] = False,
+    encrypt_keys: Annotated[Flag, typer.Option("-X", "--encrypt-keys", help="Encrypt all keys in the DB.")] = False,
+    decrypt_keys: Annotated[Flag, typer.Option("-Y", "--decrypt-keys", help="Decrypt all keys in the DB.")] = False,
+    issue_local_cacert: Annotated[Flag, typer.Option("-I", "--issue-local-CAcert", help="Issue a new local CA cert.")] = False,
+    register: Annotated[Flag, typer.Option("-Z", "--register", help="Register an ACME account; alone.")] = False,
+    check_only: Annotated[Flag, typer.Option("-n", "--check-only", help="Check the configuration; with -v list certs and instances.")] = False,
+    debug: Annotated[Flag, typer.Option("-d", "--debug", help="Turn on debugging.")] = False,
+    quiet: Annotated[Flag, typer.Option("-q", "--quiet", help="Only log (for cron).")] = False,
+    verbose: Annotated[Flag, typer.Option("-v", "--verbose", help="Be more verbose.")] = False,
+    config_file: Annotated[Optional[Path], typer.Option("-f", "--config_file", "--config-file", metavar="CONFIG_FILE",
+        help="Path of an alternate configuration file.")] = None,
+) -> None:
+    actions = {"-C": create_certs, "-S": schedule_actions, "-D": distribute_certs, "-K": consolidate_certs,
+               "-T": consolidate_tlsas, "-R": remove_tlsas, "-X": encrypt_keys, "-Y": decrypt_keys,
+               "-I": issue_local_cacert, "-Z": register}
+    try:
+        _check_combination(actions, export_cert_and_key, check_only, renew_local_certs)
+        config = _load_config(config_file)
+        if schedule_actions:  # operation.txt: with -S, -C and -D are ignored
+            actions["-C"] = actions["-D"] = False
+        sel_sql, sel_params = _selection_sql(all_certs, include, exclude, only, skip_disthost,
+                                             limit_to_disthost, no_tlsa_records)
+        with connect(config.get("database", {}).get("dsn"), autocommit=True) as conn, refusals_as_errors():
+            conn.execute(f"SELECT check_selection({sel_sql})", sel_params)  # unknown names stop the run first
+            if check_only:
+                _check_only(conn, sel_sql, sel_params, verbose and not quiet, only or [], actions, renew_local_certs)
+                return
+            wanted = [name for name, on in actions.items() if on] + (["-E"] if export_cert_and_key else [])
+            if not wanted:
+                raise UsageError("no action given; see operate_serverPKI -h")
+            raise UsageError(f"{' '.join(wanted)}: this release has no agent to perform jobs yet; "
+                             "only the checks and reports (-n, -n -v, -r N -n, -S -n) are available")
+    except ServerPKIError as exc:
+        typer.echo(f"operate_serverPKI: {exc}", err=True)
+        # a bad selection is a usage error too: exit status 2, nothing done
+        raise typer.Exit(2 if getattr(exc, "sqlstate", None) == "SP024" else exc.exit_code)
+
+
+def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: list, verbose: bool, only: list[str],
+                actions: dict[str, bool], renew: Optional[int]) -> None:
+    problems = conn.execute("SELECT certificate, problem, hint FROM check_config()").fetchall()
+    if verbose:
+        n, cas = conn.execute(
+            """SELECT count(DISTINCT c.id), array_agg(DISTINCT s.name::text) FILTER (WHERE s.type = 'CA')
+                 FROM certificates c JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname""").fetchone()
+        typer.echo(f"[{n} certificates and CAs {cas or []} in DB]")
+    if problems:
+        for cert, problem, hint in problems:
+            typer.echo(f"{cert + ': ' if cert else ''}{problem} (hint: {hint})")
+    else:
+        typer.echo("No syntax errors found in configuration." if not verbose else "[No syntax errors found in configuration.]")
+    if actions["-S"]:
+        typer.echo(reports.plan_table(conn, sel_sql, sel_params))
+    elif renew is not None:
+        typer.echo(reports.renew_table(conn, sel_sql, sel_params, renew))
+    elif verbose:
+        typer.echo(reports.meta_table(conn, only))
+        typer.echo("")
+        typer.echo(reports.instance_table(conn, only))
+
+
+def main() -> None:
+    app(prog_name="operate_serverPKI")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""operate_serverPKI through its real command line (typer's CliRunner) against a real database."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from serverpki.operate import app
+from serverpki.reports import INSTANCE_COLUMNS, META_COLUMNS
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(pg_server, dbname, conn):
+    conn.execute("SELECT add_disthost('web1.example.org')")
+    conn.execute("SELECT add_place('nginx', 'separate', '/etc/ssl')")
+    conn.execute("SELECT * FROM add_cert('www.example.org', 'server', 'LE', 'ec', false, 'example.org', 'https', 443, 'web1.example.org', NULL, 'nginx')")
+    conn.execute("SELECT * FROM add_cert('client1', 'client', 'local', 'rsa', false, NULL, NULL, NULL, 'web1.example.org', NULL, 'nginx')")
+    return pg_server.env(dbname)
+
+
+def run(env, *args):
+    return runner.invoke(app, list(args), env=env)
+
+
+def header(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_check_only_reports_problems_or_none(env, conn):
+    result = run(env, "-n")
+    assert result.exit_code == 0
+    assert "no local CA certificate" in result.output
+    conn.execute("SELECT remove_cert('client1')")
+    result = run(env, "-n")
+    assert result.exit_code == 0
+    assert result.output.strip() == "No syntax errors found in configuration."
+
+
+def test_check_only_verbose_prints_the_seeds_two_tables(env):
+    result = run(env, "-n", "-v", "-o", "www.example.org")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    grids = [i for i, line in enumerate(lines) if line.startswith("| Subject") or line.startswith("| Serial")]
+    assert header(lines[grids[0]]) == META_COLUMNS
+    assert header(lines[grids[1]]) == INSTANCE_COLUMNS
+    assert "www.example.org" in result.output and "client1" not in result.output  # -o limits
+    assert lines[grids[0] - 1].startswith("+---") and set(lines[grids[0] - 1]) <= {"+", "-"}
+
+
+def test_schedule_check_only_prints_the_plan_and_writes_nothing(env, conn):
+    result = run(env, "-S", "-n", "-a")
+    assert result.exit_code == 0, result.output
+    assert "rule 2: nothing left; issue one and distribute it" in result.output
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM certinstances").fetchone()[0] == 0
+
+
+def test_renew_check_only_lists_local_certs_and_keeps_nothing(env, conn):
+    result = run(env, "-r", "30", "-n")
+    assert result.exit_code == 0, result.output
+    assert header(result.output.splitlines()[2]) == ["Subject", "Cert Name", "Type", "authorized", "Alt Name", "TLSA", "Port", "Dist Host", "Jail", "Place"]
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-S", "-o", "nosuch.example.org"], 'unknown certificate(s) "nosuch.example.org"'),
+    (["-S", "-s", "nohost.example.org", "-e", "nocert"], 'unknown certificate(s) "nocert"; unknown disthost(s) "nohost.example.org"'),
+    (["-E", "3", "-S"], "-E (export) may not be combined"),
+    (["-Z", "-C"], "-Z (register) may not be combined"),
+    (["-X", "-Y"], "contradict"),
+    (["-r", "5"], "-r REMAINING_DAYS goes with"),
+    ([], "no action given"),
+])
+def test_bad_requests_are_one_line_errors_with_status_2(env, conn, args, message):
+    result = run(env, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+
+
+def test_unreadable_config_file_is_named(env, tmp_path):
+    bad = tmp_path / "serverpki.toml"
+    bad.write_text("[database\n")
+    result = run(env, "-n", "-f", str(bad))
+    assert result.exit_code == 2
+    assert str(bad) in result.output
