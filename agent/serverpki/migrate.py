@@ -59,8 +59,30 @@ def status(conn: psycopg.Connection) -> Status:
     return Status(applied, pending, encrypted)
 
 
+# the roles are cluster-wide, but the advisory lock is per database: an installer of another
+# database may create them first, and ours then fails on this index and starts over
+ROLE_RACE_CONSTRAINT = "pg_authid_rolname_index"
+ATTEMPTS = 3
+
+
 def upgrade(conn: psycopg.Connection, log=print) -> list[str]:
     """Bring the database to this release; returns the versions applied now. Safe to run twice."""
+    for attempt in range(1, ATTEMPTS + 1):
+        lines: list[str] = []
+        try:
+            done = _upgrade_once(conn, lines.append)
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != ROLE_RACE_CONSTRAINT or attempt == ATTEMPTS:
+                raise
+            continue
+        # report only what was committed (a rolled-back attempt applied nothing)
+        for line in lines:
+            log(line)
+        return done
+    raise AssertionError("unreachable")
+
+
+def _upgrade_once(conn: psycopg.Connection, log) -> list[str]:
     done: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))

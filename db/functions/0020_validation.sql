@@ -161,6 +161,7 @@ END
 $$;
 
 -- tlsa_prefix_parts: the fields of a TLSA prefix such as '_443._tcp.{}. 3600 IN TLSA 3 0 1', or NULL
+-- (the port without leading zeros: DNS clients look up _443, never _0443)
 CREATE OR REPLACE FUNCTION pki.tlsa_prefix_parts(prefix text,
     OUT port int, OUT proto text, OUT ttl bigint, OUT usage int, OUT selector int, OUT matching int)
 LANGUAGE sql IMMUTABLE
@@ -168,7 +169,7 @@ SET search_path = pki, dd, pg_temp
 AS $$
     SELECT m[1]::int, m[2], m[3]::bigint, m[4]::int, m[5]::int, m[6]::int
       FROM regexp_match(prefix,
-        '^_([0-9]{1,5})\._(tcp|udp|sctp)\.\{\}\.[ \t]+([0-9]{1,10})[ \t]+IN[ \t]+TLSA[ \t]+([0-9]{1,3})[ \t]+([0-9]{1,3})[ \t]+([0-9]{1,3})$', 'i') AS m
+        '^_([1-9][0-9]{0,4})\._(tcp|udp|sctp)\.\{\}\.[ \t]+([0-9]{1,10})[ \t]+IN[ \t]+TLSA[ \t]+([0-9]{1,3})[ \t]+([0-9]{1,3})[ \t]+([0-9]{1,3})$', 'i') AS m
 $$;
 
 -- check_tlsa_prefix: the prefix parses, its port is the service's, and its fields are in range

@@ -170,26 +170,44 @@ BEGIN
 END
 $$;
 
+-- The removers look the name up first, into a variable: a lookup inside the
+-- WHERE clause runs only when the scan meets a row, so on an empty table (or
+-- under another plan) an unknown name would pass silently.
+
 -- remove_cert: the certificate with its alt names, services, targets and instances
 CREATE OR REPLACE FUNCTION pki.remove_cert(the_cert_name text)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
+DECLARE
+    v_cert int := cert_id(the_cert_name);
 BEGIN
-    DELETE FROM certificates WHERE id = cert_id(the_cert_name);
+    DELETE FROM certificates WHERE id = v_cert;
 END
 $$;
 
 -- disable_cert / enable_cert: a disabled certificate is skipped by the scheduler unless included
 CREATE OR REPLACE FUNCTION pki.disable_cert(the_cert_name text)
-RETURNS void LANGUAGE sql
+RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
-AS $$ UPDATE certificates SET disabled = true WHERE id = cert_id(the_cert_name) $$;
+AS $$
+DECLARE
+    v_cert int := cert_id(the_cert_name);
+BEGIN
+    UPDATE certificates SET disabled = true WHERE id = v_cert;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION pki.enable_cert(the_cert_name text)
-RETURNS void LANGUAGE sql
+RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
-AS $$ UPDATE certificates SET disabled = false WHERE id = cert_id(the_cert_name) $$;
+AS $$
+DECLARE
+    v_cert int := cert_id(the_cert_name);
+BEGIN
+    UPDATE certificates SET disabled = false WHERE id = v_cert;
+END
+$$;
 
 -- add_altname: one more name on a certificate's subject alt name list
 CREATE OR REPLACE FUNCTION pki.add_altname(the_cert_name text, the_altname text)
@@ -248,9 +266,11 @@ CREATE OR REPLACE FUNCTION pki.remove_service(the_cert_name text, the_service_na
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
+DECLARE
+    v_cert int := cert_id(the_cert_name);
+    v_service int := service_id(the_service_name, the_port);
 BEGIN
-    DELETE FROM certificates_services
-     WHERE certificate = cert_id(the_cert_name) AND service = service_id(the_service_name, the_port);
+    DELETE FROM certificates_services WHERE certificate = v_cert AND service = v_service;
     IF NOT FOUND THEN
         PERFORM raise_error('SP002', format('certificate "%s" has no service %s/%s', the_cert_name, the_service_name, the_port),
             format('see SELECT "TLSA", "Port" FROM certs WHERE "Cert Name" = ''%s''', the_cert_name));
@@ -300,10 +320,11 @@ DECLARE
     v_cert int := cert_id(the_cert_name);
     v_host int := disthost_id(the_disthost_name);
     v_jail int := CASE WHEN the_jail IS NULL THEN NULL ELSE jail_id(the_jail, v_host) END;
+    v_place int := place_id(the_place);
 BEGIN
     DELETE FROM targets t
      WHERE t.certificate = v_cert AND t.disthost = v_host AND t.jail IS NOT DISTINCT FROM v_jail
-       AND t.place = place_id(the_place);
+       AND t.place = v_place;
     IF NOT FOUND THEN
         PERFORM raise_error('SP002', format('certificate "%s" has no target %s/%s/%s', the_cert_name,
                 the_disthost_name, coalesce(the_jail, '-'), the_place),
@@ -324,9 +345,15 @@ $$;
 
 -- remove_disthost: refused while targets use it; its jails go with it
 CREATE OR REPLACE FUNCTION pki.remove_disthost(the_fqdn text)
-RETURNS void LANGUAGE sql
+RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
-AS $$ DELETE FROM disthosts WHERE id = disthost_id(the_fqdn) $$;
+AS $$
+DECLARE
+    v_host int := disthost_id(the_fqdn);
+BEGIN
+    DELETE FROM disthosts WHERE id = v_host;
+END
+$$;
 
 -- add_jail: a FreeBSD jail on a disthost with a jailroot
 CREATE OR REPLACE FUNCTION pki.add_jail(the_name text, the_disthost_name text)
@@ -340,9 +367,15 @@ $$;
 
 -- remove_jail: refused while targets use it
 CREATE OR REPLACE FUNCTION pki.remove_jail(the_name text)
-RETURNS void LANGUAGE sql
+RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
-AS $$ DELETE FROM jails WHERE id = jail_id(the_name) $$;
+AS $$
+DECLARE
+    v_jail int := jail_id(the_name);
+BEGIN
+    DELETE FROM jails WHERE id = v_jail;
+END
+$$;
 
 -- add_place: where and how files land on a target, and what reloads the service
 -- SELECT add_place('nginx', 'combine cacert', '/usr/local/etc/nginx/ssl', NULL, 0, 80, 416, false, false, 'service nginx reload');
@@ -364,9 +397,15 @@ $$;
 
 -- remove_place: refused while targets use it
 CREATE OR REPLACE FUNCTION pki.remove_place(the_name text)
-RETURNS void LANGUAGE sql
+RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
-AS $$ DELETE FROM places WHERE id = place_id(the_name) $$;
+AS $$
+DECLARE
+    v_place int := place_id(the_name);
+BEGIN
+    DELETE FROM places WHERE id = v_place;
+END
+$$;
 
 -- add_tlsa_service: a service whose TLSA records certificates can carry
 CREATE OR REPLACE FUNCTION pki.add_tlsa_service(the_name text, the_port integer, the_tlsaprefix text DEFAULT NULL)
@@ -381,6 +420,12 @@ $$;
 
 -- remove_tlsa_service: refused while certificates use it
 CREATE OR REPLACE FUNCTION pki.remove_tlsa_service(the_name text, the_port integer)
-RETURNS void LANGUAGE sql
+RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
-AS $$ DELETE FROM services WHERE id = service_id(the_name, the_port) $$;
+AS $$
+DECLARE
+    v_service int := service_id(the_name, the_port);
+BEGIN
+    DELETE FROM services WHERE id = v_service;
+END
+$$;

@@ -14,7 +14,7 @@ BEGIN
         WHEN 'object' THEN
             SELECT coalesce(jsonb_object_agg(k, without_secrets(v)), '{}') INTO out
               FROM jsonb_each(doc) AS e(k, v)
-             WHERE k NOT IN ('key', 'private_key', 'passphrase', 'password', 'secret', 'hmac_key', 'account_key');
+             WHERE lower(k) NOT IN ('key', 'private_key', 'passphrase', 'password', 'secret', 'hmac_key', 'account_key');
             RETURN out;
         WHEN 'array' THEN
             SELECT coalesce(jsonb_agg(without_secrets(v)), '[]') INTO out FROM jsonb_array_elements(doc) AS e(v);
@@ -26,6 +26,18 @@ BEGIN
     END CASE;
 END
 $$;
+
+-- job_attempts: how often a job of this kind may run; at least once, whatever job_max_attempts says
+CREATE OR REPLACE FUNCTION pki.job_attempts(kind_max int)
+RETURNS int LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$ SELECT greatest(least(kind_max, setting_int('job_max_attempts')), 1) $$;
+
+-- without_key_text: an error text cut off where a PEM private key begins (errors can quote what failed)
+CREATE OR REPLACE FUNCTION pki.without_key_text(error text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$ SELECT regexp_replace(error, '-----BEGIN [A-Z ]*PRIVATE KEY-----.*$', '(private key removed)') $$;
 
 -- enqueue: one job, unless one of this kind and subject is active already (then NULL)
 CREATE OR REPLACE FUNCTION pki.enqueue(p_kind text, p_subject_key text, p_reason text, p_args jsonb DEFAULT '{}',
@@ -39,7 +51,7 @@ BEGIN
     INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, disthost, zone,
                       priority, max_attempts, run_after)
     SELECT p_kind, p_subject_key, p_reason, coalesce(p_args, '{}'), p_certificate, p_instance, p_disthost, p_zone,
-           k.priority, least(k.max_attempts, setting_int('job_max_attempts')), pki.now()
+           k.priority, job_attempts(k.max_attempts), pki.now()
       FROM job_kinds k WHERE k.kind = p_kind
     ON CONFLICT (kind, subject_key) WHERE state IN ('queued', 'running', 'failed') DO NOTHING
     RETURNING id INTO new_id;
@@ -54,10 +66,17 @@ RETURNS TABLE (job bigint, certificate int, instance int)
 LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
+DECLARE
+    -- once per call: in the INSERT below they would run once per row
+    at_now timestamptz := pki.now();
 BEGIN
+    -- callers in other sessions (-C while cron runs -S) wait here; the check below then sees their jobs
+    PERFORM pg_advisory_xact_lock(hashtext('pki.enqueue_issue'));
     PERFORM set_context('issue job enqueued', NULL);
     RETURN QUERY
-    WITH todo AS (
+    WITH kinds AS MATERIALIZED (
+        SELECT k.kind, k.priority, job_attempts(k.max_attempts) AS attempts FROM job_kinds k
+    ), todo AS (
         SELECT DISTINCT ON (u.cert) u.cert, u.then_action, u.why, c.type, sub.type AS subject_type
           FROM unnest(p_certs, p_then, p_reasons) AS u(cert, then_action, why)
           JOIN certificates c ON c.id = u.cert
@@ -75,9 +94,9 @@ BEGIN
                jsonb_build_object('then', todo.then_action, 'no_tlsa', coalesce(sel.no_tlsa, false),
                                   'skip_hosts', to_jsonb(coalesce(sel.skip_hosts, '{}')),
                                   'only_hosts', to_jsonb(coalesce(sel.only_hosts, '{}'))),
-               todo.cert, inst.id, k.priority, least(k.max_attempts, setting_int('job_max_attempts')), pki.now()
+               todo.cert, inst.id, k.priority, k.attempts, at_now
           FROM todo JOIN inst ON inst.certificate = todo.cert
-          JOIN job_kinds k ON k.kind = CASE WHEN todo.subject_type = 'CA' THEN 'issue_local_ca'
+          JOIN kinds k ON k.kind = CASE WHEN todo.subject_type = 'CA' THEN 'issue_local_ca'
                                             WHEN todo.type = 'LE' THEN 'issue_acme' ELSE 'issue_local' END
         RETURNING jobs.id, jobs.certificate, jobs.instance
     )
@@ -91,17 +110,21 @@ RETURNS TABLE (job bigint, instance int, disthost int)
 LANGUAGE sql
 SET search_path = pki, dd, pg_temp
 AS $$
+    -- clock and attempts once per call (materialized), not once per row
+    WITH k AS MATERIALIZED (
+        SELECT priority, job_attempts(max_attempts) AS attempts, pki.now() AS now FROM job_kinds WHERE kind = 'distribute'
+    )
     INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, disthost, priority, max_attempts, run_after)
     SELECT 'distribute', format('inst:%s/host:%s', i.id, t.disthost), p_reason,
            jsonb_build_object('mode', p_mode, 'no_tlsa', coalesce(sel.no_tlsa, false),
                               'targets', jsonb_agg(t.id ORDER BY t.id)),
-           i.certificate, i.id, t.disthost, k.priority, least(k.max_attempts, setting_int('job_max_attempts')), pki.now()
+           i.certificate, i.id, t.disthost, k.priority, k.attempts, k.now
       FROM certinstances i
       JOIN targets t ON t.certificate = i.certificate
       JOIN disthosts d ON d.id = t.disthost
-      JOIN job_kinds k ON k.kind = 'distribute'
+      CROSS JOIN k
      WHERE i.id = ANY (p_instances) AND host_selected(sel, d.fqdn)
-     GROUP BY i.id, i.certificate, t.disthost, k.priority, k.max_attempts
+     GROUP BY i.id, i.certificate, t.disthost, k.priority, k.attempts, k.now
     ON CONFLICT (kind, subject_key) WHERE state IN ('queued', 'running', 'failed') DO NOTHING
     RETURNING jobs.id, jobs.instance, jobs.disthost
 $$;
@@ -138,6 +161,43 @@ BEGIN
 END
 $$;
 
+-- enqueue_tlsa_many: enqueue_tlsa for many certificates in one statement (the scheduler's prepublish);
+-- certs[n] gets reasons[n] and prepublishes prepublish[n] (NULL: none); returns the jobs enqueued or updated
+CREATE OR REPLACE FUNCTION pki.enqueue_tlsa_many(certs int[], reasons text[], prepublish int[])
+RETURNS TABLE (job bigint, certificate int)
+LANGUAGE sql
+SET search_path = pki, dd, pg_temp
+AS $$
+    WITH k AS MATERIALIZED (
+        SELECT priority, job_attempts(max_attempts) AS attempts, pki.now() AS now FROM job_kinds WHERE kind = 'publish_tlsa'
+    ), todo AS MATERIALIZED (
+        SELECT DISTINCT ON (u.cert) u.cert, u.why,
+               jsonb_build_object('instances', w.ids, 'prepublish', u.pre, 'remove', false) AS args
+          FROM unnest(certs, reasons, prepublish) AS u(cert, why, pre)
+          -- tlsa_wanted(cert, pre), for all at once
+          CROSS JOIN LATERAL (SELECT coalesce(jsonb_agg(i.id ORDER BY i.id), '[]') AS ids FROM certinstances i
+                               WHERE i.certificate = u.cert AND (i.state IN ('deployed', 'prepublished') OR i.id = u.pre)) w
+         WHERE u.cert IS NOT NULL
+         ORDER BY u.cert
+    ), queued AS (
+        INSERT INTO jobs (kind, subject_key, reason, args, certificate, priority, max_attempts, run_after)
+        SELECT 'publish_tlsa', 'tlsa:cert:' || todo.cert, todo.why, todo.args, todo.cert, k.priority, k.attempts, k.now
+          FROM todo CROSS JOIN k
+        ON CONFLICT (kind, subject_key) WHERE state IN ('queued', 'running', 'failed') DO NOTHING
+        RETURNING jobs.id, jobs.certificate
+    ), renewed AS (
+        -- one is pending: give it the newest wish unless an agent is at it (then its completion re-checks);
+        -- this statement's snapshot does not see the rows inserted above, only the ones that conflicted
+        UPDATE jobs j SET args = todo.args, reason = todo.why
+          FROM todo
+         WHERE j.kind = 'publish_tlsa' AND j.subject_key = 'tlsa:cert:' || todo.cert AND j.state IN ('queued', 'failed')
+        RETURNING j.id, j.certificate
+    )
+    SELECT queued.id, queued.certificate FROM queued
+    UNION ALL
+    SELECT renewed.id, renewed.certificate FROM renewed
+$$;
+
 -- requeue_expired_leases: running jobs whose agent vanished go back to the queue (or die)
 CREATE OR REPLACE FUNCTION pki.requeue_expired_leases()
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER
@@ -156,6 +216,19 @@ BEGIN
 END
 $$;
 
+-- check_lease: a lease the agent asks for must be positive (NULL: the setting job_lease)
+CREATE OR REPLACE FUNCTION pki.check_lease(lease interval)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    IF lease <= interval '0' THEN
+        PERFORM raise_error('SP005', format('lease %s is not positive', lease),
+            'ask for a lease such as ''5 minutes'', or NULL for the setting job_lease');
+    END IF;
+END
+$$;
+
 -- claim_jobs: up to max_jobs due jobs of the given kinds (all kinds when NULL), leased to the agent
 CREATE OR REPLACE FUNCTION pki.claim_jobs(agent text, kinds text[] DEFAULT NULL, max_jobs int DEFAULT 1, lease interval DEFAULT NULL)
 RETURNS SETOF pki.jobs LANGUAGE plpgsql SECURITY DEFINER
@@ -163,6 +236,7 @@ SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
     PERFORM check_required(agent, 'agent name');
+    PERFORM check_lease(lease);
     PERFORM requeue_expired_leases();
     RETURN QUERY
     WITH c AS (
@@ -211,6 +285,7 @@ DECLARE
     j jobs := held_job(job_id, agent);
     until timestamptz := pki.now() + coalesce(lease, setting_interval('job_lease'));
 BEGIN
+    PERFORM check_lease(lease);
     UPDATE jobs SET locked_until = until WHERE id = j.id;
     RETURN until;
 END
@@ -234,6 +309,7 @@ DECLARE
     outcome dd.job_state := CASE WHEN retry AND j.attempts < j.max_attempts THEN 'failed' ELSE 'dead' END;
     backoff interval := least(setting_interval('job_backoff') * power(2, greatest(j.attempts - 1, 0)), interval '6 hours');
 BEGIN
+    error := without_key_text(error);
     UPDATE jobs SET state = outcome, locked_by = NULL, locked_until = NULL, last_error = left(error, 4000),
                     run_after = pki.now() + coalesce(retry_after, backoff),
                     finished = CASE WHEN outcome = 'dead' THEN pki.now() END
@@ -289,6 +365,7 @@ DECLARE
     cert certificates;
     algos text[];
     wanted text[];
+    bad_pair bigint;
     sel dd.selection;
 BEGIN
     SELECT * INTO cert FROM certificates WHERE id = j.certificate;
@@ -299,6 +376,23 @@ BEGIN
     IF jsonb_typeof(result -> 'pairs') IS DISTINCT FROM 'array' THEN
         PERFORM raise_error('SP023', format('job %s: result lacks "pairs" (a list of {algo, cert, key})', j.id),
             'report every issued key/certificate pair');
+    END IF;
+    SELECT min(n) INTO bad_pair FROM jsonb_array_elements(result -> 'pairs') WITH ORDINALITY AS e(p, n)
+     WHERE jsonb_typeof(p) IS DISTINCT FROM 'object'
+        OR jsonb_typeof(p -> 'algo') IS DISTINCT FROM 'string'
+        OR jsonb_typeof(p -> 'cert') IS DISTINCT FROM 'string'
+        OR jsonb_typeof(p -> 'key') IS DISTINCT FROM 'string';
+    IF bad_pair IS NOT NULL THEN
+        PERFORM raise_error('SP023', format('job %s: pair %s of the result must be {"algo": text, "cert": PEM text, "key": PEM text}',
+                j.id, bad_pair),
+            'report each pair as {"algo": "rsa"|"ec", "cert": "-----BEGIN CERTIFICATE-----...", "key": "-----BEGIN PRIVATE KEY-----..."}');
+    END IF;
+    IF result ? 'cacert' AND jsonb_typeof(result -> 'cacert') <> 'null' THEN
+        IF coalesce(result ->> 'cacert', '') !~ '^[0-9]{1,9}$'
+           OR NOT EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = (result ->> 'cacert')::int) THEN
+            PERFORM raise_error('SP023', format('job %s: cacert %s is not the id of a stored instance', j.id, result -> 'cacert'),
+                'give the id of the CA''s instance (SELECT "Serial" FROM inst), or leave cacert out');
+        END IF;
     END IF;
     SELECT array_agg(p ->> 'algo' ORDER BY p ->> 'algo') INTO algos FROM jsonb_array_elements(result -> 'pairs') p;
     wanted := CASE cert.encryption_algo WHEN 'rsa_plus_ec' THEN ARRAY['ec', 'rsa'] ELSE ARRAY[cert.encryption_algo::text] END;
@@ -385,7 +479,7 @@ BEGIN
     IF NOT coalesce((j.args ->> 'remove')::boolean, false) AND tlsa_wanted(j.certificate) <> (j.args -> 'instances')
        AND tlsa_wanted(j.certificate) <> '[]'::jsonb THEN
         -- the finished job must leave the active set first, so the new one can be inserted
-        UPDATE jobs SET state = 'done' WHERE id = j.id;
+        UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL WHERE id = j.id;
         PERFORM enqueue_tlsa(j.certificate, format('the wanted TLSA set changed while job %s ran', j.id));
     END IF;
 END

@@ -15,10 +15,19 @@ WITH cfg AS (
            setting_interval('expire_grace') AS grace
 ), c AS (
     SELECT * FROM selected_certs(sel)
+), hosts AS MATERIALIZED (   -- the disthosts that distribution may go to (-s, -l)
+    SELECT d.id FROM disthosts d WHERE host_selected(sel, d.fqdn)
 ), pending AS (         -- active jobs of the selected certificates
-    SELECT j.certificate, j.instance, j.kind, j.id
+    SELECT j.certificate, j.instance, j.kind, j.id, j.state, j.disthost, j.attempts, j.max_attempts, j.run_after, j.last_error
       FROM jobs j JOIN c ON c.id = j.certificate
      WHERE j.state IN ('queued', 'running', 'failed')
+), trouble AS (         -- partial failure: a wait on failed jobs shows their errors
+    SELECT p.certificate,
+           string_agg(format('%s job %s%s failed (attempt %s of %s): %s; next attempt at %s', p.kind, p.id,
+                             ' to ' || d.fqdn, p.attempts, p.max_attempts, p.last_error, p.run_after), '; ' ORDER BY p.id) AS errors
+      FROM pending p LEFT JOIN disthosts d ON d.id = p.disthost
+     WHERE p.state = 'failed'
+     GROUP BY p.certificate
 ), i AS (
     SELECT ci.id, ci.certificate, ci.state, ci.not_before, ci.not_after, ci.tlsa_published,
            row_number() OVER (PARTITION BY ci.certificate, ci.state ORDER BY ci.id DESC) AS rn,
@@ -44,17 +53,25 @@ WITH cfg AS (
      WHERE a.state IN ('issued', 'prepublished') AND cfg.now >= a.not_after + cfg.grace
 ), active AS (
     SELECT DISTINCT ON (a.certificate) a.* FROM alive a WHERE a.state = 'deployed' ORDER BY a.certificate, a.id DESC
-), cand AS (            -- successors before rule 4
-    SELECT DISTINCT ON (a.certificate) a.*
-      FROM alive a
-     WHERE a.state IN ('issued', 'prepublished') AND a.id NOT IN (SELECT expire.id FROM expire)
-     ORDER BY a.certificate, a.id DESC
 ), useless AS (         -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates)
     SELECT s.certificate, s.id,
            format('rule 4: successor expires %s, too soon after the active instance (%s)', s.not_after, act.not_after) AS why
-      FROM cand s JOIN active act ON act.certificate = s.certificate, cfg
-     WHERE s.state = 'issued'
-       AND s.not_after < act.not_after + least(cfg.mail_days, (act.not_after - act.not_before) / 3)
+      FROM alive s
+      JOIN active act ON act.certificate = s.certificate
+      JOIN c ON c.id = s.certificate
+      CROSS JOIN cfg
+      CROSS JOIN LATERAL (SELECT least(cfg.mail_days, (act.not_after - act.not_before) / 3) AS margin) m
+     WHERE s.state = 'issued' AND s.id NOT IN (SELECT expire.id FROM expire)
+       AND s.not_after < act.not_after + m.margin
+       -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
+       -- deleting it would make every pass issue another useless one
+       AND (c.type = 'local' OR cfg.now + (s.not_after - s.not_before) >= act.not_after + m.margin)
+), cand AS (            -- the successor: the prepublished instance, else the issued one (rule 7)
+    SELECT DISTINCT ON (a.certificate) a.*
+      FROM alive a
+     WHERE a.state IN ('issued', 'prepublished') AND a.id NOT IN (SELECT expire.id FROM expire)
+       AND a.id NOT IN (SELECT useless.id FROM useless)
+     ORDER BY a.certificate, a.state = 'prepublished' DESC, a.id DESC
 ), st AS (              -- one row per certificate with its roles
     SELECT c.*, act.id AS active_id, act.not_before AS act_nb, act.not_after AS act_na,
            s.id AS succ_id, s.state AS succ_state, s.tlsa_published AS succ_published,
@@ -64,14 +81,16 @@ WITH cfg AS (
                      AND a.id NOT IN (SELECT archive.id FROM archive)) AS has_left,
            EXISTS (SELECT 1 FROM pending p WHERE p.instance = s.id AND p.kind = 'distribute') AS succ_distributing,
            EXISTS (SELECT 1 FROM pending p WHERE p.certificate = c.id AND p.kind = 'publish_tlsa') AS tlsa_pending,
+           EXISTS (SELECT 1 FROM targets t JOIN hosts h ON h.id = t.disthost WHERE t.certificate = c.id) AS has_targets,
            cfg.*
       FROM c CROSS JOIN cfg
       LEFT JOIN active act ON act.certificate = c.id
-      LEFT JOIN cand s ON s.certificate = c.id AND s.id NOT IN (SELECT useless.id FROM useless)
+      LEFT JOIN cand s ON s.certificate = c.id
 ), decided AS (
     -- rule 5: the reminder for a local certificate (before rule 6: disabled ones are reminded too)
     SELECT st.id, st.active_id AS inst, 'remind' AS action,
-           format('rule 5: active instance expires %s; mail a reminder to issue its successor (-C)', st.act_na) AS why, NULL AS then_action
+           format('rule 5: active instance expires %s; mail a reminder to issue its successor (-C)', st.act_na) AS why, NULL AS then_action,
+           false AS on_jobs
       FROM st
      WHERE st.type = 'local' AND st.active_id IS NOT NULL AND st.authorized_until IS NULL
        AND st.now >= st.act_na - st.mail_days
@@ -84,6 +103,8 @@ WITH cfg AS (
                WHEN st.succ_id IS NULL AND st.type = 'local' THEN 'wait'
                WHEN st.succ_id IS NULL THEN 'issue'
                WHEN st.succ_distributing THEN 'wait'
+               WHEN NOT st.has_targets AND (st.active_id IS NULL OR st.tlsa_ttl IS NULL
+                                             OR (st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl)) THEN 'wait'
                WHEN st.active_id IS NULL OR st.tlsa_ttl IS NULL THEN 'distribute'
                WHEN st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl THEN 'distribute'
                WHEN st.succ_state = 'issued' AND NOT st.tlsa_pending AND NOT coalesce(sel.no_tlsa, false) THEN 'prepublish'
@@ -100,6 +121,9 @@ WITH cfg AS (
                WHEN st.succ_id IS NULL AND st.active_id IS NULL THEN 'rule 7: no active instance; issue one and distribute it'
                WHEN st.succ_id IS NULL THEN format('rule 7: active instance expires %s and there is no successor; issue one', st.act_na)
                WHEN st.succ_distributing THEN 'rule 7: the successor''s distribution is pending'
+               WHEN NOT st.has_targets AND (st.active_id IS NULL OR st.tlsa_ttl IS NULL
+                                             OR (st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl))
+                   THEN 'rule 7: the successor is ready, but none of the certificate''s targets is on a selected disthost (-s/-l)'
                WHEN st.active_id IS NULL THEN 'rule 7: no active instance; distribute the successor'
                WHEN st.tlsa_ttl IS NULL THEN format('rule 7: active instance expires %s; distribute the successor', st.act_na)
                WHEN st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl
@@ -111,7 +135,8 @@ WITH cfg AS (
                ELSE 'rule 7: DANE-safe order: publish the successor''s TLSA before deploying it'
            END,
            CASE WHEN st.succ_id IS NULL AND st.type = 'LE'
-                THEN CASE WHEN st.active_id IS NULL OR st.tlsa_ttl IS NULL THEN 'distribute' ELSE 'prepublish' END END
+                THEN CASE WHEN st.active_id IS NULL OR st.tlsa_ttl IS NULL THEN 'distribute' ELSE 'prepublish' END END,
+           st.issuing OR st.succ_distributing OR st.tlsa_pending
       FROM st
      WHERE st.enabled AND (st.active_id IS NULL OR st.now >= st.act_na - st.grace)
     UNION ALL
@@ -131,7 +156,8 @@ WITH cfg AS (
                WHEN coalesce(sel.no_tlsa, false) THEN 'rule 9: prepublish due, but -N forbids TLSA changes'
                ELSE format('rule 9: active instance expires %s; publish the TLSA of active and successor', st.act_na)
            END,
-           CASE WHEN st.succ_id IS NULL THEN CASE WHEN st.tlsa_ttl IS NULL THEN NULL ELSE 'prepublish' END END
+           CASE WHEN st.succ_id IS NULL THEN CASE WHEN st.tlsa_ttl IS NULL THEN NULL ELSE 'prepublish' END END,
+           st.issuing OR st.tlsa_pending
       FROM st
      WHERE st.enabled AND st.type = 'LE' AND st.active_id IS NOT NULL
        AND st.now < st.act_na - st.grace
@@ -144,7 +170,12 @@ SELECT x.certificate, c.name, x.inst, x.action, x.why, x.then_action
     UNION ALL SELECT useless.certificate, useless.id, 'delete', useless.why, NULL FROM useless
     UNION ALL SELECT archive.certificate, archive.id, 'archive', archive.why, NULL FROM archive
     UNION ALL SELECT expire.certificate, expire.id, 'expire', expire.why, NULL FROM expire
-    UNION ALL SELECT d.id, d.inst, d.action, d.why, d.then_action FROM decided d WHERE d.action IS NOT NULL
+    UNION ALL
+    SELECT d.id, d.inst, d.action,
+           CASE WHEN d.action = 'wait' AND d.on_jobs AND tr.errors IS NOT NULL THEN d.why || ' (' || tr.errors || ')' ELSE d.why END,
+           d.then_action
+      FROM decided d LEFT JOIN trouble tr ON tr.certificate = d.id
+     WHERE d.action IS NOT NULL
   ) x(certificate, inst, action, why, then_action)
   JOIN c ON c.id = x.certificate
  ORDER BY c.name, x.inst NULLS LAST, x.action

@@ -99,6 +99,9 @@ BEGIN
         RETURN OLD;
     END IF;
     PERFORM check_simple_name(NEW.name, 'place name');
+    PERFORM check_required(NEW.cert_file_type::text, format('cert_file_type of place "%s"', NEW.name));
+    PERFORM check_required(NEW.chownboth::text, format('chownboth of place "%s"', NEW.name));
+    PERFORM check_required(NEW.pglink::text, format('pglink of place "%s"', NEW.name));
     PERFORM check_required(NEW.cert_path, format('cert_path of place "%s"', NEW.name));
     PERFORM check_abs_path(NEW.cert_path, format('cert_path of place "%s"', NEW.name));
     PERFORM check_abs_path(NEW.key_path, format('key_path of place "%s"', NEW.name));
@@ -134,6 +137,10 @@ BEGIN
         RETURN OLD;
     END IF;
     PERFORM check_simple_name(NEW.name, 'service name');
+    IF NEW.port IS NULL THEN
+        PERFORM raise_error('SP009', format('service "%s" needs a port', NEW.name),
+            'give the port of the service, a number from 1 to 65535, e.g. 443');
+    END IF;
     PERFORM check_range(NEW.port, 1, 65535, format('port of service "%s"', NEW.name));
     PERFORM check_tlsa_prefix(NEW.tlsaprefix, NEW.port);
     PERFORM check_printable(NEW.remarks, 'remarks', 10000);
@@ -165,6 +172,8 @@ BEGIN
         END IF;
         RETURN OLD;
     END IF;
+    PERFORM check_required(NEW.type::text, format('type of subject "%s"', NEW.name));
+    PERFORM check_required(NEW.isaltname::text, format('isaltname of subject "%s"', NEW.name));
     PERFORM check_subject_name(NEW.name, NEW.type, NEW.isaltname);
     PERFORM check_printable(NEW.remarks, 'remarks', 10000);
     IF TG_OP = 'UPDATE' AND (NEW.certificate IS DISTINCT FROM OLD.certificate OR NEW.isaltname <> OLD.isaltname) THEN
@@ -190,6 +199,15 @@ BEGIN
         IF FOUND AND main.type <> NEW.type THEN
             PERFORM raise_error('SP007', format('alt name "%s" is of type %s, its certificate''s subject "%s" of type %s', NEW.name, NEW.type, main.name, main.type),
                 'an alt name has the type of its certificate''s subject');
+        END IF;
+        -- the other way round: a subject name keeps the type of its certificate's alt names
+        IF NOT NEW.isaltname AND EXISTS (SELECT 1 FROM subjects s WHERE s.certificate = NEW.certificate
+                                           AND s.isaltname AND s.type <> NEW.type AND s.id <> NEW.id) THEN
+            PERFORM raise_error('SP007', format('subject "%s" would be of type %s, but its certificate''s alt name(s) %s are not',
+                    NEW.name, NEW.type,
+                    (SELECT string_agg(format('"%s" (%s)', s.name, s.type), ', ' ORDER BY s.name) FROM subjects s
+                      WHERE s.certificate = NEW.certificate AND s.isaltname AND s.type <> NEW.type AND s.id <> NEW.id)),
+                'an alt name has the type of its certificate''s subject: remove the alt names first (remove_altname), change the type, add them again');
         END IF;
     END IF;
     RETURN NEW;
@@ -217,12 +235,16 @@ DROP TRIGGER IF EXISTS certificate_has_subject ON pki.certificates;
 CREATE CONSTRAINT TRIGGER certificate_has_subject AFTER INSERT ON pki.certificates
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pki.certificate_has_subject();
 
--- certificates: printable remarks
+-- certificates: the required columns given, printable remarks
 CREATE OR REPLACE FUNCTION pki.validate_certificate()
 RETURNS trigger LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
+    PERFORM check_required(NEW.type::text, format('type of certificate %s', NEW.id));
+    PERFORM check_required(NEW.encryption_algo::text, format('encryption_algo of certificate %s', NEW.id));
+    PERFORM check_required(NEW.disabled::text, format('disabled of certificate %s', NEW.id));
+    PERFORM check_required(NEW.ocsp_must_staple::text, format('ocsp_must_staple of certificate %s', NEW.id));
     PERFORM check_printable(NEW.remarks, 'remarks', 10000);
     RETURN NEW;
 END
@@ -270,8 +292,12 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM targets t WHERE t.certificate = NEW.certificate AND t.disthost = NEW.disthost
                  AND t.jail IS NOT DISTINCT FROM NEW.jail AND t.place = NEW.place AND t.id <> NEW.id) THEN
-        PERFORM raise_error('SP003', 'this target exists already for the certificate',
-            'see SELECT * FROM certs');
+        PERFORM raise_error('SP003', format('certificate "%s" has the target %s/%s/%s already',
+                (SELECT s.name FROM subjects s WHERE s.certificate = NEW.certificate AND NOT s.isaltname),
+                (SELECT d.fqdn FROM disthosts d WHERE d.id = NEW.disthost),
+                coalesce((SELECT j.name::text FROM jails j WHERE j.id = NEW.jail), '-'),
+                (SELECT p.name FROM places p WHERE p.id = NEW.place)),
+            'see SELECT "Dist Host", "Jail", "Place" FROM certs');
     END IF;
     RETURN NEW;
 END
@@ -296,7 +322,10 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM certificates_services cs WHERE cs.certificate = NEW.certificate
                  AND cs.service = NEW.service AND cs.id <> NEW.id) THEN
-        PERFORM raise_error('SP003', 'the certificate has this TLSA service already', 'see SELECT * FROM certs');
+        PERFORM raise_error('SP003', format('certificate "%s" has the TLSA service %s already',
+                (SELECT s.name FROM subjects s WHERE s.certificate = NEW.certificate AND NOT s.isaltname),
+                (SELECT sv.name || '/' || sv.port FROM services sv WHERE sv.id = NEW.service)),
+            'see SELECT "TLSA", "Port" FROM certs');
     END IF;
     RETURN NEW;
 END
@@ -305,7 +334,8 @@ DROP TRIGGER IF EXISTS validate_certificate_service ON pki.certificates_services
 CREATE TRIGGER validate_certificate_service BEFORE INSERT OR UPDATE ON pki.certificates_services
     FOR EACH ROW EXECUTE FUNCTION pki.validate_certificate_service();
 
--- settings: only the known names, each value of its kind and range
+-- settings: only the known names, each value of its kind and range (a new
+-- setting, inserted by a migration, is checked the same way)
 CREATE OR REPLACE FUNCTION pki.validate_setting()
 RETURNS trigger LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
@@ -346,12 +376,16 @@ BEGIN
                 PERFORM raise_error('SP011', format('setting "%s": "%s" is not true or false', NEW.name, NEW.value),
                     'give true or false');
             END IF;
-        ELSE
+        WHEN 'text' THEN
             NULL;
+        ELSE
+            PERFORM raise_error('SP011', format('setting "%s": kind %s is not one of integer, interval, text, boolean',
+                    NEW.name, coalesce(quote_literal(NEW.kind), 'NULL')),
+                'give the kind integer, interval, text or boolean');
     END CASE;
     RETURN NEW;
 END
 $$;
 DROP TRIGGER IF EXISTS validate_setting ON pki.settings;
-CREATE TRIGGER validate_setting BEFORE UPDATE OR DELETE ON pki.settings
+CREATE TRIGGER validate_setting BEFORE INSERT OR UPDATE OR DELETE ON pki.settings
     FOR EACH ROW EXECUTE FUNCTION pki.validate_setting();

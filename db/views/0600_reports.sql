@@ -6,11 +6,11 @@ DROP VIEW IF EXISTS pki.deployed_where CASCADE;
 DROP VIEW IF EXISTS pki.instance_history CASCADE;
 DROP VIEW IF EXISTS pki.expiring CASCADE;
 
--- jobs_summary: jobs by kind and state, with the newest error
+-- jobs_summary: jobs by kind and state, with the newest error (ties within one transaction: the newest job)
 CREATE VIEW pki.jobs_summary AS
 SELECT j.kind, j.state, count(*) AS jobs, max(j.updated) AS last_change,
        (SELECT j2.last_error FROM pki.jobs j2 WHERE j2.kind = j.kind AND j2.state = j.state AND j2.last_error IS NOT NULL
-         ORDER BY j2.updated DESC LIMIT 1) AS last_error
+         ORDER BY j2.updated DESC, j2.id DESC LIMIT 1) AS last_error
   FROM pki.jobs j
  GROUP BY j.kind, j.state
  ORDER BY j.kind, j.state;

@@ -27,6 +27,8 @@ class PostgresCluster:
     base: Path
     port: int = field(default_factory=free_port)
     superuser: str = "postgres"
+    # more server options for pg_ctl -o, e.g. "-c shared_preload_libraries=pg_stat_statements"
+    extra_options: str = ""
 
     @property
     def data(self) -> Path:
@@ -66,6 +68,8 @@ class PostgresCluster:
                       "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
         options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c full_page_writes=off -c synchronous_commit=off -c max_connections=200")
+        if self.extra_options:
+            options += " " + self.extra_options
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-o", options, "start")
         return self
 

@@ -1,0 +1,535 @@
+"""The installer (agent/serverpki/migrate.py) and its command line (`serverpki db ...`).
+
+Versioned DDL is applied once and recorded; functions, views and triggers are
+re-applied on every upgrade. A fresh install, a repeated upgrade and an upgrade
+from the first release give the same schema, compared by a fingerprint read
+from pg_catalog. The SQL ships inside the wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+import zipfile
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+from typer.testing import CliRunner
+
+from serverpki import migrate
+from serverpki.admin import app
+
+SCHEMAS = ("pki", "dd")
+PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE", "SERVERPKI_DSN")
+
+
+# --- fixtures -------------------------------------------------------------------
+
+@pytest.fixture
+def new_db(pg_server):
+    """new_db(): the name of a NEW, empty database (no schema); dropped after the test."""
+    made: list[str] = []
+
+    def create() -> str:
+        name = f"m_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as su:
+            su.execute(f"CREATE DATABASE {name}")
+        made.append(name)
+        return name
+
+    yield create
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as su:
+        for name in made:
+            su.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def cli_env(pg_server, dbname: str | None) -> dict[str, str | None]:
+    """libpq variables for dbname (or none at all), and nothing inherited from the caller's shell."""
+    env: dict[str, str | None] = {k: None for k in PG_VARS}
+    if dbname is not None:
+        env.update(pg_server.env(dbname))
+    return env
+
+
+def versions_on_disk(repo_root: Path) -> list[str]:
+    return sorted(p.stem for p in (repo_root / "db" / "schema").glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
+
+def applied_versions(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as c:
+        return [r[0] for r in c.execute("SELECT version FROM pki.schema_migrations ORDER BY version")]
+
+
+def has_schema(dsn: str) -> bool:
+    with psycopg.connect(dsn) as c:
+        return c.execute("SELECT count(*) FROM pg_namespace WHERE nspname = ANY(%s)", (list(SCHEMAS),)).fetchone()[0] > 0
+
+
+# --- the schema fingerprint -------------------------------------------------------
+
+FINGERPRINT_QUERIES = {
+    "relations": """
+        SELECT n.nspname || '.' || c.relname,
+               c.relkind::text || ' acl=' || coalesce((SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(c.relacl) a), '')
+               || ' options=' || coalesce(array_to_string(c.reloptions, ','), '')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')""",
+    "columns": """
+        SELECT n.nspname || '.' || c.relname || '.' || a.attname,
+               format('#%%s %%s notnull=%%s default=%%s acl=%%s',
+                      row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
+                      format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                      coalesce(pg_get_expr(d.adbin, d.adrelid), ''),
+                      coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM unnest(a.attacl) x), ''))
+          FROM pg_attribute a
+          JOIN pg_class c ON c.oid = a.attrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+           AND a.attnum > 0 AND NOT a.attisdropped""",
+    "functions": """
+        SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+               format('returns=%%s lang=%%s src=%%s secdef=%%s volatile=%%s config=%%s acl=%%s',
+                      pg_get_function_result(p.oid), l.lanname, md5(p.prosrc), p.prosecdef, p.provolatile,
+                      coalesce(array_to_string(p.proconfig, ','), ''),
+                      coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM unnest(p.proacl) x), ''))
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
+         WHERE n.nspname = ANY(%(schemas)s)""",
+    "views": """
+        SELECT n.nspname || '.' || c.relname, pg_get_viewdef(c.oid)
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('v', 'm')""",
+    "triggers": """
+        SELECT n.nspname || '.' || c.relname || '.' || t.tgname, pg_get_triggerdef(t.oid) || ' enabled=' || t.tgenabled::text
+          FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY(%(schemas)s) AND NOT t.tgisinternal""",
+    "indexes": """
+        SELECT n.nspname || '.' || c.relname, pg_get_indexdef(c.oid)
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY(%(schemas)s)""",
+    "constraints": """
+        SELECT n.nspname || '.' || coalesce(r.relname, ty.typname, '') || '.' || co.conname,
+               co.contype::text || ' ' || pg_get_constraintdef(co.oid)
+          FROM pg_constraint co
+          JOIN pg_namespace n ON n.oid = co.connamespace
+          LEFT JOIN pg_class r ON r.oid = co.conrelid
+          LEFT JOIN pg_type ty ON ty.oid = co.contypid
+         WHERE n.nspname = ANY(%(schemas)s)""",
+    "types": """
+        SELECT n.nspname || '.' || t.typname,
+               t.typtype::text || ' ' || CASE t.typtype
+                   WHEN 'e' THEN (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid)
+                   WHEN 'd' THEN format_type(t.typbasetype, t.typtypmod) || ' notnull=' || t.typnotnull
+                                 || ' default=' || coalesce(t.typdefault, '')
+                   ELSE '' END
+          FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+         WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd', 'c')
+           AND (t.typtype <> 'c' OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')""",
+    "schemas": """
+        SELECT n.nspname, coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM unnest(n.nspacl) x), '')
+          FROM pg_namespace n WHERE n.nspname = ANY(%(schemas)s)""",
+    "extensions": """
+        SELECT e.extname, e.extversion || ' in ' || n.nspname
+          FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace""",
+    "database settings": """
+        SELECT coalesce(r.rolname, '*'), array_to_string(s.setconfig, ',')
+          FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+          LEFT JOIN pg_roles r ON r.oid = s.setrole
+         WHERE d.datname = current_database()""",
+}
+
+
+def fingerprint(dsn: str) -> dict[str, dict[str, str]]:
+    """Everything an install defines in pki and dd, plus the rows it seeds (timestamps left out)."""
+    out: dict[str, dict[str, str]] = {}
+    with psycopg.connect(dsn) as c:
+        for part, sql in FINGERPRINT_QUERIES.items():
+            rows = c.execute(sql, {"schemas": list(SCHEMAS)}).fetchall()
+            keys = [r[0] for r in rows]
+            assert len(keys) == len(set(keys)), f"{part}: duplicate keys {keys}"
+            out[part] = dict(rows)
+        tables = c.execute("SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c "
+                           "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                           "WHERE n.nspname = ANY(%s) AND c.relkind = 'r'", (list(SCHEMAS),)).fetchall()
+        data = {}
+        for (table,) in tables:
+            if table == "pki.schema_migrations":   # rows carry the time they were applied
+                continue
+            rows = c.execute(f"SELECT (to_jsonb(t) - 'created' - 'updated')::text FROM {table} t").fetchall()
+            data[table] = "\n".join(sorted(r[0] for r in rows))
+        out["seeded rows"] = data
+    return out
+
+
+def assert_same_schema(left: dict, right: dict, what: str) -> None:
+    problems = []
+    for part in sorted(set(left) | set(right)):
+        a, b = left.get(part, {}), right.get(part, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                problems.append(f"{part} {key}:\n    {a.get(key)!r}\n != {b.get(key)!r}")
+    assert not problems, f"{what}: schemas differ\n" + "\n".join(problems[:20])
+
+
+def test_fingerprint_sees_what_matters(dsn, conn):
+    """The fingerprint is sharp enough to tell a changed function, grant, default or row."""
+    base = fingerprint(dsn)
+    assert {"pki.disthosts", "pki.certkeydata", "pki.schema_migrations"} <= set(base["relations"])
+    assert any(k.startswith("pki.add_cert(") for k in base["functions"])
+    assert "pki.certs" in base["views"] and "pki.certkeydata.check_certkeydata" in base["triggers"]
+    assert base["seeded rows"]["dd.sqlstates"] and base["seeded rows"]["pki.settings"]
+
+    conn.execute("CREATE OR REPLACE FUNCTION pki.enable_cert(the_cert_name text) RETURNS void LANGUAGE sql "
+                 "SET search_path = pki, dd, pg_temp AS $$ SELECT NULL::void $$")
+    conn.execute("GRANT DELETE ON pki.settings TO pki_report")
+    conn.execute("ALTER TABLE pki.places ALTER COLUMN mode SET DEFAULT 256")
+    conn.execute("UPDATE settings SET value = '21' WHERE name = 'pre_publish_days'")
+    changed = fingerprint(dsn)
+    with pytest.raises(AssertionError) as info:
+        assert_same_schema(base, changed, "changed")
+    text = str(info.value)
+    for expected in ("pki.enable_cert(", "relations pki.settings", "pki.places.mode", "seeded rows pki.settings"):
+        assert expected in text, f"fingerprint missed {expected}"
+
+
+# --- the command line ---------------------------------------------------------------
+
+def test_db_init_with_libpq_variables(runner, pg_server, new_db, repo_root):
+    name = new_db()
+    dsn = pg_server.dsn(name)
+    assert not has_schema(dsn)
+
+    result = runner.invoke(app, ["db", "init"], env=cli_env(pg_server, name))
+    assert result.exit_code == 0, result.output
+    versions = versions_on_disk(repo_root)
+    for v in versions:
+        assert f"applied schema/{v}.sql" in result.output
+    assert f"schema is current ({len(versions)} migration(s) applied now" in result.output
+    assert applied_versions(dsn) == versions
+
+    with psycopg.connect(dsn) as c:   # a new session sees the database's search_path
+        assert c.execute("SHOW search_path").fetchone()[0] == "pki, dd, public"
+        assert c.execute("SELECT count(*) FROM services").fetchone()[0] > 0
+
+
+def test_db_upgrade_with_dsn_option(runner, pg_server, new_db, repo_root):
+    name = new_db()
+    dsn = pg_server.dsn(name)
+    result = runner.invoke(app, ["db", "upgrade", "--dsn", dsn], env=cli_env(pg_server, None))
+    assert result.exit_code == 0, result.output
+    assert applied_versions(dsn) == versions_on_disk(repo_root)
+
+
+def test_dsn_from_serverpki_dsn_variable(runner, pg_server, new_db, repo_root):
+    name = new_db()
+    env = cli_env(pg_server, None)
+    env["SERVERPKI_DSN"] = pg_server.dsn(name)
+    result = runner.invoke(app, ["db", "upgrade"], env=env)
+    assert result.exit_code == 0, result.output
+    assert applied_versions(pg_server.dsn(name)) == versions_on_disk(repo_root)
+
+
+def test_upgrade_twice_is_harmless(runner, pg_server, new_db, repo_root):
+    name = new_db()
+    dsn = pg_server.dsn(name)
+    env = cli_env(pg_server, name)
+    assert runner.invoke(app, ["db", "init"], env=env).exit_code == 0
+    with psycopg.connect(dsn, autocommit=True) as c:   # data an operator entered survives an upgrade
+        c.execute("SELECT add_disthost('web1.example.org')")
+        c.execute("UPDATE settings SET value = '21' WHERE name = 'pre_publish_days'")
+    first = fingerprint(dsn)
+    first_applied = applied_versions(dsn)
+
+    result = runner.invoke(app, ["db", "upgrade"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "applied schema/" not in result.output
+    assert "schema is current (0 migration(s) applied now" in result.output
+    assert applied_versions(dsn) == first_applied == versions_on_disk(repo_root)
+    assert_same_schema(first, fingerprint(dsn), "after a second upgrade")
+    with psycopg.connect(dsn) as c:
+        assert c.execute("SELECT count(*) FROM disthosts").fetchone()[0] == 1
+        assert c.execute("SELECT value FROM settings WHERE name = 'pre_publish_days'").fetchone()[0] == "21"
+
+
+def test_status_lists_applied_and_pending(runner, pg_server, new_db, repo_root):
+    name = new_db()
+    env = cli_env(pg_server, name)
+    versions = versions_on_disk(repo_root)
+
+    before = runner.invoke(app, ["db", "status"], env=env)
+    assert before.output.splitlines() == ["applied: none", f"pending: {', '.join(versions)}"]
+    assert before.exit_code == 1, "pending migrations make status fail, so scripts can test it"
+    assert not has_schema(pg_server.dsn(name)), "status must not change the database"
+
+    assert runner.invoke(app, ["db", "init"], env=env).exit_code == 0
+    after = runner.invoke(app, ["db", "status"], env=env)
+    assert after.exit_code == 0, after.output
+    assert after.output.splitlines() == [f"applied: {', '.join(versions)}", "pending: none", "keys encrypted: no"]
+
+
+def test_status_shows_a_partly_applied_database(pg_server, new_db, repo_root, monkeypatch):
+    """A database installed by an older release lists the newer migrations as pending."""
+    name = new_db()
+    versions = versions_on_disk(repo_root)
+    first = migrate.versioned_files()[:1]
+    with psycopg.connect(pg_server.dsn(name), autocommit=True) as c:
+        monkeypatch.setattr(migrate, "versioned_files", lambda root=None: first)
+        monkeypatch.setattr(migrate, "repeatable_files", lambda root=None: [])
+        assert migrate.upgrade(c, log=lambda _l: None) == [versions[0]]
+        monkeypatch.undo()
+        st = migrate.status(c)
+    assert st.applied == versions[:1]
+    assert st.pending == versions[1:]
+
+
+def test_cli_refusals_are_one_line(runner, pg_server, new_db):
+    missing = f"nope_{uuid.uuid4().hex[:8]}"
+    result = runner.invoke(app, ["db", "status"], env=cli_env(pg_server, missing))
+    assert result.exit_code == 1
+    assert result.output.startswith("serverpki: ") and missing in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_failed_upgrade_leaves_nothing_behind(runner, pg_server, new_db):
+    """A non-superuser cannot install (plpython3u is untrusted); the attempt changes nothing."""
+    name = new_db()
+    role = f"t_installer_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as su:
+        su.execute(f"CREATE ROLE {role} LOGIN")
+        su.execute(f"GRANT CREATE ON DATABASE {name} TO {role}")
+    try:
+        dsn = make_conninfo(pg_server.dsn(name), user=role)
+        result = runner.invoke(app, ["db", "upgrade", "--dsn", dsn], env=cli_env(pg_server, None))
+        assert result.exit_code == 1
+        assert result.output.startswith("serverpki: ") and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert not has_schema(pg_server.dsn(name))
+    finally:
+        with psycopg.connect(pg_server.dsn(name), autocommit=True) as su:
+            su.execute(f"DROP OWNED BY {role}")
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as su:
+            su.execute(f"REVOKE ALL ON DATABASE {name} FROM {role}")
+            su.execute(f"DROP ROLE {role}")
+
+
+def test_installed_console_script(pg_server, new_db, repo_root):
+    """The serverpki entry point of the virtualenv, as an operator runs it."""
+    script = Path(sys.executable).with_name("serverpki")
+    assert script.exists(), script
+    name = new_db()
+    env = {k: v for k, v in os.environ.items() if k not in PG_VARS}
+    env.update(pg_server.env(name))
+    for verb in ("init", "upgrade", "status"):
+        done = subprocess.run([str(script), "db", verb], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"db {verb}: {done.stdout}{done.stderr}"
+    assert "pending: none" in done.stdout
+    assert applied_versions(pg_server.dsn(name)) == versions_on_disk(repo_root)
+
+
+# --- one schema, however it was reached ------------------------------------------------
+
+def test_fresh_install_equals_repeated_upgrade_and_template(pg_server, new_db, template_db):
+    once, twice = new_db(), new_db()
+    with psycopg.connect(pg_server.dsn(once), autocommit=True) as c:
+        migrate.upgrade(c, log=lambda _l: None)
+    with psycopg.connect(pg_server.dsn(twice), autocommit=True) as c:
+        migrate.upgrade(c, log=lambda _l: None)
+    with psycopg.connect(pg_server.dsn(twice), autocommit=True) as c:   # a later session, as cron or an operator
+        assert migrate.upgrade(c, log=lambda _l: None) == []
+    fresh = fingerprint(pg_server.dsn(once))
+    assert_same_schema(fresh, fingerprint(pg_server.dsn(twice)), "fresh install vs upgraded twice")
+    assert_same_schema(fresh, fingerprint(pg_server.dsn(template_db)), "fresh install vs the tests' template")
+
+
+def test_upgrade_from_the_first_release_equals_fresh_install(pg_server, new_db, repo_root, tmp_path, monkeypatch):
+    """Install the db/ of the repository's first commit, upgrade it to this tree, compare with a fresh install."""
+    first_commit = subprocess.run(["git", "-C", str(repo_root), "rev-list", "--max-parents=0", "HEAD"],
+                                  capture_output=True, text=True, check=True).stdout.split()[-1]
+    archive = subprocess.run(["git", "-C", str(repo_root), "archive", first_commit, "db"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
+    old_root = tmp_path / "db"
+    assert (old_root / "schema" / "0001_core.sql").exists()
+    current_root = migrate.sql_root()
+
+    old, fresh = new_db(), new_db()
+    monkeypatch.setattr(migrate, "sql_root", lambda: old_root)
+    with psycopg.connect(pg_server.dsn(old), autocommit=True) as c:
+        old_versions = migrate.upgrade(c, log=lambda _l: None)
+    assert old_versions and set(old_versions) <= set(versions_on_disk(repo_root))
+    with psycopg.connect(pg_server.dsn(old), autocommit=True) as c:   # some configuration of the old release
+        c.execute("INSERT INTO disthosts (fqdn, jailroot) VALUES ('host-with-jails.on.domain', '/usr/jails')")
+    monkeypatch.setattr(migrate, "sql_root", lambda: current_root)
+
+    with psycopg.connect(pg_server.dsn(old), autocommit=True) as c:
+        newly = migrate.upgrade(c, log=lambda _l: None)
+    assert newly == [v for v in versions_on_disk(repo_root) if v not in old_versions]
+    with psycopg.connect(pg_server.dsn(old), autocommit=True) as c:
+        assert c.execute("DELETE FROM disthosts WHERE fqdn = 'host-with-jails.on.domain'").rowcount == 1
+    with psycopg.connect(pg_server.dsn(fresh), autocommit=True) as c:
+        migrate.upgrade(c, log=lambda _l: None)
+    upgraded, installed = fingerprint(pg_server.dsn(old)), fingerprint(pg_server.dsn(fresh))
+    # the disthost inserted and deleted above advanced a sequence, nothing else
+    assert_same_schema(installed, upgraded, f"upgrade from {first_commit[:10]} vs fresh install")
+
+
+def test_versioned_migrations_are_recorded(dsn, repo_root):
+    versions = versions_on_disk(repo_root)
+    assert versions[:2] == ["0001_core", "0002_roles"]
+    assert [f.stem for f in migrate.versioned_files()] == versions
+    with psycopg.connect(dsn) as c:
+        rows = c.execute("SELECT version, applied FROM pki.schema_migrations ORDER BY version").fetchall()
+    assert [r[0] for r in rows] == versions
+    assert all(r[1] is not None for r in rows)
+
+
+def test_repeatable_files_keep_their_number_order(repo_root):
+    files = migrate.repeatable_files()
+    assert {f.parent.name for f in files} <= set(migrate.REPEATABLE_DIRS)
+    assert [f.name for f in files] == sorted(f.name for f in files)
+    on_disk = sorted(p.name for d in migrate.REPEATABLE_DIRS for p in (repo_root / "db" / d).glob("*.sql"))
+    assert sorted(f.name for f in files) == on_disk, "an SQL file without a NNNN_ prefix would be skipped silently"
+    assert files[-1].name.startswith("99"), "grants come last"
+
+
+# --- two installers at once ------------------------------------------------------------
+
+@pytest.mark.parametrize("start", ["empty", "installed"])
+def test_concurrent_installers(pg_server, new_db, repo_root, start):
+    name = new_db()
+    dsn = pg_server.dsn(name)
+    if start == "installed":
+        with psycopg.connect(dsn, autocommit=True) as c:
+            migrate.upgrade(c, log=lambda _l: None)
+
+    barrier = threading.Barrier(2)
+    results: dict[int, list[str]] = {}
+    errors: dict[int, BaseException] = {}
+
+    def install(n: int) -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                barrier.wait(timeout=30)
+                results[n] = migrate.upgrade(c, log=lambda _l: None)
+        except BaseException as exc:   # reported below, with the thread's number
+            errors[n] = exc
+
+    threads = [threading.Thread(target=install, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "an installer hangs"
+    assert not errors, f"installers failed: {errors!r}"
+
+    versions = versions_on_disk(repo_root)
+    applied_now = sorted(results[1] + results[2])
+    assert applied_now == ([] if start == "installed" else versions), "each migration applied exactly once"
+    if start == "empty":
+        assert sorted([results[1], results[2]], key=len) == [[], versions], "one installer did it all, the other waited"
+    assert applied_versions(dsn) == versions
+    reference = new_db()
+    with psycopg.connect(pg_server.dsn(reference), autocommit=True) as c:
+        migrate.upgrade(c, log=lambda _l: None)
+    assert_same_schema(fingerprint(pg_server.dsn(reference)), fingerprint(dsn), "after two concurrent installers")
+
+
+def test_concurrent_installers_in_two_databases_of_a_new_cluster():
+    """The roles are cluster-wide: two databases installed at once on a new cluster both get them.
+
+    (The advisory lock serializes installers of one database only.) A private cluster, because
+    the roles of the session's cluster exist already."""
+    from serverpki.lab.postgres import PostgresCluster
+
+    # pytest's tmp folders are private to root; the postgres user must reach its data folder
+    top = Path(tempfile.mkdtemp(prefix="serverpki-test-pg2-"))
+    os.chmod(top, 0o755)
+    with PostgresCluster(top / "cluster") as cluster:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as su:
+            assert su.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pki\\_%'").fetchone()[0] == 0
+            for name in ("pki_op", "pki_dev"):   # the seed runs both on one server
+                su.execute(f"CREATE DATABASE {name}")
+        barrier = threading.Barrier(2)
+        results: dict[str, list[str]] = {}
+        errors: dict[str, BaseException] = {}
+
+        def install(name: str) -> None:
+            try:
+                with psycopg.connect(cluster.dsn(name), autocommit=True) as c:
+                    barrier.wait(timeout=30)
+                    results[name] = migrate.upgrade(c, log=lambda _l: None)
+            except BaseException as exc:   # reported below, with the database's name
+                errors[name] = exc
+
+        threads = [threading.Thread(target=install, args=(name,)) for name in ("pki_op", "pki_dev")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "an installer hangs"
+        assert not errors, f"installers failed: {errors!r}"
+        versions = [f.stem for f in migrate.versioned_files()]
+        assert results == {"pki_op": versions, "pki_dev": versions}
+        assert_same_schema(fingerprint(cluster.dsn("pki_op")), fingerprint(cluster.dsn("pki_dev")), "two databases")
+    shutil.rmtree(top, ignore_errors=True)
+
+
+# --- the SQL ships inside the wheel -------------------------------------------------------
+
+def test_wheel_contains_the_sql(repo_root, tmp_path):
+    source = tmp_path / "src"
+    # a copy of the working tree, so building leaves no build/ or egg-info behind in the checkout
+    shutil.copytree(repo_root, source, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
+                                                  ".pytest_cache", ".hypothesis", "lab-run"))
+    out = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = out.glob("serverpki-*.whl")
+
+    sql_files = sorted(p.relative_to(repo_root / "db") for p in (repo_root / "db").glob("*/*.sql"))
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        assert "serverpki/db/schema/0001_core.sql" in names
+        assert any(n.startswith("serverpki/db/functions/") and n.endswith(".sql") for n in names)
+        for rel in sql_files:
+            member = f"serverpki/db/{rel.as_posix()}"
+            assert member in names, f"{member} missing from the wheel"
+            assert z.read(member) == (repo_root / "db" / rel).read_bytes(), f"{member} differs from db/{rel}"
+        shipped = {n for n in names if n.startswith("serverpki/db/") and n.endswith(".sql")}
+        assert len(shipped) == len(sql_files)
+        z.extractall(tmp_path / "installed")
+
+    # installed from the wheel (not from the checkout), the installer finds its SQL
+    probe = ("import json; from serverpki import migrate; "
+             "print(json.dumps([migrate.__file__, [f.name for f in migrate.versioned_files()], "
+             "[f.name for f in migrate.repeatable_files()]]))")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "installed")}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    import json
+    module_file, versioned, repeatable = json.loads(done.stdout)
+    assert module_file.startswith(str(tmp_path / "installed"))
+    assert versioned == [p.name for p in sorted((repo_root / "db" / "schema").glob("*.sql"))]
+    assert sorted(repeatable) == sorted(p.name for d in migrate.REPEATABLE_DIRS for p in (repo_root / "db" / d).glob("*.sql"))
+
+
+def test_sql_root_is_the_checkout_db_in_development(repo_root):
+    root = migrate.sql_root()
+    digest = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.glob("*/*.sql")}
+    want = {p.relative_to(repo_root / "db").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in (repo_root / "db").glob("*/*.sql")}
+    assert digest == want

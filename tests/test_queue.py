@@ -1,0 +1,830 @@
+"""The job queue (db/functions/0520_queue.sql) and the report views (db/views/0600_reports.sql).
+
+Claiming is FOR UPDATE SKIP LOCKED with a lease; finishing a job is one call that
+applies its outcome or schedules the retry. Concurrency is tested with two real
+sessions whose transactions are open at the same time. Time travels with
+SET pki.now on the session that acts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+
+import psycopg
+import pytest
+
+from certfactory import make_pair
+from helpers import assert_refused, snapshot
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2027, 1, 1, tzinfo=UTC)
+ISSUE_KINDS = ("issue_local", "issue_acme", "issue_local_ca")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def at(conn: psycopg.Connection, when: dt.datetime) -> None:
+    """Travel: pki.now() of this session is `when` from now on."""
+    conn.execute("SELECT set_config('pki.now', %s, false)", (when.isoformat(),))
+
+
+def enqueue(conn, kind: str, subject: str, args: dict | None = None, **refs) -> int | None:
+    return conn.execute(
+        "SELECT enqueue(%s, %s, %s, %s, %s, %s, %s, %s)",
+        (kind, subject, f"test: {subject}", json.dumps(args or {}), refs.get("certificate"),
+         refs.get("instance"), refs.get("disthost"), refs.get("zone"))).fetchone()[0]
+
+
+def claim(conn, agent: str = "a1", kinds: list[str] | None = None, n: int = 1, lease: str | None = None) -> list[dict]:
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    return cur.execute("SELECT * FROM claim_jobs(%s, %s, %s, %s::interval) ORDER BY priority DESC, id",
+                       (agent, kinds, n, lease)).fetchall()
+
+
+def job(conn, job_id: int) -> dict:
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    return cur.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+
+
+def complete(conn, job_id: int, agent: str = "a1", result: dict | None = None) -> None:
+    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, agent, json.dumps(result or {})))
+
+
+def fail(conn, job_id: int, agent: str = "a1", error: str = "boom", retry: bool = True, retry_after: str | None = None):
+    return conn.execute("SELECT fail_job(%s, %s, %s, %s, %s::interval)",
+                        (job_id, agent, error, retry, retry_after)).fetchone()[0]
+
+
+def setting(conn, name: str, value: str) -> None:
+    conn.execute("UPDATE settings SET value = %s WHERE name = %s", (value, name))
+
+
+def add_cert(conn, name: str = "www.example.org", cert_type: str = "LE", algo: str = "ec",
+             hosts: tuple[str, ...] = ("web1.example.org",), tlsa: bool = False) -> int:
+    """A certificate with one target per disthost (disthosts and the place are made when missing)."""
+    if not conn.execute("SELECT 1 FROM places WHERE name = 'nginx'").fetchone():
+        conn.execute("SELECT add_place('nginx', 'separate', '/etc/ssl/{}')")
+    for host in hosts:
+        if not conn.execute("SELECT 1 FROM disthosts WHERE fqdn = %s", (host,)).fetchone():
+            conn.execute("SELECT add_disthost(%s)", (host,))
+    conn.execute("SELECT * FROM add_cert(%s, 'server', %s, %s, false, NULL, %s, %s, %s, NULL, 'nginx')",
+                 (name, cert_type, algo, "https" if tlsa else None, 443 if tlsa else None, hosts[0]))
+    for host in hosts[1:]:
+        conn.execute("SELECT add_target(%s, %s, NULL, 'nginx')", (name, host))
+    return conn.execute("SELECT cert_id(%s)", (name,)).fetchone()[0]
+
+
+def pairs_for(conn, job_row: dict, when: dt.datetime, days: int = 90) -> dict:
+    """The result an issuing agent reports: one {algo, cert, key} per key algorithm of the certificate."""
+    name, algo = conn.execute("SELECT s.name, c.encryption_algo FROM certificates c JOIN subjects s "
+                              "ON s.certificate = c.id AND NOT s.isaltname WHERE c.id = %s",
+                              (job_row["certificate"],)).fetchone()
+    algos = ["rsa", "ec"] if algo == "rsa_plus_ec" else [algo]
+    return {"pairs": [make_pair(name, a, when, days) for a in algos]}
+
+
+def run_jobs(conn, when: dt.datetime, agent: str = "a1", kinds: list[str] | None = None) -> list[dict]:
+    """Act as a well-behaved agent: claim and complete until nothing is due; returns what was done."""
+    done = []
+    while True:
+        claimed = claim(conn, agent, kinds, n=10)
+        if not claimed:
+            return done
+        for j in claimed:
+            complete(conn, j["id"], agent, pairs_for(conn, j, when) if j["kind"] in ISSUE_KINDS else {})
+            done.append(j)
+
+
+def deployed_cert(conn, name: str = "www.example.org", **kw) -> dict:
+    """A certificate with a deployed instance, made by the scheduler and the queue at T0."""
+    cert = add_cert(conn, name, **kw)
+    at(conn, T0)
+    conn.execute("SELECT * FROM schedule()").fetchall()
+    done = run_jobs(conn, T0)
+    inst = conn.execute("SELECT id FROM certinstances WHERE certificate = %s AND state = 'deployed'", (cert,)).fetchone()
+    assert inst, f"no deployed instance after {[(j['kind'], j['id']) for j in done]}"
+    return {"certificate": cert, "instance": inst[0], "jobs": done}
+
+
+def jobs_snapshot(conn) -> list[tuple]:
+    return conn.execute("SELECT j::text FROM jobs j ORDER BY id").fetchall()
+
+
+# --------------------------------------------------------------------------- claiming
+
+def test_two_sessions_claim_disjoint_jobs(conn, dsn):
+    ids = [enqueue(conn, "mail_reminder", f"r{i}") for i in range(6)]
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        # a blocked row lock in b would raise instead of waiting
+        b.execute("SET lock_timeout = '3s'")
+        a.execute("BEGIN")
+        b.execute("BEGIN")
+        got_a = claim(a, "agent-a", n=4)
+        started = time.monotonic()
+        got_b = claim(b, "agent-b", n=4)          # a's four rows are locked: b skips them
+        waited = time.monotonic() - started
+        assert waited < 1.0, f"SKIP LOCKED waited {waited:.2f}s"
+        ids_a = {j["id"] for j in got_a}
+        ids_b = {j["id"] for j in got_b}
+        assert len(ids_a) == 4 and len(ids_b) == 2
+        assert not ids_a & ids_b
+        assert ids_a | ids_b == set(ids)
+        # nothing is left for either while both transactions are open
+        assert claim(b, "agent-b", n=4) == []
+        assert claim(a, "agent-a", n=4) == []
+        a.execute("COMMIT")
+        b.execute("COMMIT")
+    rows = conn.execute("SELECT id, state, locked_by, attempts FROM jobs ORDER BY id").fetchall()
+    assert {r[0] for r in rows if r[2] == "agent-a"} == ids_a
+    assert {r[0] for r in rows if r[2] == "agent-b"} == ids_b
+    assert all(r[1] == "running" and r[3] == 1 for r in rows)
+
+
+def test_two_sessions_one_job_one_winner(conn, dsn):
+    only = enqueue(conn, "mail_reminder", "only")
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        b.execute("SET lock_timeout = '3s'")
+        a.execute("BEGIN")
+        b.execute("BEGIN")
+        assert [j["id"] for j in claim(a, "agent-a", n=5)] == [only]
+        started = time.monotonic()
+        assert claim(b, "agent-b", n=5) == []
+        assert time.monotonic() - started < 1.0
+        a.execute("COMMIT")
+        # after a's commit the job is running under a: still not b's
+        assert claim(b, "agent-b", n=5) == []
+        b.execute("COMMIT")
+    assert job(conn, only)["locked_by"] == "agent-a"
+
+
+def test_claim_respects_kinds(conn):
+    d = enqueue(conn, "distribute", "inst:1/host:1")
+    m = enqueue(conn, "mail_reminder", "reminder:1")
+    t = enqueue(conn, "publish_tlsa", "tlsa:cert:1")
+    assert [j["id"] for j in claim(conn, kinds=["mail_reminder"], n=10)] == [m]
+    assert [j["id"] for j in claim(conn, kinds=["distribute", "encrypt_keys"], n=10)] == [d]
+    assert claim(conn, kinds=["issue_acme"], n=10) == []
+    assert [j["id"] for j in claim(conn, kinds=None, n=10)] == [t]
+
+
+def test_claim_respects_run_after(conn):
+    at(conn, T0 + dt.timedelta(hours=1))
+    later = enqueue(conn, "mail_reminder", "later")          # run_after = T0 + 1 h
+    at(conn, T0)
+    now = enqueue(conn, "mail_reminder", "now")
+    assert job(conn, later)["run_after"] == T0 + dt.timedelta(hours=1)
+    assert [j["id"] for j in claim(conn, n=10)] == [now]
+    at(conn, T0 + dt.timedelta(minutes=59, seconds=59))
+    assert claim(conn, n=10) == []
+    at(conn, T0 + dt.timedelta(hours=1))
+    assert [j["id"] for j in claim(conn, n=10)] == [later]
+
+
+def test_claim_takes_priority_then_age(conn):
+    # job_kinds priorities: encrypt_keys 40, register_acme 30, issue_acme 20, publish_tlsa 15, distribute 10, mail_reminder 0
+    m1 = enqueue(conn, "mail_reminder", "m1")
+    d1 = enqueue(conn, "distribute", "d1")
+    t1 = enqueue(conn, "publish_tlsa", "t1")
+    d2 = enqueue(conn, "distribute", "d2")
+    i1 = enqueue(conn, "issue_acme", "i1")
+    r1 = enqueue(conn, "register_acme", "r1")
+    e1 = enqueue(conn, "encrypt_keys", "e1")
+    assert [job(conn, x)["priority"] for x in (e1, r1, i1, t1, d1, m1)] == [40, 30, 20, 15, 10, 0]
+    order = [claim(conn)[0]["id"] for _ in range(7)]
+    assert order == [e1, r1, i1, t1, d1, d2, m1]
+    assert claim(conn) == []
+    # LIMIT takes the first of that order
+    a = enqueue(conn, "mail_reminder", "a")
+    b = enqueue(conn, "distribute", "b")
+    assert [j["id"] for j in claim(conn, n=1)] == [b]
+    assert [j["id"] for j in claim(conn, n=1)] == [a]
+
+
+def test_claim_sets_the_lease(conn):
+    at(conn, T0)
+    j = enqueue(conn, "mail_reminder", "x")
+    [row] = claim(conn, "a1")
+    assert (row["id"], row["state"], row["locked_by"], row["attempts"]) == (j, "running", "a1", 1)
+    assert row["locked_until"] == T0 + dt.timedelta(minutes=5)         # setting job_lease
+    k = enqueue(conn, "mail_reminder", "y")
+    [row] = claim(conn, "a1", lease="90 seconds")
+    assert row["id"] == k and row["locked_until"] == T0 + dt.timedelta(seconds=90)
+
+
+def test_claim_needs_an_agent_name(conn):
+    enqueue(conn, "mail_reminder", "x")
+    before = jobs_snapshot(conn)
+    assert_refused(conn, "SELECT * FROM claim_jobs('')", sqlstate="SP009")
+    assert_refused(conn, "SELECT * FROM claim_jobs(NULL)", sqlstate="SP009")
+    assert jobs_snapshot(conn) == before
+
+
+# --------------------------------------------------------------------------- enqueuing
+
+def test_enqueue_same_kind_and_subject_gives_one_active_job(conn):
+    first = enqueue(conn, "mail_reminder", "reminder:7")
+    assert first is not None
+    assert enqueue(conn, "mail_reminder", "reminder:7") is None
+    # another kind or another subject is another job
+    assert enqueue(conn, "publish_tlsa", "reminder:7") is not None
+    assert enqueue(conn, "mail_reminder", "reminder:8") is not None
+    assert conn.execute("SELECT count(*) FROM jobs WHERE kind = 'mail_reminder' AND subject_key = 'reminder:7'").fetchone()[0] == 1
+    # the unique partial index is the guarantee, whoever inserts
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("INSERT INTO jobs (kind, subject_key, reason, run_after) "
+                     "VALUES ('mail_reminder', 'reminder:7', 'by hand', now())")
+    # running and failed jobs are active too
+    [row] = claim(conn, kinds=["mail_reminder"])
+    assert row["id"] == first
+    assert enqueue(conn, "mail_reminder", "reminder:7") is None
+    fail(conn, first)
+    assert job(conn, first)["state"] == "failed"
+    assert enqueue(conn, "mail_reminder", "reminder:7") is None
+    # once it is done, the subject may get a new job
+    at(conn, dt.datetime.now(UTC) + dt.timedelta(hours=1))
+    [row] = claim(conn, kinds=["mail_reminder"])
+    assert row["id"] == first
+    complete(conn, row["id"])
+    again = enqueue(conn, "mail_reminder", "reminder:7")
+    assert again is not None and again != first
+    assert conn.execute("SELECT count(*) FROM jobs WHERE subject_key = 'reminder:7' AND kind = 'mail_reminder'").fetchone()[0] == 2
+
+
+def test_enqueue_issue_twice_reserves_one_instance(conn):
+    cert = add_cert(conn)
+    at(conn, T0)
+    first = conn.execute("SELECT * FROM request_create()").fetchall()
+    second = conn.execute("SELECT * FROM request_create()").fetchall()
+    assert len(first) == 1 and second == []
+    assert conn.execute("SELECT count(*) FROM jobs WHERE certificate = %s", (cert,)).fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM certinstances WHERE certificate = %s", (cert,)).fetchone()[0] == 1
+
+
+def test_concurrent_issue_requests_reserve_one_instance(conn, dsn):
+    """-C in one session while -S runs in another: the second waits, then sees the first one's job."""
+    cert = add_cert(conn)
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        b.execute("SET lock_timeout = '10s'")
+        a.execute("BEGIN")
+        assert len(a.execute("SELECT * FROM request_create()").fetchall()) == 1
+        outcome: dict = {}
+
+        def second():
+            try:
+                b.execute("BEGIN")
+                outcome["rows"] = b.execute("SELECT * FROM schedule()").fetchall()
+                b.execute("COMMIT")
+            except psycopg.Error as exc:          # reported below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=second)
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive(), "the second session did not wait for the first"
+        a.execute("COMMIT")
+        worker.join(15)
+        assert "error" not in outcome, outcome.get("error")
+        # (its plan was made before it waited, so it still says "issue"; enqueue_issue found the job and added none)
+        assert [r[2] for r in outcome["rows"]] == ["issue"]
+    assert conn.execute("SELECT count(*) FROM jobs WHERE certificate = %s", (cert,)).fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM certinstances WHERE certificate = %s", (cert,)).fetchone()[0] == 1
+
+
+def test_enqueue_max_attempts_is_at_least_one(conn):
+    """job_max_attempts = 0 is a legal setting; a job must still be claimable once (attempts <= max_attempts)."""
+    setting(conn, "job_max_attempts", "0")
+    j = enqueue(conn, "mail_reminder", "x")
+    assert job(conn, j)["max_attempts"] == 1
+    [row] = claim(conn)
+    assert row["id"] == j
+    assert fail(conn, j) == "dead"
+
+
+def test_enqueue_takes_kind_limits(conn):
+    setting(conn, "job_max_attempts", "4")
+    assert job(conn, enqueue(conn, "issue_local", "a"))["max_attempts"] == 3      # the kind allows 3
+    assert job(conn, enqueue(conn, "distribute", "b"))["max_attempts"] == 4       # the setting allows 4
+    assert job(conn, enqueue(conn, "distribute", "b2"))["priority"] == 10
+
+
+# --------------------------------------------------------------------------- leases
+
+def test_expired_lease_returns_the_job_and_refuses_the_old_agent(conn, dsn):
+    at(conn, T0)
+    j = enqueue(conn, "mail_reminder", "x")
+    [row] = claim(conn, "old")
+    assert row["locked_until"] == T0 + dt.timedelta(minutes=5)
+    with psycopg.connect(dsn, autocommit=True) as other:
+        # before the lease ends, the job stays with its agent
+        at(other, T0 + dt.timedelta(minutes=4))
+        assert claim(other, "new") == []
+        assert job(conn, j)["state"] == "running"
+        # after it, the next claim puts it back in the queue (with the back-off of a failed attempt)
+        at(other, T0 + dt.timedelta(minutes=6))
+        assert claim(other, "new") == []
+        back = job(conn, j)
+        assert back["state"] == "failed"
+        assert back["locked_by"] is None and back["locked_until"] is None
+        assert "lease of agent old expired" in back["last_error"]
+        assert back["run_after"] == T0 + dt.timedelta(minutes=6, seconds=30)
+        [(event_state, event_reason)] = conn.execute("SELECT job_state, reason FROM events WHERE job = %s", (j,)).fetchall()
+        assert event_state == "failed"
+        assert event_reason.startswith(f"mail_reminder job {j}: lease of agent old expired at ")
+        # the old agent comes back too late: its outcome is refused, nothing changes
+        before = jobs_snapshot(conn)
+        err = assert_refused(conn, "SELECT complete_job(%s, 'old', '{}')", (j,), sqlstate="SP022", match=f"job {j}")
+        assert "not running under agent old" in err.diag.message_primary
+        assert_refused(conn, "SELECT fail_job(%s, 'old', 'late error')", (j,), sqlstate="SP022")
+        assert_refused(conn, "SELECT extend_lease(%s, 'old')", (j,), sqlstate="SP022")
+        assert jobs_snapshot(conn) == before
+        # after the back-off the new agent gets it, as a second attempt, and finishes it
+        at(other, T0 + dt.timedelta(minutes=6, seconds=30))
+        [again] = claim(other, "new")
+        assert (again["id"], again["attempts"], again["locked_by"]) == (j, 2, "new")
+        assert_refused(conn, "SELECT complete_job(%s, 'old', '{}')", (j,), sqlstate="SP022", match="under agent new")
+        complete(other, j, "new")
+    assert job(conn, j)["state"] == "done"
+
+
+def test_expired_lease_on_the_last_attempt_is_dead(conn):
+    at(conn, T0)
+    cert = add_cert(conn, cert_type="local")
+    conn.execute("SELECT * FROM request_create()").fetchall()
+    [row] = claim(conn, "old", kinds=["issue_local"], lease="1 minute")
+    conn.execute("UPDATE jobs SET attempts = max_attempts WHERE id = %s", (row["id"],))
+    at(conn, T0 + dt.timedelta(minutes=2))
+    assert claim(conn, "new") == []
+    assert job(conn, row["id"])["state"] == "dead"
+    assert conn.execute("SELECT count(*) FROM certinstances WHERE certificate = %s", (cert,)).fetchone()[0] == 0
+
+
+def test_a_lease_must_be_positive(conn):
+    j = enqueue(conn, "mail_reminder", "x")
+    before = jobs_snapshot(conn)
+    assert_refused(conn, "SELECT * FROM claim_jobs('a1', NULL, 1, '0 seconds')", sqlstate="SP005", match="lease")
+    assert_refused(conn, "SELECT * FROM claim_jobs('a1', NULL, 1, '-5 minutes')", sqlstate="SP005")
+    assert jobs_snapshot(conn) == before
+    claim(conn, "a1")
+    assert_refused(conn, "SELECT extend_lease(%s, 'a1', '-1 minute')", (j,), sqlstate="SP005")
+    assert job(conn, j)["state"] == "running"
+
+
+def test_extend_lease_moves_locked_until(conn, dsn):
+    at(conn, T0)
+    j = enqueue(conn, "mail_reminder", "x")
+    claim(conn, "a1")
+    at(conn, T0 + dt.timedelta(minutes=4))
+    until = conn.execute("SELECT extend_lease(%s, 'a1')", (j,)).fetchone()[0]
+    assert until == T0 + dt.timedelta(minutes=9)
+    assert job(conn, j)["locked_until"] == until
+    until = conn.execute("SELECT extend_lease(%s, 'a1', '1 hour')", (j,)).fetchone()[0]
+    assert until == T0 + dt.timedelta(minutes=64)
+    assert job(conn, j)["locked_until"] == until
+    # past the original lease, the job is still the agent's
+    with psycopg.connect(dsn, autocommit=True) as other:
+        at(other, T0 + dt.timedelta(minutes=30))
+        assert claim(other, "a2") == []
+    assert job(conn, j)["state"] == "running"
+    # only the holder may extend
+    assert_refused(conn, "SELECT extend_lease(%s, 'a2')", (j,), sqlstate="SP022")
+    assert_refused(conn, "SELECT extend_lease(-1, 'a1')", sqlstate="SP002")
+    assert job(conn, j)["locked_until"] == until
+
+
+# --------------------------------------------------------------------------- failing
+
+def test_fail_job_backs_off_exponentially_then_dies(conn):
+    at(conn, T0)
+    j = enqueue(conn, "mail_reminder", "x")              # mail_reminder: 5 attempts
+    assert job(conn, j)["max_attempts"] == 5
+    now = T0
+    for attempt in range(1, 5):
+        [row] = claim(conn)
+        assert (row["id"], row["attempts"]) == (j, attempt)
+        assert fail(conn, j, error=f"failure {attempt}") == "failed"
+        failed = job(conn, j)
+        backoff = dt.timedelta(seconds=30 * 2 ** (attempt - 1))          # job_backoff * 2^(attempts-1)
+        assert failed["run_after"] == now + backoff
+        assert (failed["state"], failed["last_error"], failed["locked_by"], failed["finished"]) == \
+            ("failed", f"failure {attempt}", None, None)
+        # not a moment before
+        at(conn, now + backoff - dt.timedelta(seconds=1))
+        assert claim(conn) == []
+        now = now + backoff
+        at(conn, now)
+    [row] = claim(conn)
+    assert row["attempts"] == 5
+    assert fail(conn, j, error="failure 5") == "dead"
+    dead = job(conn, j)
+    assert (dead["state"], dead["finished"], dead["last_error"]) == ("dead", now, "failure 5")
+    at(conn, now + dt.timedelta(days=1))
+    assert claim(conn) == []
+    outcomes = conn.execute("SELECT job_state FROM events WHERE job = %s ORDER BY id", (j,)).fetchall()
+    assert [o[0] for o in outcomes] == ["failed"] * 4 + ["dead"]
+
+
+def test_fail_job_backoff_is_capped_and_can_be_overridden(conn):
+    at(conn, T0)
+    setting(conn, "job_backoff", "2 hours")
+    j = enqueue(conn, "distribute", "x")
+    conn.execute("UPDATE jobs SET attempts = 3 WHERE id = %s", (j,))
+    claim(conn)                                   # 4th attempt: 2 h * 8 = 16 h, capped to 6 h
+    fail(conn, j)
+    assert job(conn, j)["run_after"] == T0 + dt.timedelta(hours=6)
+    at(conn, T0 + dt.timedelta(hours=6))
+    claim(conn)
+    fail(conn, j, retry_after="10 minutes")       # the agent knows better (e.g. Retry-After)
+    assert job(conn, j)["run_after"] == T0 + dt.timedelta(hours=6, minutes=10)
+
+
+def test_fail_job_without_retry_is_dead_at_once(conn):
+    at(conn, T0)
+    j = enqueue(conn, "distribute", "x")
+    claim(conn)
+    assert fail(conn, j, error="host key mismatch", retry=False) == "dead"
+    row = job(conn, j)
+    assert (row["state"], row["attempts"], row["last_error"], row["finished"]) == ("dead", 1, "host key mismatch", T0)
+    # a dead job is not active: the subject may be enqueued again
+    assert enqueue(conn, "distribute", "x") is not None
+
+
+def test_fail_job_needs_the_holder(conn):
+    j = enqueue(conn, "mail_reminder", "x")
+    assert_refused(conn, "SELECT fail_job(%s, 'a1', 'e')", (j,), sqlstate="SP022", match="is queued")
+    claim(conn, "a1")
+    assert_refused(conn, "SELECT fail_job(%s, 'a2', 'e')", (j,), sqlstate="SP022", match="under agent a1")
+    assert_refused(conn, "SELECT fail_job(%s, 'a1', 'e')", (j + 1000,), sqlstate="SP002")
+    # an empty error is still an error
+    assert fail(conn, j, error="") == "failed"
+    assert job(conn, j)["last_error"] == "unspecified error"
+
+
+def test_fail_job_keeps_keys_out_of_the_error(conn):
+    j = enqueue(conn, "distribute", "x")
+    claim(conn)
+    error = "cannot write /etc/ssl/k.pem: -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----\n"
+    fail(conn, j, error=error)
+    assert job(conn, j)["last_error"] == "cannot write /etc/ssl/k.pem: (private key removed)"
+    reasons = conn.execute("SELECT reason FROM events WHERE job = %s", (j,)).fetchall()
+    assert reasons and all("PRIVATE KEY" not in r[0] for r in reasons)
+
+
+def test_dead_issue_job_deletes_its_reserved_instance(conn):
+    at(conn, T0)
+    cert = add_cert(conn)
+    [(job_id, _name, inst, _why)] = conn.execute("SELECT * FROM request_create()").fetchall()
+    assert conn.execute("SELECT state FROM certinstances WHERE id = %s", (inst,)).fetchone()[0] == "reserved"
+    [row] = claim(conn, kinds=["issue_acme"])
+    assert row["instance"] == inst
+    assert fail(conn, job_id, error="rate limited", retry=False) == "dead"
+    assert conn.execute("SELECT count(*) FROM certinstances WHERE certificate = %s", (cert,)).fetchone()[0] == 0
+    assert job(conn, job_id)["instance"] is None              # the reference went with the row
+    deleted = conn.execute("SELECT from_state, to_state, job, reason FROM events "
+                           "WHERE instance = %s AND job_state IS NULL ORDER BY id", (inst,)).fetchall()
+    assert deleted[-1] == ("reserved", None, job_id, f"issue job {job_id} failed for good")
+    outcome = conn.execute("SELECT instance, job_state, reason FROM events WHERE job = %s AND job_state IS NOT NULL",
+                           (job_id,)).fetchall()
+    assert outcome == [(inst, "dead", f"issue_acme job {job_id}: rate limited")]
+    # the next pass issues anew
+    plan = conn.execute("SELECT action FROM plan() WHERE certificate = 'www.example.org'").fetchall()
+    assert plan == [("issue",)]
+
+
+def test_dead_issue_job_after_max_attempts(conn):
+    at(conn, T0)
+    cert = add_cert(conn, cert_type="local")
+    [(job_id, _name, inst, _why)] = conn.execute("SELECT * FROM request_create()").fetchall()
+    assert job(conn, job_id)["max_attempts"] == 3
+    now = T0
+    for attempt in (1, 2, 3):
+        [row] = claim(conn)
+        assert row["attempts"] == attempt
+        outcome = fail(conn, job_id, error=f"ca offline {attempt}")
+        assert outcome == ("dead" if attempt == 3 else "failed")
+        assert conn.execute("SELECT count(*) FROM certinstances WHERE id = %s", (inst,)).fetchone()[0] == \
+            (0 if attempt == 3 else 1)
+        now += dt.timedelta(hours=1)
+        at(conn, now)
+    assert conn.execute("SELECT count(*) FROM certinstances WHERE certificate = %s", (cert,)).fetchone()[0] == 0
+
+
+# --------------------------------------------------------------------------- completing
+
+def test_complete_issue_job_stores_the_pairs_and_keeps_keys_out_of_jobs(conn):
+    at(conn, T0)
+    cert = add_cert(conn, algo="rsa_plus_ec", hosts=("web1.example.org", "web2.example.org"))
+    conn.execute("SELECT * FROM schedule()").fetchall()
+    [row] = claim(conn)
+    assert row["kind"] == "issue_acme" and row["args"]["then"] == "distribute"
+    result = pairs_for(conn, row, T0)
+    result["order"] = {"uri": "https://acme.example/order/1", "account_key": "-----BEGIN EC PRIVATE KEY-----\nsecret"}
+    complete(conn, row["id"], result=result)
+
+    stored = conn.execute("SELECT encryption_algo, convert_from(cert, 'UTF8'), convert_from(key, 'UTF8') "
+                          "FROM certkeydata WHERE certinstance = %s ORDER BY encryption_algo", (row["instance"],)).fetchall()
+    by_algo = {p["algo"]: p for p in result["pairs"]}
+    assert [(a, c, k) for a, c, k in stored] == [(a, by_algo[a]["cert"], by_algo[a]["key"]) for a in ("rsa", "ec")]
+    inst = conn.execute("SELECT state, not_before, not_after FROM certinstances WHERE id = %s", (row["instance"],)).fetchone()
+    assert inst == ("issued", T0, T0 + dt.timedelta(days=90))
+    done = job(conn, row["id"])
+    assert (done["state"], done["locked_by"], done["finished"]) == ("done", None, T0)
+    # the certificates are kept as the agent reported them, the keys are not
+    assert [p.get("cert") for p in done["result"]["pairs"]] == [p["cert"] for p in result["pairs"]]
+    assert all("key" not in p for p in done["result"]["pairs"])
+    assert done["result"]["order"] == {"uri": "https://acme.example/order/1"}
+    # what follows: one distribution job per disthost
+    follow = conn.execute("SELECT kind, instance, d.fqdn FROM jobs j JOIN disthosts d ON d.id = j.disthost "
+                          "WHERE j.state = 'queued' ORDER BY d.fqdn").fetchall()
+    assert follow == [("distribute", row["instance"], "web1.example.org"), ("distribute", row["instance"], "web2.example.org")]
+    run_jobs(conn, T0)
+    assert conn.execute("SELECT state FROM certinstances WHERE id = %s", (row["instance"],)).fetchone()[0] == "deployed"
+    # no row of the queue holds key material, in its arguments or its result
+    leaks = conn.execute("SELECT id FROM jobs WHERE args::text LIKE '%%PRIVATE KEY%%' "
+                         "OR coalesce(result::text, '') LIKE '%%PRIVATE KEY%%'").fetchall()
+    assert leaks == []
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 3
+    assert cert
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({}, 'lacks "pairs"'),
+    ({"pairs": {"algo": "ec"}}, 'lacks "pairs"'),
+    ({"pairs": []}, "the certificate wants"),
+    ({"pairs": ["rsa"]}, "pair 1 of the result must be"),
+    ({"pairs": [{"algo": "rsa"}, {"algo": "ec"}]}, "pair 1 of the result must be"),
+    ("ec-only", "issued pairs {ec}, the certificate wants {ec,rsa}"),
+    ("rsa-twice", "issued pairs {rsa,rsa}, the certificate wants {ec,rsa}"),
+    ("no-cert", "pair 2 of the result must be"),
+    ("no-key", "pair 2 of the result must be"),
+    ("cert-not-text", "pair 2 of the result must be"),
+    ("bad-cacert", 'cacert "the local CA" is not the id of a stored instance'),
+])
+def test_complete_issue_job_with_a_bad_result_is_refused(conn, bad, match):
+    at(conn, T0)
+    add_cert(conn, algo="rsa_plus_ec")
+    conn.execute("SELECT * FROM request_create()").fetchall()
+    [row] = claim(conn)
+    good = pairs_for(conn, row, T0)
+    rsa, ec = sorted(good["pairs"], key=lambda p: p["algo"], reverse=True)
+    if bad == "ec-only":
+        bad = {"pairs": [ec]}
+    elif bad == "rsa-twice":
+        bad = {"pairs": [rsa, rsa]}
+    elif bad == "no-cert":
+        bad = {"pairs": [rsa, {"algo": "ec", "key": ec["key"]}]}
+    elif bad == "no-key":
+        bad = {"pairs": [rsa, {"algo": "ec", "cert": ec["cert"]}]}
+    elif bad == "cert-not-text":
+        bad = {"pairs": [rsa, {**ec, "cert": {"pem": ec["cert"]}}]}
+    elif bad == "bad-cacert":
+        bad = {**good, "cacert": "the local CA"}
+    before_jobs = jobs_snapshot(conn)
+    events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    assert_refused(conn, "SELECT complete_job(%s, 'a1', %s)", (row["id"], json.dumps(bad)), sqlstate="SP023", match=match)
+    assert jobs_snapshot(conn) == before_jobs
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == events
+    # the job is still the agent's: the right result is accepted
+    complete(conn, row["id"], result=good)
+    assert job(conn, row["id"])["state"] == "done"
+
+
+def test_complete_issue_job_with_an_unknown_cacert_is_refused(conn):
+    at(conn, T0)
+    add_cert(conn)
+    conn.execute("SELECT * FROM request_create()").fetchall()
+    [row] = claim(conn)
+    good = pairs_for(conn, row, T0)
+    before_jobs = jobs_snapshot(conn)
+    assert_refused(conn, "SELECT complete_job(%s, 'a1', %s)", (row["id"], json.dumps({**good, "cacert": 999999})),
+                   sqlstate="SP023", match="cacert 999999")
+    assert jobs_snapshot(conn) == before_jobs
+
+
+def test_complete_issue_job_whose_instance_is_gone_is_refused(conn):
+    at(conn, T0)
+    add_cert(conn)
+    conn.execute("SELECT * FROM request_create()").fetchall()
+    [row] = claim(conn)
+    conn.execute("SELECT revoke_instance(%s, 'operator changed their mind')", (row["instance"],))
+    assert_refused(conn, "SELECT complete_job(%s, 'a1', %s)", (row["id"], json.dumps(pairs_for(conn, row, T0))),
+                   sqlstate="SP023", match="reserved instance is gone")
+    # the hint says what to do, and it works
+    assert fail(conn, row["id"], error="instance gone", retry=False) == "dead"
+
+
+def test_complete_job_needs_the_holder(conn):
+    j = enqueue(conn, "mail_reminder", "x")
+    assert_refused(conn, "SELECT complete_job(%s, 'a1', '{}')", (j,), sqlstate="SP022", match="is queued")
+    claim(conn, "a1")
+    assert_refused(conn, "SELECT complete_job(%s, 'a2', '{}')", (j,), sqlstate="SP022")
+    complete(conn, j, "a1", {"sent_to": ["ops@example.org"]})
+    assert_refused(conn, "SELECT complete_job(%s, 'a1', '{}')", (j,), sqlstate="SP022", match="is done")
+    assert job(conn, j)["result"] == {"sent_to": ["ops@example.org"]}
+
+
+def test_tlsa_job_completes_when_the_wanted_set_changed_meanwhile(conn):
+    """A publish_tlsa job runs while the active instance is revoked: its completion enqueues the new wish."""
+    dep = deployed_cert(conn, tlsa=True)
+    cert, active = dep["certificate"], dep["instance"]
+    # rule 9: 30 days before the end (a third of 90 days), issue a successor and prepublish it
+    day61 = T0 + dt.timedelta(days=61)
+    at(conn, day61)
+    conn.execute("SELECT * FROM schedule()").fetchall()
+    run_jobs(conn, day61, kinds=list(ISSUE_KINDS))
+    succ = conn.execute("SELECT id FROM certinstances WHERE certificate = %s AND state = 'issued'", (cert,)).fetchone()[0]
+    [tlsa] = claim(conn, kinds=["publish_tlsa"])
+    assert tlsa["args"]["instances"] == [active, succ] and tlsa["args"]["prepublish"] == succ
+    conn.execute("SELECT revoke_instance(%s, 'key compromised')", (active,))
+    complete(conn, tlsa["id"])
+    assert job(conn, tlsa["id"])["state"] == "done"
+    assert conn.execute("SELECT state FROM certinstances WHERE id = %s", (succ,)).fetchone()[0] == "prepublished"
+    [again] = conn.execute("SELECT args FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()
+    assert again["instances"] == [succ]
+
+
+def test_enqueue_tlsa_many_does_what_enqueue_tlsa_does_row_by_row(conn):
+    """The set-based variant for the scheduler: a new job, a pending job given the newest wish, a running one left alone."""
+    fresh, pending, running = (deployed_cert(conn, f"{n}.example.org", tlsa=True)["certificate"]
+                               for n in ("fresh", "pending", "running"))
+    day10 = T0 + dt.timedelta(days=10)
+    at(conn, day10)
+    conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY['fresh.example.org']))").fetchall()
+    run_jobs(conn, day10)
+    succ = conn.execute("SELECT id FROM certinstances WHERE certificate = %s AND state = 'issued'", (fresh,)).fetchone()[0]
+    conn.execute("SELECT enqueue_tlsa(%s, 'old wish')", (running,))
+    [busy] = claim(conn, kinds=["publish_tlsa"])
+    conn.execute("SELECT enqueue_tlsa(%s, 'old wish')", (pending,))
+    certs, reasons, prepublish = [fresh, pending, running], ["why fresh", "why pending", "why running"], [succ, None, None]
+    columns = "kind, subject_key, reason, args, certificate, state, priority, max_attempts, run_after, locked_by"
+
+    def queue():
+        return conn.execute(f"SELECT {columns} FROM jobs ORDER BY certificate, id").fetchall()
+
+    conn.execute("BEGIN")
+    one_by_one = [conn.execute("SELECT enqueue_tlsa(%s, %s, %s)", (c, r, p)).fetchone()[0]
+                  for c, r, p in zip(certs, reasons, prepublish)]
+    expected = queue()
+    conn.execute("ROLLBACK")
+    conn.execute("BEGIN")
+    many = conn.execute("SELECT job, certificate FROM enqueue_tlsa_many(%s, %s, %s) ORDER BY certificate",
+                        (certs, reasons, prepublish)).fetchall()
+    got = queue()
+    conn.execute("COMMIT")
+    assert got == expected
+    assert [c for _j, c in many] == [fresh, pending]
+    assert one_by_one[2] is None and many[1][0] == one_by_one[1]
+    new = job(conn, many[0][0])
+    assert new["args"] == {"instances": sorted([deployed_instance(conn, fresh), succ]), "prepublish": succ, "remove": False}
+    assert job(conn, many[1][0])["reason"] == "why pending"
+    assert job(conn, busy["id"])["reason"] == "old wish"
+    assert conn.execute("SELECT count(*) FROM enqueue_tlsa_many('{}', '{}', '{}')").fetchone()[0] == 0
+
+
+def deployed_instance(conn, cert: int) -> int:
+    return conn.execute("SELECT id FROM certinstances WHERE certificate = %s AND state = 'deployed'", (cert,)).fetchone()[0]
+
+
+# --------------------------------------------------------------------------- without_secrets
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"a": 1, "key": "k"}, {"a": 1}),
+    ({"private_key": "x", "passphrase": "p", "password": "w", "secret": "s", "hmac_key": "h", "account_key": "k"}, {}),
+    ({"pairs": [{"algo": "ec", "cert": "C", "key": "K"}]}, {"pairs": [{"algo": "ec", "cert": "C"}]}),
+    ({"nested": {"deeper": [{"tsig": {"name": "t", "secret": "s"}}]}}, {"nested": {"deeper": [{"tsig": {"name": "t"}}]}}),
+    ({"note": "-----BEGIN PRIVATE KEY-----\nMII..."}, {"note": "(private key removed)"}),
+    ({"log": ["ok", "-----BEGIN EC PRIVATE KEY-----\nAB"]}, {"log": ["ok", "(private key removed)"]}),
+    ({"k": "-----BEGIN ENCRYPTED PRIVATE KEY-----"}, {"k": "(private key removed)"}),
+    ({"cert": "-----BEGIN CERTIFICATE-----\nMII..."}, {"cert": "-----BEGIN CERTIFICATE-----\nMII..."}),
+    ({"n": None, "b": True, "i": 3, "f": 1.5, "e": [], "o": {}}, {"n": None, "b": True, "i": 3, "f": 1.5, "e": [], "o": {}}),
+    ([1, "two", {"key": 3}], [1, "two", {}]),
+    ({"Passphrase": "p", "KEY": "k", "Account_Key": "a", "keys": ["kept"]}, {"keys": ["kept"]}),
+    ("-----BEGIN RSA PRIVATE KEY-----", "(private key removed)"),
+    ("plain", "plain"),
+    (42, 42),
+    (None, None),
+])
+def test_without_secrets(conn, doc, expected):
+    got = conn.execute("SELECT without_secrets(%s::jsonb)", (None if doc is None else json.dumps(doc),)).fetchone()[0]
+    assert got == expected
+
+
+def test_without_secrets_of_sql_null(conn):
+    assert conn.execute("SELECT without_secrets(NULL)").fetchone()[0] is None
+
+
+# --------------------------------------------------------------------------- NOTIFY
+
+def test_schedule_notifies_listening_agents(conn, dsn):
+    add_cert(conn)
+    at(conn, T0)
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pki_jobs")
+        # plan writes nothing and wakes nobody
+        assert conn.execute("SELECT action FROM plan()").fetchall() == [("issue",)]
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        conn.execute("SELECT * FROM schedule()").fetchall()
+        got = list(listener.notifies(timeout=5, stop_after=1))
+        assert [(n.channel, n.payload) for n in got] == [("pki_jobs", "enqueued")]
+        assert got[0].pid == conn.info.backend_pid
+
+
+def test_notification_waits_for_commit(conn, dsn):
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pki_jobs")
+        conn.execute("BEGIN")
+        enqueue(conn, "mail_reminder", "x")
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        conn.execute("COMMIT")
+        assert len(list(listener.notifies(timeout=5, stop_after=1))) == 1
+
+
+# --------------------------------------------------------------------------- report views
+
+@pytest.fixture
+def fleet(conn):
+    """Two certificates: one deployed to two disthosts (one in a jail), one whose issue job failed."""
+    conn.execute("SELECT add_disthost('jails.example.org', '/usr/jails')")
+    conn.execute("SELECT add_jail('mail', 'jails.example.org')")
+    dep = deployed_cert(conn, "www.example.org", hosts=("web1.example.org",))
+    conn.execute("SELECT add_target('www.example.org', 'jails.example.org', 'mail', 'nginx')")
+    # the new target gets the instance with -K (consolidate), which adds a deployment
+    conn.execute("SELECT * FROM request_consolidate_certs()").fetchall()
+    run_jobs(conn, T0)
+    add_cert(conn, "mail.example.org", cert_type="LE")
+    at(conn, T0 + dt.timedelta(hours=1))
+    [(issue_id, _n, issue_inst, _w)] = conn.execute(
+        "SELECT * FROM request_create(selection(only_certs => ARRAY['mail.example.org']))").fetchall()
+    claim(conn, "a1")
+    fail(conn, issue_id, error="DNS update refused")
+    return {**dep, "failed_job": issue_id, "reserved": issue_inst}
+
+
+def test_jobs_summary(conn, fleet):
+    rows = conn.execute("SELECT kind, state, jobs, last_error FROM jobs_summary").fetchall()
+    # distribute: web1 when issued, then web1 and the jail with -K
+    assert rows == [("distribute", "done", 3, None), ("issue_acme", "done", 1, None),
+                    ("issue_acme", "failed", 1, "DNS update refused")]
+
+
+def test_jobs_summary_newest_error_is_deterministic(conn):
+    ids = [enqueue(conn, "mail_reminder", f"r{i}") for i in range(3)]
+    conn.execute("BEGIN")                          # one transaction: the same updated stamp for all
+    claim(conn, n=3)
+    for i in ids:
+        fail(conn, i, error=f"error of job {i}")
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT jobs, last_error FROM jobs_summary WHERE state = 'failed'").fetchall() == \
+        [(3, f"error of job {ids[-1]}")]
+
+
+def test_jobs_overview(conn, fleet):
+    rows = conn.execute("SELECT id, kind, state, certificate, instance, disthost, attempts, locked_by, last_error "
+                        "FROM jobs_overview").fetchall()
+    assert [r[0] for r in rows] == sorted((r[0] for r in rows), reverse=True)
+    assert rows[0] == (fleet["failed_job"], "issue_acme", "failed", "mail.example.org", fleet["reserved"], None, 1, None,
+                       "DNS update refused")
+    dist = sorted((r[5], r[3], r[4], r[2]) for r in rows if r[1] == "distribute")
+    assert dist == [("jails.example.org", "www.example.org", fleet["instance"], "done"),
+                    ("web1.example.org", "www.example.org", fleet["instance"], "done"),
+                    ("web1.example.org", "www.example.org", fleet["instance"], "done")]
+    assert len(rows) == conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+
+def test_expiring(conn, fleet):
+    at(conn, T0 + dt.timedelta(days=80))
+    rows = conn.execute("SELECT certificate, type, instance, state, not_after, remaining FROM expiring").fetchall()
+    assert rows == [("www.example.org", "LE", fleet["instance"], "deployed", T0 + dt.timedelta(days=90),
+                     dt.timedelta(days=10))]
+    assert conn.execute("SELECT count(*) FROM expiring WHERE remaining < interval '30 days'").fetchone()[0] == 1
+    at(conn, T0)
+    assert conn.execute("SELECT count(*) FROM expiring WHERE remaining < interval '30 days'").fetchone()[0] == 0
+
+
+def test_deployed_where(conn, fleet):
+    rows = conn.execute("SELECT disthost, jail, place, certificate, instance, state, deployed FROM deployed_where").fetchall()
+    assert rows == [("jails.example.org", "mail", "nginx", "www.example.org", fleet["instance"], "deployed", T0),
+                    ("web1.example.org", None, "nginx", "www.example.org", fleet["instance"], "deployed", T0)]
+
+
+def test_instance_history(conn, fleet):
+    rows = conn.execute("SELECT certificate, at, from_state, to_state, job_state, reason FROM instance_history "
+                        "WHERE instance = %s", (fleet["instance"],)).fetchall()
+    transitions = [(r[2], r[3]) for r in rows if r[4] is None]
+    assert transitions == [(None, "reserved"), ("reserved", "issued"), ("issued", "deployed")]
+    outcomes = sorted(r[5].split(":")[0].split(" job ")[0] for r in rows if r[4] == "done")
+    assert outcomes == ["distribute", "distribute", "distribute", "issue_acme"]
+    assert {r[0] for r in rows} == {"www.example.org"}
+    assert {r[1] for r in rows} == {T0}
+    reserved = conn.execute("SELECT to_state, job_state FROM instance_history WHERE instance = %s",
+                            (fleet["reserved"],)).fetchall()
+    assert reserved == [("reserved", None), (None, "failed")]
+
+
+def test_report_views_hold_no_key_material(conn, fleet):
+    for view in ("jobs_summary", "jobs_overview", "expiring", "deployed_where", "instance_history"):
+        text = conn.execute(f"SELECT coalesce(string_agg(v::text, ' '), '') FROM {view} v").fetchone()[0]
+        assert "PRIVATE KEY" not in text, view
+    assert snapshot(conn)["certkeydata"]          # the keys exist, the views just do not show them
