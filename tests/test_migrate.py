@@ -9,6 +9,7 @@ from pg_catalog. The SQL ships inside the wheel.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -520,7 +521,6 @@ def test_wheel_contains_the_sql(repo_root, tmp_path):
              "[f.name for f in migrate.repeatable_files()]]))")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "installed")}
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    import json
     module_file, versioned, repeatable = json.loads(done.stdout)
     assert module_file.startswith(str(tmp_path / "installed"))
     assert versioned == [p.name for p in sorted((repo_root / "db" / "schema").glob("*.sql"))]

@@ -933,7 +933,8 @@ def test_settings_update_accepted(conn):
     conn.execute("UPDATE settings SET value = '0' WHERE name = 'local_issue_mail_days'")
     conn.execute("UPDATE settings SET value = '6 hours' WHERE name = 'expire_grace'")
     conn.execute("UPDATE settings SET remarks = 'shorter' WHERE name = 'expire_grace'")
-    rows = dict(conn.execute("SELECT name, value FROM settings"))
+    rows = dict(conn.execute("SELECT name, value FROM settings WHERE name IN "
+                             "('pre_publish_days', 'local_issue_mail_days', 'expire_grace')"))
     assert rows == {"pre_publish_days": "21", "local_issue_mail_days": "0", "expire_grace": "6 hours"}
 
 

@@ -62,7 +62,7 @@ CREATE TRIGGER guard_instance_state BEFORE INSERT OR UPDATE OF state OR DELETE O
 
 -- record_transition: append the transition to the history
 CREATE OR REPLACE FUNCTION pki.record_transition()
-RETURNS trigger LANGUAGE plpgsql
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER  -- events: writable by the owner only, even when an admin's remove_cert cascades
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
