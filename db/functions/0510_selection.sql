@@ -65,10 +65,13 @@ AS $$
            c.authorized_until, c.encryption_algo, t.ttl
       FROM certificates c
       JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname
-      LEFT JOIN LATERAL (
-            SELECT max((pki.tlsa_prefix_parts(sv.tlsaprefix)).ttl) * interval '1 second' AS ttl
-              FROM certificates_services cs JOIN services sv ON sv.id = cs.service
-             WHERE cs.certificate = c.id) t ON true
+      LEFT JOIN (
+            -- each service's TTL parsed once per call, not once per certificate
+            SELECT cs.certificate, max(sv.ttl) AS ttl
+              FROM certificates_services cs
+              JOIN (SELECT sv0.id, (pki.tlsa_prefix_parts(sv0.tlsaprefix)).ttl * interval '1 second' AS ttl
+                      FROM services sv0 OFFSET 0) sv ON sv.id = cs.service
+             GROUP BY cs.certificate) t ON t.certificate = c.id
      WHERE s.type NOT IN ('CA', 'reserved')
        AND (cardinality(coalesce(sel.only_certs, '{}')) = 0 OR s.name = ANY (sel.only_certs::citext[]))
        AND NOT (s.name = ANY (coalesce(sel.exclude, '{}')::citext[]))

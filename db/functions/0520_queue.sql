@@ -319,6 +319,12 @@ BEGIN
         PERFORM set_context(format('issue job %s failed for good', j.id), j.id);
         DELETE FROM certinstances WHERE id = j.instance AND state = 'reserved';
     END IF;
+    -- a reminder that could not be sent is due again on the next pass
+    IF outcome = 'dead' AND j.kind = 'mail_reminder' THEN
+        UPDATE certificates c SET authorized_until = NULL
+          FROM subjects s, jsonb_array_elements(coalesce(j.args -> 'certificates', '[]')) e
+         WHERE s.certificate = c.id AND NOT s.isaltname AND s.name = (e ->> 'name')::citext AND c.type = 'local';
+    END IF;
     RETURN outcome;
 END
 $$;
@@ -443,10 +449,11 @@ BEGIN
     IF inst.state IN ('issued', 'prepublished')
        AND NOT EXISTS (SELECT 1 FROM targets t WHERE t.certificate = inst.certificate
                          AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.instance = inst.id AND d.target = t.id)) THEN
-        PERFORM set_context(format('job %s: successor %s deployed to every target', j.id, inst.id), j.id);
-        UPDATE certinstances SET state = 'expired' WHERE certificate = inst.certificate AND state = 'deployed';
+        -- promote first, so the DANE-safe guard (SP021) still sees the old active instance
         PERFORM set_context(format('distribute job %s: on every target', j.id), j.id);
         UPDATE certinstances SET state = 'deployed' WHERE id = inst.id;
+        PERFORM set_context(format('job %s: successor %s deployed to every target', j.id, inst.id), j.id);
+        UPDATE certinstances SET state = 'expired' WHERE certificate = inst.certificate AND state = 'deployed' AND id <> inst.id;
         -- a new local instance is live: the next reminder is due before it expires
         UPDATE certificates SET authorized_until = NULL WHERE id = inst.certificate AND type = 'local';
         IF tlsa_ttl(inst.certificate) IS NOT NULL AND NOT coalesce((j.args ->> 'no_tlsa')::boolean, false) THEN
@@ -466,11 +473,10 @@ DECLARE
 BEGIN
     UPDATE certinstances SET tlsa_published = pki.now()
      WHERE id IN (SELECT a::int FROM jsonb_array_elements_text(j.args -> 'instances') a) AND tlsa_published IS NULL;
-    IF NOT coalesce((j.args ->> 'remove')::boolean, false) THEN
-        UPDATE certinstances SET tlsa_published = NULL
-         WHERE certificate = j.certificate
-           AND id NOT IN (SELECT a::int FROM jsonb_array_elements_text(j.args -> 'instances') a);
-    END IF;
+    -- instances whose records are no longer in DNS (after a rollover, or -R) lose their date
+    UPDATE certinstances SET tlsa_published = NULL
+     WHERE certificate = j.certificate AND tlsa_published IS NOT NULL
+       AND id NOT IN (SELECT a::int FROM jsonb_array_elements_text(j.args -> 'instances') a);
     IF prepublish IS NOT NULL THEN
         PERFORM set_context(format('publish_tlsa job %s: TLSA of active and successor published', j.id), j.id);
         UPDATE certinstances SET state = 'prepublished' WHERE id = prepublish AND state = 'issued';

@@ -221,7 +221,8 @@ BEGIN
        FROM pass_plan p WHERE p.action = 'issue' HAVING count(*) > 0;
     PERFORM enqueue_distribution(array_agg(p.instance), sel, 'deploy', 'scheduler rule 7: distribute the successor')
        FROM pass_plan p WHERE p.action = 'distribute' HAVING count(*) > 0;
-    PERFORM enqueue_tlsa(p.certificate_id, p.reason, p.instance) FROM pass_plan p WHERE p.action = 'prepublish';
+    PERFORM enqueue_tlsa_many(array_agg(p.certificate_id), array_agg(p.reason), array_agg(p.instance))
+       FROM pass_plan p WHERE p.action = 'prepublish' HAVING count(*) > 0;
 
     -- rule 5: one message lists every local certificate due; each is mailed once
     IF EXISTS (SELECT 1 FROM pass_plan p WHERE p.action = 'remind') THEN

@@ -1,0 +1,192 @@
+"""The agent loop: claim jobs, run their handlers, hand each outcome to SQL.
+
+The agent decides nothing: pki.claim_jobs says what is due, the handler does
+the side effect, pki.complete_job / pki.fail_job apply the outcome (and the
+retry decision's back-off) in the database. A heartbeat thread extends the
+lease while a handler works, so a slow SSH host or ACME order keeps its job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from . import handlers as handler_registry
+from .handlers import Context, GiveUp, Job, RetryLater
+from .queries import q
+
+log = logging.getLogger("serverpki.agent")
+
+
+def default_agent_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class RunStats:
+    """What one drain did: outcomes by job state, for the exit status and the summary."""
+
+    outcomes: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ran(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def all_succeeded(self) -> bool:
+        return self.outcomes["failed"] == 0 and self.outcomes["dead"] == 0 and self.outcomes["lost"] == 0
+
+    def summary(self) -> str:
+        parts = [f"{n} {state}" for state, n in sorted(self.outcomes.items())]
+        return f"{self.ran} job(s): " + (", ".join(parts) if parts else "none")
+
+
+class _Heartbeat(threading.Thread):
+    """Extends the lease of the running job every third of the lease, on its own connection."""
+
+    def __init__(self, dsn: str, agent_name: str, job_id: int, lease: int):
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.dsn, self.agent_name, self.job_id, self.lease = dsn, agent_name, job_id, lease
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                while not self.stopped.wait(max(self.lease / 3, 1)):
+                    conn.execute(q("extend_lease"), {"job": self.job_id, "agent": self.agent_name, "lease": self.lease})
+        except psycopg.Error as exc:  # the job will be refused at completion (SP022); say why now
+            log.warning("job %s: lease could not be extended: %s", self.job_id, exc.diag.message_primary or exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+class Agent:
+    def __init__(self, dsn: str, config, name: str | None = None, lease: int = 300, batch: int = 10,
+                 kinds: list[str] | None = None):
+        self.dsn = dsn
+        self.config = config
+        self.name = name or default_agent_name()
+        self.lease = lease
+        self.batch = batch
+        self.handlers = dict(handler_registry.load_all())
+        self.kinds = sorted(k for k in (kinds or self.handlers) if k in self.handlers)
+        self._conn: psycopg.Connection | None = None
+
+    # one autocommit connection for the queue and the handlers' named reads
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, autocommit=True)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def claim(self) -> list[Job]:
+        rows = self.conn.cursor(row_factory=dict_row).execute(
+            q("claim_jobs"), {"agent": self.name, "kinds": self.kinds, "max_jobs": self.batch, "lease": self.lease})
+        return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
+                    r["args"] or {}, r["attempts"], r["max_attempts"]) for r in rows]
+
+    def run_job(self, job: Job) -> str:
+        """Run one claimed job to its outcome; returns done, failed, dead or lost."""
+        heartbeat = _Heartbeat(self.dsn, self.name, job.id, self.lease)
+        heartbeat.start()
+        ctx = Context(config=self.config, conn=self.conn, agent_name=self.name)
+        log.debug("job %s %s: start (attempt %s of %s)", job.id, job.kind, job.attempts, job.max_attempts)
+        try:
+            result = self.handlers[job.kind](job, ctx)
+        except RetryLater as exc:
+            return self._fail(job, str(exc), retry=True, retry_after=exc.retry_after)
+        except GiveUp as exc:
+            return self._fail(job, str(exc), retry=False)
+        except Exception as exc:  # a crashed handler is a failed attempt, not a crashed run
+            log.debug("job %s %s crashed", job.id, job.kind, exc_info=log.isEnabledFor(logging.DEBUG))
+            return self._fail(job, f"{type(exc).__name__}: {exc}", retry=True)
+        finally:
+            heartbeat.stop()
+        try:
+            self.conn.execute(q("complete_job"), {"job": job.id, "agent": self.name, "result": Jsonb(result or {})})
+        except psycopg.Error as exc:
+            state = exc.diag.sqlstate
+            if state == "SP022":
+                log.warning("job %s %s: result dropped: %s", job.id, job.kind, exc.diag.message_primary)
+                return "lost"
+            # the outcome did not fit (SP023) or could not be stored: a failed attempt, the error kept
+            return self._fail(job, f"{state}: {exc.diag.message_primary}", retry=state != "SP023")
+        log.info("job %s %s: done", job.id, job.kind)
+        return "done"
+
+    def _fail(self, job: Job, error: str, retry: bool, retry_after: float | None = None) -> str:
+        try:
+            outcome = self.conn.execute(q("fail_job"), {"job": job.id, "agent": self.name, "error": error,
+                                                        "retry": retry, "retry_after": retry_after}).fetchone()[0]
+        except psycopg.Error as exc:
+            if exc.diag.sqlstate == "SP022":
+                log.warning("job %s %s: failure not recorded, lease lost: %s", job.id, job.kind, error)
+                return "lost"
+            raise
+        log.error("job %s %s: %s (%s)", job.id, job.kind, error, outcome)
+        return outcome
+
+    def drain(self, max_jobs: int | None = None) -> RunStats:
+        """Run what is due now, follow-ups included, then return (the cron run)."""
+        stats = RunStats()
+        while max_jobs is None or stats.ran < max_jobs:
+            jobs = self.claim()
+            if not jobs:
+                break
+            for job in jobs:
+                outcome = self.run_job(job)
+                stats.outcomes[outcome] += 1
+                if outcome != "done":
+                    stats.errors.append(f"job {job.id} {job.kind}: {outcome}")
+        return stats
+
+    def unhandled_pending(self) -> list[tuple[str, int]]:
+        """Jobs due now of kinds this agent has no handler for."""
+        return self.conn.execute(
+            """SELECT kind, count(*) FROM pki.jobs WHERE state IN ('queued', 'failed')
+                AND run_after <= pki.now() AND NOT (kind = ANY(%s)) GROUP BY kind ORDER BY kind""",
+            [self.kinds]).fetchall()
+
+    def forever(self, poll_seconds: float = 30, stop: threading.Event | None = None) -> None:
+        """The long-running agent: woken by NOTIFY pki_jobs, polling as a fallback, reconnecting after outages."""
+        stop = stop or threading.Event()
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as listener:
+                    listener.execute("LISTEN pki_jobs")
+                    delay = 1.0
+                    log.info("agent %s: listening for jobs of kinds %s", self.name, ", ".join(self.kinds))
+                    while not stop.is_set():
+                        stats = self.drain()
+                        if stats.ran:
+                            log.info("agent %s: %s", self.name, stats.summary())
+                        # wait for a notification or the poll interval, whichever comes first
+                        ready, _, _ = select.select([listener.fileno()], [], [], poll_seconds)
+                        if ready:
+                            for _ in listener.notifies(timeout=0, stop_after=1000):
+                                pass
+            except psycopg.OperationalError as exc:
+                log.warning("agent %s: database unreachable (%s); reconnecting in %.0f s", self.name,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay)
+                self.close()
+                if stop.wait(delay):
+                    break
+                delay = min(delay * 2, 60)

@@ -1,0 +1,52 @@
+-- Every SQL statement the agent runs, by name (parsed by queries.py).
+-- The queue's own calls are single calls of pki functions.
+
+-- name: claim_jobs
+SELECT * FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second');
+
+-- name: extend_lease
+SELECT pki.extend_lease(%(job)s, %(agent)s, %(lease)s * interval '1 second');
+
+-- name: complete_job
+SELECT pki.complete_job(%(job)s, %(agent)s, %(result)s);
+
+-- name: fail_job
+SELECT pki.fail_job(%(job)s, %(agent)s, %(error)s, %(retry)s, %(retry_after)s * interval '1 second');
+
+-- name: job_state
+SELECT state, last_error FROM pki.jobs WHERE id = %(job)s;
+
+-- name: issue_request
+-- the certificate an issue job is for: its names, subject type, algorithm, must-staple
+SELECT c.id, c.type::text AS cert_type, c.encryption_algo::text AS encryption_algo, c.ocsp_must_staple,
+       s.type::text AS subject_type, s.name::text AS name,
+       ARRAY(SELECT a.name::text FROM pki.subjects a WHERE a.certificate = c.id AND a.isaltname ORDER BY a.name) AS altnames
+  FROM pki.certificates c JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname
+ WHERE c.id = %(certificate)s;
+
+-- name: local_ca_current
+-- the newest issued instance of the local CA: it signs local certificates
+SELECT i.id, convert_from(k.cert, 'UTF8') AS cert, convert_from(k.key, 'UTF8') AS key, i.not_after
+  FROM pki.certinstances i
+  JOIN pki.certificates c ON c.id = i.certificate AND c.type = 'local'
+  JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname AND s.type = 'CA'
+  JOIN pki.certkeydata k ON k.certinstance = i.id
+ WHERE i.state = 'issued' AND k.key IS NOT NULL
+ ORDER BY i.id DESC LIMIT 1;
+
+-- name: keys_encrypted
+SELECT keysencrypted FROM pki.revision ORDER BY id DESC LIMIT 1;
+
+-- name: stored_keys
+SELECT id, convert_from(key, 'UTF8') AS key FROM pki.certkeydata WHERE key IS NOT NULL ORDER BY id;
+
+-- name: export_instance
+-- certificate, key and CA certificate of one instance (operate_serverPKI -E)
+SELECT s.name::text AS name, s.type::text AS subject_type, k.encryption_algo::text AS algo,
+       convert_from(k.cert, 'UTF8') AS cert, convert_from(k.key, 'UTF8') AS key,
+       (SELECT convert_from(ck.cert, 'UTF8') FROM pki.certkeydata ck WHERE ck.certinstance = i.cacert ORDER BY ck.id LIMIT 1) AS cacert
+  FROM pki.certinstances i
+  JOIN pki.subjects s ON s.certificate = i.certificate AND NOT s.isaltname
+  JOIN pki.certkeydata k ON k.certinstance = i.id
+ WHERE i.id = %(serial)s
+ ORDER BY k.encryption_algo;

@@ -1,0 +1,176 @@
+"""The agent loop against a real database: outcomes, crashes, leases, follow-ups, LISTEN, reconnects."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psycopg
+import pytest
+
+from serverpki import migrate
+from serverpki.agent import Agent
+from serverpki.handlers import GiveUp, RetryLater
+from serverpki.lab.postgres import PostgresCluster
+
+CONFIG = SimpleNamespace()
+
+
+def make_agent(dsn, handlers: dict, **kw) -> Agent:
+    agent = Agent(dsn, CONFIG, name=kw.pop("name", "test-agent"), **kw)
+    agent.handlers = handlers
+    agent.kinds = sorted(handlers)
+    return agent
+
+
+@pytest.fixture
+def kinds(conn):
+    conn.execute("""INSERT INTO job_kinds (kind, description, max_attempts) VALUES
+        ('t_ok', 'test', 3), ('t_crash', 'test', 3), ('t_retry', 'test', 3), ('t_giveup', 'test', 3), ('t_slow', 'test', 3)""")
+
+
+def enqueue(conn, kind, key="x", args="{}"):
+    return conn.execute("SELECT enqueue(%s, %s, 'test', %s::jsonb)", (kind, key, args)).fetchone()[0]
+
+
+def job(conn, job_id):
+    return conn.execute("SELECT state, attempts, last_error, result FROM jobs WHERE id = %s", (job_id,)).fetchone()
+
+
+def test_done_job_stores_result_and_event(conn, dsn, kinds):
+    jid = enqueue(conn, "t_ok")
+    stats = make_agent(dsn, {"t_ok": lambda j, ctx: {"echo": j.id}}).drain()
+    assert stats.outcomes["done"] == 1 and stats.all_succeeded
+    state, attempts, error, result = job(conn, jid)
+    assert (state, attempts, error, result) == ("done", 1, None, {"echo": jid})
+    assert conn.execute("SELECT job_state FROM events WHERE job = %s", (jid,)).fetchone()[0] == "done"
+
+
+def test_crashing_handler_becomes_a_failed_job_not_a_crashed_run(conn, dsn, kinds):
+    crash = enqueue(conn, "t_crash")
+    ok = enqueue(conn, "t_ok")
+
+    def boom(j, ctx):
+        raise ZeroDivisionError("handler bug")
+
+    stats = make_agent(dsn, {"t_crash": boom, "t_ok": lambda j, ctx: {}}).drain()
+    assert stats.outcomes == {"failed": 1, "done": 1}
+    assert not stats.all_succeeded
+    state, _, error, _ = job(conn, crash)
+    assert state == "failed" and error == "ZeroDivisionError: handler bug"
+    assert job(conn, ok)[0] == "done"
+    row = conn.execute("SELECT state, last_error FROM jobs_overview WHERE id = %s", (crash,)).fetchone()
+    assert row == ("failed", "ZeroDivisionError: handler bug")
+
+
+def test_retry_later_honours_retry_after_and_give_up_is_dead(conn, dsn, kinds):
+    retry = enqueue(conn, "t_retry")
+    giveup = enqueue(conn, "t_giveup")
+
+    def later(j, ctx):
+        raise RetryLater("server busy", retry_after=3600)
+
+    def hopeless(j, ctx):
+        raise GiveUp("no such zone")
+
+    make_agent(dsn, {"t_retry": later, "t_giveup": hopeless}).drain()
+    assert job(conn, giveup)[:3] == ("dead", 1, "no such zone")
+    state, _, error, _ = job(conn, retry)
+    assert (state, error) == ("failed", "server busy")
+    wait = conn.execute("SELECT run_after - updated FROM jobs WHERE id = %s", (retry,)).fetchone()[0]
+    assert 3590 <= wait.total_seconds() <= 3610
+
+
+def test_drain_runs_follow_ups_enqueued_by_completion(conn, dsn, kinds):
+    enqueue(conn, "t_ok", key="first")
+    seen = []
+
+    def chain(j, ctx):
+        seen.append(j.args.get("n", 0))
+        if len(seen) < 3:
+            ctx.conn.execute("SELECT enqueue('t_ok', %s, 'follow-up', %s::jsonb)",
+                             (f"n{len(seen)}", f'{{"n": {len(seen)}}}'))
+        return {}
+
+    stats = make_agent(dsn, {"t_ok": chain}, batch=1).drain()
+    assert seen == [0, 1, 2] and stats.outcomes["done"] == 3
+
+
+def test_heartbeat_keeps_the_lease_of_a_slow_handler(conn, dsn, kinds):
+    jid = enqueue(conn, "t_slow")
+    leases = []
+
+    def slow(j, ctx):
+        for _ in range(3):
+            time.sleep(1.2)
+            leases.append(conn.execute("SELECT locked_until FROM jobs WHERE id = %s", (j.id,)).fetchone()[0])
+        return {}
+
+    stats = make_agent(dsn, {"t_slow": slow}, lease=3).drain()
+    assert stats.outcomes["done"] == 1
+    assert leases[-1] > leases[0], "the lease was not extended while the handler worked"
+    assert job(conn, jid)[0] == "done"
+
+
+def test_result_of_an_agent_whose_lease_was_taken_is_dropped(conn, dsn, kinds):
+    jid = enqueue(conn, "t_ok")
+    first = make_agent(dsn, {"t_ok": lambda j, ctx: {}}, name="slowpoke")
+    [claimed] = first.claim()
+    # the lease runs out and another agent takes the job over
+    conn.execute("UPDATE jobs SET locked_until = now() - interval '1 second' WHERE id = %s", (jid,))
+    conn.execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
+    conn.execute("SELECT requeue_expired_leases()")
+    conn.execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
+    second = make_agent(dsn, {"t_ok": lambda j, ctx: {"by": "second"}}, name="second")
+    assert second.drain().outcomes["done"] == 1
+    assert first.run_job(claimed) == "lost"
+    assert job(conn, jid)[3] == {"by": "second"}
+
+
+def test_forever_wakes_on_notify_and_survives_a_database_restart():
+    base = Path(tempfile.mkdtemp(prefix="serverpki-test-agent-"))
+    os.chmod(base, 0o755)
+    cluster = PostgresCluster(base / "pg")
+    cluster.start()
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute("CREATE DATABASE a")
+        dsn = cluster.dsn("a")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            migrate.upgrade(c, log=lambda _: None)
+            c.execute("INSERT INTO pki.job_kinds (kind, description) VALUES ('t_ok', 'test')")
+        done = []
+        agent = make_agent(dsn, {"t_ok": lambda j, ctx: done.append(j.id) or {}})
+        stop = threading.Event()
+        worker = threading.Thread(target=agent.forever, kwargs={"poll_seconds": 60, "stop": stop}, daemon=True)
+        worker.start()
+        time.sleep(1)
+
+        def enqueue_and_wait(key):
+            with psycopg.connect(dsn, autocommit=True) as c:
+                jid = c.execute("SELECT pki.enqueue('t_ok', %s, 'test')", (key,)).fetchone()[0]
+            deadline = time.monotonic() + 20
+            while jid not in done and time.monotonic() < deadline:
+                time.sleep(0.1)
+            return jid in done
+
+        # woken by NOTIFY: far sooner than the 60 s poll
+        assert enqueue_and_wait("before-restart")
+        cluster.restart()
+        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        ok = False
+        while time.monotonic() < deadline and not ok:
+            try:
+                ok = enqueue_and_wait("after-restart")
+            except psycopg.OperationalError:
+                time.sleep(0.5)
+        assert ok, "the agent did not come back after the database restarted"
+        stop.set()
+        worker.join(timeout=70)
+    finally:
+        cluster.destroy()
