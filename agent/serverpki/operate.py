@@ -9,7 +9,6 @@ with exit status 2 and say so, rather than queueing work nobody performs.
 from __future__ import annotations
 
 import sys
-import tomllib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,7 +17,8 @@ import typer
 
 from . import __version__, reports
 from .db import connect, refusals_as_errors
-from .errors import ConfigError, ServerPKIError, UsageError
+from .config import Config, load_config
+from .errors import ServerPKIError, UsageError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,20 +34,9 @@ def _selection_sql(all_certs: bool, include: Names, exclude: Names, only: Names,
             [all_certs, include or [], exclude or [], only or [], skip or [], limit or [], no_tlsa])
 
 
-def _load_config(path: Optional[Path]) -> dict:
-    """Read the TOML configuration named by -f (the agent's full configuration arrives with its jobs)."""
-    if path is None:
-        return {}
-    try:
-        config = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
-    database = config.get("database", {})
-    if not isinstance(database, dict) or not isinstance(database.get("dsn", ""), str):
-        raise ConfigError(f"configuration file {path}: [database] dsn must be a string")
-    return config
+def _load_config(path: Optional[Path]) -> Config:
+    """The configuration: -f, else $SERVERPKI_CONFIG, else the usual places, else defaults (serverpki.config)."""
+    return load_config(path)
 
 
 def _check_combination(actions: dict[str, bool], export: Optional[str], check_only: bool, renew: Optional[int]) -> None:
@@ -102,7 +91,7 @@ def operate(
             actions["-C"] = actions["-D"] = False
         sel_sql, sel_params = _selection_sql(all_certs, include, exclude, only, skip_disthost,
                                              limit_to_disthost, no_tlsa_records)
-        with connect(config.get("database", {}).get("dsn"), autocommit=True) as conn, refusals_as_errors():
+        with connect(config.database.dsn, autocommit=True) as conn, refusals_as_errors():
             conn.execute(f"SELECT check_selection({sel_sql})", sel_params)  # unknown names stop the run first
             if check_only:
                 _check_only(conn, sel_sql, sel_params, verbose and not quiet, only or [], actions, renew_local_certs)
