@@ -12,12 +12,14 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def env(pg_server, dbname, conn):
+def env(pg_server, dbname, conn, tmp_path):
     conn.execute("SELECT add_disthost('web1.example.org')")
     conn.execute("SELECT add_place('nginx', 'separate', '/etc/ssl')")
     conn.execute("SELECT * FROM add_cert('www.example.org', 'server', 'LE', 'ec', false, 'example.org', 'https', 443, 'web1.example.org', NULL, 'nginx')")
     conn.execute("SELECT * FROM add_cert('client1', 'client', 'local', 'rsa', false, NULL, NULL, NULL, 'web1.example.org', NULL, 'nginx')")
-    return pg_server.env(dbname)
+    config = tmp_path / "serverpki.toml"
+    config.write_text('[logging]\nsyslog_address = ""\n[paths]\nwork_dir = "work"\n')
+    return {**pg_server.env(dbname), "SERVERPKI_CONFIG": str(config)}
 
 
 def run(env, *args):

@@ -1,9 +1,9 @@
 """`operate_serverPKI`: the seed's command line (operation.txt), every option with its meaning.
 
-Each action is one call of its SQL function; the database validates the
-selection and decides. This release carries the checks and reports (-n,
--n -v, -r N -n, -S -n); actions that need the agent to perform jobs refuse
-with exit status 2 and say so, rather than queueing work nobody performs.
+Each action is one call of its SQL function (the database validates the
+selection, decides and enqueues), followed by draining the queue with the
+agent. The exit status says whether every job the run performed succeeded.
+Jobs of kinds this release has no handler for stay queued, and the run says so.
 """
 
 from __future__ import annotations
@@ -12,13 +12,21 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import logging
+
 import psycopg
 import typer
 
 from . import __version__, reports
 from .db import connect, refusals_as_errors
+from .actions import run_action
+from .agent import Agent
 from .config import Config, load_config
+from .export import export_instance as export
+from .log import setup_logging
 from .errors import ServerPKIError, UsageError
+
+log = logging.getLogger("serverpki.operate")
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,10 +36,11 @@ Names = Optional[list[str]]
 
 
 def _selection_sql(all_certs: bool, include: Names, exclude: Names, only: Names,
-                   skip: Names, limit: Names, no_tlsa: bool) -> tuple[str, list]:
+                   skip: Names, limit: Names, no_tlsa: bool) -> tuple[str, dict]:
     """The selection as one SQL expression; the database refuses unknown names (SP024)."""
-    return ("selection(%s, %s, %s, %s, %s, %s, %s)",
-            [all_certs, include or [], exclude or [], only or [], skip or [], limit or [], no_tlsa])
+    return ("selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s)",
+            {"sel_all": all_certs, "sel_include": include or [], "sel_exclude": exclude or [], "sel_only": only or [],
+             "sel_skip": skip or [], "sel_limit": limit or [], "sel_no_tlsa": no_tlsa})
 
 
 def _load_config(path: Optional[Path]) -> Config:
@@ -87,6 +96,7 @@ def operate(
     try:
         _check_combination(actions, export_cert_and_key, check_only, renew_local_certs)
         config = _load_config(config_file)
+        setup_logging(config, quiet=quiet, verbose=verbose, debug=debug)
         if schedule_actions:  # operation.txt: with -S, -C and -D are ignored
             actions["-C"] = actions["-D"] = False
         sel_sql, sel_params = _selection_sql(all_certs, include, exclude, only, skip_disthost,
@@ -96,18 +106,27 @@ def operate(
             if check_only:
                 _check_only(conn, sel_sql, sel_params, verbose and not quiet, only or [], actions, renew_local_certs)
                 return
-            wanted = [name for name, on in actions.items() if on] + (["-E"] if export_cert_and_key else [])
+            if export_cert_and_key is not None:
+                if not config.paths.work_dir:
+                    raise UsageError("-E needs [paths] work_dir in the configuration file")
+                for path in export(conn, export_cert_and_key, config.paths.work_dir, config.paths.db_encryption_key):
+                    typer.echo(str(path))
+                return
+            wanted = [name for name in ACTION_ORDER if actions[name]]
             if not wanted:
                 raise UsageError("no action given; see operate_serverPKI -h")
-            raise UsageError(f"{' '.join(wanted)}: this release has no agent to perform jobs yet; "
-                             "only the checks and reports (-n, -n -v, -r N -n, -S -n) are available")
+            if "-Z" in wanted:
+                raise UsageError("-Z: registering an ACME account arrives with the ACME handlers (issue_acme)")
+            ok = _run(conn, config, wanted, sel_sql, sel_params, renew_local_certs, quiet)
+        if not ok:
+            raise typer.Exit(1)
     except ServerPKIError as exc:
         typer.echo(f"operate_serverPKI: {exc}", err=True)
         # a bad selection is a usage error too: exit status 2, nothing done
         raise typer.Exit(2 if getattr(exc, "sqlstate", None) == "SP024" else exc.exit_code)
 
 
-def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: list, verbose: bool, only: list[str],
+def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: dict, verbose: bool, only: list[str],
                 actions: dict[str, bool], renew: Optional[int]) -> None:
     problems = conn.execute("SELECT certificate, problem, hint FROM check_config()").fetchall()
     if verbose:
@@ -128,6 +147,31 @@ def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: list, verbos
         typer.echo(reports.meta_table(conn, only))
         typer.echo("")
         typer.echo(reports.instance_table(conn, only))
+
+
+# the seed's order: CA, keys, create, distribute, consolidate, TLSA
+ACTION_ORDER = ("-I", "-X", "-Y", "-S", "-C", "-D", "-K", "-T", "-R", "-Z")
+
+
+def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_sql: str, sel_params: dict,
+         remaining: Optional[int], quiet: bool) -> bool:
+    """Each action: its SQL request, then drain. True when every job the run performed succeeded."""
+    agent = Agent(config.database.dsn or "", config, name=config.agent.name,
+                  lease=config.agent.lease_seconds, batch=config.agent.batch)
+    params = {"remaining": remaining, "ca_name": config.local_ca.name, "ca_algo": config.local_ca.key_type}
+    ok = True
+    try:
+        for action in wanted:
+            outcome = run_action(conn, agent, action, sel_sql, sel_params, params)
+            log.info("%s: %s", action, outcome.stats.summary())
+            for error in outcome.stats.errors:
+                log.error("%s: %s", action, error)
+            ok = ok and outcome.stats.all_succeeded
+        for kind, count in agent.unhandled_pending():
+            log.warning("%s job(s) of kind %s stay queued: this release has no handler for them", count, kind)
+    finally:
+        agent.close()
+    return ok
 
 
 def main() -> None:

@@ -47,17 +47,17 @@ def instance_table(conn: psycopg.Connection, only: list[str]) -> str:
     return grid(INSTANCE_COLUMNS, conn.execute(f"SELECT {cols} FROM inst {where}", params))
 
 
-def renew_table(conn: psycopg.Connection, sel_sql: str, sel_params: list, remaining_days: int) -> str:
+def renew_table(conn: psycopg.Connection, sel_sql: str, sel_params: dict, remaining_days: int) -> str:
     """The local certificates that -C -r N would issue: request_create's answer, rolled back."""
     cols = ", ".join(f'm."{c}"' for c in RENEW_COLUMNS)
     tx = conn.transaction(force_rollback=True)  # ask the one function that decides, keep nothing
     with tx:
         rows = conn.execute(
             f"""SELECT {cols} FROM certs m
-                 WHERE m."Cert Name" IN (SELECT certificate FROM request_create({sel_sql}, %s))""",
-            [*sel_params, remaining_days]).fetchall()
+                 WHERE m."Cert Name" IN (SELECT certificate FROM request_create({sel_sql}, %(remaining)s))""",
+            {**sel_params, "remaining": remaining_days}).fetchall()
     return grid(RENEW_COLUMNS, rows)
 
 
-def plan_table(conn: psycopg.Connection, sel_sql: str, sel_params: list) -> str:
+def plan_table(conn: psycopg.Connection, sel_sql: str, sel_params: dict) -> str:
     return grid(PLAN_COLUMNS, conn.execute(f"SELECT certificate, instance, action, reason FROM plan({sel_sql})", sel_params))

@@ -1,0 +1,232 @@
+"""mail_reminder: one message to the configured recipients listing the local
+certificates that must be issued (LIFECYCLE.md rule 5), with the commands to do it.
+
+The scheduler has already marked each certificate as reminded; this handler only
+sends. Passing faults (refused connection, timeouts, 4xx replies) are RetryLater;
+a 5xx rejection or a configuration that cannot work is GiveUp, naming the key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import logging
+import math
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from typing import Any
+
+from . import Context, GiveUp, Job, RetryLater, handler
+
+log = logging.getLogger("serverpki.handlers.mail")
+
+UTC = dt.timezone.utc
+# seconds for connecting and for each reply of the relay
+SMTP_TIMEOUT = 30.0
+DEFAULT_RELAY = ("localhost", 25)
+
+
+def _setting(section: Any, key: str, default: Any = None) -> Any:
+    """A key of the [mail] section, whether the configuration is an object or a dict."""
+    if section is None:
+        return default
+    value = section.get(key, default) if isinstance(section, dict) else getattr(section, key, default)
+    return default if value is None else value
+
+
+class _Settings:
+    """The [mail] section, checked: what cannot work is GiveUp naming its key."""
+
+    def __init__(self, config: Any):
+        mail = config.get("mail") if isinstance(config, dict) else getattr(config, "mail", None)
+        self.host = str(_setting(mail, "relay_host", DEFAULT_RELAY[0]))
+        self.port = int(_setting(mail, "relay_port", DEFAULT_RELAY[1]))
+        self.sender = str(_setting(mail, "sender", "")).strip()
+        recipients = _setting(mail, "recipients", [])
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        self.recipients = [str(r).strip() for r in recipients if str(r).strip()]
+        self.starttls = bool(_setting(mail, "starttls", False))
+        self.username = str(_setting(mail, "username", "")) or None
+        self.password_file = _setting(mail, "password_file", None)
+        if not self.sender or "@" not in parseaddr(self.sender)[1]:
+            raise GiveUp(f"mail.sender is {'not set' if not self.sender else repr(self.sender) + ', not an address'}: "
+                         "set sender in the [mail] section of the configuration (e.g. serverpki@example.org)")
+        if not self.recipients:
+            raise GiveUp("mail.recipients is empty: list who gets the reminders in the [mail] section "
+                         "of the configuration (e.g. recipients = [\"hostmaster@example.org\"])")
+        if self.password_file and not self.username:
+            raise GiveUp("mail.password_file is set but mail.username is not: set both, or neither")
+        if self.username and not self.password_file:
+            raise GiveUp("mail.username is set but mail.password_file is not: name the file that holds the password")
+        if self.username and not self.starttls and not _is_loopback(self.host):
+            raise GiveUp(f"mail.username is set but mail.starttls is false: the password would cross the network "
+                         f"to {self.host} in clear; set starttls = true")
+
+    def password(self) -> str:
+        try:
+            text = Path(self.password_file).read_text()
+        except OSError as exc:
+            raise GiveUp(f"mail.password_file {self.password_file} cannot be read: {exc.strerror or exc}") from exc
+        lines = text.splitlines()
+        if not lines or not lines[0]:
+            raise GiveUp(f"mail.password_file {self.password_file} is empty: its first line must be the password")
+        return lines[0]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _now(ctx: Context) -> dt.datetime:
+    """The database's clock (pki.now(): the one the scheduler decided with), else the wall clock."""
+    if ctx.conn is not None:
+        row = ctx.conn.execute("SELECT pki.now()").fetchone()
+        if row and row[0] is not None:
+            return row[0]
+    return dt.datetime.now(UTC)
+
+
+def _certificates(job: Job) -> list[dict]:
+    """The job's certificates as {name, not_after: datetime}, by expiry."""
+    items = (job.args or {}).get("certificates")
+    if not isinstance(items, list) or not items:
+        raise GiveUp(f"mail_reminder job {job.id} lists no certificates (args.certificates); nothing to mail")
+    certs = []
+    for item in items:
+        try:
+            not_after = dt.datetime.fromisoformat(str(item["not_after"]))
+            certs.append({"name": str(item["name"]), "instance": item.get("instance"),
+                          "not_after": not_after if not_after.tzinfo else not_after.replace(tzinfo=UTC)})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GiveUp(f"mail_reminder job {job.id}: certificate entry {item!r} lacks a name or a valid not_after") from exc
+    return sorted(certs, key=lambda c: (c["not_after"], c["name"]))
+
+
+def _days(delta: dt.timedelta) -> int:
+    return math.ceil(delta / dt.timedelta(days=1))
+
+
+def compose(job: Job, certs: list[dict], settings: _Settings, now: dt.datetime) -> EmailMessage:
+    """The reminder: every certificate with its expiry and the command that issues its successor."""
+    n = len(certs)
+    subject = f"serverPKI: {n} local certificate{'s' if n != 1 else ''} must be issued"
+    width = max(len(c["name"]) for c in certs)
+    lines = [f"{'This local certificate expires' if n == 1 else 'These local certificates expire'} soon.",
+             "serverPKI issues local certificates on request only:",
+             ""]
+    for c in certs:
+        left = _days(c["not_after"] - now)
+        when = f"in {left} day{'s' if left != 1 else ''}" if left > 0 else "already expired"
+        lines.append(f"  {c['name']:<{width}}  expires {c['not_after'].astimezone(UTC):%Y-%m-%d %H:%M} UTC ({when})")
+        lines.append(f"  {'':<{width}}  issue it: operate_serverPKI -C -o {c['name']}")
+    days = min(max(_days(certs[-1]["not_after"] - now), 0), 3650)
+    lines += ["",
+              f"Or issue every local certificate that expires within {days} days at once:",
+              f"  operate_serverPKI -C -r {days}",
+              "",
+              "The scheduler (operate_serverPKI -S) then deploys each new instance",
+              "before the old one expires.",
+              f"This reminder is sent once per certificate (job {job.id}).",
+              ""]
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = settings.sender
+    msg["To"] = ", ".join(settings.recipients)
+    msg["Date"] = format_datetime(dt.datetime.now(UTC))
+    # the same job gives the same Message-ID: a copy sent again after a lost completion can be recognised
+    digest = hashlib.sha256(json.dumps(job.args, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    domain = parseaddr(settings.sender)[1].rpartition("@")[2] or "localhost"
+    msg["Message-ID"] = f"<serverpki-reminder-{job.id}-{digest}@{domain}>"
+    msg["X-serverPKI-Job"] = str(job.id)
+    msg.set_content("\n".join(lines))
+    return msg
+
+
+def _by_code(code: int, text: str, key: str) -> Exception:
+    """4xx (and replies that are no SMTP code): try later; 5xx: no retry will mend it."""
+    if 500 <= code < 600:
+        return GiveUp(f"{text} (check {key})")
+    return RetryLater(text)
+
+
+def _reply(code: int, message: bytes | str) -> str:
+    message = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
+    return f"{code} {message}".strip()
+
+
+def send(msg: EmailMessage, settings: _Settings) -> dict[str, str]:
+    """Deliver msg to the relay; returns the recipients refused while others were accepted."""
+    relay = f"{settings.host}:{settings.port}"
+    step = "connecting to"
+    try:
+        with smtplib.SMTP(settings.host, settings.port, timeout=SMTP_TIMEOUT) as smtp:
+            if settings.starttls:
+                step = "STARTTLS with"
+                smtp.starttls(context=ssl.create_default_context())
+            if settings.username:
+                step = "logging in to"
+                smtp.login(settings.username, settings.password())
+            step = "sending to"
+            refused = smtp.send_message(msg, from_addr=settings.sender, to_addrs=settings.recipients)
+    except smtplib.SMTPRecipientsRefused as exc:
+        replies = "; ".join(f"{addr}: {_reply(*reply)}" for addr, reply in exc.recipients.items())
+        if any(400 <= reply[0] < 500 for reply in exc.recipients.values()):
+            raise RetryLater(f"mail relay {relay} refused the recipients for now: {replies}") from exc
+        raise GiveUp(f"mail relay {relay} refused every recipient: {replies} (check mail.recipients)") from exc
+    except smtplib.SMTPSenderRefused as exc:
+        raise _by_code(exc.smtp_code, f"mail relay {relay} refused the sender {exc.sender}: "
+                       f"{_reply(exc.smtp_code, exc.smtp_error)}",
+                       "mail.sender, and mail.username if the relay wants a login") from exc
+    except smtplib.SMTPAuthenticationError as exc:
+        raise _by_code(exc.smtp_code, f"mail relay {relay} refused the login of {settings.username}: "
+                       f"{_reply(exc.smtp_code, exc.smtp_error)}", "mail.username and mail.password_file") from exc
+    except smtplib.SMTPNotSupportedError as exc:
+        key = "mail.starttls" if step.startswith("STARTTLS") else "mail.username"
+        raise GiveUp(f"{step} mail relay {relay}: {exc} (check {key})") from exc
+    except smtplib.SMTPResponseException as exc:
+        raise _by_code(exc.smtp_code, f"{step} mail relay {relay}: {_reply(exc.smtp_code, exc.smtp_error)}",
+                       "mail.relay_host and the relay's rules for mail.sender and mail.recipients") from exc
+    except smtplib.SMTPServerDisconnected as exc:
+        if isinstance(exc.__context__, TimeoutError):  # smtplib wraps a reply's timeout so
+            raise RetryLater(f"{step} mail relay {relay}: no answer within {SMTP_TIMEOUT:g} s") from exc
+        raise RetryLater(f"{step} mail relay {relay}: the connection closed ({exc})") from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise GiveUp(f"STARTTLS with mail relay {relay}: its certificate is not trusted for {settings.host}: "
+                     f"{exc.verify_message or exc} (check mail.relay_host, or the system's CA certificates)") from exc
+    except smtplib.SMTPException as exc:
+        if step.startswith("logging in"):  # no common AUTH mechanism
+            raise GiveUp(f"{step} mail relay {relay}: {exc} (check mail.username)") from exc
+        raise RetryLater(f"{step} mail relay {relay}: {exc}") from exc
+    except TimeoutError as exc:
+        raise RetryLater(f"{step} mail relay {relay}: no answer within {SMTP_TIMEOUT:g} s") from exc
+    except OSError as exc:  # refused, unreachable, name not resolved, TLS broken off
+        raise RetryLater(f"{step} mail relay {relay} failed: {exc.strerror or exc} "
+                         "(mail.relay_host, mail.relay_port)") from exc
+    return {addr: _reply(*reply) for addr, reply in refused.items()}
+
+
+@handler("mail_reminder")
+def mail_reminder(job: Job, ctx: Context) -> dict:
+    settings = _Settings(ctx.config)
+    certs = _certificates(job)
+    msg = compose(job, certs, settings, _now(ctx))
+    refused = send(msg, settings)
+    result = {"sent_to": [r for r in settings.recipients if r not in refused],
+              "certificates": [c["name"] for c in certs],
+              "message_id": msg["Message-ID"]}
+    if refused:
+        # the others have the message: sending again would duplicate it, so report and finish
+        log.warning("job %s: reminder refused for %s", job.id, ", ".join(f"{a} ({r})" for a, r in refused.items()))
+        result["refused"] = refused
+    return result
