@@ -50,3 +50,15 @@ SELECT s.name::text AS name, s.type::text AS subject_type, k.encryption_algo::te
   JOIN pki.certkeydata k ON k.certinstance = i.id
  WHERE i.id = %(serial)s
  ORDER BY k.encryption_algo;
+
+-- name: db_now
+-- the database's clock (pki.now(): tests and the demo travel in time with it)
+SELECT pki.now() AS now;
+
+-- name: keys_under_db_passphrase
+-- the stored keys -X/-Y (de|en)crypt with the db_encryption_key passphrase: all but the CA's
+SELECT id, key FROM pki.keys_under_db_passphrase();
+
+-- name: newest_encrypted_key
+-- one key encrypted with the db_encryption_key passphrase, to prove a passphrase before using it
+SELECT id, key FROM pki.keys_under_db_passphrase() WHERE starts_with(key, '-----BEGIN ENCRYPTED PRIVATE KEY-----') ORDER BY id DESC LIMIT 1;

@@ -353,7 +353,8 @@ BEGIN
         WHEN 'issue_local', 'issue_acme', 'issue_local_ca' THEN PERFORM apply_issued(j, result);
         WHEN 'distribute' THEN PERFORM apply_distributed(j, result);
         WHEN 'publish_tlsa' THEN PERFORM apply_tlsa_published(j, result);
-        ELSE NULL;  -- reminders, registration, key encryption: nothing to advance
+        WHEN 'encrypt_keys', 'decrypt_keys' THEN PERFORM apply_keys_reencrypted(j, result);
+        ELSE NULL;  -- reminders and registration: nothing to advance
     END CASE;
     UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, last_error = NULL,
                     result = without_secrets(complete_job.result), finished = pki.now()

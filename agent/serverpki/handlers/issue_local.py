@@ -1,0 +1,156 @@
+"""issue_local and issue_local_ca: certificates of the local CA, made with `cryptography`.
+
+issue_local signs one key/certificate pair per algorithm of the certificate
+(rsa_plus_ec: two) with the newest issued local CA; the CA's key is stored
+encrypted with the local CA passphrase (local_ca.passphrase_file, or asked on
+the terminal). New keys are stored encrypted with the db_encryption_key
+passphrase when the database says the keys are encrypted (revision.keysencrypted).
+
+issue_local_ca makes a new CA key and its self-signed certificate; the CA's key
+is always stored encrypted with the local CA passphrase, and -X/-Y leave it so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from .. import keystore, x509util
+from ..errors import ServerPKIError
+from ..queries import q
+from . import Context, GiveUp, Job, RetryLater, handler
+
+NO_CA = "no local CA: issue one with operate_serverPKI -I"
+
+
+@contextlib.contextmanager
+def _no_retry() -> Iterator[None]:
+    """A configuration, passphrase or CA problem does not mend by trying again: give up, saying why."""
+    try:
+        yield
+    except (GiveUp, RetryLater):
+        raise
+    except ServerPKIError as exc:
+        raise GiveUp(str(exc)) from exc
+    except ValueError as exc:
+        raise GiveUp(f"cannot issue: {exc}") from exc
+
+
+def _one(ctx: Context, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    return ctx.conn.cursor(row_factory=dict_row).execute(q(name), params or {}).fetchone()
+
+
+def _request(job: Job, ctx: Context) -> dict[str, Any]:
+    req = _one(ctx, "issue_request", {"certificate": job.certificate})
+    if req is None:
+        raise GiveUp(f"certificate {job.certificate} of job {job.id} is gone")
+    return req
+
+
+def db_now(ctx: Context) -> dt.datetime:
+    return _one(ctx, "db_now")["now"]
+
+
+def x509_names(config: Any) -> dict[str, str | None]:
+    """The distinguished-name parts of the x509 configuration (C, ST, L, O, OU)."""
+    section = config.x509
+    return {name: getattr(section, name, None)
+            for name in ("country", "state", "locality", "organization", "organizational_unit")}
+
+
+def algorithms(encryption_algo: str) -> list[str]:
+    """The key algorithms of a certificate: one pair each."""
+    return ["rsa", "ec"] if encryption_algo == "rsa_plus_ec" else [encryption_algo]
+
+
+def db_passphrase_if_encrypted(ctx: Context) -> bytes | None:
+    """The db_encryption_key passphrase when the stored keys are encrypted (else None), proven on a stored key."""
+    row = _one(ctx, "keys_encrypted")
+    if not (row and row["keysencrypted"]):
+        return None
+    passphrase = keystore.read_passphrase(ctx.config.paths.db_encryption_key, "Passphrase of the stored keys: ")
+    # a new key under another passphrase than its neighbours could not be opened later
+    sample = _one(ctx, "newest_encrypted_key")
+    if sample is not None:
+        try:
+            keystore.load_key(sample["key"], passphrase, f"stored key {sample['id']}")
+        except keystore.WrongPassphrase:
+            raise GiveUp(f"db_encryption_key: wrong passphrase, it does not open stored key {sample['id']}") from None
+    return passphrase
+
+
+@handler("issue_local")
+def issue_local(job: Job, ctx: Context) -> dict:
+    """One pair per algorithm of the certificate, signed by the newest local CA."""
+    with _no_retry():
+        req = _request(job, ctx)
+        if req["cert_type"] != "local" or req["subject_type"] not in x509util.SUBJECT_TYPES:
+            raise GiveUp(f"certificate {req['name']} is a {req['cert_type']} {req['subject_type']} certificate, "
+                         "not a local server or client certificate")
+        ca = _one(ctx, "local_ca_current")
+        if ca is None:
+            raise GiveUp(NO_CA)
+        ca_cert = x509util.load_cert(ca["cert"])
+        ca_key = _open_ca_key(ca, ctx)
+        now = db_now(ctx)
+        x509cfg = ctx.config.x509
+        lifetime = x509cfg.server_lifetime_days if req["subject_type"] == "server" else x509cfg.client_lifetime_days
+        pairs = []
+        for algo in algorithms(req["encryption_algo"]):
+            key = x509util.new_key(algo, x509cfg.rsa_key_size, x509cfg.ec_curve)
+            ctx.keep_alive()
+            cert = x509util.issue_leaf(
+                ca_cert, ca_key, key.public_key(), req["name"], altnames=req["altnames"] or [],
+                subject_type=req["subject_type"], must_staple=req["ocsp_must_staple"],
+                lifetime_days=lifetime, names=x509_names(ctx.config), now=now)
+            pairs.append((algo, cert, key))
+        # read last, so a -X/-Y applied meanwhile is seen
+        passphrase = db_passphrase_if_encrypted(ctx)
+        return {
+            "pairs": [{"algo": algo, "cert": x509util.cert_pem(cert), "key": keystore.dump_key(key, passphrase)}
+                      for algo, cert, key in pairs],
+            "cacert": ca["id"],
+        }
+
+
+def _open_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
+    what = f"key of local CA instance {ca['id']}"
+    passphrase = None
+    if keystore.is_encrypted(ca["key"]):
+        passphrase = keystore.read_passphrase(ctx.config.local_ca.passphrase_file, "Passphrase of the local CA: ")
+    try:
+        return keystore.load_key(ca["key"], passphrase, what)
+    except keystore.WrongPassphrase:
+        raise GiveUp(f"{what}: wrong passphrase (configuration: local_ca.passphrase_file)") from None
+
+
+@handler("issue_local_ca")
+def issue_local_ca(job: Job, ctx: Context) -> dict:
+    """A new CA key and its self-signed certificate; the key encrypted with the local CA passphrase."""
+    with _no_retry():
+        req = _request(job, ctx)
+        if req["cert_type"] != "local" or req["subject_type"] != "CA":
+            raise GiveUp(f"certificate {req['name']} is not a local CA")
+        if req["encryption_algo"] not in ("rsa", "ec"):
+            raise GiveUp(f"local CA {req['name']}: a CA has one key, 'rsa' or 'ec', not {req['encryption_algo']!r}")
+        cfg = ctx.config.local_ca
+        # read the passphrase first: no key is made that could not be stored
+        passphrase = keystore.read_passphrase(cfg.passphrase_file, "Passphrase of the new local CA: ")
+        if req["encryption_algo"] == "rsa":
+            key = x509util.new_key("rsa", cfg.key_size)
+        else:
+            # local_ca.key_size names the curve by its size (256, 384, 521); else the x509 curve
+            curve = x509util.CURVE_BY_BITS.get(cfg.key_size, ctx.config.x509.ec_curve)
+            key = x509util.new_key("ec", ec_curve=curve)
+        ctx.keep_alive()
+        cert = x509util.build_ca_certificate(key, req["name"], cfg.lifetime_days,
+                                             names=x509_names(ctx.config), now=db_now(ctx))
+        return {
+            "pairs": [{"algo": req["encryption_algo"], "cert": x509util.cert_pem(cert),
+                       "key": keystore.dump_key(key, passphrase)}],
+            "cacert": None,
+        }

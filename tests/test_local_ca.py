@@ -1,0 +1,483 @@
+"""The local CA (-I), local certificates (-C) and the encryption of stored keys (-X, -Y).
+
+Each test does what the agent loop does: a request function enqueues, the job is
+claimed with pki.claim_jobs, the handler runs with a Context, and its outcome goes
+to pki.complete_job (or pki.fail_job when it gives up). openssl checks the
+results from outside: chains verify, keys match certificates, encrypted keys
+open with `openssl pkey -passin`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from helpers import assert_refused, snapshot
+from serverpki import keystore, x509util
+from serverpki.handlers import HANDLERS, Context, GiveUp, Job
+from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (registers issue_local, issue_local_ca)
+from serverpki.handlers import keys as _keys  # noqa: F401  (registers encrypt_keys, decrypt_keys)
+
+AGENT = "test-agent"
+CA_PASS = "ca passphrase \u00e4"
+DB_PASS = "db passphrase"
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+def secret_file(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> SimpleNamespace:
+    """A stand-in for the agent's Config: the attributes the handlers read."""
+    return SimpleNamespace(
+        x509=SimpleNamespace(country="DE", state="Hessen", locality="Frankfurt", organization="Example e.V.",
+                             organizational_unit="PKI", server_lifetime_days=90, client_lifetime_days=365,
+                             rsa_key_size=2048, ec_curve="secp384r1"),
+        local_ca=SimpleNamespace(name="Local CA", key_type="rsa", key_size=2048, lifetime_days=3650,
+                                 passphrase_file=str(secret_file(tmp_path / "ca.pass", CA_PASS))),
+        paths=SimpleNamespace(work_dir=str(tmp_path),
+                              db_encryption_key=str(secret_file(tmp_path / "db.pass", DB_PASS))),
+    )
+
+
+def run_job(conn: psycopg.Connection, job_id: int, config) -> dict | GiveUp:
+    """Claim the job, run its handler, complete it (or fail it without retry when the handler gives up)."""
+    row = conn.cursor(row_factory=dict_row).execute(
+        "SELECT * FROM claim_jobs(%s, ARRAY[(SELECT kind FROM jobs WHERE id = %s)], 1)", (AGENT, job_id)).fetchone()
+    assert row is not None and row["id"] == job_id, f"job {job_id} was not claimable"
+    job = Job(id=row["id"], kind=row["kind"], certificate=row["certificate"], instance=row["instance"],
+              disthost=row["disthost"], zone=row["zone"], args=row["args"], attempts=row["attempts"],
+              max_attempts=row["max_attempts"])
+    ctx = Context(config=config, conn=conn, agent_name=AGENT)
+    try:
+        result = HANDLERS[job.kind](job, ctx)
+    except GiveUp as exc:
+        conn.execute("SELECT fail_job(%s, %s, %s, false)", (job_id, AGENT, str(exc)))
+        return exc
+    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, AGENT, json.dumps(result)))
+    return result
+
+
+def job_row(conn, job_id: int) -> dict:
+    return conn.cursor(row_factory=dict_row).execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+
+
+def issue_ca(conn, config, algo: str = "rsa", name: str = "Local CA") -> int:
+    """-I: returns the issued CA instance."""
+    job_id = conn.execute("SELECT request_local_ca(%s, %s)", (name, algo)).fetchone()[0]
+    result = run_job(conn, job_id, config)
+    assert not isinstance(result, GiveUp), result
+    return job_row(conn, job_id)["instance"]
+
+
+def add_local_cert(conn, name: str, algo: str = "rsa", subject_type: str = "server", must_staple: bool = False,
+                   altname: str | None = None) -> None:
+    conn.execute("SELECT * FROM add_cert(%s, %s, 'local', %s, %s, %s, NULL, NULL, NULL, NULL, NULL)",
+                 (name, subject_type, algo, must_staple, altname))
+
+
+def create(conn, config, name: str) -> tuple[int, dict | GiveUp]:
+    """-C for one certificate: returns the job and the handler's outcome."""
+    job_id, = conn.execute("SELECT job FROM request_create(selection(only_certs => ARRAY[%s]))", (name,)).fetchone()
+    return job_id, run_job(conn, job_id, config)
+
+
+def stored_pairs(conn, instance: int) -> dict[str, dict]:
+    rows = conn.cursor(row_factory=dict_row).execute(
+        "SELECT id, encryption_algo::text AS algo, convert_from(cert, 'UTF8') AS cert, convert_from(key, 'UTF8') AS key "
+        "FROM certkeydata WHERE certinstance = %s", (instance,)).fetchall()
+    return {r["algo"]: r for r in rows}
+
+
+def openssl(*args: str, input: str | None = None) -> str:
+    done = subprocess.run(["openssl", *args], input=input, capture_output=True, text=True)
+    assert done.returncode == 0, f"openssl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def key_public(tmp_path: Path, key_pem: str, passfile: str | None = None) -> str:
+    """`openssl pkey -pubout` of a stored key (opened with -passin when given)."""
+    args = ["pkey", "-in", write(tmp_path / "key.pem", key_pem), "-pubout"]
+    if passfile:
+        args += ["-passin", f"file:{passfile}"]
+    return openssl(*args)
+
+
+def cert_public(tmp_path: Path, cert_pem: str) -> str:
+    return openssl("x509", "-in", write(tmp_path / "cert.pem", cert_pem), "-noout", "-pubkey")
+
+
+def cert_text(tmp_path: Path, cert_pem: str) -> str:
+    return openssl("x509", "-in", write(tmp_path / "cert.pem", cert_pem), "-noout", "-text")
+
+
+def ca_pem(conn, instance: int) -> str:
+    return conn.execute("SELECT convert_from(cert, 'UTF8') FROM certkeydata WHERE certinstance = %s",
+                        (instance,)).fetchone()[0]
+
+
+def assert_no_key_in_jobs(conn) -> None:
+    leaks = conn.execute(
+        "SELECT id, kind FROM jobs WHERE concat(args::text, result::text, last_error) LIKE '%PRIVATE KEY%' "
+        "UNION ALL SELECT job, 'event' FROM events WHERE reason LIKE '%PRIVATE KEY%'").fetchall()
+    assert leaks == [], f"key material in the queue: {leaks}"
+
+
+def keys_encrypted(conn) -> bool:
+    return conn.execute("SELECT keysencrypted FROM revision ORDER BY id DESC LIMIT 1").fetchone()[0]
+
+
+# --------------------------------------------------------------------------- -I: the local CA
+
+@pytest.mark.parametrize("algo", ["rsa", "ec"])
+def test_issue_local_ca_stores_an_issued_instance_with_an_encrypted_key(conn, config, tmp_path, algo):
+    instance = issue_ca(conn, config, algo)
+    state, cacert = conn.execute("SELECT state::text, cacert FROM certinstances WHERE id = %s", (instance,)).fetchone()
+    assert (state, cacert) == ("issued", None)
+    assert conn.execute("SELECT \"Subject\", \"Type\" FROM certs WHERE \"Cert Name\" = 'Local CA'").fetchone() == ("CA", "local")
+    pair = stored_pairs(conn, instance)[algo]
+    assert pair["key"].startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    # openssl opens it with the local CA passphrase file, and it is the certificate's key
+    assert key_public(tmp_path, pair["key"], config.local_ca.passphrase_file) == cert_public(tmp_path, pair["cert"])
+    text = cert_text(tmp_path, pair["cert"])
+    assert "CA:TRUE, pathlen:0" in text
+    assert "Certificate Sign, CRL Sign" in text
+    assert "Subject Key Identifier" in text
+    assert "CN=Local CA" in text.replace(" = ", "=") and "O=Example e.V." in text.replace(" = ", "=")
+    openssl("verify", "-CAfile", write(tmp_path / "ca.pem", pair["cert"]), str(tmp_path / "ca.pem"))
+    assert_no_key_in_jobs(conn)
+
+
+def test_issue_local_ca_twice_gives_a_second_instance_of_the_same_certificate(conn, config):
+    first = issue_ca(conn, config)
+    second = issue_ca(conn, config, "ec")
+    assert second != first
+    assert conn.execute("SELECT count(DISTINCT certificate), count(*) FROM certinstances").fetchone() == (1, 2)
+    # the changed algorithm applies from the new instance on
+    assert conn.execute("SELECT encryption_algo::text FROM certificates").fetchone()[0] == "ec"
+
+
+def test_request_local_ca_returns_the_pending_job_when_asked_twice(conn):
+    first = conn.execute("SELECT request_local_ca('Local CA', 'rsa')").fetchone()[0]
+    again = conn.execute("SELECT request_local_ca('Local CA', 'rsa')").fetchone()[0]
+    assert again == first
+    assert conn.execute("SELECT kind, reason FROM jobs").fetchall() == [("issue_local_ca", "requested (-I)")]
+
+
+def test_request_local_ca_refusals(conn):
+    add_local_cert(conn, "www.example.org")
+    assert_refused(conn, "SELECT request_local_ca('Local CA', 'rsa_plus_ec')", sqlstate="SP011", match="one key")
+    assert_refused(conn, "SELECT request_local_ca('Local CA', 'dsa')", sqlstate="SP011")
+    assert_refused(conn, "SELECT request_local_ca('www.example.org', 'rsa')", sqlstate="SP003", match="not as the name of a local CA")
+    assert_refused(conn, "SELECT request_local_ca(NULL, 'rsa')", sqlstate="SP009")
+    assert_refused(conn, "SELECT enqueue_local_ca(cert_id('www.example.org'))", sqlstate="SP002")
+
+
+def test_local_ca_with_a_wrong_passphrase_file_mode_gives_up(conn, config, tmp_path):
+    config.local_ca.passphrase_file = str(secret_file(tmp_path / "open.pass", CA_PASS, 0o644))
+    job_id = conn.execute("SELECT request_local_ca('Local CA', 'rsa')").fetchone()[0]
+    outcome = run_job(conn, job_id, config)
+    assert isinstance(outcome, GiveUp) and "chmod 600" in str(outcome)
+    row = job_row(conn, job_id)
+    assert row["state"] == "dead" and "group or others" in row["last_error"]
+    assert conn.execute("SELECT count(*) FROM certinstances").fetchone()[0] == 0
+
+
+# --------------------------------------------------------------------------- -C: local certificates
+
+def test_without_a_local_ca_issue_local_gives_up(conn, config):
+    add_local_cert(conn, "www.example.org")
+    job_id, outcome = create(conn, config, "www.example.org")
+    assert isinstance(outcome, GiveUp) and str(outcome) == "no local CA: issue one with operate_serverPKI -I"
+    assert job_row(conn, job_id)["state"] == "dead"
+    assert conn.execute("SELECT count(*) FROM certinstances").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("algo, pairs", [("rsa", ["rsa"]), ("ec", ["ec"]), ("rsa_plus_ec", ["ec", "rsa"])])
+def test_local_server_certificate_verifies_against_the_ca(conn, config, tmp_path, algo, pairs):
+    ca_instance = issue_ca(conn, config)
+    add_local_cert(conn, "www.example.org", algo, altname="example.org")
+    job_id, result = create(conn, config, "www.example.org")
+    assert not isinstance(result, GiveUp), result
+    assert result["cacert"] == ca_instance
+    instance = job_row(conn, job_id)["instance"]
+    assert conn.execute("SELECT state::text, cacert FROM certinstances WHERE id = %s", (instance,)).fetchone() == (
+        "issued", ca_instance)
+    stored = stored_pairs(conn, instance)
+    assert sorted(stored) == pairs
+    ca_file = write(tmp_path / "ca.pem", ca_pem(conn, ca_instance))
+    for algo_of_pair, pair in stored.items():
+        leaf = write(tmp_path / f"leaf-{algo_of_pair}.pem", pair["cert"])
+        assert openssl("verify", "-CAfile", ca_file, leaf).strip() == f"{leaf}: OK"
+        assert pair["key"].startswith("-----BEGIN PRIVATE KEY-----")  # keys are not encrypted in this database
+        assert key_public(tmp_path, pair["key"]) == cert_public(tmp_path, pair["cert"])
+        text = cert_text(tmp_path, pair["cert"])
+        assert "DNS:www.example.org, DNS:example.org" in text
+        assert "TLS Web Server Authentication" in text and "TLS Web Client Authentication" not in text
+        assert "TLS Feature" not in text
+        assert ("Key Encipherment" in text) == (algo_of_pair == "rsa")
+        assert ("Public Key Algorithm: rsaEncryption" in text) == (algo_of_pair == "rsa")
+        assert "Authority Key Identifier" in text and "CA:FALSE" in text
+    assert_no_key_in_jobs(conn)
+
+
+def test_local_client_certificate_with_must_staple(conn, config, tmp_path):
+    ca_instance = issue_ca(conn, config, "ec")
+    add_local_cert(conn, "backup_op", "ec", subject_type="client", must_staple=True)
+    job_id, result = create(conn, config, "backup_op")
+    assert not isinstance(result, GiveUp), result
+    pair = stored_pairs(conn, job_row(conn, job_id)["instance"])["ec"]
+    leaf = write(tmp_path / "leaf.pem", pair["cert"])
+    openssl("verify", "-CAfile", write(tmp_path / "ca.pem", ca_pem(conn, ca_instance)), leaf)
+    text = cert_text(tmp_path, pair["cert"])
+    assert "TLS Web Client Authentication" in text and "TLS Web Server Authentication" not in text
+    assert "Subject Alternative Name" not in text  # a client is its CN only
+    assert "CN=backup_op" in text.replace(" = ", "=")
+    assert "TLS Feature" in text and "status_request" in text
+    assert conn.execute("SELECT ocsp_must_staple FROM certinstances WHERE id = %s",
+                        (job_row(conn, job_id)["instance"],)).fetchone()[0] is True
+
+
+def test_local_certificate_never_outlives_its_ca(conn, config, tmp_path):
+    config.local_ca.lifetime_days = 30
+    issue_ca(conn, config)
+    add_local_cert(conn, "www.example.org")
+    job_id, result = create(conn, config, "www.example.org")
+    ca_after, leaf_after = conn.execute(
+        "SELECT (SELECT not_after FROM certinstances WHERE id = i.cacert), i.not_after FROM certinstances i WHERE i.id = %s",
+        (job_row(conn, job_id)["instance"],)).fetchone()
+    assert leaf_after == ca_after
+
+
+def test_issue_local_with_a_wrong_ca_passphrase_gives_up(conn, config, tmp_path):
+    issue_ca(conn, config)
+    config.local_ca.passphrase_file = str(secret_file(tmp_path / "other.pass", "not the CA passphrase"))
+    add_local_cert(conn, "www.example.org")
+    job_id, outcome = create(conn, config, "www.example.org")
+    assert isinstance(outcome, GiveUp) and "wrong passphrase" in str(outcome)
+    assert "not the CA passphrase" not in job_row(conn, job_id)["last_error"]
+
+
+# --------------------------------------------------------------------------- -X / -Y: encrypting the stored keys
+
+def fill(conn, config) -> tuple[int, dict[int, str]]:
+    """A CA and two local certificates (three leaf keys); returns the CA instance and the clear keys by id."""
+    ca_instance = issue_ca(conn, config)
+    for name, algo in (("www.example.org", "rsa_plus_ec"), ("mail.example.org", "ec")):
+        add_local_cert(conn, name, algo)
+        create(conn, config, name)
+    clear = dict(conn.execute("SELECT id, key FROM keys_under_db_passphrase()").fetchall())
+    assert len(clear) == 3
+    return ca_instance, clear
+
+
+def request_keys(conn, encrypt: bool) -> int:
+    return conn.execute("SELECT request_key_encryption(%s)", (encrypt,)).fetchone()[0]
+
+
+def test_encrypt_and_decrypt_round_trip_every_key_but_the_cas(conn, config, tmp_path):
+    ca_instance, clear = fill(conn, config)
+    ca_key = stored_pairs(conn, ca_instance)["rsa"]["key"]
+
+    job_id = request_keys(conn, True)
+    result = run_job(conn, job_id, config)
+    assert not isinstance(result, GiveUp), result
+    assert keys_encrypted(conn) is True
+    encrypted = dict(conn.execute("SELECT id, key FROM keys_under_db_passphrase()").fetchall())
+    assert sorted(encrypted) == sorted(clear)
+    for key_id, pem in encrypted.items():
+        assert pem.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        cert = conn.execute("SELECT convert_from(cert, 'UTF8') FROM certkeydata WHERE id = %s", (key_id,)).fetchone()[0]
+        assert key_public(tmp_path, pem, config.paths.db_encryption_key) == cert_public(tmp_path, cert)
+    # the CA's key keeps its own passphrase
+    assert stored_pairs(conn, ca_instance)["rsa"]["key"] == ca_key
+    assert job_row(conn, job_id)["result"] == {"keys": [{"id": i} for i in sorted(clear)], "encrypted": True}
+
+    # while encrypted, a new local key is stored encrypted with the database passphrase
+    add_local_cert(conn, "imap.example.org", "rsa")
+    new_job, _ = create(conn, config, "imap.example.org")
+    new_key = stored_pairs(conn, job_row(conn, new_job)["instance"])["rsa"]["key"]
+    assert new_key.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    key_public(tmp_path, new_key, config.paths.db_encryption_key)
+
+    assert_refused(conn, "SELECT request_key_encryption(true)", sqlstate="SP012", match="encrypted already")
+
+    job_id = request_keys(conn, False)
+    result = run_job(conn, job_id, config)
+    assert not isinstance(result, GiveUp), result
+    assert keys_encrypted(conn) is False
+    decrypted = dict(conn.execute("SELECT id, key FROM keys_under_db_passphrase()").fetchall())
+    # the same keys as before, byte for byte (PKCS#8 of a key is deterministic)
+    assert {k: v for k, v in decrypted.items() if k in clear} == clear
+    assert all(pem.startswith("-----BEGIN PRIVATE KEY-----") for pem in decrypted.values())
+    assert stored_pairs(conn, ca_instance)["rsa"]["key"] == ca_key
+    assert_refused(conn, "SELECT request_key_encryption(false)", sqlstate="SP012", match="in clear already")
+    assert_no_key_in_jobs(conn)
+
+
+def test_decrypt_with_a_wrong_passphrase_changes_nothing(conn, config, tmp_path):
+    fill(conn, config)
+    run_job(conn, request_keys(conn, True), config)
+    before = snapshot(conn)
+    config.paths.db_encryption_key = str(secret_file(tmp_path / "wrong.pass", "wrong passphrase text"))
+    job_id = request_keys(conn, False)
+    outcome = run_job(conn, job_id, config)
+    assert isinstance(outcome, GiveUp) and "wrong passphrase" in str(outcome)
+    assert snapshot(conn) == before
+    row = job_row(conn, job_id)
+    assert row["state"] == "dead" and "wrong passphrase" in row["last_error"]
+    assert "wrong passphrase text" not in row["last_error"]
+    assert_no_key_in_jobs(conn)
+
+
+def test_issue_local_refuses_a_db_passphrase_that_does_not_open_the_stored_keys(conn, config, tmp_path):
+    fill(conn, config)
+    run_job(conn, request_keys(conn, True), config)
+    config.paths.db_encryption_key = str(secret_file(tmp_path / "wrong.pass", "another passphrase"))
+    add_local_cert(conn, "imap.example.org")
+    job_id, outcome = create(conn, config, "imap.example.org")
+    assert isinstance(outcome, GiveUp) and "wrong passphrase" in str(outcome)
+
+
+def test_request_key_encryption_refuses_the_opposite_of_a_pending_job(conn):
+    first = request_keys(conn, True)
+    assert request_keys(conn, True) == first
+    assert_refused(conn, "SELECT request_key_encryption(false)", sqlstate="SP012", match="pending")
+    assert_refused(conn, "SELECT request_key_encryption(NULL)", sqlstate="SP009")
+
+
+def test_encrypt_with_no_keys_only_flips_the_flag(conn, config):
+    job_id = request_keys(conn, True)
+    assert run_job(conn, job_id, config) == {"keys": [], "encrypted": True}
+    assert keys_encrypted(conn) is True
+
+
+@pytest.mark.parametrize("mangle, match", [
+    (lambda r: {"encrypted": True}, 'lacks "keys"'),
+    (lambda r: {**r, "keys": r["keys"][1:]}, "missing"),
+    (lambda r: {**r, "keys": r["keys"] + r["keys"][:1]}, "repeated"),
+    (lambda r: {**r, "keys": r["keys"] + [{"id": 999999, "key": r["keys"][0]["key"]}]}, "unknown"),
+    (lambda r: {**r, "encrypted": False}, '"encrypted": false'),
+    (lambda r: {**r, "keys": [{**k, "key": CLEAR} for k in r["keys"]]}, "entry 1"),
+    (lambda r: {**r, "keys": [{"id": str(k["id"]), "key": k["key"]} for k in r["keys"]]}, "entry 1"),
+])
+def test_apply_keys_reencrypted_refuses_an_incomplete_result(conn, config, mangle, match):
+    fill(conn, config)
+    job_id = request_keys(conn, True)
+    row = conn.cursor(row_factory=dict_row).execute("SELECT * FROM claim_jobs(%s, ARRAY['encrypt_keys'], 1)", (AGENT,)).fetchone()
+    job = Job(id=row["id"], kind=row["kind"], certificate=None, instance=None, disthost=None, zone=None,
+              args=row["args"], attempts=row["attempts"], max_attempts=row["max_attempts"])
+    result = HANDLERS["encrypt_keys"](job, Context(config=config, conn=conn, agent_name=AGENT))
+    bad = mangle(result)
+    assert_refused(conn, "SELECT complete_job(%s, %s, %s)", (job_id, AGENT, json.dumps(bad)), sqlstate="SP023", match=match)
+    assert keys_encrypted(conn) is False
+    assert job_row(conn, job_id)["state"] == "running"
+
+
+CLEAR = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+
+
+# --------------------------------------------------------------------------- keystore and x509util
+
+def test_keystore_round_trip_and_wrong_passphrase():
+    key = x509util.new_key("ec", ec_curve="P-256")
+    clear = keystore.dump_key(key)
+    assert not keystore.is_encrypted(clear)
+    enc = keystore.encrypt_pem(clear, b"s3cret")
+    assert keystore.is_encrypted(enc) and enc.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert keystore.encrypt_pem(enc, b"s3cret") == enc  # already encrypted with it: unchanged
+    assert keystore.decrypt_pem(enc, b"s3cret") == clear
+    assert keystore.decrypt_pem(clear, b"anything") == clear
+    with pytest.raises(keystore.WrongPassphrase) as info:
+        keystore.decrypt_pem(enc, b"wrong")
+    assert "wrong passphrase" in str(info.value) and "wrong" not in str(info.value).replace("wrong passphrase", "")
+    assert isinstance(info.value, keystore.ServerPKIError)
+    with pytest.raises(keystore.WrongPassphrase):
+        keystore.encrypt_pem(enc, b"another")
+    with pytest.raises(keystore.KeystoreError) as info:
+        keystore.decrypt_pem(CLEAR, b"x")
+    assert "AAAA" not in str(info.value)
+
+
+def test_read_passphrase(tmp_path, monkeypatch):
+    assert keystore.read_passphrase(secret_file(tmp_path / "p", "first line")) == b"first line"
+    (tmp_path / "two").write_bytes(b"one\r\ntwo\n")
+    (tmp_path / "two").chmod(0o400)
+    assert keystore.read_passphrase(tmp_path / "two") == b"one"
+    for mode in (0o640, 0o604):
+        with pytest.raises(keystore.PassphraseUnavailable, match="group or others.*chmod 600"):
+            keystore.read_passphrase(secret_file(tmp_path / f"open{mode:o}", "x", mode))
+    with pytest.raises(keystore.PassphraseUnavailable, match="empty"):
+        keystore.read_passphrase(secret_file(tmp_path / "empty", ""))
+    with pytest.raises(keystore.PassphraseUnavailable, match="No such file"):
+        keystore.read_passphrase(tmp_path / "missing")
+    # no file configured: asked on the terminal, refused without one
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    with pytest.raises(keystore.PassphraseUnavailable, match="no terminal"):
+        keystore.read_passphrase(None)
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(isatty=lambda: True))
+    monkeypatch.setattr("getpass.getpass", lambda prompt: "typed")
+    assert keystore.read_passphrase(None) == b"typed"
+
+
+def test_leaf_validity_starts_an_hour_back():
+    now = dt.datetime(2030, 5, 1, 12, tzinfo=dt.timezone.utc)
+    ca_key = x509util.new_key("ec", ec_curve="secp256r1")
+    ca = x509util.build_ca_certificate(ca_key, "Test CA", 10, now=now)
+    leaf = x509util.issue_leaf(ca, ca_key, x509util.new_key("ec").public_key(), "www.example.org",
+                               lifetime_days=90, now=now)
+    assert leaf.not_valid_before_utc == now - dt.timedelta(hours=1)
+    assert leaf.not_valid_after_utc == ca.not_valid_after_utc == now + dt.timedelta(days=10)
+    with pytest.raises(x509util.ConfigError, match="expired"):
+        x509util.issue_leaf(ca, ca_key, ca_key.public_key(), "www.example.org", now=now + dt.timedelta(days=11))
+    with pytest.raises(x509util.ConfigError, match="curve"):
+        x509util.new_key("ec", ec_curve="curve25519")
+    with pytest.raises(x509util.ConfigError, match="2048"):
+        x509util.new_key("rsa", 1024)
+
+
+# --------------------------------------------------------------------------- roles
+
+def test_roles_of_the_requests(conn, pg_server, dbname):
+    """pki_admin asks for -I and -X (the queue is written by SECURITY DEFINER functions) but reads no key;
+    pki_agent reads the keys it re-encrypts but cannot create the CA's certificate (configuration)."""
+    import uuid
+
+    from psycopg.conninfo import make_conninfo
+
+    roles = {group: f"t_{group}_{uuid.uuid4().hex[:8]}" for group in ("pki_admin", "pki_agent")}
+    for group, role in roles.items():
+        conn.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE {group}')
+    try:
+        with psycopg.connect(make_conninfo(pg_server.dsn(dbname), user=roles["pki_agent"]), autocommit=True) as agent:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                agent.execute("SELECT request_local_ca('Local CA', 'rsa')")
+            assert agent.execute("SELECT count(*) FROM keys_under_db_passphrase()").fetchone()[0] == 0
+        with psycopg.connect(make_conninfo(pg_server.dsn(dbname), user=roles["pki_admin"]), autocommit=True) as admin:
+            job_id = admin.execute("SELECT request_local_ca('Local CA', 'ec')").fetchone()[0]
+            assert admin.execute("SELECT kind FROM jobs WHERE id = %s", (job_id,)).fetchone()[0] == "issue_local_ca"
+            assert admin.execute("SELECT request_key_encryption(true)").fetchone()[0] is not None
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                admin.execute("SELECT * FROM keys_under_db_passphrase()")
+    finally:
+        for role in roles.values():
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
