@@ -12,6 +12,8 @@ is always stored encrypted with the local CA passphrase, and -X/-Y leave it so.
 
 from __future__ import annotations
 
+import hashlib
+
 import contextlib
 import datetime as dt
 from collections.abc import Iterator
@@ -117,7 +119,19 @@ def issue_local(job: Job, ctx: Context) -> dict:
         }
 
 
+# opened CA keys of this process, by instance and stored form: a run that issues many
+# certificates asks for (and derives) the passphrase once, not once per certificate
+_OPEN_CA_KEYS: dict[tuple[int, str], x509util.PrivateKey] = {}
+
+
 def _open_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
+    cache_key = (ca["id"], hashlib.sha256(ca["key"].encode()).hexdigest())
+    if cache_key not in _OPEN_CA_KEYS:
+        _OPEN_CA_KEYS[cache_key] = _load_ca_key(ca, ctx)
+    return _OPEN_CA_KEYS[cache_key]
+
+
+def _load_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
     what = f"key of local CA instance {ca['id']}"
     passphrase = None
     if keystore.is_encrypted(ca["key"]):

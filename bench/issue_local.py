@@ -1,0 +1,97 @@
+"""Issuing local certificates through the queue, beside bare cryptography.
+
+Run:  .venv/bin/python bench/issue_local.py [COUNT]     (default 200)
+
+Starts a private cluster (serverpki.lab.postgres), installs the schema, creates
+the local CA with the real -I path (request_local_ca + the agent), configures
+COUNT local EC server certificates, then measures in the same run:
+  queue:  SELECT request_create(...) and Agent.drain() — claim, issue_local
+          handler (key, certificate, PEM), complete_job (plpython parses and
+          checks every certificate, the state machine, events), per certificate;
+  bare:   the same key generation and signing with cryptography alone
+          (x509util.new_key + issue_leaf + PEM), no database.
+It prints certificates per second for both and the overhead of the queue and
+the database as a ratio (target: at most 30 % on top of the bare rate).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+
+from serverpki import keystore, migrate, x509util  # noqa: E402
+from serverpki.agent import Agent  # noqa: E402
+from serverpki.config import load_config  # noqa: E402
+from serverpki.lab.postgres import PostgresCluster  # noqa: E402
+
+
+def main(count: int) -> None:
+    base = Path(tempfile.mkdtemp(prefix="serverpki-bench-"))
+    os.chmod(base, 0o755)
+    passfile = base / "ca.pass"
+    passfile.write_text("bench passphrase\n")
+    passfile.chmod(0o600)
+    config_file = base / "serverpki.toml"
+    config_file.write_text(f'[local_ca]\npassphrase_file = "{passfile}"\nkey_size = 2048\n'
+                           '[logging]\nsyslog_address = ""\n')
+    config = load_config(config_file)
+    cluster = PostgresCluster(base / "pg")
+    cluster.start()
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute("CREATE DATABASE bench")
+        dsn = cluster.dsn("bench")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            migrate.upgrade(conn, log=lambda _: None)
+            conn.execute("SELECT add_disthost('web1.bench.test')")
+            conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
+            with conn.transaction():
+                for i in range(count):
+                    conn.execute("SELECT add_cert(%s, 'server', 'local', 'ec', false, NULL, NULL, NULL, "
+                                 "'web1.bench.test', NULL, 'p')", (f"host{i}.bench.test",))
+            agent = Agent(dsn, config, name="bench", batch=20)
+            conn.execute("SELECT request_local_ca('Local CA', 'rsa')")
+            assert agent.drain().all_succeeded
+
+            start = time.perf_counter()
+            conn.execute("SELECT * FROM request_create(selection(), NULL)")
+            stats = agent.drain()
+            queue_s = time.perf_counter() - start
+            assert stats.outcomes["done"] == count and stats.all_succeeded, stats.summary()
+            issued = conn.execute("SELECT count(*) FROM certinstances WHERE state = 'issued'").fetchone()[0]
+            assert issued == count + 1  # and the CA
+            agent.close()
+
+            ca = conn.execute("""SELECT convert_from(k.cert, 'UTF8'), convert_from(k.key, 'UTF8') FROM certkeydata k
+                                  JOIN certinstances i ON i.id = k.certinstance JOIN subjects s ON s.certificate = i.certificate
+                                 WHERE s.type = 'CA'""").fetchone()
+        ca_cert = x509util.load_cert(ca[0])
+        ca_key = keystore.load_key(ca[1], b"bench passphrase")
+        start = time.perf_counter()
+        for i in range(count):
+            key = x509util.new_key("ec", 2048, config.x509.ec_curve)
+            cert = x509util.issue_leaf(ca_cert, ca_key, key.public_key(), f"host{i}.bench.test", altnames=[],
+                                       subject_type="server", must_staple=False,
+                                       lifetime_days=config.x509.server_lifetime_days, names={})
+            x509util.cert_pem(cert), keystore.dump_key(key)
+        bare_s = time.perf_counter() - start
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+    queue_rate, bare_rate = count / queue_s, count / bare_s
+    print(f"{count} local EC ({config.x509.ec_curve}) certificates")
+    print(f"  through the queue: {queue_s:6.2f} s  {queue_rate:7.1f} certificates/s")
+    print(f"  bare cryptography: {bare_s:6.2f} s  {bare_rate:7.1f} certificates/s")
+    print(f"  queue and database cost: {queue_s / bare_s - 1:+.0%} on top of the bare rate (target: at most +30%)")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
