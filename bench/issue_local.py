@@ -1,6 +1,6 @@
 """Issuing local certificates through the queue, beside bare cryptography.
 
-Run:  .venv/bin/python bench/issue_local.py [COUNT]     (default 200)
+Run:  .venv/bin/python bench/issue_local.py [COUNT [ALGO]]     (default 200 ec; ALGO rsa for comparison)
 
 Starts a private cluster (serverpki.lab.postgres), installs the schema, creates
 the local CA with the real -I path (request_local_ca + the agent), configures
@@ -33,7 +33,7 @@ from serverpki.config import load_config  # noqa: E402
 from serverpki.lab.postgres import PostgresCluster  # noqa: E402
 
 
-def main(count: int) -> None:
+def main(count: int, algo: str = "ec") -> None:
     base = Path(tempfile.mkdtemp(prefix="serverpki-bench-"))
     os.chmod(base, 0o755)
     passfile = base / "ca.pass"
@@ -55,8 +55,8 @@ def main(count: int) -> None:
             conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
             with conn.transaction():
                 for i in range(count):
-                    conn.execute("SELECT add_cert(%s, 'server', 'local', 'ec', false, NULL, NULL, NULL, "
-                                 "'web1.bench.test', NULL, 'p')", (f"host{i}.bench.test",))
+                    conn.execute("SELECT add_cert(%s, 'server', 'local', %s, false, NULL, NULL, NULL, "
+                                 "'web1.bench.test', NULL, 'p')", (f"host{i}.bench.test", algo))
             agent = Agent(dsn, config, name="bench", batch=20)
             conn.execute("SELECT request_local_ca('Local CA', 'rsa')")
             assert agent.drain().all_succeeded
@@ -77,7 +77,7 @@ def main(count: int) -> None:
         ca_key = keystore.load_key(ca[1], b"bench passphrase")
         start = time.perf_counter()
         for i in range(count):
-            key = x509util.new_key("ec", 2048, config.x509.ec_curve)
+            key = x509util.new_key(algo, config.x509.rsa_key_size, config.x509.ec_curve)
             cert = x509util.issue_leaf(ca_cert, ca_key, key.public_key(), f"host{i}.bench.test", altnames=[],
                                        subject_type="server", must_staple=False,
                                        lifetime_days=config.x509.server_lifetime_days, names={})
@@ -87,11 +87,12 @@ def main(count: int) -> None:
         cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
     queue_rate, bare_rate = count / queue_s, count / bare_s
-    print(f"{count} local EC ({config.x509.ec_curve}) certificates")
+    kind = f"EC ({config.x509.ec_curve})" if algo == "ec" else f"RSA ({config.x509.rsa_key_size} bits)"
+    print(f"{count} local {kind} certificates")
     print(f"  through the queue: {queue_s:6.2f} s  {queue_rate:7.1f} certificates/s")
     print(f"  bare cryptography: {bare_s:6.2f} s  {bare_rate:7.1f} certificates/s")
     print(f"  queue and database cost: {queue_s / bare_s - 1:+.0%} on top of the bare rate (target: at most +30%)")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200, sys.argv[2] if len(sys.argv) > 2 else "ec")
