@@ -19,6 +19,7 @@ import psycopg
 
 from . import migrate
 from .lab.postgres import PostgresCluster
+from .lab.smtp import SMTPLab
 
 DEMO_DB = "serverpki_demo"
 
@@ -28,9 +29,41 @@ def _psql(cluster: PostgresCluster, *args: str) -> None:
     subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-P", "pager=off", *args], env=env, check=True)
 
 
-def _operate(cluster: PostgresCluster, *args: str) -> None:
-    env = {**os.environ, **cluster.env(DEMO_DB)}
-    subprocess.run([sys.executable, "-m", "serverpki.operate", *args], env=env, check=True)
+def _operate(cluster: PostgresCluster, config: Path, *args: str, now: str | None = None) -> int:
+    env = {**os.environ, **cluster.env(DEMO_DB), "SERVERPKI_CONFIG": str(config)}
+    if now:  # time travel: every session of the run shares the clock (pki.now)
+        env["PGOPTIONS"] = f"-c pki.now={now}"
+    print(f"$ operate_serverPKI {' '.join(args)}" + (f"   (pki.now = {now})" if now else ""), flush=True)
+    return subprocess.run([sys.executable, "-m", "serverpki.operate", *args], env=env).returncode
+
+
+def _secret(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _write_config(base: Path, smtp_port: int) -> Path:
+    """The agent's configuration for the lab (see examples/serverpki.toml for every key)."""
+    config = base / "serverpki.toml"
+    config.write_text(f"""
+[paths]
+work_dir = "{base / 'work'}"
+db_encryption_key = "{_secret(base / 'db_encryption_key', 'demo passphrase of the stored keys')}"
+[local_ca]
+passphrase_file = "{_secret(base / 'local_ca.pass', 'demo passphrase of the local CA')}"
+[x509]
+country = "DE"
+organization = "serverPKI demo"
+[mail]
+relay_host = "127.0.0.1"
+relay_port = {smtp_port}
+sender = "serverpki@demo.serverpki.test"
+recipients = ["pki-admins@demo.serverpki.test"]
+[logging]
+syslog_address = ""
+""")
+    return config
 
 
 def _banner(text: str) -> None:
@@ -41,7 +74,9 @@ def run_demo(keep: bool = False) -> None:
     base = Path(tempfile.mkdtemp(prefix="serverpki-demo-"))
     os.chmod(base, 0o755)  # the postgres user needs to reach its data folder
     cluster = PostgresCluster(base / "pg")
+    smtp = SMTPLab()
     try:
+        smtp.start()
         _banner(f"starting a private PostgreSQL 15 cluster on 127.0.0.1:{cluster.port}")
         cluster.start()
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
@@ -54,16 +89,33 @@ def run_demo(keep: bool = False) -> None:
         _psql(cluster, "-q", "-f", str(example))
         _banner("SELECT * FROM certs")
         _psql(cluster, "-c", "SELECT * FROM certs")
+        config = _write_config(base, smtp.port)
+        _banner("issue the local CA (its key is stored encrypted with its own passphrase)")
+        _operate(cluster, config, "-I")
+        _banner("issue the local certificates (the ACME one follows with the ACME handlers)")
+        _operate(cluster, config, "-C", "-o", "intranet.demo.serverpki.test", "-o", "backup_op")
         _banner("operate_serverPKI -n -v  (the configuration check and the seed's two tables)")
-        _operate(cluster, "-n", "-v")
+        _operate(cluster, config, "-n", "-v")
+        _banner("encrypt every stored key at rest (-X)")
+        _operate(cluster, config, "-X")
         _banner("operate_serverPKI -S -n -a  (what the hourly cron run would do now, and why)")
-        _operate(cluster, "-S", "-n", "-a")
+        _operate(cluster, config, "-S", "-n", "-a")
+        _banner("the hourly cron run: operate_serverPKI -S -q -a")
+        rc = _operate(cluster, config, "-S", "-q", "-a")
+        print(f"(exit status {rc}: every job it ran succeeded)" if rc == 0 else f"(exit status {rc})")
+        _banner("the job summary: SELECT * FROM jobs_summary")
+        _psql(cluster, "-c", "SELECT kind, state, jobs, last_error FROM jobs_summary")
+        _banner("the history of the local server certificate: SELECT * FROM instance_history")
+        _psql(cluster, "-c", "SELECT instance, certificate, from_state, to_state, reason FROM instance_history "
+                             "WHERE certificate = 'intranet.demo.serverpki.test'")
+        print(f"\nmails received by the lab's SMTP relay: {len(smtp.messages)}")
         if keep:
             env = " ".join(f"{k}={v}" for k, v in cluster.env(DEMO_DB).items())
             print(f"\nthe lab keeps running; connect with: {env} psql\nstop it with: rm -rf {base} after pg_ctl stop")
             return
     finally:
         if not keep:
+            smtp.stop()
             cluster.stop()
             shutil.rmtree(base, ignore_errors=True)
     print("\ndemo finished; everything it started is stopped")
