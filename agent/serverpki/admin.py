@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -59,6 +60,35 @@ def db_status(dsn: DsnOption = None) -> None:
         raise typer.Exit(1)
 
 
+@app.command("agent")
+def agent_command(
+    config_file: Annotated[Optional[Path], typer.Option("-f", "--config-file", help="configuration file")] = None,
+    kinds: Annotated[Optional[list[str]], typer.Option("--kind", help="only jobs of this kind; repeatable")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    debug: Annotated[bool, typer.Option("-d", "--debug")] = False,
+) -> None:
+    """Work the queue until stopped: woken by NOTIFY, polling as a fallback, reconnecting after outages."""
+    import signal
+    import threading
+
+    from .agent import Agent
+    from .config import load_config
+    from .log import setup_logging
+
+    try:
+        config = load_config(config_file)
+        setup_logging(config, quiet=False, verbose=verbose, debug=debug)
+        agent = Agent(config.database.dsn or "", config, name=config.agent.name, lease=config.agent.lease_seconds,
+                      batch=config.agent.batch, kinds=kinds)
+    except ServerPKIError as exc:
+        _fail(exc)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.forever(poll_seconds=config.agent.poll_seconds, stop=stop)
+    agent.close()
+
+
 @app.command("demo")
 def demo_command(keep: Annotated[bool, typer.Option(help="leave the lab running and print how to reach it")] = False) -> None:
     """Run the whole job on a self-contained local setup (a private lab on loopback)."""
@@ -72,3 +102,7 @@ def demo_command(keep: Annotated[bool, typer.Option(help="leave the lab running 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -26,6 +27,9 @@ from .handlers import Context, GiveUp, Job, RetryLater
 from .queries import q
 
 log = logging.getLogger("serverpki.agent")
+
+# job kinds whose jobs of one claim run in parallel (one disthost each)
+POOLED_KINDS = frozenset({"distribute"})
 
 
 def default_agent_name() -> str:
@@ -107,38 +111,41 @@ class Agent:
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
                     r["args"] or {}, r["attempts"], r["max_attempts"]) for r in rows]
 
-    def run_job(self, job: Job) -> str:
-        """Run one claimed job to its outcome; returns done, failed, dead or lost."""
+    def run_job(self, job: Job, conn: psycopg.Connection | None = None) -> str:
+        """Run one claimed job to its outcome; returns done, failed, dead or lost.
+        conn: the connection for the handler and the outcome (default: the agent's own)."""
+        conn = conn or self.conn
         heartbeat = _Heartbeat(self.dsn, self.name, job.id, self.lease)
         heartbeat.start()
-        ctx = Context(config=self.config, conn=self.conn, agent_name=self.name)
+        ctx = Context(config=self.config, conn=conn, agent_name=self.name)
         log.debug("job %s %s: start (attempt %s of %s)", job.id, job.kind, job.attempts, job.max_attempts)
         try:
             result = self.handlers[job.kind](job, ctx)
         except RetryLater as exc:
-            return self._fail(job, str(exc), retry=True, retry_after=exc.retry_after)
+            return self._fail(job, str(exc), retry=True, retry_after=exc.retry_after, conn=conn)
         except GiveUp as exc:
-            return self._fail(job, str(exc), retry=False)
+            return self._fail(job, str(exc), retry=False, conn=conn)
         except Exception as exc:  # a crashed handler is a failed attempt, not a crashed run
             log.debug("job %s %s crashed", job.id, job.kind, exc_info=log.isEnabledFor(logging.DEBUG))
-            return self._fail(job, f"{type(exc).__name__}: {exc}", retry=True)
+            return self._fail(job, f"{type(exc).__name__}: {exc}", retry=True, conn=conn)
         finally:
             heartbeat.stop()
         try:
-            self.conn.execute(q("complete_job"), {"job": job.id, "agent": self.name, "result": Jsonb(result or {})})
+            conn.execute(q("complete_job"), {"job": job.id, "agent": self.name, "result": Jsonb(result or {})})
         except psycopg.Error as exc:
             state = exc.diag.sqlstate
             if state == "SP022":
                 log.warning("job %s %s: result dropped: %s", job.id, job.kind, exc.diag.message_primary)
                 return "lost"
             # the outcome did not fit (SP023) or could not be stored: a failed attempt, the error kept
-            return self._fail(job, f"{state}: {exc.diag.message_primary}", retry=state != "SP023")
+            return self._fail(job, f"{state}: {exc.diag.message_primary}", retry=state != "SP023", conn=conn)
         log.info("job %s %s: done", job.id, job.kind)
         return "done"
 
-    def _fail(self, job: Job, error: str, retry: bool, retry_after: float | None = None) -> str:
+    def _fail(self, job: Job, error: str, retry: bool, retry_after: float | None = None,
+              conn: psycopg.Connection | None = None) -> str:
         try:
-            outcome = self.conn.execute(q("fail_job"), {"job": job.id, "agent": self.name, "error": error,
+            outcome = (conn or self.conn).execute(q("fail_job"), {"job": job.id, "agent": self.name, "error": error,
                                                         "retry": retry, "retry_after": retry_after}).fetchone()[0]
         except psycopg.Error as exc:
             if exc.diag.sqlstate == "SP022":
@@ -155,12 +162,29 @@ class Agent:
             jobs = self.claim()
             if not jobs:
                 break
-            for job in jobs:
-                outcome = self.run_job(job)
+            pooled = [j.id for j in jobs if j.kind in POOLED_KINDS]
+            pooled = pooled if len(pooled) > 1 else []
+            done = [(job, self.run_job(job)) for job in jobs if job.id not in pooled]
+            done += self._run_pooled([job for job in jobs if job.id in pooled])
+            for job, outcome in done:
                 stats.outcomes[outcome] += 1
                 if outcome != "done":
                     stats.errors.append(f"job {job.id} {job.kind}: {outcome}")
         return stats
+
+    # --- hosts in parallel: distribute jobs concern one disthost each, so a bounded pool
+    # ([ssh] max_parallel_hosts) runs those of one claim at once, each on its own connection
+    def _run_pooled(self, jobs: list[Job]) -> list[tuple[Job, str]]:
+        if not jobs:
+            return []
+        workers = getattr(getattr(self.config, "ssh", None), "max_parallel_hosts", 1) or 1
+
+        def one(job: Job) -> str:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                return self.run_job(job, conn)
+
+        with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pool") as pool:
+            return list(zip(jobs, pool.map(one, jobs)))
 
     def unhandled_pending(self) -> list[tuple[str, int]]:
         """Jobs due now of kinds this agent has no handler for."""
@@ -183,11 +207,15 @@ class Agent:
                         stats = self.drain()
                         if stats.ran:
                             log.info("agent %s: %s", self.name, stats.summary())
-                        # wait for a notification or the poll interval, whichever comes first
-                        ready, _, _ = select.select([listener.fileno()], [], [], poll_seconds)
-                        if ready:
-                            for _ in listener.notifies(timeout=0, stop_after=1000):
-                                pass
+                        # wait for a notification or the poll interval, whichever comes first;
+                        # in short slices, so a stop request is honoured within a second
+                        deadline = time.monotonic() + poll_seconds
+                        while not stop.is_set() and time.monotonic() < deadline:
+                            ready, _, _ = select.select([listener.fileno()], [], [], min(1.0, poll_seconds))
+                            if ready:
+                                for _ in listener.notifies(timeout=0, stop_after=1000):
+                                    pass
+                                break
             except psycopg.OperationalError as exc:
                 log.warning("agent %s: database unreachable (%s); reconnecting in %.0f s", self.name,
                             str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay)
