@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
 from .handlers import Context, GiveUp, Job, RetryLater
+from .log import progress
 from .queries import q
 
 log = logging.getLogger("serverpki.agent")
@@ -155,36 +156,26 @@ class Agent:
         log.error("job %s %s: %s (%s)", job.id, job.kind, error, outcome)
         return outcome
 
-    def drain(self, max_jobs: int | None = None) -> RunStats:
-        """Run what is due now, follow-ups included, then return (the cron run)."""
-        stats = RunStats()
-        while max_jobs is None or stats.ran < max_jobs:
+    def _due_jobs(self, max_jobs: int | None):
+        """Claimed jobs, batch after batch, until nothing is due (follow-ups included)."""
+        claimed = 0
+        while max_jobs is None or claimed < max_jobs:
             jobs = self.claim()
             if not jobs:
-                break
-            pooled = [j.id for j in jobs if j.kind in POOLED_KINDS]
-            pooled = pooled if len(pooled) > 1 else []
-            done = [(job, self.run_job(job)) for job in jobs if job.id not in pooled]
-            done += self._run_pooled([job for job in jobs if job.id in pooled])
-            for job, outcome in done:
-                stats.outcomes[outcome] += 1
-                if outcome != "done":
-                    stats.errors.append(f"job {job.id} {job.kind}: {outcome}")
+                return
+            for job in jobs:
+                claimed += 1
+                yield job
+
+    def drain(self, max_jobs: int | None = None) -> RunStats:
+        """Run what is due now, follow-ups included, then return (the cron run); progress shows on a terminal."""
+        stats = RunStats()
+        for job in progress(self._due_jobs(max_jobs), label="jobs run"):
+            outcome = self.run_job(job)
+            stats.outcomes[outcome] += 1
+            if outcome != "done":
+                stats.errors.append(f"job {job.id} {job.kind}: {outcome}")
         return stats
-
-    # --- hosts in parallel: distribute jobs concern one disthost each, so a bounded pool
-    # ([ssh] max_parallel_hosts) runs those of one claim at once, each on its own connection
-    def _run_pooled(self, jobs: list[Job]) -> list[tuple[Job, str]]:
-        if not jobs:
-            return []
-        workers = getattr(getattr(self.config, "ssh", None), "max_parallel_hosts", 1) or 1
-
-        def one(job: Job) -> str:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                return self.run_job(job, conn)
-
-        with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pool") as pool:
-            return list(zip(jobs, pool.map(one, jobs)))
 
     def unhandled_pending(self) -> list[tuple[str, int]]:
         """Jobs due now of kinds this agent has no handler for."""
