@@ -156,22 +156,40 @@ class Agent:
         log.error("job %s %s: %s (%s)", job.id, job.kind, error, outcome)
         return outcome
 
-    def _due_jobs(self, max_jobs: int | None):
-        """Claimed jobs, batch after batch, until nothing is due (follow-ups included)."""
+    def _outcomes(self, max_jobs: int | None):
+        """(job, outcome) of every due job, claim after claim until nothing is due (follow-ups included);
+        the distribute jobs of one claim run in the pool."""
         claimed = 0
         while max_jobs is None or claimed < max_jobs:
             jobs = self.claim()
             if not jobs:
                 return
+            claimed += len(jobs)
+            pooled = [job for job in jobs if job.kind in POOLED_KINDS]
+            pooled = pooled if len(pooled) > 1 else []
             for job in jobs:
-                claimed += 1
-                yield job
+                if job.id not in {p.id for p in pooled}:
+                    yield job, self.run_job(job)
+            yield from self._run_pooled(pooled)
+
+    # --- hosts in parallel: distribute jobs concern one disthost each, so a bounded pool
+    # ([ssh] max_parallel_hosts) runs those of one claim at once, each on its own connection
+    def _run_pooled(self, jobs: list[Job]):
+        if not jobs:
+            return
+        workers = getattr(getattr(self.config, "ssh", None), "max_parallel_hosts", 1) or 1
+
+        def one(job: Job) -> str:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                return self.run_job(job, conn)
+
+        with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pool") as pool:
+            yield from zip(jobs, pool.map(one, jobs))
 
     def drain(self, max_jobs: int | None = None) -> RunStats:
         """Run what is due now, follow-ups included, then return (the cron run); progress shows on a terminal."""
         stats = RunStats()
-        for job in progress(self._due_jobs(max_jobs), label="jobs run"):
-            outcome = self.run_job(job)
+        for job, outcome in progress(self._outcomes(max_jobs), label="jobs run"):
             stats.outcomes[outcome] += 1
             if outcome != "done":
                 stats.errors.append(f"job {job.id} {job.kind}: {outcome}")

@@ -62,3 +62,29 @@ SELECT id, key FROM pki.keys_under_db_passphrase();
 -- name: newest_encrypted_key
 -- one key encrypted with the db_encryption_key passphrase, to prove a passphrase before using it
 SELECT id, key FROM pki.keys_under_db_passphrase() WHERE starts_with(key, '-----BEGIN ENCRYPTED PRIVATE KEY-----') ORDER BY id DESC LIMIT 1;
+
+-- name: distribution_files
+-- everything a distribute job writes: a row per (target, key pair), with place, CA certificate and chain
+SELECT * FROM pki.distribution_files(%(job)s);
+
+-- name: acme_account
+-- the account at a directory: its key signs every ACME request (issue_acme, register_acme)
+SELECT id, directory_url, contact, key, uri FROM pki.acme_accounts WHERE directory_url = %(directory_url)s;
+
+-- name: job_progress
+-- how far an earlier attempt of a running job got (pki.save_job_progress)
+SELECT coalesce(result, '{}'::jsonb) AS progress FROM pki.jobs WHERE id = %(job)s;
+
+-- name: save_job_progress
+SELECT pki.save_job_progress(%(job)s, %(agent)s, %(progress)s);
+
+-- name: tlsa_records
+-- the TLSA records of the instances a publish job lists, one per owner and distinct data
+SELECT DISTINCT owner, ttl, usage, selector, matching, data
+  FROM pki.tlsa_desired
+ WHERE certificate = %(certificate)s AND instance = ANY (%(instances)s)
+ ORDER BY owner, usage, selector, matching, data;
+
+-- name: tlsa_owners
+-- every TLSA owner of a certificate, with the TTL of its RRset (the longest of its services)
+SELECT owner, max(ttl) AS ttl FROM pki.tlsa_owners WHERE certificate = %(certificate)s GROUP BY owner ORDER BY owner;

@@ -1,0 +1,311 @@
+"""distribute: an instance's files to its targets on one disthost, over one SSH connection.
+
+pki.distribution_files(job) gives a row per (target, key pair): disthost, jail,
+place, subject, the pair, the CA certificate and chain. Each target's directory is
+the place's cert_path ('{}' = subject name) under jailroot/jail when the target has
+a jail, else under "/"; files that hold the key go to key_path when the place has
+one. The layout follows the place's cert_file_type with the original serverPKI
+names (NAME_TYPE_[ec_]cert.pem ...; `ec_` marks the EC pair of an rsa_plus_ec
+certificate); files holding the key get the place's mode (else 0400) and
+uid/gid, a certificate file gets them too with chownboth and is 0644 otherwise.
+pglink adds postgresql.crt / postgresql.key links (to the RSA pair when there are
+two). A CA certificate's targets get the certificate only.
+
+Every file is written atomically and privately (sshclient.Connection.put_atomic).
+After all files are in place each distinct reload command of the targets' places
+runs once ('{}' = the jail name, shell-quoted; '' without a jail), with the command
+timeout; a non-zero
+exit or a timeout fails the job (retried), its output in the error. In 'consolidate'
+mode (-K) each file is compared first (SHA-256, mode, owner) and only what drifted is
+rewritten and reported; reloads run only for places whose files changed.
+
+The result names paths, hashes, modes and the commands' output, never key material.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import shlex
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+import paramiko
+import psycopg
+from psycopg.rows import dict_row
+
+from .. import keystore, sshclient
+from ..errors import ServerPKIError
+from ..queries import q
+from ..sshclient import RemoteFile
+from . import Context, GiveUp, Job, RetryLater, handler
+
+log = logging.getLogger("serverpki.handlers.distribute")
+
+CERT_MODE = 0o644
+KEY_MODE = 0o400
+LINK_CERT, LINK_KEY = "postgresql.crt", "postgresql.key"
+
+
+def _pem(text: str | None) -> str:
+    """PEM text that ends with one line end, so concatenations stay valid PEM."""
+    if not text:
+        return ""
+    return text if text.endswith("\n") else text + "\n"
+
+
+def target_root(jailroot: str | None, jail: str | None) -> str:
+    """The target's "/": jailroot/jail for a target in a jail, else the host's root."""
+    if not jail:
+        return "/"
+    return posixpath.join("/", (jailroot or "").lstrip("/"), jail)
+
+
+def under(root: str, path: str, subject: str) -> str:
+    """A place's path ('{}' = subject name) below the target's root."""
+    return posixpath.normpath(posixpath.join(root, path.replace("{}", subject).lstrip("/")))
+
+
+def file_names(subject: str, subject_type: str, algo: str) -> dict[str, str]:
+    """The original serverPKI file names of one pair."""
+    ec = "ec_" if algo == "ec" else ""
+    base = f"{subject}_{subject_type}_"
+    return {
+        "cert": f"{base}{ec}cert.pem",
+        "key": f"{base}{ec}key.pem",
+        "cert_cacert": f"{base}{ec}cert_cacert.pem",
+        "cert_cacert_chain": f"{base}{ec}cert_cacert_chain.pem",
+        "key_cert": f"{base}key_{ec}cert.pem",
+        "key_cert_cacert": f"{base}key_{ec}cert_cacert.pem",
+        "key_cert_cacert_chain": f"{base}key_{ec}cert_cacert_chain.pem",
+    }
+
+
+def layout(row: dict[str, Any], key_pem: str | None) -> tuple[list[tuple[str, str, bool]], str | None, str | None]:
+    """The files of one (target, pair) row as (name, content, holds_key), and which of them
+    postgresql.crt and postgresql.key point to."""
+    names = file_names(row["subject"], row["subject_type"], row["algo"])
+    cert, cacert, chain = _pem(row["cert"]), _pem(row["cacert"]), _pem(row["chain"])
+    key = _pem(key_pem)
+    le = row["cert_type"] == "LE"
+    kind = row["cert_file_type"] if key else "cert only"
+    if kind == "cert only":
+        files = [(names["cert"], cert, False)]
+        return files, names["cert"], None
+    if kind == "separate":
+        files = [(names["cert"], cert, False), (names["key"], key, True)]
+        if le:
+            files.append((names["cert_cacert_chain"], cert + chain, False))
+        return files, names["cert"], names["key"]
+    if kind == "combine key":
+        files = [(names["key_cert"], key + cert, True)]
+        if le:
+            files.append((names["key_cert_cacert_chain"], key + cert + chain, True))
+        return files, names["key_cert"], names["key_cert"]
+    if kind == "combine cacert":
+        files = [(names["cert_cacert"], cert + cacert, False), (names["key"], key, True)]
+        return files, names["cert_cacert"], names["key"]
+    if kind == "combine both":
+        files = [(names["key_cert_cacert"], key + cert + cacert, True)]
+        return files, names["key_cert_cacert"], names["key_cert_cacert"]
+    raise GiveUp(f"place {row['place']}: unknown cert_file_type {kind!r}")
+
+
+@dataclass
+class Plan:
+    """What one job puts on its host: files, links, and the reload commands with the paths they follow."""
+
+    fqdn: str
+    instance: int
+    targets: list[int] = field(default_factory=list)
+    files: dict[str, RemoteFile] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)          # link path -> target (relative)
+    reloads: dict[str, set[str]] = field(default_factory=dict)   # command -> file and link paths of its places
+    _origin: dict[str, str] = field(default_factory=dict)
+
+    def add_file(self, f: RemoteFile, origin: str) -> None:
+        old = self.files.get(f.path)
+        if old is not None and (old.content, old.mode, old.uid, old.gid) != (f.content, f.mode, f.uid, f.gid):
+            raise GiveUp(f"{self.fqdn}: {origin} and {self._origin[f.path]} both write {f.path}, differently "
+                         "(content, mode or owner): give them different paths")
+        self.files.setdefault(f.path, f)
+        self._origin.setdefault(f.path, origin)
+
+    def add_link(self, path: str, target: str, origin: str) -> None:
+        if self.links.get(path, target) != target:
+            raise GiveUp(f"{self.fqdn}: {origin} and {self._origin[path]} both make the link {path}, to different files")
+        self.links[path] = target
+        self._origin.setdefault(path, origin)
+
+
+def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
+    """The plan of a job from its rows; open_key(pem) gives a stored key in clear."""
+    plan = Plan(rows[0]["fqdn"], rows[0]["instance"])
+    linked: set[int] = set()
+    for row in rows:
+        if row["target"] not in plan.targets:
+            plan.targets.append(row["target"])
+        origin = f"target {row['target']} (place {row['place']}{', jail ' + row['jail'] if row['jail'] else ''})"
+        root = target_root(row["jailroot"], row["jail"])
+        cert_dir = under(root, row["cert_path"], row["subject"])
+        key_dir = under(root, row["key_path"], row["subject"]) if row["key_path"] else cert_dir
+        key_pem = open_key(row["key"]) if row["key"] else None
+        files, crt_name, key_name = layout(row, key_pem)
+        paths: dict[str, str] = {}
+        for name, content, holds_key in files:
+            directory = key_dir if holds_key else cert_dir
+            path = posixpath.join(directory, name)
+            paths[name] = path
+            owned = holds_key or row["chownboth"]
+            plan.add_file(RemoteFile(path, content.encode("utf-8"),
+                                     (row["mode"] if row["mode"] is not None else KEY_MODE) if holds_key else CERT_MODE,
+                                     row["uid"] if owned else None, row["gid"] if owned else None, holds_key), origin)
+        touched = set(paths.values())
+        # pglink: one pair per target gets the links, the RSA one when there are two (rows come rsa first)
+        if row["pglink"] and row["target"] not in linked:
+            linked.add(row["target"])
+            for link_name, name, directory in ((LINK_CERT, crt_name, cert_dir), (LINK_KEY, key_name, key_dir)):
+                if name is None:
+                    continue
+                link = posixpath.join(directory, link_name)
+                plan.add_link(link, posixpath.relpath(paths[name], directory), origin)
+                touched.add(link)
+        if row["reload_command"]:
+            command = row["reload_command"].replace("{}", shlex.quote(row["jail"] or ""))
+            plan.reloads.setdefault(command, set()).update(touched)
+    return plan
+
+
+# --------------------------------------------------------------------------- reading the job
+
+def _rows(job: Job, ctx: Context) -> list[dict[str, Any]]:
+    try:
+        return ctx.conn.cursor(row_factory=dict_row).execute(q("distribution_files"), {"job": job.id}).fetchall()
+    except psycopg.Error as exc:
+        if exc.diag.sqlstate in ("SP002", "SP023"):
+            raise GiveUp(f"{exc.diag.sqlstate}: {exc.diag.message_primary}") from exc
+        raise
+
+
+def _key_opener(ctx: Context):
+    """open_key(pem): the stored key in clear; an encrypted one needs the db_encryption_key passphrase (read once)."""
+    cache: dict[str, bytes] = {}
+
+    def open_key(pem: str) -> str:
+        if not keystore.is_encrypted(pem):
+            return pem
+        if "passphrase" not in cache:
+            try:
+                cache["passphrase"] = keystore.read_passphrase(ctx.config.paths.db_encryption_key,
+                                                               "Passphrase of the stored keys: ")
+            except ServerPKIError as exc:
+                raise GiveUp(f"the stored keys are encrypted: db_encryption_key: {exc}") from None
+        try:
+            return keystore.decrypt_pem(pem, cache["passphrase"], "a stored key")
+        except keystore.WrongPassphrase:
+            raise GiveUp("db_encryption_key: wrong passphrase, it does not open the stored key") from None
+        except keystore.KeystoreError as exc:
+            raise GiveUp(str(exc)) from None
+
+    return open_key
+
+
+# --------------------------------------------------------------------------- on the host
+
+def _drift(conn: sshclient.Connection, f: RemoteFile) -> list[str]:
+    """How the file on the host differs from what it should be ([]: not at all)."""
+    attrs = conn.lstat(f.path)
+    if attrs is None:
+        return ["missing"]
+    if not stat.S_ISREG(attrs.st_mode or 0):
+        return ["not a regular file"]
+    why = []
+    if conn.sha256(f.path) != f.sha256:
+        why.append("content")
+    if stat.S_IMODE(attrs.st_mode) != f.mode:
+        why.append(f"mode {stat.S_IMODE(attrs.st_mode):04o}, not {f.mode:04o}")
+    if (f.uid is not None and attrs.st_uid != f.uid) or (f.gid is not None and attrs.st_gid != f.gid):
+        why.append(f"owner {attrs.st_uid}:{attrs.st_gid}, not "
+                   f"{'-' if f.uid is None else f.uid}:{'-' if f.gid is None else f.gid}")
+    return why
+
+
+def _at(path: str, action):
+    """Run one step on the host; an error names the path it was about."""
+    try:
+        return action()
+    except OSError as exc:
+        text = exc.strerror or str(exc) or type(exc).__name__
+        raise OSError(exc.errno, text if path in text else f"{path}: {text}") from None
+
+
+def put_files(conn: sshclient.Connection, plan: Plan, consolidate: bool, keep_alive=lambda: None) -> dict[str, Any]:
+    """Write the plan's files and links (in consolidate mode only what drifted); returns what was done."""
+    files, links, drift, created = [], [], [], []
+    for f in plan.files.values():
+        why = _at(f.path, lambda: _drift(conn, f)) if consolidate else []
+        write = not consolidate or bool(why)
+        if write:
+            created += _at(f.path, lambda: conn.makedirs(posixpath.dirname(f.path)))
+            _at(f.path, lambda: conn.put_atomic(f))
+        if why:
+            drift.append({"path": f.path, "drift": why})
+        files.append({"path": f.path, "sha256": f.sha256, "mode": f"{f.mode:04o}", "uid": f.uid, "gid": f.gid,
+                      "written": write})
+        keep_alive()
+    for path, target in plan.links.items():
+        now = _at(path, lambda: conn.readlink(path)) if consolidate else None
+        write = not consolidate or now != target
+        if write:
+            created += _at(path, lambda: conn.makedirs(posixpath.dirname(path)))
+            _at(path, lambda: conn.symlink_atomic(target, path))
+        if consolidate and write:
+            drift.append({"path": path, "drift": ["missing link" if now is None else f"link to {now}, not {target}"]})
+        links.append({"path": path, "target": target, "written": write})
+    return {"files": files, "links": links, "drift": drift, "directories_created": created}
+
+
+def run_reloads(conn: sshclient.Connection, plan: Plan, changed: set[str] | None) -> list[dict[str, Any]]:
+    """Each distinct reload command once (only those whose places changed, when `changed` is given)."""
+    done = []
+    for command, paths in plan.reloads.items():
+        if changed is not None and not (paths & changed):
+            continue
+        result = conn.run(command)
+        log.info("%s: %s -> %s", plan.fqdn, command, "timed out" if result.exit is None else f"exit {result.exit}")
+        done.append(result.as_dict())
+    return done
+
+
+@handler("distribute")
+def distribute(job: Job, ctx: Context) -> dict:
+    """Put the instance on the job's targets of one disthost, then reload their services."""
+    consolidate = job.args.get("mode") == "consolidate"
+    rows = _rows(job, ctx)
+    if not rows:  # the targets were removed meanwhile: nothing to put anywhere
+        return {"host": None, "mode": job.args.get("mode", "deploy"), "targets": [], "files": [], "drift": [], "reload": []}
+    plan = build_plan(rows, _key_opener(ctx))
+    try:
+        with sshclient.connect(plan.fqdn, ctx.config.ssh) as conn:
+            done = put_files(conn, plan, consolidate, ctx.keep_alive)
+            changed = None
+            if consolidate:
+                changed = {d["path"] for d in done["drift"]}
+            reloads = run_reloads(conn, plan, changed)
+            endpoint = str(conn.where)
+    except sshclient.HostRefused as exc:
+        raise GiveUp(str(exc)) from None
+    except sshclient.HostUnreachable as exc:
+        raise RetryLater(str(exc)) from None
+    except OSError as exc:  # SFTP status errors and a broken socket alike: the host may mend
+        raise RetryLater(f"{plan.fqdn}: {exc.strerror or exc}") from None
+    except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
+        raise RetryLater(f"{plan.fqdn}: the SSH session broke off: {type(exc).__name__}: {exc}") from None
+    failed = [r for r in reloads if r["exit"] != 0]
+    if failed:
+        raise RetryLater(f"{plan.fqdn}: the files are in place, but " + "; ".join(
+            f"reload `{r['command']}` {'timed out' if r['exit'] is None else 'exited ' + str(r['exit'])}: "
+            f"{r['output'].strip() or '(no output)'}" for r in failed))
+    return {"host": plan.fqdn, "endpoint": endpoint, "mode": "consolidate" if consolidate else "deploy",
+            "instance": plan.instance, "targets": plan.targets, **done, "reload": reloads}
