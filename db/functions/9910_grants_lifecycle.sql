@@ -11,3 +11,4 @@ REVOKE EXECUTE ON FUNCTION pki.claim_jobs(text, text[], int, interval), pki.exte
     pki.complete_job(bigint, text, jsonb), pki.fail_job(bigint, text, text, boolean, interval),
     pki.requeue_expired_leases() FROM pki_admin;
 REVOKE EXECUTE ON FUNCTION pki.revoke_instance(int, text) FROM pki_agent;
+GRANT SELECT ON pki.state_diagram TO pki_admin, pki_agent, pki_report;

@@ -1,0 +1,16 @@
+-- 0610_state_diagram: the state diagram, generated from the transition table (Graphviz DOT).
+-- SELECT dot FROM state_diagram;  |  dot -Tpng -o states.png
+
+DROP VIEW IF EXISTS pki.state_diagram CASCADE;
+
+CREATE VIEW pki.state_diagram AS
+SELECT concat_ws(E'\n',
+        'digraph certinstance_states {',
+        '  rankdir=LR; node [shape=box, style=rounded];',
+        '  "(none)" [shape=point]; "(deleted)" [shape=doublecircle, label=""];',
+        string_agg(format('  "%s" -> "%s" [label="%s"];',
+                          coalesce(t.from_state::text, '(none)'), coalesce(t.to_state::text, '(deleted)'),
+                          replace(t.rule, '"', '\"')),
+                   E'\n' ORDER BY t.from_state NULLS FIRST, t.to_state NULLS LAST),
+        '}') AS dot
+  FROM pki.state_transitions t;
