@@ -23,6 +23,7 @@ REQUESTS: dict[str, str] = {
     "-K": "SELECT job, certificate, instance, reason FROM request_consolidate_certs({sel})",
     "-T": "SELECT job, certificate, instance, reason FROM request_consolidate_tlsa({sel})",
     "-R": "SELECT job, certificate, instance, reason FROM request_remove_tlsa({sel})",
+    "-Z": "SELECT request_acme_account(%(acme_url)s, %(acme_contact)s), NULL::text, NULL::int, 'requested (-Z)'",
 }
 
 

@@ -115,8 +115,6 @@ def operate(
             wanted = [name for name in ACTION_ORDER if actions[name]]
             if not wanted:
                 raise UsageError("no action given; see operate_serverPKI -h")
-            if "-Z" in wanted:
-                raise UsageError("-Z: registering an ACME account arrives with the ACME handlers (issue_acme)")
             ok = _run(conn, config, wanted, sel_sql, sel_params, renew_local_certs, quiet)
         if not ok:
             raise typer.Exit(1)
@@ -158,7 +156,8 @@ def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_sql: s
     """Each action: its SQL request, then drain. True when every job the run performed succeeded."""
     agent = Agent(config.database.dsn or "", config, name=config.agent.name,
                   lease=config.agent.lease_seconds, batch=config.agent.batch)
-    params = {"remaining": remaining, "ca_name": config.local_ca.name, "ca_algo": config.local_ca.key_type}
+    params = {"remaining": remaining, "ca_name": config.local_ca.name, "ca_algo": config.local_ca.key_type,
+              "acme_url": config.acme.directory_url, "acme_contact": config.acme.contact_email}
     ok = True
     try:
         for action in wanted:

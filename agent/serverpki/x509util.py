@@ -197,6 +197,19 @@ def issue_leaf(ca_cert: x509.Certificate, ca_key: PrivateKey, public_key: Public
     return builder.sign(ca_key, _signature_hash(ca_key))
 
 
+def build_csr(key: PrivateKey, names: Iterable[str], must_staple: bool = False) -> x509.CertificateSigningRequest:
+    """A CSR for an ACME order: CN the first name, SAN every name, TLS Feature status_request when must_staple."""
+    names = _unique(names)
+    if not names:
+        raise ConfigError("a CSR needs at least one name")
+    builder = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False))
+    if must_staple:
+        builder = builder.add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
+    return builder.sign(key, _signature_hash(key))
+
+
 # --------------------------------------------------------------------------- PEM
 
 def cert_pem(cert: x509.Certificate) -> str:

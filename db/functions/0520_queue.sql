@@ -354,6 +354,7 @@ BEGIN
         WHEN 'distribute' THEN PERFORM apply_distributed(j, result);
         WHEN 'publish_tlsa' THEN PERFORM apply_tlsa_published(j, result);
         WHEN 'encrypt_keys', 'decrypt_keys' THEN PERFORM apply_keys_reencrypted(j, result);
+        WHEN 'register_acme' THEN PERFORM apply_acme_registered(j, result);
         ELSE NULL;  -- reminders and registration: nothing to advance
     END CASE;
     UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, last_error = NULL,
@@ -393,6 +394,10 @@ BEGIN
         PERFORM raise_error('SP023', format('job %s: pair %s of the result must be {"algo": text, "cert": PEM text, "key": PEM text}',
                 j.id, bad_pair),
             'report each pair as {"algo": "rsa"|"ec", "cert": "-----BEGIN CERTIFICATE-----...", "key": "-----BEGIN PRIVATE KEY-----..."}');
+    END IF;
+    -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (0570)
+    IF result ?| ARRAY['chain', 'authorized_until'] THEN
+        result := apply_acme_chain(j, result);
     END IF;
     IF result ? 'cacert' AND jsonb_typeof(result -> 'cacert') <> 'null' THEN
         IF coalesce(result ->> 'cacert', '') !~ '^[0-9]{1,9}$'

@@ -1,0 +1,192 @@
+"""The ACME side of the agent: a client for one account, short polls, and errors sorted.
+
+Built on the `acme` library (certbot's). What it adds:
+- badNonce is answered at once: the request is sent again with a fresh nonce,
+  up to NONCE_RETRIES times (the library alone retries once);
+- a problem document keeps the response's Retry-After (rateLimited);
+- polling (authorizations, finalization) sleeps through a Clock, starting at
+  50 ms and doubling up to 1 s, so the time spent waiting is counted apart
+  from the work;
+- sort() turns every acme / network error into RetryLater or GiveUp with the
+  CA's problem detail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import josepy as jose
+import requests
+from acme import client as acme_client
+from acme import errors as acme_errors
+from acme import messages
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .dnsupdate import Clock
+from .handlers import GiveUp, RetryLater
+
+USER_AGENT = "serverPKI (acme-python)"
+NONCE_RETRIES = 10
+# problem types a retry does not mend: the request, the names or the account are wrong
+GIVE_UP_CODES = {
+    "accountDoesNotExist", "agreementRequired", "alreadyRevoked", "badCSR", "badPublicKey", "badRevocationReason",
+    "badSignatureAlgorithm", "caa", "compound", "connection", "dns", "externalAccountRequired",
+    "incorrectResponse", "invalidContact", "malformed", "orderNotReady", "rejectedIdentifier",
+    "tls", "unauthorized", "unsupportedContact", "unsupportedIdentifier", "userActionRequired",
+}
+# soon: a passing fault of the CA or the network
+RETRY_SOON = 2.0
+
+
+class Network(acme_client.ClientNetwork):
+    """ClientNetwork that retries badNonce more than once and keeps Retry-After on problems."""
+
+    def __init__(self, *args: Any, stats: Counter | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.stats = stats if stats is not None else Counter()
+
+    @classmethod
+    def _check_response(cls, response: requests.Response, content_type: str | None = None) -> requests.Response:
+        try:
+            return super()._check_response(response, content_type=content_type)
+        except messages.Error as problem:
+            problem.retry_after = _retry_after(response.headers.get("Retry-After"))
+            raise
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        for attempt in range(1, NONCE_RETRIES + 1):
+            self.stats["requests"] += 1
+            try:
+                return self._post_once(*args, **dict(kwargs))
+            except messages.Error as problem:
+                if problem_code(problem) != "badNonce" or attempt == NONCE_RETRIES:
+                    raise
+                self.stats["bad_nonces"] += 1
+        raise AssertionError("unreachable")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max((when - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0.0)
+
+
+def jwk_for(key) -> tuple[jose.JWK, jose.JWASignature]:
+    """The JWK of an account key and the signature algorithm that goes with it."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        alg = {256: jose.ES256, 384: jose.ES384, 521: jose.ES512}.get(key.curve.key_size)
+        if alg is None:
+            raise GiveUp(f"ACME account key on curve {key.curve.name} is not usable for JWS (P-256, P-384, P-521)")
+        return jose.JWKEC(key=key), alg
+    if isinstance(key, rsa.RSAPrivateKey):
+        return jose.JWKRSA(key=key), jose.RS256
+    raise GiveUp(f"ACME account key of type {type(key).__name__} is not supported")
+
+
+def verify_setting(ca_bundle: Path | str | None) -> bool | str:
+    """requests' verify: the configured CA bundle, else the system's trust store."""
+    return str(ca_bundle) if ca_bundle else True
+
+
+class Acme:
+    """One ACME account at one directory: the acme ClientV2 plus short polls."""
+
+    def __init__(self, directory_url: str, key, account_uri: str | None = None, ca_bundle: Path | str | None = None,
+                 clock: Clock | None = None, timeout: int = 30):
+        self.directory_url = directory_url
+        self.jwk, alg = jwk_for(key)
+        self.stats: Counter = Counter()
+        self.clock = clock or Clock()
+        account = messages.RegistrationResource(body=messages.Registration(), uri=account_uri) if account_uri else None
+        self.net = Network(key=self.jwk, account=account, alg=alg, verify_ssl=verify_setting(ca_bundle),
+                           user_agent=USER_AGENT, timeout=timeout, stats=self.stats)
+        self.directory = acme_client.ClientV2.get_directory(directory_url, self.net)
+        self.client = acme_client.ClientV2(self.directory, self.net)
+
+    # POST-as-GET of a resource
+    def fetch(self, url: str) -> requests.Response:
+        return self.client._post_as_get(url)
+
+    def order(self, url: str) -> messages.Order:
+        return messages.Order.from_json(self.fetch(url).json())
+
+    def authorization(self, url: str) -> messages.AuthorizationResource:
+        return messages.AuthorizationResource(body=messages.Authorization.from_json(self.fetch(url).json()), uri=url)
+
+    def poll(self, fetch, done, timeout: float, what: str):
+        """fetch() until done(result); sleeps 50 ms, doubling to 1 s; TimeoutError after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            result = fetch()
+            if done(result):
+                return result
+            if time.monotonic() + delay > deadline:
+                raise acme_errors.TimeoutError(f"{what}: no outcome within {timeout:.0f} s")
+            self.clock.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def problem_text(problem: messages.Error) -> str:
+    """The CA's problem document in one line: type, detail, and the subproblems' identifiers and details."""
+    parts = [f"{problem.typ}: {problem.detail or problem.title or problem.description or 'no detail'}"]
+    if problem.identifier is not None:
+        parts[0] = f"{problem.identifier.value}: {parts[0]}"
+    for sub in problem.subproblems or ():
+        who = f"{sub.identifier.value}: " if sub.identifier is not None else ""
+        parts.append(f"{who}{sub.typ}: {sub.detail or ''}")
+    return "; ".join(parts)
+
+
+def problem_code(problem: messages.Error) -> str:
+    """The ACME error code of a problem (the last part of its type URN), known to the acme library or not."""
+    return str(problem.typ).rsplit(":", 1)[-1]
+
+
+def sort(exc: BaseException, what: str) -> RetryLater | GiveUp | None:
+    """The handler's verdict on an acme or network error; None for anything else."""
+    if isinstance(exc, messages.Error):
+        text = f"{what}: the CA answered {problem_text(exc)}"
+        code = problem_code(exc)
+        if code == "rateLimited":
+            return RetryLater(text, retry_after=getattr(exc, "retry_after", None) or 3600.0)
+        if code in ("badNonce", "serverInternal"):
+            return RetryLater(text, retry_after=RETRY_SOON)
+        if code in GIVE_UP_CODES:
+            return GiveUp(text)
+        return RetryLater(text)
+    if isinstance(exc, acme_errors.ValidationError):
+        details = []
+        for authzr in exc.failed_authzrs:
+            for chall in authzr.body.challenges:
+                if chall.error is not None:
+                    details.append(f"{authzr.body.identifier.value}: {problem_text(chall.error)}")
+        return GiveUp(f"{what}: validation failed: " + "; ".join(details))
+    if isinstance(exc, acme_errors.IssuanceError):
+        return GiveUp(f"{what}: the order failed: {problem_text(exc.error)}")
+    if isinstance(exc, acme_errors.TimeoutError):
+        return RetryLater(f"{what}: {exc or 'timed out'}; the order is resumed", retry_after=RETRY_SOON)
+    if isinstance(exc, acme_errors.ConflictError):
+        return None
+    if isinstance(exc, requests.exceptions.SSLError):
+        return GiveUp(f"{what}: TLS to the ACME server failed ({exc}); check [acme] ca_bundle")
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return RetryLater(f"{what}: ACME server unreachable ({type(exc).__name__})", retry_after=RETRY_SOON)
+    if isinstance(exc, acme_errors.ClientError):
+        return RetryLater(f"{what}: {exc}", retry_after=RETRY_SOON)
+    return None

@@ -1,0 +1,93 @@
+"""register_acme (operate_serverPKI -Z): an ACME account at the configured directory.
+
+The account key is made here (EC P-256, signing with ES256) unless the
+database has an account for the directory already: then its key is used
+again, and the CA answers with the existing account, whose contact is brought
+up to date. The terms of service are agreed to only when [acme] agree_tos
+says so; external account binding uses [acme] eab_kid and eab_hmac_key when
+they are set. The outcome — directory, account URL, contact and the key
+(encrypted when the stored keys are) — goes to pki.apply_acme_registered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from acme import errors as acme_errors
+from acme import messages
+from cryptography.hazmat.primitives.asymmetric import ec
+from psycopg.rows import dict_row
+
+from .. import keystore
+from ..acmeclient import Acme, problem_code, sort
+from ..errors import ServerPKIError
+from ..queries import q
+from . import Context, GiveUp, Job, RetryLater, handler
+from .issue_local import db_passphrase_if_encrypted
+
+
+def stored_account(ctx: Context, directory_url: str) -> dict[str, Any] | None:
+    return ctx.conn.cursor(row_factory=dict_row).execute(q("acme_account"), {"directory_url": directory_url}).fetchone()
+
+
+def open_account_key(ctx: Context, account: dict[str, Any]):
+    """The account's private key, decrypted with the db_encryption_key passphrase when it is encrypted."""
+    what = f"key of the ACME account at {account['directory_url']}"
+    passphrase = None
+    if keystore.is_encrypted(account["key"]):
+        passphrase = keystore.read_passphrase(ctx.config.paths.db_encryption_key, "Passphrase of the stored keys: ")
+    try:
+        return keystore.load_key(account["key"], passphrase, what)
+    except keystore.WrongPassphrase:
+        raise GiveUp(f"{what}: wrong passphrase (configuration: paths.db_encryption_key)") from None
+
+
+@handler("register_acme")
+def register_acme(job: Job, ctx: Context) -> dict:
+    cfg = ctx.config.acme
+    directory_url = job.args.get("directory_url") or cfg.directory_url
+    contact = job.args.get("contact") or cfg.contact_email
+    what = f"ACME registration at {directory_url}"
+    terms = None
+    try:
+        account = stored_account(ctx, directory_url)
+        key = open_account_key(ctx, account) if account else ec.generate_private_key(ec.SECP256R1())
+        acme = Acme(directory_url, key, ca_bundle=cfg.ca_bundle)
+        terms = acme.directory.meta.terms_of_service
+        eab = None
+        if cfg.eab_kid:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=acme.jwk.public_key(), kid=cfg.eab_kid, hmac_key=cfg.eab_hmac_key,
+                directory=acme.directory)
+        elif acme.directory.meta.external_account_required:
+            raise GiveUp(f"{what}: the CA requires external account binding: set [acme] eab_kid and eab_hmac_key")
+        registration = messages.NewRegistration.from_data(
+            email=contact, terms_of_service_agreed=True if cfg.agree_tos else None, external_account_binding=eab)
+        try:
+            regr = acme.client.new_account(registration)
+        except acme_errors.ConflictError as exc:
+            # this key has an account already: use it, and bring its contact up to date
+            acme.net.account = messages.RegistrationResource(body=messages.Registration(), uri=exc.location)
+            regr = acme.client.query_registration(acme.net.account)
+            wanted = tuple(f"mailto:{mail}" for mail in contact.split(",")) if contact else ()
+            if tuple(regr.body.contact or ()) != wanted:
+                regr = acme.client.update_registration(regr, messages.Registration.from_data(email=contact))
+        passphrase = db_passphrase_if_encrypted(ctx)
+        return {"directory_url": directory_url, "uri": regr.uri, "contact": contact,
+                "key": keystore.dump_key(key, passphrase),
+                "terms_of_service": terms,
+                "agreed": bool(cfg.agree_tos), "external_account_binding": eab is not None,
+                "new": account is None}
+    except (GiveUp, RetryLater):
+        raise
+    except ServerPKIError as exc:
+        raise GiveUp(f"{what}: {exc}") from exc
+    except Exception as exc:
+        verdict = sort(exc, what)
+        if verdict is None:
+            raise
+        if (isinstance(exc, messages.Error) and not cfg.agree_tos
+                and (problem_code(exc) == "agreementRequired" or "terms" in (exc.detail or "").lower())):
+            raise GiveUp(f"{verdict}; read the terms of service ({terms}) "
+                         "and set [acme] agree_tos = true") from exc
+        raise verdict from exc

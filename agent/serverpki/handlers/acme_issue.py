@@ -1,0 +1,333 @@
+"""issue_acme: an instance of an LE certificate, ordered with dns-01 over RFC 2136.
+
+Resumable steps (the job's result holds the progress while it runs, through
+pki.save_job_progress; never a key):
+1. per key algorithm of the certificate (rsa, ec or both) a new key and a CSR
+   for the subject and every alt name, with the TLS Feature (must-staple)
+   extension when the certificate asks for it;
+2. an order per algorithm — or the order an earlier attempt placed, when it is
+   still pending or ready for the same names (its URL is in the progress);
+3. authorizations that are valid already are skipped; for each pending one a
+   dns-01 TXT record, all records of one zone in ONE signed UPDATE; the
+   challenges are answered only once every authoritative server of the zone
+   shows the records; the records are removed afterwards, also on failure
+   (and, should that removal fail, by the next attempt: the progress lists them);
+4. finalize each order with its CSR, download the chain; the leaf, its key
+   and the chain (the issuer first) go to pki.complete_job, the issuer becomes
+   an instance of the ACME CA's certificate there; authorized_until is the
+   earliest expiry of the order's authorizations.
+A retry never creates a second order while the first can still be finished:
+the key of an unfinished order is not kept, but a pending or ready order is
+finalized with a new key and CSR for the same names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.name
+import dns.rdatatype
+from acme import challenges, messages
+from cryptography.hazmat.primitives import serialization
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from .. import keystore, x509util
+from ..acmeclient import Acme, problem_text, sort
+from ..dnsupdate import Clock, DnsError, DnsRefused, DnsUpdater, txt_rdata
+from ..errors import ServerPKIError
+from ..queries import q
+from . import Context, GiveUp, Job, RetryLater, handler
+from .acme_account import open_account_key, stored_account
+from .issue_local import _request, algorithms, db_passphrase_if_encrypted
+
+log = logging.getLogger("serverpki.acme")
+
+TXT_TTL = 60
+AUTHZ_TIMEOUT = 120.0      # seconds for the CA to validate the challenges
+FINALIZE_TIMEOUT = 120.0   # seconds for the CA to issue after finalization
+
+
+@dataclass
+class Progress:
+    """How far the job got, kept in jobs.result while it runs."""
+
+    job: Job
+    ctx: Context
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, job: Job, ctx: Context) -> "Progress":
+        row = ctx.conn.cursor(row_factory=dict_row).execute(q("job_progress"), {"job": job.id}).fetchone()
+        data = dict(row["progress"] or {}) if row else {}
+        data.setdefault("orders", {})
+        data.setdefault("txt", [])
+        data["attempt"] = job.attempts
+        return cls(job, ctx, data)
+
+    def save(self, step: str | None = None) -> None:
+        if step:
+            self.data["step"] = step
+        self.ctx.conn.execute(q("save_job_progress"), {"job": self.job.id, "agent": self.ctx.agent_name,
+                                                        "progress": Jsonb(self.data)})
+        self.ctx.keep_alive()
+
+
+def unique_names(req: dict[str, Any]) -> list[str]:
+    seen, names = set(), []
+    for name in [req["name"], *(req["altnames"] or [])]:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            names.append(name.lower())
+    return names
+
+
+def _expiry(authzr: messages.AuthorizationResource) -> dt.datetime | None:
+    expires = authzr.body.expires
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=dt.timezone.utc)
+    return expires
+
+
+def _chain_parts(fullchain: str) -> list[str]:
+    marker = "-----END CERTIFICATE-----"
+    return [part.strip() + "\n" + marker + "\n" for part in fullchain.split(marker) if part.strip()]
+
+
+class Issuance:
+    """One attempt of one issue_acme job."""
+
+    def __init__(self, job: Job, ctx: Context, req: dict[str, Any], acme: Acme, dns_updater: DnsUpdater,
+                 progress: Progress):
+        self.job, self.ctx, self.req = job, ctx, req
+        self.acme, self.dns, self.progress = acme, dns_updater, progress
+        self.names = unique_names(req)
+        self.keys: dict[str, Any] = {}
+        self.orders: dict[str, messages.OrderResource] = {}
+        self.stats: Counter = Counter()
+
+    # -- 1 + 2: keys, CSRs, orders
+
+    def place_orders(self) -> None:
+        x509cfg = self.ctx.config.x509
+        for algo in algorithms(self.req["encryption_algo"]):
+            key = x509util.new_key(algo, x509cfg.rsa_key_size, x509cfg.ec_curve)
+            self.keys[algo] = key
+            csr = x509util.build_csr(key, self.names, must_staple=bool(self.req["ocsp_must_staple"])).public_bytes(
+                serialization.Encoding.PEM)
+            orderr = self._resume(algo, csr)
+            if orderr is None:
+                orderr = self.acme.client.new_order(csr)
+                self.progress.data["orders"][algo] = orderr.uri
+                self.progress.save("ordered")
+                self.stats["orders"] += 1
+            self.orders[algo] = orderr
+
+    def _resume(self, algo: str, csr: bytes) -> messages.OrderResource | None:
+        url = self.progress.data["orders"].get(algo)
+        if not url:
+            return None
+        body = self.acme.order(url)
+        identifiers = sorted(i.value.lower() for i in body.identifiers)
+        if body.status not in (messages.STATUS_PENDING, messages.STATUS_READY) or identifiers != sorted(self.names):
+            # finished for a key that is gone, failed, or for other names: a new order
+            log.info("job %s: order %s is %s; placing a new one", self.job.id, url, body.status)
+            return None
+        self.stats["orders_resumed"] += 1
+        authzrs = [self.acme.authorization(u) for u in body.authorizations]
+        return messages.OrderResource(body=body, uri=url, authorizations=authzrs, csr_pem=csr)
+
+    # -- 3: authorizations
+
+    def authorize(self) -> dt.datetime | None:
+        authzrs: dict[str, messages.AuthorizationResource] = {}
+        for orderr in self.orders.values():
+            for authzr in orderr.authorizations:
+                authzrs.setdefault(authzr.uri, authzr)
+        self.stats["authorizations"] = len(authzrs)
+        pending: list[tuple[messages.AuthorizationResource, messages.ChallengeBody]] = []
+        for authzr in authzrs.values():
+            status = authzr.body.status
+            name = authzr.body.identifier.value
+            if status == messages.STATUS_VALID:
+                self.stats["skipped_valid"] += 1
+                continue
+            if status == messages.STATUS_INVALID:
+                raise GiveUp(f"authorization of {name} is invalid: " + self._problems(authzr))
+            if status != messages.STATUS_PENDING:
+                # deactivated, expired or revoked: the order cannot finish; the next attempt places a new one
+                self.progress.data["orders"] = {}
+                self.progress.save("order lost")
+                raise RetryLater(f"authorization of {name} is {status}; a new order follows", retry_after=1)
+            challb = next((c for c in authzr.body.challenges if isinstance(c.chall, challenges.DNS01)), None)
+            if challb is None:
+                raise GiveUp(f"the CA offers no dns-01 challenge for {name}")
+            pending.append((authzr, challb))
+        if pending:
+            self._challenge(pending)
+        final = [self.acme.authorization(uri) for uri in authzrs] if pending else list(authzrs.values())
+        expiries = [e for e in map(_expiry, final) if e is not None]
+        return min(expiries) if expiries else None
+
+    def _challenge(self, pending) -> None:
+        records: list[tuple[str, str, str]] = []   # (zone, owner, TXT value)
+        for authzr, challb in pending:
+            owner = dns.name.from_text(challb.chall.validation_domain_name(authzr.body.identifier.value))
+            zone = self.dns.zone_for(owner)
+            records.append((zone.to_text(), owner.to_text(), challb.chall.validation(self.acme.jwk)))
+        # listed before they are sent: a crash in between still removes them next time
+        self.progress.data["txt"] = self.progress.data["txt"] + [list(r) for r in records]
+        self.progress.save("challenge records")
+        try:
+            by_zone: dict[str, list[tuple[str, str]]] = {}
+            for zone, owner, value in records:
+                by_zone.setdefault(zone, []).append((owner, value))
+            for zone, entries in by_zone.items():
+                self.dns.add_records(dns.name.from_text(zone),
+                                     [(dns.name.from_text(o), TXT_TTL, txt_rdata(v)) for o, v in entries],
+                                     dns.rdatatype.TXT)
+            for zone, entries in by_zone.items():
+                wanted: dict[dns.name.Name, set[str]] = {}
+                for owner, value in entries:
+                    wanted.setdefault(dns.name.from_text(owner), set()).add(txt_rdata(value))
+                self.dns.wait_present(dns.name.from_text(zone), wanted, dns.rdatatype.TXT)
+            self.ctx.keep_alive()
+            for authzr, challb in pending:
+                if challb.status == messages.STATUS_PENDING:
+                    self.acme.client.answer_challenge(challb, challb.response(self.acme.jwk))
+                    self.stats["challenges"] += 1
+            self.progress.save("challenges answered")
+            for authzr, _ in pending:
+                final = self.acme.poll(lambda u=authzr.uri: self.acme.authorization(u),
+                                       lambda a: a.body.status not in (messages.STATUS_PENDING, "processing"),
+                                       AUTHZ_TIMEOUT, f"validation of {authzr.body.identifier.value}")
+                if final.body.status != messages.STATUS_VALID:
+                    raise GiveUp(f"validation of {final.body.identifier.value} failed ({final.body.status}): "
+                                 + self._problems(final))
+        finally:
+            self.remove_challenge_records()
+
+    @staticmethod
+    def _problems(authzr: messages.AuthorizationResource) -> str:
+        found = [problem_text(c.error) for c in authzr.body.challenges if c.error is not None]
+        return "; ".join(found) or "the CA gave no detail"
+
+    def remove_challenge_records(self) -> None:
+        """Remove the TXT records this job placed (now or in an earlier attempt); keep what could not be removed."""
+        records = self.progress.data.get("txt") or []
+        if not records:
+            return
+        by_zone: dict[str, list[tuple[str, str]]] = {}
+        for zone, owner, value in records:
+            by_zone.setdefault(zone, []).append((owner, value))
+        left = []
+        for zone, entries in by_zone.items():
+            try:
+                self.dns.delete_records(dns.name.from_text(zone),
+                                        [(dns.name.from_text(o), txt_rdata(v)) for o, v in entries], dns.rdatatype.TXT)
+            except DnsError as exc:
+                log.warning("job %s: challenge records in zone %s stay until the next attempt: %s", self.job.id, zone, exc)
+                left += [[zone, o, v] for o, v in entries]
+        self.progress.data["txt"] = left
+        try:
+            self.progress.save()
+        except Exception as exc:  # the lease may be gone; the records are removed, which is what matters
+            log.warning("job %s: progress not saved after removing challenge records: %s", self.job.id, exc)
+
+    # -- 4: finalize and download
+
+    def finalize(self) -> dict[str, tuple[Any, str, list[str]]]:
+        issued = {}
+        for algo, orderr in self.orders.items():
+            body = self.acme.order(orderr.uri)
+            if body.status == messages.STATUS_READY:
+                orderr = self.acme.client.begin_finalization(orderr)
+            elif body.status != messages.STATUS_VALID and body.status != messages.STATUS_PROCESSING:
+                if body.status == messages.STATUS_INVALID and body.error is not None:
+                    raise GiveUp(f"order {orderr.uri} is invalid: " + problem_text(body.error))
+                raise RetryLater(f"order {orderr.uri} is {body.status}, not ready to finalize", retry_after=1)
+            body = self.acme.poll(lambda u=orderr.uri: self.acme.order(u),
+                                  lambda b: b.status not in (messages.STATUS_PROCESSING, messages.STATUS_READY),
+                                  FINALIZE_TIMEOUT, f"finalization of order {orderr.uri}")
+            if body.status != messages.STATUS_VALID or not body.certificate:
+                detail = problem_text(body.error) if body.error is not None else "no detail"
+                raise GiveUp(f"order {orderr.uri} ended {body.status}: {detail}")
+            fullchain = self.acme.fetch(body.certificate).text
+            parts = _chain_parts(fullchain)
+            if not parts:
+                raise RetryLater(f"order {orderr.uri}: the certificate download was empty", retry_after=1)
+            leaf = x509util.load_cert(parts[0])
+            key = self.keys[algo]
+            if x509util.public_pem(leaf.public_key()) != x509util.public_pem(key):
+                raise RetryLater(f"order {orderr.uri}: the CA's certificate is not for this attempt's key; "
+                                 "a new order follows", retry_after=1)
+            issued[algo] = (key, parts[0], parts[1:])
+        return issued
+
+
+@handler("issue_acme")
+def issue_acme(job: Job, ctx: Context) -> dict:
+    started = time.monotonic()
+    req = _request(job, ctx)
+    if req["cert_type"] != "LE" or req["subject_type"] != "server":
+        raise GiveUp(f"certificate {req['name']} is a {req['cert_type']} {req['subject_type']} certificate, "
+                     "not an ACME (LE) server certificate")
+    cfg = ctx.config.acme
+    what = f"ACME order for {req['name']}"
+    clock = Clock()
+    try:
+        account = stored_account(ctx, cfg.directory_url)
+        if account is None:
+            raise GiveUp(f"no ACME account at {cfg.directory_url}: register one with operate_serverPKI -Z")
+        updater = DnsUpdater.from_config(ctx.config, clock, needed_for="dns-01 challenges")
+        acme = Acme(cfg.directory_url, open_account_key(ctx, account), account_uri=account["uri"],
+                    ca_bundle=cfg.ca_bundle, clock=clock)
+        progress = Progress.load(job, ctx)
+        issuance = Issuance(job, ctx, req, acme, updater, progress)
+        issuance.remove_challenge_records()   # what a crashed attempt left behind
+        issuance.place_orders()
+        authorized_until = issuance.authorize()
+        issued = issuance.finalize()
+        passphrase = db_passphrase_if_encrypted(ctx)
+    except (GiveUp, RetryLater) as exc:
+        raise type(exc)(f"{what}: {exc}", *([exc.retry_after] if isinstance(exc, RetryLater) else [])) from exc
+    except DnsRefused as exc:
+        raise GiveUp(f"{what}: {exc}") from exc
+    except DnsError as exc:
+        raise RetryLater(f"{what}: {exc}") from exc
+    except ServerPKIError as exc:
+        raise GiveUp(f"{what}: {exc}") from exc
+    except Exception as exc:
+        verdict = sort(exc, what)
+        if verdict is None:
+            raise
+        raise verdict from exc
+
+    first = issued[algorithms(req["encryption_algo"])[0]]
+    chains = {algo: [x509util.load_cert(p).subject.rfc4514_string() for p in chain[:1]] for algo, (_, _, chain) in issued.items()}
+    if len({tuple(c) for c in chains.values()}) > 1:
+        log.warning("job %s: the key algorithms have different issuers %s; the instance records the first", job.id, chains)
+    total = time.monotonic() - started
+    return {
+        "pairs": [{"algo": algo, "cert": cert, "key": keystore.dump_key(key, passphrase)}
+                  for algo, (key, cert, _) in issued.items()],
+        "chain": first[2],
+        "authorized_until": authorized_until.isoformat() if authorized_until else None,
+        "orders": dict(issuance.progress.data["orders"]),
+        "names": len(issuance.names),
+        "authorizations": issuance.stats["authorizations"],
+        "skipped_valid": issuance.stats["skipped_valid"],
+        "challenges": issuance.stats["challenges"],
+        "orders_placed": issuance.stats["orders"],
+        "orders_resumed": issuance.stats["orders_resumed"],
+        "dns_updates": dict(updater.updates),
+        "acme_requests": acme.stats["requests"],
+        "bad_nonces": acme.stats["bad_nonces"],
+        "timing": {"total": round(total, 4), "waiting": round(clock.waited, 4),
+                   "work": round(total - clock.waited, 4)},
+    }

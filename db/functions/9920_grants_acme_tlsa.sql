@@ -1,0 +1,10 @@
+-- 9920_grants_acme_tlsa: privileges on the ACME accounts and the TLSA views (after 9900,
+-- which resets table privileges). The agent signs with the account key; the operator sees
+-- the accounts without it; pki_report sees neither.
+
+GRANT SELECT ON pki.acme_accounts TO pki_agent;
+GRANT SELECT (id, directory_url, contact, uri, created, updated, remarks) ON pki.acme_accounts TO pki_admin;
+-- what DNS should hold: hashes of certificates, no key material
+GRANT SELECT ON pki.tlsa_owners, pki.tlsa_desired TO pki_admin, pki_agent;
+-- the progress of a running job is the agent's to write
+REVOKE EXECUTE ON FUNCTION pki.save_job_progress(bigint, text, jsonb) FROM pki_admin;
