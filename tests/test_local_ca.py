@@ -309,7 +309,7 @@ def test_encrypt_and_decrypt_round_trip_every_key_but_the_cas(conn, config, tmp_
         assert key_public(tmp_path, pem, config.paths.db_encryption_key) == cert_public(tmp_path, cert)
     # the CA's key keeps its own passphrase
     assert stored_pairs(conn, ca_instance)["rsa"]["key"] == ca_key
-    assert job_row(conn, job_id)["result"] == {"keys": [{"id": i} for i in sorted(clear)], "encrypted": True}
+    assert job_row(conn, job_id)["result"] == {"keys": [{"id": i} for i in sorted(clear)], "accounts": [], "encrypted": True}
 
     # while encrypted, a new local key is stored encrypted with the database passphrase
     add_local_cert(conn, "imap.example.org", "rsa")
@@ -366,7 +366,7 @@ def test_request_key_encryption_refuses_the_opposite_of_a_pending_job(conn):
 
 def test_encrypt_with_no_keys_only_flips_the_flag(conn, config):
     job_id = request_keys(conn, True)
-    assert run_job(conn, job_id, config) == {"keys": [], "encrypted": True}
+    assert run_job(conn, job_id, config) == {"keys": [], "accounts": [], "encrypted": True}
     assert keys_encrypted(conn) is True
 
 
@@ -481,3 +481,22 @@ def test_roles_of_the_requests(conn, pg_server, dbname):
         for role in roles.values():
             conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_encrypt_and_decrypt_cover_the_acme_account_key(conn, config, tmp_path):
+    """-X/-Y treat the ACME account key like every other stored key."""
+    account = x509util.new_key("ec", 2048, "secp256r1")
+    clear = keystore.dump_key(account)
+    conn.execute("INSERT INTO acme_accounts (directory_url, contact, key, uri) VALUES "
+                 "('https://acme.example/dir', 'pki@example.org', %s, 'https://acme.example/acct/1')", (clear,))
+    job_id = request_keys(conn, True)
+    result = run_job(conn, job_id, config)
+    assert [a["id"] for a in result["accounts"]] == [1]
+    stored = conn.execute("SELECT key FROM acme_accounts").fetchone()[0]
+    assert stored.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    out = subprocess.run(["openssl", "pkey", "-passin", f"file:{config.paths.db_encryption_key}", "-pubout"],
+                         input=stored, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == x509util.public_pem(account)
+    assert "PRIVATE KEY" not in json.dumps(job_row(conn, job_id)["result"])
+    run_job(conn, request_keys(conn, False), config)
+    assert conn.execute("SELECT key FROM acme_accounts").fetchone()[0] == clear

@@ -59,6 +59,10 @@ SELECT pki.now() AS now;
 -- the stored keys -X/-Y (de|en)crypt with the db_encryption_key passphrase: all but the CA's
 SELECT id, key FROM pki.keys_under_db_passphrase();
 
+-- name: acme_keys_under_db_passphrase
+-- the ACME account keys, which -X/-Y (de|en)crypt like the other stored keys
+SELECT id, key FROM pki.acme_keys_under_db_passphrase();
+
 -- name: newest_encrypted_key
 -- one key encrypted with the db_encryption_key passphrase, to prove a passphrase before using it
 SELECT id, key FROM pki.keys_under_db_passphrase() WHERE starts_with(key, '-----BEGIN ENCRYPTED PRIVATE KEY-----') ORDER BY id DESC LIMIT 1;

@@ -355,7 +355,7 @@ BEGIN
         WHEN 'publish_tlsa' THEN PERFORM apply_tlsa_published(j, result);
         WHEN 'encrypt_keys', 'decrypt_keys' THEN PERFORM apply_keys_reencrypted(j, result);
         WHEN 'register_acme' THEN PERFORM apply_acme_registered(j, result);
-        ELSE NULL;  -- reminders and registration: nothing to advance
+        ELSE NULL;  -- reminders: nothing to advance
     END CASE;
     UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, last_error = NULL,
                     result = without_secrets(complete_job.result), finished = pki.now()

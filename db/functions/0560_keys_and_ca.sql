@@ -123,50 +123,77 @@ BEGIN
 END
 $$;
 
--- apply_keys_reencrypted: the outcome of encrypt_keys/decrypt_keys, {"keys": [{"id", "key"}...],
--- "encrypted": bool}; every key of keys_under_db_passphrase() must be listed, each in the
--- form the job promised, else SP023 and nothing changes. Keys and flag change together.
+-- acme_keys_under_db_passphrase: the ACME account keys, which -X/-Y treat like the other stored keys
+CREATE OR REPLACE FUNCTION pki.acme_keys_under_db_passphrase()
+RETURNS TABLE (id int, key text)
+LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT a.id, a.key FROM acme_accounts a ORDER BY a.id
+$$;
+
+-- check_reencrypted: a list of {"id", "key"} of a key job names each expected id once, each key
+-- in the form the job promised; else SP023 naming the first bad entry or the ids that do not fit
+CREATE OR REPLACE FUNCTION pki.check_reencrypted(j pki.jobs, items jsonb, expected int[], what text, encrypt boolean)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    bad_entry bigint;
+    missing text;
+    extra text;
+BEGIN
+    IF jsonb_typeof(items) IS DISTINCT FROM 'array' THEN
+        PERFORM raise_error('SP023', format('job %s: result lacks "%s" (a list of {id, key})', j.id, what),
+            format('report every stored key as {"id": id, "key": PEM text} in "%s"', what));
+    END IF;
+    SELECT min(n) INTO bad_entry FROM jsonb_array_elements(items) WITH ORDINALITY AS e(k, n)
+     WHERE jsonb_typeof(k) IS DISTINCT FROM 'object'
+        OR jsonb_typeof(k -> 'id') IS DISTINCT FROM 'number' OR (k ->> 'id') !~ '^[0-9]{1,9}$'
+        OR jsonb_typeof(k -> 'key') IS DISTINCT FROM 'string'
+        OR (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN k ->> 'key') > 0) IS DISTINCT FROM encrypt;
+    IF bad_entry IS NOT NULL THEN
+        PERFORM raise_error('SP023', format('job %s: entry %s of "%s" must be {"id": id, "key": %s PKCS#8 PEM}',
+                j.id, bad_entry, what, CASE WHEN encrypt THEN 'encrypted' ELSE 'clear' END),
+            CASE WHEN encrypt THEN 'report each key as "-----BEGIN ENCRYPTED PRIVATE KEY-----..."'
+                 ELSE 'report each key as "-----BEGIN PRIVATE KEY-----..."' END);
+    END IF;
+    SELECT string_agg(w::text, ', ' ORDER BY w) INTO missing FROM unnest(expected) w
+     WHERE w NOT IN (SELECT (k ->> 'id')::int FROM jsonb_array_elements(items) k);
+    SELECT string_agg(k ->> 'id', ', ' ORDER BY (k ->> 'id')::int) INTO extra FROM jsonb_array_elements(items) k
+     WHERE NOT ((k ->> 'id')::int = ANY (expected))
+        OR (SELECT count(*) FROM jsonb_array_elements(items) o WHERE o ->> 'id' = k ->> 'id') > 1;
+    IF missing IS NOT NULL OR extra IS NOT NULL THEN
+        PERFORM raise_error('SP023', format('job %s: the result must list every stored key once in "%s" (%s)', j.id, what,
+                concat_ws('; ', 'missing: ' || left(missing, 200), 'unknown or repeated: ' || left(extra, 200))),
+            format('keys were stored or removed while the job ran; ask again with %s', CASE WHEN encrypt THEN '-X' ELSE '-Y' END));
+    END IF;
+END
+$$;
+
+-- apply_keys_reencrypted: the outcome of encrypt_keys/decrypt_keys, {"keys": [{"id", "key"}...]
+-- (certkeydata), "accounts": [{"id", "key"}...] (acme_accounts), "encrypted": bool}; every key
+-- must be listed, each in the form the job promised, else SP023 and nothing changes.
+-- Keys, account keys and the flag change together.
 CREATE OR REPLACE FUNCTION pki.apply_keys_reencrypted(j pki.jobs, result jsonb)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
     encrypt boolean := j.kind = 'encrypt_keys';
-    bad_entry bigint;
-    missing text;
-    extra text;
 BEGIN
     -- one re-encryption at a time; a request waits here until this one is applied
     PERFORM 1 FROM revision r WHERE r.id = (SELECT max(id) FROM revision) FOR UPDATE;
-    IF jsonb_typeof(result -> 'keys') IS DISTINCT FROM 'array' THEN
-        PERFORM raise_error('SP023', format('job %s: result lacks "keys" (a list of {id, key})', j.id),
-            'report every stored key as {"id": certkeydata id, "key": PEM text}');
-    END IF;
     IF result ? 'encrypted' AND (result -> 'encrypted') IS DISTINCT FROM to_jsonb(encrypt) THEN
         PERFORM raise_error('SP023', format('job %s (%s): result says "encrypted": %s', j.id, j.kind, result -> 'encrypted'),
             format('a %s job reports "encrypted": %s', j.kind, encrypt));
     END IF;
-    SELECT min(n) INTO bad_entry FROM jsonb_array_elements(result -> 'keys') WITH ORDINALITY AS e(k, n)
-     WHERE jsonb_typeof(k) IS DISTINCT FROM 'object'
-        OR jsonb_typeof(k -> 'id') IS DISTINCT FROM 'number' OR (k ->> 'id') !~ '^[0-9]{1,9}$'
-        OR jsonb_typeof(k -> 'key') IS DISTINCT FROM 'string'
-        OR (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN k ->> 'key') > 0) IS DISTINCT FROM encrypt;
-    IF bad_entry IS NOT NULL THEN
-        PERFORM raise_error('SP023', format('job %s: entry %s of "keys" must be {"id": certkeydata id, "key": %s PKCS#8 PEM}',
-                j.id, bad_entry, CASE WHEN encrypt THEN 'encrypted' ELSE 'clear' END),
-            CASE WHEN encrypt THEN 'report each key as "-----BEGIN ENCRYPTED PRIVATE KEY-----..."'
-                 ELSE 'report each key as "-----BEGIN PRIVATE KEY-----..."' END);
-    END IF;
-    SELECT string_agg(w.id::text, ', ' ORDER BY w.id) INTO missing FROM keys_under_db_passphrase() w
-     WHERE w.id NOT IN (SELECT (k ->> 'id')::int FROM jsonb_array_elements(result -> 'keys') k);
-    SELECT string_agg(k ->> 'id', ', ' ORDER BY (k ->> 'id')::int) INTO extra FROM jsonb_array_elements(result -> 'keys') k
-     WHERE (k ->> 'id')::int NOT IN (SELECT w.id FROM keys_under_db_passphrase() w)
-        OR (SELECT count(*) FROM jsonb_array_elements(result -> 'keys') o WHERE o ->> 'id' = k ->> 'id') > 1;
-    IF missing IS NOT NULL OR extra IS NOT NULL THEN
-        PERFORM raise_error('SP023', format('job %s: the result must list every stored key once (%s)', j.id,
-                concat_ws('; ', 'missing: ' || left(missing, 200), 'unknown or repeated: ' || left(extra, 200))),
-            format('keys were stored or removed while the job ran; ask again with %s', CASE WHEN encrypt THEN '-X' ELSE '-Y' END));
-    END IF;
+    PERFORM check_reencrypted(j, result -> 'keys', ARRAY(SELECT w.id FROM keys_under_db_passphrase() w), 'keys', encrypt);
+    PERFORM check_reencrypted(j, coalesce(result -> 'accounts', '[]'),
+                              ARRAY(SELECT a.id FROM acme_keys_under_db_passphrase() a), 'accounts', encrypt);
+    UPDATE acme_accounts a SET key = e.k ->> 'key'
+      FROM jsonb_array_elements(coalesce(result -> 'accounts', '[]')) AS e(k)
+     WHERE a.id = (e.k ->> 'id')::int;
     -- one statement: the keys (the certkeydata trigger checks each) and the flag
     WITH replaced AS (
         UPDATE certkeydata k SET key = convert_to(e.k ->> 'key', 'UTF8')

@@ -26,20 +26,24 @@ def reencrypt(job: Job, ctx: Context, encrypt: bool) -> dict:
         passphrase = keystore.read_passphrase(ctx.config.paths.db_encryption_key, "Passphrase of the stored keys: ")
     except ServerPKIError as exc:
         raise GiveUp(f"db_encryption_key: {exc}") from exc
-    rows = ctx.conn.cursor(row_factory=dict_row).execute(q("keys_under_db_passphrase")).fetchall()
     change = keystore.encrypt_pem if encrypt else keystore.decrypt_pem
-    keys = []
-    for n, row in enumerate(rows, 1):
-        what = f"stored key {row['id']}"
-        try:
-            keys.append({"id": row["id"], "key": change(row["key"], passphrase, what)})
-        except keystore.WrongPassphrase:
-            raise GiveUp(f"{what}: wrong passphrase (configuration: db_encryption_key); no key was changed") from None
-        except keystore.KeystoreError as exc:
-            raise GiveUp(f"{exc}; no key was changed") from None
-        if n % 50 == 0:
-            ctx.keep_alive()
-    return {"keys": keys, "encrypted": encrypt}
+    result: dict = {"encrypted": encrypt}
+    for field, query, label in (("keys", "keys_under_db_passphrase", "stored key"),
+                                ("accounts", "acme_keys_under_db_passphrase", "ACME account key")):
+        rows = ctx.conn.cursor(row_factory=dict_row).execute(q(query)).fetchall()
+        changed = []
+        for n, row in enumerate(rows, 1):
+            what = f"{label} {row['id']}"
+            try:
+                changed.append({"id": row["id"], "key": change(row["key"], passphrase, what)})
+            except keystore.WrongPassphrase:
+                raise GiveUp(f"{what}: wrong passphrase (configuration: db_encryption_key); no key was changed") from None
+            except keystore.KeystoreError as exc:
+                raise GiveUp(f"{exc}; no key was changed") from None
+            if n % 50 == 0:
+                ctx.keep_alive()
+        result[field] = changed
+    return result
 
 
 @handler("encrypt_keys")
