@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -31,6 +29,7 @@ import dns.message
 import dns.query
 import dns.rcode
 
+from .process import LabService, terminate
 from .ports import free_port
 
 NAMED = os.environ.get("SERVERPKI_NAMED", "/usr/sbin/named")
@@ -46,7 +45,7 @@ def _zone_text(zone: str) -> str:
             f"ns1\tIN A 127.0.0.1\n")
 
 
-class BindLab:
+class BindLab(LabService):
     """named -f -u bind on 127.0.0.1:port with the given primary zones; start()/stop() or a with block."""
 
     def __init__(self, zones: tuple[str, ...] | list[str] = (DEFAULT_ZONE,), port: int | None = None,
@@ -185,17 +184,7 @@ include "{self.key_file}";
     def stop(self, timeout: float = 10.0) -> None:
         """Stop named: clients now meet a refused connection. Zones and journals stay."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        terminate(proc, timeout)
 
     def reset(self) -> None:
         """Every zone as its file says: stop, drop the journals, restore the files, start."""
@@ -205,14 +194,3 @@ include "{self.key_file}";
         self._chown()
         if was_running:
             self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_base:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self) -> "BindLab":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -20,8 +20,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import shutil
-import signal
 import ssl
 import subprocess
 import tempfile
@@ -35,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .process import LabService, terminate
 from .ports import free_port
 
 PEBBLE = os.environ.get("SERVERPKI_PEBBLE", "/usr/bin/pebble")
@@ -74,7 +73,7 @@ def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-class PebbleLab:
+class PebbleLab(LabService):
     """pebble -config CONF -dnsserver 127.0.0.1:dns_port; start()/stop() or a with block."""
 
     def __init__(self, dns_port: int, nonce_reject: int = 0, authz_reuse: int = 0,
@@ -177,22 +176,4 @@ class PebbleLab:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_base:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self) -> "PebbleLab":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        terminate(proc, timeout)
