@@ -20,6 +20,7 @@ import psycopg
 from . import migrate
 from .lab.postgres import PostgresCluster
 from .lab.smtp import SMTPLab
+from .lab.sshd import SSHLab
 
 DEMO_DB = "serverpki_demo"
 
@@ -43,7 +44,24 @@ def _secret(path: Path, text: str) -> Path:
     return path
 
 
-def _write_config(base: Path, smtp_port: int) -> Path:
+# the lab's disthosts are Linux chroots; these stand in for FreeBSD's service(8) and jexec(8)
+# and write what they were asked to do to /var/log/reloads on that host
+SHIMS = {
+    "service": '#!/bin/sh\necho "service $*" >> /var/log/reloads\necho "$1 reloaded"\n',
+    "jexec": '#!/bin/sh\njail="$1"; shift\necho "jexec $jail $*" >> /var/log/reloads\necho "in jail $jail: $*"\n',
+}
+
+
+def _install_shims(ssh: SSHLab) -> None:
+    for host in ssh.hosts.values():
+        for folder in ("usr/sbin", "var/log"):
+            (host.root / folder).mkdir(mode=0o755, parents=True, exist_ok=True)
+        for name, script in SHIMS.items():
+            (host.root / "usr/sbin" / name).write_text(script)
+            (host.root / "usr/sbin" / name).chmod(0o755)
+
+
+def _write_config(base: Path, smtp_port: int, ssh: SSHLab) -> Path:
     """The agent's configuration for the lab (see examples/serverpki.toml for every key)."""
     config = base / "serverpki.toml"
     config.write_text(f"""
@@ -60,6 +78,10 @@ relay_host = "127.0.0.1"
 relay_port = {smtp_port}
 sender = "serverpki@demo.serverpki.test"
 recipients = ["pki-admins@demo.serverpki.test"]
+[ssh]
+known_hosts = "{ssh.known_hosts}"
+config_file = "{ssh.client_config}"
+identity_file = "{ssh.identity}"
 [logging]
 syslog_address = ""
 """)
@@ -75,6 +97,7 @@ def run_demo(keep: bool = False) -> None:
     os.chmod(base, 0o755)  # the postgres user needs to reach its data folder
     cluster = PostgresCluster(base / "pg")
     smtp = SMTPLab()
+    ssh = SSHLab(["web1.demo.serverpki.test", "jailhost.demo.serverpki.test"])
     try:
         smtp.start()
         _banner(f"starting a private PostgreSQL 15 cluster on 127.0.0.1:{cluster.port}")
@@ -89,7 +112,14 @@ def run_demo(keep: bool = False) -> None:
         _psql(cluster, "-q", "-f", str(example))
         _banner("SELECT * FROM certs")
         _psql(cluster, "-c", "SELECT * FROM certs")
-        config = _write_config(base, smtp.port)
+        _banner("starting two OpenSSH servers as the disthosts (one with a jail)")
+        ssh.start()
+        _install_shims(ssh)
+        ssh.write_known_hosts()
+        ssh.write_client_config()
+        for fqdn, host in ssh.hosts.items():
+            print(f"{fqdn}: sshd on {host.address}:{host.port}, its / is {host.root}")
+        config = _write_config(base, smtp.port, ssh)
         _banner("issue the local CA (its key is stored encrypted with its own passphrase)")
         _operate(cluster, config, "-I")
         _banner("issue the local certificates (the ACME one follows with the ACME handlers)")
@@ -100,14 +130,22 @@ def run_demo(keep: bool = False) -> None:
         _operate(cluster, config, "-X")
         _banner("operate_serverPKI -S -n -a  (what the hourly cron run would do now, and why)")
         _operate(cluster, config, "-S", "-n", "-a")
-        _banner("the hourly cron run: operate_serverPKI -S -q -a")
-        rc = _operate(cluster, config, "-S", "-q", "-a")
+        _banner("the hourly cron run: operate_serverPKI -S -q -a  (without the ACME certificate: this lab has no ACME CA yet)")
+        rc = _operate(cluster, config, "-S", "-q", "-a", "-e", "www.demo.serverpki.test")
         print(f"(exit status {rc}: every job it ran succeeded)" if rc == 0 else f"(exit status {rc})")
         _banner("the job summary: SELECT * FROM jobs_summary")
         _psql(cluster, "-c", "SELECT kind, state, jobs, last_error FROM jobs_summary")
         _banner("the history of the local server certificate: SELECT * FROM instance_history")
         _psql(cluster, "-c", "SELECT instance, certificate, from_state, to_state, reason FROM instance_history "
                              "WHERE certificate = 'intranet.demo.serverpki.test'")
+        _banner("the files on the disthosts")
+        for fqdn, host in ssh.hosts.items():
+            for path in sorted(p for p in host.root.rglob("*.pem") if "/usr/lib" not in str(p)):
+                st = path.lstat()
+                print(f"{fqdn}:{'/' + str(path.relative_to(host.root))}  mode {st.st_mode & 0o777:04o}")
+            reloads = host.root / "var/log/reloads"
+            if reloads.exists():
+                print(f"{fqdn}: reload commands run: {', '.join(reloads.read_text().split(chr(10))[:-1])}")
         print(f"\nmails received by the lab's SMTP relay: {len(smtp.messages)}")
         if keep:
             env = " ".join(f"{k}={v}" for k, v in cluster.env(DEMO_DB).items())
@@ -115,6 +153,7 @@ def run_demo(keep: bool = False) -> None:
             return
     finally:
         if not keep:
+            ssh.close()
             smtp.stop()
             cluster.stop()
             shutil.rmtree(base, ignore_errors=True)
