@@ -1,12 +1,23 @@
-"""`make demo` / `serverpki demo`: the job on a self-contained local setup.
+"""`make demo` / `serverpki demo`: the whole job on a self-contained local setup.
 
-Starts a private PostgreSQL cluster on loopback, installs the schema, loads the
-example configuration through psql as an operator would, and shows the
-result. Everything it starts is stopped at the end, also on Ctrl-C.
+Starts the lab on loopback — a private PostgreSQL, BIND 9 with the zone
+demo.serverpki.test and a TSIG key, Pebble resolving through that BIND, two
+OpenSSH servers as disthosts (one with a jail), an SMTP relay — loads the
+example configuration through psql as an operator would, creates the local CA,
+registers the ACME account and runs the cron job. Then it travels in time
+(SET pki.now, shared by every session of a run through PGOPTIONS) through the
+prepublication and the rollover of the ACME certificate, showing the states and
+the TLSA records BIND serves. Everything it starts is stopped at the end, also
+on Ctrl-C.
+
+Pebble issues certificates from its real clock; for the rollover scene it is
+restarted with a longer validity, so the successor outlives its predecessor as
+it would at a real CA.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -15,34 +26,22 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import dns.message
+import dns.query
+import dns.rdatatype
 import psycopg
 
 from . import migrate
+from .lab.bind import BindLab
+from .lab.pebble import PebbleLab
 from .lab.postgres import PostgresCluster
 from .lab.smtp import SMTPLab
 from .lab.sshd import SSHLab
 
 DEMO_DB = "serverpki_demo"
-
-
-def _psql(cluster: PostgresCluster, *args: str) -> None:
-    env = {**os.environ, **cluster.env(DEMO_DB)}
-    subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-P", "pager=off", *args], env=env, check=True)
-
-
-def _operate(cluster: PostgresCluster, config: Path, *args: str, now: str | None = None) -> int:
-    env = {**os.environ, **cluster.env(DEMO_DB), "SERVERPKI_CONFIG": str(config)}
-    if now:  # time travel: every session of the run shares the clock (pki.now)
-        env["PGOPTIONS"] = f"-c pki.now={now}"
-    print(f"$ operate_serverPKI {' '.join(args)}" + (f"   (pki.now = {now})" if now else ""), flush=True)
-    return subprocess.run([sys.executable, "-m", "serverpki.operate", *args], env=env).returncode
-
-
-def _secret(path: Path, text: str) -> Path:
-    path.write_text(text + "\n")
-    path.chmod(0o600)
-    return path
-
+ZONE = "demo.serverpki.test"
+ACME_CERT = f"www.{ZONE}"
+HOSTS = [f"web1.{ZONE}", f"jailhost.{ZONE}"]
 
 # the lab's disthosts are Linux chroots; these stand in for FreeBSD's service(8) and jexec(8)
 # and write what they were asked to do to /var/log/reloads on that host
@@ -52,109 +51,213 @@ SHIMS = {
 }
 
 
-def _install_shims(ssh: SSHLab) -> None:
-    for host in ssh.hosts.values():
-        for folder in ("usr/sbin", "var/log"):
-            (host.root / folder).mkdir(mode=0o755, parents=True, exist_ok=True)
-        for name, script in SHIMS.items():
-            (host.root / "usr/sbin" / name).write_text(script)
-            (host.root / "usr/sbin" / name).chmod(0o755)
+class Demo:
+    def __init__(self, base: Path):
+        self.base = base
+        self.cluster = PostgresCluster(base / "pg")
+        self.smtp = SMTPLab()
+        self.ssh = SSHLab(HOSTS)
+        self.bind = BindLab(zones=(ZONE,))
+        self.pebble: PebbleLab | None = None
+        self.config = base / "serverpki.toml"
 
+    # -- the lab
 
-def _write_config(base: Path, smtp_port: int, ssh: SSHLab) -> Path:
-    """The agent's configuration for the lab (see examples/serverpki.toml for every key)."""
-    config = base / "serverpki.toml"
-    config.write_text(f"""
+    def start(self) -> None:
+        banner("starting the lab on loopback")
+        self.cluster.start()
+        print(f"PostgreSQL 15 (plpython3u) on 127.0.0.1:{self.cluster.port}")
+        self.bind.start()
+        print(f"BIND 9 on {self.bind.primary}, primary for {ZONE}, TSIG-signed updates")
+        self.pebble = PebbleLab(dns_port=self.bind.port, validity_days=90).start()
+        print(f"Pebble (ACME) at {self.pebble.directory_url}, resolving at BIND, certificates valid 90 days")
+        self.ssh.start()
+        for host in self.ssh.hosts.values():
+            for folder in ("usr/sbin", "var/log"):
+                (host.root / folder).mkdir(mode=0o755, parents=True, exist_ok=True)
+            for name, script in SHIMS.items():
+                (host.root / "usr/sbin" / name).write_text(script)
+                (host.root / "usr/sbin" / name).chmod(0o755)
+            print(f"{host.fqdn}: sshd on {host.address}:{host.port}, its / is {host.root}")
+        self.ssh.write_known_hosts()
+        self.ssh.write_client_config()
+        self.smtp.start()
+        print(f"SMTP relay on 127.0.0.1:{self.smtp.port}")
+        self.write_config()
+
+    def stop(self) -> None:
+        for stop in (self.ssh.close, self.smtp.stop, getattr(self.pebble, "close", lambda: None),
+                     self.bind.close, self.cluster.stop):
+            try:
+                stop()
+            except Exception as exc:  # stop the rest too
+                print(f"(stopping: {exc})", file=sys.stderr)
+
+    def write_config(self) -> None:
+        """The agent's configuration for the lab (examples/serverpki.toml documents every key)."""
+        assert self.pebble is not None
+        self.config.write_text(f"""
 [paths]
-work_dir = "{base / 'work'}"
-db_encryption_key = "{_secret(base / 'db_encryption_key', 'demo passphrase of the stored keys')}"
+work_dir = "{self.base / 'work'}"
+db_encryption_key = "{secret(self.base / 'db_encryption_key', 'demo passphrase of the stored keys')}"
 [local_ca]
-passphrase_file = "{_secret(base / 'local_ca.pass', 'demo passphrase of the local CA')}"
+passphrase_file = "{secret(self.base / 'local_ca.pass', 'demo passphrase of the local CA')}"
 [x509]
 country = "DE"
 organization = "serverPKI demo"
+[acme]
+directory_url = "{self.pebble.directory_url}"
+contact_email = "pki-admins@{ZONE}"
+agree_tos = true
+ca_bundle = "{self.pebble.ca_bundle}"
+[dns]
+tsig_key_file = "{self.bind.key_file}"
+primary = "{self.bind.primary}"
+propagation_timeout_seconds = 10
+[ssh]
+known_hosts = "{self.ssh.known_hosts}"
+config_file = "{self.ssh.client_config}"
+identity_file = "{self.ssh.identity}"
 [mail]
 relay_host = "127.0.0.1"
-relay_port = {smtp_port}
-sender = "serverpki@demo.serverpki.test"
-recipients = ["pki-admins@demo.serverpki.test"]
-[ssh]
-known_hosts = "{ssh.known_hosts}"
-config_file = "{ssh.client_config}"
-identity_file = "{ssh.identity}"
+relay_port = {self.smtp.port}
+sender = "serverpki@{ZONE}"
+recipients = ["pki-admins@{ZONE}"]
 [logging]
 syslog_address = ""
 """)
-    return config
+
+    # -- what an operator does
+
+    def psql(self, *args: str) -> None:
+        env = {**os.environ, **self.cluster.env(DEMO_DB)}
+        subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-P", "pager=off", *args], env=env, check=True)
+
+    def operate(self, *args: str, now: dt.datetime | None = None) -> int:
+        env = {**os.environ, **self.cluster.env(DEMO_DB), "SERVERPKI_CONFIG": str(self.config)}
+        if now:  # time travel: every session of the run shares the clock
+            env["PGOPTIONS"] = f"-c pki.now={now.isoformat()}"
+        print(f"$ operate_serverPKI {' '.join(args)}" + (f"      (pki.now = {now:%Y-%m-%d %H:%M})" if now else ""), flush=True)
+        rc = subprocess.run([sys.executable, "-m", "serverpki.operate", *args], env=env).returncode
+        if "-n" not in args:
+            print(f"(exit status {rc}{': every job it ran succeeded' if rc == 0 else ''})")
+        return rc
+
+    def show_instances(self) -> None:
+        self.psql("-c", 'SELECT "Serial", "Cert Name", "State", "ALGO", "not before"::date, "not after"::date FROM inst '
+                        'WHERE "Type" = \'LE\' OR "Cert Name" <> \'Local CA\' ORDER BY 1, 4')
+
+    def show_tlsa(self) -> None:
+        """The TLSA records as BIND serves them (asked directly, no recursion)."""
+        with psycopg.connect(self.cluster.dsn(DEMO_DB), autocommit=True) as conn:
+            owners = [r[0] for r in conn.execute("SELECT DISTINCT owner FROM tlsa_owners ORDER BY 1")]
+        for owner in owners:
+            query = dns.message.make_query(owner, dns.rdatatype.TLSA)
+            query.flags &= ~0x0100
+            answer = dns.query.tcp(query, "127.0.0.1", port=self.bind.port, timeout=5)
+            records = sorted(rr.to_text() for rrset in answer.answer for rr in rrset)
+            print(f"{owner}  {len(records)} TLSA record(s)")
+            for record in records:
+                print(f"    {record[:24]}…{record[-8:]}")
+
+    def show_files(self) -> None:
+        for fqdn, host in self.ssh.hosts.items():
+            for path in sorted(p for p in host.root.rglob("*.pem") if not str(p).startswith(str(host.root / "usr/lib"))):
+                st = path.lstat()
+                print(f"{fqdn}:/{path.relative_to(host.root)}  mode {st.st_mode & 0o777:04o}")
+            reloads = host.root / "var/log/reloads"
+            if reloads.exists():
+                print(f"{fqdn}: reload commands run: {'; '.join(reloads.read_text().splitlines())}")
+
+    def active_not_after(self) -> dt.datetime:
+        with psycopg.connect(self.cluster.dsn(DEMO_DB), autocommit=True) as conn:
+            return conn.execute('SELECT max("not after") FROM inst WHERE "Cert Name" = %s AND "State" = \'deployed\'',
+                                (ACME_CERT,)).fetchone()[0]
+
+    # -- the story
+
+    def run(self) -> None:
+        self.start()
+        with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {DEMO_DB}")
+        banner("installing the schema (serverpki db init)")
+        with psycopg.connect(self.cluster.dsn(DEMO_DB), autocommit=True) as conn:
+            migrate.upgrade(conn)
+        example = Path(str(resources.files("serverpki") / "examples" / "example_config.sql"))
+        banner(f"the operator loads the configuration with psql -f {example.name}")
+        self.psql("-q", "-f", str(example))
+        self.psql("-c", "SELECT * FROM certs")
+
+        banner("create the local CA, register the ACME account, issue the local certificates")
+        self.operate("-I")
+        self.operate("-Z")
+        self.operate("-C", "-o", f"intranet.{ZONE}", "-o", "backup_op")
+        banner("what the hourly cron run will do now, and why")
+        self.operate("-S", "-n", "-a")
+        banner("the cron run: operate_serverPKI -S -a")
+        self.operate("-S", "-a")
+        self.operate("-n", "-v")
+        banner("the files on the disthosts")
+        self.show_files()
+        banner("the TLSA records BIND serves")
+        self.show_tlsa()
+
+        expiry = self.active_not_after()
+        scene = expiry - dt.timedelta(days=25)
+        banner(f"{scene:%Y-%m-%d}: 25 days before the ACME certificate expires (prepublish window)")
+        print("(Pebble restarts with a validity of 180 days, so the successor outlives its predecessor; "
+              "its account is registered again)")
+        assert self.pebble is not None
+        self.pebble.stop()
+        self.pebble.validity_days = 180
+        self.pebble.start()
+        self.operate("-Z", now=scene)
+        self.operate("-S", "-n", "-a", now=scene)
+        self.operate("-S", "-a", now=scene)
+        self.show_instances()
+        banner("prepublished: the TLSA records of the active instance and its successor")
+        self.show_tlsa()
+
+        scene = expiry - dt.timedelta(hours=20)
+        banner(f"{scene:%Y-%m-%d %H:%M}: less than a day before expiry (expire_grace): the rollover")
+        self.operate("-S", "-a", now=scene)
+        self.show_instances()
+        banner("after the rollover the TLSA records hold the active instance only")
+        self.show_tlsa()
+        scene += dt.timedelta(days=1)
+        banner(f"{scene:%Y-%m-%d}: the next runs archive and delete the old instance")
+        self.operate("-S", "-a", now=scene)
+        self.operate("-S", "-a", now=scene + dt.timedelta(hours=1))
+        self.show_instances()
+
+        banner("the job summary and the history of the ACME certificate")
+        self.psql("-c", "SELECT kind, state, jobs FROM jobs_summary")
+        self.psql("-c", "SELECT instance, at::date, from_state, to_state, reason FROM instance_history "
+                        f"WHERE certificate = '{ACME_CERT}' AND to_state IS DISTINCT FROM from_state")
 
 
-def _banner(text: str) -> None:
+def banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
+
+
+def secret(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def run_demo(keep: bool = False) -> None:
     base = Path(tempfile.mkdtemp(prefix="serverpki-demo-"))
     os.chmod(base, 0o755)  # the postgres user needs to reach its data folder
-    cluster = PostgresCluster(base / "pg")
-    smtp = SMTPLab()
-    ssh = SSHLab(["web1.demo.serverpki.test", "jailhost.demo.serverpki.test"])
+    demo = Demo(base)
     try:
-        smtp.start()
-        _banner(f"starting a private PostgreSQL 15 cluster on 127.0.0.1:{cluster.port}")
-        cluster.start()
-        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {DEMO_DB}")
-        _banner("installing the schema (serverpki db init)")
-        with psycopg.connect(cluster.dsn(DEMO_DB), autocommit=True) as conn:
-            migrate.upgrade(conn)
-        example = Path(str(resources.files("serverpki") / "examples" / "example_config.sql"))
-        _banner(f"loading the example configuration with psql -f {example.name}")
-        _psql(cluster, "-q", "-f", str(example))
-        _banner("SELECT * FROM certs")
-        _psql(cluster, "-c", "SELECT * FROM certs")
-        _banner("starting two OpenSSH servers as the disthosts (one with a jail)")
-        ssh.start()
-        _install_shims(ssh)
-        ssh.write_known_hosts()
-        ssh.write_client_config()
-        for fqdn, host in ssh.hosts.items():
-            print(f"{fqdn}: sshd on {host.address}:{host.port}, its / is {host.root}")
-        config = _write_config(base, smtp.port, ssh)
-        _banner("issue the local CA (its key is stored encrypted with its own passphrase)")
-        _operate(cluster, config, "-I")
-        _banner("issue the local certificates (the ACME one follows with the ACME handlers)")
-        _operate(cluster, config, "-C", "-o", "intranet.demo.serverpki.test", "-o", "backup_op")
-        _banner("operate_serverPKI -n -v  (the configuration check and the seed's two tables)")
-        _operate(cluster, config, "-n", "-v")
-        _banner("encrypt every stored key at rest (-X)")
-        _operate(cluster, config, "-X")
-        _banner("operate_serverPKI -S -n -a  (what the hourly cron run would do now, and why)")
-        _operate(cluster, config, "-S", "-n", "-a")
-        _banner("the hourly cron run: operate_serverPKI -S -q -a  (without the ACME certificate: this lab has no ACME CA yet)")
-        rc = _operate(cluster, config, "-S", "-q", "-a", "-e", "www.demo.serverpki.test")
-        print(f"(exit status {rc}: every job it ran succeeded)" if rc == 0 else f"(exit status {rc})")
-        _banner("the job summary: SELECT * FROM jobs_summary")
-        _psql(cluster, "-c", "SELECT kind, state, jobs, last_error FROM jobs_summary")
-        _banner("the history of the local server certificate: SELECT * FROM instance_history")
-        _psql(cluster, "-c", "SELECT instance, certificate, from_state, to_state, reason FROM instance_history "
-                             "WHERE certificate = 'intranet.demo.serverpki.test'")
-        _banner("the files on the disthosts")
-        for fqdn, host in ssh.hosts.items():
-            for path in sorted(p for p in host.root.rglob("*.pem") if "/usr/lib" not in str(p)):
-                st = path.lstat()
-                print(f"{fqdn}:{'/' + str(path.relative_to(host.root))}  mode {st.st_mode & 0o777:04o}")
-            reloads = host.root / "var/log/reloads"
-            if reloads.exists():
-                print(f"{fqdn}: reload commands run: {', '.join(reloads.read_text().split(chr(10))[:-1])}")
-        print(f"\nmails received by the lab's SMTP relay: {len(smtp.messages)}")
+        demo.run()
         if keep:
-            env = " ".join(f"{k}={v}" for k, v in cluster.env(DEMO_DB).items())
-            print(f"\nthe lab keeps running; connect with: {env} psql\nstop it with: rm -rf {base} after pg_ctl stop")
+            env = " ".join(f"{k}={v}" for k, v in demo.cluster.env(DEMO_DB).items())
+            print(f"\nthe lab keeps running; connect with: {env} psql; configuration: {demo.config}")
             return
     finally:
         if not keep:
-            ssh.close()
-            smtp.stop()
-            cluster.stop()
+            demo.stop()
             shutil.rmtree(base, ignore_errors=True)
     print("\ndemo finished; everything it started is stopped")

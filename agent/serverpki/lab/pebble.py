@@ -78,8 +78,11 @@ class PebbleLab(LabService):
 
     def __init__(self, dns_port: int, nonce_reject: int = 0, authz_reuse: int = 0,
                  eab_keys: dict[str, str] | None = None, env: dict[str, str] | None = None,
-                 base: Path | None = None):
+                 base: Path | None = None, validity_days: int | None = None):
         self.dns_port = dns_port
+        # lifetime of the certificates Pebble issues (its default: 5 years); change it and restart
+        # Pebble to issue longer-lived successors in a time-travelling demo
+        self.validity_days = validity_days
         self.nonce_reject = nonce_reject
         self.authz_reuse = authz_reuse
         self.eab_keys = dict(eab_keys or {})
@@ -137,6 +140,7 @@ class PebbleLab(LabService):
             "managementListenAddress": f"127.0.0.1:{self.management_port}",
             "certificate": str(self._tls[1]),
             "privateKey": str(self._tls[2]),
+            **({"certificateValidityPeriod": self.validity_days * 86400} if self.validity_days else {}),
             # http-01 and tls-alpn-01 are never used here; dns-01 goes to -dnsserver
             "httpPort": 5002,
             "tlsPort": 5001,
