@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,100 +33,23 @@ import dns.rdatatype
 import psycopg
 
 from . import migrate
-from .lab.bind import BindLab
-from .lab.pebble import PebbleLab
-from .lab.postgres import PostgresCluster
-from .lab.smtp import SMTPLab
-from .lab.sshd import SSHLab
+from .lab.lab import ZONE, Lab
 
 DEMO_DB = "serverpki_demo"
-ZONE = "demo.serverpki.test"
 ACME_CERT = f"www.{ZONE}"
-HOSTS = [f"web1.{ZONE}", f"jailhost.{ZONE}"]
-
-# the lab's disthosts are Linux chroots; these stand in for FreeBSD's service(8) and jexec(8)
-# and write what they were asked to do to /var/log/reloads on that host
-SHIMS = {
-    "service": '#!/bin/sh\necho "service $*" >> /var/log/reloads\necho "$1 reloaded"\n',
-    "jexec": '#!/bin/sh\njail="$1"; shift\necho "jexec $jail $*" >> /var/log/reloads\necho "in jail $jail: $*"\n',
-}
-
 
 class Demo:
     def __init__(self, base: Path):
-        self.base = base
-        self.cluster = PostgresCluster(base / "pg")
-        self.smtp = SMTPLab()
-        self.ssh = SSHLab(HOSTS)
-        self.bind = BindLab(zones=(ZONE,))
-        self.pebble: PebbleLab | None = None
-        self.config = base / "serverpki.toml"
-
-    # -- the lab
+        self.lab = Lab(base)
+        self.cluster = self.lab.cluster
+        self.config = self.lab.config
 
     def start(self) -> None:
         banner("starting the lab on loopback")
-        self.cluster.start()
-        print(f"PostgreSQL 15 (plpython3u) on 127.0.0.1:{self.cluster.port}")
-        self.bind.start()
-        print(f"BIND 9 on {self.bind.primary}, primary for {ZONE}, TSIG-signed updates")
-        self.pebble = PebbleLab(dns_port=self.bind.port, validity_days=90).start()
-        print(f"Pebble (ACME) at {self.pebble.directory_url}, resolving at BIND, certificates valid 90 days")
-        self.ssh.start()
-        for host in self.ssh.hosts.values():
-            for folder in ("usr/sbin", "var/log"):
-                (host.root / folder).mkdir(mode=0o755, parents=True, exist_ok=True)
-            for name, script in SHIMS.items():
-                (host.root / "usr/sbin" / name).write_text(script)
-                (host.root / "usr/sbin" / name).chmod(0o755)
-            print(f"{host.fqdn}: sshd on {host.address}:{host.port}, its / is {host.root}")
-        self.ssh.write_known_hosts()
-        self.ssh.write_client_config()
-        self.smtp.start()
-        print(f"SMTP relay on 127.0.0.1:{self.smtp.port}")
-        self.write_config()
+        self.lab.start()
 
     def stop(self) -> None:
-        for stop in (self.ssh.close, self.smtp.stop, getattr(self.pebble, "close", lambda: None),
-                     self.bind.close, self.cluster.stop):
-            try:
-                stop()
-            except Exception as exc:  # stop the rest too
-                print(f"(stopping: {exc})", file=sys.stderr)
-
-    def write_config(self) -> None:
-        """The agent's configuration for the lab (examples/serverpki.toml documents every key)."""
-        assert self.pebble is not None
-        self.config.write_text(f"""
-[paths]
-work_dir = "{self.base / 'work'}"
-db_encryption_key = "{secret(self.base / 'db_encryption_key', 'demo passphrase of the stored keys')}"
-[local_ca]
-passphrase_file = "{secret(self.base / 'local_ca.pass', 'demo passphrase of the local CA')}"
-[x509]
-country = "DE"
-organization = "serverPKI demo"
-[acme]
-directory_url = "{self.pebble.directory_url}"
-contact_email = "pki-admins@{ZONE}"
-agree_tos = true
-ca_bundle = "{self.pebble.ca_bundle}"
-[dns]
-tsig_key_file = "{self.bind.key_file}"
-primary = "{self.bind.primary}"
-propagation_timeout_seconds = 10
-[ssh]
-known_hosts = "{self.ssh.known_hosts}"
-config_file = "{self.ssh.client_config}"
-identity_file = "{self.ssh.identity}"
-[mail]
-relay_host = "127.0.0.1"
-relay_port = {self.smtp.port}
-sender = "serverpki@{ZONE}"
-recipients = ["pki-admins@{ZONE}"]
-[logging]
-syslog_address = ""
-""")
+        self.lab.stop()
 
     # -- what an operator does
 
@@ -154,14 +78,14 @@ syslog_address = ""
         for owner in owners:
             query = dns.message.make_query(owner, dns.rdatatype.TLSA)
             query.flags &= ~0x0100
-            answer = dns.query.tcp(query, "127.0.0.1", port=self.bind.port, timeout=5)
+            answer = dns.query.tcp(query, "127.0.0.1", port=self.lab.bind.port, timeout=5)
             records = sorted(rr.to_text() for rrset in answer.answer for rr in rrset)
             print(f"{owner}  {len(records)} TLSA record(s)")
             for record in records:
                 print(f"    {record[:24]}…{record[-8:]}")
 
     def show_files(self) -> None:
-        for fqdn, host in self.ssh.hosts.items():
+        for fqdn, host in self.lab.ssh.hosts.items():
             for path in sorted(p for p in host.root.rglob("*.pem") if not str(p).startswith(str(host.root / "usr/lib"))):
                 st = path.lstat()
                 print(f"{fqdn}:/{path.relative_to(host.root)}  mode {st.st_mode & 0o777:04o}")
@@ -207,10 +131,7 @@ syslog_address = ""
         banner(f"{scene:%Y-%m-%d}: 25 days before the ACME certificate expires (prepublish window)")
         print("(Pebble restarts with a validity of 180 days, so the successor outlives its predecessor; "
               "its account is registered again)")
-        assert self.pebble is not None
-        self.pebble.stop()
-        self.pebble.validity_days = 180
-        self.pebble.start()
+        self.lab.restart_pebble(180)
         self.operate("-Z", now=scene)
         self.operate("-S", "-n", "-a", now=scene)
         self.operate("-S", "-a", now=scene)
@@ -240,13 +161,12 @@ def banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def secret(path: Path, text: str) -> Path:
-    path.write_text(text + "\n")
-    path.chmod(0o600)
-    return path
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM too stops everything the lab started (the finally below)
 
 
 def run_demo(keep: bool = False) -> None:
+    signal.signal(signal.SIGTERM, _interrupted)
     base = Path(tempfile.mkdtemp(prefix="serverpki-demo-"))
     os.chmod(base, 0o755)  # the postgres user needs to reach its data folder
     demo = Demo(base)

@@ -1,0 +1,26 @@
+"""`serverpki demo` end to end: the lab starts, the whole job runs, time travels through
+prepublish and rollover, and everything stops again."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_demo_runs_the_whole_job_and_cleans_up():
+    done = subprocess.run([sys.executable, "-m", "serverpki.admin", "demo"], capture_output=True, text=True, timeout=600)
+    out = done.stdout
+    assert done.returncode == 0, done.stderr[-3000:]
+    statuses = re.findall(r"\(exit status (\d+)", out)
+    assert statuses and set(statuses) == {"0"}, statuses
+    # TLSA records per owner: 2 after the first deployment (rsa + ec), 4 while prepublished, 2 after the rollover
+    counts = [int(n) for n in re.findall(r"_443\._tcp\.www\.demo\.serverpki\.test\.\s+(\d+) TLSA", out)]
+    assert counts == [2, 4, 2], counts
+    # the history of the ACME certificate: prepublished -> deployed, expired -> archived -> deleted
+    assert re.search(r"issued\s+\|\s+prepublished", out) and re.search(r"prepublished\s+\|\s+deployed", out)
+    assert re.search(r"expired\s+\|\s+archived", out) and re.search(r"archived\s+\|\s+\|", out)
+    assert "jexec mail service postfix reload" in out
+    assert out.rstrip().endswith("demo finished; everything it started is stopped")
+    leftovers = subprocess.run(["pgrep", "-f", "serverpki-demo-"], capture_output=True, text=True).stdout.strip()
+    assert leftovers == "", f"processes of the demo still run: {leftovers}"
