@@ -52,6 +52,18 @@ BEGIN
 END
 $$;
 
+-- checked_selection: the selection to act on (everything when NULL), refused if it names unknown things
+CREATE OR REPLACE FUNCTION pki.checked_selection(sel dd.selection)
+RETURNS dd.selection LANGUAGE plpgsql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    sel := coalesce(sel, selection());
+    PERFORM check_selection(sel);
+    RETURN sel;
+END
+$$;
+
 -- selected_certs: the certificates an action works on (not CA or reserved subjects);
 -- enabled says whether rules beyond cleanup apply (not disabled, or included by -a/-i)
 CREATE OR REPLACE FUNCTION pki.selected_certs(sel dd.selection)

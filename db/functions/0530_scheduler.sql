@@ -188,8 +188,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
-    sel := coalesce(sel, selection());
-    PERFORM check_selection(sel);
+    sel := checked_selection(sel);
     RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM plan_rows(sel) p;
 END
 $$;
@@ -201,8 +200,7 @@ LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
-    sel := coalesce(sel, selection());
-    PERFORM check_selection(sel);
+    sel := checked_selection(sel);
     -- one pass at a time: a second cron run waits instead of deciding on the same facts
     PERFORM pg_advisory_xact_lock(hashtext('pki.schedule'));
     CREATE TEMP TABLE IF NOT EXISTS pass_plan (certificate_id int, certificate text, instance int, action text, reason text, then_action text)

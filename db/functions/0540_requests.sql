@@ -9,8 +9,7 @@ LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
-    sel := coalesce(sel, selection());
-    PERFORM check_selection(sel);
+    sel := checked_selection(sel);
     PERFORM check_range(remaining_days, 0, 3650, 'remaining days (-r)');
     RETURN QUERY
     WITH wanted AS (
@@ -39,8 +38,7 @@ LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
-    sel := coalesce(sel, selection());
-    PERFORM check_selection(sel);
+    sel := checked_selection(sel);
     PERFORM check_range(remaining_days, 0, 3650, 'remaining days (-r)');
     CREATE TEMP TABLE IF NOT EXISTS request_rows (cert int, name text, inst int, ready boolean, why text) ON COMMIT DROP;
     TRUNCATE request_rows;
@@ -77,8 +75,7 @@ LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
-    sel := coalesce(sel, selection());
-    PERFORM check_selection(sel);
+    sel := checked_selection(sel);
     RETURN QUERY
     SELECT e.job, c.name, e.instance, 'requested (-K): bring the targets in line with the database'
       FROM selected_certs(sel) c
@@ -88,43 +85,41 @@ BEGIN
 END
 $$;
 
--- request_consolidate_tlsa: -T, publish the wanted TLSA RRsets (deployed and prepublished) again
-CREATE OR REPLACE FUNCTION pki.request_consolidate_tlsa(sel dd.selection DEFAULT NULL)
+-- request_tlsa: -T publishes the wanted TLSA RRsets (deployed and prepublished) again,
+-- -R (remove) makes them empty; for the selected certificates with TLSA services
+CREATE OR REPLACE FUNCTION pki.request_tlsa(sel dd.selection, remove boolean)
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
 LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
+DECLARE
+    option text := CASE WHEN remove THEN '-R (remove TLSA)' ELSE '-T (consolidate TLSA)' END;
+    why text := CASE WHEN remove THEN 'requested (-R): remove the TLSA records'
+                     ELSE 'requested (-T): TLSA as the database wants it' END;
 BEGIN
-    sel := coalesce(sel, selection());
-    PERFORM check_selection(sel);
+    sel := checked_selection(sel);
     IF sel.no_tlsa THEN
-        PERFORM raise_error('SP024', '-T (consolidate TLSA) and -N (no TLSA changes) contradict each other', 'drop one of them');
+        PERFORM raise_error('SP024', format('%s and -N (no TLSA changes) contradict each other', option), 'drop one of them');
     END IF;
     RETURN QUERY
-    SELECT enqueue_tlsa(c.id, 'requested (-T): TLSA as the database wants it'), c.name, NULL::int,
-           'requested (-T): TLSA as the database wants it'
+    SELECT enqueue_tlsa(c.id, why, NULL, remove), c.name, NULL::int, why
       FROM selected_certs(sel) c WHERE c.enabled AND c.tlsa_ttl IS NOT NULL;
 END
 $$;
 
--- request_remove_tlsa: -R, make the TLSA RRsets of the selected certificates empty
+-- request_consolidate_tlsa: -T
+CREATE OR REPLACE FUNCTION pki.request_consolidate_tlsa(sel dd.selection DEFAULT NULL)
+RETURNS TABLE (job bigint, certificate text, instance int, reason text)
+LANGUAGE sql
+SET search_path = pki, dd, pg_temp
+AS $$ SELECT * FROM request_tlsa(sel, false) $$;
+
+-- request_remove_tlsa: -R
 CREATE OR REPLACE FUNCTION pki.request_remove_tlsa(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
-LANGUAGE plpgsql
+LANGUAGE sql
 SET search_path = pki, dd, pg_temp
-AS $$
-BEGIN
-    sel := coalesce(sel, selection());
-    PERFORM check_selection(sel);
-    IF sel.no_tlsa THEN
-        PERFORM raise_error('SP024', '-R (remove TLSA) and -N (no TLSA changes) contradict each other', 'drop one of them');
-    END IF;
-    RETURN QUERY
-    SELECT enqueue_tlsa(c.id, 'requested (-R): remove the TLSA records', NULL, true), c.name, NULL::int,
-           'requested (-R): remove the TLSA records'
-      FROM selected_certs(sel) c WHERE c.enabled AND c.tlsa_ttl IS NOT NULL;
-END
-$$;
+AS $$ SELECT * FROM request_tlsa(sel, true) $$;
 
 -- revoke_instance: mark an instance revoked (the next scheduler run archives it)
 CREATE OR REPLACE FUNCTION pki.revoke_instance(instance_id int, why text)

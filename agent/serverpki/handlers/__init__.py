@@ -55,6 +55,20 @@ class GiveUp(ServerPKIError):
     """A fault that no retry will mend: the job is dead."""
 
 
+def open_stored_key(pem: str, passphrase_file, setting: str, what: str):
+    """A stored private key, opened with the passphrase in passphrase_file when it is encrypted;
+    a wrong passphrase gives the job up, naming the configuration key to fix."""
+    from .. import keystore  # keystore imports this package's errors only; keep the import local
+
+    passphrase = None
+    if keystore.is_encrypted(pem):
+        passphrase = keystore.read_passphrase(passphrase_file, f"Passphrase for the {what}: ")
+    try:
+        return keystore.load_key(pem, passphrase, what)
+    except keystore.WrongPassphrase:
+        raise GiveUp(f"{what}: wrong passphrase (configuration: {setting})") from None
+
+
 Handler = Callable[[Job, Context], dict]
 HANDLERS: dict[str, Handler] = {}
 

@@ -22,7 +22,7 @@ from .. import keystore
 from ..acmeclient import Acme, problem_code, sort
 from ..errors import ServerPKIError
 from ..queries import q
-from . import Context, GiveUp, Job, RetryLater, handler
+from . import Context, GiveUp, Job, RetryLater, handler, open_stored_key
 from .issue_local import db_passphrase_if_encrypted
 
 
@@ -32,14 +32,8 @@ def stored_account(ctx: Context, directory_url: str) -> dict[str, Any] | None:
 
 def open_account_key(ctx: Context, account: dict[str, Any]):
     """The account's private key, decrypted with the db_encryption_key passphrase when it is encrypted."""
-    what = f"key of the ACME account at {account['directory_url']}"
-    passphrase = None
-    if keystore.is_encrypted(account["key"]):
-        passphrase = keystore.read_passphrase(ctx.config.paths.db_encryption_key, "Passphrase of the stored keys: ")
-    try:
-        return keystore.load_key(account["key"], passphrase, what)
-    except keystore.WrongPassphrase:
-        raise GiveUp(f"{what}: wrong passphrase (configuration: paths.db_encryption_key)") from None
+    return open_stored_key(account["key"], ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
+                           f"key of the ACME account at {account['directory_url']}")
 
 
 @handler("register_acme")

@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from .. import keystore, x509util
 from ..errors import ServerPKIError
 from ..queries import q
-from . import Context, GiveUp, Job, RetryLater, handler
+from . import Context, GiveUp, Job, RetryLater, handler, open_stored_key
 
 NO_CA = "no local CA: issue one with operate_serverPKI -I"
 
@@ -132,14 +132,8 @@ def _open_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
 
 
 def _load_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
-    what = f"key of local CA instance {ca['id']}"
-    passphrase = None
-    if keystore.is_encrypted(ca["key"]):
-        passphrase = keystore.read_passphrase(ctx.config.local_ca.passphrase_file, "Passphrase of the local CA: ")
-    try:
-        return keystore.load_key(ca["key"], passphrase, what)
-    except keystore.WrongPassphrase:
-        raise GiveUp(f"{what}: wrong passphrase (configuration: local_ca.passphrase_file)") from None
+    return open_stored_key(ca["key"], ctx.config.local_ca.passphrase_file, "local_ca.passphrase_file",
+                           f"key of local CA instance {ca['id']}")
 
 
 @handler("issue_local_ca")
