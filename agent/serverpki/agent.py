@@ -197,10 +197,7 @@ class Agent:
 
     def unhandled_pending(self) -> list[tuple[str, int]]:
         """Jobs due now of kinds this agent has no handler for."""
-        return self.conn.execute(
-            """SELECT kind, count(*) FROM pki.jobs WHERE state IN ('queued', 'failed')
-                AND run_after <= pki.now() AND NOT (kind = ANY(%s)) GROUP BY kind ORDER BY kind""",
-            [self.kinds]).fetchall()
+        return self.conn.execute(q("unhandled_due_jobs"), {"kinds": self.kinds}).fetchall()
 
     def forever(self, poll_seconds: float = 30, stop: threading.Event | None = None) -> None:
         """The long-running agent: woken by NOTIFY pki_jobs, polling as a fallback, reconnecting after outages."""

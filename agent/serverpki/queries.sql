@@ -13,6 +13,11 @@ SELECT pki.complete_job(%(job)s, %(agent)s, %(result)s);
 -- name: fail_job
 SELECT pki.fail_job(%(job)s, %(agent)s, %(error)s, %(retry)s, %(retry_after)s * interval '1 second');
 
+-- name: unhandled_due_jobs
+-- jobs due now of kinds this agent has no handler for (reported, left queued)
+SELECT kind, count(*) FROM pki.jobs WHERE state IN ('queued', 'failed') AND run_after <= pki.now()
+   AND NOT (kind = ANY(%(kinds)s)) GROUP BY kind ORDER BY kind;
+
 -- name: job_state
 SELECT state, last_error FROM pki.jobs WHERE id = %(job)s;
 

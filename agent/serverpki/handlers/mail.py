@@ -21,6 +21,7 @@ from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Any
 
+from ..queries import q
 from . import Context, GiveUp, Job, RetryLater, handler
 
 log = logging.getLogger("serverpki.handlers.mail")
@@ -91,7 +92,7 @@ def _is_loopback(host: str) -> bool:
 def _now(ctx: Context) -> dt.datetime:
     """The database's clock (pki.now(): the one the scheduler decided with), else the wall clock."""
     if ctx.conn is not None:
-        row = ctx.conn.execute("SELECT pki.now()").fetchone()
+        row = ctx.conn.execute(q("db_now")).fetchone()
         if row and row[0] is not None:
             return row[0]
     return dt.datetime.now(UTC)
