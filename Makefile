@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-plpython3-15 python3-cryptography \
-                pebble bind9 bind9-utils bind9-dnsutils openssh-server openssl
+                pebble bind9 bind9-utils bind9-dnsutils openssh-server openssl iproute2
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
@@ -13,7 +13,7 @@ STAMP_PIP := $(VENV)/.pip-done
 
 setup: $(STAMP_APT) $(STAMP_PIP)
 
-# the real peers: PostgreSQL with plpython3u, Pebble, BIND 9, OpenSSH (COMPONENTS.md)
+# the real peers: PostgreSQL with plpython3u, Pebble, BIND 9, OpenSSH (COMPONENTS.md); iproute2 cuts a host off (netns)
 $(STAMP_APT):
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -31,6 +31,19 @@ class Server:
     def dsn(self, dbname: str = "postgres") -> str:
         return make_conninfo(self.base_dsn, dbname=dbname)
 
+    def new_database(self, template: str, prefix: str = "t_") -> str:
+        """A new database copied from template, configured (search_path) for the sessions that follow."""
+        name = f"{prefix}{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+        with psycopg.connect(self.dsn(name), autocommit=True) as conn:
+            migrate.configure_database(conn)
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
     def env(self, dbname: str = "postgres") -> dict[str, str]:
         info = conninfo_to_dict(self.dsn(dbname))
         names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE", "password": "PGPASSWORD"}
@@ -71,14 +84,9 @@ def template_db(pg_server: Server) -> str:
 @pytest.fixture
 def dbname(pg_server: Server, template_db: str) -> str:
     """A fresh database with the schema installed."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    with psycopg.connect(pg_server.dsn(name), autocommit=True) as conn:
-        migrate.configure_database(conn)
+    name = pg_server.new_database(template_db)
     yield name
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    pg_server.drop_database(name)
 
 
 @pytest.fixture

@@ -12,6 +12,18 @@ STATE_TABLES = (
 )
 
 
+def add_small_world(conn: psycopg.Connection) -> None:
+    """Two disthosts (jailhost with jails under /usr/jails), the jail 'mail', the place 'nginx' and the
+    LE server certificate www.example.org (alt name example.org, https/443, target web1/nginx)."""
+    conn.execute("SELECT add_disthost('web1.example.org')")
+    conn.execute("SELECT add_disthost('jailhost.example.org', '/usr/jails')")
+    conn.execute("SELECT add_jail('mail', 'jailhost.example.org')")
+    conn.execute("SELECT add_place('nginx', 'combine cacert', '/usr/local/etc/nginx/ssl', NULL, "
+                 "0, 80, 416, false, false, 'service nginx reload')")
+    conn.execute("SELECT * FROM add_cert('www.example.org', 'server', 'LE', 'rsa_plus_ec', false, "
+                 "'example.org', 'https', 443, 'web1.example.org', NULL, 'nginx')")
+
+
 def snapshot(conn: psycopg.Connection) -> dict[str, list[tuple]]:
     """The whole content of the state tables, for before/after comparisons."""
     out = {}

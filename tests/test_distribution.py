@@ -36,6 +36,7 @@ from serverpki.handlers import distribute as _distribute  # noqa: F401  (registe
 from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (issue_local, issue_local_ca)
 from serverpki.handlers import keys as _keys  # noqa: F401  (encrypt_keys, decrypt_keys)
 from serverpki.lab.sshd import SSHLab
+from serverpki.lab.lab import secret
 
 WEB1, WEB2, WEB3 = "web1.example.org", "web2.example.org", "web3.example.org"
 KINDS = ("issue_local", "issue_local_ca", "distribute", "encrypt_keys", "decrypt_keys")
@@ -55,12 +56,6 @@ def hosts(lab) -> SSHLab:
     """The lab with every host up, its root emptied and known_hosts holding the current keys."""
     lab.reset()
     return lab
-
-
-def secret(path: Path, text: str) -> Path:
-    path.write_text(text + "\n")
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture

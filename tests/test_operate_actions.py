@@ -15,16 +15,11 @@ from typer.testing import CliRunner
 
 from serverpki.lab.smtp import SMTPLab
 from serverpki.operate import app
+from serverpki.lab.lab import secret
 
 runner = CliRunner()
 CA_PASS = "ca secret"
 DB_PASS = "db secret"
-
-
-def secret(path: Path, text: str) -> Path:
-    path.write_text(text + "\n")
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture

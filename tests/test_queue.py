@@ -287,8 +287,9 @@ def test_concurrent_issue_requests_reserve_one_instance(conn, dsn):
         a.execute("COMMIT")
         worker.join(15)
         assert "error" not in outcome, outcome.get("error")
-        # (its plan was made before it waited, so it still says "issue"; enqueue_issue found the job and added none)
-        assert [r[2] for r in outcome["rows"]] == ["issue"]
+        # it waited before planning, so its plan saw the first one's job (tests/test_concurrent_agents.py
+        # shows why: a plan made before the wait could issue what an agent issued meanwhile)
+        assert [r[2] for r in outcome["rows"]] == ["wait"]
     assert conn.execute("SELECT count(*) FROM jobs WHERE certificate = %s", (cert,)).fetchone()[0] == 1
     assert conn.execute("SELECT count(*) FROM certinstances WHERE certificate = %s", (cert,)).fetchone()[0] == 1
 
@@ -643,6 +644,99 @@ def test_tlsa_job_completes_when_the_wanted_set_changed_meanwhile(conn):
     assert conn.execute("SELECT state FROM certinstances WHERE id = %s", (succ,)).fetchone()[0] == "prepublished"
     [again] = conn.execute("SELECT args FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()
     assert again["instances"] == [succ]
+
+
+def rollover_while_tlsa_runs(conn) -> dict:
+    """An active instance and a prepublished successor (TLSA out for 2 x TTL); running under agent a1: a
+    publish_tlsa job for both (-T) and the successor's distribute job, whose completion deploys it."""
+    dep = deployed_cert(conn, tlsa=True)
+    cert, active = dep["certificate"], dep["instance"]
+    day61 = T0 + dt.timedelta(days=61)
+    at(conn, day61)
+    conn.execute("SELECT * FROM schedule()").fetchall()
+    run_jobs(conn, day61)                     # issue the successor, prepublish its TLSA
+    succ = conn.execute("SELECT id FROM certinstances WHERE certificate = %s AND state = 'prepublished'",
+                        (cert,)).fetchone()[0]
+    later = day61 + dt.timedelta(days=1)      # TTL 3600 s: twice it has passed
+    at(conn, later)
+    conn.execute("SELECT enqueue_tlsa(%s, 'test: -T')", (cert,))
+    conn.execute("SELECT enqueue_distribution(ARRAY[%s], selection(), 'deploy', 'test: -D')", (succ,))
+    [tlsa] = claim(conn, kinds=["publish_tlsa"])
+    [dist] = claim(conn, kinds=["distribute"])
+    assert tlsa["args"]["instances"] == [active, succ]
+    return {"certificate": cert, "active": active, "successor": succ, "tlsa": tlsa["id"], "distribute": dist["id"],
+            "when": later}
+
+
+def waits_for(conn, other: psycopg.Connection) -> list[str]:
+    """The kinds of lock the other session waits for."""
+    return [r[0] for r in conn.execute("SELECT locktype FROM pg_locks WHERE pid = %s AND NOT granted",
+                                       (other.info.backend_pid,)).fetchall()]
+
+
+def in_thread(outcome: dict, call, *args) -> threading.Thread:
+    def run():
+        try:
+            call(*args)
+        except psycopg.Error as exc:          # reported by the test
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    return worker
+
+
+def test_tlsa_job_completing_while_a_change_commits_publishes_the_change(conn, dsn):
+    """A distribute job's completion (TD) deploys the successor while the publish_tlsa job completes (TP):
+    TD's enqueue_tlsa leaves the running job alone, so TP's re-check must see TD's change. It waits for
+    TD's lock_tlsa; without it, it read the old wanted set and the new one was never published."""
+    r = rollover_while_tlsa_runs(conn)
+    with psycopg.connect(dsn, autocommit=True) as td, psycopg.connect(dsn, autocommit=True) as tp:
+        at(td, r["when"])
+        at(tp, r["when"])
+        tp.execute("SET lock_timeout = '10s'")
+        td.execute("BEGIN")
+        complete(td, r["distribute"])         # successor deployed, active expired; publish_tlsa is running
+        outcome: dict = {}
+        worker = in_thread(outcome, complete, tp, r["tlsa"])
+        time.sleep(0.5)
+        blocked, locks = worker.is_alive(), waits_for(conn, tp)
+        td.execute("COMMIT")
+        worker.join(15)
+        assert not worker.is_alive() and "error" not in outcome, outcome.get("error")
+    assert job(conn, r["tlsa"])["state"] == "done"
+    wanted = conn.execute("SELECT tlsa_wanted(%s)", (r["certificate"],)).fetchone()[0]
+    assert wanted == [r["successor"]]
+    queued = conn.execute("SELECT args FROM jobs WHERE kind = 'publish_tlsa' AND certificate = %s AND state = 'queued'",
+                          (r["certificate"],)).fetchall()
+    assert [q[0]["instances"] for q in queued] == [wanted], "the deployment's TLSA wish was lost"
+    assert blocked and locks == ["advisory"], f"the publish_tlsa completion did not wait (waited for {locks})"
+
+
+def test_change_committing_while_a_tlsa_job_completes_enqueues_afresh(conn, dsn):
+    """The other order: TP completes the publish_tlsa job first (its re-check finds nothing new) and holds
+    lock_tlsa; TD's enqueue_tlsa waits for it, then finds the job done and enqueues a fresh one."""
+    r = rollover_while_tlsa_runs(conn)
+    with psycopg.connect(dsn, autocommit=True) as td, psycopg.connect(dsn, autocommit=True) as tp:
+        at(td, r["when"])
+        at(tp, r["when"])
+        td.execute("SET lock_timeout = '10s'")
+        tp.execute("BEGIN")
+        complete(tp, r["tlsa"])
+        assert tp.execute("SELECT count(*) FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()[0] == 0
+        outcome: dict = {}
+        worker = in_thread(outcome, complete, td, r["distribute"])
+        time.sleep(0.5)
+        blocked, locks = worker.is_alive(), waits_for(conn, td)
+        tp.execute("COMMIT")
+        worker.join(15)
+        assert not worker.is_alive() and "error" not in outcome, outcome.get("error")
+    assert blocked and locks == ["advisory"], f"the deployment's enqueue_tlsa did not wait for lock_tlsa ({locks})"
+    assert job(conn, r["tlsa"])["state"] == "done"
+    [(fresh, args)] = conn.execute("SELECT id, args FROM jobs WHERE kind = 'publish_tlsa' AND certificate = %s "
+                                   "AND state = 'queued'", (r["certificate"],)).fetchall()
+    assert fresh > r["tlsa"]
+    assert args["instances"] == [r["successor"]] == conn.execute("SELECT tlsa_wanted(%s)", (r["certificate"],)).fetchone()[0]
 
 
 def test_enqueue_tlsa_many_does_what_enqueue_tlsa_does_row_by_row(conn):

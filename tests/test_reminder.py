@@ -208,8 +208,9 @@ def reminder_job(job_id: int = 7) -> Job:
     return Job(job_id, "mail_reminder", None, None, None, None, args, 1, 5)
 
 
-def run(config, conn=None) -> dict:
-    return mail.mail_reminder(reminder_job(), Context(config=config, conn=conn, agent_name=AGENT))
+def run(config) -> dict:
+    """The delivery alone: the relay's faults need no database."""
+    return mail.deliver(reminder_job(), config, dt.datetime.now(dt.timezone.utc))
 
 
 @pytest.mark.parametrize("reply, at_step", [("451 4.3.0 try again later", "DATA"), ("421 4.7.0 busy", "RCPT"),
@@ -267,7 +268,7 @@ def test_a_configuration_that_cannot_work_gives_up_naming_the_key(smtp, override
 def test_args_without_certificates_give_up():
     job = Job(8, "mail_reminder", None, None, None, None, {}, 1, 5)
     with pytest.raises(GiveUp, match="no certificates"):
-        mail.mail_reminder(job, Context(config=mail_config(), conn=None, agent_name=AGENT))
+        mail.deliver(job, mail_config(), dt.datetime.now(dt.timezone.utc))
 
 
 # --------------------------------------------------------------------------- STARTTLS and AUTH

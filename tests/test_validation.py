@@ -11,7 +11,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from helpers import assert_refused, snapshot
+from helpers import add_small_world, assert_refused, snapshot
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -19,13 +19,7 @@ from helpers import assert_refused, snapshot
 @pytest.fixture
 def world(conn):
     """A small configuration: two disthosts (one with jails), a jail, a place, a certificate."""
-    conn.execute("SELECT add_disthost('web1.example.org')")
-    conn.execute("SELECT add_disthost('jailhost.example.org', '/usr/jails')")
-    conn.execute("SELECT add_jail('mail', 'jailhost.example.org')")
-    conn.execute("SELECT add_place('nginx', 'combine cacert', '/usr/local/etc/nginx/ssl', NULL, "
-                 "0, 80, 416, false, false, 'service nginx reload')")
-    conn.execute("SELECT * FROM add_cert('www.example.org', 'server', 'LE', 'rsa_plus_ec', false, "
-                 "'example.org', 'https', 443, 'web1.example.org', NULL, 'nginx')")
+    add_small_world(conn)
 
     def one(sql, *params):
         return conn.execute(sql, params).fetchone()[0]
@@ -638,7 +632,7 @@ def test_missing_cert_path_refused(conn, world, path):
     assert_refused(conn, "UPDATE places SET cert_path = %s WHERE name = 'nginx'", (path,), sqlstate="SP009", match="cert_path")
 
 
-@pytest.mark.parametrize("mode", [0, 256, 384, 416, 511])
+@pytest.mark.parametrize("mode", [0, 256, 288, 384, 416, 432, 504])
 def test_good_modes_accepted(conn, mode):
     conn.execute("SELECT add_place('p1', 'separate', '/etc/ssl', NULL, NULL, NULL, %s::int)", (mode,))
     conn.execute("INSERT INTO places (name, cert_path, mode) VALUES ('p2', '/etc/ssl', %s)", (mode,))
@@ -654,6 +648,19 @@ def test_bad_mode_refused(conn, world, mode):
                    sqlstate="SP005", match=named)
     err = assert_refused(conn, "UPDATE places SET mode = %s WHERE name = 'nginx'", (mode,), sqlstate="SP005", match=named)
     assert "octal" in err.diag.message_hint
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o444, 0o777, 0o401, 0o642])
+def test_key_modes_for_others_refused(conn, world, mode):
+    named = f"mode {mode} (0{mode:o}) of place \"%s\" lets others than owner and group read the private key"
+    hint = "without permissions for others"
+    err = assert_refused(conn, "SELECT add_place('p1', 'separate', '/etc/ssl', NULL, NULL, NULL, %s::int)", (mode,),
+                         sqlstate="SP011", match=named % "p1")
+    assert hint in err.diag.message_hint
+    assert_refused(conn, "INSERT INTO places (name, cert_path, mode) VALUES ('p1', '/etc/ssl', %s)", (mode,),
+                   sqlstate="SP011", match=named % "p1")
+    assert_refused(conn, "UPDATE places SET mode = %s WHERE name = 'nginx'", (mode,), sqlstate="SP011",
+                   match=named % "nginx")
 
 
 @pytest.mark.parametrize("column", ["uid", "gid"])
@@ -923,6 +930,19 @@ def test_remarks_with_control_character_refused(conn, world, table, where):
     assert_refused(conn, f"UPDATE {table} SET remarks = %s WHERE {where}", ("bad\x07x",),
                    sqlstate="SP001", match="remarks")
     conn.execute(f"UPDATE {table} SET remarks = 'a fine remark' WHERE {where}")
+
+
+@pytest.mark.parametrize("char, code", [("\x85", "U+0085"), ("\u2028", "U+2028"), ("\u202e", "U+202E"),
+                                        ("\u200b", "U+200B"), ("\ufeff", "U+FEFF"), ("\U000e0041", "U+E0041")])
+def test_invisible_characters_refused_whatever_the_locale(conn, world, char, code):
+    """Line separators, bidi overrides, zero-width and tag characters (Unicode Cc, Cf, Zl, Zp) are named by code point."""
+    assert conn.execute("SELECT char_name(unprintable_char(%s))", (f"ok{char}x",)).fetchone()[0] == code
+    err = assert_refused(conn, "UPDATE places SET reload_command = %s WHERE name = 'nginx'", (f"service nginx{char} reload",),
+                         sqlstate="SP001", match=code)
+    assert code in err.diag.message_hint
+    assert_refused(conn, "UPDATE places SET cert_path = %s WHERE name = 'nginx'", (f"/etc/ss{char}l",), sqlstate="SP004", match=code)
+    conn.execute("UPDATE places SET reload_command = %s WHERE name = 'nginx'", ("service nginx reload # Grüße, 日本, 🎉",))
+    assert conn.execute("SELECT unprintable_char('Grüße 日本 🎉 ok')").fetchone()[0] is None
 
 
 # --------------------------------------------------------------------------- settings

@@ -32,6 +32,7 @@ from serverpki.lab.bind import BindLab
 from serverpki.lab.pebble import PebbleLab
 from serverpki.lab.smtp import SMTPLab
 from serverpki.lab.sshd import SSHLab
+from serverpki.lab.lab import secret
 
 UTC = dt.timezone.utc
 ZONE = "demo.serverpki.test"
@@ -63,12 +64,6 @@ def lab():
             yield bind, pebble, ssh, smtp
         finally:
             pebble.close()
-
-
-def secret(path: Path, text: str) -> Path:
-    path.write_text(text + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def configure(conn) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -56,6 +57,7 @@ class Network(acme_client.ClientNetwork):
             return super()._check_response(response, content_type=content_type)
         except messages.Error as problem:
             problem.retry_after = _retry_after(response.headers.get("Retry-After"))
+            problem.status_code = response.status_code
             raise
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
@@ -153,6 +155,46 @@ def problem_text(problem: messages.Error) -> str:
     return "; ".join(parts)
 
 
+# how CAs say that their DNS lookup of a dns-01 record failed or found nothing (Boulder: type dns,
+# "No TXT record found"; Pebble: "Error retrieving TXT records", "No TXT records found"), as
+# opposed to finding a record with another value ("Incorrect TXT record", "Correct value not found")
+_RECORDS_UNSEEN = re.compile(
+    r"error retrieving txt|no txt record|unsuccessful response|nxdomain|servfail|timed? ?out|refused", re.I)
+
+
+def records_unseen(problem: messages.Error) -> bool:
+    """Whether a failed dns-01 validation says the CA could not see the record at all: a DNS outage
+    between the CA and the zone's servers, which a later order may well get past."""
+    return problem_code(problem) == "dns" or bool(_RECORDS_UNSEEN.search(problem.detail or ""))
+
+
+def _response(exc: BaseException) -> requests.Response | None:
+    arg = exc.args[0] if exc.args else None
+    if isinstance(arg, tuple) and arg and isinstance(arg[0], requests.Response):
+        arg = arg[0]
+    return arg if isinstance(arg, requests.Response) else None
+
+
+def gone(exc: BaseException) -> bool:
+    """Whether the CA answered that the resource is not there (any more): HTTP 404 or 410, with a
+    problem document or without (Pebble forgets its orders when it restarts)."""
+    if isinstance(exc, messages.Error):
+        return getattr(exc, "status_code", None) in (404, 410)
+    if isinstance(exc, acme_errors.ClientError):
+        response = _response(exc)
+        return response is not None and response.status_code in (404, 410)
+    return False
+
+
+def client_error_text(exc: acme_errors.ClientError) -> str:
+    """An acme ClientError in words: a non-JSON answer carries the bare requests.Response."""
+    response = _response(exc)
+    if response is not None:
+        method = response.request.method if response.request is not None else "a request to"
+        return f"HTTP {response.status_code} {response.reason or ''} for {method} {response.url}".replace("  ", " ")
+    return str(exc) or type(exc).__name__
+
+
 def problem_code(problem: messages.Error) -> str:
     """The ACME error code of a problem (the last part of its type URN), known to the acme library or not."""
     return str(problem.typ).rsplit(":", 1)[-1]
@@ -188,5 +230,5 @@ def sort(exc: BaseException, what: str) -> RetryLater | GiveUp | None:
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return RetryLater(f"{what}: ACME server unreachable ({type(exc).__name__})", retry_after=RETRY_SOON)
     if isinstance(exc, acme_errors.ClientError):
-        return RetryLater(f"{what}: {exc}", retry_after=RETRY_SOON)
+        return RetryLater(f"{what}: the CA answered {client_error_text(exc)}", retry_after=RETRY_SOON)
     return None

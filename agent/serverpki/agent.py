@@ -8,6 +8,7 @@ lease while a handler works, so a slow SSH host or ACME order keeps its job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -23,6 +24,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
+from .errors import ServerPKIError
+from .faults import crash_point
 from .handlers import Context, GiveUp, Job, RetryLater
 from .log import progress
 from .queries import q
@@ -31,6 +34,24 @@ log = logging.getLogger("serverpki.agent")
 
 # job kinds whose jobs of one claim run in parallel (one disthost each)
 POOLED_KINDS = frozenset({"distribute"})
+
+
+class DatabaseLost(ServerPKIError):
+    """The connection to the database broke while jobs ran."""
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether a database error means the connection is gone: raised by the client (no SQLSTATE),
+    a connection exception (08xxx) or the server shutting down (57P0x) — not a deadlock or a timeout."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate or exc.diag.sqlstate
+    return state is None or state.startswith(("08", "57P"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def default_agent_name() -> str:
@@ -107,8 +128,19 @@ class Agent:
             self._conn.close()
 
     def claim(self) -> list[Job]:
-        rows = self.conn.cursor(row_factory=dict_row).execute(
-            q("claim_jobs"), {"agent": self.name, "kinds": self.kinds, "max_jobs": self.batch, "lease": self.lease})
+        params = {"agent": self.name, "kinds": self.kinds, "max_jobs": self.batch, "lease": self.lease}
+        try:
+            rows = self.conn.cursor(row_factory=dict_row).execute(q("claim_jobs"), params).fetchall()
+        except psycopg.OperationalError as exc:
+            if self._conn is None or not (self._conn.closed or self._conn.broken):
+                raise
+            # the connection died while it waited (a restart, a failover): claim on a new one. Had the
+            # lost claim gone through after all, its jobs come back when their lease runs out
+            log.warning("agent %s: the database connection was lost (%s); reconnecting", self.name, _first_line(exc))
+            self.close()
+            with self._reconnected() as conn:
+                rows = conn.cursor(row_factory=dict_row).execute(q("claim_jobs"), params).fetchall()
+            self._conn = psycopg.connect(self.dsn, autocommit=True)
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
                     r["args"] or {}, r["attempts"], r["max_attempts"]) for r in rows]
 
@@ -116,10 +148,13 @@ class Agent:
         """Run one claimed job to its outcome; returns done, failed, dead or lost.
         conn: the connection for the handler and the outcome (default: the agent's own)."""
         conn = conn or self.conn
+        if not self._renew_lease(job, conn):
+            return "lost"
         heartbeat = _Heartbeat(self.dsn, self.name, job.id, self.lease)
         heartbeat.start()
         ctx = Context(config=self.config, conn=conn, agent_name=self.name)
         log.debug("job %s %s: start (attempt %s of %s)", job.id, job.kind, job.attempts, job.max_attempts)
+        crash_point(f"{job.kind}.claimed")
         try:
             result = self.handlers[job.kind](job, ctx)
         except RetryLater as exc:
@@ -131,9 +166,12 @@ class Agent:
             return self._fail(job, f"{type(exc).__name__}: {exc}", retry=True, conn=conn)
         finally:
             heartbeat.stop()
+        crash_point(f"{job.kind}.before_complete")
         try:
-            conn.execute(q("complete_job"), {"job": job.id, "agent": self.name, "result": Jsonb(result or {})})
+            self._report(conn, "complete_job", {"job": job.id, "agent": self.name, "result": Jsonb(result or {})})
         except psycopg.Error as exc:
+            if _connection_lost(exc):
+                raise   # the database stayed away (_report waited): the drain stops, the lease brings the job back
             state = exc.diag.sqlstate
             if state == "SP022":
                 log.warning("job %s %s: result dropped: %s", job.id, job.kind, exc.diag.message_primary)
@@ -143,11 +181,59 @@ class Agent:
         log.info("job %s %s: done", job.id, job.kind)
         return "done"
 
+    def _renew_lease(self, job: Job, conn: psycopg.Connection) -> bool:
+        """Whether the job is still ours, its lease renewed, as its handler starts. The jobs of one
+        claim wait their turn without a heartbeat: when one waited past its lease, another agent
+        may have taken it over, and running it here as well would do its side effect twice."""
+        try:
+            conn.execute(q("extend_lease"), {"job": job.id, "agent": self.name, "lease": self.lease})
+        except psycopg.Error as exc:
+            if exc.diag.sqlstate != "SP022":
+                raise
+            log.warning("job %s %s: not run, its lease ran out while it waited: %s", job.id, job.kind,
+                        exc.diag.message_primary)
+            return False
+        return True
+
+    def _report(self, conn: psycopg.Connection, name: str, params: dict):
+        """Send a job's outcome (complete_job, fail_job) and return its row. When the connection died
+        under it (a restart, a failover, the network), reconnect and send it again for up to half the
+        lease, while the job is still ours: finished work is reported, not done again after the lease."""
+        try:
+            return conn.execute(q(name), params).fetchone()
+        except psycopg.OperationalError as exc:
+            if not (conn.closed or conn.broken):
+                raise
+            log.warning("job %s: the database connection was lost (%s); reconnecting to report the outcome",
+                        params["job"], _first_line(exc))
+        with self._reconnected() as fresh:
+            row = fresh.execute(q(name), params).fetchone()
+        log.info("job %s: outcome reported after reconnecting", params["job"])
+        return row
+
+    @contextlib.contextmanager
+    def _reconnected(self):
+        """A new connection, tried for up to half the lease while the database comes back
+        (then its OperationalError)."""
+        deadline = time.monotonic() + max(self.lease / 2, 1)
+        delay = 0.25
+        while True:
+            try:
+                conn = psycopg.connect(self.dsn, autocommit=True)
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        with conn:
+            yield conn
+
     def _fail(self, job: Job, error: str, retry: bool, retry_after: float | None = None,
               conn: psycopg.Connection | None = None) -> str:
         try:
-            outcome = (conn or self.conn).execute(q("fail_job"), {"job": job.id, "agent": self.name, "error": error,
-                                                        "retry": retry, "retry_after": retry_after}).fetchone()[0]
+            outcome = self._report(conn or self.conn, "fail_job", {"job": job.id, "agent": self.name, "error": error,
+                                                                   "retry": retry, "retry_after": retry_after})[0]
         except psycopg.Error as exc:
             if exc.diag.sqlstate == "SP022":
                 log.warning("job %s %s: failure not recorded, lease lost: %s", job.id, job.kind, error)
@@ -189,10 +275,18 @@ class Agent:
     def drain(self, max_jobs: int | None = None) -> RunStats:
         """Run what is due now, follow-ups included, then return (the cron run); progress shows on a terminal."""
         stats = RunStats()
-        for job, outcome in progress(self._outcomes(max_jobs), label="jobs run"):
-            stats.outcomes[outcome] += 1
-            if outcome != "done":
-                stats.errors.append(f"job {job.id} {job.kind}: {outcome}")
+        try:
+            for job, outcome in progress(self._outcomes(max_jobs), label="jobs run"):
+                stats.outcomes[outcome] += 1
+                if outcome != "done":
+                    stats.errors.append(f"job {job.id} {job.kind}: {outcome}")
+        except psycopg.OperationalError as exc:
+            if not _connection_lost(exc):
+                raise
+            self.close()
+            raise DatabaseLost(
+                f"the database connection was lost after {stats.summary()} ({_first_line(exc)}); jobs this "
+                f"agent had claimed go back to the queue when their lease of {self.lease} s runs out") from exc
         return stats
 
     def unhandled_pending(self) -> list[tuple[str, int]]:
@@ -222,9 +316,9 @@ class Agent:
                                 for _ in listener.notifies(timeout=0, stop_after=1000):
                                     pass
                                 break
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, DatabaseLost) as exc:
                 log.warning("agent %s: database unreachable (%s); reconnecting in %.0f s", self.name,
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay)
+                            _first_line(exc), delay)
                 self.close()
                 if stop.wait(delay):
                     break

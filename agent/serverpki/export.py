@@ -34,9 +34,11 @@ def _write_atomic(path: Path, data: str, mode: int) -> None:
 
 def export_instance(conn: psycopg.Connection, serial: str, work_dir: Path, db_passphrase_file) -> list[Path]:
     """The files written: NAME_TYPE_[ec_]cert.pem, NAME_TYPE_[ec_]key.pem (0400), and the CA certificate."""
-    if not serial.isdigit():
+    if not (serial.isascii() and serial.isdigit()):  # str.isdigit() also passes "²", which int() refuses
         raise UsageError(f"-E {serial}: CERT_SERIAL is the number in the Serial column of operate_serverPKI -n -v")
-    rows = conn.cursor(row_factory=dict_row).execute(q("export_instance"), {"serial": int(serial)}).fetchall()
+    # no serial has more than 18 digits (and int() refuses more than 4300)
+    rows = (conn.cursor(row_factory=dict_row).execute(q("export_instance"), {"serial": int(serial)}).fetchall()
+            if len(serial.lstrip("0")) <= 18 else [])
     if not rows:
         raise UsageError(f"-E {serial}: no instance with that serial (see operate_serverPKI -n -v)")
     work_dir.mkdir(parents=True, exist_ok=True)

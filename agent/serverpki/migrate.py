@@ -110,3 +110,11 @@ def configure_database(conn: psycopg.Connection) -> None:
     conn.execute(
         "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = pki, dd, public', current_database()); END $$"
     )
+    # the agent hands issued keys to complete_job as bind parameters: the server must not log their values,
+    # whatever log_statement an operator turns on (an installer without the right to set these leaves them)
+    conn.execute(
+        "DO $$ BEGIN IF has_parameter_privilege('log_parameter_max_length', 'SET') THEN "
+        "EXECUTE format('ALTER DATABASE %I SET log_parameter_max_length = 0', current_database()); "
+        "EXECUTE format('ALTER DATABASE %I SET log_parameter_max_length_on_error = 0', current_database()); "
+        "END IF; END $$"
+    )

@@ -17,6 +17,11 @@ import logging
 import psycopg
 import typer
 
+try:  # typer up to 0.2x uses click, later releases carry their own copy
+    from click import ClickException
+except ImportError:
+    from typer._click.exceptions import ClickException
+
 from . import __version__, reports
 from .db import connect, refusals_as_errors
 from .actions import run_action
@@ -43,6 +48,20 @@ def _selection_sql(all_certs: bool, include: Names, exclude: Names, only: Names,
              "sel_skip": skip or [], "sel_limit": limit or [], "sel_no_tlsa": no_tlsa})
 
 
+def _check_names(*lists: Names) -> None:
+    """Names from the command line must be text the database can hold (argv may carry undecodable bytes)."""
+    for name in (n for names in lists for n in names or ()):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{name!r} is not valid UTF-8; certificate and disthost names are text") from None
+
+
+def _one_line(text: str) -> str:
+    """The message on one line: control and invisible characters (a name with a newline) shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def _load_config(path: Optional[Path]) -> Config:
     """The configuration: -f, else $SERVERPKI_CONFIG, else the usual places, else defaults (serverpki.config)."""
     return load_config(path)
@@ -63,7 +82,7 @@ def _check_combination(actions: dict[str, bool], export: Optional[str], check_on
 @app.command(help=f"Server PKI {__version__}: issue, renew and distribute certificates and their TLSA records.")
 def operate(
     create_certs: Annotated[Flag, typer.Option("-C", "--create-certs", help="Create all selected certs (state issued).")] = False,
-    renew_local_certs: Annotated[Optional[int], typer.Option("-r", "--renew-local-certs", metavar="REMAINING_DAYS",
+    renew_local_certs: Annotated[Optional[int], typer.Option("-r", "--renew-local-certs", metavar="REMAINING_DAYS", min=0, max=3650,
         help="Local certs in state deployed expiring within REMAINING_DAYS; with -D distribute those issued within as many days.")] = None,
     schedule_actions: Annotated[Flag, typer.Option("-S", "--schedule-actions", help="Schedule necessary actions; -C and -D are ignored.")] = False,
     distribute_certs: Annotated[Flag, typer.Option("-D", "--distribute-certs", help="Distribute issued, currently valid certs.")] = False,
@@ -95,6 +114,7 @@ def operate(
                "-I": issue_local_cacert, "-Z": register}
     try:
         _check_combination(actions, export_cert_and_key, check_only, renew_local_certs)
+        _check_names(include, exclude, only, skip_disthost, limit_to_disthost)
         config = _load_config(config_file)
         setup_logging(config, quiet=quiet, verbose=verbose, debug=debug)
         if schedule_actions:  # operation.txt: with -S, -C and -D are ignored
@@ -119,7 +139,7 @@ def operate(
         if not ok:
             raise typer.Exit(1)
     except ServerPKIError as exc:
-        typer.echo(f"operate_serverPKI: {exc}", err=True)
+        typer.echo(f"operate_serverPKI: {_one_line(str(exc))}", err=True)
         # a bad selection is a usage error too: exit status 2, nothing done
         raise typer.Exit(2 if getattr(exc, "sqlstate", None) == "SP024" else exc.exit_code)
 
@@ -174,7 +194,14 @@ def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_sql: s
 
 
 def main() -> None:
-    app(prog_name="operate_serverPKI")
+    try:
+        status = app(prog_name="operate_serverPKI", standalone_mode=False)
+    except ClickException as exc:  # a bad option: one line like our errors, not typer's framed box
+        typer.echo(f"operate_serverPKI: {_one_line(exc.format_message())} (see operate_serverPKI -h)", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(status or 0)
 
 
 if __name__ == "__main__":

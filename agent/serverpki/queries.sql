@@ -97,3 +97,11 @@ SELECT DISTINCT owner, ttl, usage, selector, matching, data
 -- name: tlsa_owners
 -- every TLSA owner of a certificate, with the TTL of its RRset (the longest of its services)
 SELECT owner, max(ttl) AS ttl FROM pki.tlsa_owners WHERE certificate = %(certificate)s GROUP BY owner ORDER BY owner;
+
+-- name: save_job_key
+-- the key of an ACME order, stored before the order is placed (pki.save_job_key)
+SELECT pki.save_job_key(%(job)s, %(agent)s, %(algo)s, %(key)s);
+
+-- name: job_key
+-- the key an earlier attempt stored for its order of this algorithm, or NULL
+SELECT pki.job_key(%(job)s, %(agent)s, %(algo)s) AS key;

@@ -33,6 +33,7 @@ from paramiko.sftp_attr import SFTPAttributes
 from paramiko.sftp_file import SFTPFile
 
 from .errors import ServerPKIError
+from .faults import crash_point
 
 # output of a command kept in a job's result, from its end
 OUTPUT_LIMIT = 4000
@@ -183,6 +184,9 @@ class Connection:
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
             self._sftp = self.client.open_sftp()
+            # every SFTP request waits for its answer at most the command timeout: a host that falls
+            # silent fails the job (TimeoutError), it does not hold the agent (paramiko waits forever)
+            self._sftp.get_channel().settimeout(self.command_timeout)
         return self._sftp
 
     def close(self) -> None:
@@ -239,15 +243,21 @@ class Connection:
                 break
             missing.append(probe)
             probe = posixpath.dirname(probe)
+        made: list[str] = []
         for path in reversed(missing):
             try:
                 self.sftp.mkdir(path, 0o755)
             except OSError as exc:
+                # another agent's job to this host made it meanwhile (SFTP says only "Failure")
+                attrs = self.lstat(path)
+                if attrs is not None and stat.S_ISDIR(attrs.st_mode or 0):
+                    continue
                 parent = posixpath.dirname(path)
                 raise OSError(exc.errno, f"cannot create {path} (to make {directory}): {exc.strerror or exc}; "
                                          f"is the parent {parent} there and writable?") from None
+            made.append(path)
         self._dirs.add(directory)
-        return missing
+        return made
 
     def _create_private(self, path: str) -> SFTPFile:
         """Open a new file (it must not exist) that is created with mode 0600: never readable by others."""
@@ -268,11 +278,25 @@ class Connection:
         except OSError:
             pass
 
-    def put_atomic(self, f: RemoteFile) -> None:
+    @staticmethod
+    def temp_name(path: str, tag: str | None) -> str:
+        """Where a file is written before its rename. A job's tag makes the name its own: a retry
+        after a crash replaces what the crashed attempt left, and two jobs never share one."""
+        directory, name = posixpath.split(path)
+        return posixpath.join(directory, f".{name}.serverpki-{tag or secrets.token_hex(6)}.tmp")
+
+    def _remove_stale(self, temp: str) -> None:
+        try:
+            self.sftp.remove(temp)
+        except FileNotFoundError:
+            pass
+
+    def put_atomic(self, f: RemoteFile, tag: str | None = None) -> None:
         """Write the file under a temporary name in its directory (created 0600), flush it, give it
         its mode and owner, then rename it over the old one: a reader sees the old or the new file."""
-        directory, name = posixpath.split(f.path)
-        temp = posixpath.join(directory, f".{name}.serverpki-{secrets.token_hex(6)}.tmp")
+        temp = self.temp_name(f.path, tag)
+        if tag:
+            self._remove_stale(temp)
         try:
             handle = self._create_private(temp)
             try:
@@ -287,6 +311,7 @@ class Connection:
                 handle.chmod(f.mode)
             finally:
                 handle.close()
+            crash_point("distribute.temp_written")
             self.sftp.posix_rename(temp, f.path)
         except BaseException:
             try:
@@ -295,10 +320,11 @@ class Connection:
                 pass
             raise
 
-    def symlink_atomic(self, target: str, path: str) -> None:
+    def symlink_atomic(self, target: str, path: str, tag: str | None = None) -> None:
         """Make path a symbolic link to target, replacing what is there in one rename."""
-        directory, name = posixpath.split(path)
-        temp = posixpath.join(directory, f".{name}.serverpki-{secrets.token_hex(6)}.tmp")
+        temp = self.temp_name(path, tag)
+        if tag:
+            self._remove_stale(temp)
         # paramiko sends (target, link); OpenSSH's server takes them in this order too
         self.sftp.symlink(target, temp)
         try:
@@ -394,9 +420,35 @@ def connect(fqdn: str, ssh: Any) -> Connection:
     except (OSError, paramiko.SSHException, EOFError) as exc:
         # refused, timed out, unreachable, banner or key exchange broken off
         client.close()
-        raise HostUnreachable(f"{where}: cannot connect: {type(exc).__name__}: {exc}") from None
+        raise HostUnreachable(f"{where}: cannot connect: {_why_not(exc)}") from None
     except Exception:
         client.close()
         raise
     _count_connection()
+    _limit_silence(client, float(ssh.command_timeout_seconds))
     return Connection(where, client, float(ssh.command_timeout_seconds))
+
+
+def _why_not(exc: BaseException) -> str:
+    """Why a connection failed, in words: paramiko's NoValidConnectionsError says "[Errno None] Unable to
+    connect" and keeps the socket errors (refused, unreachable) per address apart."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and errors:
+        return "; ".join(sorted({f"{type(e).__name__}: {e.strerror or e}" for e in errors.values()}))
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _limit_silence(client: paramiko.SSHClient, seconds: float) -> None:
+    """What we send that the host does not acknowledge within `seconds` breaks the connection
+    (TCP_USER_TIMEOUT, Linux): a host cut off in mid-session ends paramiko's waits that have no
+    timeout of their own (opening a channel, starting a command) instead of leaving them to
+    TCP's retransmissions, which give up after about 15 minutes."""
+    transport = client.get_transport()
+    sock = getattr(transport, "sock", None)
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is None or option is None or not hasattr(sock, "setsockopt"):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+    except OSError:  # not a TCP socket (a ProxyCommand): the SFTP timeout still applies
+        pass

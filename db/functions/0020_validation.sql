@@ -16,18 +16,39 @@ BEGIN
 END
 $$;
 
--- check_printable: no control characters (they break logs, file names and shells)
+-- unprintable_char: the first control or invisible character of value (Unicode Cc, Cf, Zl, Zp:
+-- tabs, newlines, escapes, bidi overrides, zero-width spaces, line separators), or NULL.
+-- Spelled as code points (Unicode 14), so the rule does not depend on the database's locale.
+CREATE OR REPLACE FUNCTION pki.unprintable_char(value text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT substring(value FROM '[\x01-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]')
+$$;
+
+-- char_name: 'U+202E' for a character
+CREATE OR REPLACE FUNCTION pki.char_name(c text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT 'U+' || upper(lpad(to_hex(ascii(c)), greatest(4, length(to_hex(ascii(c)))), '0'))
+$$;
+
+-- check_printable: no control or invisible characters (they break logs, file names and shells,
+-- and a bidi override makes a command or path read differently from what runs)
 CREATE OR REPLACE FUNCTION pki.check_printable(value text, what text, max_length int)
 RETURNS void LANGUAGE plpgsql IMMUTABLE
 SET search_path = pki, dd, pg_temp
 AS $$
+DECLARE
+    bad text := pki.unprintable_char(value);
 BEGIN
     IF value IS NULL THEN
         RETURN;
     END IF;
-    IF value ~ '[[:cntrl:]]' THEN
-        PERFORM pki.raise_error('SP001', format('%s %s contains a control character', what, quote_literal(left(value, 80))),
-            'remove tabs, newlines and other control characters');
+    IF bad IS NOT NULL THEN
+        PERFORM pki.raise_error('SP001', format('%s %s contains a control character (%s)', what, quote_literal(left(value, 80)), pki.char_name(bad)),
+            format('remove tabs, newlines and other control or invisible characters (here %s)', pki.char_name(bad)));
     END IF;
     IF length(value) > max_length THEN
         PERFORM pki.raise_error('SP001', format('%s %s… is %s characters long, more than %s',
@@ -120,13 +141,15 @@ CREATE OR REPLACE FUNCTION pki.check_abs_path(value text, what text)
 RETURNS void LANGUAGE plpgsql IMMUTABLE
 SET search_path = pki, dd, pg_temp
 AS $$
+DECLARE
+    bad text := pki.unprintable_char(value);
 BEGIN
     IF value IS NULL THEN
         RETURN;
     END IF;
-    IF value ~ '[[:cntrl:]]' THEN
-        PERFORM pki.raise_error('SP004', format('%s %s contains a control character', what, quote_literal(left(value, 80))),
-            'remove tabs, newlines and other control characters from the path');
+    IF bad IS NOT NULL THEN
+        PERFORM pki.raise_error('SP004', format('%s %s contains a control character (%s)', what, quote_literal(left(value, 80)), pki.char_name(bad)),
+            format('remove tabs, newlines and other control or invisible characters (here %s) from the path', pki.char_name(bad)));
     END IF;
     IF length(value) > 1024 THEN
         PERFORM pki.raise_error('SP004', format('%s "%s…" is longer than 1024 characters', what, left(value, 40)),

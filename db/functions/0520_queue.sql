@@ -139,6 +139,15 @@ AS $$
      WHERE i.certificate = cert AND (i.state IN ('deployed', 'prepublished') OR i.id = also)
 $$;
 
+-- lock_tlsa: one transaction at a time records a TLSA wish for the certificate or re-checks
+-- one after its publish_tlsa job (enqueue_tlsa, enqueue_tlsa_many, apply_tlsa_published): whoever
+-- comes second reads what the first committed. Take it after the certificate's certinstances rows
+-- (the other way round is a lock cycle); several: in ascending order
+CREATE OR REPLACE FUNCTION pki.lock_tlsa(cert int)
+RETURNS void LANGUAGE sql
+SET search_path = pki, dd, pg_temp
+AS $$ SELECT pg_advisory_xact_lock(hashtext('pki.tlsa'), cert) $$;
+
 -- enqueue_tlsa: make a certificate's TLSA RRsets hold what tlsa_wanted says (or nothing: remove);
 -- prepublish names the successor that becomes 'prepublished' when the records are out
 CREATE OR REPLACE FUNCTION pki.enqueue_tlsa(cert int, p_reason text, prepublish int DEFAULT NULL, remove boolean DEFAULT false)
@@ -146,10 +155,14 @@ RETURNS bigint LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
-    wanted jsonb := CASE WHEN remove THEN '[]'::jsonb ELSE tlsa_wanted(cert, prepublish) END;
-    new_args jsonb := jsonb_build_object('instances', wanted, 'prepublish', prepublish, 'remove', remove);
+    wanted jsonb;
+    new_args jsonb;
     job_id bigint;
 BEGIN
+    -- a running job's completion re-checks under the same lock: it sees this wish, or this sees it done
+    PERFORM lock_tlsa(cert);
+    wanted := CASE WHEN remove THEN '[]'::jsonb ELSE tlsa_wanted(cert, prepublish) END;
+    new_args := jsonb_build_object('instances', wanted, 'prepublish', prepublish, 'remove', remove);
     job_id := enqueue('publish_tlsa', 'tlsa:cert:' || cert, p_reason, new_args, cert);
     IF job_id IS NULL THEN
         -- one is pending: give it the newest wish unless an agent is at it (then its completion re-checks)
@@ -168,6 +181,9 @@ RETURNS TABLE (job bigint, certificate int)
 LANGUAGE sql
 SET search_path = pki, dd, pg_temp
 AS $$
+    -- lock_tlsa for each, in ascending order, in a statement of its own: the next one's snapshot
+    -- then sees what a running job's completion committed meanwhile (as in enqueue_tlsa)
+    SELECT lock_tlsa(x.cert) FROM (SELECT DISTINCT u.cert FROM unnest(certs) u(cert) WHERE u.cert IS NOT NULL ORDER BY u.cert) x;
     WITH k AS MATERIALIZED (
         SELECT priority, job_attempts(max_attempts) AS attempts, pki.now() AS now FROM job_kinds WHERE kind = 'publish_tlsa'
     ), todo AS MATERIALIZED (
@@ -315,6 +331,9 @@ BEGIN
                     finished = CASE WHEN outcome = 'dead' THEN pki.now() END
      WHERE id = j.id;
     PERFORM record_job_event(j, outcome, left(error, 1000));
+    IF outcome = 'dead' THEN  -- the key of an order no attempt will finish (0006_job_keys)
+        DELETE FROM job_keys WHERE job = j.id;
+    END IF;
     IF outcome = 'dead' AND j.kind IN ('issue_local', 'issue_acme', 'issue_local_ca') THEN
         PERFORM set_context(format('issue job %s failed for good', j.id), j.id);
         DELETE FROM certinstances WHERE id = j.instance AND state = 'reserved';
@@ -360,6 +379,7 @@ BEGIN
     UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, last_error = NULL,
                     result = without_secrets(complete_job.result), finished = pki.now()
      WHERE id = j.id;
+    DELETE FROM job_keys WHERE job = j.id;   -- the key is in certkeydata now
     PERFORM record_job_event(j, 'done', 'done');
 END
 $$;
@@ -487,7 +507,10 @@ BEGIN
         PERFORM set_context(format('publish_tlsa job %s: TLSA of active and successor published', j.id), j.id);
         UPDATE certinstances SET state = 'prepublished' WHERE id = prepublish AND state = 'issued';
     END IF;
-    -- what DNS should hold may have changed while the agent worked: publish again
+    -- what DNS should hold may have changed while the agent worked: publish again. The lock (only now,
+    -- after the certinstances updates: a transaction that holds those rows may be waiting for it) orders
+    -- this check with a concurrent enqueue_tlsa that skipped this running job: one sees the other's work
+    PERFORM lock_tlsa(j.certificate);
     IF NOT coalesce((j.args ->> 'remove')::boolean, false) AND tlsa_wanted(j.certificate) <> (j.args -> 'instances')
        AND tlsa_wanted(j.certificate) <> '[]'::jsonb THEN
         -- the finished job must leave the active set first, so the new one can be inserted

@@ -203,6 +203,9 @@ BEGIN
     sel := checked_selection(sel);
     -- one pass at a time: a second cron run waits instead of deciding on the same facts
     PERFORM pg_advisory_xact_lock(hashtext('pki.schedule'));
+    -- and -C (enqueue_issue) waits too, from before the plan: else a certificate that -C enqueued
+    -- and an agent issued after this pass read its facts would be issued a second time
+    PERFORM pg_advisory_xact_lock(hashtext('pki.enqueue_issue'));
     CREATE TEMP TABLE IF NOT EXISTS pass_plan (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
         ON COMMIT DROP;
     TRUNCATE pass_plan;
@@ -219,8 +222,6 @@ BEGIN
        FROM pass_plan p WHERE p.action = 'issue' HAVING count(*) > 0;
     PERFORM enqueue_distribution(array_agg(p.instance), sel, 'deploy', 'scheduler rule 7: distribute the successor')
        FROM pass_plan p WHERE p.action = 'distribute' HAVING count(*) > 0;
-    PERFORM enqueue_tlsa_many(array_agg(p.certificate_id), array_agg(p.reason), array_agg(p.instance))
-       FROM pass_plan p WHERE p.action = 'prepublish' HAVING count(*) > 0;
 
     -- rule 5: one message lists every local certificate due; each is mailed once
     IF EXISTS (SELECT 1 FROM pass_plan p WHERE p.action = 'remind') THEN
@@ -230,6 +231,10 @@ BEGIN
            FROM pass_plan p JOIN certinstances ci ON ci.id = p.instance WHERE p.action = 'remind';
         UPDATE certificates c SET authorized_until = pki.now() FROM pass_plan p WHERE p.action = 'remind' AND c.id = p.certificate_id;
     END IF;
+    -- last: enqueue_tlsa_many takes lock_tlsa of each (ascending); a job's completion may hold rows of
+    -- certinstances or certificates changed above while it waits for one of those locks (no cycle this way)
+    PERFORM enqueue_tlsa_many(array_agg(p.certificate_id), array_agg(p.reason), array_agg(p.instance))
+       FROM pass_plan p WHERE p.action = 'prepublish' HAVING count(*) > 0;
     RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM pass_plan p
                   ORDER BY p.certificate, p.instance NULLS LAST, p.action;
 END

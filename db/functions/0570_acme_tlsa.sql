@@ -108,6 +108,40 @@ BEGIN
 END
 $$;
 
+-- save_job_key / job_key: the key of an ACME order a running job placed (0006_job_keys), kept
+-- from before the order exists until the job is done or dead, so a later attempt finishes the
+-- same order with it; only the job's current holder writes or reads it
+CREATE OR REPLACE FUNCTION pki.save_job_key(job_id bigint, agent text, algo text, key text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs := held_job(job_id, agent);
+BEGIN
+    IF algo IS NULL OR algo NOT IN ('rsa', 'ec') THEN
+        PERFORM raise_error('SP011', format('key algorithm %s is not rsa or ec', coalesce(algo, 'NULL')),
+            'save the key of one order: rsa or ec');
+    END IF;
+    IF key IS NULL OR key NOT LIKE '-----BEGIN %PRIVATE KEY-----%' THEN
+        PERFORM raise_error('SP023', format('job %s: the %s order key is not a PEM private key', j.id, algo),
+            'save the PKCS#8 PEM of the key the order''s CSR was made with');
+    END IF;
+    INSERT INTO job_keys (job, encryption_algo, key) VALUES (j.id, algo::dd.cert_encryption_algo, key)
+        ON CONFLICT (job, encryption_algo) DO UPDATE SET key = EXCLUDED.key;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pki.job_key(job_id bigint, agent text, algo text)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs := held_job(job_id, agent);
+BEGIN
+    RETURN (SELECT k.key FROM job_keys k WHERE k.job = j.id AND k.encryption_algo::text = algo);
+END
+$$;
+
 -- request_acme_account: -Z, a register_acme job for the directory (the agent's [acme]
 -- directory_url when NULL); returns it, or the one already pending
 CREATE OR REPLACE FUNCTION pki.request_acme_account(directory_url text DEFAULT NULL, contact text DEFAULT NULL)

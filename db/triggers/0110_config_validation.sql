@@ -84,7 +84,7 @@ DROP TRIGGER IF EXISTS validate_jail ON pki.jails;
 CREATE TRIGGER validate_jail BEFORE INSERT OR UPDATE OR DELETE ON pki.jails
     FOR EACH ROW EXECUTE FUNCTION pki.validate_jail();
 
--- places: name, absolute paths, key mode 0..0777, uid/gid >= 0, a printable reload command
+-- places: name, absolute paths, key mode 0..0770 (nothing for others), uid/gid >= 0, a printable reload command
 CREATE OR REPLACE FUNCTION pki.validate_place()
 RETURNS trigger LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
@@ -107,6 +107,12 @@ BEGIN
     PERFORM check_abs_path(NEW.key_path, format('key_path of place "%s"', NEW.name));
     PERFORM check_range(NEW.mode, 0, 511, format('mode of place "%s"', NEW.name),
         'give the key file mode in octal, e.g. 416 for 0640 (SQL: x''1a0''::int or 416)');
+    -- the file holds a private key: its group may read it (0640 for ssl-cert), others never
+    IF NEW.mode & 7 <> 0 THEN
+        PERFORM raise_error('SP011', format('mode %s (0%s%s%s) of place "%s" lets others than owner and group read the private key',
+                NEW.mode, (NEW.mode >> 6) & 7, (NEW.mode >> 3) & 7, NEW.mode & 7, NEW.name),
+            'give a mode without permissions for others, e.g. 256 (0400), 288 (0440), 384 (0600) or 416 (0640)');
+    END IF;
     PERFORM check_range(NEW.uid, 0, 2147483647, format('uid of place "%s"', NEW.name));
     PERFORM check_range(NEW.gid, 0, 2147483647, format('gid of place "%s"', NEW.name));
     PERFORM check_printable(NEW.reload_command, format('reload_command of place "%s"', NEW.name), 1000);
@@ -312,6 +318,7 @@ RETURNS trigger LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
+    PERFORM check_printable(NEW.remarks, 'remarks', 10000);
     IF NOT EXISTS (SELECT 1 FROM certificates c WHERE c.id = NEW.certificate) THEN
         PERFORM raise_error('SP002', format('no certificate with id %s', coalesce(NEW.certificate::text, 'NULL')),
             'use SELECT add_service(cert, service, port), which finds the ids by name');
@@ -347,12 +354,22 @@ BEGIN
         PERFORM raise_error('SP012', format('setting "%s" cannot be deleted', OLD.name),
             format('change its value: UPDATE settings SET value = ... WHERE name = ''%s''', OLD.name));
     END IF;
-    IF TG_OP = 'UPDATE' AND (NEW.name <> OLD.name OR NEW.kind <> OLD.kind) THEN
+    IF TG_OP = 'UPDATE' AND (NEW.name IS DISTINCT FROM OLD.name OR NEW.kind IS DISTINCT FROM OLD.kind) THEN
         PERFORM raise_error('SP012', format('setting "%s": only its value and remarks can change', OLD.name),
             format('UPDATE settings SET value = ... WHERE name = ''%s''', OLD.name));
     END IF;
+    IF TG_OP = 'INSERT' THEN  -- a new setting (a migration's) has a plain name, not taken yet
+        PERFORM check_simple_name(NEW.name, 'setting name');
+        IF EXISTS (SELECT 1 FROM settings s WHERE s.name = NEW.name) THEN
+            PERFORM raise_error('SP003', format('setting "%s" exists already', NEW.name),
+                format('change its value: UPDATE settings SET value = ... WHERE name = ''%s''', NEW.name));
+        END IF;
+    END IF;
+    PERFORM check_required(NEW.description, format('description of setting "%s"', NEW.name));
+    PERFORM check_printable(NEW.description, format('description of setting "%s"', NEW.name), 1000);
     PERFORM check_required(NEW.value, format('value of setting "%s"', NEW.name));
     PERFORM check_printable(NEW.value, format('value of setting "%s"', NEW.name), 200);
+    PERFORM check_printable(NEW.remarks, 'remarks', 10000);
     CASE NEW.kind
         WHEN 'integer' THEN
             IF NEW.value !~ '^[0-9]{1,7}$' THEN

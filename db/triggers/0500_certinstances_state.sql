@@ -95,7 +95,8 @@ RETURNS trigger LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
-    PERFORM raise_error('SP012', format('events are append-only; %s of event %s refused', lower(TG_OP), OLD.id),
+    PERFORM raise_error('SP012', CASE WHEN TG_OP = 'TRUNCATE' THEN 'events are append-only; truncate refused'
+            ELSE format('events are append-only; %s of event %s refused', lower(TG_OP), OLD.id) END,
         'history is kept as written; add a new event instead');
     RETURN NULL;
 END
@@ -103,6 +104,10 @@ $$;
 DROP TRIGGER IF EXISTS events_append_only ON pki.events;
 CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON pki.events
     FOR EACH ROW EXECUTE FUNCTION pki.events_append_only();
+-- TRUNCATE fires no row trigger: this statement trigger refuses the owner's TRUNCATE as the one above its DELETE
+DROP TRIGGER IF EXISTS events_no_truncate ON pki.events;
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON pki.events
+    FOR EACH STATEMENT EXECUTE FUNCTION pki.events_append_only();
 
 -- notify_jobs: wake long-running agents when work is enqueued (one NOTIFY per statement)
 CREATE OR REPLACE FUNCTION pki.notify_jobs()

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from ..errors import ServerPKIError
+from ..queries import q
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,30 @@ class Context:
     keep_alive: Callable[[], None] = field(default=lambda: None)
 
 
+@dataclass
+class Progress:
+    """How far a job got, kept in jobs.result while it runs (pki.save_job_progress, which strips
+    key material), so that the attempt after a crash resumes instead of repeating a side effect."""
+
+    job: Job
+    ctx: Context
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, job: Job, ctx: Context) -> "Progress":
+        row = ctx.conn.execute(q("job_progress"), {"job": job.id}).fetchone()
+        data = dict(row[0] or {}) if row else {}
+        data["attempt"] = job.attempts
+        return cls(job, ctx, data)
+
+    def save(self, step: str | None = None) -> None:
+        if step:
+            self.data["step"] = step
+        self.ctx.conn.execute(q("save_job_progress"), {"job": self.job.id, "agent": self.ctx.agent_name,
+                                                        "progress": Jsonb(self.data)})
+        self.ctx.keep_alive()
+
+
 class RetryLater(ServerPKIError):
     """A passing fault: try the job again later."""
 
@@ -67,6 +93,23 @@ def open_stored_key(pem: str, passphrase_file, setting: str, what: str):
         return keystore.load_key(pem, passphrase, what)
     except keystore.WrongPassphrase:
         raise GiveUp(f"{what}: wrong passphrase (configuration: {setting})") from None
+
+
+def job_key(job: Job, ctx: Context, algo: str):
+    """The key an earlier attempt of this job stored for its ACME order or account (pki.job_key), or None."""
+    stored = ctx.conn.execute(q("job_key"), {"job": job.id, "agent": ctx.agent_name, "algo": algo}).fetchone()[0]
+    if stored is None:
+        return None
+    return open_stored_key(stored, ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
+                           f"the {algo} key of job {job.id}")
+
+
+def save_job_key(job: Job, ctx: Context, algo: str, key, passphrase: bytes | None) -> None:
+    """Keep a new key with the job before a CA sees it, so that a crash cannot orphan what the CA makes for it."""
+    from .. import keystore
+
+    ctx.conn.execute(q("save_job_key"), {"job": job.id, "agent": ctx.agent_name, "algo": algo,
+                                         "key": keystore.dump_key(key, passphrase)})
 
 
 Handler = Callable[[Job, Context], dict]

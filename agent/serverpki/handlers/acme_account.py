@@ -1,7 +1,8 @@
 """register_acme (operate_serverPKI -Z): an ACME account at the configured directory.
 
-The account key is made here (EC P-256, signing with ES256) unless the
-database has an account for the directory already: then its key is used
+The account key is made here (EC P-256, signing with ES256) and stored with the
+job before the CA sees it (pki.save_job_key), unless the database has an
+account for the directory already: then its key is used
 again, and the CA answers with the existing account, whose contact is brought
 up to date. The terms of service are agreed to only when [acme] agree_tos
 says so; external account binding uses [acme] eab_kid and eab_hmac_key when
@@ -22,7 +23,7 @@ from .. import keystore
 from ..acmeclient import Acme, problem_code, sort
 from ..errors import ServerPKIError
 from ..queries import q
-from . import Context, GiveUp, Job, RetryLater, handler, open_stored_key
+from . import Context, GiveUp, Job, RetryLater, handler, job_key, open_stored_key, save_job_key
 from .issue_local import db_passphrase_if_encrypted
 
 
@@ -36,6 +37,16 @@ def open_account_key(ctx: Context, account: dict[str, Any]):
                            f"key of the ACME account at {account['directory_url']}")
 
 
+def new_account_key(job: Job, ctx: Context, passphrase: bytes | None):
+    """A new account key, stored with the job before the CA sees it: an attempt after a crash
+    registers the same key, and the CA answers with the account the first attempt made."""
+    key = job_key(job, ctx, "ec")
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        save_job_key(job, ctx, "ec", key, passphrase)
+    return key
+
+
 @handler("register_acme")
 def register_acme(job: Job, ctx: Context) -> dict:
     cfg = ctx.config.acme
@@ -45,7 +56,8 @@ def register_acme(job: Job, ctx: Context) -> dict:
     terms = None
     try:
         account = stored_account(ctx, directory_url)
-        key = open_account_key(ctx, account) if account else ec.generate_private_key(ec.SECP256R1())
+        passphrase = db_passphrase_if_encrypted(ctx)
+        key = open_account_key(ctx, account) if account else new_account_key(job, ctx, passphrase)
         acme = Acme(directory_url, key, ca_bundle=cfg.ca_bundle)
         terms = acme.directory.meta.terms_of_service
         eab = None
@@ -66,7 +78,6 @@ def register_acme(job: Job, ctx: Context) -> dict:
             wanted = tuple(f"mailto:{mail}" for mail in contact.split(",")) if contact else ()
             if tuple(regr.body.contact or ()) != wanted:
                 regr = acme.client.update_registration(regr, messages.Registration.from_data(email=contact))
-        passphrase = db_passphrase_if_encrypted(ctx)
         return {"directory_url": directory_url, "uri": regr.uri, "contact": contact,
                 "key": keystore.dump_key(key, passphrase),
                 "terms_of_service": terms,

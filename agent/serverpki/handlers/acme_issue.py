@@ -5,8 +5,9 @@ pki.save_job_progress; never a key):
 1. per key algorithm of the certificate (rsa, ec or both) a new key and a CSR
    for the subject and every alt name, with the TLS Feature (must-staple)
    extension when the certificate asks for it;
-2. an order per algorithm — or the order an earlier attempt placed, when it is
-   still pending or ready for the same names (its URL is in the progress);
+2. an order per algorithm, its key stored first (pki.save_job_key) — or the order
+   an earlier attempt placed, with that attempt's key, unless it failed or is for
+   other names (its URL is in the progress);
 3. authorizations that are valid already are skipped; for each pending one a
    dns-01 TXT record, all records of one zone in ONE signed UPDATE; the
    challenges are answered only once every authoritative server of the zone
@@ -16,9 +17,9 @@ pki.save_job_progress; never a key):
    and the chain (the issuer first) go to pki.complete_job, the issuer becomes
    an instance of the ACME CA's certificate there; authorized_until is the
    earliest expiry of the order's authorizations.
-A retry never creates a second order while the first can still be finished:
-the key of an unfinished order is not kept, but a pending or ready order is
-finalized with a new key and CSR for the same names.
+A retry never creates a second order while the first can still be finished, and
+an agent that dies after finalizing costs no second certificate: the next attempt
+downloads the one the CA issued, for the key stored before the order was placed.
 """
 
 from __future__ import annotations
@@ -27,22 +28,20 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import dns.name
 import dns.rdatatype
 from acme import challenges, messages
+from acme import errors as acme_errors
 from cryptography.hazmat.primitives import serialization
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from .. import keystore, x509util
-from ..acmeclient import Acme, problem_text, sort
+from ..acmeclient import Acme, client_error_text, gone, problem_text, records_unseen, sort
 from ..dnsupdate import Clock, DnsError, DnsRefused, DnsUpdater, txt_rdata
 from ..errors import ServerPKIError
-from ..queries import q
-from . import Context, GiveUp, Job, RetryLater, handler
+from ..faults import crash_point
+from . import Context, GiveUp, Job, Progress, RetryLater, handler, job_key, save_job_key
 from .acme_account import open_account_key, stored_account
 from .issue_local import _request, algorithms, db_passphrase_if_encrypted
 
@@ -51,31 +50,6 @@ log = logging.getLogger("serverpki.acme")
 TXT_TTL = 60
 AUTHZ_TIMEOUT = 120.0      # seconds for the CA to validate the challenges
 FINALIZE_TIMEOUT = 120.0   # seconds for the CA to issue after finalization
-
-
-@dataclass
-class Progress:
-    """How far the job got, kept in jobs.result while it runs."""
-
-    job: Job
-    ctx: Context
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, job: Job, ctx: Context) -> "Progress":
-        row = ctx.conn.cursor(row_factory=dict_row).execute(q("job_progress"), {"job": job.id}).fetchone()
-        data = dict(row["progress"] or {}) if row else {}
-        data.setdefault("orders", {})
-        data.setdefault("txt", [])
-        data["attempt"] = job.attempts
-        return cls(job, ctx, data)
-
-    def save(self, step: str | None = None) -> None:
-        if step:
-            self.data["step"] = step
-        self.ctx.conn.execute(q("save_job_progress"), {"job": self.job.id, "agent": self.ctx.agent_name,
-                                                        "progress": Jsonb(self.data)})
-        self.ctx.keep_alive()
 
 
 def unique_names(req: dict[str, Any]) -> list[str]:
@@ -103,8 +77,8 @@ class Issuance:
     """One attempt of one issue_acme job."""
 
     def __init__(self, job: Job, ctx: Context, req: dict[str, Any], acme: Acme, dns_updater: DnsUpdater,
-                 progress: Progress):
-        self.job, self.ctx, self.req = job, ctx, req
+                 progress: Progress, passphrase: bytes | None):
+        self.job, self.ctx, self.req, self.passphrase = job, ctx, req, passphrase
         self.acme, self.dns, self.progress = acme, dns_updater, progress
         self.names = unique_names(req)
         self.keys: dict[str, Any] = {}
@@ -114,33 +88,50 @@ class Issuance:
     # -- 1 + 2: keys, CSRs, orders
 
     def place_orders(self) -> None:
-        x509cfg = self.ctx.config.x509
         for algo in algorithms(self.req["encryption_algo"]):
-            key = x509util.new_key(algo, x509cfg.rsa_key_size, x509cfg.ec_curve)
-            self.keys[algo] = key
-            csr = x509util.build_csr(key, self.names, must_staple=bool(self.req["ocsp_must_staple"])).public_bytes(
-                serialization.Encoding.PEM)
-            orderr = self._resume(algo, csr)
+            key = self._stored_key(algo)
+            orderr = self._resume(algo, key) if key is not None else None
             if orderr is None:
-                orderr = self.acme.client.new_order(csr)
+                key = x509util.new_key(algo, self.ctx.config.x509.rsa_key_size, self.ctx.config.x509.ec_curve)
+                # stored before the order exists: a crash after finalization loses no certificate
+                save_job_key(self.job, self.ctx, algo, key, self.passphrase)
+                orderr = self.acme.client.new_order(self._csr(key))
                 self.progress.data["orders"][algo] = orderr.uri
                 self.progress.save("ordered")
                 self.stats["orders"] += 1
+                crash_point("issue_acme.ordered")
+            self.keys[algo] = key
             self.orders[algo] = orderr
 
-    def _resume(self, algo: str, csr: bytes) -> messages.OrderResource | None:
-        url = self.progress.data["orders"].get(algo)
-        if not url:
+    def _csr(self, key) -> bytes:
+        return x509util.build_csr(key, self.names, must_staple=bool(self.req["ocsp_must_staple"])).public_bytes(
+            serialization.Encoding.PEM)
+
+    def _stored_key(self, algo: str):
+        """The key an earlier attempt ordered with, when it placed an order for this algorithm."""
+        return job_key(self.job, self.ctx, algo) if self.progress.data["orders"].get(algo) else None
+
+    def _resume(self, algo: str, key) -> messages.OrderResource | None:
+        """The order an earlier attempt placed with this key, unless it failed or is for other names;
+        a valid one is downloaded, not ordered again."""
+        url = self.progress.data["orders"][algo]
+        try:
+            body = self.acme.order(url)
+        except (messages.Error, acme_errors.ClientError) as exc:
+            if not gone(exc):
+                raise
+            # the CA does not know it (any more): a new order
+            log.info("job %s: order %s is gone (%s); placing a new one", self.job.id, url,
+                     problem_text(exc) if isinstance(exc, messages.Error) else client_error_text(exc))
             return None
-        body = self.acme.order(url)
         identifiers = sorted(i.value.lower() for i in body.identifiers)
-        if body.status not in (messages.STATUS_PENDING, messages.STATUS_READY) or identifiers != sorted(self.names):
-            # finished for a key that is gone, failed, or for other names: a new order
+        usable = (messages.STATUS_PENDING, messages.STATUS_READY, messages.STATUS_PROCESSING, messages.STATUS_VALID)
+        if body.status not in usable or identifiers != sorted(self.names):
             log.info("job %s: order %s is %s; placing a new one", self.job.id, url, body.status)
             return None
         self.stats["orders_resumed"] += 1
         authzrs = [self.acme.authorization(u) for u in body.authorizations]
-        return messages.OrderResource(body=body, uri=url, authorizations=authzrs, csr_pem=csr)
+        return messages.OrderResource(body=body, uri=url, authorizations=authzrs, csr_pem=self._csr(key))
 
     # -- 3: authorizations
 
@@ -197,18 +188,26 @@ class Issuance:
                     wanted.setdefault(dns.name.from_text(owner), set()).add(txt_rdata(value))
                 self.dns.wait_present(dns.name.from_text(zone), wanted, dns.rdatatype.TXT)
             self.ctx.keep_alive()
+            crash_point("issue_acme.challenge_published")
             for authzr, challb in pending:
                 if challb.status == messages.STATUS_PENDING:
                     self.acme.client.answer_challenge(challb, challb.response(self.acme.jwk))
                     self.stats["challenges"] += 1
             self.progress.save("challenges answered")
+            crash_point("issue_acme.challenges_answered")
             for authzr, _ in pending:
                 final = self.acme.poll(lambda u=authzr.uri: self.acme.authorization(u),
                                        lambda a: a.body.status not in (messages.STATUS_PENDING, "processing"),
                                        AUTHZ_TIMEOUT, f"validation of {authzr.body.identifier.value}")
                 if final.body.status != messages.STATUS_VALID:
-                    raise GiveUp(f"validation of {final.body.identifier.value} failed ({final.body.status}): "
-                                 + self._problems(final))
+                    text = (f"validation of {final.body.identifier.value} failed ({final.body.status}): "
+                            + self._problems(final))
+                    errors = [c.error for c in final.body.challenges if c.error is not None]
+                    if errors and all(records_unseen(e) for e in errors):
+                        # the CA's DNS did not reach the records: a passing fault; the order is invalid now,
+                        # so the next attempt places a new one
+                        raise RetryLater(text + " (the CA could not see the TXT records; a new order follows)")
+                    raise GiveUp(text)
         finally:
             self.remove_challenge_records()
 
@@ -247,6 +246,7 @@ class Issuance:
             body = self.acme.order(orderr.uri)
             if body.status == messages.STATUS_READY:
                 orderr = self.acme.client.begin_finalization(orderr)
+                crash_point("issue_acme.finalized")
             elif body.status != messages.STATUS_VALID and body.status != messages.STATUS_PROCESSING:
                 if body.status == messages.STATUS_INVALID and body.error is not None:
                     raise GiveUp(f"order {orderr.uri} is invalid: " + problem_text(body.error))
@@ -288,12 +288,14 @@ def issue_acme(job: Job, ctx: Context) -> dict:
         acme = Acme(cfg.directory_url, open_account_key(ctx, account), account_uri=account["uri"],
                     ca_bundle=cfg.ca_bundle, clock=clock)
         progress = Progress.load(job, ctx)
-        issuance = Issuance(job, ctx, req, acme, updater, progress)
+        progress.data.setdefault("orders", {})
+        progress.data.setdefault("txt", [])
+        passphrase = db_passphrase_if_encrypted(ctx)
+        issuance = Issuance(job, ctx, req, acme, updater, progress, passphrase)
         issuance.remove_challenge_records()   # what a crashed attempt left behind
         issuance.place_orders()
         authorized_until = issuance.authorize()
         issued = issuance.finalize()
-        passphrase = db_passphrase_if_encrypted(ctx)
     except (GiveUp, RetryLater) as exc:
         raise type(exc)(f"{what}: {exc}", *([exc.retry_after] if isinstance(exc, RetryLater) else [])) from exc
     except DnsRefused as exc:

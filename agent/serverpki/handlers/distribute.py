@@ -37,6 +37,7 @@ from psycopg.rows import dict_row
 
 from .. import keystore, sshclient
 from ..errors import ServerPKIError
+from ..faults import crash_point
 from ..queries import q
 from ..sshclient import RemoteFile
 from . import Context, GiveUp, Job, RetryLater, handler
@@ -236,19 +237,24 @@ def _at(path: str, action):
     try:
         return action()
     except OSError as exc:
-        text = exc.strerror or str(exc) or type(exc).__name__
+        text = exc.strerror or str(exc) or (
+            "no answer from the host in time ([ssh] command_timeout_seconds)" if isinstance(exc, TimeoutError)
+            else type(exc).__name__)
         raise OSError(exc.errno, text if path in text else f"{path}: {text}") from None
 
 
-def put_files(conn: sshclient.Connection, plan: Plan, consolidate: bool, keep_alive=lambda: None) -> dict[str, Any]:
-    """Write the plan's files and links (in consolidate mode only what drifted); returns what was done."""
+def put_files(conn: sshclient.Connection, plan: Plan, consolidate: bool, keep_alive=lambda: None,
+              tag: str | None = None) -> dict[str, Any]:
+    """Write the plan's files and links (in consolidate mode only what drifted); returns what was done.
+    tag (the job's) names the temporary files, so a retry replaces what a crashed attempt left."""
     files, links, drift, created = [], [], [], []
     for f in plan.files.values():
         why = _at(f.path, lambda: _drift(conn, f)) if consolidate else []
         write = not consolidate or bool(why)
         if write:
             created += _at(f.path, lambda: conn.makedirs(posixpath.dirname(f.path)))
-            _at(f.path, lambda: conn.put_atomic(f))
+            _at(f.path, lambda: conn.put_atomic(f, tag))
+            crash_point("distribute.file_written")
         if why:
             drift.append({"path": f.path, "drift": why})
         files.append({"path": f.path, "sha256": f.sha256, "mode": f"{f.mode:04o}", "uid": f.uid, "gid": f.gid,
@@ -259,7 +265,7 @@ def put_files(conn: sshclient.Connection, plan: Plan, consolidate: bool, keep_al
         write = not consolidate or now != target
         if write:
             created += _at(path, lambda: conn.makedirs(posixpath.dirname(path)))
-            _at(path, lambda: conn.symlink_atomic(target, path))
+            _at(path, lambda: conn.symlink_atomic(target, path, tag))
         if consolidate and write:
             drift.append({"path": path, "drift": ["missing link" if now is None else f"link to {now}, not {target}"]})
         links.append({"path": path, "target": target, "written": write})
@@ -288,7 +294,8 @@ def distribute(job: Job, ctx: Context) -> dict:
     plan = build_plan(rows, _key_opener(ctx))
     try:
         with sshclient.connect(plan.fqdn, ctx.config.ssh) as conn:
-            done = put_files(conn, plan, consolidate, ctx.keep_alive)
+            done = put_files(conn, plan, consolidate, ctx.keep_alive, tag=f"job{job.id}")
+            crash_point("distribute.files_written")
             changed = None
             if consolidate:
                 changed = {d["path"] for d in done["drift"]}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..queries import q
-from . import Context, GiveUp, Job, RetryLater, handler
+from . import Context, GiveUp, Job, Progress, RetryLater, handler
 
 log = logging.getLogger("serverpki.handlers.mail")
 
@@ -90,12 +90,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _now(ctx: Context) -> dt.datetime:
-    """The database's clock (pki.now(): the one the scheduler decided with), else the wall clock."""
-    if ctx.conn is not None:
-        row = ctx.conn.execute(q("db_now")).fetchone()
-        if row and row[0] is not None:
-            return row[0]
-    return dt.datetime.now(UTC)
+    """The database's clock (pki.now(): the one the scheduler decided with)."""
+    return ctx.conn.execute(q("db_now")).fetchone()[0]
 
 
 def _certificates(job: Job) -> list[dict]:
@@ -217,11 +213,11 @@ def send(msg: EmailMessage, settings: _Settings) -> dict[str, str]:
     return {addr: _reply(*reply) for addr, reply in refused.items()}
 
 
-@handler("mail_reminder")
-def mail_reminder(job: Job, ctx: Context) -> dict:
-    settings = _Settings(ctx.config)
+def deliver(job: Job, config: Any, now: dt.datetime) -> dict:
+    """Compose the reminder of this job and hand it to the relay; returns what was sent to whom."""
+    settings = _Settings(config)
     certs = _certificates(job)
-    msg = compose(job, certs, settings, _now(ctx))
+    msg = compose(job, certs, settings, now)
     refused = send(msg, settings)
     result = {"sent_to": [r for r in settings.recipients if r not in refused],
               "certificates": [c["name"] for c in certs],
@@ -230,4 +226,19 @@ def mail_reminder(job: Job, ctx: Context) -> dict:
         # the others have the message: sending again would duplicate it, so report and finish
         log.warning("job %s: reminder refused for %s", job.id, ", ".join(f"{a} ({r})" for a, r in refused.items()))
         result["refused"] = refused
+    return result
+
+
+@handler("mail_reminder")
+def mail_reminder(job: Job, ctx: Context) -> dict:
+    progress = Progress.load(job, ctx)
+    if "sent" in progress.data:
+        # an earlier attempt delivered it and died before the job was done: do not mail twice
+        log.info("job %s: reminder %s was sent by attempt %s", job.id, progress.data["sent"]["message_id"],
+                 progress.data["sent"]["attempt"])
+        return progress.data["sent"]
+    result = deliver(job, ctx.config, _now(ctx))
+    # at least once, at most twice: only a crash between the relay's 250 and this line repeats it
+    progress.data["sent"] = {**result, "attempt": job.attempts}
+    progress.save("sent")
     return result

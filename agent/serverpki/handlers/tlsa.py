@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 
 from ..dnsupdate import Clock, DnsError, DnsRefused, DnsUpdater
 from ..errors import ServerPKIError
+from ..faults import crash_point
 from ..queries import q
 from . import Context, GiveUp, Job, RetryLater, handler
 
@@ -54,6 +55,7 @@ def publish_tlsa(job: Job, ctx: Context) -> dict:
             by_zone.setdefault(updater.zone_for(name), {})[name] = rrset
         for zone, rrsets in sorted(by_zone.items()):
             updater.replace_rrsets(zone, rrsets, dns.rdatatype.TLSA)
+            crash_point("publish_tlsa.sent")
             ctx.keep_alive()
         for zone, rrsets in sorted(by_zone.items()):
             updater.wait_rrsets(zone, {owner: records for owner, (_, records) in rrsets.items()}, dns.rdatatype.TLSA)

@@ -122,6 +122,9 @@ class SSHHost:
     folder: Path
     authorized_keys: Path
     port: int = 0
+    # internal-sftp's log level (-l, e.g. "INFO": every open with its mode, chown, chmod, rename); in the
+    # chroot it logs to syslog at ROOT/dev/log, so whoever wants the lines binds a datagram socket there
+    sftp_log_level: str | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
     _manifest: set[str] = field(default_factory=set, repr=False)
 
@@ -178,7 +181,7 @@ class SSHHost:
             "LogLevel INFO",
             # many connections at once (the baseline of the benchmark) must not be dropped
             "MaxStartups 200",
-            "Subsystem sftp internal-sftp",
+            "Subsystem sftp internal-sftp" + (f" -l {self.sftp_log_level}" if self.sftp_log_level else ""),
             f"ChrootDirectory {self.root}",
             "",
         ]))
@@ -272,7 +275,8 @@ class SSHHost:
 class SSHLab:
     """N disthosts on 127.0.0.2, 127.0.0.3, ... and the client files that reach them."""
 
-    def __init__(self, fqdns: list[str] | int, base: Path | None = None, first_address: int = 2, user: str = "root"):
+    def __init__(self, fqdns: list[str] | int, base: Path | None = None, first_address: int = 2, user: str = "root",
+                 sftp_log_level: str | None = None):
         if isinstance(fqdns, int):
             fqdns = [f"host{n}.lab.serverpki.test" for n in range(1, fqdns + 1)]
         if len(set(fqdns)) != len(fqdns):
@@ -281,6 +285,7 @@ class SSHLab:
             raise ValueError("too many hosts for 127.0.0.x")
         self.fqdns = list(fqdns)
         self.user = user
+        self.sftp_log_level = sftp_log_level  # opt-in: SFTP operations to each host's ROOT/dev/log
         self._base_parent = Path(base) if base else BASE
         self._first = first_address
         self.base: Path | None = None
@@ -344,7 +349,8 @@ class SSHLab:
             authorized.write_text(self.identity.with_name("id_ed25519.pub").read_text())
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
             for n, fqdn in enumerate(self.fqdns):
-                host = SSHHost(fqdn, f"127.0.0.{self._first + n}", self.base / fqdn, authorized)
+                host = SSHHost(fqdn, f"127.0.0.{self._first + n}", self.base / fqdn, authorized,
+                               sftp_log_level=self.sftp_log_level)
                 host.prepare()
                 self.hosts[fqdn] = host
         try:
