@@ -105,7 +105,8 @@ def test_a_named_file_that_is_missing_is_an_error_not_a_fallback(usual_places, t
     ('[x509]\nserver_lifetime_days = 3.5\n', "[x509] server_lifetime_days", "must be an integer, not a float"),
     ('[x509]\ncountry = "Germany"\n', "[x509] country", "two-letter country code"),
     ('[x509]\nrsa_key_size = 1024\n', "[x509] rsa_key_size", "at least 2048"),
-    ('[x509]\nec_curve = "p384"\n', "[x509] ec_curve", "unknown curve; cryptography knows"),
+    ('[x509]\nec_curve = "sect571k1"\n', "[x509] ec_curve", "unknown curve: give one of secp256r1 (P-256)"),
+    ('[x509]\nec_curve = "brainpoolP256r1"\n', "[x509] ec_curve", "unknown curve: give one of secp256r1 (P-256)"),
     ('[local_ca]\nkey_type = "dsa"\n', "[local_ca] key_type", "must be one of rsa, ec"),
     ('[local_ca]\nkey_size = 384\n', "[local_ca] key_size", "at least 2048 bits and a multiple of 8 for an rsa CA key"),
     ('[local_ca]\nkey_type = "ec"\nkey_size = 512\n', "[local_ca] key_size", "must be 256, 384 or 521 for an ec CA key"),
@@ -152,7 +153,7 @@ def test_invalid_toml_names_the_file(tmp_path):
 def test_values_are_normalized_and_typed(tmp_path):
     path = write(tmp_path / "conf" / "serverpki.toml", """
 [x509]
-ec_curve = "SECP256R1"
+ec_curve = "P-256"
 [local_ca]
 key_type = "EC"
 key_size = 384

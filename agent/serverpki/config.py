@@ -69,18 +69,17 @@ def _country(value: str | None) -> str | None:
     return "must be a two-letter country code (ISO 3166), e.g. \"DE\""
 
 
-def _ec_curves() -> dict[str, str]:
-    """The named curves that cryptography offers, lower-case name -> its spelling."""
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    names = (getattr(c, "name", None) for c in vars(ec).values()
-             if isinstance(c, type) and issubclass(c, ec.EllipticCurve) and c is not ec.EllipticCurve)
-    return {name.lower(): name for name in names if isinstance(name, str)}
-
-
 def _curve(value: str) -> str | None:
-    curves = _ec_curves()
-    return None if value.lower() in curves else f"unknown curve; cryptography knows {', '.join(sorted(curves.values()))}"
+    from .x509util import CURVES  # the curves keys are made on, so the configuration and they agree
+
+    return None if value.strip().lower() in CURVES else \
+        f"unknown curve: give one of secp256r1 (P-256), secp384r1 (P-384), secp521r1 (P-521)"
+
+
+def _curve_name(value: str) -> str:
+    from .x509util import CURVES
+
+    return CURVES[value.strip().lower()].name
 
 
 def _one_of(*choices: str) -> Callable[[str], str | None]:
@@ -241,7 +240,7 @@ class X509Config(_Section):
     server_lifetime_days: int = _setting(375, check=_positive)
     client_lifetime_days: int = _setting(375, check=_positive)
     rsa_key_size: int = _setting(2048, check=_rsa_bits)
-    ec_curve: str = _setting("secp384r1", check=_curve, normalize=lambda name: _ec_curves()[name.lower()])
+    ec_curve: str = _setting("secp384r1", check=_curve, normalize=_curve_name)
 
 
 @dataclass(frozen=True, repr=False)

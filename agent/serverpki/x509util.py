@@ -33,8 +33,8 @@ PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
 # how far back not_before reaches: peers with a slow clock still accept a fresh certificate
 CLOCK_SKEW = dt.timedelta(hours=1)
 
-# the names a configuration may give a curve, and its size in bits
-_CURVES: dict[str, type[ec.EllipticCurve]] = {
+# the names a configuration may give a curve (the NIST curves every TLS peer speaks)
+CURVES: dict[str, type[ec.EllipticCurve]] = {
     "secp256r1": ec.SECP256R1, "prime256v1": ec.SECP256R1, "p-256": ec.SECP256R1, "p256": ec.SECP256R1,
     "secp384r1": ec.SECP384R1, "p-384": ec.SECP384R1, "p384": ec.SECP384R1,
     "secp521r1": ec.SECP521R1, "p-521": ec.SECP521R1, "p521": ec.SECP521R1,
@@ -62,7 +62,7 @@ def curve_for(name: str | None = None, bits: int | None = None) -> ec.EllipticCu
         name = CURVE_BY_BITS.get(bits)
         if name is None:
             raise ConfigError(f"no EC curve of {bits} bits: give 256, 384 or 521")
-    curve = _CURVES.get((name or "").strip().lower())
+    curve = CURVES.get((name or "").strip().lower())
     if curve is None:
         raise ConfigError(f"unknown EC curve {name!r}: give one of secp256r1, secp384r1, secp521r1")
     return curve()
