@@ -309,7 +309,7 @@ def test_encrypt_and_decrypt_round_trip_every_key_but_the_cas(conn, config, tmp_
         assert key_public(tmp_path, pem, config.paths.db_encryption_key) == cert_public(tmp_path, cert)
     # the CA's key keeps its own passphrase
     assert stored_pairs(conn, ca_instance)["rsa"]["key"] == ca_key
-    assert job_row(conn, job_id)["result"] == {"keys": [{"id": i} for i in sorted(clear)], "accounts": [], "encrypted": True}
+    assert job_row(conn, job_id)["result"] == {"keys": [{"id": i} for i in sorted(clear)], "accounts": [], "job_keys": [], "encrypted": True}
 
     # while encrypted, a new local key is stored encrypted with the database passphrase
     add_local_cert(conn, "imap.example.org", "rsa")
@@ -331,6 +331,53 @@ def test_encrypt_and_decrypt_round_trip_every_key_but_the_cas(conn, config, tmp_
     assert stored_pairs(conn, ca_instance)["rsa"]["key"] == ca_key
     assert_refused(conn, "SELECT request_key_encryption(false)", sqlstate="SP012", match="in clear already")
     assert_no_key_in_jobs(conn)
+
+
+def test_the_key_of_an_acme_order_in_flight_is_re_encrypted_with_the_others(conn, config, tmp_path):
+    """An order's key waits in pki.job_keys while its job retries (maybe for hours): -X/-Y
+    re-encrypt it too; the key of an order whose job ended meanwhile is not required."""
+    fill(conn, config)
+    order_key = keystore.dump_key(x509util.new_key("ec"))
+    order_job = conn.execute("SELECT enqueue('issue_acme', 'test:order', 'an order in flight')").fetchone()[0]
+    gone_job = conn.execute("SELECT enqueue('issue_acme', 'test:gone', 'an order that ends')").fetchone()[0]
+    claimed = conn.execute("SELECT id FROM claim_jobs('orders', ARRAY['issue_acme'], 2)").fetchall()
+    assert sorted(r[0] for r in claimed) == sorted([order_job, gone_job])
+    for job in (order_job, gone_job):
+        conn.execute("SELECT save_job_key(%s, 'orders', 'ec', %s)", (job, order_key))
+    gone_id = conn.execute("SELECT id FROM job_keys WHERE job = %s", (gone_job,)).fetchone()[0]
+
+    job_id = request_keys(conn, True)
+    row = conn.cursor(row_factory=dict_row).execute("SELECT * FROM claim_jobs(%s, ARRAY['encrypt_keys'], 1)",
+                                                    (AGENT,)).fetchone()
+    job = Job(row["id"], row["kind"], None, None, None, None, row["args"], row["attempts"], row["max_attempts"])
+    result = HANDLERS["encrypt_keys"](job, Context(config=config, conn=conn, agent_name=AGENT))
+    assert sorted(k["id"] for k in result["job_keys"]) == sorted(
+        r[0] for r in conn.execute("SELECT id FROM job_keys"))
+    conn.execute("SELECT fail_job(%s, 'orders', 'the order failed for good', false)", (gone_job,))  # its key goes
+    assert conn.execute("SELECT count(*) FROM job_keys WHERE id = %s", (gone_id,)).fetchone()[0] == 0
+    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, AGENT, json.dumps(result)))
+
+    stored = conn.execute("SELECT key FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0]
+    assert stored.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert keystore.dump_key(keystore.load_key(stored, keystore.read_passphrase(config.paths.db_encryption_key))) \
+        == order_key
+    assert "job_keys" in job_row(conn, job_id)["result"] and "key" not in json.dumps(
+        job_row(conn, job_id)["result"]["job_keys"])
+
+    run_job(conn, request_keys(conn, False), config)
+    assert conn.execute("SELECT key FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0] == order_key
+    # a result that gives an order key in the wrong form changes nothing
+    job_id = request_keys(conn, True)
+    conn.execute("SELECT claim_jobs(%s, ARRAY['encrypt_keys'], 1)", (AGENT,))
+    order_key_id = conn.execute("SELECT id FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0]
+    keys = [{"id": i, "key": keystore.encrypt_pem(k, b"x" * 8)} for i, k in
+            conn.execute("SELECT id, key FROM keys_under_db_passphrase()").fetchall()]
+    bad = {"encrypted": True, "keys": keys, "accounts": [], "job_keys": [{"id": order_key_id, "key": order_key}]}
+    before = snapshot(conn)
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, AGENT, json.dumps(bad)))
+    assert info.value.diag.sqlstate == "SP023" and '"job_keys"' in info.value.diag.message_primary
+    assert snapshot(conn) == before
 
 
 def test_decrypt_with_a_wrong_passphrase_changes_nothing(conn, config, tmp_path):
@@ -366,7 +413,7 @@ def test_request_key_encryption_refuses_the_opposite_of_a_pending_job(conn):
 
 def test_encrypt_with_no_keys_only_flips_the_flag(conn, config):
     job_id = request_keys(conn, True)
-    assert run_job(conn, job_id, config) == {"keys": [], "accounts": [], "encrypted": True}
+    assert run_job(conn, job_id, config) == {"keys": [], "accounts": [], "job_keys": [], "encrypted": True}
     assert keys_encrypted(conn) is True
 
 

@@ -64,6 +64,10 @@ SELECT pki.now() AS now;
 -- the stored keys -X/-Y (de|en)crypt with the db_encryption_key passphrase: all but the CA's
 SELECT id, key FROM pki.keys_under_db_passphrase();
 
+-- name: job_keys_under_db_passphrase
+-- the keys of ACME orders in flight, which -X/-Y re-encrypt too
+SELECT id, key FROM pki.job_keys_under_db_passphrase();
+
 -- name: acme_keys_under_db_passphrase
 -- the ACME account keys, which -X/-Y (de|en)crypt like the other stored keys
 SELECT id, key FROM pki.acme_keys_under_db_passphrase();

@@ -132,6 +132,16 @@ AS $$
     SELECT a.id, a.key FROM acme_accounts a ORDER BY a.id
 $$;
 
+-- job_keys_under_db_passphrase: the keys of ACME orders in flight (pki.job_keys), which -X/-Y
+-- re-encrypt too; the agent's alone (9920)
+CREATE OR REPLACE FUNCTION pki.job_keys_under_db_passphrase()
+RETURNS TABLE (id int, key text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT k.id, k.key FROM job_keys k ORDER BY k.id
+$$;
+
 -- check_reencrypted: a list of {"id", "key"} of a key job names each expected id once, each key
 -- in the form the job promised; else SP023 naming the first bad entry or the ids that do not fit
 CREATE OR REPLACE FUNCTION pki.check_reencrypted(j pki.jobs, items jsonb, expected int[], what text, encrypt boolean)
@@ -181,6 +191,8 @@ SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
     encrypt boolean := j.kind = 'encrypt_keys';
+    in_flight jsonb;
+    in_flight_ids int[] := '{}';
 BEGIN
     -- one re-encryption at a time; a request waits here until this one is applied
     PERFORM 1 FROM revision r WHERE r.id = (SELECT max(id) FROM revision) FOR UPDATE;
@@ -194,6 +206,23 @@ BEGIN
     UPDATE acme_accounts a SET key = e.k ->> 'key'
       FROM jsonb_array_elements(coalesce(result -> 'accounts', '[]')) AS e(k)
      WHERE a.id = (e.k ->> 'id')::int;
+    -- the keys of ACME orders in flight: an order's job may end (and its key go) while this job
+    -- runs, so only those still there must be listed, each in the promised form
+    in_flight := coalesce(result -> 'job_keys', '[]');
+    IF jsonb_typeof(in_flight) = 'array' THEN
+        in_flight := coalesce((SELECT jsonb_agg(e.k) FROM jsonb_array_elements(in_flight) e(k)
+                                -- a malformed entry stays, for check_reencrypted to name it
+                                WHERE (e.k ->> 'id') IS NULL OR (e.k ->> 'id') !~ '^[0-9]{1,9}$'
+                                   OR EXISTS (SELECT 1 FROM job_keys jk WHERE jk.id = CASE
+                                              WHEN (e.k ->> 'id') ~ '^[0-9]{1,9}$' THEN (e.k ->> 'id')::int END)),
+                              '[]');
+        in_flight_ids := ARRAY(SELECT jk.id FROM job_keys jk JOIN jsonb_array_elements(in_flight) e(k)
+                                   ON jk.id = CASE WHEN (e.k ->> 'id') ~ '^[0-9]{1,9}$' THEN (e.k ->> 'id')::int END);
+    END IF;
+    PERFORM check_reencrypted(j, in_flight, in_flight_ids, 'job_keys', encrypt);
+    UPDATE job_keys jk SET key = e.k ->> 'key'
+      FROM jsonb_array_elements(in_flight) AS e(k)
+     WHERE jk.id = (e.k ->> 'id')::int;
     -- one statement: the keys (the certkeydata trigger checks each) and the flag
     WITH replaced AS (
         UPDATE certkeydata k SET key = convert_to(e.k ->> 'key', 'UTF8')

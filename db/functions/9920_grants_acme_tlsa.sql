@@ -10,5 +10,7 @@ GRANT SELECT ON pki.tlsa_owners, pki.tlsa_desired TO pki_admin, pki_agent;
 REVOKE EXECUTE ON FUNCTION pki.save_job_progress(bigint, text, jsonb) FROM pki_admin;
 -- the key of an order in flight: the agent's alone, through save_job_key / job_key
 REVOKE ALL ON pki.job_keys FROM PUBLIC, pki_admin, pki_agent, pki_report;
-REVOKE EXECUTE ON FUNCTION pki.save_job_key(bigint, text, text, text), pki.job_key(bigint, text, text) FROM PUBLIC, pki_admin, pki_report;
-GRANT EXECUTE ON FUNCTION pki.save_job_key(bigint, text, text, text), pki.job_key(bigint, text, text) TO pki_agent;
+REVOKE EXECUTE ON FUNCTION pki.save_job_key(bigint, text, text, text), pki.job_key(bigint, text, text),
+    pki.job_keys_under_db_passphrase() FROM PUBLIC, pki_admin, pki_report;
+GRANT EXECUTE ON FUNCTION pki.save_job_key(bigint, text, text, text), pki.job_key(bigint, text, text),
+    pki.job_keys_under_db_passphrase() TO pki_agent;

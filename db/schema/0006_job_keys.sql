@@ -2,15 +2,17 @@
 -- placed, so an agent that dies after finalizing loses neither the certificate nor its key:
 -- the next attempt downloads the certificate the CA issued for it instead of ordering a
 -- second one. Encrypted like every stored key when revision.keysencrypted; gone when the job
--- is done or dead. Only the agent reads it (9920); pki_report sees nothing.
+-- is done or dead; -X/-Y re-encrypt it with the other keys. Only the agent reads it (9920);
+-- pki_report sees nothing.
 CREATE TABLE pki.job_keys (
+    id              serial PRIMARY KEY,
     job             int8 NOT NULL REFERENCES pki.jobs ON DELETE CASCADE,
     encryption_algo dd.cert_encryption_algo NOT NULL,
     key             text NOT NULL,          -- PKCS#8 PEM, maybe encrypted
     created         dd.created,
     updated         dd.updated,
     remarks         text,
-    PRIMARY KEY (job, encryption_algo),
+    CONSTRAINT job_keys_one_per_algo UNIQUE (job, encryption_algo),
     CONSTRAINT job_keys_algo CHECK (encryption_algo IN ('rsa', 'ec')),
     CONSTRAINT job_keys_key_is_pem CHECK (key LIKE '-----BEGIN %PRIVATE KEY-----%')
 );

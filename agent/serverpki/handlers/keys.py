@@ -2,7 +2,8 @@
 (de|en)crypted with the db_encryption_key passphrase.
 
 The job covers the keys of pki.keys_under_db_passphrase(): every stored key but
-those of CA certificates. The local CA's key stays encrypted with its own
+those of CA certificates; and the ACME account keys and the keys of ACME orders
+in flight (pki.job_keys). The local CA's key stays encrypted with its own
 passphrase (local_ca.passphrase_file), whatever -X/-Y do.
 
 The handler changes nothing: it returns every key in its new form and
@@ -29,7 +30,8 @@ def reencrypt(job: Job, ctx: Context, encrypt: bool) -> dict:
     change = keystore.encrypt_pem if encrypt else keystore.decrypt_pem
     result: dict = {"encrypted": encrypt}
     for field, query, label in (("keys", "keys_under_db_passphrase", "stored key"),
-                                ("accounts", "acme_keys_under_db_passphrase", "ACME account key")):
+                                ("accounts", "acme_keys_under_db_passphrase", "ACME account key"),
+                                ("job_keys", "job_keys_under_db_passphrase", "key of an ACME order in flight")):
         rows = ctx.conn.cursor(row_factory=dict_row).execute(q(query)).fetchall()
         changed = []
         for n, row in enumerate(rows, 1):
