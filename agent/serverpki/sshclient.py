@@ -291,6 +291,14 @@ class Connection:
         except FileNotFoundError:
             pass
 
+    def _discard(self, temp: str) -> None:
+        """Remove a temporary file after a failure, if the connection still allows it (else a
+        retry of the job, whose temporary names are its own, replaces it)."""
+        try:
+            self.sftp.remove(temp)
+        except (OSError, paramiko.SSHException, EOFError):
+            pass
+
     def put_atomic(self, f: RemoteFile, tag: str | None = None) -> None:
         """Write the file under a temporary name in its directory (created 0600), flush it, give it
         its mode and owner, then rename it over the old one: a reader sees the old or the new file."""
@@ -314,10 +322,7 @@ class Connection:
             crash_point("distribute.temp_written")
             self.sftp.posix_rename(temp, f.path)
         except BaseException:
-            try:
-                self.sftp.remove(temp)
-            except (OSError, paramiko.SSHException, EOFError):
-                pass
+            self._discard(temp)
             raise
 
     def symlink_atomic(self, target: str, path: str, tag: str | None = None) -> None:
@@ -330,10 +335,7 @@ class Connection:
         try:
             self.sftp.posix_rename(temp, path)
         except BaseException:
-            try:
-                self.sftp.remove(temp)
-            except (OSError, paramiko.SSHException, EOFError):
-                pass
+            self._discard(temp)
             raise
 
     # -- commands

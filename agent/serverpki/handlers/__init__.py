@@ -95,6 +95,17 @@ def open_stored_key(pem: str, passphrase_file, setting: str, what: str):
         raise GiveUp(f"{what}: wrong passphrase (configuration: {setting})") from None
 
 
+def outcome_of(exc: ServerPKIError, what: str) -> "GiveUp | RetryLater":
+    """What an error of ours means for the job: a DNS server that did not answer or did not show
+    the records yet passes (RetryLater); one that refused the update (wrong TSIG key, not the
+    primary) or a configuration that cannot work does not (GiveUp)."""
+    from ..dnsupdate import DnsError, DnsRefused
+
+    if isinstance(exc, DnsError) and not isinstance(exc, DnsRefused):
+        return RetryLater(f"{what}: {exc}")
+    return GiveUp(f"{what}: {exc}")
+
+
 def job_key(job: Job, ctx: Context, algo: str):
     """The key an earlier attempt of this job stored for its ACME order or account (pki.job_key), or None."""
     stored = ctx.conn.execute(q("job_key"), {"job": job.id, "agent": ctx.agent_name, "algo": algo}).fetchone()[0]

@@ -23,7 +23,7 @@ from .. import keystore
 from ..acmeclient import Acme, problem_code, sort
 from ..errors import ServerPKIError
 from ..queries import q
-from . import Context, GiveUp, Job, RetryLater, handler, job_key, open_stored_key, save_job_key
+from . import Context, GiveUp, Job, RetryLater, handler, job_key, open_stored_key, outcome_of, save_job_key
 from .issue_local import db_passphrase_if_encrypted
 
 
@@ -86,7 +86,7 @@ def register_acme(job: Job, ctx: Context) -> dict:
     except (GiveUp, RetryLater):
         raise
     except ServerPKIError as exc:
-        raise GiveUp(f"{what}: {exc}") from exc
+        raise outcome_of(exc, what) from exc
     except Exception as exc:
         verdict = sort(exc, what)
         if verdict is None:

@@ -38,10 +38,10 @@ from cryptography.hazmat.primitives import serialization
 
 from .. import keystore, x509util
 from ..acmeclient import Acme, client_error_text, gone, problem_text, records_unseen, sort
-from ..dnsupdate import Clock, DnsError, DnsRefused, DnsUpdater, txt_rdata
+from ..dnsupdate import Clock, DnsError, DnsUpdater, txt_rdata
 from ..errors import ServerPKIError
 from ..faults import crash_point
-from . import Context, GiveUp, Job, Progress, RetryLater, handler, job_key, save_job_key
+from . import Context, GiveUp, Job, Progress, RetryLater, handler, job_key, outcome_of, save_job_key
 from .acme_account import open_account_key, stored_account
 from .issue_local import _request, algorithms, db_passphrase_if_encrypted
 
@@ -149,7 +149,8 @@ class Issuance:
                 self.stats["skipped_valid"] += 1
                 continue
             if status == messages.STATUS_INVALID:
-                raise GiveUp(f"authorization of {name} is invalid: " + self._problems(authzr))
+                raise GiveUp(f"authorization of {name} is invalid: " + self._problems(authzr)
+                             + " (fix what the CA says; the next operate_serverPKI -S orders again)")
             if status != messages.STATUS_PENDING:
                 # deactivated, expired or revoked: the order cannot finish; the next attempt places a new one
                 self.progress.data["orders"] = {}
@@ -207,7 +208,8 @@ class Issuance:
                         # the CA's DNS did not reach the records: a passing fault; the order is invalid now,
                         # so the next attempt places a new one
                         raise RetryLater(text + " (the CA could not see the TXT records; a new order follows)")
-                    raise GiveUp(text)
+                    raise GiveUp(text + " (the CA saw other TXT records: make sure no other tool answers "
+                                        "challenges for this name; the next operate_serverPKI -S orders again)")
         finally:
             self.remove_challenge_records()
 
@@ -298,12 +300,8 @@ def issue_acme(job: Job, ctx: Context) -> dict:
         issued = issuance.finalize()
     except (GiveUp, RetryLater) as exc:
         raise type(exc)(f"{what}: {exc}", *([exc.retry_after] if isinstance(exc, RetryLater) else [])) from exc
-    except DnsRefused as exc:
-        raise GiveUp(f"{what}: {exc}") from exc
-    except DnsError as exc:
-        raise RetryLater(f"{what}: {exc}") from exc
     except ServerPKIError as exc:
-        raise GiveUp(f"{what}: {exc}") from exc
+        raise outcome_of(exc, what) from exc
     except Exception as exc:
         verdict = sort(exc, what)
         if verdict is None:

@@ -18,11 +18,11 @@ import dns.name
 import dns.rdatatype
 from psycopg.rows import dict_row
 
-from ..dnsupdate import Clock, DnsError, DnsRefused, DnsUpdater
+from ..dnsupdate import Clock, DnsUpdater
 from ..errors import ServerPKIError
 from ..faults import crash_point
 from ..queries import q
-from . import Context, GiveUp, Job, RetryLater, handler
+from . import Context, GiveUp, Job, handler, outcome_of
 
 
 def wanted_rrsets(job: Job, ctx: Context) -> dict[str, tuple[int, set[str]]]:
@@ -59,12 +59,8 @@ def publish_tlsa(job: Job, ctx: Context) -> dict:
             ctx.keep_alive()
         for zone, rrsets in sorted(by_zone.items()):
             updater.wait_rrsets(zone, {owner: records for owner, (_, records) in rrsets.items()}, dns.rdatatype.TLSA)
-    except DnsRefused as exc:
-        raise GiveUp(f"TLSA records: {exc}") from exc
-    except DnsError as exc:
-        raise RetryLater(f"TLSA records: {exc}") from exc
     except ServerPKIError as exc:
-        raise GiveUp(f"TLSA records: {exc}") from exc
+        raise outcome_of(exc, "TLSA records") from exc
     total = time.monotonic() - started
     result: dict[str, Any] = {
         "zones": {zone.to_text(): len(rrsets) for zone, rrsets in by_zone.items()},
