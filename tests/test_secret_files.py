@@ -18,6 +18,7 @@ import os
 import pwd
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +33,7 @@ from serverpki.handlers import GiveUp
 from serverpki.handlers import mail as mail_handler
 from test_local_ca import config, fill, keys_encrypted, request_keys, run_job  # noqa: F401  (config: fixture)
 
+AGENT = str(Path(keystore.__file__).parents[1])
 OTHER_UID = 65534  # nobody: root may give a file away, as an installation gone wrong does
 TSIG_SECRET = "c2VjcmV0LXRzaWcta2V5LWZvci10ZXN0cw=="
 DSN_PASSWORD = "s3cr3t-dsn-pw"
@@ -243,3 +245,11 @@ def test_our_encrypted_key_uses_the_chosen_kdf_cost(tmp_path):
     rounds = format(keystore.KDF_ROUNDS, "X")
     assert f"prim: INTEGER           :{rounds.zfill(len(rounds) + len(rounds) % 2)}\n" in parsed
     assert keystore.KDF_ROUNDS >= 600_000
+
+
+def test_a_configuration_may_still_come_from_a_pipe(tmp_path):
+    done = subprocess.run(["bash", "-c", f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(AGENT)} "
+                           f"{shlex.quote(sys.executable)} -c 'from serverpki.config import load_config; "
+                           f"print(load_config(\"/dev/stdin\").x509.country)'"],
+                          input='[x509]\ncountry = "DE"\n', capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "DE\n", done.stderr

@@ -63,8 +63,8 @@ def _read(path: Path, what: str, follow: bool) -> tuple[bytes, str | None]:
     try:
         st = os.fstat(fd)
         problem = _link_problem(path, what) if link else not_private(st, path, what)
-        if not stat.S_ISREG(st.st_mode):
-            return b"", problem
+        if not follow and not stat.S_ISREG(st.st_mode):
+            return b"", problem  # a secret is not read from a device or a pipe; a configuration may be (-f /dev/stdin)
         os.set_blocking(fd, True)
         chunks = []
         while chunk := os.read(fd, 65536):
