@@ -253,3 +253,33 @@ def test_a_configuration_may_still_come_from_a_pipe(tmp_path):
                            f"print(load_config(\"/dev/stdin\").x509.country)'"],
                           input='[x509]\ncountry = "DE"\n', capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "DE\n", done.stderr
+
+
+@pytest.mark.parametrize("setting", ["local_ca.passphrase_file", "paths.db_encryption_key"])
+@pytest.mark.parametrize("flaw", ["symbolic link", "another user's"])
+def test_minus_i_and_minus_x_give_up_on_a_passphrase_file_that_is_not_private(conn, config, tmp_path, setting, flaw):
+    """Through the handlers: -I reads local_ca.passphrase_file, -X db_encryption_key; nothing changes."""
+    from test_local_ca import job_row
+
+    if flaw == "another user's" and os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    real = tmp_path / "real.pass"
+    real.write_text("a passphrase\n")
+    real.chmod(0o600)
+    path = tmp_path / "configured.pass"
+    if flaw == "symbolic link":
+        path.symlink_to(real)
+    else:
+        path.write_text("a passphrase\n")
+        path.chmod(0o600)
+        os.chown(path, OTHER_UID, -1)
+    section, key = setting.split(".")
+    setattr(getattr(config, section), key, str(path))
+    request = "SELECT request_local_ca('Local CA', 'ec')" if section == "local_ca" else "SELECT request_key_encryption(true)"
+    job_id = conn.execute(request).fetchone()[0]
+    outcome = run_job(conn, job_id, config)
+    assert isinstance(outcome, GiveUp) and f"passphrase file {path}" in str(outcome)
+    assert ("realpath" if flaw == "symbolic link" else "chown") in str(outcome)
+    assert job_row(conn, job_id)["state"] == "dead" and "a passphrase" not in job_row(conn, job_id)["last_error"]
+    assert conn.execute("SELECT count(*) FROM certinstances").fetchone()[0] == 0
+    assert keys_encrypted(conn) is False
