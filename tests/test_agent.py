@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 
+from helpers import owner_conn
 from serverpki import migrate
 from serverpki.agent import Agent
 from serverpki.handlers import GiveUp, RetryLater
@@ -29,12 +30,12 @@ def make_agent(dsn, handlers: dict, **kw) -> Agent:
 
 @pytest.fixture
 def kinds(conn):
-    conn.execute("""INSERT INTO job_kinds (kind, description, max_attempts) VALUES
+    owner_conn(conn).execute("""INSERT INTO job_kinds (kind, description, max_attempts) VALUES
         ('t_ok', 'test', 3), ('t_crash', 'test', 3), ('t_retry', 'test', 3), ('t_giveup', 'test', 3), ('t_slow', 'test', 3)""")
 
 
 def enqueue(conn, kind, key="x", args="{}"):
-    return conn.execute("SELECT enqueue(%s, %s, 'test', %s::jsonb)", (kind, key, args)).fetchone()[0]
+    return owner_conn(conn).execute("SELECT enqueue(%s, %s, 'test', %s::jsonb)", (kind, key, args)).fetchone()[0]
 
 
 def job(conn, job_id):
@@ -121,10 +122,10 @@ def test_result_of_an_agent_whose_lease_was_taken_is_dropped(conn, dsn, kinds):
     first = make_agent(dsn, {"t_ok": lambda j, ctx: {}}, name="slowpoke")
     [claimed] = first.claim()
     # the lease runs out and another agent takes the job over
-    conn.execute("UPDATE jobs SET locked_until = now() - interval '1 second' WHERE id = %s", (jid,))
-    conn.execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
-    conn.execute("SELECT requeue_expired_leases()")
-    conn.execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
+    owner_conn(conn).execute("UPDATE jobs SET locked_until = now() - interval '1 second' WHERE id = %s", (jid,))
+    owner_conn(conn).execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
+    owner_conn(conn).execute("SELECT requeue_expired_leases()")
+    owner_conn(conn).execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
     second = make_agent(dsn, {"t_ok": lambda j, ctx: {"by": "second"}}, name="second")
     assert second.drain().outcomes["done"] == 1
     assert first.run_job(claimed) == "lost"

@@ -1,10 +1,36 @@
 -- 0030_clock_settings: the one clock, and typed access to the settings.
 
--- now: the time every rule compares against; SET pki.now = '...' travels in time
+-- clock_locked: the refusal of pki.now when a session set pki.now without time travel
+CREATE OR REPLACE FUNCTION pki.clock_locked()
+RETURNS timestamptz LANGUAGE plpgsql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    PERFORM raise_error('SP025', format('pki.now is set to %s, but time travel is not enabled for database %s',
+            current_setting('pki.now', true), current_database()),
+        'RESET pki.now (check PGOPTIONS); only the schema owner can enable time travel, for tests and demos');
+    RETURN NULL;
+END
+$$;
+
+-- time_travel_enabled: the owner's switch (pki.time_travel), readable through this function only
+CREATE OR REPLACE FUNCTION pki.time_travel_enabled()
+RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$ SELECT coalesce((SELECT t.enabled FROM pki.time_travel t), false) $$;
+
+-- now: the time every rule, guard, lease and event compares against. A session may travel in
+-- time (SET pki.now = '...') only where the schema owner enabled it for this database
+-- (pki.time_travel, off on every install): the roles cannot move the clock of leases and guards.
+-- The table is read only when pki.now is set, so production pays nothing for the check.
 CREATE OR REPLACE FUNCTION pki.now()
 RETURNS timestamptz LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
-AS $$ SELECT coalesce(nullif(current_setting('pki.now', true), '')::timestamptz, now()) $$;
+AS $$
+    SELECT CASE WHEN coalesce(current_setting('pki.now', true), '') = '' THEN now()
+                WHEN pki.time_travel_enabled() THEN current_setting('pki.now')::timestamptz
+                ELSE pki.clock_locked() END
+$$;
 
 -- setting_int / setting_interval: a settings value of its kind
 CREATE OR REPLACE FUNCTION pki.setting_int(setting_name text)

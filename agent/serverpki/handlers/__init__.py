@@ -32,6 +32,8 @@ class Job:
     args: dict[str, Any]
     attempts: int
     max_attempts: int
+    # the claim's lease token: every call about the job presents it (never logged, hence repr=False)
+    lease: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Progress:
     def save(self, step: str | None = None) -> None:
         if step:
             self.data["step"] = step
-        self.ctx.conn.execute(q("save_job_progress"), {"job": self.job.id, "agent": self.ctx.agent_name,
+        self.ctx.conn.execute(q("save_job_progress"), {"job": self.job.id, "token": self.job.lease,
                                                         "progress": Jsonb(self.data)})
         self.ctx.keep_alive()
 
@@ -108,7 +110,7 @@ def outcome_of(exc: ServerPKIError, what: str) -> "GiveUp | RetryLater":
 
 def job_key(job: Job, ctx: Context, algo: str):
     """The key an earlier attempt of this job stored for its ACME order or account (pki.job_key), or None."""
-    stored = ctx.conn.execute(q("job_key"), {"job": job.id, "agent": ctx.agent_name, "algo": algo}).fetchone()[0]
+    stored = ctx.conn.execute(q("job_key"), {"job": job.id, "token": job.lease, "algo": algo}).fetchone()[0]
     if stored is None:
         return None
     return open_stored_key(stored, ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
@@ -119,7 +121,7 @@ def save_job_key(job: Job, ctx: Context, algo: str, key, passphrase: bytes | Non
     """Keep a new key with the job before a CA sees it, so that a crash cannot orphan what the CA makes for it."""
     from .. import keystore
 
-    ctx.conn.execute(q("save_job_key"), {"job": job.id, "agent": ctx.agent_name, "algo": algo,
+    ctx.conn.execute(q("save_job_key"), {"job": job.id, "token": job.lease, "algo": algo,
                                          "key": keystore.dump_key(key, passphrase)})
 
 
