@@ -32,7 +32,7 @@ from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, 
 from paramiko.sftp_attr import SFTPAttributes
 from paramiko.sftp_file import SFTPFile
 
-from .errors import ServerPKIError
+from .errors import ServerPKIError, clean_text
 from .faults import crash_point
 
 # output of a command kept in a job's result, from its end
@@ -380,7 +380,8 @@ class Connection:
                     status = chan.recv_exit_status()
         finally:
             chan.close()
-        text = output.decode("utf-8", errors="replace")
+        # the host's output goes into the job's result and error: readable, no NUL or control characters
+        text = clean_text(bytes(output), limit=None)
         if len(text) > OUTPUT_LIMIT:
             text = "..." + text[-OUTPUT_LIMIT:]
         if timed_out:
