@@ -212,12 +212,18 @@ class Connection:
                 return None
             raise
 
-    def read(self, path: str) -> bytes:
-        with self.sftp.open(path, "rb") as f:
-            return f.read()
+    def read(self, path: str, limit: int | None = None) -> bytes:
+        """The file's content; with a limit at most limit + 1 bytes (enough to tell that it is longer),
+        so that a huge file put in place of ours is not read whole."""
+        if limit is None:
+            with self.sftp.open(path, "rb") as f:
+                return f.read()
+        # unbuffered: paramiko asks the server for no more than is still wanted
+        with self.sftp.open(path, "rb", bufsize=0) as f:
+            return f.read(limit + 1)
 
-    def sha256(self, path: str) -> str:
-        return hashlib.sha256(self.read(path)).hexdigest()
+    def sha256(self, path: str, limit: int | None = None) -> str:
+        return hashlib.sha256(self.read(path, limit)).hexdigest()
 
     def readlink(self, path: str) -> str | None:
         try:
