@@ -1,4 +1,4 @@
-"""A jail's owner cannot lead the agent's writes (or -K's reads) out of the jail (issue 12, items 7 and 9).
+"""A jail's owner cannot lead the agent's writes (or -K's reads) out of the jail (issue 12, item 7; -K reads bounded).
 
 On the lab's real sshd (each host chrooted into its own folder, so the host's "/" is that
 folder), a jail's owner plants symbolic links in the jail: a directory of a place pointing
