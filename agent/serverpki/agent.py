@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
-from .errors import ServerPKIError
+from .errors import ServerPKIError, clean_text
 from .faults import crash_point
 from .handlers import Context, GiveUp, Job, RetryLater
 from .log import progress
@@ -177,7 +177,8 @@ class Agent:
                 log.warning("job %s %s: result dropped: %s", job.id, job.kind, exc.diag.message_primary)
                 return "lost"
             # the outcome did not fit (SP023) or could not be stored: a failed attempt, the error kept
-            return self._fail(job, f"{state}: {exc.diag.message_primary}", retry=state != "SP023", conn=conn)
+            return self._fail(job, f"{state or type(exc).__name__}: {exc.diag.message_primary or _first_line(exc)}",
+                              retry=state != "SP023", conn=conn)
         log.info("job %s %s: done", job.id, job.kind)
         return "done"
 
@@ -231,14 +232,32 @@ class Agent:
 
     def _fail(self, job: Job, error: str, retry: bool, retry_after: float | None = None,
               conn: psycopg.Connection | None = None) -> str:
+        # the error comes from peers too (a reload's output, a CA's answer): no NUL, no control
+        # characters, bounded, so that the database takes it
+        error = clean_text(error)
+        params = {"job": job.id, "token": job.lease, "error": error, "retry": retry, "retry_after": retry_after}
         try:
-            outcome = self._report(conn or self.conn, "fail_job", {"job": job.id, "token": job.lease, "error": error,
-                                                                   "retry": retry, "retry_after": retry_after})[0]
+            outcome = self._report(conn or self.conn, "fail_job", params)[0]
         except psycopg.Error as exc:
             if exc.diag.sqlstate == "SP022":
                 log.warning("job %s %s: failure not recorded, lease lost: %s", job.id, job.kind, error)
                 return "lost"
-            raise
+            if _connection_lost(exc):
+                raise
+            # the database refused the report itself (a value it cannot hold): report it plainly, with
+            # the queue's own back-off, rather than stop the drain and leave the job running
+            refusal = f"{exc.diag.sqlstate or type(exc).__name__}: {_first_line(exc)}"
+            plain = clean_text(f"the database refused this failure report ({refusal}); the failure was: "
+                               + error.encode("ascii", "backslashreplace").decode("ascii"))
+            try:
+                outcome = self._report(conn or self.conn, "fail_job", dict(params, error=plain, retry_after=None))[0]
+            except psycopg.Error as again:
+                if _connection_lost(again):
+                    raise
+                log.error("job %s %s: failure not recorded (%s), the job returns when its lease runs out: %s",
+                          job.id, job.kind, _first_line(again), error)
+                return "lost"
+            error = plain
         log.error("job %s %s: %s (%s)", job.id, job.kind, error, outcome)
         return outcome
 
