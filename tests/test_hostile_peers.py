@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import owner_conn
 from serverpki import acmeclient
 from serverpki.agent import Agent
 from serverpki.errors import ERROR_LIMIT, clean_text
@@ -88,7 +89,7 @@ def test_retry_later_bounds_the_delay(asked, expected):
 
 @pytest.fixture
 def kinds(conn):
-    conn.execute("INSERT INTO job_kinds (kind, description, max_attempts) VALUES "
+    owner_conn(conn).execute("INSERT INTO job_kinds (kind, description, max_attempts) VALUES "
                  "('t_hostile', 'test', 3), ('t_ok', 'test', 3)")
 
 
@@ -99,7 +100,7 @@ def make_agent(dsn, handlers: dict) -> Agent:
 
 
 def enqueue(conn, kind: str, key: str) -> int:
-    return conn.execute("SELECT enqueue(%s, %s, 'test')", (kind, key)).fetchone()[0]
+    return owner_conn(conn).execute("SELECT enqueue(%s, %s, 'test')", (kind, key)).fetchone()[0]
 
 
 def queued(conn, job_id: int) -> dict:

@@ -76,8 +76,9 @@ def test_no_role_can_move_the_clock_unless_the_owner_enabled_time_travel(no_time
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("UPDATE pki.time_travel SET enabled = true")
     # PGOPTIONS is a SET too
+    one_cert(no_time_travel)
     with psycopg.connect(pg_server.dsn(dbname, roles.CRON), autocommit=True, options="-c pki.now=2100-01-01") as c:
-        assert_refused(c, "SELECT * FROM plan()", sqlstate="SP025")
+        assert_refused(c, "SELECT * FROM request_create()", sqlstate="SP025")
 
 
 def test_a_future_clock_cannot_take_over_a_running_job(no_time_travel, pg_server, dbname):

@@ -626,7 +626,8 @@ def key_function_calls(fn: dict, ids: dict) -> list[str]:
     for job in jobs:
         args = []
         for name in fn["argnames"]:
-            args.append({"job_id": str(job), "lease_token": f"'{LEASES.get(job)}'::uuid", "algo": "'rsa'"}.get(name, "NULL"))
+            token = f"'{LEASES[job]}'::uuid" if job in LEASES else "gen_random_uuid()"
+            args.append({"job_id": str(job), "lease_token": token, "algo": "'rsa'"}.get(name, "NULL"))
         calls.append(f"SELECT * FROM pki.{fn['name']}({', '.join(args)})")
     return calls
 
@@ -683,12 +684,13 @@ def test_every_function_pki_report_may_execute_returns_no_key(keyed_dbs, logins,
                 leaks += db.material.check(fn["signature"], v)
     assert leaks == []
     assert not key_functions.keys() & {fn["signature"] for fn in functions}
-    # what pki_report may run: the clock of the report views and the citext extension's own functions, nothing else
+    # what pki_report may run: the clock of the report views (and the owner's time-travel switch it
+    # reads, one boolean) and the citext extension's own functions, nothing else
     pki_functions = {fn["signature"] for fn in functions if fn["nspname"] == "pki"}
-    assert pki_functions == {"pki.now()"}, pki_functions
+    assert pki_functions == {"pki.now()", "time_travel_enabled()"}, pki_functions
     assert all(fn["from_extension"] for fn in functions if fn["nspname"] == "dd")
-    # no SECURITY DEFINER function is pki_report's
-    assert not [fn["signature"] for fn in functions if fn["prosecdef"]]
+    # no SECURITY DEFINER function is pki_report's but that switch
+    assert [fn["signature"] for fn in functions if fn["prosecdef"]] == ["time_travel_enabled()"]
     # a function that is not executable refuses the call (the check above relies on has_function_privilege)
     for fn in key_functions.values():
         for sql in key_function_calls(fn, ids):

@@ -54,10 +54,9 @@ GRANT SELECT ON pki.tlsa_owners, pki.tlsa_desired TO pki_admin, pki_agent;
 -- ===== functions =====
 -- the clock and the settings, read by every view and rule
 GRANT EXECUTE ON FUNCTION pki.now() TO pki_admin, pki_agent, pki_report;
-GRANT EXECUTE ON FUNCTION pki.clock_locked() TO pki_admin, pki_agent, pki_report;
 GRANT EXECUTE ON FUNCTION pki.time_travel_enabled() TO pki_admin, pki_agent, pki_report;
--- our refusals, raised by code that runs with the caller's rights (the clock, validation)
-GRANT EXECUTE ON FUNCTION pki.raise_error(text, text, text) TO pki_admin, pki_agent, pki_report;
+-- our refusals, raised by code that runs with the caller's rights (validation, the files of a job)
+GRANT EXECUTE ON FUNCTION pki.raise_error(text, text, text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.setting_int(text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.setting_interval(text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.tlsa_ttl(integer) TO pki_admin, pki_agent;
