@@ -47,7 +47,7 @@ def _ca(name: str, key=None, days: int = 36500) -> tuple:
 _CAS: dict[str, tuple] = {}
 
 
-def test_ca(name: str) -> tuple:
+def shared_ca(name: str) -> tuple:
     """The (key, certificate) of a test CA, made once per process."""
     if name not in _CAS:
         _CAS[name] = _ca(name)
@@ -85,17 +85,20 @@ def local_ca_instance(conn) -> int:
         "AND NOT s.isaltname WHERE s.name = %s AND i.state = 'issued'", (LOCAL_CA_NAME,)).fetchone()
     if found:
         return found[0]
-    _, cert = test_ca(LOCAL_CA_NAME)
-    # one statement: a certificate without its subject is refused at the statement's end
-    cert_id = conn.execute(
-        "WITH c AS (INSERT INTO pki.certificates (type, encryption_algo, remarks) VALUES ('local', 'ec', 'test local CA') "
-        "RETURNING id) INSERT INTO pki.subjects (type, name, isaltname, certificate) SELECT 'CA', %s, false, c.id FROM c "
-        "RETURNING certificate", (LOCAL_CA_NAME,)).fetchone()[0]
-    inst = conn.execute("INSERT INTO pki.certinstances (certificate, state) VALUES (%s, 'reserved') RETURNING id",
-                        (cert_id,)).fetchone()[0]
-    conn.execute("INSERT INTO pki.certkeydata (certinstance, encryption_algo, cert) VALUES (%s, 'ec', %s)",
-                 (inst, pem(cert).encode()))
-    conn.execute("UPDATE pki.certinstances SET state = 'issued' WHERE id = %s", (inst,))
+    _, cert = shared_ca(LOCAL_CA_NAME)
+    with conn.transaction():   # the reason is transaction-local
+        # the instance's history says why, as -I's would
+        conn.execute("SELECT pki.set_context('test local CA stored (certfactory)', NULL)")
+        # one statement: a certificate without its subject is refused at the statement's end
+        cert_id = conn.execute(
+            "WITH c AS (INSERT INTO pki.certificates (type, encryption_algo, remarks) VALUES ('local', 'ec', 'test local CA') "
+            "RETURNING id) INSERT INTO pki.subjects (type, name, isaltname, certificate) SELECT 'CA', %s, false, c.id FROM c "
+            "RETURNING certificate", (LOCAL_CA_NAME,)).fetchone()[0]
+        inst = conn.execute("INSERT INTO pki.certinstances (certificate, state) VALUES (%s, 'reserved') RETURNING id",
+                            (cert_id,)).fetchone()[0]
+        conn.execute("INSERT INTO pki.certkeydata (certinstance, encryption_algo, cert) VALUES (%s, 'ec', %s)",
+                     (inst, pem(cert).encode()))
+        conn.execute("UPDATE pki.certinstances SET state = 'issued' WHERE id = %s", (inst,))
     return inst
 
 
@@ -128,10 +131,10 @@ def issue_result(conn, kind: str, certificate: int, not_before: dt.datetime, day
     else:
         sans = [name, *alts]
     if kind == "issue_acme":
-        ca_key, ca_cert = test_ca(ACME_CA_NAME)
+        ca_key, ca_cert = shared_ca(ACME_CA_NAME)
         pairs = [make_leaf(name, sans, a, not_before, days, ca_key, ca_cert.subject) for a in algos]
         return {"pairs": pairs, "chain": [pem(ca_cert)], "authorized_until": None}
-    ca_key, ca_cert = test_ca(LOCAL_CA_NAME)
+    ca_key, ca_cert = shared_ca(LOCAL_CA_NAME)
     inst = local_ca_instance(conn)
     pairs = [make_leaf(name, sans, a, not_before, days, ca_key, ca_cert.subject) for a in algos]
     return {"pairs": pairs, "cacert": inst}

@@ -446,7 +446,8 @@ BEGIN
         END LOOP;
     EXCEPTION WHEN SQLSTATE 'SP008' THEN
         GET STACKED DIAGNOSTICS stored_error = MESSAGE_TEXT, stored_hint = PG_EXCEPTION_HINT;
-        PERFORM raise_error('SP023', format('job %s: the %s pair cannot be stored: %s', j.id, pair ->> 'algo', stored_error),
+        PERFORM raise_error('SP023', format('job %s: the %s pair cannot be stored: %s', j.id, pair ->> 'algo',
+                regexp_replace(stored_error, '^plpy\.Error: ', '')),
             stored_hint);
     END;
     UPDATE certinstances SET state = 'issued', cacert = (result ->> 'cacert')::int,

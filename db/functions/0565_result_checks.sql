@@ -13,11 +13,11 @@
 --   issuer: issue_local signed by the CA certificate ca_pem (instance ca_id), issue_local_ca
 --           self-signed, issue_acme linked to its chain (a pair's own "chain", else the result's)
 --           certificate by certificate: issuer name = next subject, signature by the next key.
--- Returns the earliest not_after of the leaves and, for issue_acme, the facts of the result
+-- Returns what is wrong (problem, hint: SP023 for the caller to raise), else the earliest not_after of the leaves and, for issue_acme, the facts of the result
 -- chain's first certificate (the stored issuer) as {subject_cn, algo, hash, is_ca}.
 CREATE OR REPLACE FUNCTION pki.check_result_certs(job_id bigint, kind text, subject_type text, main_name text,
     altnames text[], pairs jsonb, ca_pem text, ca_id int, chain jsonb,
-    OUT leaf_not_after timestamptz, OUT issuer jsonb)
+    OUT problem text, OUT hint text, OUT leaf_not_after timestamptz, OUT issuer jsonb)
 LANGUAGE plpython3u STABLE
 SET search_path = pki, dd, pg_temp
 AS $$
@@ -29,8 +29,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+class Refused(Exception):
+    pass
+
+# returned, not raised: plpy.error would prefix the message with "plpy.Error: "
 def refuse(message, hint):
-    plpy.error("job %s: %s" % (job_id, message), hint=hint, sqlstate="SP023")
+    raise Refused("job %s: %s" % (job_id, message), hint)
 
 parsed = {}   # PEM text -> certificate: a chain shared by both pairs is parsed once
 
@@ -88,84 +92,90 @@ def signed_by(child, parent, what, by):
                "report the certificate with the issuer that signed it")
     check_signed(child, parent, what, by)
 
-main = main_name.lower()
-alts = {a.lower() for a in (altnames or [])}
-# what x509util makes: server CN + SAN of every name; client CN, SAN the other names; CA CN only
-if kind == "issue_local_ca" or subject_type == "CA":
-    want_san = set()
-elif subject_type == "client":
-    want_san = alts - {main}
-else:
-    want_san = alts | {main}
-
-items = json.loads(pairs) if isinstance(pairs, str) else pairs
-result_chain = json.loads(chain) if isinstance(chain, str) else chain
-ca = load(ca_pem, "the certificate of cacert %s" % ca_id) if ca_pem is not None else None
-not_after = None
-
-for n, pair in enumerate(items, 1):
-    algo = pair.get("algo")
-    what = "the %s certificate (pair %s)" % (algo, n)
-    leaf = load(pair.get("cert"), what)
-
-    # names: exactly the certificate's subjects
-    cns = [a.value.lower() for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    san = extension(leaf, x509.SubjectAlternativeName, what)
-    dns = [v.lower() for v in san.get_values_for_type(x509.DNSName)] if san is not None else []
-    others = len(san) - len(dns) if san is not None else 0
-    # an ACME CA may leave the CN out (Let's Encrypt's newer profiles); ours always set it
-    cn_ok = cns == [main] or (kind == "issue_acme" and not cns)
-    if not cn_ok or set(dns) != want_san or others:
-        missing, extra = sorted(want_san - set(dns)), sorted(set(dns) - want_san)
-        refuse("%s is for CN %s, DNS names %s%s, but certificate %s (%s) wants CN %s, DNS names %s%s" % (
-                   what, cns or "(none)", sorted(set(dns)) or "(none)",
-                   " and %s non-DNS alt names" % others if others else "",
-                   main_name, subject_type, main, sorted(want_san) or "(none)",
-                   "".join([" (missing %s)" % missing if missing else "", " (extra %s)" % extra if extra else ""])),
-               "issue the certificate for exactly the subject and alt names of the certificate (SELECT * FROM certs)")
-
-    # issuer: the CA it names, proven by signature
-    if kind == "issue_local_ca":
-        if not is_ca(leaf, what):
-            refuse("%s is not a CA certificate (BasicConstraints CA:TRUE)" % what,
-                   "issue the local CA certificate with x509util.build_ca_certificate")
-        signed_by(leaf, leaf, what, "itself (a local CA is self-signed)")
+def check():
+    main = main_name.lower()
+    alts = {a.lower() for a in (altnames or [])}
+    # what x509util makes: server CN + SAN of every name; client CN, SAN the other names; CA CN only
+    if kind == "issue_local_ca" or subject_type == "CA":
+        want_san = set()
+    elif subject_type == "client":
+        want_san = alts - {main}
     else:
-        if is_ca(leaf, what):
-            refuse("%s is a CA certificate, not a %s certificate" % (what, subject_type),
-                   "issue a leaf certificate (BasicConstraints CA:FALSE)")
-        if kind == "issue_local":
-            signed_by(leaf, ca, what, "the local CA of cacert %s" % ca_id)
-        else:
-            # pair 1's issuer is stored (cacert), so it links to the result's chain; a later pair
-            # (the other algorithm may have another intermediate) may bring its own
-            links = result_chain if n == 1 or pair.get("chain") is None else pair.get("chain")
-            if not isinstance(links, list) or not links:
-                refuse('"chain" of %s must be a non-empty list of PEM certificates, the issuer first' % what,
-                       "report the certificates that followed the leaf in the CA's download")
-            child, child_what = leaf, what
-            for i, pem in enumerate(links):
-                link_what = "chain certificate %s of pair %s" % (i + 1, n)
-                parent = load(pem, link_what)
-                if not is_ca(parent, link_what):
-                    refuse('%s ("%s") is not a CA certificate' % (link_what, dn(parent.subject)),
-                           "report the chain as the CA returned it, the issuer first")
-                signed_by(child, parent, child_what, link_what)
-                child, child_what = parent, link_what
-    if not_after is None or leaf.not_valid_after < not_after:
-        not_after = leaf.not_valid_after
+        want_san = alts | {main}
 
-facts = None
-if kind == "issue_acme":
-    first = load(result_chain[0], "chain certificate 1")
-    key = first.public_key()
-    found = first.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    facts = json.dumps({
-        "subject_cn": found[0].value if found else None,
-        "algo": "rsa" if isinstance(key, rsa.RSAPublicKey) else "ec" if isinstance(key, ec.EllipticCurvePublicKey) else None,
-        "hash": hashlib.sha256(first.public_bytes(serialization.Encoding.DER)).hexdigest().upper(),
-        "is_ca": True})
-return (not_after.isoformat() + "+00:00" if not_after is not None else None, facts)
+    items = json.loads(pairs) if isinstance(pairs, str) else pairs
+    result_chain = json.loads(chain) if isinstance(chain, str) else chain
+    ca = load(ca_pem, "the certificate of cacert %s" % ca_id) if ca_pem is not None else None
+    not_after = None
+
+    for n, pair in enumerate(items, 1):
+        algo = pair.get("algo")
+        what = "the %s certificate (pair %s)" % (algo, n)
+        leaf = load(pair.get("cert"), what)
+
+        # names: exactly the certificate's subjects
+        cns = [a.value.lower() for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        san = extension(leaf, x509.SubjectAlternativeName, what)
+        dns = [v.lower() for v in san.get_values_for_type(x509.DNSName)] if san is not None else []
+        others = len(san) - len(dns) if san is not None else 0
+        # an ACME CA may leave the CN out (Let's Encrypt's newer profiles); ours always set it
+        cn_ok = cns == [main] or (kind == "issue_acme" and not cns)
+        if not cn_ok or set(dns) != want_san or others:
+            missing, extra = sorted(want_san - set(dns)), sorted(set(dns) - want_san)
+            refuse("%s is for CN %s, DNS names %s%s, but certificate %s (%s) wants CN %s, DNS names %s%s" % (
+                       what, cns or "(none)", sorted(set(dns)) or "(none)",
+                       " and %s non-DNS alt names" % others if others else "",
+                       main_name, subject_type, main, sorted(want_san) or "(none)",
+                       "".join([" (missing %s)" % missing if missing else "", " (extra %s)" % extra if extra else ""])),
+                   "issue the certificate for exactly the subject and alt names of the certificate (SELECT * FROM certs)")
+
+        # issuer: the CA it names, proven by signature
+        if kind == "issue_local_ca":
+            if not is_ca(leaf, what):
+                refuse("%s is not a CA certificate (BasicConstraints CA:TRUE)" % what,
+                       "issue the local CA certificate with x509util.build_ca_certificate")
+            signed_by(leaf, leaf, what, "itself (a local CA is self-signed)")
+        else:
+            if is_ca(leaf, what):
+                refuse("%s is a CA certificate, not a %s certificate" % (what, subject_type),
+                       "issue a leaf certificate (BasicConstraints CA:FALSE)")
+            if kind == "issue_local":
+                signed_by(leaf, ca, what, "the local CA of cacert %s" % ca_id)
+            else:
+                # pair 1's issuer is stored (cacert), so it links to the result's chain; a later pair
+                # (the other algorithm may have another intermediate) may bring its own
+                links = result_chain if n == 1 or pair.get("chain") is None else pair.get("chain")
+                if not isinstance(links, list) or not links:
+                    refuse('"chain" of %s must be a non-empty list of PEM certificates, the issuer first' % what,
+                           "report the certificates that followed the leaf in the CA's download")
+                child, child_what = leaf, what
+                for i, pem in enumerate(links):
+                    link_what = "chain certificate %s of pair %s" % (i + 1, n)
+                    parent = load(pem, link_what)
+                    if not is_ca(parent, link_what):
+                        refuse('%s ("%s") is not a CA certificate' % (link_what, dn(parent.subject)),
+                               "report the chain as the CA returned it, the issuer first")
+                    signed_by(child, parent, child_what, link_what)
+                    child, child_what = parent, link_what
+        if not_after is None or leaf.not_valid_after < not_after:
+            not_after = leaf.not_valid_after
+
+    facts = None
+    if kind == "issue_acme":
+        first = load(result_chain[0], "chain certificate 1")
+        key = first.public_key()
+        found = first.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        facts = json.dumps({
+            "subject_cn": found[0].value if found else None,
+            "algo": "rsa" if isinstance(key, rsa.RSAPublicKey) else "ec" if isinstance(key, ec.EllipticCurvePublicKey) else None,
+            "hash": hashlib.sha256(first.public_bytes(serialization.Encoding.DER)).hexdigest().upper(),
+            "is_ca": True})
+    return (None, None, not_after.isoformat() + "+00:00" if not_after is not None else None, facts)
+
+try:
+    return check()
+except Refused as exc:
+    return (exc.args[0], exc.args[1], None, None)
 $$;
 
 -- check_issued_result: who may report what, the CA instance a local result names, then the
@@ -188,7 +198,7 @@ DECLARE
 BEGIN
     result := result - 'issuer_facts';   -- written here only, never taken from the agent
     IF j.kind <> 'issue_acme' AND (has_chain OR has_until) THEN
-        PERFORM raise_error('SP023', format('job %s: a %s result carries %s; only an ACME order (issue_acme) reports them',
+        PERFORM raise_error('SP023', format('job %s: the %s result carries %s; only an ACME order (issue_acme) reports them',
                 j.id, j.kind, concat_ws(' and ', CASE WHEN has_chain THEN '"chain"' END,
                                                   CASE WHEN has_until THEN '"authorized_until"' END)),
             'leave chain and authorized_until out of a local result');
@@ -217,7 +227,8 @@ BEGIN
          WHERE i.id = ca_id AND i.state IN ('issued', 'deployed')
            FOR SHARE OF i;   -- the CA instance stays what it is until this result is stored
         IF ca_pem IS NULL THEN
-            SELECT format('a %s instance of the %s %s certificate "%s"', i.state, c.type, s.type, s.name) INTO what
+            SELECT format('%s %s instance of the %s %s certificate "%s"', CASE WHEN i.state::text ~ '^[aeiou]' THEN 'an' ELSE 'a' END,
+                          i.state, c.type, s.type, s.name) INTO what
               FROM certinstances i JOIN certificates c ON c.id = i.certificate
               JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname
              WHERE i.id = ca_id;
@@ -229,6 +240,9 @@ BEGIN
     SELECT * INTO facts FROM check_result_certs(j.id, j.kind, main.type::text, main.name::text,
         ARRAY(SELECT s.name::text FROM subjects s WHERE s.certificate = cert.id AND s.isaltname),
         result -> 'pairs', ca_pem, ca_id, result -> 'chain');
+    IF facts.problem IS NOT NULL THEN
+        PERFORM raise_error('SP023', facts.problem, facts.hint);
+    END IF;
     IF has_until THEN
         BEGIN
             until := (result ->> 'authorized_until')::timestamptz;
