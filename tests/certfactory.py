@@ -86,18 +86,19 @@ def local_ca_instance(conn) -> int:
     if found:
         return found[0]
     _, cert = shared_ca(LOCAL_CA_NAME)
+    algo = "rsa" if isinstance(cert.public_key(), rsa.RSAPublicKey) else "ec"
     with conn.transaction():   # the reason is transaction-local
         # the instance's history says why, as -I's would
         conn.execute("SELECT pki.set_context('test local CA stored (certfactory)', NULL)")
         # one statement: a certificate without its subject is refused at the statement's end
         cert_id = conn.execute(
-            "WITH c AS (INSERT INTO pki.certificates (type, encryption_algo, remarks) VALUES ('local', 'ec', 'test local CA') "
+            "WITH c AS (INSERT INTO pki.certificates (type, encryption_algo, remarks) VALUES ('local', %s, 'test local CA') "
             "RETURNING id) INSERT INTO pki.subjects (type, name, isaltname, certificate) SELECT 'CA', %s, false, c.id FROM c "
-            "RETURNING certificate", (LOCAL_CA_NAME,)).fetchone()[0]
+            "RETURNING certificate", (algo, LOCAL_CA_NAME)).fetchone()[0]
         inst = conn.execute("INSERT INTO pki.certinstances (certificate, state) VALUES (%s, 'reserved') RETURNING id",
                             (cert_id,)).fetchone()[0]
-        conn.execute("INSERT INTO pki.certkeydata (certinstance, encryption_algo, cert) VALUES (%s, 'ec', %s)",
-                     (inst, pem(cert).encode()))
+        conn.execute("INSERT INTO pki.certkeydata (certinstance, encryption_algo, cert) VALUES (%s, %s, %s)",
+                     (inst, algo, pem(cert).encode()))
         conn.execute("UPDATE pki.certinstances SET state = 'issued' WHERE id = %s", (inst,))
     return inst
 

@@ -49,6 +49,25 @@ def load(pem, what):
                    "report the PEM text the CA produced")
     return parsed[pem]
 
+# the few CA and chain certificates that sign every leaf, with their public keys, kept for the
+# session: loading an RSA public key costs OpenSSL 3 about 120 us, more than the rest of a check
+issuers = SD.setdefault("issuers", {})
+keys = {}   # id(certificate) -> public key, for the issuers of this call
+
+def load_issuer(pem, what):
+    entry = issuers.get(pem) if isinstance(pem, str) else None
+    if entry is None:
+        cert = load(pem, what)
+        try:
+            entry = (cert, cert.public_key())
+        except Exception as exc:
+            refuse("the key of %s cannot be read (%s)" % (what, type(exc).__name__), "use an RSA or EC key")
+        if len(issuers) >= 32:
+            issuers.clear()
+        issuers[pem] = entry
+    keys[id(entry[0])] = entry[1]
+    return entry[0]
+
 def extension(cert, cls, what):
     try:
         return cert.extensions.get_extension_for_class(cls).value
@@ -69,7 +88,7 @@ verified = set()  # (child, parent) already checked: identical chains of two pai
 def check_signed(child, parent, what, by):
     if (id(child), id(parent)) in verified:
         return
-    key = parent.public_key()
+    key = keys.get(id(parent)) or parent.public_key()
     try:
         digest = child.signature_hash_algorithm
         if isinstance(key, rsa.RSAPublicKey):
@@ -105,7 +124,7 @@ def check():
 
     items = json.loads(pairs) if isinstance(pairs, str) else pairs
     result_chain = json.loads(chain) if isinstance(chain, str) else chain
-    ca = load(ca_pem, "the certificate of cacert %s" % ca_id) if ca_pem is not None else None
+    ca = load_issuer(ca_pem, "the certificate of cacert %s" % ca_id) if ca_pem is not None else None
     not_after = None
 
     for n, pair in enumerate(items, 1):
@@ -151,7 +170,7 @@ def check():
                 child, child_what = leaf, what
                 for i, pem in enumerate(links):
                     link_what = "chain certificate %s of pair %s" % (i + 1, n)
-                    parent = load(pem, link_what)
+                    parent = load_issuer(pem, link_what)
                     if not is_ca(parent, link_what):
                         refuse('%s ("%s") is not a CA certificate' % (link_what, dn(parent.subject)),
                                "report the chain as the CA returned it, the issuer first")
@@ -162,8 +181,8 @@ def check():
 
     facts = None
     if kind == "issue_acme":
-        first = load(result_chain[0], "chain certificate 1")
-        key = first.public_key()
+        first = load_issuer(result_chain[0], "chain certificate 1")
+        key = keys[id(first)]
         found = first.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         facts = json.dumps({
             "subject_cn": found[0].value if found else None,
@@ -224,8 +243,7 @@ BEGIN
           JOIN certificates c ON c.id = i.certificate AND c.type = 'local'
           JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname AND s.type = 'CA'
           JOIN certkeydata k ON k.certinstance = i.id
-         WHERE i.id = ca_id AND i.state IN ('issued', 'deployed')
-           FOR SHARE OF i;   -- the CA instance stays what it is until this result is stored
+         WHERE i.id = ca_id AND i.state IN ('issued', 'deployed');   -- no lock: the cacert foreign key keeps the row
         IF ca_pem IS NULL THEN
             SELECT format('%s %s instance of the %s %s certificate "%s"', CASE WHEN i.state::text ~ '^[aeiou]' THEN 'an' ELSE 'a' END,
                           i.state, c.type, s.type, s.name) INTO what
