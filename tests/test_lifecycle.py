@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.rows import namedtuple_row
 
-from certfactory import make_pair
+from certfactory import issue_result
 from helpers import assert_refused, lease_of, owner_conn, remember_leases, snapshot
 
 T0 = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
@@ -118,7 +118,7 @@ def run_all_jobs(conn, when: dt.datetime | None = None, lifetimes: dict[str, int
                 name = cert_name(conn, job.certificate)
                 days = lifetimes if isinstance(lifetimes, int) else lifetimes.get(name, 90)
                 not_before = value(conn, "SELECT pki.now()")
-                result = {"pairs": [make_pair(name, "ec", not_before, days)]}
+                result = issue_result(conn, job.kind, job.certificate, not_before, days)
             elif job.kind == "distribute" and host in fail_hosts:
                 conn.execute("SELECT fail_job(%s, %s, %s)", (job.id, lease_of(conn, job.id, AGENT), f"ssh {host}: connection refused"))
                 ran.append(job)

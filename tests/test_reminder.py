@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from certfactory import make_pair
+from certfactory import issue_result
 from helpers import lease_of, remember_leases
 from serverpki.handlers import Context, GiveUp, Job, RetryLater
 from serverpki.handlers import mail
@@ -75,7 +75,7 @@ def deployed_local_cert(conn, name: str, issued: dt.datetime = T0, days: int = L
     requested = conn.execute("SELECT * FROM request_create(selection(only_certs => %s), NULL)", ([name],)).fetchall()
     assert len(requested) == 1, requested
     [issue] = claim(conn, ["issue_local"])
-    complete(conn, issue["id"], {"pairs": [make_pair(name, "ec", issued, days)], "cacert": None})
+    complete(conn, issue["id"], issue_result(conn, "issue_local", issue["certificate"], issued, days))
     # -C issues only; the scheduler distributes the instance (rule 7: no active instance)
     plan = conn.execute("SELECT action FROM schedule(selection(only_certs => %s))", ([name],)).fetchall()
     assert ("distribute",) in plan, plan

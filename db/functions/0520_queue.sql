@@ -411,6 +411,9 @@ DECLARE
     algos text[];
     wanted text[];
     bad_pair bigint;
+    pair jsonb;
+    stored_error text;
+    stored_hint text;
     sel dd.selection;
 BEGIN
     SELECT * INTO cert FROM certificates WHERE id = j.certificate;
@@ -432,6 +435,14 @@ BEGIN
                 j.id, bad_pair),
             'report each pair as {"algo": "rsa"|"ec", "cert": "-----BEGIN CERTIFICATE-----...", "key": "-----BEGIN PRIVATE KEY-----..."}');
     END IF;
+    SELECT array_agg(p ->> 'algo' ORDER BY p ->> 'algo') INTO algos FROM jsonb_array_elements(result -> 'pairs') p;
+    wanted := CASE cert.encryption_algo WHEN 'rsa_plus_ec' THEN ARRAY['ec', 'rsa'] ELSE ARRAY[cert.encryption_algo::text] END;
+    IF algos IS DISTINCT FROM wanted THEN
+        PERFORM raise_error('SP023', format('job %s: issued pairs %s, the certificate wants %s', j.id, algos, wanted),
+            'issue one pair per key algorithm of the certificate');
+    END IF;
+    -- names, issuer and chain are read from the certificates, not taken from the agent (0565)
+    result := check_issued_result(j, cert, result);
     -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (0570)
     IF result ?| ARRAY['chain', 'authorized_until'] THEN
         result := apply_acme_chain(j, result);
@@ -443,16 +454,19 @@ BEGIN
                 'give the id of the CA''s instance (SELECT "Serial" FROM inst), or leave cacert out');
         END IF;
     END IF;
-    SELECT array_agg(p ->> 'algo' ORDER BY p ->> 'algo') INTO algos FROM jsonb_array_elements(result -> 'pairs') p;
-    wanted := CASE cert.encryption_algo WHEN 'rsa_plus_ec' THEN ARRAY['ec', 'rsa'] ELSE ARRAY[cert.encryption_algo::text] END;
-    IF algos IS DISTINCT FROM wanted THEN
-        PERFORM raise_error('SP023', format('job %s: issued pairs %s, the certificate wants %s', j.id, algos, wanted),
-            'issue one pair per key algorithm of the certificate');
-    END IF;
-    INSERT INTO certkeydata (certinstance, encryption_algo, cert, key)
-    SELECT j.instance, (p ->> 'algo')::dd.cert_encryption_algo, convert_to(p ->> 'cert', 'UTF8'),
-           convert_to(p ->> 'key', 'UTF8')
-      FROM jsonb_array_elements(result -> 'pairs') p;
+    -- the certkeydata trigger checks each clear key against its certificate; its refusal is the job's
+    BEGIN
+        FOR pair IN SELECT p FROM jsonb_array_elements(result -> 'pairs') p LOOP
+            INSERT INTO certkeydata (certinstance, encryption_algo, cert, key)
+            VALUES (j.instance, (pair ->> 'algo')::dd.cert_encryption_algo, convert_to(pair ->> 'cert', 'UTF8'),
+                    convert_to(pair ->> 'key', 'UTF8'));
+        END LOOP;
+    EXCEPTION WHEN SQLSTATE 'SP008' THEN
+        GET STACKED DIAGNOSTICS stored_error = MESSAGE_TEXT, stored_hint = PG_EXCEPTION_HINT;
+        PERFORM raise_error('SP023', format('job %s: the %s pair cannot be stored: %s', j.id, pair ->> 'algo',
+                regexp_replace(stored_error, '^plpy\.Error: ', '')),
+            stored_hint);
+    END;
     UPDATE certinstances SET state = 'issued', cacert = (result ->> 'cacert')::int,
                              ocsp_must_staple = cert.ocsp_must_staple
      WHERE id = j.instance;
