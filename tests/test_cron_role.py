@@ -22,7 +22,7 @@ ACME = f"www.{ZONE}"
 # every option of the seed that acts, in an order that leaves something to act on for the next
 ACTIONS = [
     ("-n",), ("-n", "-v", "-a"), ("-S", "-n", "-a"), ("-r", "30", "-n"),
-    ("-C", "-o", LOCAL), ("-D", "-o", LOCAL), ("-S", "-a"), ("-K", "-a"),
+    ("-C", "-o", LOCAL, "-o", "backup_op"), ("-D", "-o", LOCAL, "-o", "backup_op"), ("-S", "-a"), ("-K", "-a"),
     ("-R", "-o", ACME), ("-T", "-o", ACME), ("-X",), ("-Y",), ("-C", "-r", "3650"), ("-I",), ("-Z",),
 ]
 
@@ -52,13 +52,13 @@ def test_every_action_works_as_the_cron_role_and_is_refused_to_the_reporting_rol
         run = fleet.cli(*args)
         assert run.returncode == 0, (args, run.stdout, run.stderr)
         assert "permission denied" not in run.stdout + run.stderr, (args, run.stderr)
+        if args == ("-S", "-a"):   # the cron run brought the fleet where the state machine says
+            assert fleet.problems() == [], fleet.problems()
     # -E writes the files of an instance
     serial = fleet.conn.execute("SELECT max(id) FROM certinstances WHERE state = 'deployed'").fetchone()[0]
     assert fleet.cli("-E", str(serial), role=roles.READER).returncode != 0
     export = fleet.cli("-E", str(serial))
     assert export.returncode == 0 and export.stdout.strip(), export.stderr
-    # what the cron run did is what the state machine says: every certificate has its deployed instance
-    assert fleet.problems() == []
 
 
 def test_serverpki_agent_works_as_the_worker_role(fleet):
