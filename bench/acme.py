@@ -43,6 +43,7 @@ from serverpki.agent import Agent  # noqa: E402
 from serverpki.config import parse_config  # noqa: E402
 from serverpki.lab.bind import BindLab  # noqa: E402
 from serverpki.lab.pebble import PebbleLab  # noqa: E402
+from serverpki.lab import roles  # noqa: E402
 from serverpki.lab.postgres import PostgresCluster  # noqa: E402
 
 ZONES = ("demo.serverpki.test", "other.serverpki.test")
@@ -87,10 +88,10 @@ def main() -> int:
                 PebbleLab(dns_port=bind.port, nonce_reject=args.nonce_reject, authz_reuse=args.authz_reuse) as pebble:
             with psycopg.connect(pg.dsn(), autocommit=True) as su:
                 su.execute("CREATE DATABASE bench")
-            dsn = pg.dsn("bench")
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                migrate.upgrade(conn, log=lambda _line: None)
-                migrate.configure_database(conn)
+            with psycopg.connect(pg.dsn("bench"), autocommit=True) as owner:   # the installer
+                migrate.upgrade(owner, log=lambda _line: None)
+                roles.create_login_roles(owner)
+            dsn = pg.dsn("bench", roles.CRON)   # as deployed: the cron run's login role
             config = parse_config({
                 "database": {"dsn": dsn},
                 "acme": {"directory_url": pebble.directory_url, "contact_email": "pki@example.org", "agree_tos": True,

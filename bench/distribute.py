@@ -33,6 +33,7 @@ from serverpki import migrate, sshclient  # noqa: E402
 from serverpki.agent import Agent  # noqa: E402
 from serverpki.config import load_config  # noqa: E402
 from serverpki.handlers import distribute as dist  # noqa: E402
+from serverpki.lab import roles  # noqa: E402
 from serverpki.lab.postgres import PostgresCluster  # noqa: E402
 from serverpki.lab.sshd import SSHLab  # noqa: E402
 from serverpki.queries import q  # noqa: E402
@@ -76,9 +77,11 @@ def main(n_hosts: int, n_targets: int) -> None:
         config = load_config(config_file)
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             c.execute("CREATE DATABASE bench")
-        dsn = cluster.dsn("bench")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            migrate.upgrade(conn, log=lambda _: None)
+        with psycopg.connect(cluster.dsn("bench"), autocommit=True) as owner:   # the installer
+            migrate.upgrade(owner, log=lambda _: None)
+            roles.create_login_roles(owner)
+        # as deployed: the operator's requests as the cron run's role, the agent as its own
+        with psycopg.connect(cluster.dsn("bench", roles.CRON), autocommit=True) as conn:
             conn.execute("SELECT * FROM add_cert(%s, 'server', 'local', 'ec', false, NULL, NULL, NULL, NULL, NULL, NULL)",
                          (NAME,))
             with conn.transaction():
@@ -88,7 +91,7 @@ def main(n_hosts: int, n_targets: int) -> None:
                     conn.execute("SELECT add_disthost(%s)", (fqdn,))
                     for t in range(n_targets):
                         conn.execute("SELECT add_target(%s, %s, NULL, %s)", (NAME, fqdn, f"p{t}"))
-            agent = Agent(dsn, config, name="bench", batch=max(n_hosts, 10))
+            agent = Agent(cluster.dsn("bench", roles.WORKER), config, name="bench", batch=max(n_hosts, 10))
             conn.execute("SELECT request_local_ca('Local CA', 'ec')")
             conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY[%s]))", (NAME,))
             assert agent.drain().all_succeeded

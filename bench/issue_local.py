@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 from serverpki import keystore, migrate, x509util  # noqa: E402
 from serverpki.agent import Agent  # noqa: E402
 from serverpki.config import load_config  # noqa: E402
+from serverpki.lab import roles  # noqa: E402
 from serverpki.lab.postgres import PostgresCluster  # noqa: E402
 
 
@@ -48,16 +49,18 @@ def main(count: int, algo: str = "ec") -> None:
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             c.execute("CREATE DATABASE bench")
-        dsn = cluster.dsn("bench")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            migrate.upgrade(conn, log=lambda _: None)
+        with psycopg.connect(cluster.dsn("bench"), autocommit=True) as owner:   # the installer
+            migrate.upgrade(owner, log=lambda _: None)
+            roles.create_login_roles(owner)
+        # as deployed: the operator's requests as the cron run's role, the agent as its own
+        with psycopg.connect(cluster.dsn("bench", roles.CRON), autocommit=True) as conn:
             conn.execute("SELECT add_disthost('web1.bench.test')")
             conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
             with conn.transaction():
                 for i in range(count):
                     conn.execute("SELECT add_cert(%s, 'server', 'local', %s, false, NULL, NULL, NULL, "
                                  "'web1.bench.test', NULL, 'p')", (f"host{i}.bench.test", algo))
-            agent = Agent(dsn, config, name="bench", batch=20)
+            agent = Agent(cluster.dsn("bench", roles.WORKER), config, name="bench", batch=20)
             conn.execute("SELECT request_local_ca('Local CA', 'rsa')")
             assert agent.drain().all_succeeded
 

@@ -56,6 +56,7 @@ from cryptography.x509.oid import NameOID
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
 from serverpki import migrate  # noqa: E402
+from serverpki.lab import roles  # noqa: E402
 from serverpki.lab.postgres import PostgresCluster  # noqa: E402
 
 NOW = dt.datetime(2027, 6, 1, tzinfo=dt.timezone.utc)
@@ -200,11 +201,13 @@ def run(cluster: PostgresCluster, n: int, pair: tuple[bytes, bytes], explain: bo
         admin.execute(f"CREATE DATABASE {db}")
     with psycopg.connect(cluster.dsn(db), autocommit=True) as conn:
         migrate.upgrade(conn, log=lambda _line: None)
+        roles.create_login_roles(conn)
+        roles.enable_time_travel(conn)   # the bench plans at a fixed pki.now
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         started = time.perf_counter()
         load_fleet(conn, n, *pair)
         load_seconds = time.perf_counter() - started
-    with psycopg.connect(cluster.dsn(db), autocommit=True) as conn:
+    with psycopg.connect(cluster.dsn(db, roles.CRON), autocommit=True) as conn:   # as the cron run plans
         conn.execute("SET search_path = pki, dd, public")
         conn.execute("SELECT set_config('pki.now', %s, false)", (NOW.isoformat(),))
         plan_rows = conn.execute("SELECT action, count(*) FROM plan() GROUP BY 1 ORDER BY 1").fetchall()

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 
 from serverpki import migrate
 from serverpki.handlers.distribute import target_root, under
+from serverpki.lab import roles
 from serverpki.lab.lab import ZONE, Lab
 
 DB = "serverpki_fleet"
@@ -60,9 +61,11 @@ class Fleet:
             conn.execute(f"CREATE DATABASE {DB}")
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             migrate.upgrade(conn, log=lambda _line: None)
+            roles.create_login_roles(conn)
+            roles.enable_time_travel(conn)
         example = Path(str(resources.files("serverpki") / "examples" / "example_config.sql"))
         subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(example)],
-                       env={**os.environ, **self.lab.cluster.env(DB)}, check=True, capture_output=True)
+                       env={**os.environ, **self.lab.cluster.env(DB, roles.OPERATOR)}, check=True, capture_output=True)
         for args in (["-I"], ["-Z"]):
             run = self.cli(*args)
             assert run.returncode == 0, (args, run.stderr)
@@ -89,6 +92,7 @@ class Fleet:
 
     @property
     def dsn(self) -> str:
+        """The owner's connection string: for the invariants (problems()), never for a path under test."""
         return self.lab.cluster.dsn(DB)
 
     @property
@@ -99,8 +103,13 @@ class Fleet:
         self._conn.execute("SELECT set_config('pki.now', %s, false)", (self.now.isoformat() if self.now else "",))
         return self._conn
 
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {**os.environ, **self.lab.cluster.env(DB), "SERVERPKI_CONFIG": str(self.lab.config), **extra}
+    def role_dsn(self, role: str = roles.CRON) -> str:
+        """The fleet's database as a login role (the cron run's by default): what the paths under test use."""
+        return self.lab.cluster.dsn(DB, role)
+
+    def env(self, role: str = roles.CRON, **extra: str) -> dict[str, str]:
+        # a login role (the cron run's unless told), never the owner
+        env = {**os.environ, **self.lab.cluster.env(DB, role), "SERVERPKI_CONFIG": str(self.lab.config), **extra}
         if self.now:
             env["PGOPTIONS"] = f"-c pki.now={self.now.isoformat()}"
         return env

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 # every table an operator or the agent can change; a refusal must leave all of them as they were
 STATE_TABLES = (
@@ -47,3 +51,39 @@ def assert_refused(conn: psycopg.Connection, sql: str, params=None, sqlstate: st
     assert err.diag.message_hint, f"refusal without a hint: {err.diag.message_primary}"
     assert snapshot(conn) == before, "a refused statement changed the database"
     return err
+
+
+_OWNERS: dict[str, psycopg.Connection] = {}
+
+
+def owner_conn(conn: psycopg.Connection) -> psycopg.Connection:
+    """The schema owner's session on conn's database, for what a test sets up or inspects that no
+    login role may touch (internal functions, state columns); the paths under test keep conn."""
+    info = conn.info.get_parameters()
+    key = f"{info.get('host')}:{info.get('port')}/{info['dbname']}"
+    owner = _OWNERS.get(key)
+    if owner is None or owner.closed or owner.broken:
+        owner = _OWNERS[key] = psycopg.connect(
+            make_conninfo(conn.info.dsn, user=os.environ.get("SERVERPKI_TEST_OWNER", "postgres")), autocommit=True)
+    # the same clock as the session under test
+    now = conn.execute("SELECT coalesce(current_setting('pki.now', true), '')").fetchone()[0]
+    owner.execute("SELECT set_config('pki.now', %s, false)", (now,))
+    return owner
+
+
+# the lease tokens of the tests' claims, as an agent keeps them: (database, job) -> (agent, token)
+_LEASES: dict[tuple[str, int], tuple[str, str]] = {}
+
+
+def remember_leases(conn: psycopg.Connection, claimed: list) -> list:
+    """Keep the token of each claimed job (rows of claim_jobs as dicts or objects); returns claimed."""
+    for row in claimed:
+        get = row.get if isinstance(row, dict) else lambda k: getattr(row, k)
+        _LEASES[conn.info.dbname, get("id")] = (get("locked_by"), str(get("lease_token")))
+    return claimed
+
+
+def lease_of(conn: psycopg.Connection, job_id: int, agent: str) -> str:
+    """The token agent got when it claimed the job; an agent that did not claim it has only a guess."""
+    claimer, token = _LEASES.get((conn.info.dbname, job_id), (None, None))
+    return token if claimer == agent else str(uuid.uuid4())

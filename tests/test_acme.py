@@ -28,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
+from helpers import owner_conn
 from serverpki import acmeclient, dnsupdate, operate
 from serverpki.agent import Agent
 from serverpki.config import parse_config
@@ -106,7 +107,7 @@ def drain(config) -> None:
 
 def due_now(conn) -> None:
     """Retries are due at once (instead of after their back-off)."""
-    conn.execute("UPDATE jobs SET run_after = now() WHERE state IN ('queued', 'failed')")
+    owner_conn(conn).execute("UPDATE jobs SET run_after = now() WHERE state IN ('queued', 'failed')")
 
 
 def job(conn, job_id: int) -> dict:
@@ -719,17 +720,17 @@ def test_publish_with_bind_stopped_retries_and_succeeds_when_it_is_back(conn, co
 def test_the_operator_sees_the_account_but_not_its_key(conn, config, pg_server, dbname):
     register(conn, config)
     role = f"t_admin_{uuid.uuid4().hex[:8]}"
-    conn.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE pki_admin')
+    owner_conn(conn).execute(f'CREATE ROLE "{role}" LOGIN IN ROLE pki_admin')
     try:
         with psycopg.connect(make_conninfo(pg_server.dsn(dbname), user=role), autocommit=True) as admin:
             assert admin.execute("SELECT directory_url, contact FROM acme_accounts").fetchone()[1] == CONTACT
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 admin.execute("SELECT key FROM acme_accounts")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                admin.execute("SELECT save_job_progress(1, 'x', '{}')")
+                admin.execute("SELECT save_job_progress(1, gen_random_uuid(), '{}')")
             admin.execute("SELECT owner, data FROM tlsa_desired").fetchall()
     finally:
-        conn.execute(f'DROP ROLE "{role}"')
+        owner_conn(conn).execute(f'DROP ROLE "{role}"')
 
 
 def test_agents_in_parallel_store_the_issuer_once(conn, config):

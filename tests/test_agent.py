@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 
+from helpers import owner_conn
 from serverpki import migrate
+from serverpki.lab import roles
 from serverpki.agent import Agent
 from serverpki.handlers import GiveUp, RetryLater
 from serverpki.lab.postgres import PostgresCluster
@@ -29,12 +31,12 @@ def make_agent(dsn, handlers: dict, **kw) -> Agent:
 
 @pytest.fixture
 def kinds(conn):
-    conn.execute("""INSERT INTO job_kinds (kind, description, max_attempts) VALUES
+    owner_conn(conn).execute("""INSERT INTO job_kinds (kind, description, max_attempts) VALUES
         ('t_ok', 'test', 3), ('t_crash', 'test', 3), ('t_retry', 'test', 3), ('t_giveup', 'test', 3), ('t_slow', 'test', 3)""")
 
 
 def enqueue(conn, kind, key="x", args="{}"):
-    return conn.execute("SELECT enqueue(%s, %s, 'test', %s::jsonb)", (kind, key, args)).fetchone()[0]
+    return owner_conn(conn).execute("SELECT enqueue(%s, %s, 'test', %s::jsonb)", (kind, key, args)).fetchone()[0]
 
 
 def job(conn, job_id):
@@ -91,9 +93,8 @@ def test_drain_runs_follow_ups_enqueued_by_completion(conn, dsn, kinds):
 
     def chain(j, ctx):
         seen.append(j.args.get("n", 0))
-        if len(seen) < 3:
-            ctx.conn.execute("SELECT enqueue('t_ok', %s, 'follow-up', %s::jsonb)",
-                             (f"n{len(seen)}", f'{{"n": {len(seen)}}}'))
+        if len(seen) < 3:   # a follow-up, as a completion enqueues it (the agent's role may not)
+            enqueue(conn, "t_ok", f"n{len(seen)}", f'{{"n": {len(seen)}}}')
         return {}
 
     stats = make_agent(dsn, {"t_ok": chain}, batch=1).drain()
@@ -121,10 +122,10 @@ def test_result_of_an_agent_whose_lease_was_taken_is_dropped(conn, dsn, kinds):
     first = make_agent(dsn, {"t_ok": lambda j, ctx: {}}, name="slowpoke")
     [claimed] = first.claim()
     # the lease runs out and another agent takes the job over
-    conn.execute("UPDATE jobs SET locked_until = now() - interval '1 second' WHERE id = %s", (jid,))
-    conn.execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
-    conn.execute("SELECT requeue_expired_leases()")
-    conn.execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
+    owner_conn(conn).execute("UPDATE jobs SET locked_until = now() - interval '1 second' WHERE id = %s", (jid,))
+    owner_conn(conn).execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
+    owner_conn(conn).execute("SELECT requeue_expired_leases()")
+    owner_conn(conn).execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
     second = make_agent(dsn, {"t_ok": lambda j, ctx: {"by": "second"}}, name="second")
     assert second.drain().outcomes["done"] == 1
     assert first.run_job(claimed) == "lost"
@@ -139,19 +140,21 @@ def test_forever_wakes_on_notify_and_survives_a_database_restart():
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             c.execute("CREATE DATABASE a")
-        dsn = cluster.dsn("a")
-        with psycopg.connect(dsn, autocommit=True) as c:
+        owner_dsn = cluster.dsn("a")
+        with psycopg.connect(owner_dsn, autocommit=True) as c:
             migrate.upgrade(c, log=lambda _: None)
+            roles.create_login_roles(c)
             c.execute("INSERT INTO pki.job_kinds (kind, description) VALUES ('t_ok', 'test')")
         done = []
-        agent = make_agent(dsn, {"t_ok": lambda j, ctx: done.append(j.id) or {}})
+        # the agent as serverpki agent runs in production: the worker's login role
+        agent = make_agent(cluster.dsn("a", roles.WORKER), {"t_ok": lambda j, ctx: done.append(j.id) or {}})
         stop = threading.Event()
         worker = threading.Thread(target=agent.forever, kwargs={"poll_seconds": 60, "stop": stop}, daemon=True)
         worker.start()
         time.sleep(1)
 
         def enqueue_and_wait(key):
-            with psycopg.connect(dsn, autocommit=True) as c:
+            with psycopg.connect(owner_dsn, autocommit=True) as c:   # pki.enqueue is internal
                 jid = c.execute("SELECT pki.enqueue('t_ok', %s, 'test')", (key,)).fetchone()[0]
             deadline = time.monotonic() + 20
             while jid not in done and time.monotonic() < deadline:

@@ -48,6 +48,7 @@ from fleet import Fleet
 from serverpki import sshclient
 from serverpki.agent import Agent
 from serverpki.config import load_config
+from serverpki.lab import roles
 from serverpki.lab.lab import HOSTS, ZONE
 
 N_LOCAL, N_ACME, N_AGENTS, N_CRON = 100, 30, 3, 2
@@ -140,7 +141,7 @@ class AgentProcs:
             with self.logs[name].open("w") as log:
                 self.procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "serverpki.admin", "agent", "-f", str(config)],
-                    env=self.fleet.env(), stdout=log, stderr=subprocess.STDOUT)
+                    env=self.fleet.env(roles.WORKER), stdout=log, stderr=subprocess.STDOUT)
         self.wait_listening()
         return self
 
@@ -462,7 +463,7 @@ def _pass_and_create_request(fleet: Fleet) -> None:
     results: dict[str, object] = {}
 
     def session(key: str, sql: str, pids: dict) -> None:
-        with psycopg.connect(fleet.dsn, autocommit=True) as c:
+        with psycopg.connect(fleet.role_dsn(), autocommit=True) as c:   # the cron run and the operator
             pids[key] = c.info.backend_pid
             results[key] = c.execute(sql).fetchall()
 
@@ -482,7 +483,7 @@ def _pass_and_create_request(fleet: Fleet) -> None:
                 and time.monotonic() < deadline:
             time.sleep(0.05)
         if not operator.is_alive():        # -C went through: an agent issues the certificate at once
-            quick = Agent(fleet.dsn, config, name="quick", kinds=["issue_acme"])
+            quick = Agent(fleet.role_dsn(roles.WORKER), config, name="quick", kinds=["issue_acme"])
             stats = quick.drain()
             quick.close()
             assert stats.all_succeeded, stats.errors

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from certfactory import make_pair
+from certfactory import issue_result
+from helpers import owner_conn
 from serverpki import handlers as handler_registry
 from serverpki import sshclient
 from serverpki.agent import Agent
@@ -188,7 +189,7 @@ def logins(lab: SSHLab) -> dict[str, int]:
 
 def reopen_job(conn, job_id: int) -> None:
     """The back-off is over: the failed job is due now."""
-    conn.execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (job_id,))
+    owner_conn(conn).execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (job_id,))
 
 
 # --------------------------------------------------------------------------- file layout
@@ -283,7 +284,6 @@ def test_every_file_type_with_and_without_jails_modes_owners_and_pglink(conn, ag
 
 
 def test_an_LE_certificate_gets_the_chain_files(conn, agent, hosts):
-    ca = local_ca(conn, agent)
     conn.execute("SELECT add_disthost(%s)", (WEB3,))
     conn.execute("SELECT add_place('le-sep', 'separate', '/etc/le')")
     conn.execute("SELECT add_place('le-ck', 'combine key', '/etc/le-ck', NULL, NULL, NULL, 416)")
@@ -295,8 +295,12 @@ def test_an_LE_certificate_gets_the_chain_files(conn, agent, hosts):
     conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY[%s]))", (name,))
     job = one(conn, "SELECT * FROM claim_jobs('acme-stand-in', ARRAY['issue_acme'], 1)")
     now = one(conn, "SELECT pki.now() AS now")["now"]
-    pair = make_pair(name, "rsa", now, 90)
-    conn.execute("SELECT complete_job(%s, 'acme-stand-in', %s)", (job["id"], Jsonb({"pairs": [pair], "cacert": ca})))
+    result = issue_result(conn, "issue_acme", job["certificate"], now, 90)
+    pair = result["pairs"][0]
+    conn.execute("SELECT complete_job(%s, %s, %s)", (job["id"], job["lease_token"], Jsonb(result)))
+    # the issuer is stored from the chain, as an instance of its own
+    ca = one(conn, "SELECT cacert FROM certinstances WHERE id = %s", (job["instance"],))["cacert"]
+    assert ca_pem(conn, ca) == result["chain"][0]
 
     jobs = distribute(conn, agent, name)
 
@@ -640,7 +644,7 @@ def test_a_consolidation_of_an_instance_that_was_replaced_meanwhile_gives_up(con
     assert distribute(conn, agent, "late.example.org")[WEB1]["state"] == "done"
     [job] = [r["job"] for r in rows(conn, "SELECT job FROM request_consolidate_certs(selection(only_certs => "
                                           "ARRAY['late.example.org']))")]
-    conn.execute("UPDATE certinstances SET state = 'expired' WHERE id = %s", (inst,))
+    owner_conn(conn).execute("UPDATE certinstances SET state = 'expired' WHERE id = %s", (inst,))
     (hosts.host(WEB1).path("/etc/nginx/ssl/late.example.org_server_ec_cert.pem")).write_text("the successor\n")
 
     agent.drain()

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg.rows import namedtuple_row
 
-from certfactory import make_pair
-from helpers import assert_refused, snapshot
+from certfactory import issue_result
+from helpers import assert_refused, lease_of, owner_conn, remember_leases, snapshot
 
 T0 = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
 WEB1, WEB2 = HOSTS = ("web1.example.org", "web2.example.org")
@@ -109,7 +109,7 @@ def run_all_jobs(conn, when: dt.datetime | None = None, lifetimes: dict[str, int
         set_now(conn, when)
     ran = []
     for _ in range(100):
-        batch = rows(conn, "SELECT * FROM claim_jobs(%s, %s::text[], 10)", (AGENT, kinds))
+        batch = remember_leases(conn, rows(conn, "SELECT * FROM claim_jobs(%s, %s::text[], 10)", (AGENT, kinds)))
         if not batch:
             return ran
         for job in batch:
@@ -118,14 +118,14 @@ def run_all_jobs(conn, when: dt.datetime | None = None, lifetimes: dict[str, int
                 name = cert_name(conn, job.certificate)
                 days = lifetimes if isinstance(lifetimes, int) else lifetimes.get(name, 90)
                 not_before = value(conn, "SELECT pki.now()")
-                result = {"pairs": [make_pair(name, "ec", not_before, days)]}
+                result = issue_result(conn, job.kind, job.certificate, not_before, days)
             elif job.kind == "distribute" and host in fail_hosts:
-                conn.execute("SELECT fail_job(%s, %s, %s)", (job.id, AGENT, f"ssh {host}: connection refused"))
+                conn.execute("SELECT fail_job(%s, %s, %s)", (job.id, lease_of(conn, job.id, AGENT), f"ssh {host}: connection refused"))
                 ran.append(job)
                 continue
             else:
                 result = {}
-            conn.execute("SELECT complete_job(%s, %s, %s)", (job.id, AGENT, json.dumps(result)))
+            conn.execute("SELECT complete_job(%s, %s, %s)", (job.id, lease_of(conn, job.id, AGENT), json.dumps(result)))
             ran.append(job)
     raise AssertionError("the queue never drained")
 
@@ -231,7 +231,7 @@ def test_rule1_reserved_without_issue_job_is_deleted(fleet):
     add_cert(conn, "www.example.org")
     active = deploy_le(conn, "www.example.org")
     # a leftover reservation (its issue job is gone: a restore, an operator's DELETE)
-    leftover = value(conn, "INSERT INTO certinstances (certificate, state) VALUES (cert_id('www.example.org'), 'reserved') RETURNING id")
+    leftover = value(owner_conn(conn), "INSERT INTO certinstances (certificate, state) VALUES (cert_id('www.example.org'), 'reserved') RETURNING id")
     set_now(conn, day(1))
     p = plan(conn)
     assert [(r.instance, r.action, r.reason) for r in p] == [(leftover, "delete", "rule 1: reserved, and no issue job is pending")]
@@ -250,9 +250,9 @@ def test_rule1_reserved_with_pending_issue_job_is_kept(fleet, job_state):
     reserved = the(conn, "www.example.org", "reserved")
     (job,) = jobs(conn, "issue_acme")
     if job_state != "queued":
-        assert [j.id for j in rows(conn, "SELECT id FROM claim_jobs(%s, NULL, 5)", (AGENT,))] == [job.id]
+        assert [j.id for j in remember_leases(conn, rows(conn, "SELECT * FROM claim_jobs(%s, NULL, 5)", (AGENT,)))] == [job.id]
     if job_state == "failed":
-        assert value(conn, "SELECT fail_job(%s, %s, 'ACME server busy')", (job.id, AGENT)) == "failed"
+        assert value(conn, "SELECT fail_job(%s, %s, 'ACME server busy')", (job.id, lease_of(conn, job.id, AGENT))) == "failed"
     set_now(conn, day(0, minutes=1))
     p = plan(conn)
     assert [(r.instance, r.action) for r in p] == [(None, "wait")]
@@ -306,7 +306,7 @@ def test_rule1_older_duplicates_per_state_are_deleted(fleet, state):
     path = {"issued": [], "prepublished": ["prepublished"], "deployed": ["deployed"], "expired": ["expired"]}[state]
     for inst in (older, newer):
         for step in path:
-            conn.execute("UPDATE certinstances SET state = %s WHERE id = %s", (step, inst))
+            owner_conn(conn).execute("UPDATE certinstances SET state = %s WHERE id = %s", (step, inst))
     set_now(conn, day(1))
     p = plan(conn)
     deletes = [r for r in p if r.action == "delete"]
@@ -556,7 +556,7 @@ def test_rule6_disabled_certificate_is_not_distributed_but_cleaned_and_reminded(
     le_succ = the(conn, "www.example.org", "issued")
     conn.execute("SELECT disable_cert('www.example.org')")
     conn.execute("SELECT disable_cert('app.example.org')")
-    leftover = value(conn, "INSERT INTO certinstances (certificate, state) VALUES (cert_id('www.example.org'), 'reserved') RETURNING id")
+    leftover = value(owner_conn(conn), "INSERT INTO certinstances (certificate, state) VALUES (cert_id('www.example.org'), 'reserved') RETURNING id")
     set_now(conn, day(89, hours=12))
     before = last_job(conn)
     p = plan(conn)
@@ -801,12 +801,12 @@ def test_state_transitions_table_is_lifecycle_md(conn):
 
 def make_instance_in(conn, state: str) -> int:
     """An instance of x.example.org (no TLSA) taken to `state` along allowed transitions."""
-    inst = value(conn, "INSERT INTO certinstances (certificate, state) VALUES (cert_id('x.example.org'), 'reserved') RETURNING id")
+    inst = value(owner_conn(conn), "INSERT INTO certinstances (certificate, state) VALUES (cert_id('x.example.org'), 'reserved') RETURNING id")
     path = {"reserved": [], "issued": ["issued"], "prepublished": ["issued", "prepublished"],
             "deployed": ["issued", "deployed"], "revoked": ["revoked"], "expired": ["issued", "expired"],
             "archived": ["issued", "expired", "archived"]}[state]
     for step in path:
-        conn.execute("UPDATE certinstances SET state = %s WHERE id = %s", (step, inst))
+        owner_conn(conn).execute("UPDATE certinstances SET state = %s WHERE id = %s", (step, inst))
     assert state_of(conn, inst) == state
     return inst
 
@@ -817,16 +817,16 @@ def test_illegal_transition_is_refused_naming_both_states(fleet, from_state, to_
     add_cert(conn, "x.example.org", tlsa=False)
     events_before = value(conn, "SELECT count(*) FROM events")
     if from_state is None:
-        assert_refused(conn, "INSERT INTO certinstances (certificate, state) VALUES (cert_id('x.example.org'), %s)",
+        assert_refused(owner_conn(conn), "INSERT INTO certinstances (certificate, state) VALUES (cert_id('x.example.org'), %s)",
                        (to_state,), sqlstate="SP020", match=f"(none) -> {to_state} is not an allowed transition")
     else:
         inst = make_instance_in(conn, from_state)
         events_before = value(conn, "SELECT count(*) FROM events")
         if to_state is None:
-            assert_refused(conn, "DELETE FROM certinstances WHERE id = %s", (inst,),
+            assert_refused(owner_conn(conn), "DELETE FROM certinstances WHERE id = %s", (inst,),
                            sqlstate="SP020", match=f"instance {inst}: {from_state} -> (deleted)")
         else:
-            assert_refused(conn, "UPDATE certinstances SET state = %s WHERE id = %s", (to_state, inst),
+            assert_refused(owner_conn(conn), "UPDATE certinstances SET state = %s WHERE id = %s", (to_state, inst),
                            sqlstate="SP020", match=f"instance {inst}: {from_state} -> {to_state}")
         assert state_of(conn, inst) == from_state
     assert value(conn, "SELECT count(*) FROM events") == events_before
@@ -855,7 +855,7 @@ def test_dane_successor_is_not_deployed_before_two_ttl(fleet):
     schedule(conn)
     assert jobs(conn, after=before) == []
     # nobody gets around it: a direct promotion is refused
-    assert_refused(conn, "UPDATE certinstances SET state = 'deployed' WHERE id = %s", (succ,),
+    assert_refused(owner_conn(conn), "UPDATE certinstances SET state = 'deployed' WHERE id = %s", (succ,),
                    sqlstate="SP021", match=f"instance {succ} cannot be deployed yet")
     # neither does -D
     (held,) = request(conn, "request_distribute")
@@ -873,7 +873,7 @@ def test_dane_unpublished_successor_is_refused_too(fleet):
     deploy_le(conn, "www.example.org")
     set_now(conn, day(61))
     succ = issue_on_request(conn, "www.example.org")
-    assert_refused(conn, "UPDATE certinstances SET state = 'deployed' WHERE id = %s", (succ,),
+    assert_refused(owner_conn(conn), "UPDATE certinstances SET state = 'deployed' WHERE id = %s", (succ,),
                    sqlstate="SP021", match="are not published")
 
 
@@ -900,7 +900,7 @@ def build_fleet_at_day_89(conn) -> dict[str, int]:
     add_cert(conn, "gone.example.org", tlsa=False)            # LE, revoked: archive, and issue anew
     got["gone"] = deploy_le(conn, "gone.example.org")
     conn.execute("SELECT revoke_instance(%s, 'decommissioned key')", (got["gone"],))
-    got["leftover"] = value(conn, "INSERT INTO certinstances (certificate, state) "
+    got["leftover"] = value(owner_conn(conn), "INSERT INTO certinstances (certificate, state) "
                                   "VALUES (cert_id('pre.example.org'), 'reserved') RETURNING id")   # delete
     set_now(conn, day(89, minutes=30))
     return got
@@ -1188,8 +1188,10 @@ def test_events_are_append_only(fleet):
     first = value(conn, "SELECT min(id) FROM events")
     n = value(conn, "SELECT count(*) FROM events")
     for sql in ("UPDATE events SET reason = 'rewritten' WHERE id = %s", "DELETE FROM events WHERE id = %s"):
-        with pytest.raises(psycopg.Error) as info:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):   # the roles may not write history at all
             conn.execute(sql, (first,))
+        with pytest.raises(psycopg.Error) as info:                  # and the trigger stops even the owner
+            owner_conn(conn).execute(sql, (first,))
         assert info.value.diag.sqlstate == "SP012" and f"event {first}" in info.value.diag.message_primary
     assert value(conn, "SELECT count(*) FROM events") == n
     assert value(conn, "SELECT reason FROM events WHERE id = %s", (first,)) != "rewritten"

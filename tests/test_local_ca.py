@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from helpers import assert_refused, snapshot
+from helpers import assert_refused, lease_of, owner_conn, remember_leases, snapshot
 from serverpki import keystore, x509util
 from serverpki.handlers import HANDLERS, Context, GiveUp, Job
 from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (registers issue_local, issue_local_ca)
@@ -58,16 +58,17 @@ def run_job(conn: psycopg.Connection, job_id: int, config) -> dict | GiveUp:
     row = conn.cursor(row_factory=dict_row).execute(
         "SELECT * FROM claim_jobs(%s, ARRAY[(SELECT kind FROM jobs WHERE id = %s)], 1)", (AGENT, job_id)).fetchone()
     assert row is not None and row["id"] == job_id, f"job {job_id} was not claimable"
+    remember_leases(conn, [row])
     job = Job(id=row["id"], kind=row["kind"], certificate=row["certificate"], instance=row["instance"],
               disthost=row["disthost"], zone=row["zone"], args=row["args"], attempts=row["attempts"],
-              max_attempts=row["max_attempts"])
+              max_attempts=row["max_attempts"], lease=str(row["lease_token"]))
     ctx = Context(config=config, conn=conn, agent_name=AGENT)
     try:
         result = HANDLERS[job.kind](job, ctx)
     except GiveUp as exc:
-        conn.execute("SELECT fail_job(%s, %s, %s, false)", (job_id, AGENT, str(exc)))
+        conn.execute("SELECT fail_job(%s, %s, %s, false)", (job_id, lease_of(conn, job_id, AGENT), str(exc)))
         return exc
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, AGENT, json.dumps(result)))
+    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(result)))
     return result
 
 
@@ -338,26 +339,29 @@ def test_the_key_of_an_acme_order_in_flight_is_re_encrypted_with_the_others(conn
     re-encrypt it too; the key of an order whose job ended meanwhile is not required."""
     fill(conn, config)
     order_key = keystore.dump_key(x509util.new_key("ec"))
-    order_job = conn.execute("SELECT enqueue('issue_acme', 'test:order', 'an order in flight')").fetchone()[0]
-    gone_job = conn.execute("SELECT enqueue('issue_acme', 'test:gone', 'an order that ends')").fetchone()[0]
-    claimed = conn.execute("SELECT id FROM claim_jobs('orders', ARRAY['issue_acme'], 2)").fetchall()
-    assert sorted(r[0] for r in claimed) == sorted([order_job, gone_job])
+    order_job = owner_conn(conn).execute("SELECT enqueue('issue_acme', 'test:order', 'an order in flight')").fetchone()[0]
+    gone_job = owner_conn(conn).execute("SELECT enqueue('issue_acme', 'test:gone', 'an order that ends')").fetchone()[0]
+    claimed = remember_leases(conn, conn.cursor(row_factory=dict_row).execute(
+        "SELECT * FROM claim_jobs('orders', ARRAY['issue_acme'], 2)").fetchall())
+    assert sorted(r["id"] for r in claimed) == sorted([order_job, gone_job])
     for job in (order_job, gone_job):
-        conn.execute("SELECT save_job_key(%s, 'orders', 'ec', %s)", (job, order_key))
-    gone_id = conn.execute("SELECT id FROM job_keys WHERE job = %s", (gone_job,)).fetchone()[0]
+        conn.execute("SELECT save_job_key(%s, %s, 'ec', %s)", (job, lease_of(conn, job, "orders"), order_key))
+    gone_id = owner_conn(conn).execute("SELECT id FROM job_keys WHERE job = %s", (gone_job,)).fetchone()[0]
 
     job_id = request_keys(conn, True)
     row = conn.cursor(row_factory=dict_row).execute("SELECT * FROM claim_jobs(%s, ARRAY['encrypt_keys'], 1)",
                                                     (AGENT,)).fetchone()
-    job = Job(row["id"], row["kind"], None, None, None, None, row["args"], row["attempts"], row["max_attempts"])
+    remember_leases(conn, [row])
+    job = Job(row["id"], row["kind"], None, None, None, None, row["args"], row["attempts"], row["max_attempts"],
+              str(row["lease_token"]))
     result = HANDLERS["encrypt_keys"](job, Context(config=config, conn=conn, agent_name=AGENT))
     assert sorted(k["id"] for k in result["job_keys"]) == sorted(
-        r[0] for r in conn.execute("SELECT id FROM job_keys"))
-    conn.execute("SELECT fail_job(%s, 'orders', 'the order failed for good', false)", (gone_job,))  # its key goes
-    assert conn.execute("SELECT count(*) FROM job_keys WHERE id = %s", (gone_id,)).fetchone()[0] == 0
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, AGENT, json.dumps(result)))
+        r[0] for r in owner_conn(conn).execute("SELECT id FROM job_keys"))
+    conn.execute("SELECT fail_job(%s, %s, 'the order failed for good', false)", (gone_job, lease_of(conn, gone_job, "orders")))  # its key goes
+    assert owner_conn(conn).execute("SELECT count(*) FROM job_keys WHERE id = %s", (gone_id,)).fetchone()[0] == 0
+    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(result)))
 
-    stored = conn.execute("SELECT key FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0]
+    stored = owner_conn(conn).execute("SELECT key FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0]
     assert stored.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
     assert keystore.dump_key(keystore.load_key(stored, keystore.read_passphrase(config.paths.db_encryption_key))) \
         == order_key
@@ -365,17 +369,18 @@ def test_the_key_of_an_acme_order_in_flight_is_re_encrypted_with_the_others(conn
         job_row(conn, job_id)["result"]["job_keys"])
 
     run_job(conn, request_keys(conn, False), config)
-    assert conn.execute("SELECT key FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0] == order_key
+    assert owner_conn(conn).execute("SELECT key FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0] == order_key
     # a result that gives an order key in the wrong form changes nothing
     job_id = request_keys(conn, True)
-    conn.execute("SELECT claim_jobs(%s, ARRAY['encrypt_keys'], 1)", (AGENT,))
-    order_key_id = conn.execute("SELECT id FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0]
+    remember_leases(conn, conn.cursor(row_factory=dict_row).execute("SELECT * FROM claim_jobs(%s, ARRAY['encrypt_keys'], 1)",
+                                                                    (AGENT,)).fetchall())
+    order_key_id = owner_conn(conn).execute("SELECT id FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0]
     keys = [{"id": i, "key": keystore.encrypt_pem(k, b"x" * 8)} for i, k in
             conn.execute("SELECT id, key FROM keys_under_db_passphrase()").fetchall()]
     bad = {"encrypted": True, "keys": keys, "accounts": [], "job_keys": [{"id": order_key_id, "key": order_key}]}
     before = snapshot(conn)
     with pytest.raises(psycopg.Error) as info:
-        conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, AGENT, json.dumps(bad)))
+        conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(bad)))
     assert info.value.diag.sqlstate == "SP023" and '"job_keys"' in info.value.diag.message_primary
     assert snapshot(conn) == before
 
@@ -430,11 +435,12 @@ def test_apply_keys_reencrypted_refuses_an_incomplete_result(conn, config, mangl
     fill(conn, config)
     job_id = request_keys(conn, True)
     row = conn.cursor(row_factory=dict_row).execute("SELECT * FROM claim_jobs(%s, ARRAY['encrypt_keys'], 1)", (AGENT,)).fetchone()
+    remember_leases(conn, [row])
     job = Job(id=row["id"], kind=row["kind"], certificate=None, instance=None, disthost=None, zone=None,
-              args=row["args"], attempts=row["attempts"], max_attempts=row["max_attempts"])
+              args=row["args"], attempts=row["attempts"], max_attempts=row["max_attempts"], lease=str(row["lease_token"]))
     result = HANDLERS["encrypt_keys"](job, Context(config=config, conn=conn, agent_name=AGENT))
     bad = mangle(result)
-    assert_refused(conn, "SELECT complete_job(%s, %s, %s)", (job_id, AGENT, json.dumps(bad)), sqlstate="SP023", match=match)
+    assert_refused(conn, "SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(bad)), sqlstate="SP023", match=match)
     assert keys_encrypted(conn) is False
     assert job_row(conn, job_id)["state"] == "running"
 
@@ -517,7 +523,7 @@ def test_roles_of_the_requests(conn, pg_server, dbname):
 
     roles = {group: f"t_{group}_{uuid.uuid4().hex[:8]}" for group in ("pki_admin", "pki_agent")}
     for group, role in roles.items():
-        conn.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE {group}')
+        owner_conn(conn).execute(f'CREATE ROLE "{role}" LOGIN IN ROLE {group}')
     try:
         with psycopg.connect(make_conninfo(pg_server.dsn(dbname), user=roles["pki_agent"]), autocommit=True) as agent:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -531,15 +537,15 @@ def test_roles_of_the_requests(conn, pg_server, dbname):
                 admin.execute("SELECT * FROM keys_under_db_passphrase()")
     finally:
         for role in roles.values():
-            conn.execute(f'DROP OWNED BY "{role}"')
-            conn.execute(f'DROP ROLE "{role}"')
+            owner_conn(conn).execute(f'DROP OWNED BY "{role}"')
+            owner_conn(conn).execute(f'DROP ROLE "{role}"')
 
 
 def test_encrypt_and_decrypt_cover_the_acme_account_key(conn, config, tmp_path):
     """-X/-Y treat the ACME account key like every other stored key."""
     account = x509util.new_key("ec", 2048, "secp256r1")
     clear = keystore.dump_key(account)
-    conn.execute("INSERT INTO acme_accounts (directory_url, contact, key, uri) VALUES "
+    owner_conn(conn).execute("INSERT INTO acme_accounts (directory_url, contact, key, uri) VALUES "
                  "('https://acme.example/dir', 'pki@example.org', %s, 'https://acme.example/acct/1')", (clear,))
     job_id = request_keys(conn, True)
     result = run_job(conn, job_id, config)

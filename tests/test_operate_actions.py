@@ -147,9 +147,9 @@ def test_schedule_mails_one_reminder_through_the_relay(env, conn, smtp):
     inst = conn.execute("SELECT id, not_after FROM certinstances i WHERE state = 'issued' AND certificate = "
                         "(SELECT certificate FROM subjects WHERE name = 'client1')").fetchone()
     # deploy it as the distribution would (its SSH handler is not part of this test)
-    conn.execute("SELECT enqueue_distribution(ARRAY[%s], selection(), 'deploy', 'test')", (inst[0],))
-    job = conn.execute("SELECT id FROM claim_jobs('t', ARRAY['distribute'], 1)").fetchone()[0]
-    conn.execute("SELECT complete_job(%s, 't', '{}')", (job,))
+    conn.execute("SELECT * FROM request_distribute(selection(only_certs => ARRAY['client1']))").fetchall()
+    job, token = conn.execute("SELECT id, lease_token FROM claim_jobs('t', ARRAY['distribute'], 1)").fetchone()
+    conn.execute("SELECT complete_job(%s, %s, '{}')", (job, token))
     later = (inst[1] - __import__("datetime").timedelta(days=10)).isoformat()
     env_later = ({**env[0], "PGOPTIONS": f"-c pki.now={later}"}, env[1])
     result = run(env_later, "-S", "-a")

@@ -48,6 +48,8 @@ INSUFFICIENT_PRIVILEGE = "42501"
 ROLES = ("pki_admin", "pki_agent", "pki_report")
 SCHEMAS = ("pki", "dd")
 AGENT = "privileges-test"
+# the lease token of each job the tests claimed (the agent keeps it; the keyed copies share the jobs)
+LEASES: dict[int, str] = {}
 CA_PASS = "ca passphrase of the privileges test"
 DB_PASS = "db passphrase of the privileges test"
 
@@ -263,6 +265,7 @@ def claim(conn, job_id: int) -> dict:
     row = conn.cursor(row_factory=dict_row).execute(
         "SELECT * FROM claim_jobs(%s, ARRAY[(SELECT kind FROM jobs WHERE id = %s)], 1)", (AGENT, job_id)).fetchone()
     assert row is not None and row["id"] == job_id, f"job {job_id} was not claimable: {row}"
+    LEASES[job_id] = str(row["lease_token"])
     return row
 
 
@@ -271,13 +274,13 @@ def run_job(conn, job_id: int, config) -> dict:
     row = claim(conn, job_id)
     job = Job(id=row["id"], kind=row["kind"], certificate=row["certificate"], instance=row["instance"],
               disthost=row["disthost"], zone=row["zone"], args=row["args"], attempts=row["attempts"],
-              max_attempts=row["max_attempts"])
+              max_attempts=row["max_attempts"], lease=str(row["lease_token"]))
     try:
         result = HANDLERS[job.kind](job, Context(config=config, conn=conn, agent_name=AGENT))
     except GiveUp as exc:
-        conn.execute("SELECT fail_job(%s, %s, %s, false)", (job_id, AGENT, str(exc)))
+        conn.execute("SELECT fail_job(%s, %s, %s, false)", (job_id, job.lease, str(exc)))
         raise
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, AGENT, Jsonb(result)))
+    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, job.lease, Jsonb(result)))
     return result
 
 
@@ -306,7 +309,7 @@ def populate(conn, config) -> None:
     account_pem = make_ec_key_pem()
     job_id = conn.execute("SELECT request_acme_account('https://acme.example.org/dir', 'pki@example.org')").fetchone()[0]
     claim(conn, job_id)
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, AGENT, Jsonb(
+    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, LEASES[job_id], Jsonb(
         {"directory_url": "https://acme.example.org/dir", "uri": "https://acme.example.org/acct/1",
          "contact": "pki@example.org", "key": account_pem})))
     # distribution: one job done (as the distribute handler reports it), one failing with an error that quotes a key
@@ -315,20 +318,19 @@ def populate(conn, config) -> None:
     assert len(jobs) >= 2
     done, failing = jobs[0][0], jobs[1][0]
     claim(conn, done)
-    conn.execute("SELECT save_job_progress(%s, %s, %s)", (done, AGENT, Jsonb({"files": 2, "key": account_pem})))
-    conn.execute("SELECT complete_job(%s, %s, %s)", (done, AGENT, Jsonb(
+    conn.execute("SELECT save_job_progress(%s, %s, %s)", (done, LEASES[done], Jsonb({"files": 2, "key": account_pem})))
+    conn.execute("SELECT complete_job(%s, %s, %s)", (done, LEASES[done], Jsonb(
         {"host": "web1.example.org", "files": [{"path": "/x/key.pem", "sha256": "00" * 32}], "reload": [],
          "private_key": account_pem, "note": f"a careless handler: {account_pem}"})))
     claim(conn, failing)
-    conn.execute("SELECT fail_job(%s, %s, %s)", (failing, AGENT, f"could not parse {account_pem} (bad)"))
+    conn.execute("SELECT fail_job(%s, %s, %s)", (failing, LEASES[failing], f"could not parse {account_pem} (bad)"))
     # an ACME order in flight keeps its key in the database (when this release has job keys)
     conn.execute("SELECT * FROM add_cert('acme.example.org', 'server', 'LE', 'rsa', false, "
                  "NULL, NULL, NULL, 'web1.example.org', NULL, 'nginx')")
     acme_job = conn.execute("SELECT job FROM request_create(selection(only_certs => ARRAY['acme.example.org']))"
                             ).fetchone()[0]
     claim(conn, acme_job)
-    if conn.execute("SELECT to_regprocedure('pki.save_job_key(bigint, text, text, text)')").fetchone()[0]:
-        conn.execute("SELECT save_job_key(%s, %s, 'rsa', %s)", (acme_job, AGENT, make_rsa_key_pem()))
+    conn.execute("SELECT save_job_key(%s, %s, 'rsa', %s)", (acme_job, LEASES[acme_job], make_rsa_key_pem()))
     conn.execute("ANALYZE")
 
 
@@ -375,6 +377,13 @@ class KeyedDB:
     encrypted: bool
     material: KeyMaterial
 
+
+
+@pytest.fixture
+def conn(owner):
+    """This module proves the privileges through login roles of its own; its conn is the owner, who
+    sets the fleet up and inspects what the roles did."""
+    return owner
 
 @pytest.fixture(scope="module")
 def keyed_dbs(pg_server, template_db, tmp_path_factory):
@@ -617,7 +626,8 @@ def key_function_calls(fn: dict, ids: dict) -> list[str]:
     for job in jobs:
         args = []
         for name in fn["argnames"]:
-            args.append({"job_id": str(job), "agent": f"'{AGENT}'", "algo": "'rsa'"}.get(name, "NULL"))
+            token = f"'{LEASES[job]}'::uuid" if job in LEASES else "gen_random_uuid()"
+            args.append({"job_id": str(job), "lease_token": token, "algo": "'rsa'"}.get(name, "NULL"))
         calls.append(f"SELECT * FROM pki.{fn['name']}({', '.join(args)})")
     return calls
 
@@ -674,12 +684,13 @@ def test_every_function_pki_report_may_execute_returns_no_key(keyed_dbs, logins,
                 leaks += db.material.check(fn["signature"], v)
     assert leaks == []
     assert not key_functions.keys() & {fn["signature"] for fn in functions}
-    # what pki_report may run: the clock of the report views and the citext extension's own functions, nothing else
+    # what pki_report may run: the clock of the report views (and the owner's time-travel switch it
+    # reads, one boolean) and the citext extension's own functions, nothing else
     pki_functions = {fn["signature"] for fn in functions if fn["nspname"] == "pki"}
-    assert pki_functions == {"pki.now()"}, pki_functions
+    assert pki_functions == {"pki.now()", "time_travel_enabled()"}, pki_functions
     assert all(fn["from_extension"] for fn in functions if fn["nspname"] == "dd")
-    # no SECURITY DEFINER function is pki_report's
-    assert not [fn["signature"] for fn in functions if fn["prosecdef"]]
+    # no SECURITY DEFINER function is pki_report's but that switch
+    assert [fn["signature"] for fn in functions if fn["prosecdef"]] == ["time_travel_enabled()"]
     # a function that is not executable refuses the call (the check above relies on has_function_privilege)
     for fn in key_functions.values():
         for sql in key_function_calls(fn, ids):

@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from certfactory import make_pair
+from certfactory import issue_result
+from helpers import lease_of, remember_leases
 from serverpki.handlers import Context, GiveUp, Job, RetryLater
 from serverpki.handlers import mail
 from serverpki.lab.ports import free_port
@@ -37,17 +38,17 @@ def at(conn: psycopg.Connection, when: dt.datetime) -> None:
 
 
 def claim(conn, kinds: list[str] | None = None) -> list[dict]:
-    return conn.cursor(row_factory=dict_row).execute(
-        "SELECT * FROM claim_jobs(%s, %s, 10) ORDER BY id", (AGENT, kinds)).fetchall()
+    return remember_leases(conn, conn.cursor(row_factory=dict_row).execute(
+        "SELECT * FROM claim_jobs(%s, %s, 10) ORDER BY id", (AGENT, kinds)).fetchall())
 
 
 def complete(conn, job_id: int, result: dict) -> None:
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, AGENT, json.dumps(result)))
+    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(result)))
 
 
 def as_job(row: dict) -> Job:
     return Job(row["id"], row["kind"], row["certificate"], row["instance"], row["disthost"], row["zone"],
-               row["args"] or {}, row["attempts"], row["max_attempts"])
+               row["args"] or {}, row["attempts"], row["max_attempts"], str(row["lease_token"]))
 
 
 def mail_config(smtp: SMTPLab | None = None, **overrides) -> SimpleNamespace:
@@ -74,7 +75,7 @@ def deployed_local_cert(conn, name: str, issued: dt.datetime = T0, days: int = L
     requested = conn.execute("SELECT * FROM request_create(selection(only_certs => %s), NULL)", ([name],)).fetchall()
     assert len(requested) == 1, requested
     [issue] = claim(conn, ["issue_local"])
-    complete(conn, issue["id"], {"pairs": [make_pair(name, "ec", issued, days)], "cacert": None})
+    complete(conn, issue["id"], issue_result(conn, "issue_local", issue["certificate"], issued, days))
     # -C issues only; the scheduler distributes the instance (rule 7: no active instance)
     plan = conn.execute("SELECT action FROM schedule(selection(only_certs => %s))", ([name],)).fetchall()
     assert ("distribute",) in plan, plan
@@ -171,7 +172,7 @@ def test_an_unreachable_relay_fails_the_job_for_a_retry(conn, smtp):
         mail.mail_reminder(as_job(row), context(conn, mail_config(smtp)))
     assert "Connection refused" in str(info.value)
     state = conn.execute("SELECT fail_job(%s, %s, %s, true, %s * interval '1 second')",
-                         (row["id"], AGENT, str(info.value), info.value.retry_after)).fetchone()[0]
+                         (row["id"], lease_of(conn, row["id"], AGENT), str(info.value), info.value.retry_after)).fetchone()[0]
     assert state == "failed"
     [job] = reminder_jobs(conn)
     assert job["state"] == "failed" and job["attempts"] == 1
@@ -195,7 +196,7 @@ def test_a_permanent_rejection_gives_up_and_the_job_dies(conn, smtp):
     with pytest.raises(GiveUp) as info:
         mail.mail_reminder(as_job(row), context(conn, mail_config(smtp)))
     assert "550 5.1.1 mailbox unknown" in str(info.value) and "mail.recipients" in str(info.value)
-    state = conn.execute("SELECT fail_job(%s, %s, %s, false)", (row["id"], AGENT, str(info.value))).fetchone()[0]
+    state = conn.execute("SELECT fail_job(%s, %s, %s, false)", (row["id"], lease_of(conn, row["id"], AGENT), str(info.value))).fetchone()[0]
     assert state == "dead"
     [job] = reminder_jobs(conn)
     assert job["state"] == "dead" and "mailbox unknown" in job["last_error"]

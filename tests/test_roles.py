@@ -34,6 +34,13 @@ CONFIG_TABLES = (
 REPORT_VIEWS = ("certs", "certs_ids", "inst")
 
 
+
+@pytest.fixture
+def conn(owner):
+    """This module proves the privileges through login roles of its own; its conn is the owner, who
+    sets the fleet up and inspects what the roles did."""
+    return owner
+
 @pytest.fixture
 def login_as(pg_server, dbname):
     """login_as('pki_admin'): a connection of a new LOGIN role that is a member of that group."""

@@ -35,8 +35,8 @@ def run_ok(psql, script: str, *args: str) -> str:
     return result.stdout
 
 
-def test_psql_session_of_the_manual_runs_verbatim(psql):
-    run_ok(psql, SET_SEQUENCE)
+def test_psql_session_of_the_manual_runs_verbatim(psql, owner):
+    owner.execute(SET_SEQUENCE)    # setup: the operator (psql, pki_operator) may use the sequence, not set it
 
     for statement, tag in CREATE_DISTHOSTS:
         assert run_ok(psql, statement).strip() == tag
@@ -63,9 +63,9 @@ def test_psql_session_of_the_manual_runs_verbatim(psql):
     assert run_ok(psql, statement).strip() == tag
 
 
-def test_psql_session_as_one_script(psql, conn):
+def test_psql_session_as_one_script(psql, conn, owner):
     """The whole session pasted at once: every command tag in order, and the tables end empty."""
-    conn.execute(SET_SEQUENCE)
+    owner.execute(SET_SEQUENCE)
     statements = [s for s, _ in CREATE_DISTHOSTS] + [SELECT_DISTHOST] + [s for s, _ in JAIL_STATEMENTS] + [DELETE_DISTHOSTS[0]]
     out = run_ok(psql, "\n".join(statements) + "\n")
     tags = [line for line in out.split("\n") if re.fullmatch(r"(INSERT 0 \d+|DELETE \d+)", line)]

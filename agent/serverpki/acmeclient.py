@@ -29,7 +29,7 @@ from acme import messages
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .dnsupdate import Clock
-from .handlers import GiveUp, RetryLater
+from .handlers import GiveUp, RetryLater, bounded_delay
 
 USER_AGENT = "serverPKI (acme-python)"
 NONCE_RETRIES = 10
@@ -73,19 +73,23 @@ class Network(acme_client.ClientNetwork):
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds, bounded (bounded_delay): delay-seconds (digits only, RFC 9110) or an
+    HTTP date; None for anything else (nan, inf, 1e15 are no delay-seconds)."""
     if not value:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    value = value.strip()
+    if re.fullmatch(r"[0-9]{1,30}", value):
+        return bounded_delay(int(value))
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
-    return max((when - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0.0)
+    try:
+        return bounded_delay(max((when - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0.0))
+    except OverflowError:
+        return None
 
 
 def jwk_for(key) -> tuple[jose.JWK, jose.JWASignature]:

@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
-from .errors import ServerPKIError
+from .errors import ServerPKIError, clean_text
 from .faults import crash_point
 from .handlers import Context, GiveUp, Job, RetryLater
 from .log import progress
@@ -81,9 +81,9 @@ class RunStats:
 class _Heartbeat(threading.Thread):
     """Extends the lease of the running job every third of the lease, on its own connection."""
 
-    def __init__(self, dsn: str, agent_name: str, job_id: int, lease: int):
-        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
-        self.dsn, self.agent_name, self.job_id, self.lease = dsn, agent_name, job_id, lease
+    def __init__(self, dsn: str, job: Job, lease: int):
+        super().__init__(daemon=True, name=f"heartbeat-{job.id}")
+        self.dsn, self.job_id, self.token, self.lease = dsn, job.id, job.lease, lease
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -93,7 +93,7 @@ class _Heartbeat(threading.Thread):
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 while True:
-                    conn.execute(q("extend_lease"), {"job": self.job_id, "agent": self.agent_name, "lease": self.lease})
+                    conn.execute(q("extend_lease"), {"job": self.job_id, "token": self.token, "lease": self.lease})
                     if self.stopped.wait(max(self.lease / 3, 1)):
                         break
         except psycopg.Error as exc:  # the job will be refused at completion (SP022); say why now
@@ -142,7 +142,7 @@ class Agent:
                 rows = conn.cursor(row_factory=dict_row).execute(q("claim_jobs"), params).fetchall()
             self._conn = psycopg.connect(self.dsn, autocommit=True)
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
-                    r["args"] or {}, r["attempts"], r["max_attempts"]) for r in rows]
+                    r["args"] or {}, r["attempts"], r["max_attempts"], str(r["lease_token"])) for r in rows]
 
     def run_job(self, job: Job, conn: psycopg.Connection | None = None) -> str:
         """Run one claimed job to its outcome; returns done, failed, dead or lost.
@@ -150,7 +150,7 @@ class Agent:
         conn = conn or self.conn
         if not self._renew_lease(job, conn):
             return "lost"
-        heartbeat = _Heartbeat(self.dsn, self.name, job.id, self.lease)
+        heartbeat = _Heartbeat(self.dsn, job, self.lease)
         heartbeat.start()
         ctx = Context(config=self.config, conn=conn, agent_name=self.name)
         log.debug("job %s %s: start (attempt %s of %s)", job.id, job.kind, job.attempts, job.max_attempts)
@@ -168,7 +168,7 @@ class Agent:
             heartbeat.stop()
         crash_point(f"{job.kind}.before_complete")
         try:
-            self._report(conn, "complete_job", {"job": job.id, "agent": self.name, "result": Jsonb(result or {})})
+            self._report(conn, "complete_job", {"job": job.id, "token": job.lease, "result": Jsonb(result or {})})
         except psycopg.Error as exc:
             if _connection_lost(exc):
                 raise   # the database stayed away (_report waited): the drain stops, the lease brings the job back
@@ -177,7 +177,8 @@ class Agent:
                 log.warning("job %s %s: result dropped: %s", job.id, job.kind, exc.diag.message_primary)
                 return "lost"
             # the outcome did not fit (SP023) or could not be stored: a failed attempt, the error kept
-            return self._fail(job, f"{state}: {exc.diag.message_primary}", retry=state != "SP023", conn=conn)
+            return self._fail(job, f"{state or type(exc).__name__}: {exc.diag.message_primary or _first_line(exc)}",
+                              retry=state != "SP023", conn=conn)
         log.info("job %s %s: done", job.id, job.kind)
         return "done"
 
@@ -186,7 +187,7 @@ class Agent:
         claim wait their turn without a heartbeat: when one waited past its lease, another agent
         may have taken it over, and running it here as well would do its side effect twice."""
         try:
-            conn.execute(q("extend_lease"), {"job": job.id, "agent": self.name, "lease": self.lease})
+            conn.execute(q("extend_lease"), {"job": job.id, "token": job.lease, "lease": self.lease})
         except psycopg.Error as exc:
             if exc.diag.sqlstate != "SP022":
                 raise
@@ -231,14 +232,32 @@ class Agent:
 
     def _fail(self, job: Job, error: str, retry: bool, retry_after: float | None = None,
               conn: psycopg.Connection | None = None) -> str:
+        # the error comes from peers too (a reload's output, a CA's answer): no NUL, no control
+        # characters, bounded, so that the database takes it
+        error = clean_text(error)
+        params = {"job": job.id, "token": job.lease, "error": error, "retry": retry, "retry_after": retry_after}
         try:
-            outcome = self._report(conn or self.conn, "fail_job", {"job": job.id, "agent": self.name, "error": error,
-                                                                   "retry": retry, "retry_after": retry_after})[0]
+            outcome = self._report(conn or self.conn, "fail_job", params)[0]
         except psycopg.Error as exc:
             if exc.diag.sqlstate == "SP022":
                 log.warning("job %s %s: failure not recorded, lease lost: %s", job.id, job.kind, error)
                 return "lost"
-            raise
+            if _connection_lost(exc):
+                raise
+            # the database refused the report itself (a value it cannot hold): report it plainly, with
+            # the queue's own back-off, rather than stop the drain and leave the job running
+            refusal = f"{exc.diag.sqlstate or type(exc).__name__}: {_first_line(exc)}"
+            plain = clean_text(f"the database refused this failure report ({refusal}); the failure was: "
+                               + error.encode("ascii", "backslashreplace").decode("ascii"))
+            try:
+                outcome = self._report(conn or self.conn, "fail_job", dict(params, error=plain, retry_after=None))[0]
+            except psycopg.Error as again:
+                if _connection_lost(again):
+                    raise
+                log.error("job %s %s: failure not recorded (%s), the job returns when its lease runs out: %s",
+                          job.id, job.kind, _first_line(again), error)
+                return "lost"
+            error = plain
         log.error("job %s %s: %s (%s)", job.id, job.kind, error, outcome)
         return outcome
 

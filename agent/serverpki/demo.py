@@ -33,6 +33,7 @@ import dns.rdatatype
 import psycopg
 
 from . import migrate
+from .lab import roles
 from .lab.lab import ZONE, Lab
 
 DEMO_DB = "serverpki_demo"
@@ -54,11 +55,11 @@ class Demo:
     # -- what an operator does
 
     def psql(self, *args: str) -> None:
-        env = {**os.environ, **self.cluster.env(DEMO_DB)}
+        env = {**os.environ, **self.cluster.env(DEMO_DB, roles.OPERATOR)}   # a person with psql
         subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-P", "pager=off", *args], env=env, check=True)
 
     def operate(self, *args: str, now: dt.datetime | None = None) -> int:
-        env = {**os.environ, **self.cluster.env(DEMO_DB), "SERVERPKI_CONFIG": str(self.config)}
+        env = {**os.environ, **self.cluster.env(DEMO_DB, roles.CRON), "SERVERPKI_CONFIG": str(self.config)}
         if now:  # time travel: every session of the run shares the clock
             env["PGOPTIONS"] = f"-c pki.now={now.isoformat()}"
         print(f"$ operate_serverPKI {' '.join(args)}" + (f"      (pki.now = {now:%Y-%m-%d %H:%M})" if now else ""), flush=True)
@@ -73,7 +74,7 @@ class Demo:
 
     def show_tlsa(self) -> None:
         """The TLSA records as BIND serves them (asked directly, no recursion)."""
-        with psycopg.connect(self.cluster.dsn(DEMO_DB), autocommit=True) as conn:
+        with psycopg.connect(self.cluster.dsn(DEMO_DB, roles.OPERATOR), autocommit=True) as conn:
             owners = [r[0] for r in conn.execute("SELECT DISTINCT owner FROM tlsa_owners ORDER BY 1")]
         for owner in owners:
             query = dns.message.make_query(owner, dns.rdatatype.TLSA)
@@ -94,7 +95,7 @@ class Demo:
                 print(f"{fqdn}: reload commands run: {'; '.join(reloads.read_text().splitlines())}")
 
     def active_not_after(self) -> dt.datetime:
-        with psycopg.connect(self.cluster.dsn(DEMO_DB), autocommit=True) as conn:
+        with psycopg.connect(self.cluster.dsn(DEMO_DB, roles.READER), autocommit=True) as conn:
             return conn.execute('SELECT max("not after") FROM inst WHERE "Cert Name" = %s AND "State" = \'deployed\'',
                                 (ACME_CERT,)).fetchone()[0]
 
@@ -107,6 +108,11 @@ class Demo:
         banner("installing the schema (serverpki db init)")
         with psycopg.connect(self.cluster.dsn(DEMO_DB), autocommit=True) as conn:
             migrate.upgrade(conn)
+            banner("the login roles (README): only the installer above ran as the owner")
+            print(roles.__doc__.split("\n\n")[1].rstrip())
+            roles.create_login_roles(conn)
+            print("(the demo travels in time: the owner enables it for this database, off on every install)")
+            roles.enable_time_travel(conn)
         example = Path(str(resources.files("serverpki") / "examples" / "example_config.sql"))
         banner(f"the operator loads the configuration with psql -f {example.name}")
         self.psql("-q", "-f", str(example))
@@ -173,7 +179,7 @@ def run_demo(keep: bool = False) -> None:
     try:
         demo.run()
         if keep:
-            env = " ".join(f"{k}={v}" for k, v in demo.cluster.env(DEMO_DB).items())
+            env = " ".join(f"{k}={v}" for k, v in demo.cluster.env(DEMO_DB, roles.OPERATOR).items())
             print(f"\nthe lab keeps running; connect with: {env} psql; configuration: {demo.config}")
             return
     finally:

@@ -41,3 +41,38 @@ def from_database(exc: psycopg.Error) -> ServerPKIError:
     if diag.sqlstate and diag.sqlstate.startswith("SP"):
         text = f"{diag.sqlstate}: {text}"
     return DatabaseRefusal(text, diag.sqlstate, diag.message_hint)
+
+
+# what a job's error may hold in the database (jobs.last_error keeps 4000 characters)
+ERROR_LIMIT = 4000
+# bidirectional overrides and isolates: they would make an error read differently from what it says
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _visible(ch: str) -> str:
+    """A character as it may stand in a stored error: control and bidi characters spelled out."""
+    code = ord(ch)
+    if ch in "\n\t" or (code >= 0x20 and code != 0x7f and not 0x80 <= code <= 0x9f and ch not in _BIDI):
+        return "\ufffd" if 0xd800 <= code <= 0xdfff else ch   # a lone surrogate is no UTF-8
+    return f"\\x{code:02x}" if code <= 0xff else f"\\u{code:04x}"
+
+
+def clean_text(text: object, limit: int | None = ERROR_LIMIT) -> str:
+    """Text from anywhere (a peer's output, an exception) made fit for a text column and a terminal:
+    valid UTF-8 (undecodable bytes become U+FFFD), no NUL or other control character but newline
+    and tab (spelled out as \\x00 ...), and at most `limit` characters, the cut in the middle marked."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    elif not isinstance(text, str):
+        text = str(text)
+    text = text.replace("\r\n", "\n")
+    length = len(text)
+    if limit is not None and length > 2 * limit:   # spell out only what can be kept
+        text = text[:limit] + text[-limit:]
+    text = "".join(map(_visible, text))
+    if limit is None or len(text) <= limit:
+        return text
+    mark = f"\n[... cut to {limit} characters; the text had {length} ...]\n"
+    keep = max(limit - len(mark), 0)
+    head, tail = keep * 2 // 3, keep - keep * 2 // 3
+    return (text[:head] + mark + (text[-tail:] if tail else ""))[:limit]

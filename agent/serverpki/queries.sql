@@ -5,13 +5,13 @@
 SELECT * FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second');
 
 -- name: extend_lease
-SELECT pki.extend_lease(%(job)s, %(agent)s, %(lease)s * interval '1 second');
+SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second');
 
 -- name: complete_job
-SELECT pki.complete_job(%(job)s, %(agent)s, %(result)s);
+SELECT pki.complete_job(%(job)s, %(token)s::uuid, %(result)s);
 
 -- name: fail_job
-SELECT pki.fail_job(%(job)s, %(agent)s, %(error)s, %(retry)s, %(retry_after)s * interval '1 second');
+SELECT pki.fail_job(%(job)s, %(token)s::uuid, %(error)s, %(retry)s, %(retry_after)s * interval '1 second');
 
 -- name: unhandled_due_jobs
 -- jobs due now of kinds this agent has no handler for (reported, left queued)
@@ -89,7 +89,7 @@ SELECT id, directory_url, contact, key, uri FROM pki.acme_accounts WHERE directo
 SELECT coalesce(result, '{}'::jsonb) AS progress FROM pki.jobs WHERE id = %(job)s;
 
 -- name: save_job_progress
-SELECT pki.save_job_progress(%(job)s, %(agent)s, %(progress)s);
+SELECT pki.save_job_progress(%(job)s, %(token)s::uuid, %(progress)s);
 
 -- name: tlsa_records
 -- the TLSA records of the instances a publish job lists, one per owner and distinct data
@@ -104,8 +104,8 @@ SELECT owner, max(ttl) AS ttl FROM pki.tlsa_owners WHERE certificate = %(certifi
 
 -- name: save_job_key
 -- the key of an ACME order, stored before the order is placed (pki.save_job_key)
-SELECT pki.save_job_key(%(job)s, %(agent)s, %(algo)s, %(key)s);
+SELECT pki.save_job_key(%(job)s, %(token)s::uuid, %(algo)s, %(key)s);
 
 -- name: job_key
 -- the key an earlier attempt stored for its order of this algorithm, or NULL
-SELECT pki.job_key(%(job)s, %(agent)s, %(algo)s) AS key;
+SELECT pki.job_key(%(job)s, %(token)s::uuid, %(algo)s) AS key;

@@ -32,7 +32,7 @@ from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, 
 from paramiko.sftp_attr import SFTPAttributes
 from paramiko.sftp_file import SFTPFile
 
-from .errors import ServerPKIError
+from .errors import ServerPKIError, clean_text
 from .faults import crash_point
 
 # output of a command kept in a job's result, from its end
@@ -63,6 +63,15 @@ class HostUnreachable(SSHError):
 
 class HostRefused(SSHError):
     """The disthost is refused or refuses us (host key, authentication, configuration): no retry mends it."""
+
+
+class PathEscape(SSHError):
+    """A path on the host resolves outside the root it must stay in (a symbolic link points out of a jail)."""
+
+
+def within(path: str, root: str) -> bool:
+    """Whether the (resolved) path is root or below it."""
+    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
 
 
 class HostKeyUnknown(HostRefused):
@@ -179,6 +188,7 @@ class Connection:
     command_timeout: float
     _sftp: paramiko.SFTPClient | None = field(default=None, repr=False)
     _dirs: set[str] = field(default_factory=set, repr=False)
+    _roots: dict[str, str] = field(default_factory=dict, repr=False)   # jail root -> resolved
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -212,12 +222,48 @@ class Connection:
                 return None
             raise
 
-    def read(self, path: str) -> bytes:
-        with self.sftp.open(path, "rb") as f:
-            return f.read()
+    def read(self, path: str, limit: int | None = None) -> bytes:
+        """The file's content; with a limit at most limit + 1 bytes (enough to tell that it is longer),
+        so that a huge file put in place of ours is not read whole."""
+        if limit is None:
+            with self.sftp.open(path, "rb") as f:
+                return f.read()
+        # unbuffered: paramiko asks the server for no more than is still wanted
+        with self.sftp.open(path, "rb", bufsize=0) as f:
+            return f.read(limit + 1)
 
-    def sha256(self, path: str) -> str:
-        return hashlib.sha256(self.read(path)).hexdigest()
+    def sha256(self, path: str, limit: int | None = None) -> str:
+        return hashlib.sha256(self.read(path, limit)).hexdigest()
+
+    def resolve(self, path: str) -> str:
+        """Where the path is on the host, symbolic links resolved by the server (SFTP realpath); missing
+        trailing components (directories still to be made) are appended to their deepest existing ancestor."""
+        path = posixpath.normpath(path)
+        missing: list[str] = []
+        probe = path
+        while probe != "/" and self.lstat(probe) is None:
+            missing.append(posixpath.basename(probe))
+            probe = posixpath.dirname(probe)
+        try:
+            base = self.sftp.normalize(probe)
+        except OSError as exc:   # a dangling link whose target's parent is missing too
+            raise OSError(exc.errno, f"{probe} cannot be resolved on the host ({exc.strerror or exc}), "
+                                     f"so {path} cannot be checked; is it a dangling symbolic link?") from None
+        return posixpath.join(base, *reversed(missing))
+
+    def resolve_inside(self, path: str, root: str) -> str:
+        """The path resolved on the host (resolve()); PathEscape when that leaves root, resolved as well
+        (the root itself may be a link, e.g. a jailroot on another file system)."""
+        if root not in self._roots:
+            self._roots[root] = self.resolve(root)
+        real_root, real = self._roots[root], self.resolve(path)
+        if not within(real, real_root):
+            shown = root if real_root == root else f"{root} (on the host {real_root})"
+            raise PathEscape(
+                f"{self.where.fqdn}: refused to write to {path}: it resolves to {real}, outside the jail root "
+                f"{shown}; a symbolic link in the jail points out of it: have the jail's owner remove it or point "
+                f"it inside the jail, or give the place a path that has no such link")
+        return real
 
     def readlink(self, path: str) -> str | None:
         try:
@@ -380,7 +426,8 @@ class Connection:
                     status = chan.recv_exit_status()
         finally:
             chan.close()
-        text = output.decode("utf-8", errors="replace")
+        # the host's output goes into the job's result and error: readable, no NUL or control characters
+        text = clean_text(bytes(output), limit=None)
         if len(text) > OUTPUT_LIMIT:
             text = "..." + text[-OUTPUT_LIMIT:]
         if timed_out:

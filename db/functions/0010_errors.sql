@@ -16,9 +16,10 @@ INSERT INTO dd.sqlstates (code, name, meaning) VALUES
     ('SP012', 'read_only',           'the row or column may not be changed this way'),
     ('SP020', 'illegal_transition',  'a change of certinstances.state that the state machine does not allow'),
     ('SP021', 'dane_order',          'a successor would be deployed before its TLSA records were published for 2 x TTL'),
-    ('SP022', 'lease_lost',          'the job is not running under this agent (its lease expired or it finished)'),
+    ('SP022', 'lease_lost',          'the job is not running under this lease (it expired, the job finished, or the token is not the claim''s)'),
     ('SP023', 'bad_job_result',      'a job result lacks what its kind must report, or does not fit the job'),
-    ('SP024', 'bad_selection',       'a selection names certificates or disthosts that are not in the configuration, or contradicts itself')
+    ('SP024', 'bad_selection',       'a selection names certificates or disthosts that are not in the configuration, or contradicts itself'),
+    ('SP025', 'clock_locked',        'a session set pki.now, but the database owner has not enabled time travel for this database')
 ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, meaning = EXCLUDED.meaning;
 
 -- raise_error: raise one of our SQLSTATEs with a message and a hint

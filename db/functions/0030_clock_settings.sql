@@ -1,10 +1,32 @@
 -- 0030_clock_settings: the one clock, and typed access to the settings.
 
--- now: the time every rule compares against; SET pki.now = '...' travels in time
-CREATE OR REPLACE FUNCTION pki.now()
-RETURNS timestamptz LANGUAGE sql STABLE
+-- time_travel_enabled: the owner's switch (pki.time_travel), readable through this function only
+CREATE OR REPLACE FUNCTION pki.time_travel_enabled()
+RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
-AS $$ SELECT coalesce(nullif(current_setting('pki.now', true), '')::timestamptz, now()) $$;
+AS $$ SELECT coalesce((SELECT t.enabled FROM pki.time_travel t), false) $$;
+
+-- now: the time every rule, guard, lease and event compares against. A session may travel in
+-- time (SET pki.now = '...') only where the schema owner enabled it for this database
+-- (pki.time_travel, off on every install): the roles cannot move the clock of leases and guards.
+-- The switch is read only when pki.now is set, so production pays nothing for the check.
+CREATE OR REPLACE FUNCTION pki.now()
+RETURNS timestamptz LANGUAGE plpgsql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    IF coalesce(current_setting('pki.now', true), '') = '' THEN
+        RETURN now();
+    ELSIF pki.time_travel_enabled() THEN
+        RETURN current_setting('pki.now')::timestamptz;
+    END IF;
+    -- raised here, not by raise_error: every role reads the clock, only some may call raise_error
+    RAISE EXCEPTION USING ERRCODE = 'SP025',
+        MESSAGE = format('pki.now is set to %s, but time travel is not enabled for database %s',
+                         current_setting('pki.now', true), current_database()),
+        HINT = 'RESET pki.now (check PGOPTIONS); only the schema owner can enable time travel, for tests and demos';
+END
+$$;
 
 -- setting_int / setting_interval: a settings value of its kind
 CREATE OR REPLACE FUNCTION pki.setting_int(setting_name text)

@@ -245,18 +245,30 @@ BEGIN
 END
 $$;
 
--- claim_jobs: up to max_jobs due jobs of the given kinds (all kinds when NULL), leased to the agent
+-- lease_hash: what a job keeps of its lease token (the token itself exists only in the agent)
+CREATE OR REPLACE FUNCTION pki.lease_hash(token uuid)
+RETURNS bytea LANGUAGE sql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$ SELECT sha256(uuid_send(token)) $$;
+
+-- claim_jobs: up to max_jobs due jobs of the given kinds (all kinds when NULL), leased to the
+-- agent; each comes with its own unguessable lease token, which every later call about the job
+-- must present (the agent name is for people: two agents may well share one)
 CREATE OR REPLACE FUNCTION pki.claim_jobs(agent text, kinds text[] DEFAULT NULL, max_jobs int DEFAULT 1, lease interval DEFAULT NULL)
-RETURNS SETOF pki.jobs LANGUAGE plpgsql SECURITY DEFINER
+RETURNS TABLE (id bigint, kind text, certificate int, instance int, disthost int, zone text, subject_key text,
+               args jsonb, reason text, state dd.job_state, priority int, attempts int, max_attempts int,
+               run_after timestamptz, locked_by text, locked_until timestamptz, lease_token uuid)
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
     PERFORM check_required(agent, 'agent name');
+    PERFORM check_printable(agent, 'agent name', 200);
     PERFORM check_lease(lease);
     PERFORM requeue_expired_leases();
     RETURN QUERY
     WITH c AS (
-        SELECT j.id FROM jobs j
+        SELECT j.id, gen_random_uuid() AS token FROM jobs j
          WHERE j.state IN ('queued', 'failed') AND j.run_after <= pki.now()
            AND (kinds IS NULL OR j.kind = ANY (kinds))
          ORDER BY j.priority DESC, j.id
@@ -264,15 +276,16 @@ BEGIN
            FOR UPDATE SKIP LOCKED
     )
     UPDATE jobs j
-       SET state = 'running', attempts = j.attempts + 1, locked_by = agent,
+       SET state = 'running', attempts = j.attempts + 1, locked_by = agent, lease_hash = lease_hash(c.token),
            locked_until = pki.now() + coalesce(lease, setting_interval('job_lease'))
       FROM c WHERE j.id = c.id
-    RETURNING j.*;
+    RETURNING j.id, j.kind, j.certificate, j.instance, j.disthost, j.zone, j.subject_key, j.args, j.reason, j.state,
+              j.priority, j.attempts, j.max_attempts, j.run_after, j.locked_by, j.locked_until, c.token;
 END
 $$;
 
--- held_job: the job, locked, if it is running under this agent; else SP022
-CREATE OR REPLACE FUNCTION pki.held_job(job_id bigint, agent text)
+-- held_job: the job, locked, if it is running under this lease token; else SP022
+CREATE OR REPLACE FUNCTION pki.held_job(job_id bigint, lease_token uuid)
 RETURNS pki.jobs LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
@@ -283,22 +296,22 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM raise_error('SP002', format('no job %s', job_id), 'see SELECT * FROM jobs_overview');
     END IF;
-    IF j.state <> 'running' OR j.locked_by IS DISTINCT FROM agent THEN
-        PERFORM raise_error('SP022', format('job %s is %s%s, not running under agent %s', job_id, j.state,
-                CASE WHEN j.locked_by IS NOT NULL THEN ' under agent ' || j.locked_by ELSE '' END, agent),
-            'its lease expired and it went back to the queue; drop this result, another attempt will redo it');
+    IF j.state <> 'running' OR lease_token IS NULL OR j.lease_hash IS DISTINCT FROM lease_hash(lease_token) THEN
+        PERFORM raise_error('SP022', format('job %s is %s%s, not under the lease presented', job_id, j.state,
+                CASE WHEN j.locked_by IS NOT NULL THEN ' under agent ' || j.locked_by ELSE '' END),
+            'its lease expired and it went back to the queue, or the token is not the one claim_jobs gave; drop this result, another attempt will redo it');
     END IF;
     RETURN j;
 END
 $$;
 
 -- extend_lease: keep a claimed job during long work
-CREATE OR REPLACE FUNCTION pki.extend_lease(job_id bigint, agent text, lease interval DEFAULT NULL)
+CREATE OR REPLACE FUNCTION pki.extend_lease(job_id bigint, lease_token uuid, lease interval DEFAULT NULL)
 RETURNS timestamptz LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
-    j jobs := held_job(job_id, agent);
+    j jobs := held_job(job_id, lease_token);
     until timestamptz := pki.now() + coalesce(lease, setting_interval('job_lease'));
 BEGIN
     PERFORM check_lease(lease);
@@ -326,7 +339,7 @@ DECLARE
     backoff interval := least(setting_interval('job_backoff') * power(2, greatest(j.attempts - 1, 0)), interval '6 hours');
 BEGIN
     error := without_key_text(error);
-    UPDATE jobs SET state = outcome, locked_by = NULL, locked_until = NULL, last_error = left(error, 4000),
+    UPDATE jobs SET state = outcome, locked_by = NULL, locked_until = NULL, lease_hash = NULL, last_error = left(error, 4000),
                     run_after = pki.now() + coalesce(retry_after, backoff),
                     finished = CASE WHEN outcome = 'dead' THEN pki.now() END
      WHERE id = j.id;
@@ -348,23 +361,27 @@ BEGIN
 END
 $$;
 
--- fail_job: the agent reports an error; retry with exponential back-off unless told not to
-CREATE OR REPLACE FUNCTION pki.fail_job(job_id bigint, agent text, error text, retry boolean DEFAULT true, retry_after interval DEFAULT NULL)
+-- fail_job: the agent reports an error; retry with exponential back-off unless told not to.
+-- A retry_after the agent asks for is held between a second and a day: a peer's absurd
+-- Retry-After must neither freeze a job for ever nor spin it
+CREATE OR REPLACE FUNCTION pki.fail_job(job_id bigint, lease_token uuid, error text, retry boolean DEFAULT true, retry_after interval DEFAULT NULL)
 RETURNS dd.job_state LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
-    RETURN finish_failed(held_job(job_id, agent), coalesce(nullif(error, ''), 'unspecified error'), retry, retry_after);
+    RETURN finish_failed(held_job(job_id, lease_token), coalesce(nullif(error, ''), 'unspecified error'), retry,
+                         CASE WHEN retry_after IS NOT NULL   -- NULL: the back-off
+                              THEN least(greatest(retry_after, interval '1 second'), interval '1 day') END);
 END
 $$;
 
 -- complete_job: apply the job's outcome and mark it done, in one transaction
-CREATE OR REPLACE FUNCTION pki.complete_job(job_id bigint, agent text, result jsonb DEFAULT '{}')
+CREATE OR REPLACE FUNCTION pki.complete_job(job_id bigint, lease_token uuid, result jsonb DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
-    j jobs := held_job(job_id, agent);
+    j jobs := held_job(job_id, lease_token);
 BEGIN
     result := coalesce(result, '{}');
     PERFORM set_context(format('%s job %s done', j.kind, j.id), j.id);
@@ -376,7 +393,7 @@ BEGIN
         WHEN 'register_acme' THEN PERFORM apply_acme_registered(j, result);
         ELSE NULL;  -- reminders: nothing to advance
     END CASE;
-    UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, last_error = NULL,
+    UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, lease_hash = NULL, last_error = NULL,
                     result = without_secrets(complete_job.result), finished = pki.now()
      WHERE id = j.id;
     DELETE FROM job_keys WHERE job = j.id;   -- the key is in certkeydata now
@@ -394,6 +411,9 @@ DECLARE
     algos text[];
     wanted text[];
     bad_pair bigint;
+    pair jsonb;
+    stored_error text;
+    stored_hint text;
     sel dd.selection;
 BEGIN
     SELECT * INTO cert FROM certificates WHERE id = j.certificate;
@@ -415,6 +435,14 @@ BEGIN
                 j.id, bad_pair),
             'report each pair as {"algo": "rsa"|"ec", "cert": "-----BEGIN CERTIFICATE-----...", "key": "-----BEGIN PRIVATE KEY-----..."}');
     END IF;
+    SELECT array_agg(p ->> 'algo' ORDER BY p ->> 'algo') INTO algos FROM jsonb_array_elements(result -> 'pairs') p;
+    wanted := CASE cert.encryption_algo WHEN 'rsa_plus_ec' THEN ARRAY['ec', 'rsa'] ELSE ARRAY[cert.encryption_algo::text] END;
+    IF algos IS DISTINCT FROM wanted THEN
+        PERFORM raise_error('SP023', format('job %s: issued pairs %s, the certificate wants %s', j.id, algos, wanted),
+            'issue one pair per key algorithm of the certificate');
+    END IF;
+    -- names, issuer and chain are read from the certificates, not taken from the agent (0565)
+    result := check_issued_result(j, cert, result);
     -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (0570)
     IF result ?| ARRAY['chain', 'authorized_until'] THEN
         result := apply_acme_chain(j, result);
@@ -426,16 +454,19 @@ BEGIN
                 'give the id of the CA''s instance (SELECT "Serial" FROM inst), or leave cacert out');
         END IF;
     END IF;
-    SELECT array_agg(p ->> 'algo' ORDER BY p ->> 'algo') INTO algos FROM jsonb_array_elements(result -> 'pairs') p;
-    wanted := CASE cert.encryption_algo WHEN 'rsa_plus_ec' THEN ARRAY['ec', 'rsa'] ELSE ARRAY[cert.encryption_algo::text] END;
-    IF algos IS DISTINCT FROM wanted THEN
-        PERFORM raise_error('SP023', format('job %s: issued pairs %s, the certificate wants %s', j.id, algos, wanted),
-            'issue one pair per key algorithm of the certificate');
-    END IF;
-    INSERT INTO certkeydata (certinstance, encryption_algo, cert, key)
-    SELECT j.instance, (p ->> 'algo')::dd.cert_encryption_algo, convert_to(p ->> 'cert', 'UTF8'),
-           convert_to(p ->> 'key', 'UTF8')
-      FROM jsonb_array_elements(result -> 'pairs') p;
+    -- the certkeydata trigger checks each clear key against its certificate; its refusal is the job's
+    BEGIN
+        FOR pair IN SELECT p FROM jsonb_array_elements(result -> 'pairs') p LOOP
+            INSERT INTO certkeydata (certinstance, encryption_algo, cert, key)
+            VALUES (j.instance, (pair ->> 'algo')::dd.cert_encryption_algo, convert_to(pair ->> 'cert', 'UTF8'),
+                    convert_to(pair ->> 'key', 'UTF8'));
+        END LOOP;
+    EXCEPTION WHEN SQLSTATE 'SP008' THEN
+        GET STACKED DIAGNOSTICS stored_error = MESSAGE_TEXT, stored_hint = PG_EXCEPTION_HINT;
+        PERFORM raise_error('SP023', format('job %s: the %s pair cannot be stored: %s', j.id, pair ->> 'algo',
+                regexp_replace(stored_error, '^plpy\.Error: ', '')),
+            stored_hint);
+    END;
     UPDATE certinstances SET state = 'issued', cacert = (result ->> 'cacert')::int,
                              ocsp_must_staple = cert.ocsp_must_staple
      WHERE id = j.instance;
@@ -514,7 +545,7 @@ BEGIN
     IF NOT coalesce((j.args ->> 'remove')::boolean, false) AND tlsa_wanted(j.certificate) <> (j.args -> 'instances')
        AND tlsa_wanted(j.certificate) <> '[]'::jsonb THEN
         -- the finished job must leave the active set first, so the new one can be inserted
-        UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL WHERE id = j.id;
+        UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, lease_hash = NULL WHERE id = j.id;
         PERFORM enqueue_tlsa(j.certificate, format('the wanted TLSA set changed while job %s ran', j.id));
     END IF;
 END

@@ -196,7 +196,7 @@ $$;
 -- schedule: one scheduler pass (operate_serverPKI -S); returns the plan it carried out
 CREATE OR REPLACE FUNCTION pki.schedule(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (certificate text, instance int, action text, reason text)
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN

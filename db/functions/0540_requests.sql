@@ -5,7 +5,7 @@
 -- whose deployed instance expires within N days
 CREATE OR REPLACE FUNCTION pki.request_create(sel dd.selection DEFAULT NULL, remaining_days int DEFAULT NULL)
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
@@ -34,7 +34,7 @@ $$;
 -- published for 2 x TTL (DANE-safe order); the reason says so.
 CREATE OR REPLACE FUNCTION pki.request_distribute(sel dd.selection DEFAULT NULL, remaining_days int DEFAULT NULL)
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
@@ -71,7 +71,7 @@ $$;
 -- each target file's SHA-256 and rewrites only what drifted
 CREATE OR REPLACE FUNCTION pki.request_consolidate_certs(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
@@ -89,7 +89,7 @@ $$;
 -- -R (remove) makes them empty; for the selected certificates with TLSA services
 CREATE OR REPLACE FUNCTION pki.request_tlsa(sel dd.selection, remove boolean)
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
@@ -113,14 +113,14 @@ $$;
 -- request_consolidate_tlsa: -T
 CREATE OR REPLACE FUNCTION pki.request_consolidate_tlsa(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
-LANGUAGE sql
+LANGUAGE sql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$ SELECT * FROM request_tlsa(sel, false) $$;
 
 -- request_remove_tlsa: -R
 CREATE OR REPLACE FUNCTION pki.request_remove_tlsa(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
-LANGUAGE sql
+LANGUAGE sql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$ SELECT * FROM request_tlsa(sel, true) $$;
 

@@ -2,12 +2,25 @@
 -- A change of certinstances.state is allowed only along pki.state_transitions;
 -- every transition appends to pki.events with the reason and job of its context.
 
--- set_context: the reason and job that the next transitions of this transaction are recorded with
+-- set_context: the reason and job that the next transitions of this transaction are recorded
+-- with. It writes pki.event_context, which only the owner may write: the functions that change
+-- states (SECURITY DEFINER) call it; no role may, so nobody can forge an event's reason or job
 CREATE OR REPLACE FUNCTION pki.set_context(reason text, job bigint DEFAULT NULL)
 RETURNS void LANGUAGE sql
 SET search_path = pki, dd, pg_temp
 AS $$
-    SELECT set_config('pki.reason', coalesce(reason, ''), true), set_config('pki.job', coalesce(job::text, ''), true)
+    INSERT INTO pki.event_context (backend_pid, xact, reason, job)
+    VALUES (pg_backend_pid(), pg_current_xact_id(), coalesce(reason, ''), job)
+    ON CONFLICT (backend_pid) DO UPDATE SET xact = EXCLUDED.xact, reason = EXCLUDED.reason, job = EXCLUDED.job
+$$;
+
+-- event_reason: the context set_context wrote in this transaction (none: NULL)
+CREATE OR REPLACE FUNCTION pki.event_reason(OUT reason text, OUT job bigint)
+LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT nullif(c.reason, ''), c.job FROM pki.event_context c
+     WHERE c.backend_pid = pg_backend_pid() AND c.xact = pg_current_xact_id_if_assigned()
 $$;
 
 -- guard_instance_state: refuse every change not in state_transitions, naming both states
@@ -66,9 +79,11 @@ RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER  -- events: writable by the ow
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
-    why text := coalesce(nullif(current_setting('pki.reason', true), ''), 'changed directly by ' || session_user);
-    job_id bigint := nullif(current_setting('pki.job', true), '')::bigint;
+    why text;
+    job_id bigint;
 BEGIN
+    SELECT c.reason, c.job INTO why, job_id FROM event_reason() c;
+    why := coalesce(why, 'changed directly by ' || session_user);
     IF TG_OP = 'INSERT' THEN
         INSERT INTO events (at, instance, certificate, from_state, to_state, job, reason)
         VALUES (pki.now(), NEW.id, NEW.certificate, NULL, NEW.state, job_id, why);

@@ -9,6 +9,7 @@ any other exception is a failed attempt that is retried with back-off.
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class Job:
     args: dict[str, Any]
     attempts: int
     max_attempts: int
+    # the claim's lease token: every call about the job presents it (never logged, hence repr=False)
+    lease: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -64,17 +67,34 @@ class Progress:
     def save(self, step: str | None = None) -> None:
         if step:
             self.data["step"] = step
-        self.ctx.conn.execute(q("save_job_progress"), {"job": self.job.id, "agent": self.ctx.agent_name,
+        self.ctx.conn.execute(q("save_job_progress"), {"job": self.job.id, "token": self.job.lease,
                                                         "progress": Jsonb(self.data)})
         self.ctx.keep_alive()
 
 
+# the shortest and longest wait a peer may ask for before a retry (Retry-After)
+RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1.0, 86400.0
+
+
+def bounded_delay(seconds: object) -> float | None:
+    """A wait before the retry that the database can hold: between RETRY_AFTER_MIN and RETRY_AFTER_MAX
+    (a longer one, infinity too, is cut to the maximum); None (the queue's own back-off) for no number,
+    NaN or a negative one, which no peer means."""
+    try:
+        value = float(seconds)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if math.isnan(value) or value < 0:
+        return None
+    return min(max(value, RETRY_AFTER_MIN), RETRY_AFTER_MAX)
+
+
 class RetryLater(ServerPKIError):
-    """A passing fault: try the job again later."""
+    """A passing fault: try the job again later (after retry_after seconds, bounded; None: the queue's back-off)."""
 
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after = None if retry_after is None else bounded_delay(retry_after)
 
 
 class GiveUp(ServerPKIError):
@@ -108,7 +128,7 @@ def outcome_of(exc: ServerPKIError, what: str) -> "GiveUp | RetryLater":
 
 def job_key(job: Job, ctx: Context, algo: str):
     """The key an earlier attempt of this job stored for its ACME order or account (pki.job_key), or None."""
-    stored = ctx.conn.execute(q("job_key"), {"job": job.id, "agent": ctx.agent_name, "algo": algo}).fetchone()[0]
+    stored = ctx.conn.execute(q("job_key"), {"job": job.id, "token": job.lease, "algo": algo}).fetchone()[0]
     if stored is None:
         return None
     return open_stored_key(stored, ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
@@ -119,7 +139,7 @@ def save_job_key(job: Job, ctx: Context, algo: str, key, passphrase: bytes | Non
     """Keep a new key with the job before a CA sees it, so that a crash cannot orphan what the CA makes for it."""
     from .. import keystore
 
-    ctx.conn.execute(q("save_job_key"), {"job": job.id, "agent": ctx.agent_name, "algo": algo,
+    ctx.conn.execute(q("save_job_key"), {"job": job.id, "token": job.lease, "algo": algo,
                                          "key": keystore.dump_key(key, passphrase)})
 
 

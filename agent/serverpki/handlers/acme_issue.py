@@ -314,8 +314,10 @@ def issue_acme(job: Job, ctx: Context) -> dict:
         log.warning("job %s: the key algorithms have different issuers %s; the instance records the first", job.id, chains)
     total = time.monotonic() - started
     return {
-        "pairs": [{"algo": algo, "cert": cert, "key": keystore.dump_key(key, passphrase)}
-                  for algo, (key, cert, _) in issued.items()],
+        # each pair's own chain: the database verifies every leaf against its issuer (ECDSA and RSA
+        # leaves of Let's Encrypt come from different intermediates); "chain" is the stored one
+        "pairs": [{"algo": algo, "cert": cert, "key": keystore.dump_key(key, passphrase), "chain": chain}
+                  for algo, (key, cert, chain) in issued.items()],
         "chain": first[2],
         "authorized_until": authorized_until.isoformat() if authorized_until else None,
         "orders": dict(issuance.progress.data["orders"]),

@@ -12,6 +12,10 @@ pglink adds postgresql.crt / postgresql.key links (to the RSA pair when there ar
 two). A CA certificate's targets get the certificate only.
 
 Every file is written atomically and privately (sshclient.Connection.put_atomic).
+A jail belongs to someone else: before anything is read or written on the host,
+every directory in a jail is resolved there (SFTP realpath) and one that leads out
+of jailroot/jail (a symbolic link planted in the jail) gives the job up, nothing
+done on the host; a link in place of a file is replaced by the rename, not followed.
 After all files are in place each distinct reload command of the targets' places
 runs once ('{}' = the jail name, shell-quoted; '' without a jail), with the command
 timeout; a non-zero
@@ -24,6 +28,7 @@ The result names paths, hashes, modes and the commands' output, never key materi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import posixpath
 import shlex
@@ -123,6 +128,7 @@ class Plan:
     files: dict[str, RemoteFile] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)          # link path -> target (relative)
     reloads: dict[str, set[str]] = field(default_factory=dict)   # command -> file and link paths of its places
+    jails: dict[str, str] = field(default_factory=dict)          # directory in a jail -> that jail's root
     _origin: dict[str, str] = field(default_factory=dict)
 
     def add_file(self, f: RemoteFile, origin: str) -> None:
@@ -154,6 +160,9 @@ def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
         key_pem = open_key(row["key"]) if row["key"] else None
         files, crt_name, key_name = layout(row, key_pem)
         paths: dict[str, str] = {}
+        if row["jail"]:   # a directory of two targets stays in the narrower root
+            for directory in (cert_dir, key_dir):
+                plan.jails[directory] = max(plan.jails.get(directory, ""), root, key=len)
         for name, content, holds_key in files:
             directory = key_dir if holds_key else cert_dir
             path = posixpath.join(directory, name)
@@ -222,7 +231,8 @@ def _drift(conn: sshclient.Connection, f: RemoteFile) -> list[str]:
     if not stat.S_ISREG(attrs.st_mode or 0):
         return ["not a regular file"]
     why = []
-    if conn.sha256(f.path) != f.sha256:
+    # another size is another content: not read (it may be a huge sparse file); else no more is read than ours
+    if attrs.st_size != len(f.content) or conn.sha256(f.path, limit=len(f.content)) != f.sha256:
         why.append("content")
     if stat.S_IMODE(attrs.st_mode) != f.mode:
         why.append(f"mode {stat.S_IMODE(attrs.st_mode):04o}, not {f.mode:04o}")
@@ -243,17 +253,46 @@ def _at(path: str, action):
         raise OSError(exc.errno, text if path in text else f"{path}: {text}") from None
 
 
+def _in_jails(conn: sshclient.Connection, plan: Plan):
+    """Resolve every directory of the plan that lies in a jail on the host, before anything is read or
+    written: a symbolic link a jail's owner planted must not lead a write (or -K's reads) out of the jail
+    (PathEscape, and nothing is done on the host). Returns on_host(path) -> where to write it, and
+    makedirs(directory), which makes a directory and checks it again before the first write into it."""
+    real = {d: _at(d, lambda: conn.resolve_inside(d, root)) for d, root in plan.jails.items()}
+    checked: set[str] = set()
+
+    def on_host(path: str) -> str:
+        directory, name = posixpath.split(path)
+        return posixpath.join(real.get(directory, directory), name)
+
+    def makedirs(directory: str) -> list[str]:
+        made = conn.makedirs(real.get(directory, directory))
+        if directory in plan.jails and directory not in checked:
+            # made or not, it must still be where it was resolved to (no link swapped in meanwhile)
+            if conn.resolve_inside(directory, plan.jails[directory]) != real[directory]:
+                raise sshclient.PathEscape(f"{plan.fqdn}: {directory} resolved to {real[directory]} before the "
+                                           f"first write, and elsewhere now: its path was changed meanwhile")
+            checked.add(directory)
+        return made
+
+    return on_host, makedirs
+
+
 def put_files(conn: sshclient.Connection, plan: Plan, consolidate: bool, keep_alive=lambda: None,
               tag: str | None = None) -> dict[str, Any]:
     """Write the plan's files and links (in consolidate mode only what drifted); returns what was done.
-    tag (the job's) names the temporary files, so a retry replaces what a crashed attempt left."""
+    tag (the job's) names the temporary files, so a retry replaces what a crashed attempt left.
+    Files in a jail go where their directory resolves to on the host (_in_jails); the result names
+    the configured paths."""
     files, links, drift, created = [], [], [], []
+    on_host, makedirs = _in_jails(conn, plan)
     for f in plan.files.values():
-        why = _at(f.path, lambda: _drift(conn, f)) if consolidate else []
+        there = dataclasses.replace(f, path=on_host(f.path))
+        why = _at(f.path, lambda: _drift(conn, there)) if consolidate else []
         write = not consolidate or bool(why)
         if write:
-            created += _at(f.path, lambda: conn.makedirs(posixpath.dirname(f.path)))
-            _at(f.path, lambda: conn.put_atomic(f, tag))
+            created += _at(f.path, lambda: makedirs(posixpath.dirname(f.path)))
+            _at(f.path, lambda: conn.put_atomic(there, tag))
             crash_point("distribute.file_written")
         if why:
             drift.append({"path": f.path, "drift": why})
@@ -261,11 +300,12 @@ def put_files(conn: sshclient.Connection, plan: Plan, consolidate: bool, keep_al
                       "written": write})
         keep_alive()
     for path, target in plan.links.items():
-        now = _at(path, lambda: conn.readlink(path)) if consolidate else None
+        there = on_host(path)
+        now = _at(path, lambda: conn.readlink(there)) if consolidate else None
         write = not consolidate or now != target
         if write:
-            created += _at(path, lambda: conn.makedirs(posixpath.dirname(path)))
-            _at(path, lambda: conn.symlink_atomic(target, path, tag))
+            created += _at(path, lambda: makedirs(posixpath.dirname(path)))
+            _at(path, lambda: conn.symlink_atomic(target, there, tag))
         if consolidate and write:
             drift.append({"path": path, "drift": ["missing link" if now is None else f"link to {now}, not {target}"]})
         links.append({"path": path, "target": target, "written": write})
@@ -301,7 +341,7 @@ def distribute(job: Job, ctx: Context) -> dict:
                 changed = {d["path"] for d in done["drift"]}
             reloads = run_reloads(conn, plan, changed)
             endpoint = str(conn.where)
-    except sshclient.HostRefused as exc:
+    except (sshclient.HostRefused, sshclient.PathEscape) as exc:
         raise GiveUp(str(exc)) from None
     except sshclient.HostUnreachable as exc:
         raise RetryLater(str(exc)) from None

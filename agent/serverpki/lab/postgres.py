@@ -42,13 +42,14 @@ class PostgresCluster:
     def log(self) -> Path:
         return self.base / "postgres.log"
 
-    def dsn(self, dbname: str = "postgres") -> str:
-        return f"host={self.socket_dir} port={self.port} user={self.superuser} dbname={dbname}"
+    def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
+        """A connection string for dbname, as user (default: the superuser, who installs the schema)."""
+        return f"host={self.socket_dir} port={self.port} user={user or self.superuser} dbname={dbname}"
 
-    def env(self, dbname: str = "postgres") -> dict[str, str]:
-        """The libpq variables that point psql and serverpki at this cluster."""
+    def env(self, dbname: str = "postgres", user: str | None = None) -> dict[str, str]:
+        """The libpq variables that point psql and serverpki at this cluster, as user (default: the superuser)."""
         return {"PGHOST": str(self.socket_dir), "PGPORT": str(self.port),
-                "PGUSER": self.superuser, "PGDATABASE": dbname}
+                "PGUSER": user or self.superuser, "PGDATABASE": dbname}
 
     def _run(self, *args: str) -> None:
         result = subprocess.run([*_as_postgres(), *args], capture_output=True, text=True, cwd="/")

@@ -1,0 +1,24 @@
+-- 0001_retired: functions whose signature changed, dropped before the files that follow create
+-- their successors. CREATE OR REPLACE cannot change arguments or a return type, and an old
+-- overload left behind would stay callable: every retired signature is listed here for good
+-- (DROP ... IF EXISTS is a no-op on a fresh install), with the release that retired it.
+
+-- 1.0: the queue's calls about a claimed job present its lease token, not the agent's name
+DROP FUNCTION IF EXISTS pki.held_job(bigint, text);
+DROP FUNCTION IF EXISTS pki.extend_lease(bigint, text, interval);
+DROP FUNCTION IF EXISTS pki.complete_job(bigint, text, jsonb);
+DROP FUNCTION IF EXISTS pki.fail_job(bigint, text, text, boolean, interval);
+DROP FUNCTION IF EXISTS pki.save_job_progress(bigint, text, jsonb);
+DROP FUNCTION IF EXISTS pki.save_job_key(bigint, text, text, text);
+DROP FUNCTION IF EXISTS pki.job_key(bigint, text, text);
+-- 1.0: pki.now() raises SP025 itself
+DROP FUNCTION IF EXISTS pki.clock_locked();
+-- 1.0: claim_jobs returns the lease token with each job (it returned SETOF pki.jobs)
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('pki.claim_jobs(text, text[], int, interval)')
+                 AND prorettype = 'pki.jobs'::regtype) THEN
+        DROP FUNCTION pki.claim_jobs(text, text[], int, interval);
+    END IF;
+END
+$$;

@@ -1,0 +1,279 @@
+-- 0565_result_checks: an issue job's result is checked against the database before
+-- anything of it is stored (apply_issued calls check_issued_result first). The agent is
+-- not trusted to say what it issued: the certificate's names, its issuer and the ACME
+-- chain are read from the certificates themselves (Debian's python3-cryptography 38 in
+-- plpython3u: one call per result, each PEM parsed once). Refusals are SP023 naming the
+-- job; complete_job then rolls back as a whole and the agent fails the job with the reason.
+-- The key of a pair is checked against its certificate by the certkeydata trigger (0400),
+-- whose SP008 apply_issued reports as SP023 of the job; a key encrypted at rest
+-- (-X, and the local CA's key) cannot be opened in the database, so it is not checked.
+
+-- check_result_certs: the certificates of one issue result, parsed once and checked:
+--   names:  CN and SAN DNS names as x509util builds them, set-wise, case-insensitively;
+--   issuer: issue_local signed by the CA certificate ca_pem (instance ca_id), issue_local_ca
+--           self-signed, issue_acme linked to its chain (a pair's own "chain", else the result's)
+--           certificate by certificate: issuer name = next subject, signature by the next key.
+-- Returns what is wrong (problem, hint: SP023 for the caller to raise), else the earliest not_after of the leaves and, for issue_acme, the facts of the result
+-- chain's first certificate (the stored issuer) as {subject_cn, algo, hash, is_ca}.
+CREATE OR REPLACE FUNCTION pki.check_result_certs(job_id bigint, kind text, subject_type text, main_name text,
+    altnames text[], pairs jsonb, ca_pem text, ca_id int, chain jsonb,
+    OUT problem text, OUT hint text, OUT leaf_not_after timestamptz, OUT issuer jsonb)
+LANGUAGE plpython3u STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+import hashlib
+import json
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+class Refused(Exception):
+    pass
+
+# returned, not raised: plpy.error would prefix the message with "plpy.Error: "
+def refuse(message, hint):
+    raise Refused("job %s: %s" % (job_id, message), hint)
+
+parsed = {}   # PEM text -> certificate: a chain shared by both pairs is parsed once
+
+def load(pem, what):
+    if not isinstance(pem, str):
+        refuse("%s is not a PEM text" % what, "report certificates as PEM text")
+    if pem not in parsed:
+        try:
+            parsed[pem] = x509.load_pem_x509_certificate(pem.encode("ascii"))
+        except Exception as exc:
+            refuse("%s is not a parsable PEM certificate (%s)" % (what, type(exc).__name__),
+                   "report the PEM text the CA produced")
+    return parsed[pem]
+
+# the few CA and chain certificates that sign every leaf, with their public keys, kept for the
+# session: loading an RSA public key costs OpenSSL 3 about 120 us, more than the rest of a check
+issuers = SD.setdefault("issuers", {})
+keys = {}   # id(certificate) -> public key, for the issuers of this call
+
+def load_issuer(pem, what):
+    entry = issuers.get(pem) if isinstance(pem, str) else None
+    if entry is None:
+        cert = load(pem, what)
+        try:
+            entry = (cert, cert.public_key())
+        except Exception as exc:
+            refuse("the key of %s cannot be read (%s)" % (what, type(exc).__name__), "use an RSA or EC key")
+        if len(issuers) >= 32:
+            issuers.clear()
+        issuers[pem] = entry
+    keys[id(entry[0])] = entry[1]
+    return entry[0]
+
+def extension(cert, cls, what):
+    try:
+        return cert.extensions.get_extension_for_class(cls).value
+    except x509.ExtensionNotFound:
+        return None
+    except Exception as exc:  # duplicate or malformed extensions
+        refuse("%s has unparsable extensions (%s)" % (what, type(exc).__name__), "report the certificate the CA produced")
+
+def is_ca(cert, what):
+    bc = extension(cert, x509.BasicConstraints, what)
+    return bool(bc and bc.ca)
+
+def dn(name):
+    return name.rfc4514_string()
+
+verified = set()  # (child, parent) already checked: identical chains of two pairs are verified once
+
+def check_signed(child, parent, what, by):
+    if (id(child), id(parent)) in verified:
+        return
+    key = keys.get(id(parent)) or parent.public_key()
+    try:
+        digest = child.signature_hash_algorithm
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), digest)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(digest))
+        else:
+            raise InvalidSignature()
+    except InvalidSignature:
+        refuse("the signature of %s does not verify with the key of %s" % (what, by),
+               "report the certificate as %s signed it" % by)
+    except Exception as exc:  # RSA-PSS, Ed25519, a hash cryptography does not know, a key/algorithm mismatch
+        refuse("the signature of %s cannot be verified with the key of %s (%s)" % (what, by, type(exc).__name__),
+               "sign with RSA PKCS#1 v1.5 or ECDSA and SHA-2")
+    verified.add((id(child), id(parent)))
+
+def signed_by(child, parent, what, by):
+    if child.issuer != parent.subject:
+        refuse('%s names its issuer "%s", but %s is "%s"' % (what, dn(child.issuer), by, dn(parent.subject)),
+               "report the certificate with the issuer that signed it")
+    check_signed(child, parent, what, by)
+
+def check():
+    main = main_name.lower()
+    alts = {a.lower() for a in (altnames or [])}
+    # what x509util makes: server CN + SAN of every name; client CN, SAN the other names; CA CN only
+    if kind == "issue_local_ca" or subject_type == "CA":
+        want_san = set()
+    elif subject_type == "client":
+        want_san = alts - {main}
+    else:
+        want_san = alts | {main}
+
+    items = json.loads(pairs) if isinstance(pairs, str) else pairs
+    result_chain = json.loads(chain) if isinstance(chain, str) else chain
+    ca = load_issuer(ca_pem, "the certificate of cacert %s" % ca_id) if ca_pem is not None else None
+    not_after = None
+
+    for n, pair in enumerate(items, 1):
+        algo = pair.get("algo")
+        what = "the %s certificate (pair %s)" % (algo, n)
+        leaf = load(pair.get("cert"), what)
+
+        # names: exactly the certificate's subjects
+        cns = [a.value.lower() for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        san = extension(leaf, x509.SubjectAlternativeName, what)
+        dns = [v.lower() for v in san.get_values_for_type(x509.DNSName)] if san is not None else []
+        others = len(san) - len(dns) if san is not None else 0
+        # an ACME CA may leave the CN out (Let's Encrypt's newer profiles); ours always set it
+        cn_ok = cns == [main] or (kind == "issue_acme" and not cns)
+        if not cn_ok or set(dns) != want_san or others:
+            missing, extra = sorted(want_san - set(dns)), sorted(set(dns) - want_san)
+            refuse("%s is for CN %s, DNS names %s%s, but certificate %s (%s) wants CN %s, DNS names %s%s" % (
+                       what, cns or "(none)", sorted(set(dns)) or "(none)",
+                       " and %s non-DNS alt names" % others if others else "",
+                       main_name, subject_type, main, sorted(want_san) or "(none)",
+                       "".join([" (missing %s)" % missing if missing else "", " (extra %s)" % extra if extra else ""])),
+                   "issue the certificate for exactly the subject and alt names of the certificate (SELECT * FROM certs)")
+
+        # issuer: the CA it names, proven by signature
+        if kind == "issue_local_ca":
+            if not is_ca(leaf, what):
+                refuse("%s is not a CA certificate (BasicConstraints CA:TRUE)" % what,
+                       "issue the local CA certificate with x509util.build_ca_certificate")
+            signed_by(leaf, leaf, what, "itself (a local CA is self-signed)")
+        else:
+            if is_ca(leaf, what):
+                refuse("%s is a CA certificate, not a %s certificate" % (what, subject_type),
+                       "issue a leaf certificate (BasicConstraints CA:FALSE)")
+            if kind == "issue_local":
+                signed_by(leaf, ca, what, "the local CA of cacert %s" % ca_id)
+            else:
+                # pair 1's issuer is stored (cacert), so it links to the result's chain; a later pair
+                # (the other algorithm may have another intermediate) may bring its own
+                links = result_chain if n == 1 or pair.get("chain") is None else pair.get("chain")
+                if not isinstance(links, list) or not links:
+                    refuse('"chain" of %s must be a non-empty list of PEM certificates, the issuer first' % what,
+                           "report the certificates that followed the leaf in the CA's download")
+                child, child_what = leaf, what
+                for i, pem in enumerate(links):
+                    link_what = "chain certificate %s of pair %s" % (i + 1, n)
+                    parent = load_issuer(pem, link_what)
+                    if not is_ca(parent, link_what):
+                        refuse('%s ("%s") is not a CA certificate' % (link_what, dn(parent.subject)),
+                               "report the chain as the CA returned it, the issuer first")
+                    signed_by(child, parent, child_what, link_what)
+                    child, child_what = parent, link_what
+        if not_after is None or leaf.not_valid_after < not_after:
+            not_after = leaf.not_valid_after
+
+    facts = None
+    if kind == "issue_acme":
+        first = load_issuer(result_chain[0], "chain certificate 1")
+        key = keys[id(first)]
+        found = first.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        facts = json.dumps({
+            "subject_cn": found[0].value if found else None,
+            "algo": "rsa" if isinstance(key, rsa.RSAPublicKey) else "ec" if isinstance(key, ec.EllipticCurvePublicKey) else None,
+            "hash": hashlib.sha256(first.public_bytes(serialization.Encoding.DER)).hexdigest().upper(),
+            "is_ca": True})
+    return (None, None, not_after.isoformat() + "+00:00" if not_after is not None else None, facts)
+
+try:
+    return check()
+except Refused as exc:
+    return (exc.args[0], exc.args[1], None, None)
+$$;
+
+-- check_issued_result: who may report what, the CA instance a local result names, then the
+-- certificates (check_result_certs); returns the result with authorized_until at most the
+-- leaves' not_after and, for issue_acme, "issuer_facts" for apply_acme_chain
+CREATE OR REPLACE FUNCTION pki.check_issued_result(j pki.jobs, cert pki.certificates, result jsonb)
+RETURNS jsonb LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    has_chain boolean := coalesce(jsonb_typeof(result -> 'chain'), 'null') <> 'null';
+    has_until boolean := coalesce(jsonb_typeof(result -> 'authorized_until'), 'null') <> 'null';
+    has_cacert boolean := coalesce(jsonb_typeof(result -> 'cacert'), 'null') <> 'null';
+    main subjects;
+    ca_id int;
+    ca_pem text;
+    what text;
+    facts record;
+    until timestamptz;
+BEGIN
+    result := result - 'issuer_facts';   -- written here only, never taken from the agent
+    IF j.kind <> 'issue_acme' AND (has_chain OR has_until) THEN
+        PERFORM raise_error('SP023', format('job %s: the %s result carries %s; only an ACME order (issue_acme) reports them',
+                j.id, j.kind, concat_ws(' and ', CASE WHEN has_chain THEN '"chain"' END,
+                                                  CASE WHEN has_until THEN '"authorized_until"' END)),
+            'leave chain and authorized_until out of a local result');
+    END IF;
+    IF j.kind = 'issue_acme' AND NOT has_chain THEN
+        PERFORM raise_error('SP023', format('job %s: an ACME result must carry "chain", the certificates that follow the leaf', j.id),
+            'report the chain the CA returned with the certificate, its issuer first; the database verifies and stores it');
+    END IF;
+    IF j.kind = 'issue_local_ca' AND has_cacert THEN
+        PERFORM raise_error('SP023', format('job %s: a local CA is self-signed, but its result names cacert %s', j.id, result -> 'cacert'),
+            'leave cacert out (or null) for issue_local_ca');
+    END IF;
+    SELECT * INTO main FROM subjects s WHERE s.certificate = cert.id AND NOT s.isaltname;
+    IF j.kind = 'issue_local' THEN
+        IF NOT has_cacert OR (result ->> 'cacert') !~ '^[0-9]{1,9}$' THEN
+            PERFORM raise_error('SP023', format('job %s: cacert %s is not the id of the local CA''s instance that signed the certificate',
+                    j.id, coalesce(result -> 'cacert', 'null'::jsonb)),
+                'give the id of the local CA''s issued instance (SELECT "Serial" FROM inst WHERE "Subject Type" = ''CA'')');
+        END IF;
+        ca_id := (result ->> 'cacert')::int;
+        SELECT convert_from(k.cert, 'UTF8') INTO ca_pem
+          FROM certinstances i
+          JOIN certificates c ON c.id = i.certificate AND c.type = 'local'
+          JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname AND s.type = 'CA'
+          JOIN certkeydata k ON k.certinstance = i.id
+         WHERE i.id = ca_id AND i.state IN ('issued', 'deployed');   -- no lock: the cacert foreign key keeps the row
+        IF ca_pem IS NULL THEN
+            SELECT format('%s %s instance of the %s %s certificate "%s"', CASE WHEN i.state::text ~ '^[aeiou]' THEN 'an' ELSE 'a' END,
+                          i.state, c.type, s.type, s.name) INTO what
+              FROM certinstances i JOIN certificates c ON c.id = i.certificate
+              JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname
+             WHERE i.id = ca_id;
+            PERFORM raise_error('SP023', format('job %s: cacert %s is %s, not an issued or deployed instance of the local CA',
+                    j.id, ca_id, coalesce(what, 'not a stored instance')),
+                'give the id of the local CA''s instance that signed the certificate (SELECT "Serial" FROM inst WHERE "Subject Type" = ''CA'')');
+        END IF;
+    END IF;
+    SELECT * INTO facts FROM check_result_certs(j.id, j.kind, main.type::text, main.name::text,
+        ARRAY(SELECT s.name::text FROM subjects s WHERE s.certificate = cert.id AND s.isaltname),
+        result -> 'pairs', ca_pem, ca_id, result -> 'chain');
+    IF facts.problem IS NOT NULL THEN
+        PERFORM raise_error('SP023', facts.problem, facts.hint);
+    END IF;
+    IF has_until THEN
+        BEGIN
+            until := (result ->> 'authorized_until')::timestamptz;
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+            PERFORM raise_error('SP023', format('job %s: authorized_until %s is not a timestamp', j.id, result -> 'authorized_until'),
+                'report when the authorizations expire as ISO 8601, e.g. "2026-12-31T12:00:00Z"');
+        END;
+        -- clamped, not refused: real authorizations may outlive a short-lived leaf, and nothing is authorized past it
+        result := jsonb_set(result, '{authorized_until}', to_jsonb(least(until, facts.leaf_not_after)));
+    END IF;
+    IF j.kind = 'issue_acme' THEN
+        result := result || jsonb_build_object('issuer_facts', facts.issuer);
+    END IF;
+    RETURN result;
+END
+$$;
