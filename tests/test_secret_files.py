@@ -26,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
+from helpers import owner_conn
 from serverpki import keystore, x509util
 from serverpki.config import load_config
 from serverpki.errors import ConfigError
@@ -208,12 +209,13 @@ def test_minus_y_and_minus_x_handle_keys_the_original_encrypted(conn, config, tm
     """A database carried over from the original: keys in its encrypted form, keysencrypted set."""
     config.paths.db_encryption_key = str(ssh_keygen_file)
     _, clear = fill(conn, config)
-    conn.execute("SET session_replication_role = replica")  # rows as the original wrote them, before our triggers
+    owner = owner_conn(conn)   # the rows as the original wrote them, before our triggers: the owner's setup
+    owner.execute("SET session_replication_role = replica")
     for key_id, pem in clear.items():
         old = original_encrypted(keystore.load_key(pem), ssh_keygen_file)
-        conn.execute("UPDATE certkeydata SET key = %s WHERE id = %s", (old.encode(), key_id))
-    conn.execute("UPDATE revision SET keysencrypted = true")
-    conn.execute("SET session_replication_role = origin")
+        owner.execute("UPDATE certkeydata SET key = %s WHERE id = %s", (old.encode(), key_id))
+    owner.execute("UPDATE revision SET keysencrypted = true")
+    owner.execute("SET session_replication_role = origin")
 
     result = run_job(conn, request_keys(conn, False), config)  # -Y
     assert not isinstance(result, GiveUp), result
