@@ -165,3 +165,43 @@ def test_a_failing_job_sets_the_exit_status(env, conn):
     assert result.exit_code == 1
     assert "no local CA" in result.output
     assert conn.execute("SELECT state FROM jobs").fetchone()[0] == "dead"
+
+
+def test_renew_alone_creates_the_local_certificates_expiring_within_the_days(env, conn):
+    """-r N alone is -C -r N: a new instance of each local certificate deployed and expiring within
+    N days, of no other; -r N -n lists exactly those and changes nothing."""
+    import datetime as dt
+    assert run(env, "-I").exit_code == 0
+
+    def at(when):
+        return ({**env[0], "PGOPTIONS": f"-c pki.now={when.isoformat()}"}, env[1])
+
+    now = conn.execute("SELECT pki.now()").fetchone()[0]
+    # client1 issued now, www.example.org 60 days later: client1 expires first
+    for name, when in (("client1", now), ("www.example.org", now + dt.timedelta(days=60))):
+        assert run(at(when), "-C", "-o", name).exit_code == 0
+        conn.execute("SELECT set_config('pki.now', %s, false)", (when.isoformat(),))
+        conn.execute("SELECT * FROM request_distribute(selection(only_certs => ARRAY[%s]))", (name,)).fetchall()
+        job, token = conn.execute("SELECT id, lease_token FROM claim_jobs('t', ARRAY['distribute'], 1)").fetchone()
+        conn.execute("SELECT complete_job(%s, %s, '{}')", (job, token))
+    conn.execute("SELECT set_config('pki.now', '', false)")
+    not_after = dict(conn.execute(
+        "SELECT s.name::text, i.not_after FROM certinstances i JOIN subjects s ON s.certificate = i.certificate "
+        "AND NOT s.isaltname WHERE i.state = 'deployed'").fetchall())
+    assert not_after["www.example.org"] - not_after["client1"] > dt.timedelta(days=50), not_after
+    env_at = at(not_after["client1"] - dt.timedelta(days=10))
+    instances = conn.execute("SELECT max(id) FROM certinstances").fetchone()[0]
+
+    listed = run(env_at, "-r", "20", "-n")
+    assert listed.exit_code == 0, listed.output
+    assert "client1" in listed.output and "www.example.org" not in listed.output, listed.output
+    assert conn.execute("SELECT max(id) FROM certinstances").fetchone()[0] == instances   # nothing kept
+
+    result = run(env_at, "-r", "20")
+    assert result.exit_code == 0, result.output
+    assert conn.execute(
+        "SELECT s.name::text, i.state::text FROM certinstances i JOIN subjects s ON s.certificate = i.certificate "
+        "AND NOT s.isaltname WHERE i.id > %s", (instances,)).fetchall() == [("client1", "issued")]
+    # nothing deployed expires within 5 days: nothing to do
+    assert run(env_at, "-r", "5").exit_code == 0
+    assert conn.execute("SELECT count(*) FROM certinstances WHERE id > %s", (instances,)).fetchone()[0] == 1

@@ -69,21 +69,22 @@ def _load_config(path: Optional[Path]) -> Config:
 
 def _check_combination(actions: dict[str, bool], export: Optional[str], check_only: bool, renew: Optional[int]) -> None:
     chosen = [name for name, on in actions.items() if on]
-    if export is not None and (chosen or check_only):
+    if export is not None and (chosen or check_only or renew is not None):
         raise UsageError("-E (export) may not be combined with other actions")
     if actions["-Z"] and len(chosen) > 1:
         raise UsageError("-Z (register) may not be combined with other actions")
     if actions["-X"] and actions["-Y"]:
         raise UsageError("-X (encrypt keys) and -Y (decrypt keys) contradict each other")
-    if renew is not None and not (actions["-C"] or actions["-D"] or check_only):
-        raise UsageError("-r REMAINING_DAYS goes with -C, -D or -n")
+    # -r N alone is -C -r N (the original: create unless distributing); with -D it selects what -D sends
+    if renew is not None and not check_only and set(chosen) - {"-C", "-D"}:
+        raise UsageError("-r REMAINING_DAYS goes with -C, -D or -n, or alone (= -C -r)")
 
 
 @app.command(help=f"Server PKI {__version__}: issue, renew and distribute certificates and their TLSA records.")
 def operate(
     create_certs: Annotated[Flag, typer.Option("-C", "--create-certs", help="Create all selected certs (state issued).")] = False,
     renew_local_certs: Annotated[Optional[int], typer.Option("-r", "--renew-local-certs", metavar="REMAINING_DAYS", min=0, max=3650,
-        help="Local certs in state deployed expiring within REMAINING_DAYS; with -D distribute those issued within as many days.")] = None,
+        help="Create (-C) the local certs in state deployed expiring within REMAINING_DAYS; with -D distribute those issued within as many days; with -n list them.")] = None,
     schedule_actions: Annotated[Flag, typer.Option("-S", "--schedule-actions", help="Schedule necessary actions; -C and -D are ignored.")] = False,
     distribute_certs: Annotated[Flag, typer.Option("-D", "--distribute-certs", help="Distribute issued, currently valid certs.")] = False,
     consolidate_certs: Annotated[Flag, typer.Option("-K", "--consolidate-certs", help="Re-distribute deployed certs.")] = False,
@@ -119,12 +120,16 @@ def operate(
         setup_logging(config, quiet=quiet, verbose=verbose, debug=debug)
         if schedule_actions:  # operation.txt: with -S, -C and -D are ignored
             actions["-C"] = actions["-D"] = False
+        elif renew_local_certs is not None and not actions["-D"]:
+            actions["-C"] = True  # -r N alone: create the local certificates deployed and expiring within N days
         sel_sql, sel_params = _selection_sql(all_certs, include, exclude, only, skip_disthost,
                                              limit_to_disthost, no_tlsa_records)
         with connect(config.database.dsn, autocommit=True) as conn, refusals_as_errors():
             conn.execute(f"SELECT check_selection({sel_sql})", sel_params)  # unknown names stop the run first
             if check_only:
-                _check_only(conn, sel_sql, sel_params, verbose and not quiet, only or [], actions, renew_local_certs)
+                if not _check_only(conn, sel_sql, sel_params, verbose and not quiet, only or [], actions,
+                                   renew_local_certs):
+                    raise typer.Exit(1)   # the check reported a problem
                 return
             if export_cert_and_key is not None:
                 if not config.paths.work_dir:
@@ -145,16 +150,19 @@ def operate(
 
 
 def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: dict, verbose: bool, only: list[str],
-                actions: dict[str, bool], renew: Optional[int]) -> None:
-    problems = conn.execute("SELECT certificate, problem, hint FROM check_config()").fetchall()
+                actions: dict[str, bool], renew: Optional[int]) -> bool:
+    """-n: the configuration check of the selected certificates (every one without -o/-e), then the
+    report the other options ask for. True when the check found nothing (exit status 0), else 1."""
+    problems = conn.execute(f"SELECT certificate, problem, hint FROM check_config({sel_sql})", sel_params).fetchall()
     if verbose:
         n, cas = conn.execute(
             """SELECT count(DISTINCT c.id), array_agg(DISTINCT s.name::text) FILTER (WHERE s.type = 'CA')
                  FROM certificates c JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname""").fetchone()
         typer.echo(f"[{n} certificates and CAs {cas or []} in DB]")
     if problems:
-        for cert, problem, hint in problems:
-            typer.echo(f"{cert + ': ' if cert else ''}{problem} (hint: {hint})")
+        # one line each: what, the problem, the fix (names cannot break the line: _one_line)
+        for obj, problem, hint in problems:
+            typer.echo(_one_line(f"{obj}: {problem}; fix: {hint}"))
     else:
         typer.echo("No syntax errors found in configuration." if not verbose else "[No syntax errors found in configuration.]")
     if actions["-S"]:
@@ -165,6 +173,7 @@ def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: dict, verbos
         typer.echo(reports.meta_table(conn, only))
         typer.echo("")
         typer.echo(reports.instance_table(conn, only))
+    return not problems
 
 
 # the seed's order: CA, keys, create, distribute, consolidate, TLSA

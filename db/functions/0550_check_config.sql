@@ -1,7 +1,8 @@
 -- 0550_check_config: operate_serverPKI -n, the problems of the configuration that
 -- the row triggers cannot see (they are about how rows fit together).
 
--- check_config: one row per problem; no rows means a sound configuration
+-- check_config: one row per problem of the selected certificates (all when sel is NULL): the object
+-- it concerns (a certificate's name, or 'local CA'), the problem, the fix; no rows: a sound configuration
 CREATE OR REPLACE FUNCTION pki.check_config(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (certificate text, problem text, hint text)
 LANGUAGE plpgsql STABLE
@@ -17,10 +18,10 @@ BEGIN
            'ACME CAs issue server certificates; make it a local certificate'::text
       FROM c JOIN subj ON subj.certificate = c.id WHERE c.type = 'LE' AND subj.type = 'client'
     UNION ALL
-    SELECT c.name, 'no targets: it will never be deployed', 'add one with SELECT add_target(cert, disthost, jail, place)'
+    SELECT c.name, 'no targets: it will never be deployed', format('add one with SELECT add_target(%L, disthost, jail, place)', c.name)
       FROM c WHERE NOT EXISTS (SELECT 1 FROM targets t WHERE t.certificate = c.id)
     UNION ALL
-    SELECT c.name, 'TLSA services on a client certificate are never looked up', 'SELECT remove_service(cert, service, port)'
+    SELECT c.name, 'TLSA services on a client certificate are never looked up', format('SELECT remove_service(%L, service, port)', c.name)
       FROM c JOIN subj ON subj.certificate = c.id WHERE subj.type = 'client' AND c.tlsa_ttl IS NOT NULL
     UNION ALL
     SELECT c.name, format('place "%s" is ''cert only'' but has a key_path, which is ignored', p.name),
@@ -28,7 +29,7 @@ BEGIN
       FROM c JOIN targets t ON t.certificate = c.id JOIN places p ON p.id = t.place
      WHERE p.cert_file_type = 'cert only' AND p.key_path IS NOT NULL
     UNION ALL
-    SELECT NULL::text, 'local certificates are configured, but there is no local CA certificate',
+    SELECT 'local CA'::text, 'local certificates are configured, but there is no local CA certificate',
            'issue one with operate_serverPKI -I'
      WHERE EXISTS (SELECT 1 FROM c WHERE c.type = 'local')
        AND NOT EXISTS (SELECT 1 FROM certinstances i JOIN subjects s ON s.certificate = i.certificate AND NOT s.isaltname
