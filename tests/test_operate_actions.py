@@ -78,18 +78,29 @@ def test_local_ca_create_export_and_verify(env, conn):
     serial = conn.execute("""SELECT "Serial" FROM inst WHERE "Cert Name" = 'www.example.org' LIMIT 1""").fetchone()[0]
     ca_serial = conn.execute("""SELECT "Serial" FROM inst WHERE "Cert Name" = 'Local CA' LIMIT 1""").fetchone()[0]
 
+    assert run(env, "-X").exit_code == 0   # the stored keys encrypted: -E writes them in clear all the same
+    work = env[1] / "work"
+    work.mkdir()
+    (work / f"key-{serial}-ec.pem").write_text("an old export\n")   # replaced, as the original overwrote it
+    (work / f"key-{serial}-ec.pem").chmod(0o400)
     result = run(env, "-E", str(serial))
     assert result.exit_code == 0, result.output
-    work = env[1] / "work"
+    result = run(env, "-E", str(ca_serial))   # the CA's key: decrypted with the CA's passphrase
+    assert result.exit_code == 0, result.output
     names = sorted(p.name for p in work.iterdir())
-    assert names == ["www.example.org_server_cacert.pem", "www.example.org_server_cert.pem",
-                     "www.example.org_server_ec_cert.pem", "www.example.org_server_ec_key.pem",
-                     "www.example.org_server_key.pem"]
-    for key in ("www.example.org_server_key.pem", "www.example.org_server_ec_key.pem"):
-        assert stat.S_IMODE(os.stat(work / key).st_mode) == 0o400
-    for algo in ("", "ec_"):
-        cert, key = work / f"www.example.org_server_{algo}cert.pem", work / f"www.example.org_server_{algo}key.pem"
-        verify = openssl("verify", "-CAfile", str(work / "www.example.org_server_cacert.pem"), str(cert))
+    assert names == sorted([f"cert-{serial}-ec.pem", f"cert-{serial}-rsa.pem", f"key-{serial}-ec.pem",
+                            f"key-{serial}-rsa.pem", f"cert-{ca_serial}-rsa.pem", f"key-{ca_serial}-rsa.pem"]), names
+    for name in names:
+        mode = stat.S_IMODE(os.stat(work / name).st_mode)
+        assert mode == (0o400 if name.startswith("key-") else 0o444), (name, oct(mode))
+        if name.startswith("key-"):
+            assert (work / name).read_text().startswith("-----BEGIN PRIVATE KEY-----"), name   # in clear
+    ca_file = work / f"cert-{ca_serial}-rsa.pem"
+    assert openssl("pkey", "-in", str(work / f"key-{ca_serial}-rsa.pem"), "-pubout").stdout == \
+        openssl("x509", "-in", str(ca_file), "-pubkey", "-noout").stdout
+    for algo in ("rsa", "ec"):
+        cert, key = work / f"cert-{serial}-{algo}.pem", work / f"key-{serial}-{algo}.pem"
+        verify = openssl("verify", "-CAfile", str(ca_file), str(cert))
         assert verify.returncode == 0 and ": OK" in verify.stdout, verify.stderr
         assert openssl("pkey", "-in", str(key), "-pubout").stdout == openssl("x509", "-in", str(cert), "-pubkey", "-noout").stdout
         text = openssl("x509", "-in", str(cert), "-noout", "-text").stdout
@@ -205,3 +216,28 @@ def test_renew_alone_creates_the_local_certificates_expiring_within_the_days(env
     # nothing deployed expires within 5 days: nothing to do
     assert run(env_at, "-r", "5").exit_code == 0
     assert conn.execute("SELECT count(*) FROM certinstances WHERE id > %s", (instances,)).fetchone()[0] == 1
+
+
+def test_export_never_leaves_a_key_readable_by_others(env, conn, monkeypatch, tmp_path):
+    """-E: each key file has mode 0400 before it gets its name, whatever the umask; a file that is
+    not renamed (a failed write) is removed."""
+    from serverpki import export as export_module
+    assert run(env, "-I").exit_code == 0
+    assert run(env, "-C", "-o", "client1").exit_code == 0
+    serial = conn.execute("""SELECT "Serial" FROM inst WHERE "Cert Name" = 'client1'""").fetchone()[0]
+    seen = {}
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen[Path(dst).name] = stat.S_IMODE(os.stat(src).st_mode)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(export_module.os, "replace", replace)
+    old = os.umask(0)
+    try:
+        written = export_module.export_instance(conn, str(serial), tmp_path / "out", None)
+    finally:
+        os.umask(old)
+    assert seen == {f"cert-{serial}-ec.pem": 0o444, f"key-{serial}-ec.pem": 0o400}, seen
+    assert sorted(p.name for p in written) == sorted(seen)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(seen)   # no temporary file left

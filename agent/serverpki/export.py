@@ -1,12 +1,20 @@
-"""operate_serverPKI -E CERT_SERIAL: write an instance's certificate and key to the work directory.
+"""operate_serverPKI -E CERT_SERIAL: write an instance's certificates and keys to [paths] work_dir.
 
-The key file is born private: created with mode 0600 under a temporary name,
-written, set to 0400, then renamed, so it is never readable by others.
+As the original (certdist.export_instance): one pair per key algorithm of the
+instance, cert-SERIAL-ALGO.pem and key-SERIAL-ALGO.pem (ALGO rsa or ec), the key
+in clear (PEM, PKCS#8) with mode 0400. An existing file of that name is replaced,
+as the original overwrote it: the export is what the database holds now.
+
+A file is born private: created by mkstemp (O_CREAT|O_EXCL, mode 0600, a name
+no one can foresee) in the work directory, written, set to its mode, then
+renamed over the name: the key is never readable by others, not even for a
+moment, and a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -16,24 +24,29 @@ from . import keystore
 from .errors import UsageError
 from .queries import q
 
+CERT_MODE = 0o444
+KEY_MODE = 0o400
+
 
 def _write_atomic(path: Path, data: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")   # 0600, O_EXCL
     try:
         with os.fdopen(fd, "w") as out:
             out.write(data)
             out.flush()
+            os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def export_instance(conn: psycopg.Connection, serial: str, work_dir: Path, db_passphrase_file) -> list[Path]:
-    """The files written: NAME_TYPE_[ec_]cert.pem, NAME_TYPE_[ec_]key.pem (0400), and the CA certificate."""
+def export_instance(conn: psycopg.Connection, serial: str, work_dir: Path, db_passphrase_file,
+                    ca_passphrase_file=None) -> list[Path]:
+    """The files written, cert and key of each algorithm: cert-SERIAL-rsa.pem, key-SERIAL-rsa.pem, ....
+    Keys stored encrypted are decrypted: with the db_encryption_key passphrase, a local CA's key with
+    the CA's passphrase (local_ca.passphrase_file); without a file, the passphrase is asked on a terminal."""
     if not (serial.isascii() and serial.isdigit()):  # str.isdigit() also passes "²", which int() refuses
         raise UsageError(f"-E {serial}: CERT_SERIAL is the number in the Serial column of operate_serverPKI -n -v")
     # no serial has more than 18 digits (and int() refuses more than 4300)
@@ -41,25 +54,29 @@ def export_instance(conn: psycopg.Connection, serial: str, work_dir: Path, db_pa
             if len(serial.lstrip("0")) <= 18 else [])
     if not rows:
         raise UsageError(f"-E {serial}: no instance with that serial (see operate_serverPKI -n -v)")
+    number = int(serial)
+    # decrypt every key before writing any file: a wrong passphrase leaves nothing behind
+    passphrases: dict[str, bytes] = {}
+    pairs = []
+    for row in rows:
+        key = row["key"]
+        if key and keystore.is_encrypted(key):
+            ca = row["subject_type"] == "CA"
+            source, prompt = ((ca_passphrase_file, "Passphrase of the local CA: ") if ca
+                              else (db_passphrase_file, "Passphrase of the stored keys: "))
+            which = "ca" if ca else "db"
+            if which not in passphrases:
+                passphrases[which] = keystore.read_passphrase(source, prompt)
+            key = keystore.decrypt_pem(key, passphrases[which], f"{row['algo']} key of instance {number}")
+        pairs.append((row["algo"], row["cert"], key))
     work_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    passphrase = None
-    for row in rows:
-        stem = f"{row['name']}_{row['subject_type']}_{'ec_' if row['algo'] == 'ec' else ''}"
-        cert_file = work_dir / f"{stem}cert.pem"
-        _write_atomic(cert_file, row["cert"], 0o444)
+    for algo, cert, key in pairs:
+        cert_file = work_dir / f"cert-{number}-{algo}.pem"
+        _write_atomic(cert_file, cert, CERT_MODE)
         written.append(cert_file)
-        if row["key"]:
-            key = row["key"]
-            if keystore.is_encrypted(key) and row["subject_type"] != "CA":
-                passphrase = passphrase or keystore.read_passphrase(db_passphrase_file, "Passphrase of the stored keys: ")
-                key = keystore.decrypt_pem(key, passphrase, f"key of instance {serial}")
-            key_file = work_dir / f"{stem}key.pem"
-            _write_atomic(key_file, key, 0o400)
+        if key:
+            key_file = work_dir / f"key-{number}-{algo}.pem"
+            _write_atomic(key_file, key, KEY_MODE)
             written.append(key_file)
-        if row["cacert"]:
-            ca_file = work_dir / f"{row['name']}_{row['subject_type']}_cacert.pem"
-            _write_atomic(ca_file, row["cacert"], 0o444)
-            if ca_file not in written:
-                written.append(ca_file)
     return written

@@ -91,7 +91,7 @@ def operate(
     consolidate_tlsas: Annotated[Flag, typer.Option("-T", "--consolidate-TLSAs", help="Publish TLSA RRs of deployed and prepublished certs.")] = False,
     remove_tlsas: Annotated[Flag, typer.Option("-R", "--remove-TLSAs", help="Remove TLSA RRs.")] = False,
     export_cert_and_key: Annotated[Optional[str], typer.Option("-E", "--export-cert-and-key", metavar="CERT_SERIAL",
-        help="Export certificate and key of instance CERT_SERIAL to the work directory; alone.")] = None,
+        help="Write cert-SERIAL-ALGO.pem and key-SERIAL-ALGO.pem (the key in clear, mode 0400) of instance CERT_SERIAL into [paths] work_dir; alone.")] = None,
     all_certs: Annotated[Flag, typer.Option("-a", "--all", help="Include all certs, even disabled ones.")] = False,
     include: Annotated[Names, typer.Option("-i", "--include", metavar="CERT_TO_BE_INCLUDED", help="Include this cert even if disabled; repeatable.")] = None,
     exclude: Annotated[Names, typer.Option("-e", "--exclude", metavar="CERT_TO_BE_EXCLUDED", help="Exclude this cert; repeatable.")] = None,
@@ -134,7 +134,8 @@ def operate(
             if export_cert_and_key is not None:
                 if not config.paths.work_dir:
                     raise UsageError("-E needs [paths] work_dir in the configuration file")
-                for path in export(conn, export_cert_and_key, config.paths.work_dir, config.paths.db_encryption_key):
+                for path in export(conn, export_cert_and_key, config.paths.work_dir, config.paths.db_encryption_key,
+                                   config.local_ca.passphrase_file):
                     typer.echo(str(path))
                 return
             wanted = [name for name in ACTION_ORDER if actions[name]]
