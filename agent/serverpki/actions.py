@@ -36,11 +36,12 @@ class Outcome:
 
 def run_action(conn: psycopg.Connection, agent: Agent, action: str, sel_sql: str, sel_params: dict,
                params: dict) -> Outcome:
-    """Ask SQL to enqueue what the action means, then run what is due."""
+    """Ask SQL to enqueue what the action means, then run what is due of the run's selection."""
     with conn.transaction():
         requested = conn.execute(REQUESTS[action].replace("{sel}", sel_sql), {**params, **sel_params}).fetchall()
     for job, cert, inst, reason in requested:
         log.info("%s: %s%s%s", action, f"{cert} " if cert else "", f"instance {inst} " if inst else "",
                  reason if job is None else f"job {job}: {reason}")
-    stats = agent.drain()
+    # only the jobs of the run's selection (the agent's), and those this request returned
+    stats = agent.drain(requested=[job for job, *_ in requested])
     return Outcome(requested, stats, agent.unhandled_pending())

@@ -106,8 +106,13 @@ class _Heartbeat(threading.Thread):
 
 class Agent:
     def __init__(self, dsn: str, config, name: str | None = None, lease: int = 300, batch: int = 10,
-                 kinds: list[str] | None = None):
+                 kinds: list[str] | None = None, selection: dict | None = None):
+        """selection: the parameters of an operate_serverPKI run's selection (sel_all, sel_include, sel_exclude,
+        sel_only, sel_skip, sel_limit, sel_no_tlsa): its drains claim only the jobs of that selection
+        (pki.claim_jobs says which). None: every due job (serverpki agent)."""
         self.dsn = dsn
+        self.selection = selection
+        self.requested: list[int] = []   # jobs the run requested (claimed even when outside the selection)
         self.config = config
         self.name = name or default_agent_name()
         self.lease = lease
@@ -129,8 +134,12 @@ class Agent:
 
     def claim(self) -> list[Job]:
         params = {"agent": self.name, "kinds": self.kinds, "max_jobs": self.batch, "lease": self.lease}
+        query = q("claim_jobs")
+        if self.selection is not None:
+            params.update(self.selection, requested=self.requested)
+            query = q("claim_selected_jobs")
         try:
-            rows = self.conn.cursor(row_factory=dict_row).execute(q("claim_jobs"), params).fetchall()
+            rows = self.conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
         except psycopg.OperationalError as exc:
             if self._conn is None or not (self._conn.closed or self._conn.broken):
                 raise
@@ -139,7 +148,7 @@ class Agent:
             log.warning("agent %s: the database connection was lost (%s); reconnecting", self.name, _first_line(exc))
             self.close()
             with self._reconnected() as conn:
-                rows = conn.cursor(row_factory=dict_row).execute(q("claim_jobs"), params).fetchall()
+                rows = conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
             self._conn = psycopg.connect(self.dsn, autocommit=True)
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
                     r["args"] or {}, r["attempts"], r["max_attempts"], str(r["lease_token"])) for r in rows]
@@ -291,8 +300,10 @@ class Agent:
         with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pool") as pool:
             yield from zip(jobs, pool.map(one, jobs))
 
-    def drain(self, max_jobs: int | None = None) -> RunStats:
-        """Run what is due now, follow-ups included, then return (the cron run); progress shows on a terminal."""
+    def drain(self, max_jobs: int | None = None, requested: list[int] | None = None) -> RunStats:
+        """Run what is due now, follow-ups included, then return (the cron run); progress shows on a terminal.
+        With a selection: only its jobs, and the jobs requested (ids an action's request returned)."""
+        self.requested = [job for job in requested or () if job is not None]
         stats = RunStats()
         try:
             for job, outcome in progress(self._outcomes(max_jobs), label="jobs run"):

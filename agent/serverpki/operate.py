@@ -184,8 +184,10 @@ ACTION_ORDER = ("-I", "-X", "-Y", "-S", "-C", "-D", "-K", "-T", "-R", "-Z")
 def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_sql: str, sel_params: dict,
          remaining: Optional[int], quiet: bool) -> bool:
     """Each action: its SQL request, then drain. True when every job the run performed succeeded."""
+    # the run acts only on its selection: its drains claim the jobs of the selected certificates and
+    # disthosts (and those its requests returned); other due jobs wait for a run that selects them
     agent = Agent(config.database.dsn or "", config, name=config.agent.name,
-                  lease=config.agent.lease_seconds, batch=config.agent.batch)
+                  lease=config.agent.lease_seconds, batch=config.agent.batch, selection=sel_params)
     params = {"remaining": remaining, "ca_name": config.local_ca.name, "ca_algo": config.local_ca.key_type,
               "acme_url": config.acme.directory_url, "acme_contact": config.acme.contact_email}
     ok = True

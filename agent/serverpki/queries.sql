@@ -4,6 +4,12 @@
 -- name: claim_jobs
 SELECT * FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second');
 
+-- name: claim_selected_jobs
+-- an operate_serverPKI run's drain: only the jobs of its selection, and those it requested (pki.claim_jobs)
+SELECT * FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second',
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s),
+    %(requested)s::bigint[]);
+
 -- name: extend_lease
 SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second');
 

@@ -22,3 +22,5 @@ BEGIN
     END IF;
 END
 $$;
+-- 1.0: claim_jobs takes the run's selection and the jobs it requested (a run acts only on its selection)
+DROP FUNCTION IF EXISTS pki.claim_jobs(text, text[], int, interval);

@@ -253,27 +253,70 @@ AS $$ SELECT sha256(uuid_send(token)) $$;
 
 -- claim_jobs: up to max_jobs due jobs of the given kinds (all kinds when NULL), leased to the
 -- agent; each comes with its own unguessable lease token, which every later call about the job
--- must present (the agent name is for people: two agents may well share one)
-CREATE OR REPLACE FUNCTION pki.claim_jobs(agent text, kinds text[] DEFAULT NULL, max_jobs int DEFAULT 1, lease interval DEFAULT NULL)
+-- must present (the agent name is for people: two agents may well share one).
+--
+-- sel: the selection of an operate_serverPKI run (-a -i -e -o -s -l -N); NULL (the long-running
+-- `serverpki agent`): every due job. A run acts only on its selection; a job is the run's when
+--   * its certificate is one the selection acts on (selected_certs, enabled or included by -a/-i);
+--     its follow-ups (distribute after issue, publish_tlsa after deploy) are jobs of that certificate;
+--   * it goes to a disthost, and the selection lets distribution go there (host_selected: not -s,
+--     within -l): a run never connects to a host excluded by -s or outside -l;
+--   * it is a publish_tlsa job, and the run does not say -N;
+--   * it is a mail_reminder: it lists many certificates, so only when the selection has them all
+--     (a reminder enqueued by `-S -o X` lists X alone; the cron run selects everything);
+--   * it concerns the installation, not a certificate a selection can name (-I's issue_local_ca,
+--     -X/-Y's encrypt_keys/decrypt_keys, -Z's register_acme): when this run requested it (requested,
+--     the job ids its request functions returned), or when the run names no certificate (no -o, -e).
+-- DNS zones are no disthosts: -s/-l do not limit TLSA jobs (-N does). Other due jobs wait for a run
+-- that selects them, or for `serverpki agent`.
+CREATE OR REPLACE FUNCTION pki.claim_jobs(agent text, kinds text[] DEFAULT NULL, max_jobs int DEFAULT 1, lease interval DEFAULT NULL,
+                                          sel dd.selection DEFAULT NULL, requested bigint[] DEFAULT NULL)
 RETURNS TABLE (id bigint, kind text, certificate int, instance int, disthost int, zone text, subject_key text,
                args jsonb, reason text, state dd.job_state, priority int, attempts int, max_attempts int,
                run_after timestamptz, locked_by text, locked_until timestamptz, lease_token uuid)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
+DECLARE
+    acted_on int[];        -- the certificates the selection acts on (enabled, or included by -a/-i)
+    named text[];          -- every certificate the selection names, enabled or not (a reminder's)
+    whole boolean;         -- the selection names no certificate: it has the installation's jobs too
 BEGIN
     PERFORM check_required(agent, 'agent name');
     PERFORM check_printable(agent, 'agent name', 200);
     PERFORM check_lease(lease);
+    IF sel IS NOT NULL THEN
+        PERFORM check_selection(sel);
+        SELECT coalesce(array_agg(s.id) FILTER (WHERE s.enabled), '{}'), coalesce(array_agg(s.name), '{}')
+          INTO acted_on, named FROM selected_certs(sel) s;
+        whole := cardinality(coalesce(sel.only_certs, '{}')) = 0 AND cardinality(coalesce(sel.exclude, '{}')) = 0;
+    END IF;
     PERFORM requeue_expired_leases();
     RETURN QUERY
     WITH c AS (
         SELECT j.id, gen_random_uuid() AS token FROM jobs j
          WHERE j.state IN ('queued', 'failed') AND j.run_after <= pki.now()
            AND (kinds IS NULL OR j.kind = ANY (kinds))
+           AND (sel IS NULL OR (
+                -- the certificate, or what stands for it
+                CASE
+                    WHEN j.certificate = ANY (acted_on) THEN true
+                    WHEN j.kind = 'mail_reminder' THEN NOT EXISTS (
+                        SELECT 1 FROM jsonb_array_elements(coalesce(j.args -> 'certificates', '[]')) e
+                         WHERE NOT coalesce(e ->> 'name' = ANY (named), false))
+                    WHEN j.certificate IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM subjects s WHERE s.certificate = j.certificate AND NOT s.isaltname
+                           AND s.type NOT IN ('CA', 'reserved')) THEN j.id = ANY (coalesce(requested, '{}')) OR whole
+                    ELSE false
+                END
+                -- the disthost
+                AND (j.disthost IS NULL OR EXISTS (SELECT 1 FROM disthosts d WHERE d.id = j.disthost
+                                                     AND host_selected(sel, d.fqdn)))
+                -- -N: no TLSA changes
+                AND NOT (j.kind = 'publish_tlsa' AND coalesce(sel.no_tlsa, false))))
          ORDER BY j.priority DESC, j.id
          LIMIT greatest(max_jobs, 0)
-           FOR UPDATE SKIP LOCKED
+           FOR UPDATE OF j SKIP LOCKED
     )
     UPDATE jobs j
        SET state = 'running', attempts = j.attempts + 1, locked_by = agent, lease_hash = lease_hash(c.token),

@@ -129,7 +129,7 @@ GRANT EXECUTE ON FUNCTION pki.request_acme_account(text, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.revoke_instance(integer, text) TO pki_admin;
 
 -- the queue, the agent's: every call about a claimed job presents the claim's lease token
-GRANT EXECUTE ON FUNCTION pki.claim_jobs(text, text[], integer, interval) TO pki_agent;
+GRANT EXECUTE ON FUNCTION pki.claim_jobs(text, text[], integer, interval, dd.selection, bigint[]) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.extend_lease(bigint, uuid, interval) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.complete_job(bigint, uuid, jsonb) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.fail_job(bigint, uuid, text, boolean, interval) TO pki_agent;
