@@ -126,22 +126,23 @@ def test_a_run_acts_only_on_its_selection(fleet):
     def job_states(kind):
         return fleet.conn.execute("SELECT state::text, attempts FROM jobs WHERE kind = %s ORDER BY id", (kind,)).fetchall()
 
-    # an issue job for the LE certificate is due; a run with -o the local one runs none of it
-    cron.execute("SELECT * FROM request_create(selection(only_certs => ARRAY[%s]))", (acme,)).fetchall()
-    run = fleet.cli("-S", "-o", local)
+    # an issue job for the local certificate is due; a run with -o the LE one runs none of it
+    cron.execute("SELECT * FROM request_create(selection(only_certs => ARRAY[%s]))", (local,)).fetchall()
+    run = fleet.cli("-S", "-o", acme)
     assert run.returncode == 0, run.stderr
-    assert fleet.pebble_issued() == [], "a run with -o intranet ordered the LE certificate"
-    assert job_states("issue_acme") == [("queued", 0)]
-    # ... while its own certificate was issued and (the follow-up in the same drain) deployed to web1
+    assert job_states("issue_local") == [("queued", 0)], "a run with -o www ran the local certificate's job"
     assert fleet.conn.execute("SELECT state::text FROM certinstances WHERE certificate = cert_id(%s)",
-                              (local,)).fetchall() == [("deployed",)]
-    assert job_states("distribute") == [("done", 1)]
+                              (local,)).fetchall() == [("reserved",)]
+    # ... while its own certificate was ordered, and the follow-ups (distribute to both hosts,
+    # then publish_tlsa) ran in the same drain: deployed
+    assert len(fleet.pebble_issued()) == 2
+    assert fleet.conn.execute("SELECT state::text FROM certinstances WHERE certificate = cert_id(%s)",
+                              (acme,)).fetchall() == [("deployed",)]
+    assert job_states("distribute") == [("done", 1), ("done", 1)]
+    assert job_states("publish_tlsa") == [("done", 1)]
 
-    # the LE certificate issued (a run that selects it), then distribute jobs to both hosts due
-    run = fleet.cli("-C", "-o", acme)
-    assert run.returncode == 0, run.stderr
-    assert len(fleet.pebble_issued()) == 2 and job_states("issue_acme") == [("done", 1)]
-    cron.execute("SELECT * FROM request_distribute(selection(only_certs => ARRAY[%s]))", (acme,)).fetchall()
+    # distribute jobs of the LE certificate to both hosts due
+    cron.execute("SELECT * FROM request_consolidate_certs(selection(only_certs => ARRAY[%s]))", (acme,)).fetchall()
     due = fleet.conn.execute("SELECT d.fqdn::text FROM jobs j JOIN disthosts d ON d.id = j.disthost "
                              "WHERE j.state = 'queued' ORDER BY 1").fetchall()
     assert due == [(f"jailhost.{ZONE}",), (f"web1.{ZONE}",)]
@@ -157,9 +158,9 @@ def test_a_run_acts_only_on_its_selection(fleet):
                                  "WHERE d.fqdn = %s AND j.state <> 'done'", (f"jailhost.{ZONE}",)).fetchall()
     assert waiting == [("queued", 0)]
 
-    # the cron run selects everything: the jail host's job runs, the fleet converges
+    # the cron run selects everything: the jail host's job runs, nothing is left waiting
     run = fleet.cli("-S", "-a")
     assert run.returncode == 0, run.stderr
     assert jail.accepted_logins() > jail_before
-    assert fleet.problems() == [], fleet.problems()
+    assert fleet.conn.execute("SELECT kind, state::text FROM jobs WHERE state <> 'done'").fetchall() == []
     cron.close()
