@@ -116,7 +116,9 @@ BAD_COMBINATIONS = [
     (["-E", "3", "-n"], "-E (export) may not be combined"),
     (["-Z", "-C"], "-Z (register) may not be combined"),
     (["-X", "-Y"], "contradict"),
-    (["-r", "5"], "-r REMAINING_DAYS goes with"),
+    (["-r", "5", "-S"], "-r REMAINING_DAYS goes with"),   # -r 5 alone is -C -r 5
+    (["-r", "5", "-T"], "-r REMAINING_DAYS goes with"),
+    (["-E", "3", "-r", "5"], "-E (export) may not be combined"),
     ([], "no action given"),
     (["-a", "-v"], "no action given"),
     (["-S", "-s", "web1.example.org", "-l", "WEB1.example.org"], "both skipped (-s) and the only ones (-l)"),
