@@ -221,7 +221,7 @@ def test_register_encrypts_the_account_key_when_keys_are_encrypted(conn, config,
     register(conn, config)
     key = conn.execute("SELECT key FROM acme_accounts").fetchone()[0]
     assert key.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
-    openssl("pkey", "-in", write(tmp_path / "k.pem", key), "-passin", f"file:{config.paths.db_encryption_key}", "-noout")
+    openssl("pkey", "-in", write(tmp_path / "k.pem", key), "-passin", "pass:" + config.paths.db_encryption_key.read_text(), "-noout")
     # and the encrypted key signs an order
     add_le_cert(conn, f"enc.{ZONE}")
     instance, result = issued(conn, config, f"enc.{ZONE}")

@@ -205,6 +205,7 @@ def test_the_example_documents_every_key_with_a_comment():
 
 def test_the_example_with_every_key_set_still_loads(tmp_path):
     path = write(tmp_path / "all.toml", re.sub(r"(?m)^# (\w+ = )", r"\1", EXAMPLE.read_text()))
+    path.chmod(0o600)  # it holds eab_hmac_key: a configuration with a secret must be private
     config = load_config(path)
     assert config.acme.eab_kid == "kid-1" and config.mail.username == "pki"
 
@@ -247,6 +248,7 @@ dsn = "postgresql://pki_op:s3cr3t-pw@db.example.org/serverpki"
 eab_kid = "kid-1"
 eab_hmac_key = "{hmac}"
 """)
+    path.chmod(0o600)  # it holds secrets: it must be private (tests/test_secret_files.py)
     config = load_config(path)
     assert config.acme.eab_hmac_key == hmac and "s3cr3t-pw" in config.database.dsn
     for text in (repr(config), repr(config.acme), repr(config.database), str(config)):
@@ -258,6 +260,7 @@ eab_hmac_key = "{hmac}"
 def test_tsig_key_is_read_from_a_bind_key_file(tmp_path):
     key_file = write(tmp_path / "update.key",
                      'key "serverpki-update" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0LXRzaWcta2V5LWZvci10ZXN0cw==";\n};\n')
+    key_file.chmod(0o600)
     config = load_config(write(tmp_path / "serverpki.toml", '[dns]\ntsig_key_file = "update.key"\n'))
     key = config.tsig_key()
     assert key.name.to_text() == "serverpki-update." and key.algorithm.to_text() == "hmac-sha256."

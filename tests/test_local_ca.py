@@ -118,7 +118,7 @@ def key_public(tmp_path: Path, key_pem: str, passfile: str | None = None) -> str
     """`openssl pkey -pubout` of a stored key (opened with -passin when given)."""
     args = ["pkey", "-in", write(tmp_path / "key.pem", key_pem), "-pubout"]
     if passfile:
-        args += ["-passin", f"file:{passfile}"]
+        args += ["-passin", "pass:" + Path(passfile).read_text()]  # the whole file (file: reads its first line)
     return openssl(*args)
 
 
@@ -471,15 +471,20 @@ def test_keystore_round_trip_and_wrong_passphrase():
 
 
 def test_read_passphrase(tmp_path, monkeypatch):
-    assert keystore.read_passphrase(secret_file(tmp_path / "p", "first line")) == b"first line"
+    # the whole content is the passphrase, line ends and all (as the original serverPKI read it)
+    assert keystore.read_passphrase(secret_file(tmp_path / "p", "first line")) == b"first line\n"
     (tmp_path / "two").write_bytes(b"one\r\ntwo\n")
     (tmp_path / "two").chmod(0o400)
-    assert keystore.read_passphrase(tmp_path / "two") == b"one"
+    assert keystore.read_passphrase(tmp_path / "two") == b"one\r\ntwo\n"
     for mode in (0o640, 0o604):
         with pytest.raises(keystore.PassphraseUnavailable, match="group or others.*chmod 600"):
             keystore.read_passphrase(secret_file(tmp_path / f"open{mode:o}", "x", mode))
     with pytest.raises(keystore.PassphraseUnavailable, match="empty"):
         keystore.read_passphrase(secret_file(tmp_path / "empty", ""))
+    (tmp_path / "long").write_bytes(b"x" * (keystore.MAX_PASSPHRASE + 1))
+    (tmp_path / "long").chmod(0o600)
+    with pytest.raises(keystore.PassphraseUnavailable, match="1024 bytes, more than the 1023"):
+        keystore.read_passphrase(tmp_path / "long")
     with pytest.raises(keystore.PassphraseUnavailable, match="No such file"):
         keystore.read_passphrase(tmp_path / "missing")
     # no file configured: asked on the terminal, refused without one
@@ -547,7 +552,7 @@ def test_encrypt_and_decrypt_cover_the_acme_account_key(conn, config, tmp_path):
     assert [a["id"] for a in result["accounts"]] == [1]
     stored = conn.execute("SELECT key FROM acme_accounts").fetchone()[0]
     assert stored.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
-    out = subprocess.run(["openssl", "pkey", "-passin", f"file:{config.paths.db_encryption_key}", "-pubout"],
+    out = subprocess.run(["openssl", "pkey", "-passin", "pass:" + Path(config.paths.db_encryption_key).read_text(), "-pubout"],
                          input=stored, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout == x509util.public_pem(account)
     assert "PRIVATE KEY" not in json.dumps(job_row(conn, job_id)["result"])

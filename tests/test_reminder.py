@@ -280,6 +280,7 @@ def tls_smtp(monkeypatch, tmp_path):
         # the client trusts the lab's self-signed certificate through OpenSSL's default verify paths
         monkeypatch.setenv("SSL_CERT_FILE", str(server.cafile))
         (tmp_path / "password").write_text("s3cret\n")
+        (tmp_path / "password").chmod(0o600)  # a secret file must be private (secretfile)
         yield server, tmp_path / "password"
 
 
@@ -296,6 +297,7 @@ def test_starttls_and_login(tls_smtp):
 def test_a_wrong_password_gives_up_naming_the_password_file(tls_smtp, tmp_path):
     server, _ = tls_smtp
     (tmp_path / "wrong").write_text("guess\n")
+    (tmp_path / "wrong").chmod(0o600)
     with pytest.raises(GiveUp, match=r"refused the login of pki: 535 .*mail\.password_file"):
         run(mail_config(server, starttls=True, username="pki", password_file=str(tmp_path / "wrong")))
     assert server.messages == []

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import ConfigError
+from .secretfile import SecretFileError, read_inspected, read_secret
 
 ENV_VAR = "SERVERPKI_CONFIG"
 FILE_NAME = "serverpki.toml"
@@ -226,7 +227,7 @@ class DatabaseConfig(_Section):
 class PathsConfig(_Section):
     # where -E exports a certificate and its key
     work_dir: Path | None = _setting(None)
-    # file holding the passphrase that encrypts private keys at rest (-X, -Y)
+    # file whose whole content is the passphrase that encrypts private keys at rest (-X, -Y); private (secretfile)
     db_encryption_key: Path | None = _setting(None)
 
 
@@ -250,7 +251,7 @@ class LocalCAConfig(_Section):
     # bits of the CA key: the RSA modulus; for an ec key 256, 384 or 521 name the curve, else [x509] ec_curve
     key_size: int = _setting(4096, check=_positive)
     lifetime_days: int = _setting(3650, check=_positive)
-    # file with the CA key's passphrase; without it the passphrase is asked on a terminal
+    # file whose whole content is the CA key's passphrase; without it the passphrase is asked on a terminal
     passphrase_file: Path | None = _setting(None)
 
     def _check(self) -> tuple[str, str] | None:
@@ -384,6 +385,15 @@ class Config:
                               f"(configuration file {self.source})")
         return value
 
+    def secrets_held(self) -> list[str]:
+        """The secrets written in the configuration itself (not in files it names)."""
+        held = []
+        if self.database.dsn and conninfo_to_dict(self.database.dsn).get("password"):
+            held.append("[database] dsn's password")
+        if self.acme.eab_hmac_key:
+            held.append("[acme] eab_hmac_key")
+        return held
+
     def tsig_key(self, needed_for: str = "DNS updates"):
         """The TSIG key of [dns] tsig_key_file (a BIND key file), as a dns.tsig.Key for dns.update.
 
@@ -394,14 +404,18 @@ class Config:
 
         path = self.require("dns", "tsig_key_file", needed_for)
         try:
-            keyring = dns.tsigkeyring.from_file(path)
-        except OSError as exc:
-            raise ConfigError(f"cannot read [dns] tsig_key_file {path}: {exc.strerror} "
-                              f"(configuration file {self.source})") from exc
-        except Exception as exc:  # dnspython raises a bare Exception when the file does not parse
+            text = read_secret(path, "[dns] tsig_key_file").decode("utf-8", "replace")
+        except SecretFileError as exc:
+            raise ConfigError(f"{exc} (configuration file {self.source})") from None
+        # dnspython's from_file() parses so, but opens the path itself: we read it checked
+        match = dns.tsigkeyring.TSIG_KEY_FILE_RE.match(text.replace("\n", "").strip())
+        if not match:
             raise ConfigError(f"[dns] tsig_key_file {path} is not a BIND key file "
                               f"(key \"name\" {{ algorithm ...; secret \"...\"; }};) "
-                              f"(configuration file {self.source})") from exc
+                              f"(configuration file {self.source})")
+        name, algorithm, secret = match.group(1) or match.group(2), match.group(3) or match.group(4), \
+            match.group(5) or match.group(6)
+        keyring = dns.tsigkeyring.from_text({name: (algorithm, secret) if algorithm else secret})
         (name, key), = keyring.items()
         return key if isinstance(key, dns.tsig.Key) else dns.tsig.Key(name, key)
 
@@ -428,15 +442,21 @@ def load_config(path: Path | None = None) -> Config:
     if found is None:
         return Config()
     try:
-        data = tomllib.loads(found.read_text())
-    except OSError as exc:
+        raw, not_private = read_inspected(found, "configuration file")
+        data = tomllib.loads(raw.decode("utf-8"))
+    except SecretFileError as exc:
         origin = "" if path is not None or not os.environ.get(ENV_VAR) else f" (from ${ENV_VAR})"
-        raise ConfigError(f"cannot read configuration file {found}{origin}: {exc.strerror}") from exc
+        raise ConfigError(f"{exc}{origin}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"configuration file {found} is not UTF-8 text: {exc.reason}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file {found} is not valid TOML: {exc}") from exc
-    return parse_config(data, found)
+    config = parse_config(data, found)
+    held = config.secrets_held()
+    if held and not_private:
+        # a file without secrets may be shared; one with a password must be as private as a key file
+        raise ConfigError(f"{not_private} (it holds {' and '.join(held)})")
+    return config
 
 
 def parse_config(data: dict[str, Any], source: Path) -> Config:

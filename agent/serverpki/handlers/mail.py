@@ -18,10 +18,10 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
-from pathlib import Path
 from typing import Any
 
 from ..queries import q
+from ..secretfile import SecretFileError, read_secret
 from . import Context, GiveUp, Job, Progress, RetryLater, handler
 
 log = logging.getLogger("serverpki.handlers.mail")
@@ -71,9 +71,11 @@ class _Settings:
 
     def password(self) -> str:
         try:
-            text = Path(self.password_file).read_text()
-        except OSError as exc:
-            raise GiveUp(f"mail.password_file {self.password_file} cannot be read: {exc.strerror or exc}") from exc
+            text = read_secret(self.password_file, "mail.password_file").decode("utf-8")
+        except SecretFileError as exc:
+            raise GiveUp(str(exc)) from None
+        except UnicodeDecodeError:
+            raise GiveUp(f"mail.password_file {self.password_file} is not UTF-8 text") from None
         lines = text.splitlines()
         if not lines or not lines[0]:
             raise GiveUp(f"mail.password_file {self.password_file} is empty: its first line must be the password")

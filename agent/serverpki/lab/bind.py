@@ -57,6 +57,7 @@ class BindLab(LabService):
         self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="serverpki-lab-bind-"))
         self._proc: subprocess.Popen | None = None
         self._prepared = False
+        self._agent_files: set[Path] = set()
 
     # -- where things are
 
@@ -66,7 +67,13 @@ class BindLab(LabService):
 
     @property
     def key_file(self) -> Path:
+        """The agent's copy of the key: 0600 and ours, as serverPKI demands of a secret file."""
         return self.base / "key.conf"
+
+    @property
+    def named_key_file(self) -> Path:
+        """named's copy, readable by the bind user."""
+        return self.base / "named-key.conf"
 
     @property
     def conf(self) -> Path:
@@ -84,6 +91,7 @@ class BindLab(LabService):
         path = self.base / f"wrong-{name or self.key_name}.conf"
         path.write_text(self._keygen(name or self.key_name))
         path.chmod(0o600)
+        self._agent_files.add(path)
         return path
 
     # -- setting up
@@ -102,8 +110,12 @@ class BindLab(LabService):
 
     def _prepare(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
-        self.key_file.write_text(self._keygen(self.key_name))
-        self.key_file.chmod(0o640)
+        key = self._keygen(self.key_name)
+        self.named_key_file.write_text(key)
+        self.named_key_file.chmod(0o640)
+        self.key_file.write_text(key)
+        self.key_file.chmod(0o600)
+        self._agent_files.add(self.key_file)
         self._write_zones()
         zones = "".join(
             f'zone "{z}" {{\n    type primary;\n    file "{self.zone_file(z)}";\n'
@@ -127,7 +139,7 @@ logging {{
     category update {{ lab; }};
     category update-security {{ lab; }};
 }};
-include "{self.key_file}";
+include "{self.named_key_file}";
 {zones}""")
         self._chown()
         self._prepared = True
@@ -137,7 +149,8 @@ include "{self.key_file}";
             return
         bind = pwd.getpwnam("bind")
         for path in [self.base, *self.base.rglob("*")]:
-            os.chown(path, bind.pw_uid, bind.pw_gid)
+            if path not in self._agent_files:  # the agent's key files stay the agent's
+                os.chown(path, bind.pw_uid, bind.pw_gid)
 
     # -- life
 

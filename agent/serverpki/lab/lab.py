@@ -10,6 +10,7 @@ Everything it started is stopped on exit, also after an exception or Ctrl-C.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -127,6 +128,9 @@ syslog_address = ""
 
 
 def secret(path: Path, text: str) -> Path:
-    path.write_text(text + "\n")
-    path.chmod(0o600)
+    """A secret file, 0600: the passphrase is the whole file, so no line end: the passphrase is exactly text."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)  # an existing file keeps its mode through O_CREAT
     return path
