@@ -87,7 +87,7 @@ def test_add_target_on_the_local_CA_and_on_an_ACME_issuer_is_accepted(conn):
                        "ON c.id = s.certificate WHERE s.type = 'CA' AND c.type = 'LE'")
     assert issuer["type"] == "LE"
 
-    conn.execute("SELECT add_target(%s, %s, NULL, 'cacerts')", (CA, WEB1))
+    conn.execute("SELECT add_target('Local CA', 'web1.example.org', NULL, 'cacerts')")   # the README's line
     conn.execute("SELECT add_target(%s, %s, 'db', 'pg')", (CA, WEB2))
     conn.execute("SELECT add_target(%s, %s, NULL, 'cacerts')", (issuer["name"], WEB1))
 
@@ -98,7 +98,7 @@ def test_add_target_on_the_local_CA_and_on_an_ACME_issuer_is_accepted(conn):
     assert got == [{"name": CA, "host": WEB1, "jail": None, "place": "cacerts"},
                    {"name": CA, "host": WEB2, "jail": "db", "place": "pg"},
                    {"name": issuer["name"], "host": WEB1, "jail": None, "place": "cacerts"}]
-    # the seed's way too (the README's line), and the same target twice is refused as for certificates
+    # the seed's way too, and the same target twice is refused as for certificates
     conn.execute("SELECT add_disthost('web3.example.org')")
     conn.execute("SELECT add_target('Local CA', 'web3.example.org', NULL, 'cacerts')")
     assert_refused(conn, "INSERT INTO targets (disthost, place, certificate) SELECT t.disthost, t.place, t.certificate "
