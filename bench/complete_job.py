@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import certfactory  # noqa: E402
 from serverpki import migrate  # noqa: E402
+from serverpki.lab import roles  # noqa: E402
 from serverpki.lab.postgres import PostgresCluster  # noqa: E402
 
 
@@ -50,11 +51,17 @@ def main(count: int, algo: str, ca_algo: str) -> None:
                     conn.execute("SELECT add_cert(%s, 'server', 'local', %s, false, %s, NULL, NULL, NULL, NULL, NULL)",
                                  (f"host{i}.bench.test", algo, f"alt{i}.bench.test"))
             conn.execute("SELECT * FROM request_create(selection(), NULL)").fetchall()
-            jobs = conn.execute("SELECT id, kind, certificate FROM claim_jobs('bench', ARRAY['issue_local'], %s)",
-                                (count,)).fetchall()
+            roles.create_login_roles(conn)
+            # as deployed: the agent's role claims and completes (the owner only installs, and times
+            # the internal checks below, which no role may call)
+            conn.execute("ALTER DATABASE bench SET track_functions = 'pl'")   # server-side time per function, below
+            agent = psycopg.connect(cluster.dsn("bench", roles.WORKER), autocommit=True)
+            jobs = agent.execute("SELECT id, kind, certificate, lease_token FROM claim_jobs('bench', ARRAY['issue_local'], %s)",
+                                 (count,)).fetchall()
             assert len(jobs) == count, len(jobs)
             now = dt.datetime.now(dt.timezone.utc)
-            results = [(j, certfactory.issue_result(conn, kind, cert, now, 90)) for j, kind, cert in jobs]
+            results = [(j, certfactory.issue_result(conn, kind, cert, now, 90)) for j, kind, cert, _token in jobs]
+            tokens = {j: token for j, _kind, _cert, token in jobs}
             checks = None
             if conn.execute("SELECT to_regproc('pki.check_issued_result') IS NOT NULL").fetchone()[0]:
                 # the checks alone, server-side in one statement (no round trips): the cost they add
@@ -67,14 +74,13 @@ def main(count: int, algo: str, ca_algo: str) -> None:
                     conn.execute("SELECT count(check_issued_result(j, c, r.result)) FROM r JOIN jobs j ON j.id = r.job "
                                  "JOIN certificates c ON c.id = j.certificate").fetchone()
                     checks = (time.perf_counter() - start) / count * 1000
-            conn.execute("SET track_functions = 'pl'")   # server-side time per function, below
             conn.execute("SELECT pg_stat_reset()")
             times = []
             for job_id, result in results:
                 start = time.perf_counter()
-                conn.execute("SELECT complete_job(%s, 'bench', %s)", (job_id, Jsonb(result)))
+                agent.execute("SELECT complete_job(%s, %s, %s)", (job_id, tokens[job_id], Jsonb(result)))
                 times.append(time.perf_counter() - start)
-            conn.execute("SELECT pg_stat_force_next_flush()")
+            agent.close()   # a session flushes its statistics when it ends
             time.sleep(0.5)
             per_function = conn.execute(
                 "SELECT funcname, round((total_time / calls)::numeric, 3), calls FROM pg_stat_user_functions "

@@ -217,7 +217,7 @@ def test_register_stores_the_account_with_its_key(conn, config):
 
 
 def test_register_encrypts_the_account_key_when_keys_are_encrypted(conn, config, tmp_path):
-    conn.execute("UPDATE revision SET keysencrypted = true")
+    owner_conn(conn).execute("UPDATE revision SET keysencrypted = true")   # as -X leaves it
     register(conn, config)
     key = conn.execute("SELECT key FROM acme_accounts").fetchone()[0]
     assert key.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
@@ -256,10 +256,10 @@ def test_register_with_external_account_binding(conn, tmp_path, agent_dsn, bind)
         assert "hmac" not in str(row["result"]).lower()
 
 
-def test_operate_Z_registers(conn, config, tmp_path, pg_server, agent_dsn):
+def test_operate_Z_registers(conn, config, tmp_path, pg_server, dsn):
     path = tmp_path / "serverpki.toml"
     path.write_text(f"""[database]
-dsn = "{agent_dsn}"
+dsn = "{dsn}"
 [acme]
 directory_url = "{config.acme.directory_url}"
 contact_email = "{CONTACT}"
@@ -536,9 +536,10 @@ def deploy(conn, instance: int) -> None:
     conn.execute("SELECT set_config('pki.now', %s, false)", (time_in(3 * 3600),))
     try:
         cert = conn.execute("SELECT certificate FROM certinstances WHERE id = %s", (instance,)).fetchone()[0]
-        conn.execute("UPDATE certinstances SET state = 'deployed' WHERE id = %s", (instance,))
-        conn.execute("UPDATE certinstances SET state = 'expired' WHERE certificate = %s AND state = 'deployed' AND id <> %s",
-                     (cert, instance))
+        owner = owner_conn(conn)   # the owner's function apply_distributed would do this
+        owner.execute("UPDATE certinstances SET state = 'deployed' WHERE id = %s", (instance,))
+        owner.execute("UPDATE certinstances SET state = 'expired' WHERE certificate = %s AND state = 'deployed' AND id <> %s",
+                      (cert, instance))
     finally:
         conn.execute("RESET pki.now")
 
@@ -609,7 +610,7 @@ def test_prepublish_shows_two_records_per_owner_and_the_rollover_leaves_one(conn
     assert served(bind, owner) == expected(conn, [active], [name], SERVICES[:1])[owner]
     successor, _ = issued(conn, config, name)
     # the scheduler's prepublish (rule 9) enqueues exactly this
-    conn.execute("SELECT * FROM enqueue_tlsa_many(ARRAY[cert_id(%s)], ARRAY['rule 9: prepublish'], ARRAY[%s])",
+    owner_conn(conn).execute("SELECT * FROM enqueue_tlsa_many(ARRAY[cert_id(%s)], ARRAY['rule 9: prepublish'], ARRAY[%s])",
                  (name, successor))
     drain(config)
     both = served(bind, owner)
@@ -617,7 +618,7 @@ def test_prepublish_shows_two_records_per_owner_and_the_rollover_leaves_one(conn
     assert conn.execute("SELECT state::text FROM certinstances WHERE id = %s", (successor,)).fetchone()[0] == "prepublished"
     # the successor is deployed: the RRset holds the active instance only
     deploy(conn, successor)
-    conn.execute("SELECT enqueue_tlsa(cert_id(%s), 'successor deployed')", (name,))
+    owner_conn(conn).execute("SELECT enqueue_tlsa(cert_id(%s), 'successor deployed')", (name,))
     drain(config)
     assert served(bind, owner) == expected(conn, [successor], [name], SERVICES[:1])[owner]
     assert len(served(bind, owner)) == 1
@@ -653,7 +654,7 @@ def test_a_wrong_tsig_key_fails_clearly_and_changes_nothing(conn, config, tmp_pa
     before_db = conn.execute("SELECT id, state::text, tlsa_published FROM certinstances ORDER BY id").fetchall()
     wrong_key = bind.other_key_file(None if same_name else "not-the-lab-key")
     wrong = make_config(tmp_path, agent_dsn, pebble, bind, key_file=wrong_key)
-    job_id = conn.execute("SELECT enqueue_tlsa(cert_id(%s), 'prepublish', %s)", (name, successor)).fetchone()[0]
+    job_id = owner_conn(conn).execute("SELECT enqueue_tlsa(cert_id(%s), 'prepublish', %s)", (name, successor)).fetchone()[0]
     drain(wrong)
     row = job(conn, job_id)
     assert row["state"] == "dead"

@@ -45,6 +45,7 @@ import pytest
 from cryptography import x509
 
 from fleet import Fleet
+from helpers import owner_conn
 from serverpki import sshclient
 from serverpki.agent import Agent
 from serverpki.config import load_config
@@ -503,9 +504,10 @@ def test_a_claimed_job_whose_lease_ran_out_is_not_run_by_its_first_agent(conn, d
     """An agent claims a batch and works it in turn; only the running job has a heartbeat. When a
     waiting job's lease runs out, another agent's claim requeues it and that agent runs it: the
     first must then drop it unrun, not do its side effect a second time."""
-    conn.execute("INSERT INTO job_kinds (kind, description, max_attempts) VALUES ('t_side', 'test', 3)")
-    slow = conn.execute("SELECT enqueue('t_side', 'slow', 'test', '{\"slow\": true}')").fetchone()[0]
-    waiting = conn.execute("SELECT enqueue('t_side', 'waiting', 'test')").fetchone()[0]
+    owner = owner_conn(conn)   # a job kind of the test's own, and its jobs: the owner's setup
+    owner.execute("INSERT INTO job_kinds (kind, description, max_attempts) VALUES ('t_side', 'test', 3)")
+    slow = owner.execute("SELECT enqueue('t_side', 'slow', 'test', '{\"slow\": true}')").fetchone()[0]
+    waiting = owner.execute("SELECT enqueue('t_side', 'waiting', 'test')").fetchone()[0]
     runs: Counter = Counter()
 
     def side_effect(job, ctx):
@@ -526,7 +528,7 @@ def test_a_claimed_job_whose_lease_ran_out_is_not_run_by_its_first_agent(conn, d
     assert second.claim() == []               # this claim put it back in the queue (after a back-off)
     worker.join(10)
     assert out["stats"].outcomes == Counter({"done": 1, "lost": 1})
-    conn.execute("UPDATE jobs SET run_after = now() WHERE id = %s", (waiting,))
+    owner.execute("UPDATE jobs SET run_after = now() WHERE id = %s", (waiting,))
     assert second.drain().outcomes == Counter({"done": 1})
     first.close()
     second.close()

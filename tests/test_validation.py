@@ -11,7 +11,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from helpers import add_small_world, assert_refused, snapshot
+from helpers import add_small_world, assert_refused, owner_conn, snapshot
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -1008,11 +1008,15 @@ def test_interval_setting_bad_value_refused(conn, value, sqlstate):
 
 @pytest.mark.parametrize("name", ["pre_publish_days", "local_issue_mail_days", "expire_grace"])
 def test_settings_cannot_be_deleted(conn, name):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):   # the roles may only change values
+        conn.execute("DELETE FROM settings WHERE name = %s", (name,))
+    conn = owner_conn(conn)                                     # and the trigger stops even the owner
     err = assert_refused(conn, "DELETE FROM settings WHERE name = %s", (name,), sqlstate="SP012", match=name)
     assert "UPDATE settings" in err.diag.message_hint
 
 
 def test_settings_name_and_kind_cannot_change(conn):
+    conn = owner_conn(conn)   # the roles may not write these columns at all; the trigger stops the owner
     assert_refused(conn, "UPDATE settings SET name = 'pre_publish_dayz' WHERE name = 'pre_publish_days'",
                    sqlstate="SP012", match="pre_publish_days")
     assert_refused(conn, "UPDATE settings SET kind = 'text' WHERE name = 'pre_publish_days'",
@@ -1028,6 +1032,7 @@ def test_settings_name_and_kind_cannot_change(conn):
     ("new_ratio", "float", "1.5", "SP011"),
 ])
 def test_new_setting_with_bad_value_refused(conn, name, kind, value, sqlstate):
+    conn = owner_conn(conn)   # new settings come with releases (the owner); values are still checked
     assert_refused(conn, "INSERT INTO settings (name, kind, value, description) VALUES (%s, %s, %s, 'test')",
                    (name, kind, value), sqlstate=sqlstate, match=name)
 
@@ -1039,6 +1044,7 @@ def test_new_setting_with_bad_value_refused(conn, name, kind, value, sqlstate):
     ("new_text", "text", "anything goes"),
 ])
 def test_new_setting_with_good_value_accepted(conn, name, kind, value):
+    conn = owner_conn(conn)
     conn.execute("INSERT INTO settings (name, kind, value, description) VALUES (%s, %s, %s, 'test')", (name, kind, value))
     assert conn.execute("SELECT value FROM settings WHERE name = %s", (name,)).fetchone()[0] == value
 
