@@ -546,7 +546,7 @@ BEGIN
     SELECT inst.id, t.id, j.id, pki.now()
       FROM jsonb_array_elements_text(j.args -> 'targets') a JOIN targets t ON t.id = a::int
     ON CONFLICT (instance, target) DO UPDATE SET job = EXCLUDED.job, deployed = EXCLUDED.deployed;
-    IF inst.state IN ('issued', 'prepublished')
+    IF inst.state IN ('issued', 'prepublished') AND NOT is_ca_cert(inst.certificate)   -- a CA stays issued (0585)
        AND NOT EXISTS (SELECT 1 FROM targets t WHERE t.certificate = inst.certificate
                          AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.instance = inst.id AND d.target = t.id)) THEN
         -- promote first, so the DANE-safe guard (SP021) still sees the old active instance

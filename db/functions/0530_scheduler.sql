@@ -190,6 +190,7 @@ AS $$
 BEGIN
     sel := checked_selection(sel);
     RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM plan_rows(sel) p;
+    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM ca_plan_rows(sel) p;   -- CA targets (0585)
 END
 $$;
 
@@ -222,6 +223,9 @@ BEGIN
        FROM pass_plan p WHERE p.action = 'issue' HAVING count(*) > 0;
     PERFORM enqueue_distribution(array_agg(p.instance), sel, 'deploy', 'scheduler rule 7: distribute the successor')
        FROM pass_plan p WHERE p.action = 'distribute' HAVING count(*) > 0;
+    -- CA certificates: their newest issued instance to the targets that lack it, once (0585_ca_targets)
+    INSERT INTO pass_plan SELECT * FROM ca_plan_rows(sel);
+    PERFORM enqueue_ca_targets(array_agg(p.instance), sel) FROM pass_plan p WHERE p.action = 'distribute CA' HAVING count(*) > 0;
 
     -- rule 5: one message lists every local certificate due; each is mailed once
     IF EXISTS (SELECT 1 FROM pass_plan p WHERE p.action = 'remind') THEN

@@ -64,6 +64,9 @@ BEGIN
       JOIN request_rows r ON r.inst = e.instance
     UNION ALL
     SELECT NULL::bigint, r.name, r.inst, r.why FROM request_rows r WHERE NOT r.ready;
+    IF remaining_days IS NULL THEN   -- CA certificates' targets (0585); -r N is about local certificates
+        RETURN QUERY SELECT * FROM request_ca_targets(sel, 'deploy', 'requested (-D)');
+    END IF;
 END
 $$;
 
@@ -82,6 +85,7 @@ BEGIN
       JOIN certinstances i ON i.certificate = c.id AND i.state = 'deployed'
       CROSS JOIN LATERAL enqueue_distribution(ARRAY[i.id], sel, 'consolidate', 'requested (-K)') e
      WHERE c.enabled;
+    RETURN QUERY SELECT * FROM request_ca_targets(sel, 'consolidate', 'requested (-K)');   -- CA certificates' targets (0585)
 END
 $$;
 

@@ -27,7 +27,8 @@ $$;
 -- hold (subject, pair, CA certificate, CA chain). Keys come as stored (maybe encrypted with the
 -- db_encryption_key passphrase); a CA certificate comes without its key. Refuses (SP023) an instance that may no longer go out: a
 -- 'deploy' needs it issued, prepublished or deployed, a 'consolidate' (-K) needs it deployed,
--- so a late retry never overwrites the files of a successor.
+-- so a late retry never overwrites the files of a successor; a CA's instance (which stays
+-- issued) must be its CA's newest issued one (ca_current, 0585), in either mode.
 CREATE OR REPLACE FUNCTION pki.distribution_files(job_id bigint)
 RETURNS TABLE (target int, fqdn text, jailroot text, jail text, place text, cert_file_type text,
                cert_path text, key_path text, uid int, gid int, mode int, chownboth boolean, pglink boolean,
@@ -58,7 +59,14 @@ BEGIN
     END IF;
     wanted := CASE WHEN j.args ->> 'mode' = 'consolidate' THEN ARRAY['deployed']::dd.cert_state[]
                    ELSE ARRAY['issued', 'prepublished', 'deployed']::dd.cert_state[] END;
-    IF NOT inst.state = ANY (wanted) THEN
+    IF is_ca_cert(inst.certificate) THEN
+        -- a CA instance stays issued; its targets get the newest issued one (0585_ca_targets), in either mode
+        IF inst.id IS DISTINCT FROM ca_current(inst.certificate) THEN
+            PERFORM raise_error('SP023', format('distribute job %s: CA instance %s is %s and not the newest issued instance of its CA (%s) any more',
+                    job_id, inst.id, inst.state, coalesce(ca_current(inst.certificate)::text, 'none')),
+                'a newer CA instance replaced it meanwhile; fail the job without retry (the next -D, -K or -S brings the new one)');
+        END IF;
+    ELSIF NOT inst.state = ANY (wanted) THEN
         PERFORM raise_error('SP023', format('distribute job %s: instance %s is %s now, it may not go to the targets (%s)',
                 job_id, inst.id, inst.state, coalesce(j.args ->> 'mode', 'deploy')),
             'a successor replaced it meanwhile, or it was revoked; fail the job without retry');

@@ -112,6 +112,9 @@ GRANT EXECUTE ON FUNCTION pki.selected_certs(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.host_selected(dd.selection, dd.citext) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.plan(dd.selection) TO pki_admin;
+-- CA certificates as targets (0585): which are selected, their plan rows (plan and schedule)
+GRANT EXECUTE ON FUNCTION pki.selected_cas(dd.selection) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.ca_plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_config(dd.selection) TO pki_admin;
 
 -- the requests of operate_serverPKI: each validates and enqueues as the owner (SECURITY DEFINER)
@@ -139,6 +142,9 @@ GRANT EXECUTE ON FUNCTION pki.job_key(bigint, uuid, text) TO pki_agent;
 -- what the agent reads to act: the files of a distribute job, the keys -X/-Y re-encrypt
 GRANT EXECUTE ON FUNCTION pki.distribution_files(bigint) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.ca_chain(integer) TO pki_agent;
+-- a CA's instance for its targets (0585): read by distribution_files (the agent) and the plan (pki_admin)
+GRANT EXECUTE ON FUNCTION pki.is_ca_cert(integer) TO pki_admin, pki_agent;
+GRANT EXECUTE ON FUNCTION pki.ca_current(integer) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.keys_under_db_passphrase() TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.acme_keys_under_db_passphrase() TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.job_keys_under_db_passphrase() TO pki_agent;

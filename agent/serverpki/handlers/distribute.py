@@ -9,7 +9,16 @@ names (NAME_TYPE_[ec_]cert.pem ...; `ec_` marks the EC pair of an rsa_plus_ec
 certificate); files holding the key get the place's mode (else 0400) and
 uid/gid, a certificate file gets them too with chownboth and is 0644 otherwise.
 pglink adds postgresql.crt / postgresql.key links (to the RSA pair when there are
-two). A CA certificate's targets get the certificate only.
+two).
+
+A CA certificate's target (0585_ca_targets.sql: the CA's newest issued instance, its
+state unchanged) gets one file whatever the place's cert_file_type: the CA certificate
+as NAME_CA_cert.pem in cert_path, the name the original serverPKI gives it (its local
+CA is RSA; the name stays the same for an EC CA, so a trust configuration that names
+the file survives a change of the CA's key type). It never gets a key: the database
+sends none for a CA, and none would be written. The file gets the place's mode (0644
+when it has none) and uid/gid: it is all the place receives. pglink adds root.crt
+(libpq's and the server's usual name of the trusted CA file) pointing to it.
 
 Every file is written atomically and privately (sshclient.Connection.put_atomic).
 A jail belongs to someone else: before anything is read or written on the host,
@@ -52,6 +61,7 @@ log = logging.getLogger("serverpki.handlers.distribute")
 CERT_MODE = 0o644
 KEY_MODE = 0o400
 LINK_CERT, LINK_KEY = "postgresql.crt", "postgresql.key"
+LINK_CA = "root.crt"
 
 
 def _pem(text: str | None) -> str:
@@ -118,6 +128,11 @@ def layout(row: dict[str, Any], key_pem: str | None) -> tuple[list[tuple[str, st
     raise GiveUp(f"place {row['place']}: unknown cert_file_type {kind!r}")
 
 
+def ca_file_name(subject: str) -> str:
+    """The file a CA certificate's target gets (the original serverPKI's name of a CA's certificate)."""
+    return f"{subject}_CA_cert.pem"
+
+
 @dataclass
 class Plan:
     """What one job puts on its host: files, links, and the reload commands with the paths they follow."""
@@ -156,9 +171,14 @@ def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
         origin = f"target {row['target']} (place {row['place']}{', jail ' + row['jail'] if row['jail'] else ''})"
         root = target_root(row["jailroot"], row["jail"])
         cert_dir = under(root, row["cert_path"], row["subject"])
-        key_dir = under(root, row["key_path"], row["subject"]) if row["key_path"] else cert_dir
-        key_pem = open_key(row["key"]) if row["key"] else None
-        files, crt_name, key_name = layout(row, key_pem)
+        is_ca = row["subject_type"] == "CA"
+        key_dir = under(root, row["key_path"], row["subject"]) if row["key_path"] and not is_ca else cert_dir
+        # a CA's key never leaves the database (distribution_files sends none); none is opened or written here
+        key_pem = open_key(row["key"]) if row["key"] and not is_ca else None
+        if is_ca:
+            files, crt_name, key_name = [(ca_file_name(row["subject"]), _pem(row["cert"]), False)], None, None
+        else:
+            files, crt_name, key_name = layout(row, key_pem)
         paths: dict[str, str] = {}
         if row["jail"]:   # a directory of two targets stays in the narrower root
             for directory in (cert_dir, key_dir):
@@ -167,15 +187,19 @@ def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
             directory = key_dir if holds_key else cert_dir
             path = posixpath.join(directory, name)
             paths[name] = path
-            owned = holds_key or row["chownboth"]
+            owned = holds_key or row["chownboth"] or is_ca
+            default_mode = KEY_MODE if holds_key else CERT_MODE
             plan.add_file(RemoteFile(path, content.encode("utf-8"),
-                                     (row["mode"] if row["mode"] is not None else KEY_MODE) if holds_key else CERT_MODE,
+                                     (row["mode"] if row["mode"] is not None else default_mode) if holds_key or is_ca
+                                     else CERT_MODE,
                                      row["uid"] if owned else None, row["gid"] if owned else None, holds_key), origin)
         touched = set(paths.values())
         # pglink: one pair per target gets the links, the RSA one when there are two (rows come rsa first)
         if row["pglink"] and row["target"] not in linked:
             linked.add(row["target"])
-            for link_name, name, directory in ((LINK_CERT, crt_name, cert_dir), (LINK_KEY, key_name, key_dir)):
+            wanted = (((LINK_CA, files[0][0], cert_dir),) if is_ca
+                      else ((LINK_CERT, crt_name, cert_dir), (LINK_KEY, key_name, key_dir)))
+            for link_name, name, directory in wanted:
                 if name is None:
                     continue
                 link = posixpath.join(directory, link_name)
