@@ -112,6 +112,7 @@ GRANT EXECUTE ON FUNCTION pki.selected_certs(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.host_selected(dd.selection, dd.citext) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.plan(dd.selection) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.renewal_candidates(dd.selection, integer, boolean) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_config(dd.selection) TO pki_admin;
 
 -- the requests of operate_serverPKI: each validates and enqueues as the owner (SECURITY DEFINER)
