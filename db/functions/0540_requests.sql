@@ -74,13 +74,17 @@ BEGIN
     option := format('-D%s%s', ' -r ' || remaining_days, CASE WHEN sel.no_tlsa THEN ' -N' END);
     PERFORM check_range(remaining_days, 0, 3650, 'remaining days (-r)');
     -- publish: the TLSA job to enqueue for a held-back successor; not when it is prepublished and the
-    -- scheduler's rule 7 is due anyway (it deploys it when the wait is over)
+    -- scheduler deploys it when the wait is over anyway (rule 7 is due, or an earlier -D marked it)
     CREATE TEMP TABLE IF NOT EXISTS distribute_rows (cert int, name text, inst int, ready boolean, publish boolean,
                                                      why text, job bigint) ON COMMIT DROP;
     TRUNCATE distribute_rows;
     INSERT INTO distribute_rows
     SELECT c.id, c.name, s.id, x.dane_ok OR sel.no_tlsa,
-           NOT (x.dane_ok OR sel.no_tlsa) AND (s.state = 'issued' OR at_now < act.not_after - setting_interval('expire_grace')),
+           NOT (x.dane_ok OR sel.no_tlsa)
+               AND (s.state = 'issued'
+                    OR (at_now < act.not_after - setting_interval('expire_grace')
+                        AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.certificate = c.id AND j.kind = 'publish_tlsa'
+                                           AND j.args ? 'deploy' AND (j.args ->> 'deploy')::int = s.id AND j.state <> 'dead'))),
            CASE WHEN x.dane_ok THEN format('requested (%s)', option)
                 WHEN sel.no_tlsa THEN format('requested (%s): deployed without the DANE-safe wait; its TLSA records are left '
                                              'as they are (-N: DNS is the operator''s)', option)
