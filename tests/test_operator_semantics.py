@@ -96,30 +96,30 @@ def test_remaining_days_are_local_certificates_only_for_create_distribute_and_th
     add_cert(conn, "short.example.org", "local", tlsa=False)
     add_cert(conn, "long.example.org", "local", tlsa=False)
     add_cert(conn, "le.example.org", tlsa=False)
-    short = deploy_local(conn, "short.example.org", lifetime=60)     # expires day 60
+    deploy_local(conn, "short.example.org", lifetime=60)            # expires day 60
     deploy_local(conn, "long.example.org", lifetime=90)              # expires day 90
     deploy_le(conn, "le.example.org", lifetime=60)
     run_all_jobs(conn)
     set_now(conn, day(1))
     long_succ = issue_on_request(conn, "long.example.org")            # issued day 1
     set_now(conn, day(25))
-    cands = rows(conn, "SELECT * FROM renewal_candidates(NULL, 40)")
-    assert [(r.certificate, r.instance) for r in cands] == [("short.example.org", short)]
     made = request(conn, "request_create", remaining_days=40)
-    assert [r.certificate for r in made] == ["short.example.org"]
+    assert [(r.certificate, r.reason) for r in made] == [
+        ("short.example.org", f"requested (-C -r 40): deployed instance expires {value(conn, 'SELECT %s::timestamptz::text', (day(60),))}")]
     run_all_jobs(conn, lifetimes={"short.example.org": 90})
     short_succ = the(conn, "short.example.org", "issued")
     le_succ = issue_on_request(conn, "le.example.org")               # an LE successor, issued now: never with -r
     set_now(conn, day(55))
-    # long: its successor was issued 54 days ago, more than 40: not with -D -r 40
-    cands = rows(conn, "SELECT * FROM renewal_candidates(NULL, 40, true)")
-    assert [(r.certificate, r.instance) for r in cands] == [("short.example.org", short_succ)]
-    assert "issued" in cands[0].reason
+    # -D -r 40: local only (the LE successor was issued within 40 days, its active instance expires within
+    # 40 days: it was distributed too); long: its successor was issued 54 days ago, more than 40
     before = last_job(conn)
     sent = request(conn, "request_distribute", remaining_days=40)
     assert {(r.certificate, r.instance) for r in sent} == {("short.example.org", short_succ)}
     assert {(j.kind, j.instance) for j in jobs(conn, after=before)} == {("distribute", short_succ)}
     assert state_of(conn, le_succ) == "issued" and state_of(conn, long_succ) == "issued"
+    cands = rows(conn, "SELECT * FROM renewal_candidates(NULL, 40, true)")
+    assert [(r.certificate, r.instance) for r in cands] == [("short.example.org", short_succ)]
+    assert "issued" in cands[0].reason
     # the listing (-r 40 -n, -D -r 40 -n) asks the same function
     assert listed(reports.renew_table(conn, "selection()", {}, 40)) == {"short.example.org", "long.example.org"}
     assert {r.certificate for r in rows(conn, "SELECT * FROM renewal_candidates(NULL, 40)")} == {"short.example.org", "long.example.org"}
