@@ -530,17 +530,20 @@ def test_rule5_reminder_is_sent_once_and_reset_by_a_new_deployment(fleet):
 
 # ---------------------------------------------------------------- rule 6: disabled certificates
 
-def test_rule6_disabled_certificate_is_not_issued_unless_selected(fleet):
+def test_rule6_disabled_certificate_is_skipped_even_with_all_or_include(fleet):
+    """Issue 13.1: the cron line is -S -q -a; -a and -i do not make the scheduler issue a disabled certificate."""
     conn = fleet
     add_cert(conn, "www.example.org")
     conn.execute("SELECT disable_cert('www.example.org')")
-    assert plan(conn) == []
-    schedule(conn)
+    for sel in ({}, {"all_certs": True}, {"include": ["www.example.org"]}):
+        p = plan(conn, **sel)
+        assert [(r.instance, r.action) for r in p] == [(None, "skip")], sel
+        assert p[0].reason.startswith("rule 6: the certificate is disabled") and "rule 2: nothing left" in p[0].reason
+        assert schedule(conn, **sel) == p
     assert jobs(conn) == []
-    assert actions(plan(conn, all_certs=True)) == {("www.example.org", None, "issue")}
-    assert actions(plan(conn, include=["www.example.org"])) == {("www.example.org", None, "issue")}
     assert request(conn, "request_create") == []                   # -C skips it too
-    schedule(conn, include=["www.example.org"])
+    # the explicit actions keep the seed's meaning of -a and -i
+    assert [r.certificate for r in request(conn, "request_create", include=["www.example.org"])] == ["www.example.org"]
     assert [j.kind for j in jobs(conn)] == ["issue_acme"]
 
 
@@ -560,13 +563,20 @@ def test_rule6_disabled_certificate_is_not_distributed_but_cleaned_and_reminded(
     set_now(conn, day(89, hours=12))
     before = last_job(conn)
     p = plan(conn)
-    assert actions(p) == {("www.example.org", leftover, "delete"), ("app.example.org", app, "remind")}
-    schedule(conn)
-    assert [j.kind for j in jobs(conn, after=before)] == ["mail_reminder"]
+    assert actions(p) == {("www.example.org", leftover, "delete"), ("www.example.org", le_succ, "skip"),
+                          ("app.example.org", app, "remind"), ("app.example.org", app, "skip")}
+    assert [r.reason for r in p if r.action == "remind"][0].endswith("[DISABLED]")
+    # -a (or -i) changes nothing for the scheduler (rule 6)
+    assert plan(conn, all_certs=True) == p == plan(conn, include=["www.example.org", "app.example.org"])
+    assert schedule(conn, all_certs=True) == p
+    (mail,) = jobs(conn, after=before)
+    assert mail.kind == "mail_reminder"
+    assert mail.args["certificates"] == [{"name": "app.example.org", "instance": app, "disabled": True,
+                                          "not_after": mail.args["certificates"][0]["not_after"]}]
     assert instances(conn, "www.example.org") == [(le, "deployed"), (le_succ, "issued")]
-    # -a (or -i) lets rule 7 run again
-    assert ("www.example.org", le_succ, "distribute") in actions(plan(conn, all_certs=True))
-    assert ("www.example.org", le_succ, "distribute") in actions(plan(conn, include=["www.example.org"]))
+    # the explicit action does: -D -i distributes it
+    sent = request(conn, "request_distribute", include=["www.example.org"])
+    assert {(r.certificate, r.instance) for r in sent} == {("www.example.org", le_succ)}
 
 
 # ---------------------------------------------------------------- rule 7: replace
@@ -860,6 +870,7 @@ def test_dane_successor_is_not_deployed_before_two_ttl(fleet):
     # neither does -D
     (held,) = request(conn, "request_distribute")
     assert held.job is None and held.instance == succ and "held back: DANE-safe order" in held.reason
+    assert f"deployed after {value(conn, 'SELECT %s::timestamptz::text', (day(89) + 2 * TTL,))}" in held.reason
     assert jobs(conn, after=before) == []
     set_now(conn, day(89) + 2 * TTL)
     assert [(r.instance, r.action) for r in schedule(conn)] == [(succ, "distribute")]
@@ -920,6 +931,7 @@ def test_plan_writes_nothing_and_schedule_does_exactly_what_it_listed(fleet):
         ("gone.example.org", None, "issue"),
         ("new.example.org", None, "issue"),
         ("old.example.org", got["old"], "expire"),
+        ("old.example.org", None, "skip"),                   # rule 6: disabled, rule 2 would wait for -C
         ("pre.example.org", got["leftover"], "delete"),
         ("pre.example.org", got["pre_succ"], "prepublish"),
         ("roll.example.org", got["roll_succ"], "distribute"),
@@ -1042,9 +1054,10 @@ def test_no_tlsa_selection_does_not_prepublish(fleet):
     set_now(conn, day(61))
     succ = issue_on_request(conn, "www.example.org")
     p = plan(conn, no_tlsa=True)
-    assert [(r.instance, r.action) for r in p] == [(succ, "wait")] and "-N" in p[0].reason
+    # issue 13.4: nothing to do yet, and a warning that the rollover will go on without TLSA changes
+    assert [(r.instance, r.action) for r in p] == [(succ, "warn")] and p[0].reason.startswith("-N (no TLSA changes)")
     before = last_job(conn)
-    schedule(conn, no_tlsa=True)
+    assert schedule(conn, no_tlsa=True) == p
     assert jobs(conn, after=before) == []
 
 
@@ -1099,15 +1112,18 @@ def test_request_distribute_sends_issued_instances_and_holds_back_for_dane(fleet
     succ = issue_on_request(conn, "www.example.org")
     before = last_job(conn)
     got = request(conn, "request_distribute")
-    sent = sorted((r.certificate, r.instance, r.reason) for r in got if r.job is not None)
+    sent = sorted((r.certificate, r.instance, r.reason) for r in got if r.certificate == "app.example.org")
     assert sent == [("app.example.org", app, "requested (-D)")] * 2
-    held = [r for r in got if r.job is None]
+    held = [r for r in got if r.certificate == "www.example.org"]
     assert [(r.certificate, r.instance) for r in held] == [("www.example.org", succ)]
     assert held[0].reason.startswith("held back: DANE-safe order")
     new = jobs(conn, after=before)
-    assert sorted((j.kind, j.instance, j.host, j.args["mode"]) for j in new) == [
+    assert sorted((j.kind, j.instance, j.host, j.args.get("mode")) for j in new if j.kind == "distribute") == [
         ("distribute", app, WEB1, "deploy"), ("distribute", app, WEB2, "deploy")]
-    assert {j.id for j in new} == {r.job for r in got if r.job is not None}
+    # issue 13.5: the successor's TLSA is published at once (test_operator_semantics.py follows it through)
+    (tlsa,) = [j for j in new if j.kind == "publish_tlsa"]
+    assert tlsa.args["prepublish"] == succ and held[0].job == tlsa.id
+    assert {j.id for j in new} == {r.job for r in got}
     run_all_jobs(conn, kinds=["distribute"])
     assert state_of(conn, app) == "deployed" and state_of(conn, succ) == "issued"
 

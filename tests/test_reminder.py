@@ -118,7 +118,7 @@ def test_a_due_local_certificate_is_mailed_once(conn, smtp):
 
     row = due_reminder(conn, "www.example.org")       # 29 days left
     assert row["args"]["certificates"] == [{"name": "www.example.org", "instance": row["args"]["certificates"][0]["instance"],
-                                            "not_after": "2027-04-01T00:00:00+00:00"}]
+                                            "not_after": "2027-04-01T00:00:00+00:00", "disabled": False}]
     result = mail.mail_reminder(as_job(row), context(conn, mail_config(smtp)))
     complete(conn, row["id"], result)
 
@@ -162,6 +162,21 @@ def test_one_message_lists_every_certificate_due(conn, smtp):
     assert "operate_serverPKI -C -o www.example.org" in body and "operate_serverPKI -C -o mail.example.org" in body
     assert "operate_serverPKI -C -r 29" in body
     assert sorted(result["certificates"]) == ["mail.example.org", "www.example.org"]
+
+
+def test_a_disabled_certificate_is_reminded_marked_disabled(conn, smtp):
+    """Issue 13.1, as the original: the scheduler skips a disabled certificate but still reminds, marked [DISABLED]."""
+    deployed_local_cert(conn, "www.example.org")
+    deployed_local_cert(conn, "mail.example.org")
+    conn.execute("SELECT disable_cert('mail.example.org')")
+    row = due_reminder(conn, "www.example.org", "mail.example.org")
+    assert {c["name"]: c["disabled"] for c in row["args"]["certificates"]} == {"www.example.org": False, "mail.example.org": True}
+    complete(conn, row["id"], mail.mail_reminder(as_job(row), context(conn, mail_config(smtp))))
+    body = smtp.messages[0].message.get_content()
+    line = next(line for line in body.splitlines() if "mail.example.org  expires" in line)
+    assert line.endswith("[DISABLED]")
+    assert "operate_serverPKI -C -o mail.example.org -i mail.example.org" in body      # -i: -C takes it then
+    assert not next(line for line in body.splitlines() if "www.example.org   expires" in line).endswith("[DISABLED]")
 
 
 def test_an_unreachable_relay_fails_the_job_for_a_retry(conn, smtp):

@@ -40,6 +40,8 @@ WEB, JAILHOST = f"web1.{ZONE}", f"jailhost.{ZONE}"
 WWW, API = f"www.{ZONE}", f"api.{ZONE}"          # the two LE certificates
 INTRANET, CLIENT = f"intranet.{ZONE}", "backup_op"  # the local server and client certificates
 LE_CERTS, LOCAL_CERTS = (WWW, API), (INTRANET, CLIENT)
+OFF = f"off.{ZONE}"                                 # an LE certificate, disabled: the cron line's -a leaves it alone
+INFORMATIONAL = ("wait", "skip", "warn", "overdue")  # plan rows that schedule() does nothing for
 DAYS = 365
 
 SHIMS = {  # the lab's disthosts are Linux chroots: stand-ins for FreeBSD's service(8) and jexec(8)
@@ -84,6 +86,8 @@ def configure(conn) -> None:
         f"SELECT * FROM add_cert('{API}', 'server', 'LE', 'ec', false, NULL, 'https', 443, '{WEB}', NULL, 'nginx')",
         f"SELECT * FROM add_cert('{INTRANET}', 'server', 'local', 'ec', false, NULL, NULL, NULL, '{WEB}', NULL, 'nginx')",
         f"SELECT * FROM add_cert('{CLIENT}', 'client', 'local', 'ec', false, NULL, NULL, NULL, '{WEB}', NULL, 'pg_client')",
+        f"SELECT * FROM add_cert('{OFF}', 'server', 'LE', 'ec', false, NULL, NULL, NULL, '{WEB}', NULL, 'nginx')",
+        f"SELECT disable_cert('{OFF}')",
     ):
         conn.execute(sql)
 
@@ -136,7 +140,8 @@ class Year:
         self.register_account()
 
     def quiet(self) -> bool:
-        n = self.conn.execute("SELECT count(*) FROM plan(selection(true)) WHERE action <> 'wait'").fetchone()[0]
+        n = self.conn.execute("SELECT count(*) FROM plan(selection(true)) WHERE action <> ALL (%s)",
+                              (list(INFORMATIONAL),)).fetchone()[0]
         return n == 0
 
     def run(self) -> None:
@@ -283,6 +288,11 @@ def test_a_year_of_hourly_cron_runs(lab, conn, dsn, tmp_path):
         body = received.message.get_body(("plain",)).get_content()
         mails.update(re.findall(r"operate_serverPKI -C -o (\S+)", body))
     assert mails == Counter({INTRANET: 1, CLIENT: 1}), (mails, len(smtp.messages))
+
+    # issue 13.1: `-S -a` every hour for a year, and the disabled certificate got nothing
+    assert conn.execute("SELECT count(*) FROM events WHERE certificate = cert_id(%s)", (OFF,)).fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM jobs WHERE certificate = cert_id(%s)", (OFF,)).fetchone()[0] == 0
+    assert [a for (a,) in conn.execute("SELECT action FROM plan(selection(true)) WHERE certificate = %s", (OFF,))] == ["skip"]
 
     jobs = dict(conn.execute("SELECT state::text, count(*) FROM jobs GROUP BY 1").fetchall())
     assert set(jobs) == {"done"}, jobs

@@ -47,15 +47,15 @@ def instance_table(conn: psycopg.Connection, only: list[str]) -> str:
     return grid(INSTANCE_COLUMNS, conn.execute(f"SELECT {cols} FROM inst {where}", params))
 
 
-def renew_table(conn: psycopg.Connection, sel_sql: str, sel_params: dict, remaining_days: int) -> str:
-    """The local certificates that -C -r N would issue: request_create's answer, rolled back."""
+def renew_table(conn: psycopg.Connection, sel_sql: str, sel_params: dict, remaining_days: int,
+                distribute: bool = False) -> str:
+    """The local certificates that -C -r N (with distribute: -D -r N) would act on: renewal_candidates,
+    the one function request_create and request_distribute decide with."""
     cols = ", ".join(f'm."{c}"' for c in RENEW_COLUMNS)
-    tx = conn.transaction(force_rollback=True)  # ask the one function that decides, keep nothing
-    with tx:
-        rows = conn.execute(
-            f"""SELECT {cols} FROM certs m
-                 WHERE m."Cert Name" IN (SELECT certificate FROM request_create({sel_sql}, %(remaining)s))""",
-            {**sel_params, "remaining": remaining_days}).fetchall()
+    rows = conn.execute(
+        f"""SELECT {cols} FROM certs m
+             WHERE m."Cert Name" IN (SELECT certificate FROM renewal_candidates({sel_sql}, %(remaining)s, %(distribute)s))""",
+        {**sel_params, "remaining": remaining_days, "distribute": distribute}).fetchall()
     return grid(RENEW_COLUMNS, rows)
 
 

@@ -13,8 +13,8 @@ WITH cfg AS (
            setting_int('pre_publish_days') * interval '1 day' AS pre_publish,
            setting_int('local_issue_mail_days') * interval '1 day' AS mail_days,
            setting_interval('expire_grace') AS grace
-), c AS (
-    SELECT * FROM selected_certs(sel)
+), c AS (             -- the selection; disabled is the certificate's own flag: -a and -i do not lift it here (rule 6)
+    SELECT sc.*, cc.disabled FROM selected_certs(sel) sc JOIN certificates cc ON cc.id = sc.id
 ), hosts AS MATERIALIZED (   -- the disthosts that distribution may go to (-s, -l)
     SELECT d.id FROM disthosts d WHERE host_selected(sel, d.fqdn)
 ), pending AS (         -- active jobs of the selected certificates
@@ -28,6 +28,10 @@ WITH cfg AS (
       FROM pending p LEFT JOIN disthosts d ON d.id = p.disthost
      WHERE p.state = 'failed'
      GROUP BY p.certificate
+), requested AS (      -- successors that -D asked to deploy: request_distribute marks its publish_tlsa job
+    SELECT DISTINCT (j.args ->> 'deploy')::int AS id
+      FROM jobs j JOIN c ON c.id = j.certificate
+     WHERE j.kind = 'publish_tlsa' AND j.args ? 'deploy' AND j.state <> 'dead'
 ), i AS (
     SELECT ci.id, ci.certificate, ci.state, ci.not_before, ci.not_after, ci.tlsa_published,
            row_number() OVER (PARTITION BY ci.certificate, ci.state ORDER BY ci.id DESC) AS rn,
@@ -82,87 +86,129 @@ WITH cfg AS (
            EXISTS (SELECT 1 FROM pending p WHERE p.instance = s.id AND p.kind = 'distribute') AS succ_distributing,
            EXISTS (SELECT 1 FROM pending p WHERE p.certificate = c.id AND p.kind = 'publish_tlsa') AS tlsa_pending,
            EXISTS (SELECT 1 FROM targets t JOIN hosts h ON h.id = t.disthost WHERE t.certificate = c.id) AS has_targets,
+           s.id IN (SELECT requested.id FROM requested) AS succ_requested,
+           coalesce(sel.no_tlsa, false) AS no_tlsa,
            cfg.*
       FROM c CROSS JOIN cfg
       LEFT JOIN active act ON act.certificate = c.id
       LEFT JOIN cand s ON s.certificate = c.id
-), decided AS (
-    -- rule 5: the reminder for a local certificate (before rule 6: disabled ones are reminded too)
-    SELECT st.id, st.active_id AS inst, 'remind' AS action,
-           format('rule 5: active instance expires %s; mail a reminder to issue its successor (-C)', st.act_na) AS why, NULL AS then_action,
-           false AS on_jobs
+), sd AS (              -- what the DANE-safe order allows
+    SELECT st.*,
+           -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
+           st.active_id IS NULL OR st.tlsa_ttl IS NULL
+               OR (st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl) AS dane_ok,
+           -- -N: the operator takes over DNS; the rollover goes on without TLSA changes and without the wait
+           st.no_tlsa AND st.tlsa_ttl IS NOT NULL AND st.active_id IS NOT NULL AS dane_off,
+           -- rule 7 is due: nothing active, the active instance is about to expire, or -D asked for the successor
+           st.active_id IS NULL OR st.now >= st.act_na - st.grace AS replace_due
       FROM st
-     WHERE st.type = 'local' AND st.active_id IS NOT NULL AND st.authorized_until IS NULL
-       AND st.now >= st.act_na - st.mail_days
+), decided AS (
+    -- rule 5: the reminder for a local certificate (before rule 6: disabled ones are reminded too, marked so)
+    SELECT sd.id, sd.active_id AS inst, 'remind' AS action,
+           format('rule 5: active instance expires %s; mail a reminder to issue its successor (-C)%s', sd.act_na,
+                  CASE WHEN sd.disabled THEN ' [DISABLED]' ELSE '' END) AS why, NULL AS then_action,
+           false AS on_jobs, false AS skipped
+      FROM sd
+     WHERE sd.type = 'local' AND sd.active_id IS NOT NULL AND sd.authorized_until IS NULL
+       AND sd.now >= sd.act_na - sd.mail_days
     UNION ALL
-    -- rules 2 and 7: nothing deployed, or the active instance is about to expire: replace it
-    SELECT st.id,
-           CASE WHEN st.succ_id IS NOT NULL THEN st.succ_id ELSE st.active_id END,
+    -- rules 2 and 7: nothing deployed, or the active instance is about to expire, or -D asked for the
+    -- successor: replace it (rule 6: a disabled certificate only shows what would be due, as 'skip')
+    SELECT sd.id,
+           CASE WHEN sd.succ_id IS NOT NULL THEN sd.succ_id ELSE sd.active_id END,
            CASE
-               WHEN st.issuing THEN 'wait'
-               WHEN st.succ_id IS NULL AND st.type = 'local' THEN 'wait'
-               WHEN st.succ_id IS NULL THEN 'issue'
-               WHEN st.succ_distributing THEN 'wait'
-               WHEN NOT st.has_targets AND (st.active_id IS NULL OR st.tlsa_ttl IS NULL
-                                             OR (st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl)) THEN 'wait'
-               WHEN st.active_id IS NULL OR st.tlsa_ttl IS NULL THEN 'distribute'
-               WHEN st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl THEN 'distribute'
-               WHEN st.succ_state = 'issued' AND NOT st.tlsa_pending AND NOT coalesce(sel.no_tlsa, false) THEN 'prepublish'
+               WHEN sd.issuing THEN 'wait'
+               WHEN sd.succ_id IS NULL AND sd.type = 'local' THEN 'wait'
+               WHEN sd.succ_id IS NULL THEN 'issue'
+               WHEN sd.succ_distributing THEN 'wait'
+               WHEN NOT sd.has_targets AND (sd.dane_ok OR sd.dane_off) THEN 'wait'
+               WHEN sd.dane_ok OR sd.dane_off THEN 'distribute'
+               WHEN sd.succ_state = 'issued' AND NOT sd.tlsa_pending THEN 'prepublish'
                ELSE 'wait'
            END,
            CASE
-               WHEN st.issuing THEN 'rule 7: an issue job is pending'
-               WHEN st.succ_id IS NULL AND st.type = 'local' AND st.active_id IS NULL AND NOT st.has_left
+               WHEN sd.issuing THEN 'rule 7: an issue job is pending'
+               WHEN sd.succ_id IS NULL AND sd.type = 'local' AND sd.active_id IS NULL AND NOT sd.has_left
                    THEN 'rule 2: nothing left; local certificates are issued on request only (operate_serverPKI -C)'
-               WHEN st.succ_id IS NULL AND st.type = 'local'
-                   THEN format('rule 7: active instance expires %s; local certificates are issued on request only (-C)', st.act_na)
-               WHEN st.succ_id IS NULL AND st.active_id IS NULL AND NOT st.has_left
+               WHEN sd.succ_id IS NULL AND sd.type = 'local'
+                   THEN format('rule 7: active instance expires %s; local certificates are issued on request only (-C)', sd.act_na)
+               WHEN sd.succ_id IS NULL AND sd.active_id IS NULL AND NOT sd.has_left
                    THEN 'rule 2: nothing left; issue one and distribute it'
-               WHEN st.succ_id IS NULL AND st.active_id IS NULL THEN 'rule 7: no active instance; issue one and distribute it'
-               WHEN st.succ_id IS NULL THEN format('rule 7: active instance expires %s and there is no successor; issue one', st.act_na)
-               WHEN st.succ_distributing THEN 'rule 7: the successor''s distribution is pending'
-               WHEN NOT st.has_targets AND (st.active_id IS NULL OR st.tlsa_ttl IS NULL
-                                             OR (st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl))
+               WHEN sd.succ_id IS NULL AND sd.active_id IS NULL THEN 'rule 7: no active instance; issue one and distribute it'
+               WHEN sd.succ_id IS NULL THEN format('rule 7: active instance expires %s and there is no successor; issue one', sd.act_na)
+               WHEN sd.succ_distributing THEN 'rule 7: the successor''s distribution is pending'
+               WHEN NOT sd.has_targets AND (sd.dane_ok OR sd.dane_off)
                    THEN 'rule 7: the successor is ready, but none of the certificate''s targets is on a selected disthost (-s/-l)'
-               WHEN st.active_id IS NULL THEN 'rule 7: no active instance; distribute the successor'
-               WHEN st.tlsa_ttl IS NULL THEN format('rule 7: active instance expires %s; distribute the successor', st.act_na)
-               WHEN st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl
-                   THEN format('rule 7: active instance expires %s; successor''s TLSA published %s (2 x TTL ago); distribute it', st.act_na, st.succ_published)
-               WHEN st.succ_state = 'prepublished'
-                   THEN format('DANE-safe order: successor''s TLSA published %s; deploy after %s', st.succ_published, st.succ_published + 2 * st.tlsa_ttl)
-               WHEN st.tlsa_pending THEN 'DANE-safe order: the successor''s TLSA publication is pending'
-               WHEN coalesce(sel.no_tlsa, false) THEN 'DANE-safe order: the successor''s TLSA must be prepublished first, but -N forbids TLSA changes'
+               WHEN sd.active_id IS NULL THEN 'rule 7: no active instance; distribute the successor'
+               WHEN sd.tlsa_ttl IS NULL THEN format('rule 7: active instance expires %s; distribute the successor', sd.act_na)
+               WHEN sd.dane_ok AND NOT sd.replace_due
+                   THEN format('rule 7: requested (-D): successor''s TLSA published %s (2 x TTL ago); distribute it', sd.succ_published)
+               WHEN sd.dane_ok
+                   THEN format('rule 7: active instance expires %s; successor''s TLSA published %s (2 x TTL ago); distribute it', sd.act_na, sd.succ_published)
+               WHEN sd.dane_off
+                   THEN format('rule 7: %s; -N: distribute the successor without the DANE-safe wait',
+                               CASE WHEN sd.replace_due THEN format('active instance expires %s', sd.act_na) ELSE 'requested (-D)' END)
+               WHEN sd.succ_state = 'prepublished'
+                   THEN format('DANE-safe order: %ssuccessor''s TLSA published %s; deploy after %s',
+                               CASE WHEN sd.replace_due THEN '' ELSE 'requested (-D): ' END, sd.succ_published, sd.succ_published + 2 * sd.tlsa_ttl)
+               WHEN sd.tlsa_pending
+                   THEN format('DANE-safe order: %sthe successor''s TLSA publication is pending; deploy after its TLSA records are published and 2 x TTL has passed, about %s',
+                               CASE WHEN sd.replace_due THEN '' ELSE 'requested (-D): ' END, sd.now + 2 * sd.tlsa_ttl)
                ELSE 'rule 7: DANE-safe order: publish the successor''s TLSA before deploying it'
            END,
-           CASE WHEN st.succ_id IS NULL AND st.type = 'LE'
-                THEN CASE WHEN st.active_id IS NULL OR st.tlsa_ttl IS NULL THEN 'distribute' ELSE 'prepublish' END END,
-           st.issuing OR st.succ_distributing OR st.tlsa_pending
-      FROM st
-     WHERE st.enabled AND (st.active_id IS NULL OR st.now >= st.act_na - st.grace)
+           CASE WHEN sd.succ_id IS NULL AND sd.type = 'LE'
+                THEN CASE WHEN sd.active_id IS NULL OR sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN 'distribute' ELSE 'prepublish' END END,
+           sd.issuing OR sd.succ_distributing OR sd.tlsa_pending,
+           sd.disabled
+      FROM sd
+     WHERE sd.replace_due OR sd.succ_requested
     UNION ALL
-    -- rule 9: prepublish the successor of an LE certificate
-    SELECT st.id, coalesce(st.succ_id, st.active_id),
+    -- rule 9: prepublish the successor of an LE certificate (-N: only issue it; the warning below says why)
+    SELECT sd.id, coalesce(sd.succ_id, sd.active_id),
            CASE
-               WHEN st.issuing OR st.tlsa_pending THEN 'wait'
-               WHEN st.succ_id IS NULL THEN 'issue'
-               WHEN st.tlsa_ttl IS NULL THEN NULL
-               WHEN coalesce(sel.no_tlsa, false) THEN 'wait'
+               WHEN sd.issuing OR sd.tlsa_pending THEN 'wait'
+               WHEN sd.succ_id IS NULL THEN 'issue'
+               WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL
                ELSE 'prepublish'
            END,
            CASE
-               WHEN st.issuing THEN 'rule 9: an issue job for the successor is pending'
-               WHEN st.tlsa_pending THEN 'rule 9: the successor''s TLSA publication is pending'
-               WHEN st.succ_id IS NULL THEN format('rule 9: active instance expires %s (within pre_publish_days); issue a successor', st.act_na)
-               WHEN coalesce(sel.no_tlsa, false) THEN 'rule 9: prepublish due, but -N forbids TLSA changes'
-               ELSE format('rule 9: active instance expires %s; publish the TLSA of active and successor', st.act_na)
+               WHEN sd.issuing THEN 'rule 9: an issue job for the successor is pending'
+               WHEN sd.tlsa_pending THEN 'rule 9: the successor''s TLSA publication is pending'
+               WHEN sd.succ_id IS NULL THEN format('rule 9: active instance expires %s (within pre_publish_days); issue a successor', sd.act_na)
+               ELSE format('rule 9: active instance expires %s; publish the TLSA of active and successor', sd.act_na)
            END,
-           CASE WHEN st.succ_id IS NULL THEN CASE WHEN st.tlsa_ttl IS NULL THEN NULL ELSE 'prepublish' END END,
-           st.issuing OR st.tlsa_pending
-      FROM st
-     WHERE st.enabled AND st.type = 'LE' AND st.active_id IS NOT NULL
-       AND st.now < st.act_na - st.grace
-       AND st.now >= st.act_na - least(st.pre_publish, (st.act_na - st.act_nb) / 3)
-       AND st.succ_state IS DISTINCT FROM 'prepublished'
+           CASE WHEN sd.succ_id IS NULL THEN CASE WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL ELSE 'prepublish' END END,
+           sd.issuing OR sd.tlsa_pending,
+           sd.disabled
+      FROM sd
+     WHERE sd.type = 'LE' AND NOT sd.replace_due AND NOT sd.succ_requested
+       AND sd.now >= sd.act_na - least(sd.pre_publish, (sd.act_na - sd.act_nb) / 3)
+       AND sd.succ_state IS DISTINCT FROM 'prepublished'
+    UNION ALL
+    -- -N: the rollover of a certificate with TLSA services goes on without TLSA changes; say so on every run
+    SELECT sd.id, coalesce(sd.succ_id, sd.active_id), 'warn',
+           format('-N (no TLSA changes): the TLSA records of %s are left as they are; its successor is deployed %s '
+                  'without waiting for its TLSA records (DANE-safe order off): DNS is the operator''s '
+                  '(publish them yourself, or run operate_serverPKI -T without -N)',
+                  sd.name, CASE WHEN sd.replace_due OR sd.succ_requested THEN 'now' ELSE format('from %s', sd.act_na - sd.grace) END),
+           NULL, false, false
+      FROM sd
+     WHERE sd.dane_off AND NOT sd.disabled
+       AND (sd.replace_due OR sd.succ_requested
+            OR (sd.type = 'LE' AND sd.now >= sd.act_na - least(sd.pre_publish, (sd.act_na - sd.act_nb) / 3)))
+    UNION ALL
+    -- no flag leaves an active instance in service past its not_after unsaid
+    SELECT sd.id, sd.active_id, 'overdue',
+           format('active instance %s expired %s and is still in service: %s', sd.active_id, sd.act_na,
+                  CASE WHEN sd.disabled
+                           THEN format('the certificate is disabled, the scheduler does not replace it '
+                                       '(operate_serverPKI -C -o %1$s -i %1$s, then -D -o %1$s -i %1$s; or enable_cert)', sd.name)
+                       WHEN sd.type = 'local' AND sd.succ_id IS NULL AND NOT sd.issuing
+                           THEN format('local certificates are issued on request only (operate_serverPKI -C -o %s)', sd.name)
+                       ELSE 'its successor is not deployed yet (see the other rows of this certificate)' END),
+           NULL, false, false
+      FROM sd
+     WHERE sd.active_id IS NOT NULL AND sd.now >= sd.act_na
 )
 SELECT x.certificate, c.name, x.inst, x.action, x.why, x.then_action
   FROM (
@@ -171,9 +217,13 @@ SELECT x.certificate, c.name, x.inst, x.action, x.why, x.then_action
     UNION ALL SELECT archive.certificate, archive.id, 'archive', archive.why, NULL FROM archive
     UNION ALL SELECT expire.certificate, expire.id, 'expire', expire.why, NULL FROM expire
     UNION ALL
-    SELECT d.id, d.inst, d.action,
-           CASE WHEN d.action = 'wait' AND d.on_jobs AND tr.errors IS NOT NULL THEN d.why || ' (' || tr.errors || ')' ELSE d.why END,
-           d.then_action
+    SELECT d.id, d.inst, CASE WHEN d.skipped THEN 'skip' ELSE d.action END,
+           CASE WHEN d.skipped
+                THEN format('rule 6: the certificate is disabled; the scheduler leaves it alone, even with -a or -i '
+                            '(enabled it would %s: %s)', d.action, d.why)
+                WHEN d.action = 'wait' AND d.on_jobs AND tr.errors IS NOT NULL THEN d.why || ' (' || tr.errors || ')'
+                ELSE d.why END,
+           CASE WHEN d.skipped THEN NULL ELSE d.then_action END
       FROM decided d LEFT JOIN trouble tr ON tr.certificate = d.id
      WHERE d.action IS NOT NULL
   ) x(certificate, inst, action, why, then_action)
@@ -194,7 +244,8 @@ BEGIN
 END
 $$;
 
--- schedule: one scheduler pass (operate_serverPKI -S); returns the plan it carried out
+-- schedule: one scheduler pass (operate_serverPKI -S); returns the plan it carried out. The rows
+-- 'wait', 'skip', 'warn' and 'overdue' only inform (the CLI logs 'warn' and 'overdue' as warnings)
 CREATE OR REPLACE FUNCTION pki.schedule(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (certificate text, instance int, action text, reason text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -231,8 +282,10 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pass_plan p WHERE p.action = 'remind') THEN
         PERFORM enqueue('mail_reminder', 'reminder:' || txid_current(), 'rule 5: local certificates must be issued',
                         jsonb_build_object('certificates', jsonb_agg(jsonb_build_object(
-                            'name', p.certificate, 'instance', p.instance, 'not_after', ci.not_after) ORDER BY p.certificate)))
-           FROM pass_plan p JOIN certinstances ci ON ci.id = p.instance WHERE p.action = 'remind';
+                            'name', p.certificate, 'instance', p.instance, 'not_after', ci.not_after,
+                            'disabled', c.disabled) ORDER BY p.certificate)))
+           FROM pass_plan p JOIN certinstances ci ON ci.id = p.instance JOIN certificates c ON c.id = p.certificate_id
+          WHERE p.action = 'remind';
         UPDATE certificates c SET authorized_until = pki.now() FROM pass_plan p WHERE p.action = 'remind' AND c.id = p.certificate_id;
     END IF;
     -- last: enqueue_tlsa_many takes lock_tlsa of each (ascending); a job's completion may hold rows of

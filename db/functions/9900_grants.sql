@@ -112,6 +112,7 @@ GRANT EXECUTE ON FUNCTION pki.selected_certs(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.host_selected(dd.selection, dd.citext) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.plan(dd.selection) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.renewal_candidates(dd.selection, integer, boolean) TO pki_admin;
 -- CA certificates as targets (0585): which are selected, their plan rows (plan and schedule)
 GRANT EXECUTE ON FUNCTION pki.selected_cas(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.ca_plan_rows(dd.selection) TO pki_admin;

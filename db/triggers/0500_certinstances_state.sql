@@ -54,12 +54,16 @@ BEGIN
                 coalesce(from_s::text, '(none)'), coalesce(to_s::text, '(deleted)')),
             'see SELECT * FROM state_transitions; state changes are made by the scheduler and the job functions');
     END IF;
-    -- DANE-safe order: a successor goes live only after its TLSA records were published for 2 x TTL
+    -- DANE-safe order: a successor goes live only after its TLSA records were published for 2 x TTL,
+    -- unless a distribution the operator asked for with -N (no TLSA changes: DNS is theirs) promotes it;
+    -- the job comes from event_context, which only the owner's functions write
     IF to_s = 'deployed' THEN
         ttl := tlsa_ttl(NEW.certificate);
         IF ttl IS NOT NULL AND EXISTS (SELECT 1 FROM certinstances o WHERE o.certificate = NEW.certificate
                                         AND o.state = 'deployed' AND o.id <> NEW.id)
-           AND (NEW.tlsa_published IS NULL OR pki.now() < NEW.tlsa_published + 2 * ttl) THEN
+           AND (NEW.tlsa_published IS NULL OR pki.now() < NEW.tlsa_published + 2 * ttl)
+           AND NOT coalesce((SELECT (j.args ->> 'no_tlsa')::boolean FROM jobs j
+                              WHERE j.id = (event_reason()).job AND j.kind = 'distribute' AND j.instance = NEW.id), false) THEN
             PERFORM raise_error('SP021', format('instance %s cannot be deployed yet: its TLSA records %s', NEW.id,
                     CASE WHEN NEW.tlsa_published IS NULL THEN 'are not published'
                          ELSE format('were published at %s, deploy after %s', NEW.tlsa_published, NEW.tlsa_published + 2 * ttl) END),

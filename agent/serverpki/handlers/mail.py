@@ -97,7 +97,7 @@ def _now(ctx: Context) -> dt.datetime:
 
 
 def _certificates(job: Job) -> list[dict]:
-    """The job's certificates as {name, not_after: datetime}, by expiry."""
+    """The job's certificates as {name, instance, not_after: datetime, disabled}, by expiry."""
     items = (job.args or {}).get("certificates")
     if not isinstance(items, list) or not items:
         raise GiveUp(f"mail_reminder job {job.id} lists no certificates (args.certificates); nothing to mail")
@@ -106,7 +106,8 @@ def _certificates(job: Job) -> list[dict]:
         try:
             not_after = dt.datetime.fromisoformat(str(item["not_after"]))
             certs.append({"name": str(item["name"]), "instance": item.get("instance"),
-                          "not_after": not_after if not_after.tzinfo else not_after.replace(tzinfo=UTC)})
+                          "not_after": not_after if not_after.tzinfo else not_after.replace(tzinfo=UTC),
+                          "disabled": item.get("disabled") is True})
         except (KeyError, TypeError, ValueError) as exc:
             raise GiveUp(f"mail_reminder job {job.id}: certificate entry {item!r} lacks a name or a valid not_after") from exc
     return sorted(certs, key=lambda c: (c["not_after"], c["name"]))
@@ -127,8 +128,10 @@ def compose(job: Job, certs: list[dict], settings: _Settings, now: dt.datetime) 
     for c in certs:
         left = _days(c["not_after"] - now)
         when = f"in {left} day{'s' if left != 1 else ''}" if left > 0 else "already expired"
-        lines.append(f"  {c['name']:<{width}}  expires {c['not_after'].astimezone(UTC):%Y-%m-%d %H:%M} UTC ({when})")
-        lines.append(f"  {'':<{width}}  issue it: operate_serverPKI -C -o {c['name']}")
+        # as the original: a disabled certificate is listed too, marked; -i is what includes it in -C
+        mark = "  [DISABLED]" if c["disabled"] else ""
+        lines.append(f"  {c['name']:<{width}}  expires {c['not_after'].astimezone(UTC):%Y-%m-%d %H:%M} UTC ({when}){mark}")
+        lines.append(f"  {'':<{width}}  issue it: operate_serverPKI -C -o {c['name']}" + (f" -i {c['name']}" if c["disabled"] else ""))
     days = min(max(_days(certs[-1]["not_after"] - now), 0), 3650)
     lines += ["",
               f"Or issue every local certificate that expires within {days} days at once:",
