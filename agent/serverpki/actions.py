@@ -27,6 +27,10 @@ REQUESTS: dict[str, str] = {
 }
 
 
+# the scheduler's rows that change nothing but must reach the operator (schedule(): action: reason)
+WARNING_ACTIONS = ("warn:", "overdue:")
+
+
 @dataclass
 class Outcome:
     requested: list[tuple]
@@ -40,8 +44,10 @@ def run_action(conn: psycopg.Connection, agent: Agent, action: str, sel_sql: str
     with conn.transaction():
         requested = conn.execute(REQUESTS[action].replace("{sel}", sel_sql), {**params, **sel_params}).fetchall()
     for job, cert, inst, reason in requested:
-        log.info("%s: %s%s%s", action, f"{cert} " if cert else "", f"instance {inst} " if inst else "",
-                 reason if job is None else f"job {job}: {reason}")
+        # -S rows 'warn' (-N: you keep DNS) and 'overdue' (in service past not_after) need a human
+        level = logging.WARNING if action == "-S" and reason.startswith(WARNING_ACTIONS) else logging.INFO
+        log.log(level, "%s: %s%s%s", action, f"{cert} " if cert else "", f"instance {inst} " if inst else "",
+                reason if job is None else f"job {job}: {reason}")
     # only the jobs of the run's selection (the agent's), and those this request returned
     stats = agent.drain(requested=[job for job, *_ in requested])
     return Outcome(requested, stats, agent.unhandled_pending())

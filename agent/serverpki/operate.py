@@ -169,7 +169,8 @@ def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: dict, verbos
     if actions["-S"]:
         typer.echo(reports.plan_table(conn, sel_sql, sel_params))
     elif renew is not None:
-        typer.echo(reports.renew_table(conn, sel_sql, sel_params, renew))
+        # -D -r N -n: what -D -r N would distribute; -r N -n: what -C -r N would issue
+        typer.echo(reports.renew_table(conn, sel_sql, sel_params, renew, distribute=actions["-D"]))
     elif verbose:
         typer.echo(reports.meta_table(conn, only))
         typer.echo("")
