@@ -32,7 +32,7 @@ from helpers import owner_conn
 from serverpki import acmeclient, dnsupdate, operate
 from serverpki.agent import Agent
 from serverpki.config import parse_config
-from serverpki.handlers import GiveUp, RetryLater
+from serverpki.errors import GiveUp, RetryLater
 from serverpki.handlers import acme_issue
 from serverpki.lab.bind import BindLab
 from serverpki.lab.pebble import PebbleLab

@@ -16,7 +16,7 @@ from helpers import owner_conn
 from serverpki import migrate
 from serverpki.lab import roles
 from serverpki.agent import Agent
-from serverpki.handlers import GiveUp, RetryLater
+from serverpki.errors import GiveUp, RetryLater
 from serverpki.lab.postgres import PostgresCluster
 
 CONFIG = SimpleNamespace()

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from helpers import owner_conn
 from serverpki import acmeclient
 from serverpki.agent import Agent
-from serverpki.errors import ERROR_LIMIT, clean_text
-from serverpki.handlers import RETRY_AFTER_MAX, GiveUp, RetryLater
+from serverpki.errors import ERROR_LIMIT, RETRY_AFTER_MAX, GiveUp, RetryLater, clean_text
 from strategies import HOSTILE, PIECES
 from test_distribution import WEB1, add_cert, config, hosts, issue, jobs_by_host, lab, local_ca, one, rows, target  # noqa: F401
 

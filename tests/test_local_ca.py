@@ -22,7 +22,8 @@ from psycopg.rows import dict_row
 
 from helpers import assert_refused, lease_of, owner_conn, remember_leases, snapshot
 from serverpki import keystore, x509util
-from serverpki.handlers import HANDLERS, Context, GiveUp, Job
+from serverpki.errors import GiveUp
+from serverpki.handlers import HANDLERS, Context, Job
 from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (registers issue_local, issue_local_ca)
 from serverpki.handlers import keys as _keys  # noqa: F401  (registers encrypt_keys, decrypt_keys)
 

@@ -18,7 +18,8 @@ from psycopg.rows import dict_row
 
 from certfactory import issue_result
 from helpers import lease_of, remember_leases
-from serverpki.handlers import Context, GiveUp, Job, RetryLater
+from serverpki.errors import GiveUp, RetryLater
+from serverpki.handlers import Context, Job
 from serverpki.handlers import mail
 from serverpki.lab.ports import free_port
 from serverpki.lab.smtp import SMTPLab

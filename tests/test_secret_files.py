@@ -29,8 +29,7 @@ from typer.testing import CliRunner
 from helpers import owner_conn
 from serverpki import keystore, x509util
 from serverpki.config import load_config
-from serverpki.errors import ConfigError
-from serverpki.handlers import GiveUp
+from serverpki.errors import ConfigError, GiveUp
 from serverpki.handlers import mail as mail_handler
 from test_local_ca import config, fill, keys_encrypted, request_keys, run_job  # noqa: F401  (config: fixture)
 

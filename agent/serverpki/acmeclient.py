@@ -29,7 +29,7 @@ from acme import messages
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .dnsupdate import Clock
-from .handlers import GiveUp, RetryLater, bounded_delay
+from .errors import GiveUp, RetryLater, bounded_delay
 
 USER_AGENT = "serverPKI (acme-python)"
 NONCE_RETRIES = 10

@@ -24,9 +24,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
-from .errors import ServerPKIError, clean_text
+from .errors import GiveUp, RetryLater, ServerPKIError, clean_text
 from .faults import crash_point
-from .handlers import Context, GiveUp, Job, RetryLater
+from .handlers import Context, Job
 from .log import progress
 from .queries import q
 

@@ -13,8 +13,9 @@ every authoritative server of a zone shows what was sent (dnspython).
   recursion, until it answers with exactly the wanted RRset; polled with a
   growing interval, bounded by [dns] propagation_timeout_seconds. No fixed sleep.
 - Errors: REFUSED, NOTAUTH, NOTZONE and a TSIG complaint (BADSIG, BADKEY,
-  BADTIME) are DnsRefused, naming zone, server and key: no retry mends them.
-  An unreachable server, a timeout or SERVFAIL is DnsUnavailable: try again.
+  BADTIME) are DnsRefused (a GiveUp), naming zone, server and key: no retry
+  mends them. An unreachable server, a timeout or SERVFAIL is DnsUnavailable
+  (a RetryLater): try again.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import dns.resolver
 import dns.tsig
 import dns.update
 
-from .errors import ServerPKIError
+from .errors import GiveUp, RetryLater, ServerPKIError
 
 Server = tuple[str, int]   # (address, port)
 
@@ -46,11 +47,11 @@ class DnsError(ServerPKIError):
     """A DNS operation failed."""
 
 
-class DnsRefused(DnsError):
+class DnsRefused(DnsError, GiveUp):
     """The DNS server refused the update or its signature: check the zone, the server and the TSIG key."""
 
 
-class DnsUnavailable(DnsError):
+class DnsUnavailable(DnsError, RetryLater):
     """The DNS server could not be reached or did not answer in time: try again later."""
 
 

@@ -1,6 +1,8 @@
-"""The one exception family of serverPKI, and the mapping of our SQLSTATEs."""
+"""The one exception family of serverPKI, the verdicts on a job's faults, and the mapping of our SQLSTATEs."""
 
 from __future__ import annotations
+
+import math
 
 import psycopg
 
@@ -22,6 +24,37 @@ class UsageError(ServerPKIError):
 
 class ConfigError(UsageError):
     """The configuration file is wrong."""
+
+
+# the shortest and longest wait a peer may ask for before a retry (Retry-After)
+RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1.0, 86400.0
+
+
+def bounded_delay(seconds: object) -> float | None:
+    """A wait before the retry that the database can hold: between RETRY_AFTER_MIN and RETRY_AFTER_MAX
+    (a longer one, infinity too, is cut to the maximum); None (the queue's own back-off) for no number,
+    NaN or a negative one, which no peer means."""
+    try:
+        value = float(seconds)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if math.isnan(value) or value < 0:
+        return None
+    return min(max(value, RETRY_AFTER_MIN), RETRY_AFTER_MAX)
+
+
+class RetryLater(ServerPKIError):
+    """A passing fault: try the job again later (after retry_after seconds, bounded; None: the queue's back-off).
+    The peer adapters raise subclasses of it (DnsUnavailable, HostUnreachable, ...)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = None if retry_after is None else bounded_delay(retry_after)
+
+
+class GiveUp(ServerPKIError):
+    """A fault that no retry will mend: the job is dead. The peer adapters raise subclasses of it
+    (DnsRefused, HostRefused, ...)."""
 
 
 class DatabaseRefusal(ServerPKIError):

@@ -1,15 +1,16 @@
 """Job handlers: one module per kind of side effect, registered by job kind.
 
 A handler performs the side effect of one job idempotently and returns the
-outcome as a dict for pki.complete_job; it decides nothing. It raises
-RetryLater for a passing fault and GiveUp for one that no retry will mend;
-any other exception is a failed attempt that is retried with back-off.
+outcome as a dict for pki.complete_job; it decides nothing. Its faults are
+RetryLater for a passing one and GiveUp for one that no retry will mend
+(serverpki.errors): the peer adapters raise their subclasses, so a handler
+passes them on; any other exception is a failed attempt that is retried with
+back-off. What several handlers use lives in handlers.common.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ..errors import ServerPKIError
 from ..queries import q
 
 
@@ -70,77 +70,6 @@ class Progress:
         self.ctx.conn.execute(q("save_job_progress"), {"job": self.job.id, "token": self.job.lease,
                                                         "progress": Jsonb(self.data)})
         self.ctx.keep_alive()
-
-
-# the shortest and longest wait a peer may ask for before a retry (Retry-After)
-RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1.0, 86400.0
-
-
-def bounded_delay(seconds: object) -> float | None:
-    """A wait before the retry that the database can hold: between RETRY_AFTER_MIN and RETRY_AFTER_MAX
-    (a longer one, infinity too, is cut to the maximum); None (the queue's own back-off) for no number,
-    NaN or a negative one, which no peer means."""
-    try:
-        value = float(seconds)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if math.isnan(value) or value < 0:
-        return None
-    return min(max(value, RETRY_AFTER_MIN), RETRY_AFTER_MAX)
-
-
-class RetryLater(ServerPKIError):
-    """A passing fault: try the job again later (after retry_after seconds, bounded; None: the queue's back-off)."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = None if retry_after is None else bounded_delay(retry_after)
-
-
-class GiveUp(ServerPKIError):
-    """A fault that no retry will mend: the job is dead."""
-
-
-def open_stored_key(pem: str, passphrase_file, setting: str, what: str):
-    """A stored private key, opened with the passphrase in passphrase_file when it is encrypted;
-    a wrong passphrase gives the job up, naming the configuration key to fix."""
-    from .. import keystore  # keystore imports this package's errors only; keep the import local
-
-    passphrase = None
-    if keystore.is_encrypted(pem):
-        passphrase = keystore.read_passphrase(passphrase_file, f"Passphrase for the {what}: ")
-    try:
-        return keystore.load_key(pem, passphrase, what)
-    except keystore.WrongPassphrase:
-        raise GiveUp(f"{what}: wrong passphrase (configuration: {setting})") from None
-
-
-def outcome_of(exc: ServerPKIError, what: str) -> "GiveUp | RetryLater":
-    """What an error of ours means for the job: a DNS server that did not answer or did not show
-    the records yet passes (RetryLater); one that refused the update (wrong TSIG key, not the
-    primary) or a configuration that cannot work does not (GiveUp)."""
-    from ..dnsupdate import DnsError, DnsRefused
-
-    if isinstance(exc, DnsError) and not isinstance(exc, DnsRefused):
-        return RetryLater(f"{what}: {exc}")
-    return GiveUp(f"{what}: {exc}")
-
-
-def job_key(job: Job, ctx: Context, algo: str):
-    """The key an earlier attempt of this job stored for its ACME order or account (pki.job_key), or None."""
-    stored = ctx.conn.execute(q("job_key"), {"job": job.id, "token": job.lease, "algo": algo}).fetchone()[0]
-    if stored is None:
-        return None
-    return open_stored_key(stored, ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
-                           f"the {algo} key of job {job.id}")
-
-
-def save_job_key(job: Job, ctx: Context, algo: str, key, passphrase: bytes | None) -> None:
-    """Keep a new key with the job before a CA sees it, so that a crash cannot orphan what the CA makes for it."""
-    from .. import keystore
-
-    ctx.conn.execute(q("save_job_key"), {"job": job.id, "token": job.lease, "algo": algo,
-                                         "key": keystore.dump_key(key, passphrase)})
 
 
 Handler = Callable[[Job, Context], dict]

@@ -12,29 +12,15 @@ they are set. The outcome — directory, account URL, contact and the key
 
 from __future__ import annotations
 
-from typing import Any
-
 from acme import errors as acme_errors
 from acme import messages
 from cryptography.hazmat.primitives.asymmetric import ec
-from psycopg.rows import dict_row
 
 from .. import keystore
 from ..acmeclient import Acme, problem_code, sort
-from ..errors import ServerPKIError
-from ..queries import q
-from . import Context, GiveUp, Job, RetryLater, handler, job_key, open_stored_key, outcome_of, save_job_key
-from .issue_local import db_passphrase_if_encrypted
-
-
-def stored_account(ctx: Context, directory_url: str) -> dict[str, Any] | None:
-    return ctx.conn.cursor(row_factory=dict_row).execute(q("acme_account"), {"directory_url": directory_url}).fetchone()
-
-
-def open_account_key(ctx: Context, account: dict[str, Any]):
-    """The account's private key, decrypted with the db_encryption_key passphrase when it is encrypted."""
-    return open_stored_key(account["key"], ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
-                           f"key of the ACME account at {account['directory_url']}")
+from ..errors import GiveUp, ServerPKIError
+from . import Context, Job, handler
+from .common import about, db_passphrase_if_encrypted, job_key, open_account_key, save_job_key, stored_account
 
 
 def new_account_key(job: Job, ctx: Context, passphrase: bytes | None):
@@ -55,38 +41,37 @@ def register_acme(job: Job, ctx: Context) -> dict:
     what = f"ACME registration at {directory_url}"
     terms = None
     try:
-        account = stored_account(ctx, directory_url)
-        passphrase = db_passphrase_if_encrypted(ctx)
-        key = open_account_key(ctx, account) if account else new_account_key(job, ctx, passphrase)
-        acme = Acme(directory_url, key, ca_bundle=cfg.ca_bundle)
-        terms = acme.directory.meta.terms_of_service
-        eab = None
-        if cfg.eab_kid:
-            eab = messages.ExternalAccountBinding.from_data(
-                account_public_key=acme.jwk.public_key(), kid=cfg.eab_kid, hmac_key=cfg.eab_hmac_key,
-                directory=acme.directory)
-        elif acme.directory.meta.external_account_required:
-            raise GiveUp(f"{what}: the CA requires external account binding: set [acme] eab_kid and eab_hmac_key")
-        registration = messages.NewRegistration.from_data(
-            email=contact, terms_of_service_agreed=True if cfg.agree_tos else None, external_account_binding=eab)
-        try:
-            regr = acme.client.new_account(registration)
-        except acme_errors.ConflictError as exc:
-            # this key has an account already: use it, and bring its contact up to date
-            acme.net.account = messages.RegistrationResource(body=messages.Registration(), uri=exc.location)
-            regr = acme.client.query_registration(acme.net.account)
-            wanted = tuple(f"mailto:{mail}" for mail in contact.split(",")) if contact else ()
-            if tuple(regr.body.contact or ()) != wanted:
-                regr = acme.client.update_registration(regr, messages.Registration.from_data(email=contact))
-        return {"directory_url": directory_url, "uri": regr.uri, "contact": contact,
-                "key": keystore.dump_key(key, passphrase),
-                "terms_of_service": terms,
-                "agreed": bool(cfg.agree_tos), "external_account_binding": eab is not None,
-                "new": account is None}
-    except (GiveUp, RetryLater):
+        with about(what, prefixed=()):
+            account = stored_account(ctx, directory_url)
+            passphrase = db_passphrase_if_encrypted(ctx)
+            key = open_account_key(ctx, account) if account else new_account_key(job, ctx, passphrase)
+            acme = Acme(directory_url, key, ca_bundle=cfg.ca_bundle)
+            terms = acme.directory.meta.terms_of_service
+            eab = None
+            if cfg.eab_kid:
+                eab = messages.ExternalAccountBinding.from_data(
+                    account_public_key=acme.jwk.public_key(), kid=cfg.eab_kid, hmac_key=cfg.eab_hmac_key,
+                    directory=acme.directory)
+            elif acme.directory.meta.external_account_required:
+                raise GiveUp(f"{what}: the CA requires external account binding: set [acme] eab_kid and eab_hmac_key")
+            registration = messages.NewRegistration.from_data(
+                email=contact, terms_of_service_agreed=True if cfg.agree_tos else None, external_account_binding=eab)
+            try:
+                regr = acme.client.new_account(registration)
+            except acme_errors.ConflictError as exc:
+                # this key has an account already: use it, and bring its contact up to date
+                acme.net.account = messages.RegistrationResource(body=messages.Registration(), uri=exc.location)
+                regr = acme.client.query_registration(acme.net.account)
+                wanted = tuple(f"mailto:{mail}" for mail in contact.split(",")) if contact else ()
+                if tuple(regr.body.contact or ()) != wanted:
+                    regr = acme.client.update_registration(regr, messages.Registration.from_data(email=contact))
+            return {"directory_url": directory_url, "uri": regr.uri, "contact": contact,
+                    "key": keystore.dump_key(key, passphrase),
+                    "terms_of_service": terms,
+                    "agreed": bool(cfg.agree_tos), "external_account_binding": eab is not None,
+                    "new": account is None}
+    except ServerPKIError:
         raise
-    except ServerPKIError as exc:
-        raise outcome_of(exc, what) from exc
     except Exception as exc:
         verdict = sort(exc, what)
         if verdict is None:

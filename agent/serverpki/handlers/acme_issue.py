@@ -39,11 +39,11 @@ from cryptography.hazmat.primitives import serialization
 from .. import keystore, x509util
 from ..acmeclient import Acme, client_error_text, gone, problem_text, records_unseen, sort
 from ..dnsupdate import Clock, DnsError, DnsUpdater, txt_rdata
-from ..errors import ServerPKIError
+from ..errors import GiveUp, RetryLater, ServerPKIError
 from ..faults import crash_point
-from . import Context, GiveUp, Job, Progress, RetryLater, handler, job_key, outcome_of, save_job_key
-from .acme_account import open_account_key, stored_account
-from .issue_local import _request, algorithms, db_passphrase_if_encrypted
+from . import Context, Job, Progress, handler
+from .common import (about, algorithms, db_passphrase_if_encrypted, issue_request, job_key, open_account_key,
+                     save_job_key, stored_account)
 
 log = logging.getLogger("serverpki.acme")
 
@@ -275,7 +275,7 @@ class Issuance:
 @handler("issue_acme")
 def issue_acme(job: Job, ctx: Context) -> dict:
     started = time.monotonic()
-    req = _request(job, ctx)
+    req = issue_request(job, ctx)
     if req["cert_type"] != "LE" or req["subject_type"] != "server":
         raise GiveUp(f"certificate {req['name']} is a {req['cert_type']} {req['subject_type']} certificate, "
                      "not an ACME (LE) server certificate")
@@ -283,25 +283,24 @@ def issue_acme(job: Job, ctx: Context) -> dict:
     what = f"ACME order for {req['name']}"
     clock = Clock()
     try:
-        account = stored_account(ctx, cfg.directory_url)
-        if account is None:
-            raise GiveUp(f"no ACME account at {cfg.directory_url}: register one with operate_serverPKI -Z")
-        updater = DnsUpdater.from_config(ctx.config, clock, needed_for="dns-01 challenges")
-        acme = Acme(cfg.directory_url, open_account_key(ctx, account), account_uri=account["uri"],
-                    ca_bundle=cfg.ca_bundle, clock=clock)
-        progress = Progress.load(job, ctx)
-        progress.data.setdefault("orders", {})
-        progress.data.setdefault("txt", [])
-        passphrase = db_passphrase_if_encrypted(ctx)
-        issuance = Issuance(job, ctx, req, acme, updater, progress, passphrase)
-        issuance.remove_challenge_records()   # what a crashed attempt left behind
-        issuance.place_orders()
-        authorized_until = issuance.authorize()
-        issued = issuance.finalize()
-    except (GiveUp, RetryLater) as exc:
-        raise type(exc)(f"{what}: {exc}", *([exc.retry_after] if isinstance(exc, RetryLater) else [])) from exc
-    except ServerPKIError as exc:
-        raise outcome_of(exc, what) from exc
+        with about(what):
+            account = stored_account(ctx, cfg.directory_url)
+            if account is None:
+                raise GiveUp(f"no ACME account at {cfg.directory_url}: register one with operate_serverPKI -Z")
+            updater = DnsUpdater.from_config(ctx.config, clock, needed_for="dns-01 challenges")
+            acme = Acme(cfg.directory_url, open_account_key(ctx, account), account_uri=account["uri"],
+                        ca_bundle=cfg.ca_bundle, clock=clock)
+            progress = Progress.load(job, ctx)
+            progress.data.setdefault("orders", {})
+            progress.data.setdefault("txt", [])
+            passphrase = db_passphrase_if_encrypted(ctx)
+            issuance = Issuance(job, ctx, req, acme, updater, progress, passphrase)
+            issuance.remove_challenge_records()   # what a crashed attempt left behind
+            issuance.place_orders()
+            authorized_until = issuance.authorize()
+            issued = issuance.finalize()
+    except ServerPKIError:
+        raise
     except Exception as exc:
         verdict = sort(exc, what)
         if verdict is None:

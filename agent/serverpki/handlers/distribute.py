@@ -50,11 +50,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .. import keystore, sshclient
-from ..errors import ServerPKIError
+from ..errors import GiveUp, RetryLater, ServerPKIError
 from ..faults import crash_point
 from ..queries import q
 from ..sshclient import RemoteFile
-from . import Context, GiveUp, Job, RetryLater, handler
+from . import Context, Job, handler
 
 log = logging.getLogger("serverpki.handlers.distribute")
 

@@ -12,19 +12,15 @@ is always stored encrypted with the local CA passphrase, and -X/-Y leave it so.
 
 from __future__ import annotations
 
-import hashlib
-
 import contextlib
-import datetime as dt
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from psycopg.rows import dict_row
-
 from .. import keystore, x509util
-from ..errors import ServerPKIError
-from ..queries import q
-from . import Context, GiveUp, Job, RetryLater, handler, open_stored_key
+from ..errors import GiveUp
+from . import Context, Job, handler
+from .common import about, algorithms, db_now, db_passphrase_if_encrypted, issue_request, one, open_stored_key
 
 NO_CA = "no local CA: issue one with operate_serverPKI -I"
 
@@ -33,28 +29,10 @@ NO_CA = "no local CA: issue one with operate_serverPKI -I"
 def _no_retry() -> Iterator[None]:
     """A configuration, passphrase or CA problem does not mend by trying again: give up, saying why."""
     try:
-        yield
-    except (GiveUp, RetryLater):
-        raise
-    except ServerPKIError as exc:
-        raise GiveUp(str(exc)) from exc
+        with about(None):
+            yield
     except ValueError as exc:
         raise GiveUp(f"cannot issue: {exc}") from exc
-
-
-def _one(ctx: Context, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    return ctx.conn.cursor(row_factory=dict_row).execute(q(name), params or {}).fetchone()
-
-
-def _request(job: Job, ctx: Context) -> dict[str, Any]:
-    req = _one(ctx, "issue_request", {"certificate": job.certificate})
-    if req is None:
-        raise GiveUp(f"certificate {job.certificate} of job {job.id} is gone")
-    return req
-
-
-def db_now(ctx: Context) -> dt.datetime:
-    return _one(ctx, "db_now")["now"]
 
 
 def x509_names(config: Any) -> dict[str, str | None]:
@@ -64,36 +42,15 @@ def x509_names(config: Any) -> dict[str, str | None]:
             for name in ("country", "state", "locality", "organization", "organizational_unit")}
 
 
-def algorithms(encryption_algo: str) -> list[str]:
-    """The key algorithms of a certificate: one pair each."""
-    return ["rsa", "ec"] if encryption_algo == "rsa_plus_ec" else [encryption_algo]
-
-
-def db_passphrase_if_encrypted(ctx: Context) -> bytes | None:
-    """The db_encryption_key passphrase when the stored keys are encrypted (else None), proven on a stored key."""
-    row = _one(ctx, "keys_encrypted")
-    if not (row and row["keysencrypted"]):
-        return None
-    passphrase = keystore.read_passphrase(ctx.config.paths.db_encryption_key, "Passphrase of the stored keys: ")
-    # a new key under another passphrase than its neighbours could not be opened later
-    sample = _one(ctx, "newest_encrypted_key")
-    if sample is not None:
-        try:
-            keystore.load_key(sample["key"], passphrase, f"stored key {sample['id']}")
-        except keystore.WrongPassphrase:
-            raise GiveUp(f"db_encryption_key: wrong passphrase, it does not open stored key {sample['id']}") from None
-    return passphrase
-
-
 @handler("issue_local")
 def issue_local(job: Job, ctx: Context) -> dict:
     """One pair per algorithm of the certificate, signed by the newest local CA."""
     with _no_retry():
-        req = _request(job, ctx)
+        req = issue_request(job, ctx)
         if req["cert_type"] != "local" or req["subject_type"] not in x509util.SUBJECT_TYPES:
             raise GiveUp(f"certificate {req['name']} is a {req['cert_type']} {req['subject_type']} certificate, "
                          "not a local server or client certificate")
-        ca = _one(ctx, "local_ca_current")
+        ca = one(ctx, "local_ca_current")
         if ca is None:
             raise GiveUp(NO_CA)
         ca_cert = x509util.load_cert(ca["cert"])
@@ -140,7 +97,7 @@ def _load_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
 def issue_local_ca(job: Job, ctx: Context) -> dict:
     """A new CA key and its self-signed certificate; the key encrypted with the local CA passphrase."""
     with _no_retry():
-        req = _request(job, ctx)
+        req = issue_request(job, ctx)
         if req["cert_type"] != "local" or req["subject_type"] != "CA":
             raise GiveUp(f"certificate {req['name']} is not a local CA")
         if req["encryption_algo"] not in ("rsa", "ec"):

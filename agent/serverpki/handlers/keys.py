@@ -17,9 +17,9 @@ from __future__ import annotations
 from psycopg.rows import dict_row
 
 from .. import keystore
-from ..errors import ServerPKIError
+from ..errors import GiveUp, ServerPKIError
 from ..queries import q
-from . import Context, GiveUp, Job, handler
+from . import Context, Job, handler
 
 
 def reencrypt(job: Job, ctx: Context, encrypt: bool) -> dict:

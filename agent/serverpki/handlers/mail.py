@@ -20,9 +20,10 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from typing import Any
 
-from ..queries import q
+from ..errors import GiveUp, RetryLater
 from ..secretfile import SecretFileError, read_secret
-from . import Context, GiveUp, Job, Progress, RetryLater, handler
+from . import Context, Job, Progress, handler
+from .common import db_now
 
 log = logging.getLogger("serverpki.handlers.mail")
 
@@ -89,11 +90,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _now(ctx: Context) -> dt.datetime:
-    """The database's clock (pki.now(): the one the scheduler decided with)."""
-    return ctx.conn.execute(q("db_now")).fetchone()[0]
 
 
 def _certificates(job: Job) -> list[dict]:
@@ -242,7 +238,7 @@ def mail_reminder(job: Job, ctx: Context) -> dict:
         log.info("job %s: reminder %s was sent by attempt %s", job.id, progress.data["sent"]["message_id"],
                  progress.data["sent"]["attempt"])
         return progress.data["sent"]
-    result = deliver(job, ctx.config, _now(ctx))
+    result = deliver(job, ctx.config, db_now(ctx))
     # at least once, at most twice: only a crash between the relay's 250 and this line repeats it
     progress.data["sent"] = {**result, "attempt": job.attempts}
     progress.save("sent")

@@ -19,10 +19,11 @@ import dns.rdatatype
 from psycopg.rows import dict_row
 
 from ..dnsupdate import Clock, DnsUpdater
-from ..errors import ServerPKIError
+from ..errors import GiveUp
 from ..faults import crash_point
 from ..queries import q
-from . import Context, GiveUp, Job, handler, outcome_of
+from . import Context, Job, handler
+from .common import about
 
 
 def wanted_rrsets(job: Job, ctx: Context) -> dict[str, tuple[int, set[str]]]:
@@ -47,7 +48,7 @@ def publish_tlsa(job: Job, ctx: Context) -> dict:
     if not wanted:
         return {"zones": {}, "owners": 0, "records": 0, "dns_updates": {}}
     clock = Clock()
-    try:
+    with about("TLSA records"):
         updater = DnsUpdater.from_config(ctx.config, clock, needed_for="TLSA records")
         by_zone: dict[dns.name.Name, dict[dns.name.Name, tuple[int, set[str]]]] = {}
         for owner, rrset in wanted.items():
@@ -59,8 +60,6 @@ def publish_tlsa(job: Job, ctx: Context) -> dict:
             ctx.keep_alive()
         for zone, rrsets in sorted(by_zone.items()):
             updater.wait_rrsets(zone, {owner: records for owner, (_, records) in rrsets.items()}, dns.rdatatype.TLSA)
-    except ServerPKIError as exc:
-        raise outcome_of(exc, "TLSA records") from exc
     total = time.monotonic() - started
     result: dict[str, Any] = {
         "zones": {zone.to_text(): len(rrsets) for zone, rrsets in by_zone.items()},

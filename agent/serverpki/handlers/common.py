@@ -1,0 +1,109 @@
+"""What several handlers use: named reads, the certificate a job issues, stored keys opened, the keys
+an ACME job keeps, the ACME account, and about(), which makes errors of ours the job's outcome."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from .. import keystore
+from ..errors import GiveUp, RetryLater, ServerPKIError
+from ..queries import q
+from . import Context, Job
+
+
+@contextlib.contextmanager
+def about(what: str | None, prefixed: type[Exception] = ServerPKIError) -> Iterator[None]:
+    """The errors of ours that leave the block are the job's outcome. A verdict (RetryLater, GiveUp:
+    the peer adapters raise their subclasses) stays what it is; any other error of ours (configuration,
+    key store, secret file) gives the job up. `what` goes before the text of the verdicts of the
+    `prefixed` type and of the errors given up here."""
+    try:
+        yield
+    except (RetryLater, GiveUp) as exc:
+        if what and isinstance(exc, prefixed):
+            exc.args = (f"{what}: {exc}",)
+        raise
+    except ServerPKIError as exc:
+        raise GiveUp(f"{what}: {exc}" if what else str(exc)) from exc
+
+
+def one(ctx: Context, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The first row of a named query, as a dict."""
+    return ctx.conn.cursor(row_factory=dict_row).execute(q(name), params or {}).fetchone()
+
+
+def db_now(ctx: Context) -> dt.datetime:
+    """The database's clock (pki.now(): the one the scheduler decided with)."""
+    return one(ctx, "db_now")["now"]
+
+
+def issue_request(job: Job, ctx: Context) -> dict[str, Any]:
+    """The certificate the job issues an instance of (pki issue_request); gone: GiveUp."""
+    req = one(ctx, "issue_request", {"certificate": job.certificate})
+    if req is None:
+        raise GiveUp(f"certificate {job.certificate} of job {job.id} is gone")
+    return req
+
+
+def algorithms(encryption_algo: str) -> list[str]:
+    """The key algorithms of a certificate: one pair each."""
+    return ["rsa", "ec"] if encryption_algo == "rsa_plus_ec" else [encryption_algo]
+
+
+def open_stored_key(pem: str, passphrase_file, setting: str, what: str):
+    """A stored private key, opened with the passphrase in passphrase_file when it is encrypted;
+    a wrong passphrase gives the job up, naming the configuration key to fix."""
+    passphrase = None
+    if keystore.is_encrypted(pem):
+        passphrase = keystore.read_passphrase(passphrase_file, f"Passphrase for the {what}: ")
+    try:
+        return keystore.load_key(pem, passphrase, what)
+    except keystore.WrongPassphrase:
+        raise GiveUp(f"{what}: wrong passphrase (configuration: {setting})") from None
+
+
+def db_passphrase_if_encrypted(ctx: Context) -> bytes | None:
+    """The db_encryption_key passphrase when the stored keys are encrypted (else None), proven on a stored key."""
+    row = one(ctx, "keys_encrypted")
+    if not (row and row["keysencrypted"]):
+        return None
+    passphrase = keystore.read_passphrase(ctx.config.paths.db_encryption_key, "Passphrase of the stored keys: ")
+    # a new key under another passphrase than its neighbours could not be opened later
+    sample = one(ctx, "newest_encrypted_key")
+    if sample is not None:
+        try:
+            keystore.load_key(sample["key"], passphrase, f"stored key {sample['id']}")
+        except keystore.WrongPassphrase:
+            raise GiveUp(f"db_encryption_key: wrong passphrase, it does not open stored key {sample['id']}") from None
+    return passphrase
+
+
+def job_key(job: Job, ctx: Context, algo: str):
+    """The key an earlier attempt of this job stored for its ACME order or account (pki.job_key), or None."""
+    stored = ctx.conn.execute(q("job_key"), {"job": job.id, "token": job.lease, "algo": algo}).fetchone()[0]
+    if stored is None:
+        return None
+    return open_stored_key(stored, ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
+                           f"the {algo} key of job {job.id}")
+
+
+def save_job_key(job: Job, ctx: Context, algo: str, key, passphrase: bytes | None) -> None:
+    """Keep a new key with the job before a CA sees it, so that a crash cannot orphan what the CA makes for it."""
+    ctx.conn.execute(q("save_job_key"), {"job": job.id, "token": job.lease, "algo": algo,
+                                         "key": keystore.dump_key(key, passphrase)})
+
+
+def stored_account(ctx: Context, directory_url: str) -> dict[str, Any] | None:
+    """The ACME account the database has at the directory, or None."""
+    return one(ctx, "acme_account", {"directory_url": directory_url})
+
+
+def open_account_key(ctx: Context, account: dict[str, Any]):
+    """The account's private key, decrypted with the db_encryption_key passphrase when it is encrypted."""
+    return open_stored_key(account["key"], ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
+                           f"key of the ACME account at {account['directory_url']}")
