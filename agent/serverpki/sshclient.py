@@ -6,9 +6,11 @@ key offered); an OpenSSH client config (`config_file`) may give a disthost's FQD
 another HostName, Port, User and IdentityFile; `user` and `identity_file` are the
 defaults; `connect_timeout_seconds` and `command_timeout_seconds` bound the waits.
 
-Faults are sorted for the job queue: HostUnreachable (network, host down, broken
-session: retry later), HostRefused (host key, authentication, configuration: no
-retry mends it).
+Faults are sorted for the job queue: HostUnreachable and SessionFailed (network,
+host down, a step on the host failed, broken session: RetryLater), HostRefused and
+PathEscape (host key, authentication, configuration, a path out of its jail:
+GiveUp). A Connection used as a context manager turns what its session raises
+(OSError, SFTP and SSH errors) into SessionFailed as the block ends.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, 
 from paramiko.sftp_attr import SFTPAttributes
 from paramiko.sftp_file import SFTPFile
 
-from .errors import ServerPKIError, clean_text
+from .errors import GiveUp, RetryLater, ServerPKIError, clean_text
 from .faults import crash_point
 
 # output of a command kept in a job's result, from its end
@@ -57,16 +59,24 @@ class SSHError(ServerPKIError):
     """SSH to a disthost failed."""
 
 
-class HostUnreachable(SSHError):
+class HostUnreachable(SSHError, RetryLater):
     """The disthost cannot be reached now (network, host down, connection lost): try again later."""
 
 
-class HostRefused(SSHError):
+class SessionFailed(SSHError, RetryLater):
+    """A step on the disthost failed (an SFTP status, a timeout) or the session broke off: the host may mend."""
+
+
+class HostRefused(SSHError, GiveUp):
     """The disthost is refused or refuses us (host key, authentication, configuration): no retry mends it."""
 
 
-class PathEscape(SSHError):
+class PathEscape(SSHError, GiveUp):
     """A path on the host resolves outside the root it must stay in (a symbolic link points out of a jail)."""
+
+
+# what a session raises when a step on the host fails or the connection breaks
+_SESSION_FAULTS = (OSError, paramiko.SSHException, paramiko.SFTPError, EOFError)
 
 
 def within(path: str, root: str) -> bool:
@@ -207,8 +217,19 @@ class Connection:
     def __enter__(self) -> "Connection":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except _SESSION_FAULTS as fault:
+            raise self._failed(fault) from None
+        if isinstance(exc, _SESSION_FAULTS):
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: BaseException) -> SessionFailed:
+        """A fault of the session in words, for the job's error."""
+        if isinstance(exc, OSError):   # SFTP status errors and a broken socket alike
+            return SessionFailed(f"{self.where.fqdn}: {exc.strerror or exc}")
+        return SessionFailed(f"{self.where.fqdn}: the SSH session broke off: {type(exc).__name__}: {exc}")
 
     # -- files
 

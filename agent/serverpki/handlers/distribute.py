@@ -45,7 +45,6 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-import paramiko
 import psycopg
 from psycopg.rows import dict_row
 
@@ -356,23 +355,15 @@ def distribute(job: Job, ctx: Context) -> dict:
     if not rows:  # the targets were removed meanwhile: nothing to put anywhere
         return {"host": None, "mode": job.args.get("mode", "deploy"), "targets": [], "files": [], "drift": [], "reload": []}
     plan = build_plan(rows, _key_opener(ctx))
-    try:
-        with sshclient.connect(plan.fqdn, ctx.config.ssh) as conn:
-            done = put_files(conn, plan, consolidate, ctx.keep_alive, tag=f"job{job.id}")
-            crash_point("distribute.files_written")
-            changed = None
-            if consolidate:
-                changed = {d["path"] for d in done["drift"]}
-            reloads = run_reloads(conn, plan, changed)
-            endpoint = str(conn.where)
-    except (sshclient.HostRefused, sshclient.PathEscape) as exc:
-        raise GiveUp(str(exc)) from None
-    except sshclient.HostUnreachable as exc:
-        raise RetryLater(str(exc)) from None
-    except OSError as exc:  # SFTP status errors and a broken socket alike: the host may mend
-        raise RetryLater(f"{plan.fqdn}: {exc.strerror or exc}") from None
-    except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
-        raise RetryLater(f"{plan.fqdn}: the SSH session broke off: {type(exc).__name__}: {exc}") from None
+    # the connection's faults leave it as RetryLater or GiveUp (sshclient): passed on as they are
+    with sshclient.connect(plan.fqdn, ctx.config.ssh) as conn:
+        done = put_files(conn, plan, consolidate, ctx.keep_alive, tag=f"job{job.id}")
+        crash_point("distribute.files_written")
+        changed = None
+        if consolidate:
+            changed = {d["path"] for d in done["drift"]}
+        reloads = run_reloads(conn, plan, changed)
+        endpoint = str(conn.where)
     failed = [r for r in reloads if r["exit"] != 0]
     if failed:
         raise RetryLater(f"{plan.fqdn}: the files are in place, but " + "; ".join(
