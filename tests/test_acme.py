@@ -488,16 +488,16 @@ def test_rate_limited_retries_after_the_servers_retry_after():
     response = _problem_response(429, "urn:ietf:params:acme:error:rateLimited", "too many certificates", {"Retry-After": "120"})
     with pytest.raises(messages.Error) as info:
         acmeclient.Network._check_response(response)
-    verdict = acmeclient.sort(info.value, "ACME order for x")
+    verdict = acmeclient.sort(info.value)
     assert isinstance(verdict, RetryLater) and verdict.retry_after == 120.0 and "too many certificates" in str(verdict)
     bad_nonce = _problem_response(400, "urn:ietf:params:acme:error:badNonce", "stale")
     with pytest.raises(messages.Error) as info:
         acmeclient.Network._check_response(bad_nonce)
-    assert isinstance(acmeclient.sort(info.value, "x"), RetryLater)
+    assert isinstance(acmeclient.sort(info.value), RetryLater)
     unauthorized = _problem_response(403, "urn:ietf:params:acme:error:unauthorized", "no such name")
     with pytest.raises(messages.Error) as info:
         acmeclient.Network._check_response(unauthorized)
-    verdict = acmeclient.sort(info.value, "x")
+    verdict = acmeclient.sort(info.value)
     assert isinstance(verdict, GiveUp) and "no such name" in str(verdict)
 
 

@@ -7,17 +7,20 @@ Built on the `acme` library (certbot's). What it adds:
 - polling (authorizations, finalization) sleeps through a Clock, starting at
   50 ms and doubling up to 1 s, so the time spent waiting is counted apart
   from the work;
-- sort() turns every acme / network error into RetryLater or GiveUp with the
-  CA's problem detail.
+- every acme / network error leaves it sorted (sort()): AcmeUnavailable (a
+  RetryLater, with the CA's Retry-After) or AcmeRefused (a GiveUp), with the
+  CA's problem detail; an account key it cannot sign with is AccountKeyUnusable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from acme import messages
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .dnsupdate import Clock
-from .errors import GiveUp, RetryLater, bounded_delay
+from .errors import GiveUp, RetryLater, ServerPKIError, bounded_delay
 
 USER_AGENT = "serverPKI (acme-python)"
 NONCE_RETRIES = 10
@@ -42,6 +45,27 @@ GIVE_UP_CODES = {
 }
 # soon: a passing fault of the CA or the network
 RETRY_SOON = 2.0
+
+
+class AcmeError(ServerPKIError):
+    """The CA or the way to it failed. problem: the CA's problem document, if it sent one; detail: the
+    CA's answer in words; gone: whether it said the resource is not there (any more)."""
+
+    problem: messages.Error | None = None
+    detail: str = ""
+    gone: bool = False
+
+
+class AcmeUnavailable(AcmeError, RetryLater):
+    """A passing fault of the CA or the network (rate limit, server error, timeout, unreachable): try later."""
+
+
+class AcmeRefused(AcmeError, GiveUp):
+    """The CA refuses the request, the names or the account, or TLS to it fails: no retry mends it."""
+
+
+class AccountKeyUnusable(GiveUp):
+    """The ACME account key is of a type or on a curve that JWS cannot sign with."""
 
 
 class Network(acme_client.ClientNetwork):
@@ -97,11 +121,11 @@ def jwk_for(key) -> tuple[jose.JWK, jose.JWASignature]:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         alg = {256: jose.ES256, 384: jose.ES384, 521: jose.ES512}.get(key.curve.key_size)
         if alg is None:
-            raise GiveUp(f"ACME account key on curve {key.curve.name} is not usable for JWS (P-256, P-384, P-521)")
+            raise AccountKeyUnusable(f"ACME account key on curve {key.curve.name} is not usable for JWS (P-256, P-384, P-521)")
         return jose.JWKEC(key=key), alg
     if isinstance(key, rsa.RSAPrivateKey):
         return jose.JWKRSA(key=key), jose.RS256
-    raise GiveUp(f"ACME account key of type {type(key).__name__} is not supported")
+    raise AccountKeyUnusable(f"ACME account key of type {type(key).__name__} is not supported")
 
 
 def verify_setting(ca_bundle: Path | str | None) -> bool | str:
@@ -109,8 +133,20 @@ def verify_setting(ca_bundle: Path | str | None) -> bool | str:
     return str(ca_bundle) if ca_bundle else True
 
 
+@contextlib.contextmanager
+def _sorted() -> Iterator[None]:
+    """The acme library's and the network's errors leave the block sorted (AcmeError); others as they are."""
+    try:
+        yield
+    except Exception as exc:
+        verdict = sort(exc)
+        if verdict is None:
+            raise
+        raise verdict from exc
+
+
 class Acme:
-    """One ACME account at one directory: the acme ClientV2 plus short polls."""
+    """One ACME account at one directory: the acme ClientV2 plus short polls; what it raises is sorted."""
 
     def __init__(self, directory_url: str, key, account_uri: str | None = None, ca_bundle: Path | str | None = None,
                  clock: Clock | None = None, timeout: int = 30):
@@ -121,12 +157,14 @@ class Acme:
         account = messages.RegistrationResource(body=messages.Registration(), uri=account_uri) if account_uri else None
         self.net = Network(key=self.jwk, account=account, alg=alg, verify_ssl=verify_setting(ca_bundle),
                            user_agent=USER_AGENT, timeout=timeout, stats=self.stats)
-        self.directory = acme_client.ClientV2.get_directory(directory_url, self.net)
+        with _sorted():
+            self.directory = acme_client.ClientV2.get_directory(directory_url, self.net)
         self.client = acme_client.ClientV2(self.directory, self.net)
 
     # POST-as-GET of a resource
     def fetch(self, url: str) -> requests.Response:
-        return self.client._post_as_get(url)
+        with _sorted():
+            return self.client._post_as_get(url)
 
     def order(self, url: str) -> messages.Order:
         return messages.Order.from_json(self.fetch(url).json())
@@ -135,17 +173,57 @@ class Acme:
         return messages.AuthorizationResource(body=messages.Authorization.from_json(self.fetch(url).json()), uri=url)
 
     def poll(self, fetch, done, timeout: float, what: str):
-        """fetch() until done(result); sleeps 50 ms, doubling to 1 s; TimeoutError after timeout seconds."""
+        """fetch() until done(result); sleeps 50 ms, doubling to 1 s; AcmeUnavailable after timeout seconds."""
         deadline = time.monotonic() + timeout
         delay = 0.05
-        while True:
-            result = fetch()
-            if done(result):
-                return result
-            if time.monotonic() + delay > deadline:
-                raise acme_errors.TimeoutError(f"{what}: no outcome within {timeout:.0f} s")
-            self.clock.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        with _sorted():
+            while True:
+                result = fetch()
+                if done(result):
+                    return result
+                if time.monotonic() + delay > deadline:
+                    raise acme_errors.TimeoutError(f"{what}: no outcome within {timeout:.0f} s")
+                self.clock.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def new_order(self, csr_pem: bytes) -> messages.OrderResource:
+        with _sorted():
+            return self.client.new_order(csr_pem)
+
+    def answer_challenge(self, challb: messages.ChallengeBody) -> None:
+        with _sorted():
+            self.client.answer_challenge(challb, challb.response(self.jwk))
+
+    def begin_finalization(self, orderr: messages.OrderResource) -> messages.OrderResource:
+        with _sorted():
+            return self.client.begin_finalization(orderr)
+
+    def register(self, contact: str | None, agree_tos: bool,
+                 eab: messages.ExternalAccountBinding | None) -> messages.RegistrationResource:
+        """A new account for the key, agreeing to the terms of service only when agree_tos says so; or the
+        account the key has already, its contact brought up to date. A CA that wants the terms agreed to
+        is AcmeRefused, naming them."""
+        registration = messages.NewRegistration.from_data(
+            email=contact, terms_of_service_agreed=True if agree_tos else None, external_account_binding=eab)
+        try:
+            with _sorted():
+                try:
+                    return self.client.new_account(registration)
+                except acme_errors.ConflictError as exc:
+                    # this key has an account already: use it, and bring its contact up to date
+                    self.net.account = messages.RegistrationResource(body=messages.Registration(), uri=exc.location)
+                    regr = self.client.query_registration(self.net.account)
+                    wanted = tuple(f"mailto:{mail}" for mail in contact.split(",")) if contact else ()
+                    if tuple(regr.body.contact or ()) != wanted:
+                        regr = self.client.update_registration(regr, messages.Registration.from_data(email=contact))
+                    return regr
+        except AcmeError as exc:
+            problem = exc.problem
+            if (problem is not None and not agree_tos
+                    and (problem_code(problem) == "agreementRequired" or "terms" in (problem.detail or "").lower())):
+                raise AcmeRefused(f"{exc}; read the terms of service ({self.directory.meta.terms_of_service}) "
+                                  "and set [acme] agree_tos = true") from problem
+            raise
 
 
 def problem_text(problem: messages.Error) -> str:
@@ -204,35 +282,47 @@ def problem_code(problem: messages.Error) -> str:
     return str(problem.typ).rsplit(":", 1)[-1]
 
 
-def sort(exc: BaseException, what: str) -> RetryLater | GiveUp | None:
-    """The handler's verdict on an acme or network error; None for anything else."""
+def sort(exc: BaseException) -> AcmeError | None:
+    """The verdict on an acme or network error, as the error to raise in its place; None for anything else."""
     if isinstance(exc, messages.Error):
-        text = f"{what}: the CA answered {problem_text(exc)}"
+        detail = problem_text(exc)
+        text = f"the CA answered {detail}"
         code = problem_code(exc)
         if code == "rateLimited":
-            return RetryLater(text, retry_after=getattr(exc, "retry_after", None) or 3600.0)
-        if code in ("badNonce", "serverInternal"):
-            return RetryLater(text, retry_after=RETRY_SOON)
-        if code in GIVE_UP_CODES:
-            return GiveUp(text)
-        return RetryLater(text)
-    if isinstance(exc, acme_errors.ValidationError):
+            verdict: AcmeError = AcmeUnavailable(text, retry_after=getattr(exc, "retry_after", None) or 3600.0)
+        elif code in ("badNonce", "serverInternal"):
+            verdict = AcmeUnavailable(text, retry_after=RETRY_SOON)
+        elif code in GIVE_UP_CODES:
+            verdict = AcmeRefused(text)
+        else:
+            verdict = AcmeUnavailable(text)
+        verdict.problem = exc
+    elif isinstance(exc, acme_errors.ValidationError):
         details = []
         for authzr in exc.failed_authzrs:
             for chall in authzr.body.challenges:
                 if chall.error is not None:
                     details.append(f"{authzr.body.identifier.value}: {problem_text(chall.error)}")
-        return GiveUp(f"{what}: validation failed: " + "; ".join(details))
-    if isinstance(exc, acme_errors.IssuanceError):
-        return GiveUp(f"{what}: the order failed: {problem_text(exc.error)}")
-    if isinstance(exc, acme_errors.TimeoutError):
-        return RetryLater(f"{what}: {exc or 'timed out'}; the order is resumed", retry_after=RETRY_SOON)
-    if isinstance(exc, acme_errors.ConflictError):
+        detail = "; ".join(details)
+        verdict = AcmeRefused("validation failed: " + detail)
+    elif isinstance(exc, acme_errors.IssuanceError):
+        detail = problem_text(exc.error)
+        verdict = AcmeRefused(f"the order failed: {detail}")
+    elif isinstance(exc, acme_errors.TimeoutError):
+        detail = str(exc) or "timed out"
+        verdict = AcmeUnavailable(f"{detail}; the order is resumed", retry_after=RETRY_SOON)
+    elif isinstance(exc, acme_errors.ConflictError):
         return None
-    if isinstance(exc, requests.exceptions.SSLError):
-        return GiveUp(f"{what}: TLS to the ACME server failed ({exc}); check [acme] ca_bundle")
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
-        return RetryLater(f"{what}: ACME server unreachable ({type(exc).__name__})", retry_after=RETRY_SOON)
-    if isinstance(exc, acme_errors.ClientError):
-        return RetryLater(f"{what}: the CA answered {client_error_text(exc)}", retry_after=RETRY_SOON)
-    return None
+    elif isinstance(exc, requests.exceptions.SSLError):
+        detail = str(exc)
+        verdict = AcmeRefused(f"TLS to the ACME server failed ({exc}); check [acme] ca_bundle")
+    elif isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        detail = type(exc).__name__
+        verdict = AcmeUnavailable(f"ACME server unreachable ({detail})", retry_after=RETRY_SOON)
+    elif isinstance(exc, acme_errors.ClientError):
+        detail = client_error_text(exc)
+        verdict = AcmeUnavailable(f"the CA answered {detail}", retry_after=RETRY_SOON)
+    else:
+        return None
+    verdict.detail, verdict.gone = detail, gone(exc)
+    return verdict

@@ -12,13 +12,12 @@ they are set. The outcome — directory, account URL, contact and the key
 
 from __future__ import annotations
 
-from acme import errors as acme_errors
 from acme import messages
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import keystore
-from ..acmeclient import Acme, problem_code, sort
-from ..errors import GiveUp, ServerPKIError
+from ..acmeclient import Acme, AcmeError
+from ..errors import GiveUp
 from . import Context, Job, handler
 from .common import about, db_passphrase_if_encrypted, job_key, open_account_key, save_job_key, stored_account
 
@@ -39,45 +38,22 @@ def register_acme(job: Job, ctx: Context) -> dict:
     directory_url = job.args.get("directory_url") or cfg.directory_url
     contact = job.args.get("contact") or cfg.contact_email
     what = f"ACME registration at {directory_url}"
-    terms = None
-    try:
-        with about(what, prefixed=()):
-            account = stored_account(ctx, directory_url)
-            passphrase = db_passphrase_if_encrypted(ctx)
-            key = open_account_key(ctx, account) if account else new_account_key(job, ctx, passphrase)
-            acme = Acme(directory_url, key, ca_bundle=cfg.ca_bundle)
-            terms = acme.directory.meta.terms_of_service
-            eab = None
-            if cfg.eab_kid:
-                eab = messages.ExternalAccountBinding.from_data(
-                    account_public_key=acme.jwk.public_key(), kid=cfg.eab_kid, hmac_key=cfg.eab_hmac_key,
-                    directory=acme.directory)
-            elif acme.directory.meta.external_account_required:
-                raise GiveUp(f"{what}: the CA requires external account binding: set [acme] eab_kid and eab_hmac_key")
-            registration = messages.NewRegistration.from_data(
-                email=contact, terms_of_service_agreed=True if cfg.agree_tos else None, external_account_binding=eab)
-            try:
-                regr = acme.client.new_account(registration)
-            except acme_errors.ConflictError as exc:
-                # this key has an account already: use it, and bring its contact up to date
-                acme.net.account = messages.RegistrationResource(body=messages.Registration(), uri=exc.location)
-                regr = acme.client.query_registration(acme.net.account)
-                wanted = tuple(f"mailto:{mail}" for mail in contact.split(",")) if contact else ()
-                if tuple(regr.body.contact or ()) != wanted:
-                    regr = acme.client.update_registration(regr, messages.Registration.from_data(email=contact))
-            return {"directory_url": directory_url, "uri": regr.uri, "contact": contact,
-                    "key": keystore.dump_key(key, passphrase),
-                    "terms_of_service": terms,
-                    "agreed": bool(cfg.agree_tos), "external_account_binding": eab is not None,
-                    "new": account is None}
-    except ServerPKIError:
-        raise
-    except Exception as exc:
-        verdict = sort(exc, what)
-        if verdict is None:
-            raise
-        if (isinstance(exc, messages.Error) and not cfg.agree_tos
-                and (problem_code(exc) == "agreementRequired" or "terms" in (exc.detail or "").lower())):
-            raise GiveUp(f"{verdict}; read the terms of service ({terms}) "
-                         "and set [acme] agree_tos = true") from exc
-        raise verdict from exc
+    # the CA's verdicts are about this registration; a stored key's, a passphrase's speak for themselves
+    with about(what, prefixed=AcmeError):
+        account = stored_account(ctx, directory_url)
+        passphrase = db_passphrase_if_encrypted(ctx)
+        key = open_account_key(ctx, account) if account else new_account_key(job, ctx, passphrase)
+        acme = Acme(directory_url, key, ca_bundle=cfg.ca_bundle)
+        eab = None
+        if cfg.eab_kid:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=acme.jwk.public_key(), kid=cfg.eab_kid, hmac_key=cfg.eab_hmac_key,
+                directory=acme.directory)
+        elif acme.directory.meta.external_account_required:
+            raise GiveUp(f"{what}: the CA requires external account binding: set [acme] eab_kid and eab_hmac_key")
+        regr = acme.register(contact, cfg.agree_tos, eab)
+        return {"directory_url": directory_url, "uri": regr.uri, "contact": contact,
+                "key": keystore.dump_key(key, passphrase),
+                "terms_of_service": acme.directory.meta.terms_of_service,
+                "agreed": bool(cfg.agree_tos), "external_account_binding": eab is not None,
+                "new": account is None}

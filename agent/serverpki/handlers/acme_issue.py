@@ -33,13 +33,12 @@ from typing import Any
 import dns.name
 import dns.rdatatype
 from acme import challenges, messages
-from acme import errors as acme_errors
 from cryptography.hazmat.primitives import serialization
 
 from .. import keystore, x509util
-from ..acmeclient import Acme, client_error_text, gone, problem_text, records_unseen, sort
+from ..acmeclient import Acme, AcmeError, problem_text, records_unseen
 from ..dnsupdate import Clock, DnsError, DnsUpdater, txt_rdata
-from ..errors import GiveUp, RetryLater, ServerPKIError
+from ..errors import GiveUp, RetryLater
 from ..faults import crash_point
 from . import Context, Job, Progress, handler
 from .common import (about, algorithms, db_passphrase_if_encrypted, issue_request, job_key, open_account_key,
@@ -95,7 +94,7 @@ class Issuance:
                 key = x509util.new_key(algo, self.ctx.config.x509.rsa_key_size, self.ctx.config.x509.ec_curve)
                 # stored before the order exists: a crash after finalization loses no certificate
                 save_job_key(self.job, self.ctx, algo, key, self.passphrase)
-                orderr = self.acme.client.new_order(self._csr(key))
+                orderr = self.acme.new_order(self._csr(key))
                 self.progress.data["orders"][algo] = orderr.uri
                 self.progress.save("ordered")
                 self.stats["orders"] += 1
@@ -117,12 +116,11 @@ class Issuance:
         url = self.progress.data["orders"][algo]
         try:
             body = self.acme.order(url)
-        except (messages.Error, acme_errors.ClientError) as exc:
-            if not gone(exc):
+        except AcmeError as exc:
+            if not exc.gone:
                 raise
             # the CA does not know it (any more): a new order
-            log.info("job %s: order %s is gone (%s); placing a new one", self.job.id, url,
-                     problem_text(exc) if isinstance(exc, messages.Error) else client_error_text(exc))
+            log.info("job %s: order %s is gone (%s); placing a new one", self.job.id, url, exc.detail)
             return None
         identifiers = sorted(i.value.lower() for i in body.identifiers)
         usable = (messages.STATUS_PENDING, messages.STATUS_READY, messages.STATUS_PROCESSING, messages.STATUS_VALID)
@@ -192,7 +190,7 @@ class Issuance:
             crash_point("issue_acme.challenge_published")
             for authzr, challb in pending:
                 if challb.status == messages.STATUS_PENDING:
-                    self.acme.client.answer_challenge(challb, challb.response(self.acme.jwk))
+                    self.acme.answer_challenge(challb)
                     self.stats["challenges"] += 1
             self.progress.save("challenges answered")
             crash_point("issue_acme.challenges_answered")
@@ -247,7 +245,7 @@ class Issuance:
         for algo, orderr in self.orders.items():
             body = self.acme.order(orderr.uri)
             if body.status == messages.STATUS_READY:
-                orderr = self.acme.client.begin_finalization(orderr)
+                orderr = self.acme.begin_finalization(orderr)
                 crash_point("issue_acme.finalized")
             elif body.status != messages.STATUS_VALID and body.status != messages.STATUS_PROCESSING:
                 if body.status == messages.STATUS_INVALID and body.error is not None:
@@ -282,30 +280,22 @@ def issue_acme(job: Job, ctx: Context) -> dict:
     cfg = ctx.config.acme
     what = f"ACME order for {req['name']}"
     clock = Clock()
-    try:
-        with about(what):
-            account = stored_account(ctx, cfg.directory_url)
-            if account is None:
-                raise GiveUp(f"no ACME account at {cfg.directory_url}: register one with operate_serverPKI -Z")
-            updater = DnsUpdater.from_config(ctx.config, clock, needed_for="dns-01 challenges")
-            acme = Acme(cfg.directory_url, open_account_key(ctx, account), account_uri=account["uri"],
-                        ca_bundle=cfg.ca_bundle, clock=clock)
-            progress = Progress.load(job, ctx)
-            progress.data.setdefault("orders", {})
-            progress.data.setdefault("txt", [])
-            passphrase = db_passphrase_if_encrypted(ctx)
-            issuance = Issuance(job, ctx, req, acme, updater, progress, passphrase)
-            issuance.remove_challenge_records()   # what a crashed attempt left behind
-            issuance.place_orders()
-            authorized_until = issuance.authorize()
-            issued = issuance.finalize()
-    except ServerPKIError:
-        raise
-    except Exception as exc:
-        verdict = sort(exc, what)
-        if verdict is None:
-            raise
-        raise verdict from exc
+    with about(what):
+        account = stored_account(ctx, cfg.directory_url)
+        if account is None:
+            raise GiveUp(f"no ACME account at {cfg.directory_url}: register one with operate_serverPKI -Z")
+        updater = DnsUpdater.from_config(ctx.config, clock, needed_for="dns-01 challenges")
+        acme = Acme(cfg.directory_url, open_account_key(ctx, account), account_uri=account["uri"],
+                    ca_bundle=cfg.ca_bundle, clock=clock)
+        progress = Progress.load(job, ctx)
+        progress.data.setdefault("orders", {})
+        progress.data.setdefault("txt", [])
+        passphrase = db_passphrase_if_encrypted(ctx)
+        issuance = Issuance(job, ctx, req, acme, updater, progress, passphrase)
+        issuance.remove_challenge_records()   # what a crashed attempt left behind
+        issuance.place_orders()
+        authorized_until = issuance.authorize()
+        issued = issuance.finalize()
 
     first = issued[algorithms(req["encryption_algo"])[0]]
     chains = {algo: [x509util.load_cert(p).subject.rfc4514_string() for p in chain[:1]] for algo, (_, _, chain) in issued.items()}
