@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from certfactory import issue_result
 from helpers import lease_of, remember_leases
+from serverpki import smtpclient
 from serverpki.errors import GiveUp, RetryLater
 from serverpki.handlers import Context, Job
 from serverpki.handlers import mail
@@ -259,7 +260,7 @@ def test_recipients_refused_while_others_accept_are_reported_not_retried(smtp):
 
 
 def test_a_relay_that_never_answers_times_out_as_retry_later(monkeypatch):
-    monkeypatch.setattr(mail, "SMTP_TIMEOUT", 0.5)
+    monkeypatch.setattr(smtpclient, "SMTP_TIMEOUT", 0.5)
     with socket.socket() as silent:                   # accepts connections (backlog) but never greets
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)

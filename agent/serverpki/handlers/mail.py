@@ -2,8 +2,8 @@
 certificates that must be issued (LIFECYCLE.md rule 5), with the commands to do it.
 
 The scheduler has already marked each certificate as reminded; this handler only
-sends. Passing faults (refused connection, timeouts, 4xx replies) are RetryLater;
-a 5xx rejection or a configuration that cannot work is GiveUp, naming the key.
+composes the message and sends it through the relay (smtpclient, whose faults are
+RetryLater or GiveUp). A configuration that cannot work is GiveUp, naming the key.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import ipaddress
 import json
 import logging
 import math
-import smtplib
-import ssl
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from typing import Any
 
-from ..errors import GiveUp, RetryLater
+from .. import smtpclient
+from ..errors import GiveUp
 from ..secretfile import SecretFileError, read_secret
 from . import Context, Job, Progress, handler
 from .common import db_now
@@ -28,8 +27,6 @@ from .common import db_now
 log = logging.getLogger("serverpki.handlers.mail")
 
 UTC = dt.timezone.utc
-# seconds for connecting and for each reply of the relay
-SMTP_TIMEOUT = 30.0
 DEFAULT_RELAY = ("localhost", 25)
 
 
@@ -69,6 +66,9 @@ class _Settings:
         if self.username and not self.starttls and not _is_loopback(self.host):
             raise GiveUp(f"mail.username is set but mail.starttls is false: the password would cross the network "
                          f"to {self.host} in clear; set starttls = true")
+
+    def relay(self) -> smtpclient.Relay:
+        return smtpclient.Relay(self.host, self.port, self.starttls, self.username, self.password)
 
     def password(self) -> str:
         try:
@@ -151,75 +151,12 @@ def compose(job: Job, certs: list[dict], settings: _Settings, now: dt.datetime) 
     return msg
 
 
-def _by_code(code: int, text: str, key: str) -> Exception:
-    """4xx (and replies that are no SMTP code): try later; 5xx: no retry will mend it."""
-    if 500 <= code < 600:
-        return GiveUp(f"{text} (check {key})")
-    return RetryLater(text)
-
-
-def _reply(code: int, message: bytes | str) -> str:
-    message = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
-    return f"{code} {message}".strip()
-
-
-def send(msg: EmailMessage, settings: _Settings) -> dict[str, str]:
-    """Deliver msg to the relay; returns the recipients refused while others were accepted."""
-    relay = f"{settings.host}:{settings.port}"
-    step = "connecting to"
-    try:
-        with smtplib.SMTP(settings.host, settings.port, timeout=SMTP_TIMEOUT) as smtp:
-            if settings.starttls:
-                step = "STARTTLS with"
-                smtp.starttls(context=ssl.create_default_context())
-            if settings.username:
-                step = "logging in to"
-                smtp.login(settings.username, settings.password())
-            step = "sending to"
-            refused = smtp.send_message(msg, from_addr=settings.sender, to_addrs=settings.recipients)
-    except smtplib.SMTPRecipientsRefused as exc:
-        replies = "; ".join(f"{addr}: {_reply(*reply)}" for addr, reply in exc.recipients.items())
-        if any(400 <= reply[0] < 500 for reply in exc.recipients.values()):
-            raise RetryLater(f"mail relay {relay} refused the recipients for now: {replies}") from exc
-        raise GiveUp(f"mail relay {relay} refused every recipient: {replies} (check mail.recipients)") from exc
-    except smtplib.SMTPSenderRefused as exc:
-        raise _by_code(exc.smtp_code, f"mail relay {relay} refused the sender {exc.sender}: "
-                       f"{_reply(exc.smtp_code, exc.smtp_error)}",
-                       "mail.sender, and mail.username if the relay wants a login") from exc
-    except smtplib.SMTPAuthenticationError as exc:
-        raise _by_code(exc.smtp_code, f"mail relay {relay} refused the login of {settings.username}: "
-                       f"{_reply(exc.smtp_code, exc.smtp_error)}", "mail.username and mail.password_file") from exc
-    except smtplib.SMTPNotSupportedError as exc:
-        key = "mail.starttls" if step.startswith("STARTTLS") else "mail.username"
-        raise GiveUp(f"{step} mail relay {relay}: {exc} (check {key})") from exc
-    except smtplib.SMTPResponseException as exc:
-        raise _by_code(exc.smtp_code, f"{step} mail relay {relay}: {_reply(exc.smtp_code, exc.smtp_error)}",
-                       "mail.relay_host and the relay's rules for mail.sender and mail.recipients") from exc
-    except smtplib.SMTPServerDisconnected as exc:
-        if isinstance(exc.__context__, TimeoutError):  # smtplib wraps a reply's timeout so
-            raise RetryLater(f"{step} mail relay {relay}: no answer within {SMTP_TIMEOUT:g} s") from exc
-        raise RetryLater(f"{step} mail relay {relay}: the connection closed ({exc})") from exc
-    except ssl.SSLCertVerificationError as exc:
-        raise GiveUp(f"STARTTLS with mail relay {relay}: its certificate is not trusted for {settings.host}: "
-                     f"{exc.verify_message or exc} (check mail.relay_host, or the system's CA certificates)") from exc
-    except smtplib.SMTPException as exc:
-        if step.startswith("logging in"):  # no common AUTH mechanism
-            raise GiveUp(f"{step} mail relay {relay}: {exc} (check mail.username)") from exc
-        raise RetryLater(f"{step} mail relay {relay}: {exc}") from exc
-    except TimeoutError as exc:
-        raise RetryLater(f"{step} mail relay {relay}: no answer within {SMTP_TIMEOUT:g} s") from exc
-    except OSError as exc:  # refused, unreachable, name not resolved, TLS broken off
-        raise RetryLater(f"{step} mail relay {relay} failed: {exc.strerror or exc} "
-                         "(mail.relay_host, mail.relay_port)") from exc
-    return {addr: _reply(*reply) for addr, reply in refused.items()}
-
-
 def deliver(job: Job, config: Any, now: dt.datetime) -> dict:
     """Compose the reminder of this job and hand it to the relay; returns what was sent to whom."""
     settings = _Settings(config)
     certs = _certificates(job)
     msg = compose(job, certs, settings, now)
-    refused = send(msg, settings)
+    refused = smtpclient.send(settings.relay(), msg, settings.sender, settings.recipients)
     result = {"sent_to": [r for r in settings.recipients if r not in refused],
               "certificates": [c["name"] for c in certs],
               "message_id": msg["Message-ID"]}
