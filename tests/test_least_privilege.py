@@ -120,8 +120,12 @@ def test_the_dane_guard_is_not_fooled_by_a_session_clock(no_time_travel, pg_serv
                        sqlstate="SP025")
         cron.execute("RESET pki.now")
         # on the real clock the successor is held back, as the DANE-safe order says
-        rows = cron.execute("SELECT job, reason FROM request_distribute(selection(only_certs => ARRAY['www.example.org']))").fetchall()
-        assert [r[0] for r in rows] == [None] and "held back" in rows[0][1]
+        [(job, reason)] = cron.execute(
+            "SELECT job, reason FROM request_distribute(selection(only_certs => ARRAY['www.example.org']))").fetchall()
+        assert "held back" in reason and "will be deployed after" in reason
+        # what it enqueued is the TLSA publication, no distribution
+        assert job is None or conn.execute("SELECT kind FROM jobs WHERE id = %s", (job,)).fetchone()[0] == "publish_tlsa"
+    assert conn.execute("SELECT count(*) FROM jobs WHERE kind = 'distribute'").fetchone()[0] == 0
     assert conn.execute("SELECT state FROM certinstances WHERE id = %s", (succ,)).fetchone()[0] == "prepublished"
 
 
