@@ -12,21 +12,26 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
+from helpers import snapshot
 from serverpki import migrate
 from serverpki.admin import app
+from serverpki.agent import Agent
 
 SCHEMAS = ("pki", "dd")
 PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE", "SERVERPKI_DSN")
@@ -282,8 +287,10 @@ def test_status_lists_applied_and_pending(runner, pg_server, new_db, repo_root):
     versions = versions_on_disk(repo_root)
 
     before = runner.invoke(app, ["db", "status"], env=env)
-    assert before.output.splitlines() == ["applied: none", f"pending: {', '.join(versions)}"]
-    assert before.exit_code == 1, "pending migrations make status fail, so scripts can test it"
+    assert before.output.splitlines() == ["applied: none", f"pending: {', '.join(versions)}",
+                                          "serverpki: the database has no serverPKI schema: run serverpki db upgrade "
+                                          "(as the schema's owner)"]
+    assert before.exit_code == 3, "pending migrations make status fail as the agent would, so scripts can test it"
     assert not has_schema(pg_server.dsn(name)), "status must not change the database"
 
     assert runner.invoke(app, ["db", "init"], env=env).exit_code == 0
@@ -419,6 +426,187 @@ def test_repeatable_files_keep_their_number_order(repo_root):
     on_disk = sorted(p.name for d in migrate.REPEATABLE_DIRS for p in (repo_root / "db" / d).glob("*.sql"))
     assert sorted(f.name for f in files) == on_disk, "an SQL file without a NNNN_ prefix would be skipped silently"
     assert files[-1].name.startswith("99"), "grants come last"
+
+
+# --- upgrade safety: a release works only a schema it knows ---------------------------------
+
+CRON = "pki_cron"   # the cron run's login role (README), as the CLI runs
+FUTURE = "9999_from_a_newer_release"
+OPERATE = Path(sys.executable).with_name("operate_serverPKI")
+OPERATE_CMD = [str(OPERATE)] if OPERATE.exists() else [sys.executable, "-m", "serverpki.operate"]
+AGENT_CMD = [sys.executable, "-m", "serverpki.admin", "agent"]
+
+
+def make_pending(owner: psycopg.Connection) -> str:
+    """An older database: the newest migration not applied (its row deleted, as the owner)."""
+    return owner.execute("DELETE FROM pki.schema_migrations WHERE version = "
+                         "(SELECT max(version) FROM pki.schema_migrations) RETURNING version").fetchone()[0]
+
+
+def make_newer(owner: psycopg.Connection) -> str:
+    """A database a newer release upgraded: a migration this release does not have."""
+    owner.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (FUTURE,))
+    return FUTURE
+
+
+SPOIL = {"pending": make_pending, "newer": make_newer}
+
+
+@pytest.fixture
+def cli_setup(pg_server, dbname, conn, tmp_path):
+    """A small configuration in the fresh database, a queued job, and the environment of the cron role."""
+    conn.execute("SELECT add_disthost('web1.example.org')")
+    conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
+    conn.execute("SELECT * FROM add_cert('c1', 'client', 'local', 'ec', false, NULL, NULL, NULL, "
+                 "'web1.example.org', NULL, 'p')")
+    passfile = tmp_path / "ca.pass"
+    passfile.write_text("secret\n")
+    passfile.chmod(0o600)
+    config = tmp_path / "serverpki.toml"
+    config.write_text(f'[local_ca]\npassphrase_file = "{passfile}"\nkey_size = 2048\n'
+                      '[logging]\nsyslog_address = ""\n[agent]\npoll_seconds = 60\n')
+    env = {k: v for k, v in os.environ.items() if k not in PG_VARS}
+    env.update(pg_server.env(dbname, user=CRON), SERVERPKI_CONFIG=str(config))
+    return env
+
+
+def world(conn: psycopg.Connection):
+    """What a run could change: the state tables, the queue, the history."""
+    return snapshot(conn), conn.execute("SELECT (SELECT array_agg((id, state, attempts)::text ORDER BY id) FROM jobs), "
+                                        "(SELECT count(*) FROM events), (SELECT count(*) FROM deployments)").fetchone()
+
+
+def assert_one_line_refusal(done: subprocess.CompletedProcess, program: str, *expected: str) -> str:
+    err = done.stderr.strip()
+    assert done.returncode == 3, f"exit status {done.returncode}: {done.stdout}{done.stderr}"
+    assert len(err.splitlines()) == 1 and err.startswith(f"{program}: ") and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_check_compatible_is_one_query_any_role_can_make(pg_server, dbname, conn, new_db):
+    with psycopg.connect(pg_server.dsn(dbname, CRON), autocommit=True) as cron:
+        statements: list[str] = []
+        execute = cron.execute
+        cron.execute = lambda query, *a, **kw: (statements.append(query), execute(query, *a, **kw))[1]
+        migrate.check_compatible(cron)   # current: no complaint
+        assert len(statements) == 1, statements
+
+        version = make_pending(conn)
+        with pytest.raises(migrate.SchemaMismatch) as pending:
+            migrate.check_compatible(cron)
+        assert pending.value.exit_code == 3
+        assert str(pending.value) == (f"the database has pending migration(s) {version}: "
+                                      "run serverpki db upgrade (as the schema's owner)")
+
+        conn.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (version,))
+        make_newer(conn)
+        with pytest.raises(migrate.SchemaMismatch) as newer:
+            migrate.check_compatible(cron)
+        assert str(newer.value).startswith("this serverPKI is older than the database's schema: upgrade serverPKI")
+        assert FUTURE in str(newer.value)
+
+    with psycopg.connect(pg_server.dsn(new_db()), autocommit=True) as empty:
+        with pytest.raises(migrate.SchemaMismatch, match="no serverPKI schema: run serverpki db upgrade"):
+            migrate.check_compatible(empty)
+
+
+@pytest.mark.parametrize("spoil", sorted(SPOIL))
+def test_status_shows_what_the_agent_would_refuse(runner, pg_server, dbname, conn, spoil):
+    version = SPOIL[spoil](conn)
+    result = runner.invoke(app, ["db", "status"], env=cli_env(pg_server, dbname))
+    assert result.exit_code == 3, result.output
+    lines = result.output.splitlines()
+    if spoil == "pending":
+        assert lines[1] == f"pending: {version}"
+        assert lines[-1].endswith("run serverpki db upgrade (as the schema's owner)")
+    else:
+        assert lines[1] == "pending: none" and lines[2] == f"unknown to this release: {FUTURE}"
+        assert lines[-1].startswith("serverpki: this serverPKI is older than the database's schema: upgrade serverPKI")
+
+
+@pytest.mark.parametrize("spoil", sorted(SPOIL))
+@pytest.mark.parametrize("args", [("-n",), ("-S", "-q", "-a")], ids=["check", "cron-run"])
+def test_operate_refuses_a_schema_of_another_release(cli_setup, conn, spoil, args):
+    conn.execute("SELECT request_local_ca('Local CA', 'rsa')")   # a queued job, which the run must leave
+    version = SPOIL[spoil](conn)
+    before = world(conn)
+    done = subprocess.run([*OPERATE_CMD, *args], env=cli_setup, capture_output=True, text=True, timeout=120)
+    expected = ("serverpki db upgrade", version) if spoil == "pending" else \
+        ("this serverPKI is older than the database's schema: upgrade serverPKI", version)
+    assert_one_line_refusal(done, "operate_serverPKI", *expected)
+    assert done.stdout == ""
+    assert world(conn) == before, "a refused run changed the database"
+
+
+def test_operate_works_a_current_schema(cli_setup, conn):
+    done = subprocess.run([*OPERATE_CMD, "-n"], env=cli_setup, capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 1) and "serverpki db upgrade" not in done.stderr, done.stderr
+    assert "upgrade serverPKI" not in done.stderr
+
+
+@pytest.mark.parametrize("spoil", sorted(SPOIL))
+def test_agent_refuses_a_schema_of_another_release_then_works_the_upgraded_one(cli_setup, conn, spoil):
+    conn.execute("SELECT request_local_ca('Local CA', 'rsa')")
+    version = SPOIL[spoil](conn)
+    before = world(conn)
+    done = subprocess.run(AGENT_CMD, env=cli_setup, capture_output=True, text=True, timeout=120)
+    assert_one_line_refusal(done, "serverpki", version,
+                            "serverpki db upgrade" if spoil == "pending" else "upgrade serverPKI")
+    assert world(conn) == before, "a refused agent changed the database"
+
+    # made current again (what serverpki db upgrade, or the newer serverPKI, does), the agent works
+    if spoil == "pending":
+        conn.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (version,))
+    else:
+        conn.execute("DELETE FROM pki.schema_migrations WHERE version = %s", (version,))
+    proc = subprocess.Popen([*AGENT_CMD, "--kind", "issue_local_ca"], env=cli_setup, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and \
+                conn.execute("SELECT state FROM jobs").fetchone()[0] != "done":
+            time.sleep(0.2)
+        assert conn.execute("SELECT kind, state FROM jobs").fetchall() == [("issue_local_ca", "done")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+
+
+def test_agent_stops_when_it_reconnects_to_an_upgraded_database(pg_server, dbname, conn):
+    """The long-running agent checks again after a reconnection: the database may have been
+    upgraded by a newer serverPKI while it was away."""
+    agent = Agent(pg_server.dsn(dbname, CRON), SimpleNamespace(), name="t-upgrade")
+    stop = threading.Event()
+    outcome: dict[str, BaseException] = {}
+
+    def work() -> None:
+        try:
+            agent.forever(poll_seconds=60, stop=stop)
+        except BaseException as exc:   # reported below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = %s "
+                "AND query = 'LISTEN pki_jobs'", (CRON,)).fetchone()[0]:
+            time.sleep(0.1)
+        assert worker.is_alive() and not outcome, outcome
+        make_newer(conn)
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND usename = %s", (CRON,))
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "the agent went on with a schema it does not know"
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+        agent.close()
+    assert isinstance(outcome.get("error"), migrate.SchemaMismatch), outcome
+    assert FUTURE in str(outcome["error"])
 
 
 # --- two installers at once ------------------------------------------------------------
