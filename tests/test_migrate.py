@@ -405,8 +405,101 @@ def test_upgrade_from_the_first_release_equals_fresh_install(pg_server, new_db, 
     with psycopg.connect(pg_server.dsn(fresh), autocommit=True) as c:
         migrate.upgrade(c, log=lambda _l: None)
     upgraded, installed = fingerprint(pg_server.dsn(old)), fingerprint(pg_server.dsn(fresh))
+    # no function of a retired signature survives (db/functions/0001_retired.sql drops them): every
+    # function of the upgraded database exists in a fresh install with the same signature, and back
+    left_over = sorted(set(upgraded["functions"]) - set(installed["functions"]))
+    assert not left_over, f"old signatures survive the upgrade; add their DROP to 0001_retired.sql: {left_over}"
+    assert set(upgraded["functions"]) == set(installed["functions"])
     # the disthost inserted and deleted above advanced a sequence, nothing else
     assert_same_schema(installed, upgraded, f"upgrade from {first_commit[:10]} vs fresh install")
+
+
+SIGNATURES = """
+    SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') returns '
+           || coalesce(pg_get_function_result(p.oid), '')
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname = ANY(%s)"""
+# versioned migrations edited after they were committed (before the first release): a database
+# installed from these commits cannot be upgraded, and an edit of a released migration must not recur
+EDITED_MIGRATIONS = {"0c8fcb3": ["0006_job_keys.sql"]}
+
+
+def signatures(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as c:
+        return {r[0] for r in c.execute(SIGNATURES, (list(SCHEMAS),))}
+
+
+@pytest.mark.slow
+def test_no_old_signature_survives_an_upgrade_from_any_commit(pg_server, new_db, repo_root, tmp_path, monkeypatch):
+    """Every commit that changed db/: its db/ installed, upgraded to this tree, has exactly the functions of
+    a fresh install, signature for signature (0001_retired.sql dropped every one that changed since)."""
+    commits = subprocess.run(["git", "-C", str(repo_root), "rev-list", "--reverse", "HEAD", "--", "db"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    current_root = migrate.sql_root()
+    released = {p.name: p.read_bytes() for p in (current_root / "schema").glob("*.sql")}
+    fresh = new_db()
+    with psycopg.connect(pg_server.dsn(fresh), autocommit=True) as c:
+        migrate.upgrade(c, log=lambda _l: None)
+    want = signatures(pg_server.dsn(fresh))
+    edited: dict[str, list[str]] = {}
+    for commit in commits:
+        root = tmp_path / commit
+        root.mkdir()
+        archive = subprocess.run(["git", "-C", str(repo_root), "archive", commit, "db"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        changed = sorted(p.name for p in (root / "db" / "schema").glob("*.sql") if p.read_bytes() != released.get(p.name))
+        if changed:
+            edited[commit[:7]] = changed
+            continue
+        name = new_db()
+        monkeypatch.setattr(migrate, "sql_root", lambda: root / "db")
+        with psycopg.connect(pg_server.dsn(name), autocommit=True) as c:
+            migrate.upgrade(c, log=lambda _l: None)
+        monkeypatch.setattr(migrate, "sql_root", lambda: current_root)
+        with psycopg.connect(pg_server.dsn(name), autocommit=True) as c:
+            try:
+                migrate.upgrade(c, log=lambda _l: None)
+            except psycopg.Error as exc:   # CREATE OR REPLACE cannot change a return type: the DROP is missing
+                pytest.fail(f"upgrade from {commit[:10]} failed (a missing line in 0001_retired.sql?): "
+                            f"{exc.diag.message_primary} {exc.diag.message_hint or ''}")
+        got = signatures(pg_server.dsn(name))
+        assert got == want, (f"upgrade from {commit[:10]}: old signatures survive (add their DROP to "
+                             f"db/functions/0001_retired.sql): {sorted(got - want)}; missing: {sorted(want - got)}")
+        pg_server.drop_database(name)
+    assert edited == EDITED_MIGRATIONS, "a committed db/schema migration was edited (or removed): add a new one instead"
+
+
+def test_a_changed_signature_survives_an_upgrade_unless_retired(dsn, conn, tmp_path, monkeypatch):
+    """The convention of db/functions/0001_retired.sql, and that the comparison above enforces it.
+
+    A function whose arguments change is a new overload to PostgreSQL: CREATE OR REPLACE leaves the
+    old one in place, callable. Here a database carries two old signatures, as an older release left
+    them: one retired in 0001_retired.sql (dropped by the upgrade), one without a line there (it
+    survives, and the fingerprint comparison names it) until its DROP is added."""
+    base = fingerprint(dsn)
+    retired = "pki.clock_locked()"          # 0001_retired.sql: DROP FUNCTION IF EXISTS pki.clock_locked();
+    unlisted = "pki.enable_cert(the_cert_name text, why text)"
+    conn.execute("CREATE FUNCTION pki.clock_locked() RETURNS boolean LANGUAGE sql AS $$ SELECT false $$")
+    conn.execute("CREATE FUNCTION pki.enable_cert(the_cert_name text, why text) RETURNS void LANGUAGE sql "
+                 "AS $$ SELECT NULL::void $$")
+    migrate.upgrade(conn, log=lambda _l: None)
+    upgraded = fingerprint(dsn)
+    assert retired not in upgraded["functions"], "a retired signature survived the upgrade"
+    with pytest.raises(AssertionError) as caught:
+        assert_same_schema(base, upgraded, "an old overload left behind")
+    assert f"functions {unlisted}:" in str(caught.value)
+    assert set(upgraded["functions"]) ^ set(base["functions"]) == {unlisted}, "the overload is the one difference"
+    assert_same_schema(base, {**upgraded, "functions": {k: v for k, v in upgraded["functions"].items() if k != unlisted}},
+                       "all but the overload")
+
+    root = tmp_path / "db"   # the fix: the old signature's DROP in 0001_retired.sql
+    shutil.copytree(migrate.sql_root(), root)
+    with (root / "functions" / "0001_retired.sql").open("a") as f:
+        f.write("DROP FUNCTION IF EXISTS pki.enable_cert(text, text);\n")
+    monkeypatch.setattr(migrate, "sql_root", lambda: root)
+    migrate.upgrade(conn, log=lambda _l: None)
+    assert_same_schema(base, fingerprint(dsn), "after retiring the old signature")
 
 
 def test_versioned_migrations_are_recorded(dsn, repo_root):
