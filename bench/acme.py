@@ -37,14 +37,15 @@ import psycopg
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent / "agent"))
+sys.path.insert(0, str(_HERE.parent))  # the lab (lab/): in the checkout, never installed
 
 from serverpki import migrate  # noqa: E402
 from serverpki.agent import Agent  # noqa: E402
 from serverpki.config import parse_config  # noqa: E402
-from serverpki.lab.bind import BindLab  # noqa: E402
-from serverpki.lab.pebble import PebbleLab  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
+from lab.bind import BindLab  # noqa: E402
+from lab.pebble import PebbleLab  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
 
 ZONES = ("demo.serverpki.test", "other.serverpki.test")
 ALGOS = ("rsa", "ec", "rsa_plus_ec")

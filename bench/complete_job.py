@@ -26,11 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab (lab/): in the checkout, never installed
 
 import certfactory  # noqa: E402
 from serverpki import migrate  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
 
 
 def main(count: int, algo: str, ca_algo: str) -> None:

@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/distribute.py [HOSTS [TARGETS]]     (default 10 10; needs root for the lab's sshd)
 
-Starts a private cluster (serverpki.lab.postgres) and HOSTS sshd on 127.0.0.2... (serverpki.lab.sshd),
+Starts a private cluster (lab.postgres) and HOSTS sshd on 127.0.0.2... (lab.sshd),
 issues one local certificate with the real -I/-C path, gives it TARGETS places ('separate': a
 certificate and a key file each) on every host, then measures in the same run:
   queue:     request_distribute (-D) and Agent.drain(): one distribute job per host, each on ONE
@@ -28,14 +28,15 @@ import psycopg
 from psycopg.rows import dict_row
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab (lab/): in the checkout, never installed
 
 from serverpki import migrate, sshclient  # noqa: E402
 from serverpki.agent import Agent  # noqa: E402
 from serverpki.config import load_config  # noqa: E402
 from serverpki.handlers import distribute as dist  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
-from serverpki.lab.sshd import SSHLab  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
+from lab.sshd import SSHLab  # noqa: E402
 from serverpki.queries import q  # noqa: E402
 
 NAME = "www.bench.test"

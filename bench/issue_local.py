@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/issue_local.py [COUNT [ALGO]]     (default 200 ec; ALGO rsa for comparison)
 
-Starts a private cluster (serverpki.lab.postgres), installs the schema, creates
+Starts a private cluster (lab.postgres), installs the schema, creates
 the local CA with the real -I path (request_local_ca + the agent), configures
 COUNT local EC server certificates, then measures in the same run:
   queue:  SELECT request_create(...) and Agent.drain() — claim, issue_local
@@ -26,12 +26,13 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab (lab/): in the checkout, never installed
 
 from serverpki import keystore, migrate, x509util  # noqa: E402
 from serverpki.agent import Agent  # noqa: E402
 from serverpki.config import load_config  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
 
 
 def main(count: int, algo: str = "ec") -> None:

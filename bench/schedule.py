@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/schedule.py [N ...]        (default: 1000 10000)
       .venv/bin/python bench/schedule.py --explain 10000  (also print the plans of plan_rows' statements)
 
 For each N this starts nothing new but a database in one private cluster
-(serverpki.lab.postgres.PostgresCluster, with pg_stat_statements preloaded and
+(lab.postgres.PostgresCluster, with pg_stat_statements preloaded and
 track = all, so statements run inside functions and triggers are counted too),
 installs the schema with serverpki.migrate.upgrade, bulk-loads a fleet of N
 certificates with set-based SQL, travels to a fixed pki.now, and measures
@@ -54,10 +54,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab (lab/): in the checkout, never installed
 
 from serverpki import migrate  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
 
 NOW = dt.datetime(2027, 6, 1, tzinfo=dt.timezone.utc)
 PLAN_TARGET_SECONDS = 1.0

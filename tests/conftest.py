@@ -2,7 +2,7 @@
 once from db/, and a fresh database per test (CREATE DATABASE ... TEMPLATE).
 
 Only the installer runs as the owner (a superuser). Every path under test runs as
-the login roles an operator creates (serverpki.lab.roles, the README's lines): `conn`,
+the login roles an operator creates (lab.roles, the README's lines): `conn`,
 `dsn` and the CLI's environment are the cron run's role, `pki_cron`; `owner` is for
 installing, and for setting up or inspecting what no role may touch.
 
@@ -24,8 +24,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from serverpki import migrate
-from serverpki.lab import roles
-from serverpki.lab.postgres import PostgresCluster
+from lab import roles
+from lab.postgres import PostgresCluster
 
 
 class Server:

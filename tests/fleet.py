@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives import serialization
 
 from serverpki import migrate
 from serverpki.handlers.distribute import target_root, under
-from serverpki.lab import roles
-from serverpki.lab.lab import ZONE, Lab
+from lab import roles
+from lab.lab import ZONE, Lab
 
 DB = "serverpki_fleet"
 UTC = dt.timezone.utc

@@ -49,8 +49,8 @@ from helpers import owner_conn
 from serverpki import sshclient
 from serverpki.agent import Agent
 from serverpki.config import load_config
-from serverpki.lab import roles
-from serverpki.lab.lab import HOSTS, ZONE
+from lab import roles
+from lab.lab import HOSTS, ZONE
 
 N_LOCAL, N_ACME, N_AGENTS, N_CRON = 100, 30, 3, 2
 DONE_LINE = re.compile(r"^job (\d+) (\w+): done$", re.M)
