@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -46,6 +44,7 @@ from lab.bind import BindLab  # noqa: E402
 from lab.pebble import PebbleLab  # noqa: E402
 from lab import roles  # noqa: E402
 from lab.postgres import PostgresCluster  # noqa: E402
+from lab.process import remove_dir, temp_dir  # noqa: E402
 
 ZONES = ("demo.serverpki.test", "other.serverpki.test")
 ALGOS = ("rsa", "ec", "rsa_plus_ec")
@@ -82,8 +81,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("serverpki").setLevel(logging.WARNING)   # the jobs' outcomes are summed up below
 
-    base = Path(tempfile.mkdtemp(prefix="serverpki-bench-acme-"))
-    os.chmod(base, 0o755)
+    base = temp_dir("serverpki-bench-acme-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     try:
         with PostgresCluster(base / "pg") as pg, BindLab(zones=ZONES) as bind, \
                 PebbleLab(dns_port=bind.port, nonce_reject=args.nonce_reject, authz_reuse=args.authz_reuse) as pebble:
@@ -157,7 +155,7 @@ def main() -> int:
                   f"{len(published) / tlsa_wall:.1f} certificates/s (each waits until the records are served)")
             return 0 if not failed and len(published) == args.certs else 1
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        remove_dir(base)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +34,7 @@ from serverpki.config import load_config  # noqa: E402
 from serverpki.handlers import distribute as dist  # noqa: E402
 from lab import roles  # noqa: E402
 from lab.postgres import PostgresCluster  # noqa: E402
+from lab.process import remove_dir, temp_dir  # noqa: E402
 from lab.sshd import SSHLab  # noqa: E402
 from serverpki.queries import q  # noqa: E402
 
@@ -58,8 +57,7 @@ def one_connection_per_file(plan: dist.Plan, ssh) -> int:
 
 
 def main(n_hosts: int, n_targets: int) -> None:
-    base = Path(tempfile.mkdtemp(prefix="serverpki-bench-"))
-    os.chmod(base, 0o755)
+    base = temp_dir("serverpki-bench-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     fqdns = [f"web{i:02d}.bench.test" for i in range(1, n_hosts + 1)]
     cluster = PostgresCluster(base / "pg")
     lab = SSHLab(fqdns)
@@ -130,7 +128,7 @@ def main(n_hosts: int, n_targets: int) -> None:
     finally:
         lab.close()
         cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_dir(base)
     print(f"{n_hosts} hosts x {n_targets} targets ({files} files and links), "
           f"{config.ssh.max_parallel_hosts} hosts in parallel")
     print(f"  queue (one connection per host): {queue_s:6.2f} s  SSH connections: {queue_client} opened, "

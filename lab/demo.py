@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -35,6 +32,7 @@ import psycopg
 from serverpki import migrate
 from . import roles
 from .lab import ZONE, Lab
+from .process import keep_running, remove_dir, temp_dir
 
 DEMO_DB = "serverpki_demo"
 ACME_CERT = f"www.{ZONE}"
@@ -167,14 +165,9 @@ def banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def _interrupted(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM too stops everything the lab started (the finally below)
-
-
 def run_demo(keep: bool = False) -> None:
-    signal.signal(signal.SIGTERM, _interrupted)
-    base = Path(tempfile.mkdtemp(prefix="serverpki-demo-"))
-    os.chmod(base, 0o755)  # the postgres user needs to reach its data folder
+    # SIGTERM too stops everything the lab started, whenever it comes (lab.process)
+    base = temp_dir("serverpki-demo-", 0o755)  # the postgres user needs to reach its data folder
     demo = Demo(base)
     try:
         demo.run()
@@ -183,7 +176,9 @@ def run_demo(keep: bool = False) -> None:
             print(f"\nthe lab keeps running; connect with: {env} psql; configuration: {demo.config}")
             return
     finally:
-        if not keep:
+        if keep:
+            keep_running()   # --keep: left running, as it is
+        else:
             demo.stop()
-            shutil.rmtree(base, ignore_errors=True)
+            remove_dir(base)
     print("\ndemo finished; everything it started is stopped")
