@@ -14,10 +14,10 @@ import pytest
 
 from helpers import owner_conn
 from serverpki import migrate
-from serverpki.lab import roles
+from lab import roles
 from serverpki.agent import Agent
 from serverpki.handlers import GiveUp, RetryLater
-from serverpki.lab.postgres import PostgresCluster
+from lab.postgres import PostgresCluster
 
 CONFIG = SimpleNamespace()
 

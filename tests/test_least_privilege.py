@@ -1,6 +1,6 @@
 """What no session of the login roles may forge (docs/security.md): the clock that leases, guards
 and events use; the reason and job of an event; another agent's claim. Each attack of the review
-that found them is replayed here, as the roles an operator creates (serverpki.lab.roles)."""
+that found them is replayed here, as the roles an operator creates (lab.roles)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from certfactory import make_pair
 from helpers import assert_refused, owner_conn, snapshot
 from serverpki import migrate
-from serverpki.lab import roles
+from lab import roles
 
 UTC = dt.timezone.utc
 

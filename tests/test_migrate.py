@@ -749,7 +749,7 @@ def test_concurrent_installers_in_two_databases_of_a_new_cluster():
 
     (The advisory lock serializes installers of one database only.) A private cluster, because
     the roles of the session's cluster exist already."""
-    from serverpki.lab.postgres import PostgresCluster
+    from lab.postgres import PostgresCluster
 
     # pytest's tmp folders are private to root; the postgres user must reach its data folder
     top = Path(tempfile.mkdtemp(prefix="serverpki-test-pg2-"))

@@ -42,7 +42,7 @@ from serverpki.config import Config, LocalCAConfig, PathsConfig, X509Config
 from serverpki.handlers import HANDLERS, Context, GiveUp, Job
 from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (registers issue_local, issue_local_ca)
 from serverpki.handlers import keys as _keys  # noqa: F401  (registers encrypt_keys, decrypt_keys)
-from serverpki.lab.lab import secret as secret_file
+from lab.lab import secret as secret_file
 
 INSUFFICIENT_PRIVILEGE = "42501"
 ROLES = ("pki_admin", "pki_agent", "pki_report")

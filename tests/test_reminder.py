@@ -1,5 +1,5 @@
 """The reminder (LIFECYCLE.md rule 5) end to end: the scheduler enqueues one mail_reminder
-job, the handler mails it through a real SMTP server (aiosmtpd, serverpki.lab.smtp),
+job, the handler mails it through a real SMTP server (aiosmtpd, lab.smtp),
 complete_job records it, and the certificate is reminded once. Faults of the relay
 become RetryLater (fail_job: failed, retried) or GiveUp (dead), with the error in
 jobs_overview.
@@ -20,8 +20,8 @@ from certfactory import issue_result
 from helpers import lease_of, remember_leases
 from serverpki.handlers import Context, GiveUp, Job, RetryLater
 from serverpki.handlers import mail
-from serverpki.lab.ports import free_port
-from serverpki.lab.smtp import SMTPLab
+from lab.ports import free_port
+from lab.smtp import SMTPLab
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2027, 1, 1, tzinfo=UTC)

@@ -28,11 +28,11 @@ from psycopg.conninfo import make_conninfo
 from serverpki.agent import Agent
 from serverpki.config import parse_config
 from serverpki.handlers.distribute import file_names, target_root, under
-from serverpki.lab.bind import BindLab
-from serverpki.lab.pebble import PebbleLab
-from serverpki.lab.smtp import SMTPLab
-from serverpki.lab.sshd import SSHLab
-from serverpki.lab.lab import secret
+from lab.bind import BindLab
+from lab.pebble import PebbleLab
+from lab.smtp import SMTPLab
+from lab.sshd import SSHLab
+from lab.lab import secret
 
 UTC = dt.timezone.utc
 ZONE = "demo.serverpki.test"
