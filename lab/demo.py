@@ -169,6 +169,7 @@ def run_demo(keep: bool = False) -> None:
     # SIGTERM too stops everything the lab started, whenever it comes (lab.process)
     base = temp_dir("serverpki-demo-", 0o755)  # the postgres user needs to reach its data folder
     demo = Demo(base)
+    print(f"the lab lives in {base} (removed at the end)", flush=True)
     try:
         demo.run()
         if keep:

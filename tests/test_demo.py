@@ -29,5 +29,8 @@ def test_demo_runs_the_whole_job_and_cleans_up():
     assert re.search(r"expired\s+\|\s+archived", out) and re.search(r"archived\s+\|\s+\|", out)
     assert "jexec mail service postfix reload" in out
     assert out.rstrip().endswith("demo finished; everything it started is stopped")
-    leftovers = subprocess.run(["pgrep", "-f", "serverpki-demo-"], capture_output=True, text=True).stdout.strip()
+    # nothing of this demo is left: no process working in its folder, and no folder
+    base = re.search(r"the lab lives in (\S+)", out).group(1)
+    leftovers = subprocess.run(["pgrep", "-f", base], capture_output=True, text=True).stdout.strip()
     assert leftovers == "", f"processes of the demo still run: {leftovers}"
+    assert not Path(base).exists(), f"the demo left {base}"
