@@ -15,7 +15,7 @@ WITH_LAB := PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}
 
 setup: $(STAMP_APT) $(STAMP_PIP)
 
-# the real peers: PostgreSQL with plpython3u, Pebble, BIND 9, OpenSSH (COMPONENTS.md); iproute2 cuts a host off (netns)
+# the real peers: PostgreSQL with plpython3u, Pebble, BIND 9, OpenSSH; iproute2 cuts a host off (netns)
 $(STAMP_APT):
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -6,7 +6,7 @@
         pebble.root_pem()      # the root its certificates chain to (management /roots/0)
 
 Debian's pebble ships no certificate for its HTTPS listener, so a small CA and
-a server certificate for localhost and 127.0.0.1 are made here (COMPONENTS.md).
+a server certificate for localhost and 127.0.0.1 are made here.
 Both listeners bind 127.0.0.1 on free ports. The knobs are Pebble's environment:
 PEBBLE_VA_NOSLEEP=1 always; nonce_reject -> PEBBLE_WFE_NONCEREJECT (percent of
 nonces refused with badNonce), authz_reuse -> PEBBLE_AUTHZREUSE (percent of

@@ -1,7 +1,7 @@
 """A private, throwaway PostgreSQL 15 cluster with plpython3u, on loopback and a private socket.
 
 postgres refuses to run as root, so as root the binaries run as the
-`postgres` system user (COMPONENTS.md). The Debian `main` cluster is never used.
+`postgres` system user. The Debian `main` cluster is never used.
 """
 
 from __future__ import annotations

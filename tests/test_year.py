@@ -3,7 +3,7 @@ Pebble, two sshd disthosts (one target in a jail), an SMTP relay — driven by h
 scheduler runs over a simulated year. Each hour sets pki.now on the test connection and,
 only when the plan has something other than 'wait', runs schedule() and drains the queue
 with the real Agent (whose DSN carries the same clock). After every such step the
-invariants of LIFECYCLE.md are checked against the database, the hosts' files and BIND.
+invariants of the lifecycle (docs/lifecycle.md) are checked against the database, the hosts' files and BIND.
 
 Pebble issues from its real clock, so before each ACME issuance it is restarted with
 validity_days = (simulated now - real now) + 90, giving every certificate a 90-day
