@@ -8,12 +8,14 @@ APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-plpython3-15 python3
                 pebble bind9 bind9-utils bind9-dnsutils openssh-server openssl iproute2
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
+# the lab (lab/: real peers on loopback, and the demo) is never installed: it is imported from the checkout
+WITH_LAB := PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}
 
 .PHONY: setup test test-fast demo bench clean db-init db-upgrade db-status
 
 setup: $(STAMP_APT) $(STAMP_PIP)
 
-# the real peers: PostgreSQL with plpython3u, Pebble, BIND 9, OpenSSH (COMPONENTS.md); iproute2 cuts a host off (netns)
+# the real peers: PostgreSQL with plpython3u, Pebble, BIND 9, OpenSSH; iproute2 cuts a host off (netns)
 $(STAMP_APT):
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -26,14 +28,14 @@ $(STAMP_APT):
 
 $(STAMP_PIP): pyproject.toml $(STAMP_APT)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[test]'
+	@$(BIN)/pip install -q -e '.[test,lab]'
 	@touch $@
 
 test: setup
-	$(BIN)/pytest -q
+	$(WITH_LAB) $(BIN)/pytest -q
 
 demo: setup
-	$(BIN)/serverpki demo
+	$(WITH_LAB) $(BIN)/serverpki demo
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

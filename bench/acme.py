@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -37,14 +35,16 @@ import psycopg
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent / "agent"))
+sys.path.insert(0, str(_HERE.parent))  # the lab (lab/): in the checkout, never installed
 
 from serverpki import migrate  # noqa: E402
 from serverpki.agent import Agent  # noqa: E402
 from serverpki.config import parse_config  # noqa: E402
-from serverpki.lab.bind import BindLab  # noqa: E402
-from serverpki.lab.pebble import PebbleLab  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
+from lab.bind import BindLab  # noqa: E402
+from lab.pebble import PebbleLab  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
+from lab.process import remove_dir, temp_dir  # noqa: E402
 
 ZONES = ("demo.serverpki.test", "other.serverpki.test")
 ALGOS = ("rsa", "ec", "rsa_plus_ec")
@@ -81,8 +81,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("serverpki").setLevel(logging.WARNING)   # the jobs' outcomes are summed up below
 
-    base = Path(tempfile.mkdtemp(prefix="serverpki-bench-acme-"))
-    os.chmod(base, 0o755)
+    base = temp_dir("serverpki-bench-acme-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     try:
         with PostgresCluster(base / "pg") as pg, BindLab(zones=ZONES) as bind, \
                 PebbleLab(dns_port=bind.port, nonce_reject=args.nonce_reject, authz_reuse=args.authz_reuse) as pebble:
@@ -156,7 +155,7 @@ def main() -> int:
                   f"{len(published) / tlsa_wall:.1f} certificates/s (each waits until the records are served)")
             return 0 if not failed and len(published) == args.certs else 1
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        remove_dir(base)
 
 
 if __name__ == "__main__":

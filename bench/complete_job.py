@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,19 +24,20 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab (lab/): in the checkout, never installed
 
 import certfactory  # noqa: E402
 from serverpki import migrate  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
+from lab.process import remove_dir, temp_dir  # noqa: E402
 
 
 def main(count: int, algo: str, ca_algo: str) -> None:
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if ca_algo == "rsa" \
         else ec.generate_private_key(ec.SECP384R1())
     certfactory._CAS[certfactory.LOCAL_CA_NAME] = certfactory._ca(certfactory.LOCAL_CA_NAME, ca_key)
-    base = Path(tempfile.mkdtemp(prefix="serverpki-bench-"))
-    os.chmod(base, 0o755)
+    base = temp_dir("serverpki-bench-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     cluster = PostgresCluster(base / "pg")
     cluster.start()
     try:
@@ -90,7 +89,7 @@ def main(count: int, algo: str, ca_algo: str) -> None:
             assert done == count, done
     finally:
         cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_dir(base)
     ms = [t * 1000 for t in times]
     print(f"complete_job of {count} local {algo} certificates (CA {ca_algo}): "
           f"mean {statistics.mean(ms):.2f} ms, median {statistics.median(ms):.2f} ms, "

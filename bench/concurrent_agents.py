@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "agent"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the lab (lab/): in the checkout, never installed
 
 from fleet import Fleet  # noqa: E402
 from test_concurrent_agents import (  # noqa: E402

@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/distribute.py [HOSTS [TARGETS]]     (default 10 10; needs root for the lab's sshd)
 
-Starts a private cluster (serverpki.lab.postgres) and HOSTS sshd on 127.0.0.2... (serverpki.lab.sshd),
+Starts a private cluster (lab.postgres) and HOSTS sshd on 127.0.0.2... (lab.sshd),
 issues one local certificate with the real -I/-C path, gives it TARGETS places ('separate': a
 certificate and a key file each) on every host, then measures in the same run:
   queue:     request_distribute (-D) and Agent.drain(): one distribute job per host, each on ONE
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,14 +26,16 @@ import psycopg
 from psycopg.rows import dict_row
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab (lab/): in the checkout, never installed
 
 from serverpki import migrate, sshclient  # noqa: E402
 from serverpki.agent import Agent  # noqa: E402
 from serverpki.config import load_config  # noqa: E402
 from serverpki.handlers import distribute as dist  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
-from serverpki.lab.sshd import SSHLab  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
+from lab.process import remove_dir, temp_dir  # noqa: E402
+from lab.sshd import SSHLab  # noqa: E402
 from serverpki.queries import q  # noqa: E402
 
 NAME = "www.bench.test"
@@ -57,8 +57,7 @@ def one_connection_per_file(plan: dist.Plan, ssh) -> int:
 
 
 def main(n_hosts: int, n_targets: int) -> None:
-    base = Path(tempfile.mkdtemp(prefix="serverpki-bench-"))
-    os.chmod(base, 0o755)
+    base = temp_dir("serverpki-bench-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     fqdns = [f"web{i:02d}.bench.test" for i in range(1, n_hosts + 1)]
     cluster = PostgresCluster(base / "pg")
     lab = SSHLab(fqdns)
@@ -129,7 +128,7 @@ def main(n_hosts: int, n_targets: int) -> None:
     finally:
         lab.close()
         cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_dir(base)
     print(f"{n_hosts} hosts x {n_targets} targets ({files} files and links), "
           f"{config.ssh.max_parallel_hosts} hosts in parallel")
     print(f"  queue (one connection per host): {queue_s:6.2f} s  SSH connections: {queue_client} opened, "

@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/issue_local.py [COUNT [ALGO]]     (default 200 ec; ALGO rsa for comparison)
 
-Starts a private cluster (serverpki.lab.postgres), installs the schema, creates
+Starts a private cluster (lab.postgres), installs the schema, creates
 the local CA with the real -I path (request_local_ca + the agent), configures
 COUNT local EC server certificates, then measures in the same run:
   queue:  SELECT request_create(...) and Agent.drain() — claim, issue_local
@@ -17,26 +17,25 @@ the database as a ratio (target: at most 30 % on top of the bare rate).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab (lab/): in the checkout, never installed
 
 from serverpki import keystore, migrate, x509util  # noqa: E402
 from serverpki.agent import Agent  # noqa: E402
 from serverpki.config import load_config  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
+from lab.process import remove_dir, temp_dir  # noqa: E402
 
 
 def main(count: int, algo: str = "ec") -> None:
-    base = Path(tempfile.mkdtemp(prefix="serverpki-bench-"))
-    os.chmod(base, 0o755)
+    base = temp_dir("serverpki-bench-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     passfile = base / "ca.pass"
     passfile.write_text("bench passphrase\n")
     passfile.chmod(0o600)
@@ -88,7 +87,7 @@ def main(count: int, algo: str = "ec") -> None:
         bare_s = time.perf_counter() - start
     finally:
         cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_dir(base)
     queue_rate, bare_rate = count / queue_s, count / bare_s
     kind = f"EC ({config.x509.ec_curve})" if algo == "ec" else f"RSA ({config.x509.rsa_key_size} bits)"
     print(f"{count} local {kind} certificates")

@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/schedule.py [N ...]        (default: 1000 10000)
       .venv/bin/python bench/schedule.py --explain 10000  (also print the plans of plan_rows' statements)
 
 For each N this starts nothing new but a database in one private cluster
-(serverpki.lab.postgres.PostgresCluster, with pg_stat_statements preloaded and
+(lab.postgres.PostgresCluster, with pg_stat_statements preloaded and
 track = all, so statements run inside functions and triggers are counted too),
 installs the schema with serverpki.migrate.upgrade, bulk-loads a fleet of N
 certificates with set-based SQL, travels to a fixed pki.now, and measures
@@ -40,10 +40,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,10 +52,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab (lab/): in the checkout, never installed
 
 from serverpki import migrate  # noqa: E402
-from serverpki.lab import roles  # noqa: E402
-from serverpki.lab.postgres import PostgresCluster  # noqa: E402
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
+from lab.process import remove_dir, temp_dir  # noqa: E402
 
 NOW = dt.datetime(2027, 6, 1, tzinfo=dt.timezone.utc)
 PLAN_TARGET_SECONDS = 1.0
@@ -242,8 +242,7 @@ def main() -> int:
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of plan()'s statements for the largest N")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="serverpki-bench-"))
-    os.chmod(base, 0o755)
+    base = temp_dir("serverpki-bench-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     cluster = PostgresCluster(base / "cluster", extra_options=(
         "-c shared_preload_libraries=pg_stat_statements,auto_explain -c pg_stat_statements.track=all "
         "-c pg_stat_statements.track_utility=on -c shared_buffers=256MB -c work_mem=16MB"))
@@ -259,7 +258,7 @@ def main() -> int:
                   f"jobs after schedule {dict(r['jobs'])}", flush=True)
     finally:
         cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_dir(base)
 
     print()
     print(f"{'N':>7} | {'plan s':>8} | {'plan stmts':>10} | {'schedule s':>10} | {'schedule stmts':>14}")

@@ -2,7 +2,7 @@
 once from db/, and a fresh database per test (CREATE DATABASE ... TEMPLATE).
 
 Only the installer runs as the owner (a superuser). Every path under test runs as
-the login roles an operator creates (serverpki.lab.roles, the README's lines): `conn`,
+the login roles an operator creates (lab.roles, the README's lines): `conn`,
 `dsn` and the CLI's environment are the cron run's role, `pki_cron`; `owner` is for
 installing, and for setting up or inspecting what no role may touch.
 
@@ -13,9 +13,7 @@ server instead of starting a private cluster.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -24,8 +22,9 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from serverpki import migrate
-from serverpki.lab import roles
-from serverpki.lab.postgres import PostgresCluster
+from lab import roles
+from lab.postgres import PostgresCluster
+from lab.process import remove_dir, temp_dir
 
 
 class Server:
@@ -65,15 +64,14 @@ def pg_server() -> Server:
         yield Server(external)
         return
     # pytest's tmp folders are private to root; the postgres user must reach its data folder
-    base = Path(tempfile.mkdtemp(prefix="serverpki-test-pg-"))
-    os.chmod(base, 0o755)
+    base = temp_dir("serverpki-test-pg-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     cluster = PostgresCluster(base / "cluster")
     cluster.start()
     try:
         yield Server(cluster.dsn())
     finally:
         cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_dir(base)
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -31,8 +29,9 @@ from cryptography.hazmat.primitives import serialization
 
 from serverpki import migrate
 from serverpki.handlers.distribute import target_root, under
-from serverpki.lab import roles
-from serverpki.lab.lab import ZONE, Lab
+from lab import roles
+from lab.lab import ZONE, Lab
+from lab.process import remove_dir, temp_dir
 
 DB = "serverpki_fleet"
 UTC = dt.timezone.utc
@@ -43,8 +42,9 @@ TEMP_FILE = re.compile(r"^\..*\.serverpki-[^.]+\.tmp$")
 class Fleet:
     def __init__(self, base: Path | None = None, lease_seconds: int = 30):
         # the postgres user must reach its data folder: pytest's tmp_path (0700 parents) will not do
+        # removed also when SIGTERM ends the run; the lab's peers are registered as each starts (lab.process)
         self._own_base = base is None
-        self.base = base or Path(tempfile.mkdtemp(prefix="serverpki-fleet-"))
+        self.base = base or temp_dir("serverpki-fleet-")
         self.base.chmod(0o755)
         self.lab = Lab(self.base)
         self.lease_seconds = lease_seconds
@@ -76,7 +76,7 @@ class Fleet:
             self._conn.close()
         self.lab.stop()
         if self._own_base:
-            shutil.rmtree(self.base, ignore_errors=True)
+            remove_dir(self.base)
 
     def __enter__(self) -> "Fleet":
         try:

@@ -34,8 +34,8 @@ from serverpki.agent import Agent
 from serverpki.config import parse_config
 from serverpki.errors import GiveUp, RetryLater
 from serverpki.handlers import acme_issue
-from serverpki.lab.bind import BindLab
-from serverpki.lab.pebble import PebbleLab
+from lab.bind import BindLab
+from lab.pebble import PebbleLab
 
 ZONE = "demo.serverpki.test"
 OTHER = "other.serverpki.test"

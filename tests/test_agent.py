@@ -13,11 +13,11 @@ import psycopg
 import pytest
 
 from helpers import owner_conn
+from lab import roles
+from lab.postgres import PostgresCluster
 from serverpki import migrate
-from serverpki.lab import roles
 from serverpki.agent import Agent
 from serverpki.errors import GiveUp, RetryLater
-from serverpki.lab.postgres import PostgresCluster
 
 CONFIG = SimpleNamespace()
 

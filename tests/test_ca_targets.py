@@ -4,7 +4,7 @@ handlers/distribute.py).
 
 The SQL tests drive the queue as the agent would (claim, distribution_files, complete) as the cron
 role; the lab tests run operate_serverPKI itself (-D -o "Local CA", -K, -I, -S) as the cron role
-against real OpenSSH servers (serverpki.lab.sshd) and look at the files from outside.
+against real OpenSSH servers (lab.sshd) and look at the files from outside.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from psycopg.types.json import Jsonb
 
 from certfactory import issue_result
 from helpers import assert_refused, owner_conn, remember_leases, lease_of
-from serverpki.lab.lab import secret
-from serverpki.lab.sshd import SSHLab
+from lab.lab import secret
+from lab.sshd import SSHLab
 
 WEB1, WEB2 = "web1.example.org", "web2.example.org"
 CA = "Local CA"

@@ -27,11 +27,9 @@ No speed is asserted here; bench/concurrent_agents.py measures.
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -49,8 +47,9 @@ from helpers import owner_conn
 from serverpki import sshclient
 from serverpki.agent import Agent
 from serverpki.config import load_config
-from serverpki.lab import roles
-from serverpki.lab.lab import HOSTS, ZONE
+from lab import roles
+from lab.lab import HOSTS, ZONE
+from lab.process import remove_dir, temp_dir
 
 N_LOCAL, N_ACME, N_AGENTS, N_CRON = 100, 30, 3, 2
 DONE_LINE = re.compile(r"^job (\d+) (\w+): done$", re.M)
@@ -97,11 +96,11 @@ def request_local(fleet: Fleet) -> int:
 @contextmanager
 def fleet_base():
     """A folder for a Fleet that the postgres user can reach (pytest's tmp folders are private to root)."""
-    base = Path(tempfile.mkdtemp(prefix="serverpki-concurrent-"))
+    base = temp_dir("serverpki-concurrent-")   # removed also when SIGTERM ends the run (lab.process)
     try:
         yield base
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        remove_dir(base)
 
 
 def active_jobs(fleet: Fleet) -> int:

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from serverpki import faults
 from serverpki.handlers import load_all
-from serverpki.lab.lab import ZONE
+from lab.lab import ZONE
 
 from fleet import Fleet
 

@@ -1,7 +1,7 @@
 """As deployed: every action of operate_serverPKI runs on the lab as the cron run's login role
 (pki_cron, a member of pki_admin and pki_agent, neither superuser nor owner) and works; as the
 reporting role (pki_reader) each is refused in one line and changes nothing. `serverpki agent`
-works as pki_worker (pki_agent only). The roles are the README's lines (serverpki.lab.roles)."""
+works as pki_worker (pki_agent only). The roles are the README's lines (lab.roles)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import time
 import pytest
 
 from fleet import Fleet
-from serverpki.lab import roles
-from serverpki.lab.lab import ZONE
+from lab import roles
+from lab.lab import ZONE
 
 LOCAL = f"intranet.{ZONE}"
 ACME = f"www.{ZONE}"

@@ -20,10 +20,10 @@ from cryptography.x509.oid import NameOID
 
 from serverpki.agent import Agent
 from serverpki.config import parse_config
-from serverpki.lab.bind import BindLab
-from serverpki.lab.pebble import PebbleLab
-from serverpki.lab.ports import free_port
-from serverpki.lab.sshd import SSHLab
+from lab.bind import BindLab
+from lab.pebble import PebbleLab
+from lab.ports import free_port
+from lab.sshd import SSHLab
 
 ZONE = "demo.serverpki.test"
 NAME = f"www.{ZONE}"

@@ -1,4 +1,4 @@
-"""Distribution over SSH against real OpenSSH servers (serverpki.lab.sshd): three sshd on
+"""Distribution over SSH against real OpenSSH servers (lab.sshd): three sshd on
 127.0.0.2-4, each chrooted into its own folder, reached through an OpenSSH client config
 with a Host alias per disthost FQDN and checked against a known_hosts file.
 
@@ -36,8 +36,8 @@ from serverpki.handlers import HANDLERS
 from serverpki.handlers import distribute as _distribute  # noqa: F401  (registers distribute)
 from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (issue_local, issue_local_ca)
 from serverpki.handlers import keys as _keys  # noqa: F401  (encrypt_keys, decrypt_keys)
-from serverpki.lab.sshd import SSHLab
-from serverpki.lab.lab import secret
+from lab.sshd import SSHLab
+from lab.lab import secret
 
 WEB1, WEB2, WEB3 = "web1.example.org", "web2.example.org", "web3.example.org"
 KINDS = ("issue_local", "issue_local_ca", "distribute", "encrypt_keys", "decrypt_keys")

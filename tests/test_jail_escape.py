@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from serverpki.lab.sshd import SSHLab
+from lab.sshd import SSHLab
 from test_distribution import (WEB1, WEB2, add_cert, agent_for, issue, jobs_by_host, local_ca, one, rows, state,
                                target)
 from test_distribution import config  # noqa: F401  (fixture)

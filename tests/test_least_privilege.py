@@ -1,6 +1,6 @@
 """What no session of the login roles may forge (docs/security.md): the clock that leases, guards
 and events use; the reason and job of an event; another agent's claim. Each attack of the review
-that found them is replayed here, as the roles an operator creates (serverpki.lab.roles)."""
+that found them is replayed here, as the roles an operator creates (lab.roles)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from certfactory import make_pair
 from helpers import assert_refused, owner_conn, snapshot
 from serverpki import migrate
-from serverpki.lab import roles
+from lab import roles
 
 UTC = dt.timezone.utc
 
@@ -120,8 +120,12 @@ def test_the_dane_guard_is_not_fooled_by_a_session_clock(no_time_travel, pg_serv
                        sqlstate="SP025")
         cron.execute("RESET pki.now")
         # on the real clock the successor is held back, as the DANE-safe order says
-        rows = cron.execute("SELECT job, reason FROM request_distribute(selection(only_certs => ARRAY['www.example.org']))").fetchall()
-        assert [r[0] for r in rows] == [None] and "held back" in rows[0][1]
+        [(job, reason)] = cron.execute(
+            "SELECT job, reason FROM request_distribute(selection(only_certs => ARRAY['www.example.org']))").fetchall()
+        assert "held back" in reason and "will be deployed after" in reason
+        # what it enqueued is the TLSA publication, no distribution
+        assert job is None or conn.execute("SELECT kind FROM jobs WHERE id = %s", (job,)).fetchone()[0] == "publish_tlsa"
+    assert conn.execute("SELECT count(*) FROM jobs WHERE kind = 'distribute'").fetchone()[0] == 0
     assert conn.execute("SELECT state FROM certinstances WHERE id = %s", (succ,)).fetchone()[0] == "prepublished"
 
 

@@ -1,4 +1,4 @@
-"""The certificate lifecycle of LIFECYCLE.md, rule by rule, driven as the agent drives it:
+"""The certificate lifecycle (docs/lifecycle.md), rule by rule, driven as the agent drives it:
 schedule() / request_*() enqueue, claim_jobs() hands the work out, complete_job() /
 fail_job() report back. Time travels with SET pki.now; nothing here changes a state
 column itself except where a test proves that the database refuses exactly that.
@@ -24,7 +24,7 @@ TTL = dt.timedelta(seconds=3600)        # the preloaded https/443 TLSA service
 ISSUE_KINDS = ("issue_acme", "issue_local", "issue_local_ca")
 
 STATES = ["reserved", "issued", "prepublished", "deployed", "revoked", "expired", "archived"]
-# LIFECYCLE.md's table (None: no row before / the row is deleted); the database's copy is checked below
+# the lifecycle's table (None: no row before / the row is deleted); the database's copy is checked below
 ALLOWED = {
     (None, "reserved"), ("reserved", "issued"), ("reserved", None),
     ("issued", "prepublished"), ("issued", "deployed"), ("prepublished", "deployed"),

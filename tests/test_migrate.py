@@ -12,21 +12,26 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
+from helpers import snapshot
 from serverpki import migrate
 from serverpki.admin import app
+from serverpki.agent import Agent
 
 SCHEMAS = ("pki", "dd")
 PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE", "SERVERPKI_DSN")
@@ -282,8 +287,10 @@ def test_status_lists_applied_and_pending(runner, pg_server, new_db, repo_root):
     versions = versions_on_disk(repo_root)
 
     before = runner.invoke(app, ["db", "status"], env=env)
-    assert before.output.splitlines() == ["applied: none", f"pending: {', '.join(versions)}"]
-    assert before.exit_code == 1, "pending migrations make status fail, so scripts can test it"
+    assert before.output.splitlines() == ["applied: none", f"pending: {', '.join(versions)}",
+                                          "serverpki: the database has no serverPKI schema: run serverpki db upgrade "
+                                          "(as the schema's owner)"]
+    assert before.exit_code == 3, "pending migrations make status fail as the agent would, so scripts can test it"
     assert not has_schema(pg_server.dsn(name)), "status must not change the database"
 
     assert runner.invoke(app, ["db", "init"], env=env).exit_code == 0
@@ -398,8 +405,101 @@ def test_upgrade_from_the_first_release_equals_fresh_install(pg_server, new_db, 
     with psycopg.connect(pg_server.dsn(fresh), autocommit=True) as c:
         migrate.upgrade(c, log=lambda _l: None)
     upgraded, installed = fingerprint(pg_server.dsn(old)), fingerprint(pg_server.dsn(fresh))
+    # no function of a retired signature survives (db/functions/0001_retired.sql drops them): every
+    # function of the upgraded database exists in a fresh install with the same signature, and back
+    left_over = sorted(set(upgraded["functions"]) - set(installed["functions"]))
+    assert not left_over, f"old signatures survive the upgrade; add their DROP to 0001_retired.sql: {left_over}"
+    assert set(upgraded["functions"]) == set(installed["functions"])
     # the disthost inserted and deleted above advanced a sequence, nothing else
     assert_same_schema(installed, upgraded, f"upgrade from {first_commit[:10]} vs fresh install")
+
+
+SIGNATURES = """
+    SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') returns '
+           || coalesce(pg_get_function_result(p.oid), '')
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname = ANY(%s)"""
+# versioned migrations edited after they were committed (before the first release): a database
+# installed from these commits cannot be upgraded, and an edit of a released migration must not recur
+EDITED_MIGRATIONS = {"0c8fcb3": ["0006_job_keys.sql"]}
+
+
+def signatures(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as c:
+        return {r[0] for r in c.execute(SIGNATURES, (list(SCHEMAS),))}
+
+
+@pytest.mark.slow
+def test_no_old_signature_survives_an_upgrade_from_any_commit(pg_server, new_db, repo_root, tmp_path, monkeypatch):
+    """Every commit that changed db/: its db/ installed, upgraded to this tree, has exactly the functions of
+    a fresh install, signature for signature (0001_retired.sql dropped every one that changed since)."""
+    commits = subprocess.run(["git", "-C", str(repo_root), "rev-list", "--reverse", "HEAD", "--", "db"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    current_root = migrate.sql_root()
+    released = {p.name: p.read_bytes() for p in (current_root / "schema").glob("*.sql")}
+    fresh = new_db()
+    with psycopg.connect(pg_server.dsn(fresh), autocommit=True) as c:
+        migrate.upgrade(c, log=lambda _l: None)
+    want = signatures(pg_server.dsn(fresh))
+    edited: dict[str, list[str]] = {}
+    for commit in commits:
+        root = tmp_path / commit
+        root.mkdir()
+        archive = subprocess.run(["git", "-C", str(repo_root), "archive", commit, "db"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        changed = sorted(p.name for p in (root / "db" / "schema").glob("*.sql") if p.read_bytes() != released.get(p.name))
+        if changed:
+            edited[commit[:7]] = changed
+            continue
+        name = new_db()
+        monkeypatch.setattr(migrate, "sql_root", lambda: root / "db")
+        with psycopg.connect(pg_server.dsn(name), autocommit=True) as c:
+            migrate.upgrade(c, log=lambda _l: None)
+        monkeypatch.setattr(migrate, "sql_root", lambda: current_root)
+        with psycopg.connect(pg_server.dsn(name), autocommit=True) as c:
+            try:
+                migrate.upgrade(c, log=lambda _l: None)
+            except psycopg.Error as exc:   # CREATE OR REPLACE cannot change a return type: the DROP is missing
+                pytest.fail(f"upgrade from {commit[:10]} failed (a missing line in 0001_retired.sql?): "
+                            f"{exc.diag.message_primary} {exc.diag.message_hint or ''}")
+        got = signatures(pg_server.dsn(name))
+        assert got == want, (f"upgrade from {commit[:10]}: old signatures survive (add their DROP to "
+                             f"db/functions/0001_retired.sql): {sorted(got - want)}; missing: {sorted(want - got)}")
+        pg_server.drop_database(name)
+    assert edited == EDITED_MIGRATIONS, "a committed db/schema migration was edited (or removed): add a new one instead"
+
+
+def test_a_changed_signature_survives_an_upgrade_unless_retired(dsn, conn, tmp_path, monkeypatch):
+    """The convention of db/functions/0001_retired.sql, and that the comparison above enforces it.
+
+    A function whose arguments change is a new overload to PostgreSQL: CREATE OR REPLACE leaves the
+    old one in place, callable. Here a database carries two old signatures, as an older release left
+    them: one retired in 0001_retired.sql (dropped by the upgrade), one without a line there (it
+    survives, and the fingerprint comparison names it) until its DROP is added."""
+    base = fingerprint(dsn)
+    retired = "pki.clock_locked()"          # 0001_retired.sql: DROP FUNCTION IF EXISTS pki.clock_locked();
+    unlisted = "pki.enable_cert(the_cert_name text, why text)"
+    conn.execute("CREATE FUNCTION pki.clock_locked() RETURNS boolean LANGUAGE sql AS $$ SELECT false $$")
+    conn.execute("CREATE FUNCTION pki.enable_cert(the_cert_name text, why text) RETURNS void LANGUAGE sql "
+                 "AS $$ SELECT NULL::void $$")
+    migrate.upgrade(conn, log=lambda _l: None)
+    upgraded = fingerprint(dsn)
+    assert retired not in upgraded["functions"], "a retired signature survived the upgrade"
+    with pytest.raises(AssertionError) as caught:
+        assert_same_schema(base, upgraded, "an old overload left behind")
+    assert f"functions {unlisted}:" in str(caught.value)
+    assert set(upgraded["functions"]) ^ set(base["functions"]) == {unlisted}, "the overload is the one difference"
+    assert_same_schema(base, {**upgraded, "functions": {k: v for k, v in upgraded["functions"].items() if k != unlisted}},
+                       "all but the overload")
+
+    root = tmp_path / "db"   # the fix: the old signature's DROP in 0001_retired.sql
+    shutil.copytree(migrate.sql_root(), root)
+    with (root / "functions" / "0001_retired.sql").open("a") as f:
+        f.write("DROP FUNCTION IF EXISTS pki.enable_cert(text, text);\n")
+    monkeypatch.setattr(migrate, "sql_root", lambda: root)
+    migrate.upgrade(conn, log=lambda _l: None)
+    assert_same_schema(base, fingerprint(dsn), "after retiring the old signature")
 
 
 def test_versioned_migrations_are_recorded(dsn, repo_root):
@@ -419,6 +519,187 @@ def test_repeatable_files_keep_their_number_order(repo_root):
     on_disk = sorted(p.name for d in migrate.REPEATABLE_DIRS for p in (repo_root / "db" / d).glob("*.sql"))
     assert sorted(f.name for f in files) == on_disk, "an SQL file without a NNNN_ prefix would be skipped silently"
     assert files[-1].name.startswith("99"), "grants come last"
+
+
+# --- upgrade safety: a release works only a schema it knows ---------------------------------
+
+CRON = "pki_cron"   # the cron run's login role (README), as the CLI runs
+FUTURE = "9999_from_a_newer_release"
+OPERATE = Path(sys.executable).with_name("operate_serverPKI")
+OPERATE_CMD = [str(OPERATE)] if OPERATE.exists() else [sys.executable, "-m", "serverpki.operate"]
+AGENT_CMD = [sys.executable, "-m", "serverpki.admin", "agent"]
+
+
+def make_pending(owner: psycopg.Connection) -> str:
+    """An older database: the newest migration not applied (its row deleted, as the owner)."""
+    return owner.execute("DELETE FROM pki.schema_migrations WHERE version = "
+                         "(SELECT max(version) FROM pki.schema_migrations) RETURNING version").fetchone()[0]
+
+
+def make_newer(owner: psycopg.Connection) -> str:
+    """A database a newer release upgraded: a migration this release does not have."""
+    owner.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (FUTURE,))
+    return FUTURE
+
+
+SPOIL = {"pending": make_pending, "newer": make_newer}
+
+
+@pytest.fixture
+def cli_setup(pg_server, dbname, conn, tmp_path):
+    """A small configuration in the fresh database, a queued job, and the environment of the cron role."""
+    conn.execute("SELECT add_disthost('web1.example.org')")
+    conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
+    conn.execute("SELECT * FROM add_cert('c1', 'client', 'local', 'ec', false, NULL, NULL, NULL, "
+                 "'web1.example.org', NULL, 'p')")
+    passfile = tmp_path / "ca.pass"
+    passfile.write_text("secret\n")
+    passfile.chmod(0o600)
+    config = tmp_path / "serverpki.toml"
+    config.write_text(f'[local_ca]\npassphrase_file = "{passfile}"\nkey_size = 2048\n'
+                      '[logging]\nsyslog_address = ""\n[agent]\npoll_seconds = 60\n')
+    env = {k: v for k, v in os.environ.items() if k not in PG_VARS}
+    env.update(pg_server.env(dbname, user=CRON), SERVERPKI_CONFIG=str(config))
+    return env
+
+
+def world(conn: psycopg.Connection):
+    """What a run could change: the state tables, the queue, the history."""
+    return snapshot(conn), conn.execute("SELECT (SELECT array_agg((id, state, attempts)::text ORDER BY id) FROM jobs), "
+                                        "(SELECT count(*) FROM events), (SELECT count(*) FROM deployments)").fetchone()
+
+
+def assert_one_line_refusal(done: subprocess.CompletedProcess, program: str, *expected: str) -> str:
+    err = done.stderr.strip()
+    assert done.returncode == 3, f"exit status {done.returncode}: {done.stdout}{done.stderr}"
+    assert len(err.splitlines()) == 1 and err.startswith(f"{program}: ") and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_check_compatible_is_one_query_any_role_can_make(pg_server, dbname, conn, new_db):
+    with psycopg.connect(pg_server.dsn(dbname, CRON), autocommit=True) as cron:
+        statements: list[str] = []
+        execute = cron.execute
+        cron.execute = lambda query, *a, **kw: (statements.append(query), execute(query, *a, **kw))[1]
+        migrate.check_compatible(cron)   # current: no complaint
+        assert len(statements) == 1, statements
+
+        version = make_pending(conn)
+        with pytest.raises(migrate.SchemaMismatch) as pending:
+            migrate.check_compatible(cron)
+        assert pending.value.exit_code == 3
+        assert str(pending.value) == (f"the database has pending migration(s) {version}: "
+                                      "run serverpki db upgrade (as the schema's owner)")
+
+        conn.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (version,))
+        make_newer(conn)
+        with pytest.raises(migrate.SchemaMismatch) as newer:
+            migrate.check_compatible(cron)
+        assert str(newer.value).startswith("this serverPKI is older than the database's schema: upgrade serverPKI")
+        assert FUTURE in str(newer.value)
+
+    with psycopg.connect(pg_server.dsn(new_db()), autocommit=True) as empty:
+        with pytest.raises(migrate.SchemaMismatch, match="no serverPKI schema: run serverpki db upgrade"):
+            migrate.check_compatible(empty)
+
+
+@pytest.mark.parametrize("spoil", sorted(SPOIL))
+def test_status_shows_what_the_agent_would_refuse(runner, pg_server, dbname, conn, spoil):
+    version = SPOIL[spoil](conn)
+    result = runner.invoke(app, ["db", "status"], env=cli_env(pg_server, dbname))
+    assert result.exit_code == 3, result.output
+    lines = result.output.splitlines()
+    if spoil == "pending":
+        assert lines[1] == f"pending: {version}"
+        assert lines[-1].endswith("run serverpki db upgrade (as the schema's owner)")
+    else:
+        assert lines[1] == "pending: none" and lines[2] == f"unknown to this release: {FUTURE}"
+        assert lines[-1].startswith("serverpki: this serverPKI is older than the database's schema: upgrade serverPKI")
+
+
+@pytest.mark.parametrize("spoil", sorted(SPOIL))
+@pytest.mark.parametrize("args", [("-n",), ("-S", "-q", "-a")], ids=["check", "cron-run"])
+def test_operate_refuses_a_schema_of_another_release(cli_setup, conn, spoil, args):
+    conn.execute("SELECT request_local_ca('Local CA', 'rsa')")   # a queued job, which the run must leave
+    version = SPOIL[spoil](conn)
+    before = world(conn)
+    done = subprocess.run([*OPERATE_CMD, *args], env=cli_setup, capture_output=True, text=True, timeout=120)
+    expected = ("serverpki db upgrade", version) if spoil == "pending" else \
+        ("this serverPKI is older than the database's schema: upgrade serverPKI", version)
+    assert_one_line_refusal(done, "operate_serverPKI", *expected)
+    assert done.stdout == ""
+    assert world(conn) == before, "a refused run changed the database"
+
+
+def test_operate_works_a_current_schema(cli_setup, conn):
+    done = subprocess.run([*OPERATE_CMD, "-n"], env=cli_setup, capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 1) and "serverpki db upgrade" not in done.stderr, done.stderr
+    assert "upgrade serverPKI" not in done.stderr
+
+
+@pytest.mark.parametrize("spoil", sorted(SPOIL))
+def test_agent_refuses_a_schema_of_another_release_then_works_the_upgraded_one(cli_setup, conn, spoil):
+    conn.execute("SELECT request_local_ca('Local CA', 'rsa')")
+    version = SPOIL[spoil](conn)
+    before = world(conn)
+    done = subprocess.run(AGENT_CMD, env=cli_setup, capture_output=True, text=True, timeout=120)
+    assert_one_line_refusal(done, "serverpki", version,
+                            "serverpki db upgrade" if spoil == "pending" else "upgrade serverPKI")
+    assert world(conn) == before, "a refused agent changed the database"
+
+    # made current again (what serverpki db upgrade, or the newer serverPKI, does), the agent works
+    if spoil == "pending":
+        conn.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (version,))
+    else:
+        conn.execute("DELETE FROM pki.schema_migrations WHERE version = %s", (version,))
+    proc = subprocess.Popen([*AGENT_CMD, "--kind", "issue_local_ca"], env=cli_setup, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and \
+                conn.execute("SELECT state FROM jobs").fetchone()[0] != "done":
+            time.sleep(0.2)
+        assert conn.execute("SELECT kind, state FROM jobs").fetchall() == [("issue_local_ca", "done")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+
+
+def test_agent_stops_when_it_reconnects_to_an_upgraded_database(pg_server, dbname, conn):
+    """The long-running agent checks again after a reconnection: the database may have been
+    upgraded by a newer serverPKI while it was away."""
+    agent = Agent(pg_server.dsn(dbname, CRON), SimpleNamespace(), name="t-upgrade")
+    stop = threading.Event()
+    outcome: dict[str, BaseException] = {}
+
+    def work() -> None:
+        try:
+            agent.forever(poll_seconds=60, stop=stop)
+        except BaseException as exc:   # reported below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = %s "
+                "AND query = 'LISTEN pki_jobs'", (CRON,)).fetchone()[0]:
+            time.sleep(0.1)
+        assert worker.is_alive() and not outcome, outcome
+        make_newer(conn)
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND usename = %s", (CRON,))
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "the agent went on with a schema it does not know"
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+        agent.close()
+    assert isinstance(outcome.get("error"), migrate.SchemaMismatch), outcome
+    assert FUTURE in str(outcome["error"])
 
 
 # --- two installers at once ------------------------------------------------------------
@@ -468,7 +749,7 @@ def test_concurrent_installers_in_two_databases_of_a_new_cluster():
 
     (The advisory lock serializes installers of one database only.) A private cluster, because
     the roles of the session's cluster exist already."""
-    from serverpki.lab.postgres import PostgresCluster
+    from lab.postgres import PostgresCluster
 
     # pytest's tmp folders are private to root; the postgres user must reach its data folder
     top = Path(tempfile.mkdtemp(prefix="serverpki-test-pg2-"))

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from serverpki.lab.smtp import SMTPLab
+from lab.smtp import SMTPLab
 from serverpki.operate import app
-from serverpki.lab.lab import secret
+from lab.lab import secret
 
 runner = CliRunner()
 CA_PASS = "ca secret"

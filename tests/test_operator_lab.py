@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from fleet import Fleet
-from serverpki.lab import roles
-from serverpki.lab.lab import ZONE
+from lab import roles
+from lab.lab import ZONE
 
 WWW = f"www.{ZONE}"
 OWNER = f"_443._tcp.{WWW}."

@@ -37,8 +37,8 @@ from psycopg.rows import dict_row
 
 from fleet import Fleet
 from serverpki import sshclient
-from serverpki.lab.netns import IsolatedHost, namespaces_left
-from serverpki.lab.sshd import SSHLab
+from lab.netns import IsolatedHost, namespaces_left
+from lab.sshd import SSHLab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab's sshd and network namespaces need root")
 

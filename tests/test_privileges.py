@@ -43,7 +43,7 @@ from serverpki.errors import GiveUp
 from serverpki.handlers import HANDLERS, Context, Job
 from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (registers issue_local, issue_local_ca)
 from serverpki.handlers import keys as _keys  # noqa: F401  (registers encrypt_keys, decrypt_keys)
-from serverpki.lab.lab import secret as secret_file
+from lab.lab import secret as secret_file
 
 INSUFFICIENT_PRIVILEGE = "42501"
 ROLES = ("pki_admin", "pki_agent", "pki_report")

@@ -1,5 +1,5 @@
-"""The reminder (LIFECYCLE.md rule 5) end to end: the scheduler enqueues one mail_reminder
-job, the handler mails it through a real SMTP server (aiosmtpd, serverpki.lab.smtp),
+"""The reminder (docs/lifecycle.md, rule 5) end to end: the scheduler enqueues one mail_reminder
+job, the handler mails it through a real SMTP server (aiosmtpd, lab.smtp),
 complete_job records it, and the certificate is reminded once. Faults of the relay
 become RetryLater (fail_job: failed, retried) or GiveUp (dead), with the error in
 jobs_overview.
@@ -22,8 +22,8 @@ from serverpki import smtpclient
 from serverpki.errors import GiveUp, RetryLater
 from serverpki.handlers import Context, Job
 from serverpki.handlers import mail
-from serverpki.lab.ports import free_port
-from serverpki.lab.smtp import SMTPLab
+from lab.ports import free_port
+from lab.smtp import SMTPLab
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2027, 1, 1, tzinfo=UTC)

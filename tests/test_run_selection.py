@@ -118,7 +118,7 @@ def fleet():
 
 
 def test_a_run_acts_only_on_its_selection(fleet):
-    from serverpki.lab.lab import ZONE
+    from lab.lab import ZONE
     local, acme = f"intranet.{ZONE}", f"www.{ZONE}"
     web1, jail = fleet.lab.ssh.host(f"web1.{ZONE}"), fleet.lab.ssh.host(f"jailhost.{ZONE}")
     cron = psycopg.connect(fleet.role_dsn(), autocommit=True)   # the cron role enqueues without draining

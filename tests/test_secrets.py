@@ -1,6 +1,6 @@
 """Secrets on the wire, in logs and on the targets, with the real lab.
 
-1. The demo's story (serverpki.demo.Demo: PostgreSQL, BIND, Pebble, two sshd, SMTP), run
+1. The demo's story (lab.demo.Demo: PostgreSQL, BIND, Pebble, two sshd, SMTP), run
    in-process with every operate_serverPKI run captured, plus runs with -v and -d that
    handle keys (-D, -X, -K after tampering, -C, -E, -Y, a reminder mail, a wrong passphrase).
    PostgreSQL runs with log_statement=all, as an operator hunting a problem would set it (the
@@ -46,7 +46,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from psycopg.rows import dict_row
 
-from serverpki import demo as demo_module
+from lab import demo as demo_module
 from serverpki import handlers as handler_registry
 from serverpki import sshclient
 from serverpki.agent import Agent
@@ -54,8 +54,8 @@ from serverpki.config import Config, LocalCAConfig, PathsConfig, SshConfig, X509
 from serverpki.handlers import HANDLERS
 from serverpki.handlers import distribute as distribute_handler
 from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (registers issue_local, issue_local_ca)
-from serverpki.lab.sshd import SSHLab
-from serverpki.lab.lab import secret as _secret
+from lab.sshd import SSHLab
+from lab.lab import secret as _secret
 from test_privileges import B64_WINDOW, KeyMaterial, _b64_shifts, _windows, pem_body
 
 DEMO_DB = demo_module.DEMO_DB

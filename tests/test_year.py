@@ -3,7 +3,7 @@ Pebble, two sshd disthosts (one target in a jail), an SMTP relay — driven by h
 scheduler runs over a simulated year. Each hour sets pki.now on the test connection and,
 only when the plan has something other than 'wait', runs schedule() and drains the queue
 with the real Agent (whose DSN carries the same clock). After every such step the
-invariants of LIFECYCLE.md are checked against the database, the hosts' files and BIND.
+invariants of the lifecycle (docs/lifecycle.md) are checked against the database, the hosts' files and BIND.
 
 Pebble issues from its real clock, so before each ACME issuance it is restarted with
 validity_days = (simulated now - real now) + 90, giving every certificate a 90-day
@@ -28,11 +28,11 @@ from psycopg.conninfo import make_conninfo
 from serverpki.agent import Agent
 from serverpki.config import parse_config
 from serverpki.handlers.distribute import file_names, target_root, under
-from serverpki.lab.bind import BindLab
-from serverpki.lab.pebble import PebbleLab
-from serverpki.lab.smtp import SMTPLab
-from serverpki.lab.sshd import SSHLab
-from serverpki.lab.lab import secret
+from lab.bind import BindLab
+from lab.pebble import PebbleLab
+from lab.smtp import SMTPLab
+from lab.sshd import SSHLab
+from lab.lab import secret
 
 UTC = dt.timezone.utc
 ZONE = "demo.serverpki.test"

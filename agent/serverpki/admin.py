@@ -46,7 +46,8 @@ def db_upgrade(dsn: DsnOption = None) -> None:
 
 @db_app.command("status")
 def db_status(dsn: DsnOption = None) -> None:
-    """Show applied and pending migrations and whether keys are encrypted."""
+    """Show applied and pending migrations and whether keys are encrypted; exit status 3 when the
+    agent and operate_serverPKI would refuse the database (pending migrations, or a newer schema)."""
     try:
         with connect(dsn, autocommit=True) as conn, refusals_as_errors():
             st = migrate.status(conn)
@@ -54,10 +55,12 @@ def db_status(dsn: DsnOption = None) -> None:
         _fail(exc)
     typer.echo(f"applied: {', '.join(st.applied) or 'none'}")
     typer.echo(f"pending: {', '.join(st.pending) or 'none'}")
+    if st.newer:
+        typer.echo(f"unknown to this release: {', '.join(st.newer)}")
     if st.keys_encrypted is not None:
         typer.echo(f"keys encrypted: {'yes' if st.keys_encrypted else 'no'}")
-    if st.pending:
-        raise typer.Exit(1)
+    if st.problem is not None:   # what the agent and operate_serverPKI would refuse, and their exit status
+        _fail(st.problem)
 
 
 @app.command("agent")
@@ -85,8 +88,12 @@ def agent_command(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    agent.forever(poll_seconds=config.agent.poll_seconds, stop=stop)
-    agent.close()
+    try:
+        agent.forever(poll_seconds=config.agent.poll_seconds, stop=stop)
+    except ServerPKIError as exc:   # a schema of another release (migrate.check_compatible), at start or reconnection
+        _fail(exc)
+    finally:
+        agent.close()
 
 
 @app.command("demo")

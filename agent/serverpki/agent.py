@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
+from . import migrate
 from .errors import GiveUp, RetryLater, ServerPKIError, clean_text
 from .faults import crash_point
 from .handlers import Context, Job
@@ -324,12 +325,16 @@ class Agent:
         return self.conn.execute(q("unhandled_due_jobs"), {"kinds": self.kinds}).fetchall()
 
     def forever(self, poll_seconds: float = 30, stop: threading.Event | None = None) -> None:
-        """The long-running agent: woken by NOTIFY pki_jobs, polling as a fallback, reconnecting after outages."""
+        """The long-running agent: woken by NOTIFY pki_jobs, polling as a fallback, reconnecting after outages.
+        Raises migrate.SchemaMismatch when the database's schema does not fit this release (at start or on
+        reconnecting): the agent does not work a queue whose functions it does not know."""
         stop = stop or threading.Event()
         delay = 1.0
         while not stop.is_set():
             try:
                 with psycopg.connect(self.dsn, autocommit=True) as listener:
+                    # at start and after every reconnection: the database may have been upgraded meanwhile
+                    migrate.check_compatible(listener)   # SchemaMismatch: the agent stops
                     listener.execute("LISTEN pki_jobs")
                     delay = 1.0
                     log.info("agent %s: listening for jobs of kinds %s", self.name, ", ".join(self.kinds))

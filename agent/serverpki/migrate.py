@@ -5,15 +5,22 @@ pki.schema_migrations (the row is written before the DDL, in the same
 transaction, so two installers racing cannot both apply one). Functions,
 views and triggers (db/functions, db/views, db/triggers) are re-applied on
 every upgrade, in the order of their number prefix across the three folders.
+
+check_compatible is the one check that this release and the database's schema
+fit: operate_serverPKI runs it once per run, the long-running agent at start and
+after each reconnection; `serverpki db status` shows its verdict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import psycopg
+
+from . import __version__
+from .errors import ServerPKIError
 
 REPEATABLE_DIRS = ("functions", "views", "triggers")
 LOCK_KEY = 0x5E5F_E9C1  # advisory lock: one installer at a time per database
@@ -35,11 +42,53 @@ def repeatable_files(root: Path | None = None) -> list[Path]:
     return sorted(files, key=lambda f: (f.name, f.parent.name))
 
 
+class SchemaMismatch(ServerPKIError):
+    """The database's schema does not fit this release of serverPKI: nothing was done."""
+
+    exit_code = 3
+
+
+def mismatch(applied: list[str], known: list[str] | None = None) -> SchemaMismatch | None:
+    """Why a database with these migrations recorded may not be worked by this release, or None.
+
+    Newer first: a migration recorded that this release's db/schema does not have means a newer
+    serverPKI upgraded the database (its functions may have changed under us). Then pending ones:
+    this release's functions expect DDL the database has not had yet."""
+    known = [f.stem for f in versioned_files()] if known is None else known
+    newer = [v for v in applied if v not in known]
+    if newer:
+        return SchemaMismatch(
+            f"this serverPKI is older than the database's schema: upgrade serverPKI (the database has "
+            f"migration{'s' if len(newer) > 1 else ''} {', '.join(newer)}, which serverPKI {__version__} does not know)")
+    pending = [v for v in known if v not in applied]
+    if pending:
+        what = "no serverPKI schema" if not applied else f"pending migration(s) {', '.join(pending)}"
+        return SchemaMismatch(f"the database has {what}: run serverpki db upgrade (as the schema's owner)")
+    return None
+
+
+def check_compatible(conn: psycopg.Connection) -> None:
+    """Refuse (SchemaMismatch, exit status 3) a database with pending migrations or a newer schema.
+
+    One query, readable by every serverPKI role (9900_grants.sql). On a connection in a transaction,
+    a database without the table leaves that transaction aborted (the caller's to roll back)."""
+    try:
+        applied = conn.execute("SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM pki.schema_migrations"
+                               ).fetchone()[0]
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+        applied = []
+    problem = mismatch(applied)
+    if problem is not None:
+        raise problem
+
+
 @dataclass
 class Status:
     applied: list[str]
     pending: list[str]
     keys_encrypted: bool | None
+    newer: list[str] = field(default_factory=list)   # recorded, unknown to this release
+    problem: SchemaMismatch | None = None              # what check_compatible refuses
 
 
 def _applied(conn: psycopg.Connection) -> list[str]:
@@ -51,12 +100,13 @@ def _applied(conn: psycopg.Connection) -> list[str]:
 
 def status(conn: psycopg.Connection) -> Status:
     applied = _applied(conn)
-    pending = [f.stem for f in versioned_files() if f.stem not in applied]
+    known = [f.stem for f in versioned_files()]
+    pending = [v for v in known if v not in applied]
     encrypted = None
     if applied:
         row = conn.execute("SELECT keysencrypted FROM pki.revision ORDER BY id DESC LIMIT 1").fetchone()
         encrypted = row[0] if row else None
-    return Status(applied, pending, encrypted)
+    return Status(applied, pending, encrypted, [v for v in applied if v not in known], mismatch(applied, known))
 
 
 # the roles are cluster-wide, but the advisory lock is per database: an installer of another

@@ -22,7 +22,7 @@ try:  # typer up to 0.2x uses click, later releases carry their own copy
 except ImportError:
     from typer._click.exceptions import ClickException
 
-from . import __version__, reports
+from . import __version__, migrate, reports
 from .db import connect, refusals_as_errors
 from .actions import run_action
 from .agent import Agent
@@ -125,6 +125,7 @@ def operate(
         sel_sql, sel_params = _selection_sql(all_certs, include, exclude, only, skip_disthost,
                                              limit_to_disthost, no_tlsa_records)
         with connect(config.database.dsn, autocommit=True) as conn, refusals_as_errors():
+            migrate.check_compatible(conn)   # a schema of another release: exit status 3, nothing done
             conn.execute(f"SELECT check_selection({sel_sql})", sel_params)  # unknown names stop the run first
             if check_only:
                 if not _check_only(conn, sel_sql, sel_params, verbose and not quiet, only or [], actions,

@@ -2,6 +2,14 @@
 -- their successors. CREATE OR REPLACE cannot change arguments or a return type, and an old
 -- overload left behind would stay callable: every retired signature is listed here for good
 -- (DROP ... IF EXISTS is a no-op on a fresh install), with the release that retired it.
+--
+-- The convention: the commit that changes a function's arguments or return type (or removes the
+-- function) adds the old signature's DROP here (a conditional one when only the return type
+-- changed, as below). tests/test_migrate.py enforces it: the db/ of every commit that changed db/,
+-- upgraded to this tree, must hold exactly the functions of a fresh install, signature for signature
+-- (test_no_old_signature_survives_an_upgrade_from_any_commit; the first commit's with the whole
+-- schema in test_upgrade_from_the_first_release_equals_fresh_install), and an old overload without
+-- its line here is named by that comparison (test_a_changed_signature_survives_an_upgrade_unless_retired).
 
 -- 1.0: the queue's calls about a claimed job present its lease token, not the agent's name
 DROP FUNCTION IF EXISTS pki.held_job(bigint, text);
@@ -24,3 +32,13 @@ END
 $$;
 -- 1.0: claim_jobs takes the run's selection and the jobs it requested (a run acts only on its selection)
 DROP FUNCTION IF EXISTS pki.claim_jobs(text, text[], int, interval);
+-- 1.0: check_result_certs returns the refusal (problem, hint) as values besides the leaf's not_after and issuer
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure(
+                   'pki.check_result_certs(bigint, text, text, text, text[], jsonb, text, int, jsonb)')
+                 AND NOT 'problem' = ANY(proargnames)) THEN
+        DROP FUNCTION pki.check_result_certs(bigint, text, text, text, text[], jsonb, text, int, jsonb);
+    END IF;
+END
+$$;

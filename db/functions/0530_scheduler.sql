@@ -1,4 +1,4 @@
--- 0530_scheduler: one scheduler pass (LIFECYCLE.md), set-based. plan_rows decides
+-- 0530_scheduler: one scheduler pass (docs/lifecycle.md), set-based. plan_rows decides
 -- for all selected certificates in one query; plan shows it; schedule applies
 -- exactly those rows with one statement per kind of action.
 

@@ -1,5 +1,5 @@
 """mail_reminder: one message to the configured recipients listing the local
-certificates that must be issued (LIFECYCLE.md rule 5), with the commands to do it.
+certificates that must be issued (docs/lifecycle.md, rule 5), with the commands to do it.
 
 The scheduler has already marked each certificate as reminded; this handler only
 composes the message and sends it through the relay (smtpclient, whose faults are

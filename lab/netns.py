@@ -33,6 +33,7 @@ import socket
 import subprocess
 import time
 
+from .process import done, on_exit, starting
 from .sshd import SSHD, SSHHost, SSHLab
 
 IP = os.environ.get("SERVERPKI_IP", "/usr/sbin/ip")
@@ -100,8 +101,10 @@ class IsolatedHost:
         if os.geteuid() != 0:
             raise RuntimeError("a network namespace needs root")
         self.subnet = _free_subnet()
-        _ip("netns", "add", self.netns)
-        self._made = True
+        with starting():   # the namespace is registered before a SIGTERM can end us
+            _ip("netns", "add", self.netns)
+            self._made = True
+            on_exit(self, self.close)
         try:
             _ip("link", "set", "lo", "up", netns=self.netns)
             _ip("link", "add", self.outer_if, "type", "veth", "peer", "name", self.inner_if)
@@ -131,9 +134,11 @@ class IsolatedHost:
         """sshd inside the namespace (`ip netns exec` execs it: the process is sshd itself)."""
         log = open(self.host.log, "a")
         try:
-            self.host.process = subprocess.Popen([IP, "netns", "exec", self.netns, SSHD, "-D", "-e", "-f",
-                                                  str(self.host.config)],
-                                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            with starting():
+                self.host.process = subprocess.Popen([IP, "netns", "exec", self.netns, SSHD, "-D", "-e", "-f",
+                                                      str(self.host.config)],
+                                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                on_exit(self.host, self.host.stop)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -190,6 +195,7 @@ class IsolatedHost:
                 self.lab.write_client_config()
         if was_running:
             self.host.start()
+        done(self)
 
     def __enter__(self) -> "IsolatedHost":
         return self.start()

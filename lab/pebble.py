@@ -6,7 +6,7 @@
         pebble.root_pem()      # the root its certificates chain to (management /roots/0)
 
 Debian's pebble ships no certificate for its HTTPS listener, so a small CA and
-a server certificate for localhost and 127.0.0.1 are made here (COMPONENTS.md).
+a server certificate for localhost and 127.0.0.1 are made here.
 Both listeners bind 127.0.0.1 on free ports. The knobs are Pebble's environment:
 PEBBLE_VA_NOSLEEP=1 always; nonce_reject -> PEBBLE_WFE_NONCEREJECT (percent of
 nonces refused with badNonce), authz_reuse -> PEBBLE_AUTHZREUSE (percent of
@@ -22,7 +22,6 @@ import json
 import os
 import ssl
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .process import LabService, terminate
+from .process import LabService, on_exit, starting, temp_dir, terminate
 from .ports import free_port
 
 PEBBLE = os.environ.get("SERVERPKI_PEBBLE", "/usr/bin/pebble")
@@ -90,7 +89,7 @@ class PebbleLab(LabService):
         self.port = free_port()
         self.management_port = free_port()
         self._own_base = base is None
-        self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="serverpki-lab-pebble-"))
+        self.base = Path(base) if base else temp_dir("serverpki-lab-pebble-")
         self._proc: subprocess.Popen | None = None
         self._tls: tuple[Path, Path, Path] | None = None
 
@@ -155,8 +154,10 @@ class PebbleLab(LabService):
                "PEBBLE_AUTHZREUSE": str(self.authz_reuse), **self.extra_env}
         log = open(self.log, "ab")
         try:
-            self._proc = subprocess.Popen([PEBBLE, "-config", str(conf), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
-                                          stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.base)
+            with starting():   # pebble is registered before a SIGTERM can end us
+                self._proc = subprocess.Popen([PEBBLE, "-config", str(conf), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+                                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.base)
+                on_exit(self, self.close)
         finally:
             log.close()
         deadline = time.monotonic() + timeout

@@ -25,12 +25,12 @@ import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ports import free_port
+from .process import done, on_exit, remove_dir, starting, temp_dir
 
 SSHD = "/usr/sbin/sshd"
 BASE = Path(os.environ.get("SERVERPKI_LAB_DIR", "/var/lib/serverpki-lab"))
@@ -213,8 +213,10 @@ class SSHHost:
             return self
         log = open(self.log, "a")
         try:
-            self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            with starting():   # sshd is registered before a SIGTERM can end us
+                self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
+                                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                on_exit(self, self.stop)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -242,6 +244,7 @@ class SSHHost:
                     self.process.kill()
                     self.process.wait()
             self.process = None
+        done(self)
 
     def rekey(self) -> None:
         """A new host key (as after a reinstall), and a restart; known_hosts still has the old one."""
@@ -341,8 +344,9 @@ class SSHLab:
         if self.base is None:
             self._base_parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             _check_chroot_safe(self._base_parent)
-            self.base = Path(tempfile.mkdtemp(prefix="ssh-", dir=self._base_parent))
-            os.chmod(self.base, 0o755)
+            with starting():   # the folder is registered before a SIGTERM can end us
+                self.base = temp_dir("ssh-", 0o755, self._base_parent)
+                on_exit(self, self.close)
             self.client.mkdir(mode=0o700)
             _keygen(self.identity, "serverpki lab client")
             authorized = self.base / "authorized_keys"
@@ -370,9 +374,10 @@ class SSHLab:
     def close(self) -> None:
         self.stop()
         if self.base is not None:
-            shutil.rmtree(self.base, ignore_errors=True)
+            remove_dir(self.base)
             self.base = None
         self.hosts = {}
+        done(self)
 
     def reset(self) -> None:
         """Every host up, with its files gone, and known_hosts as the hosts' keys are now."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from .process import LabService, terminate
+from .process import LabService, on_exit, starting, temp_dir, terminate
 from .ports import free_port
 
 NAMED = os.environ.get("SERVERPKI_NAMED", "/usr/sbin/named")
@@ -54,7 +53,7 @@ class BindLab(LabService):
         self.port = port or free_port()
         self.key_name = key_name
         self._own_base = base is None
-        self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="serverpki-lab-bind-"))
+        self.base = Path(base) if base else temp_dir("serverpki-lab-bind-")
         self._proc: subprocess.Popen | None = None
         self._prepared = False
         self._agent_files: set[Path] = set()
@@ -168,7 +167,9 @@ include "{self.named_key_file}";
         args = [NAMED, "-f", "-c", str(self.conf)]
         if os.geteuid() == 0:
             args += ["-u", "bind"]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base)
+        with starting():   # named is registered before a SIGTERM can end us
+            self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base)
+            on_exit(self, self.close)
         deadline = time.monotonic() + timeout
         delay = 0.02
         while True:

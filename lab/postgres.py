@@ -1,7 +1,7 @@
 """A private, throwaway PostgreSQL 15 cluster with plpython3u, on loopback and a private socket.
 
 postgres refuses to run as root, so as root the binaries run as the
-`postgres` system user (COMPONENTS.md). The Debian `main` cluster is never used.
+`postgres` system user. The Debian `main` cluster is never used.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ports import free_port
+from .process import done, on_exit, starting
 
 PG_BIN = Path(os.environ.get("SERVERPKI_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -58,6 +59,12 @@ class PostgresCluster:
                                f"{' — see ' + str(self.log) if self.log.exists() else ''}")
 
     def start(self) -> "PostgresCluster":
+        with starting():   # initdb and the postmaster run to the end and are registered before a SIGTERM ends us
+            on_exit(self, self.stop)
+            self._start()
+        return self
+
+    def _start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
         if os.geteuid() == 0:
@@ -72,11 +79,11 @@ class PostgresCluster:
         if self.extra_options:
             options += " " + self.extra_options
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-o", options, "start")
-        return self
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        done(self)
 
     def restart(self) -> None:
         self.stop()

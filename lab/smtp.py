@@ -16,9 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import email.policy
 import ipaddress
-import shutil
 import ssl
-import tempfile
 import threading
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -29,6 +27,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from .ports import free_port
+from .process import done, on_exit, remove_dir, starting, temp_dir
 
 GREETING_NAME = "smtp.lab.serverpki.test"
 
@@ -146,7 +145,7 @@ class SMTPLab:
                 .add_extension(x509.SubjectAlternativeName(alt), critical=False)
                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                 .sign(key, hashes.SHA256()))
-        self._tmp = Path(tempfile.mkdtemp(prefix="serverpki-lab-smtp-"))
+        self._tmp = temp_dir("serverpki-lab-smtp-")
         (self._tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (self._tmp / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                               serialization.NoEncryption()))
@@ -174,8 +173,10 @@ class SMTPLab:
             options.update(authenticator=self._authenticate, auth_required=True)
         controller = Controller(_Keeper(self), hostname=self.host, port=self.port,
                                 server_hostname=GREETING_NAME, **options)
-        controller.start()
-        self._controller = controller
+        with starting():
+            controller.start()
+            self._controller = controller
+            on_exit(self, self.close)
         return self
 
     def stop(self) -> None:
@@ -187,9 +188,10 @@ class SMTPLab:
     def close(self) -> None:
         self.stop()
         if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            remove_dir(self._tmp)
             self._tmp = None
             self._tls_context = None
+        done(self)
 
     @property
     def running(self) -> bool:
