@@ -29,6 +29,7 @@ from .agent import Agent
 from .config import Config, load_config
 from .export import export_instance as export
 from .log import setup_logging
+from .queries import q
 from .errors import ServerPKIError, UsageError
 
 log = logging.getLogger("serverpki.operate")
@@ -40,12 +41,12 @@ Flag = bool
 Names = Optional[list[str]]
 
 
-def _selection_sql(all_certs: bool, include: Names, exclude: Names, only: Names,
-                   skip: Names, limit: Names, no_tlsa: bool) -> tuple[str, dict]:
-    """The selection as one SQL expression; the database refuses unknown names (SP024)."""
-    return ("selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s)",
-            {"sel_all": all_certs, "sel_include": include or [], "sel_exclude": exclude or [], "sel_only": only or [],
-             "sel_skip": skip or [], "sel_limit": limit or [], "sel_no_tlsa": no_tlsa})
+def _selection(all_certs: bool, include: Names, exclude: Names, only: Names,
+               skip: Names, limit: Names, no_tlsa: bool) -> dict:
+    """The selection's bind parameters: every query that takes a selection (queries.sql) passes them to
+    pki.selection(%(sel_all)s, ...), which refuses unknown names (SP024)."""
+    return {"sel_all": all_certs, "sel_include": include or [], "sel_exclude": exclude or [], "sel_only": only or [],
+            "sel_skip": skip or [], "sel_limit": limit or [], "sel_no_tlsa": no_tlsa}
 
 
 def _check_names(*lists: Names) -> None:
@@ -122,13 +123,12 @@ def operate(
             actions["-C"] = actions["-D"] = False
         elif renew_local_certs is not None and not actions["-D"]:
             actions["-C"] = True  # -r N alone: create the local certificates deployed and expiring within N days
-        sel_sql, sel_params = _selection_sql(all_certs, include, exclude, only, skip_disthost,
-                                             limit_to_disthost, no_tlsa_records)
+        sel_params = _selection(all_certs, include, exclude, only, skip_disthost, limit_to_disthost, no_tlsa_records)
         with connect(config.database.dsn, autocommit=True) as conn, refusals_as_errors():
             migrate.check_compatible(conn)   # a schema of another release: exit status 3, nothing done
-            conn.execute(f"SELECT check_selection({sel_sql})", sel_params)  # unknown names stop the run first
+            conn.execute(q("check_selection"), sel_params)  # unknown names stop the run first
             if check_only:
-                if not _check_only(conn, sel_sql, sel_params, verbose and not quiet, only or [], actions,
+                if not _check_only(conn, sel_params, verbose and not quiet, only or [], actions,
                                    renew_local_certs):
                     raise typer.Exit(1)   # the check reported a problem
                 return
@@ -142,7 +142,7 @@ def operate(
             wanted = [name for name in ACTION_ORDER if actions[name]]
             if not wanted:
                 raise UsageError("no action given; see operate_serverPKI -h")
-            ok = _run(conn, config, wanted, sel_sql, sel_params, renew_local_certs, quiet)
+            ok = _run(conn, config, wanted, sel_params, renew_local_certs, quiet)
         if not ok:
             raise typer.Exit(1)
     except ServerPKIError as exc:
@@ -151,15 +151,13 @@ def operate(
         raise typer.Exit(2 if getattr(exc, "sqlstate", None) == "SP024" else exc.exit_code)
 
 
-def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: dict, verbose: bool, only: list[str],
+def _check_only(conn: psycopg.Connection, sel_params: dict, verbose: bool, only: list[str],
                 actions: dict[str, bool], renew: Optional[int]) -> bool:
     """-n: the configuration check of the selected certificates (every one without -o/-e), then the
     report the other options ask for. True when the check found nothing (exit status 0), else 1."""
-    problems = conn.execute(f"SELECT certificate, problem, hint FROM check_config({sel_sql})", sel_params).fetchall()
+    problems = conn.execute(q("check_config"), sel_params).fetchall()
     if verbose:
-        n, cas = conn.execute(
-            """SELECT count(DISTINCT c.id), array_agg(DISTINCT s.name::text) FILTER (WHERE s.type = 'CA')
-                 FROM certificates c JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname""").fetchone()
+        n, cas = conn.execute(q("certificate_counts")).fetchone()
         typer.echo(f"[{n} certificates and CAs {cas or []} in DB]")
     if problems:
         # one line each: what, the problem, the fix (names cannot break the line: _one_line)
@@ -168,10 +166,10 @@ def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: dict, verbos
     else:
         typer.echo("No syntax errors found in configuration." if not verbose else "[No syntax errors found in configuration.]")
     if actions["-S"]:
-        typer.echo(reports.plan_table(conn, sel_sql, sel_params))
+        typer.echo(reports.plan_table(conn, sel_params))
     elif renew is not None:
         # -D -r N -n: what -D -r N would distribute; -r N -n: what -C -r N would issue
-        typer.echo(reports.renew_table(conn, sel_sql, sel_params, renew, distribute=actions["-D"]))
+        typer.echo(reports.renew_table(conn, sel_params, renew, distribute=actions["-D"]))
     elif verbose:
         typer.echo(reports.meta_table(conn, only))
         typer.echo("")
@@ -183,7 +181,7 @@ def _check_only(conn: psycopg.Connection, sel_sql: str, sel_params: dict, verbos
 ACTION_ORDER = ("-I", "-X", "-Y", "-S", "-C", "-D", "-K", "-T", "-R", "-Z")
 
 
-def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_sql: str, sel_params: dict,
+def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_params: dict,
          remaining: Optional[int], quiet: bool) -> bool:
     """Each action: its SQL request, then drain. True when every job the run performed succeeded."""
     # the run acts only on its selection: its drains claim the jobs of the selected certificates and
@@ -195,7 +193,7 @@ def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_sql: s
     ok = True
     try:
         for action in wanted:
-            outcome = run_action(conn, agent, action, sel_sql, sel_params, params)
+            outcome = run_action(conn, agent, action, sel_params, params)
             log.info("%s: %s", action, outcome.stats.summary())
             for error in outcome.stats.errors:
                 log.error("%s: %s", action, error)

@@ -115,3 +115,100 @@ SELECT pki.save_job_key(%(job)s, %(token)s::uuid, %(algo)s, %(key)s);
 -- name: job_key
 -- the key an earlier attempt stored for its order of this algorithm, or NULL
 SELECT pki.job_key(%(job)s, %(token)s::uuid, %(algo)s) AS key;
+
+-- The command line's statements (operate_serverPKI); its selection (-a -i -e -o -s -l -N) is bind parameters.
+-- Why the pki.selection(...) call is written out in each query, not spliced in: what is here is exactly what runs.
+
+-- name: check_selection
+-- unknown names stop the run before anything is done (SP024)
+SELECT pki.check_selection(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
+
+-- name: check_config
+-- -n: the configuration problems of the selected certificates
+SELECT certificate, problem, hint FROM pki.check_config(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
+
+-- name: certificate_counts
+-- -n -v: how many certificates, and the names of the CAs
+SELECT count(DISTINCT c.id), array_agg(DISTINCT s.name::text) FILTER (WHERE s.type = 'CA')
+  FROM pki.certificates c JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname;
+
+-- name: request_local_ca
+-- -I
+SELECT job, NULL::text, NULL::int, 'requested (-I)' FROM (SELECT pki.request_local_ca(%(ca_name)s, %(ca_algo)s) AS job) x;
+
+-- name: request_encrypt_keys
+-- -X
+SELECT pki.request_key_encryption(true), NULL::text, NULL::int, 'requested (-X)';
+
+-- name: request_decrypt_keys
+-- -Y
+SELECT pki.request_key_encryption(false), NULL::text, NULL::int, 'requested (-Y)';
+
+-- name: request_schedule
+-- -S
+SELECT NULL::bigint, certificate, instance, action || ': ' || reason FROM pki.schedule(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
+
+-- name: request_create
+-- -C (-r N)
+SELECT job, certificate, instance, reason FROM pki.request_create(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s),
+    %(remaining)s);
+
+-- name: request_distribute
+-- -D (-r N)
+SELECT job, certificate, instance, reason FROM pki.request_distribute(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s),
+    %(remaining)s);
+
+-- name: request_consolidate_certs
+-- -K
+SELECT job, certificate, instance, reason FROM pki.request_consolidate_certs(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
+
+-- name: request_consolidate_tlsa
+-- -T
+SELECT job, certificate, instance, reason FROM pki.request_consolidate_tlsa(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
+
+-- name: request_remove_tlsa
+-- -R
+SELECT job, certificate, instance, reason FROM pki.request_remove_tlsa(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
+
+-- name: request_acme_account
+-- -Z
+SELECT pki.request_acme_account(%(acme_url)s, %(acme_contact)s), NULL::text, NULL::int, 'requested (-Z)';
+
+-- The report grids (reports.py): each selects exactly the seed's columns, in its order.
+-- %(only)s: the -o names, or none for every certificate.
+
+-- name: report_meta
+-- -n -v: the certificates' configuration
+SELECT "Subject", "Cert Name", "Type", "Algo", "OCSP m st", "authorized", "Alt Name", "TLSA", "Port",
+       "Dist Host", "Jail", "Place"
+  FROM pki.certs
+ WHERE cardinality(%(only)s::citext[]) = 0 OR "Cert Name" = ANY(%(only)s::citext[]);
+
+-- name: report_instances
+-- -n -v: the certificates' instances
+SELECT "Serial", "Cert Name", "Type", "State", "CI CA", "OCSP m st", "not before", "not after", "ALGO", "Hash",
+       "updated"
+  FROM pki.inst
+ WHERE cardinality(%(only)s::citext[]) = 0 OR "Cert Name" = ANY(%(only)s::citext[]);
+
+-- name: report_renew
+-- -r N -n (-D -r N -n): the local certificates -C -r N (-D -r N) would act on (pki.renewal_candidates)
+SELECT m."Subject", m."Cert Name", m."Type", m."authorized", m."Alt Name", m."TLSA", m."Port", m."Dist Host",
+       m."Jail", m."Place"
+  FROM pki.certs m
+ WHERE m."Cert Name" IN (SELECT certificate FROM pki.renewal_candidates(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s),
+    %(remaining)s, %(distribute)s));
+
+-- name: report_plan
+-- -S -n: what the scheduler would do
+SELECT certificate AS "Cert Name", instance AS "Serial", action AS "Action", reason AS "Reason" FROM pki.plan(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));

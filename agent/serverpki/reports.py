@@ -10,6 +10,9 @@ import datetime as dt
 import psycopg
 from prettytable import PrettyTable
 
+from .queries import q
+
+# the grids' headers; the report queries (queries.sql) select exactly these columns (_report checks)
 META_COLUMNS = ["Subject", "Cert Name", "Type", "Algo", "OCSP m st", "authorized",
                 "Alt Name", "TLSA", "Port", "Dist Host", "Jail", "Place"]
 INSTANCE_COLUMNS = ["Serial", "Cert Name", "Type", "State", "CI CA", "OCSP m st",
@@ -31,33 +34,29 @@ def grid(columns: list[str], rows) -> str:
     return table.get_string()
 
 
-def _names_filter(only: list[str]) -> tuple[str, list]:
-    return ('WHERE "Cert Name" = ANY(%s::citext[])', [only]) if only else ("", [])
+def _report(conn: psycopg.Connection, columns: list[str], name: str, params: dict) -> str:
+    """The grid of a report query (queries.sql), which selects exactly these columns in this order."""
+    cur = conn.execute(q(name), params)
+    selected = [d.name for d in cur.description or ()]
+    if selected != columns:  # the query and the seed's header drifted apart: a bug, not the operator's
+        raise AssertionError(f"query {name} selects {selected}, the grid shows {columns}")
+    return grid(columns, cur.fetchall())
 
 
 def meta_table(conn: psycopg.Connection, only: list[str]) -> str:
-    where, params = _names_filter(only)
-    cols = ", ".join(f'"{c}"' for c in META_COLUMNS)
-    return grid(META_COLUMNS, conn.execute(f"SELECT {cols} FROM certs {where}", params))
+    return _report(conn, META_COLUMNS, "report_meta", {"only": only})
 
 
 def instance_table(conn: psycopg.Connection, only: list[str]) -> str:
-    where, params = _names_filter(only)
-    cols = ", ".join(f'"{c}"' for c in INSTANCE_COLUMNS)
-    return grid(INSTANCE_COLUMNS, conn.execute(f"SELECT {cols} FROM inst {where}", params))
+    return _report(conn, INSTANCE_COLUMNS, "report_instances", {"only": only})
 
 
-def renew_table(conn: psycopg.Connection, sel_sql: str, sel_params: dict, remaining_days: int,
-                distribute: bool = False) -> str:
+def renew_table(conn: psycopg.Connection, sel_params: dict, remaining_days: int, distribute: bool = False) -> str:
     """The local certificates that -C -r N (with distribute: -D -r N) would act on: renewal_candidates,
     the one function request_create and request_distribute decide with."""
-    cols = ", ".join(f'm."{c}"' for c in RENEW_COLUMNS)
-    rows = conn.execute(
-        f"""SELECT {cols} FROM certs m
-             WHERE m."Cert Name" IN (SELECT certificate FROM renewal_candidates({sel_sql}, %(remaining)s, %(distribute)s))""",
-        {**sel_params, "remaining": remaining_days, "distribute": distribute}).fetchall()
-    return grid(RENEW_COLUMNS, rows)
+    return _report(conn, RENEW_COLUMNS, "report_renew",
+                   {**sel_params, "remaining": remaining_days, "distribute": distribute})
 
 
-def plan_table(conn: psycopg.Connection, sel_sql: str, sel_params: dict) -> str:
-    return grid(PLAN_COLUMNS, conn.execute(f"SELECT certificate, instance, action, reason FROM plan({sel_sql})", sel_params))
+def plan_table(conn: psycopg.Connection, sel_params: dict) -> str:
+    return _report(conn, PLAN_COLUMNS, "report_plan", sel_params)
