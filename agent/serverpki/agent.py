@@ -335,7 +335,7 @@ class Agent:
                 with psycopg.connect(self.dsn, autocommit=True) as listener:
                     # at start and after every reconnection: the database may have been upgraded meanwhile
                     migrate.check_compatible(listener)   # SchemaMismatch: the agent stops
-                    listener.execute("LISTEN pki_jobs")
+                    listener.execute(q("listen_jobs"))
                     delay = 1.0
                     log.info("agent %s: listening for jobs of kinds %s", self.name, ", ".join(self.kinds))
                     while not stop.is_set():

@@ -21,6 +21,7 @@ import psycopg
 
 from . import __version__
 from .errors import ServerPKIError
+from .queries import q
 
 REPEATABLE_DIRS = ("functions", "views", "triggers")
 LOCK_KEY = 0x5E5F_E9C1  # advisory lock: one installer at a time per database
@@ -73,8 +74,7 @@ def check_compatible(conn: psycopg.Connection) -> None:
     One query, readable by every serverPKI role (9900_grants.sql). On a connection in a transaction,
     a database without the table leaves that transaction aborted (the caller's to roll back)."""
     try:
-        applied = conn.execute("SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM pki.schema_migrations"
-                               ).fetchone()[0]
+        applied = conn.execute(q("applied_migrations")).fetchone()[0]
     except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
         applied = []
     problem = mismatch(applied)
@@ -92,10 +92,10 @@ class Status:
 
 
 def _applied(conn: psycopg.Connection) -> list[str]:
-    exists = conn.execute("SELECT to_regclass('pki.schema_migrations') IS NOT NULL").fetchone()[0]
+    exists = conn.execute(q("migrations_table_exists")).fetchone()[0]
     if not exists:
         return []
-    return [r[0] for r in conn.execute("SELECT version FROM pki.schema_migrations ORDER BY version")]
+    return [r[0] for r in conn.execute(q("migration_versions"))]
 
 
 def status(conn: psycopg.Connection) -> Status:
@@ -104,7 +104,7 @@ def status(conn: psycopg.Connection) -> Status:
     pending = [v for v in known if v not in applied]
     encrypted = None
     if applied:
-        row = conn.execute("SELECT keysencrypted FROM pki.revision ORDER BY id DESC LIMIT 1").fetchone()
+        row = conn.execute(q("keys_encrypted")).fetchone()
         encrypted = row[0] if row else None
     return Status(applied, pending, encrypted, [v for v in applied if v not in known], mismatch(applied, known))
 
@@ -135,18 +135,18 @@ def upgrade(conn: psycopg.Connection, log=print) -> list[str]:
 def _upgrade_once(conn: psycopg.Connection, log) -> list[str]:
     done: list[str] = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-        conn.execute("SET LOCAL search_path = pki, dd, public")
+        conn.execute(q("migration_lock"), {"key": LOCK_KEY})
+        conn.execute(q("migration_search_path"))
         applied = set(_applied(conn))
         for f in versioned_files():
             if f.stem in applied:
                 continue
             if applied or done:
-                conn.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (f.stem,))
+                conn.execute(q("record_migration"), {"version": f.stem})
                 conn.execute(f.read_text())
             else:  # the first migration creates the table it is recorded in
                 conn.execute(f.read_text())
-                conn.execute("INSERT INTO pki.schema_migrations (version) VALUES (%s)", (f.stem,))
+                conn.execute(q("record_migration"), {"version": f.stem})
             done.append(f.stem)
             log(f"applied {f.relative_to(f.parents[1])}")
         for f in repeatable_files():
@@ -157,14 +157,7 @@ def _upgrade_once(conn: psycopg.Connection, log) -> list[str]:
 
 def configure_database(conn: psycopg.Connection) -> None:
     """Per-database settings, which CREATE DATABASE ... TEMPLATE does not copy."""
-    conn.execute(
-        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = pki, dd, public', current_database()); END $$"
-    )
+    conn.execute(q("database_search_path"))
     # the agent hands issued keys to complete_job as bind parameters: the server must not log their values,
     # whatever log_statement an operator turns on (an installer without the right to set these leaves them)
-    conn.execute(
-        "DO $$ BEGIN IF has_parameter_privilege('log_parameter_max_length', 'SET') THEN "
-        "EXECUTE format('ALTER DATABASE %I SET log_parameter_max_length = 0', current_database()); "
-        "EXECUTE format('ALTER DATABASE %I SET log_parameter_max_length_on_error = 0', current_database()); "
-        "END IF; END $$"
-    )
+    conn.execute(q("database_log_parameters"))

@@ -12,7 +12,8 @@ def _parse(text: str) -> dict[str, str]:
     queries: dict[str, str] = {}
     for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
         name, _, body = block.partition("\n")
-        queries[name.strip()] = body.strip()
+        # comment lines after a statement introduce the next ones: not part of it
+        queries[name.strip()] = re.sub(r"(\n\s*(--[^\n]*)?)+\Z", "", body.strip())
     return queries
 
 

@@ -212,3 +212,42 @@ SELECT m."Subject", m."Cert Name", m."Type", m."authorized", m."Alt Name", m."TL
 -- -S -n: what the scheduler would do
 SELECT certificate AS "Cert Name", instance AS "Serial", action AS "Action", reason AS "Reason" FROM pki.plan(
     pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
+
+-- The agent's LISTEN: the notify_jobs trigger wakes it when work is enqueued.
+
+-- name: listen_jobs
+LISTEN pki_jobs;
+
+-- Migrations (migrate.py; serverpki db upgrade / status). The migration files themselves run as they are.
+
+-- name: applied_migrations
+-- one query, readable by every serverPKI role (9900_grants.sql): check_compatible
+SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM pki.schema_migrations;
+
+-- name: migrations_table_exists
+SELECT to_regclass('pki.schema_migrations') IS NOT NULL;
+
+-- name: migration_versions
+SELECT version FROM pki.schema_migrations ORDER BY version;
+
+-- name: migration_lock
+-- one installer at a time per database
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- name: migration_search_path
+SET LOCAL search_path = pki, dd, public;
+
+-- name: record_migration
+INSERT INTO pki.schema_migrations (version) VALUES (%(version)s);
+
+-- name: database_search_path
+-- per-database settings, which CREATE DATABASE ... TEMPLATE does not copy
+DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = pki, dd, public', current_database()); END $$;
+
+-- name: database_log_parameters
+-- the server must not log the bind parameters (issued keys) the agent hands complete_job, whatever
+-- log_statement an operator turns on (an installer without the right to set these leaves them)
+DO $$ BEGIN IF has_parameter_privilege('log_parameter_max_length', 'SET') THEN
+    EXECUTE format('ALTER DATABASE %I SET log_parameter_max_length = 0', current_database());
+    EXECUTE format('ALTER DATABASE %I SET log_parameter_max_length_on_error = 0', current_database());
+END IF; END $$;
