@@ -13,6 +13,7 @@ Driven as tests/test_lifecycle.py drives the lifecycle (its helpers: the simulat
 from __future__ import annotations
 
 from serverpki import reports
+from serverpki.operate import _selection
 
 from helpers import owner_conn
 from test_lifecycle import (TTL, WEB1, WEB2, add_cert, day, deploy_le, deploy_local, fleet, in_state,  # noqa: F401
@@ -120,10 +121,11 @@ def test_remaining_days_are_local_certificates_only_for_create_distribute_and_th
     cands = rows(conn, "SELECT * FROM renewal_candidates(NULL, 40, true)")
     assert [(r.certificate, r.instance) for r in cands] == [("short.example.org", short_succ)]
     assert "issued" in cands[0].reason
-    # the listing (-r 40 -n, -D -r 40 -n) asks the same function
-    assert listed(reports.renew_table(conn, "selection()", {}, 40)) == {"short.example.org", "long.example.org"}
+    # the listing (-r 40 -n, -D -r 40 -n) asks the same function, with the selection of no options (selection())
+    no_options = _selection(False, None, None, None, None, None, False)
+    assert listed(reports.renew_table(conn, no_options, 40)) == {"short.example.org", "long.example.org"}
     assert {r.certificate for r in rows(conn, "SELECT * FROM renewal_candidates(NULL, 40)")} == {"short.example.org", "long.example.org"}
-    assert listed(reports.renew_table(conn, "selection()", {}, 40, distribute=True)) == {"short.example.org"}
+    assert listed(reports.renew_table(conn, no_options, 40, distribute=True)) == {"short.example.org"}
 
 
 def listed(table: str) -> set[str]:
