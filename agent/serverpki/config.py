@@ -333,13 +333,14 @@ class LoggingConfig(_Section):
     syslog_address: str = _setting("/dev/log", check=_syslog_address)
 
 
-def _agent_name() -> str:
+def default_agent_name() -> str:
+    """The name an agent claims jobs under when [agent] name and --name give none: host-pid."""
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True, repr=False)
 class AgentConfig(_Section):
-    name: str = _setting(factory=_agent_name)
+    name: str = _setting(factory=default_agent_name)
     lease_seconds: int = _setting(300, check=_positive)
     poll_seconds: int = _setting(30, check=_positive)
     batch: int = _setting(10, check=_positive)
