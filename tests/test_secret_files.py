@@ -1,7 +1,7 @@
 """Files that hold a secret (secretfile), and passphrases as the original serverPKI made them.
 
 Each kind of secret file, read by the code that uses it (keystore.read_passphrase for
-db_encryption_key and local_ca.passphrase_file, Config.tsig_key, the mail handler's
+db_encryption_key and local_ca.passphrase_file, dnsupdate.read_tsig_key, the mail handler's
 password, load_config for a configuration with a DSN password or an EAB HMAC key), is
 refused when group or others may read it, when it is a symbolic link and when another
 user owns it; the refusal names the file and the command that fixes it, never the
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from helpers import owner_conn
-from serverpki import keystore, x509util
+from serverpki import dnsupdate, keystore, x509util
 from serverpki.config import load_config
 from serverpki.errors import ConfigError, GiveUp
 from serverpki.handlers import mail as mail_handler
@@ -48,7 +48,7 @@ def _passphrase(path: Path) -> bytes:
 def _tsig(path: Path):
     conf = path.parent / "tsig-user.toml"
     conf.write_text(f'[dns]\ntsig_key_file = "{path}"\n')  # holds no secret: may stay 0644
-    return load_config(conf).tsig_key().secret
+    return dnsupdate.read_tsig_key(load_config(conf)).secret
 
 
 def _mail(path: Path) -> str:

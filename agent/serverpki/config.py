@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import ConfigError
-from .secretfile import SecretFileError, read_inspected, read_secret
+from .secretfile import SecretFileError, read_inspected
 
 ENV_VAR = "SERVERPKI_CONFIG"
 FILE_NAME = "serverpki.toml"
@@ -394,31 +394,6 @@ class Config:
         if self.acme.eab_hmac_key:
             held.append("[acme] eab_hmac_key")
         return held
-
-    def tsig_key(self, needed_for: str = "DNS updates"):
-        """The TSIG key of [dns] tsig_key_file (a BIND key file), as a dns.tsig.Key for dns.update.
-
-        Its repr() shows the secret: never log the key itself, only its name.
-        """
-        import dns.tsig
-        import dns.tsigkeyring
-
-        path = self.require("dns", "tsig_key_file", needed_for)
-        try:
-            text = read_secret(path, "[dns] tsig_key_file").decode("utf-8", "replace")
-        except SecretFileError as exc:
-            raise ConfigError(f"{exc} (configuration file {self.source})") from None
-        # dnspython's from_file() parses so, but opens the path itself: we read it checked
-        match = dns.tsigkeyring.TSIG_KEY_FILE_RE.match(text.replace("\n", "").strip())
-        if not match:
-            raise ConfigError(f"[dns] tsig_key_file {path} is not a BIND key file "
-                              f"(key \"name\" {{ algorithm ...; secret \"...\"; }};) "
-                              f"(configuration file {self.source})")
-        name, algorithm, secret = match.group(1) or match.group(2), match.group(3) or match.group(4), \
-            match.group(5) or match.group(6)
-        keyring = dns.tsigkeyring.from_text({name: (algorithm, secret) if algorithm else secret})
-        (name, key), = keyring.items()
-        return key if isinstance(key, dns.tsig.Key) else dns.tsig.Key(name, key)
 
 
 # --- finding and reading ------------------------------------------------------------------------------------
