@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from helpers import owner_conn
 from serverpki import dnsupdate, keystore, x509util
-from serverpki.config import load_config
+from serverpki.config import load_config, parse_config
 from serverpki.errors import ConfigError, GiveUp
 from serverpki.handlers import mail as mail_handler
 from test_local_ca import config, fill, keys_encrypted, request_keys, run_job  # noqa: F401  (config: fixture)
@@ -52,10 +52,10 @@ def _tsig(path: Path):
 
 
 def _mail(path: Path) -> str:
-    settings = mail_handler._Settings({"mail": {"sender": "pki@example.org", "recipients": ["a@example.org"],
-                                                "relay_host": "127.0.0.1", "username": "pki",
-                                                "password_file": str(path)}})
-    return settings.password()
+    config = parse_config({"mail": {"sender": "pki@example.org", "recipients": ["a@example.org"],
+                                    "relay_host": "127.0.0.1", "username": "pki", "password_file": str(path)}},
+                          path.parent / "serverpki.toml")
+    return mail_handler.relay_password(config.mail)
 
 
 def _config(path: Path) -> str:
@@ -250,7 +250,7 @@ def test_our_encrypted_key_uses_the_chosen_kdf_cost(tmp_path):
 
 def test_a_configuration_may_still_come_from_a_pipe(tmp_path):
     done = subprocess.run(["bash", "-c", f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(AGENT)} "
-                           f"{shlex.quote(sys.executable)} -c 'from serverpki.config import load_config; "
+                           f"{shlex.quote(sys.executable)} -c 'from serverpki.config import load_config, parse_config; "
                            f"print(load_config(\"/dev/stdin\").x509.country)'"],
                           input='[x509]\ncountry = "DE"\n', capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "DE\n", done.stderr

@@ -20,12 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import ipaddress
 import os
 import socket
 import tomllib
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
+from email.utils import parseaddr
 from logging.handlers import SysLogHandler
 from pathlib import Path
 from typing import Any, Callable
@@ -105,7 +107,8 @@ def _email(value: str | None) -> str | None:
     if value is None:
         return None
     local, _, domain = value.rpartition("@")
-    return None if local and "." in domain and " " not in value else "must be a mail address, e.g. pki@example.org"
+    plain = local and "." in domain and " " not in value and "@" in parseaddr(value)[1]
+    return None if plain else "must be a mail address, e.g. pki@example.org"
 
 
 def _emails(values: tuple[str, ...]) -> str | None:
@@ -322,6 +325,30 @@ class MailConfig(_Section):
             missing = "password_file" if self.password_file is None else "username"
             return missing, "username and password_file go together (SMTP AUTH)"
         return None
+
+    def unusable(self) -> str | None:
+        """Why no mail can be sent with this section, naming the key; None when it can. Asked when mail
+        is sent: the keys only mail needs (sender, recipients), and a login that would cross the network
+        in clear (username without starttls, to a relay that is not on this host)."""
+        if not self.sender:
+            return ("mail.sender is not set: set sender in the [mail] section of the configuration "
+                    "(e.g. serverpki@example.org)")
+        if not self.recipients:
+            return ("mail.recipients is empty: list who gets the reminders in the [mail] section "
+                    "of the configuration (e.g. recipients = [\"hostmaster@example.org\"])")
+        if self.username and not self.starttls and not _is_loopback(self.relay_host):
+            return (f"mail.username is set but mail.starttls is false: the password would cross the network "
+                    f"to {self.relay_host} in clear; set starttls = true")
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, repr=False)
