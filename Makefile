@@ -31,8 +31,9 @@ $(STAMP_PIP): pyproject.toml $(STAMP_APT)
 	@$(BIN)/pip install -q -e '.[test,lab]'
 	@touch $@
 
+# two workers (pytest-xdist): every test makes its own database, every lab its own ports and folders
 test: setup
-	$(WITH_LAB) $(BIN)/pytest -q
+	$(WITH_LAB) $(BIN)/pytest -q -n 2
 
 demo: setup
 	$(WITH_LAB) $(BIN)/serverpki demo

@@ -7,7 +7,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -17,9 +16,10 @@ from lab import roles
 from lab.postgres import PostgresCluster
 from serverpki import migrate
 from serverpki.agent import Agent
+from serverpki.config import Config
 from serverpki.errors import GiveUp, RetryLater
 
-CONFIG = SimpleNamespace()
+CONFIG = Config()   # every default: these handlers read none of it
 
 
 def make_agent(dsn, handlers: dict, **kw) -> Agent:

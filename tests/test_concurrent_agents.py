@@ -36,7 +36,6 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -46,7 +45,7 @@ from fleet import Fleet
 from helpers import owner_conn
 from serverpki import sshclient
 from serverpki.agent import Agent
-from serverpki.config import load_config
+from serverpki.config import Config, load_config
 from lab import roles
 from lab.lab import HOSTS, ZONE
 from lab.process import remove_dir, temp_dir
@@ -516,7 +515,7 @@ def test_a_claimed_job_whose_lease_ran_out_is_not_run_by_its_first_agent(conn, d
         return {}
 
     def agent(name: str) -> Agent:
-        a = Agent(dsn, SimpleNamespace(), name=name, lease=2, batch=2)
+        a = Agent(dsn, Config(), name=name, lease=2, batch=2)
         a.handlers, a.kinds = {"t_side": side_effect}, ["t_side"]
         return a
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 from helpers import owner_conn
 from serverpki import acmeclient
 from serverpki.agent import Agent
+from serverpki.config import Config
 from serverpki.errors import ERROR_LIMIT, RETRY_AFTER_MAX, GiveUp, RetryLater, clean_text
 from strategies import HOSTILE, PIECES
 from test_distribution import WEB1, add_cert, config, hosts, issue, jobs_by_host, lab, local_ca, one, rows, target  # noqa: F401
@@ -93,7 +93,7 @@ def kinds(conn):
 
 
 def make_agent(dsn, handlers: dict) -> Agent:
-    agent = Agent(dsn, SimpleNamespace(), name="hostile-test", batch=1)
+    agent = Agent(dsn, Config(), name="hostile-test", batch=1)
     agent.handlers, agent.kinds = handlers, sorted(handlers)
     return agent
 

@@ -21,7 +21,6 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -32,6 +31,7 @@ from helpers import snapshot
 from serverpki import migrate
 from serverpki.admin import app
 from serverpki.agent import Agent
+from serverpki.config import Config
 
 SCHEMAS = ("pki", "dd")
 PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE", "SERVERPKI_DSN")
@@ -670,7 +670,7 @@ def test_agent_refuses_a_schema_of_another_release_then_works_the_upgraded_one(c
 def test_agent_stops_when_it_reconnects_to_an_upgraded_database(pg_server, dbname, conn):
     """The long-running agent checks again after a reconnection: the database may have been
     upgraded by a newer serverPKI while it was away."""
-    agent = Agent(pg_server.dsn(dbname, CRON), SimpleNamespace(), name="t-upgrade")
+    agent = Agent(pg_server.dsn(dbname, CRON), Config(), name="t-upgrade")
     stop = threading.Event()
     outcome: dict[str, BaseException] = {}
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import socket
-from types import SimpleNamespace
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,7 +20,8 @@ from psycopg.rows import dict_row
 from certfactory import issue_result
 from helpers import lease_of, remember_leases
 from serverpki import smtpclient
-from serverpki.errors import GiveUp, RetryLater
+from serverpki.config import Config, parse_config
+from serverpki.errors import ConfigError, GiveUp, RetryLater
 from serverpki.handlers import Context, Job
 from serverpki.handlers import mail
 from lab.ports import free_port
@@ -30,6 +32,7 @@ T0 = dt.datetime(2027, 1, 1, tzinfo=UTC)
 LIFETIME = 90           # days of the issued instances; local_issue_mail_days is 30
 AGENT = "a1"
 RECIPIENTS = ["hostmaster@example.org", "pki@example.org"]
+CONFIG_FILE = Path("/etc/serverpki/serverpki.toml")   # names the file in messages; never read
 
 
 # --------------------------------------------------------------------------- helpers
@@ -53,16 +56,15 @@ def as_job(row: dict) -> Job:
                row["args"] or {}, row["attempts"], row["max_attempts"], str(row["lease_token"]))
 
 
-def mail_config(smtp: SMTPLab | None = None, **overrides) -> SimpleNamespace:
-    """A stand-in for the agent's configuration: its [mail] section."""
+def mail_config(smtp: SMTPLab | None = None, **overrides) -> Config:
+    """The agent's configuration with this [mail] section, checked as load_config checks it (None: key left out)."""
     section = dict(relay_host=smtp.host if smtp else "127.0.0.1", relay_port=smtp.port if smtp else free_port(),
-                   sender="serverpki@example.org", recipients=list(RECIPIENTS), starttls=False,
-                   username=None, password_file=None)
+                   sender="serverpki@example.org", recipients=list(RECIPIENTS), starttls=False)
     section.update(overrides)
-    return SimpleNamespace(mail=SimpleNamespace(**section))
+    return parse_config({"mail": {k: v for k, v in section.items() if v is not None}}, CONFIG_FILE)
 
 
-def context(conn, config) -> Context:
+def context(conn, config: Config) -> Context:
     return Context(config=config, conn=conn, agent_name=AGENT)
 
 
@@ -271,16 +273,25 @@ def test_a_relay_that_never_answers_times_out_as_retry_later(monkeypatch):
 
 @pytest.mark.parametrize("override, key", [
     ({"sender": None}, "mail.sender"),
-    ({"sender": "not an address"}, "mail.sender"),
     ({"recipients": []}, "mail.recipients"),
-    ({"username": "pki"}, "mail.password_file"),
-    ({"password_file": "/nonexistent"}, "mail.username"),
     ({"relay_host": "relay.example.org", "username": "pki", "password_file": "/nonexistent"}, "mail.starttls"),
 ])
 def test_a_configuration_that_cannot_work_gives_up_naming_the_key(smtp, override, key):
     with pytest.raises(GiveUp, match=key.replace(".", r"\.")):
         run(mail_config(smtp, **override))
     assert smtp.messages == []
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"sender": "not an address"}, "[mail] sender"),
+    ({"sender": "a,b@example.org"}, "[mail] sender"),
+    ({"username": "pki"}, "[mail] password_file"),
+    ({"password_file": "/nonexistent"}, "[mail] username"),
+])
+def test_a_configuration_that_cannot_work_is_refused_when_read_naming_the_key(smtp, override, key):
+    """What [mail] itself shows to be wrong never reaches the handler: the configuration is refused."""
+    with pytest.raises(ConfigError, match=re.escape(f"{CONFIG_FILE}: {key}: ")):
+        mail_config(smtp, **override)
 
 
 def test_args_without_certificates_give_up():

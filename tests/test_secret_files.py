@@ -1,7 +1,7 @@
 """Files that hold a secret (secretfile), and passphrases as the original serverPKI made them.
 
 Each kind of secret file, read by the code that uses it (keystore.read_passphrase for
-db_encryption_key and local_ca.passphrase_file, Config.tsig_key, the mail handler's
+db_encryption_key and local_ca.passphrase_file, dnsupdate.read_tsig_key, the mail handler's
 password, load_config for a configuration with a DSN password or an EAB HMAC key), is
 refused when group or others may read it, when it is a symbolic link and when another
 user owns it; the refusal names the file and the command that fixes it, never the
@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from helpers import owner_conn
-from serverpki import keystore, x509util
-from serverpki.config import load_config
+from serverpki import dnsupdate, keystore, x509util
+from serverpki.config import load_config, parse_config
 from serverpki.errors import ConfigError, GiveUp
 from serverpki.handlers import mail as mail_handler
 from test_local_ca import config, fill, keys_encrypted, request_keys, run_job  # noqa: F401  (config: fixture)
@@ -48,14 +48,14 @@ def _passphrase(path: Path) -> bytes:
 def _tsig(path: Path):
     conf = path.parent / "tsig-user.toml"
     conf.write_text(f'[dns]\ntsig_key_file = "{path}"\n')  # holds no secret: may stay 0644
-    return load_config(conf).tsig_key().secret
+    return dnsupdate.read_tsig_key(load_config(conf)).secret
 
 
 def _mail(path: Path) -> str:
-    settings = mail_handler._Settings({"mail": {"sender": "pki@example.org", "recipients": ["a@example.org"],
-                                                "relay_host": "127.0.0.1", "username": "pki",
-                                                "password_file": str(path)}})
-    return settings.password()
+    config = parse_config({"mail": {"sender": "pki@example.org", "recipients": ["a@example.org"],
+                                    "relay_host": "127.0.0.1", "username": "pki", "password_file": str(path)}},
+                          path.parent / "serverpki.toml")
+    return mail_handler.relay_password(config.mail)
 
 
 def _config(path: Path) -> str:
@@ -250,7 +250,7 @@ def test_our_encrypted_key_uses_the_chosen_kdf_cost(tmp_path):
 
 def test_a_configuration_may_still_come_from_a_pipe(tmp_path):
     done = subprocess.run(["bash", "-c", f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(AGENT)} "
-                           f"{shlex.quote(sys.executable)} -c 'from serverpki.config import load_config; "
+                           f"{shlex.quote(sys.executable)} -c 'from serverpki.config import load_config, parse_config; "
                            f"print(load_config(\"/dev/stdin\").x509.country)'"],
                           input='[x509]\ncountry = "DE"\n', capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "DE\n", done.stderr

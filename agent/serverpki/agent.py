@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
-import socket
 import threading
 import time
 from collections import Counter
@@ -25,6 +23,7 @@ from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
 from . import migrate
+from .config import Config, default_agent_name
 from .errors import GiveUp, RetryLater, ServerPKIError, clean_text
 from .faults import crash_point
 from .handlers import Context, Job
@@ -53,10 +52,6 @@ def _connection_lost(exc: BaseException) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def default_agent_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass
@@ -106,7 +101,7 @@ class _Heartbeat(threading.Thread):
 
 
 class Agent:
-    def __init__(self, dsn: str, config, name: str | None = None, lease: int = 300, batch: int = 10,
+    def __init__(self, dsn: str, config: Config, name: str | None = None, lease: int = 300, batch: int = 10,
                  kinds: list[str] | None = None, selection: dict | None = None):
         """selection: the parameters of an operate_serverPKI run's selection (sel_all, sel_include, sel_exclude,
         sel_only, sel_skip, sel_limit, sel_no_tlsa): its drains claim only the jobs of that selection

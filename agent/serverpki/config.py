@@ -20,12 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import ipaddress
 import os
 import socket
 import tomllib
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
+from email.utils import parseaddr
 from logging.handlers import SysLogHandler
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +36,7 @@ from urllib.parse import urlsplit
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import ConfigError
-from .secretfile import SecretFileError, read_inspected, read_secret
+from .secretfile import SecretFileError, read_inspected
 
 ENV_VAR = "SERVERPKI_CONFIG"
 FILE_NAME = "serverpki.toml"
@@ -105,7 +107,8 @@ def _email(value: str | None) -> str | None:
     if value is None:
         return None
     local, _, domain = value.rpartition("@")
-    return None if local and "." in domain and " " not in value else "must be a mail address, e.g. pki@example.org"
+    plain = local and "." in domain and " " not in value and "@" in parseaddr(value)[1]
+    return None if plain else "must be a mail address, e.g. pki@example.org"
 
 
 def _emails(values: tuple[str, ...]) -> str | None:
@@ -323,6 +326,30 @@ class MailConfig(_Section):
             return missing, "username and password_file go together (SMTP AUTH)"
         return None
 
+    def unusable(self) -> str | None:
+        """Why no mail can be sent with this section, naming the key; None when it can. Asked when mail
+        is sent: the keys only mail needs (sender, recipients), and a login that would cross the network
+        in clear (username without starttls, to a relay that is not on this host)."""
+        if not self.sender:
+            return ("mail.sender is not set: set sender in the [mail] section of the configuration "
+                    "(e.g. serverpki@example.org)")
+        if not self.recipients:
+            return ("mail.recipients is empty: list who gets the reminders in the [mail] section "
+                    "of the configuration (e.g. recipients = [\"hostmaster@example.org\"])")
+        if self.username and not self.starttls and not _is_loopback(self.relay_host):
+            return (f"mail.username is set but mail.starttls is false: the password would cross the network "
+                    f"to {self.relay_host} in clear; set starttls = true")
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 @dataclass(frozen=True, repr=False)
 class LoggingConfig(_Section):
@@ -333,13 +360,14 @@ class LoggingConfig(_Section):
     syslog_address: str = _setting("/dev/log", check=_syslog_address)
 
 
-def _agent_name() -> str:
+def default_agent_name() -> str:
+    """The name an agent claims jobs under when [agent] name and --name give none: host-pid."""
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True, repr=False)
 class AgentConfig(_Section):
-    name: str = _setting(factory=_agent_name)
+    name: str = _setting(factory=default_agent_name)
     lease_seconds: int = _setting(300, check=_positive)
     poll_seconds: int = _setting(30, check=_positive)
     batch: int = _setting(10, check=_positive)
@@ -393,31 +421,6 @@ class Config:
         if self.acme.eab_hmac_key:
             held.append("[acme] eab_hmac_key")
         return held
-
-    def tsig_key(self, needed_for: str = "DNS updates"):
-        """The TSIG key of [dns] tsig_key_file (a BIND key file), as a dns.tsig.Key for dns.update.
-
-        Its repr() shows the secret: never log the key itself, only its name.
-        """
-        import dns.tsig
-        import dns.tsigkeyring
-
-        path = self.require("dns", "tsig_key_file", needed_for)
-        try:
-            text = read_secret(path, "[dns] tsig_key_file").decode("utf-8", "replace")
-        except SecretFileError as exc:
-            raise ConfigError(f"{exc} (configuration file {self.source})") from None
-        # dnspython's from_file() parses so, but opens the path itself: we read it checked
-        match = dns.tsigkeyring.TSIG_KEY_FILE_RE.match(text.replace("\n", "").strip())
-        if not match:
-            raise ConfigError(f"[dns] tsig_key_file {path} is not a BIND key file "
-                              f"(key \"name\" {{ algorithm ...; secret \"...\"; }};) "
-                              f"(configuration file {self.source})")
-        name, algorithm, secret = match.group(1) or match.group(2), match.group(3) or match.group(4), \
-            match.group(5) or match.group(6)
-        keyring = dns.tsigkeyring.from_text({name: (algorithm, secret) if algorithm else secret})
-        (name, key), = keyring.items()
-        return key if isinstance(key, dns.tsig.Key) else dns.tsig.Key(name, key)
 
 
 # --- finding and reading ------------------------------------------------------------------------------------

@@ -36,9 +36,12 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 import dns.tsig
+import dns.tsigkeyring
 import dns.update
 
-from .errors import GiveUp, RetryLater, ServerPKIError
+from .config import Config
+from .errors import ConfigError, GiveUp, RetryLater, ServerPKIError
+from .secretfile import SecretFileError, read_secret
 
 Server = tuple[str, int]   # (address, port)
 
@@ -57,6 +60,31 @@ class DnsUnavailable(DnsError, RetryLater):
 
 class DnsNotVisible(DnsUnavailable):
     """The change was sent, but not every authoritative server shows it yet."""
+
+
+def read_tsig_key(config: Config, needed_for: str = "DNS updates") -> dns.tsig.Key:
+    """The TSIG key of [dns] tsig_key_file (a BIND key file, as tsig-keygen writes it), for dns.update.
+
+    The file is a secret file (secretfile: private, ours, no symbolic link); every problem is a
+    ConfigError naming the key and the configuration file. Its repr() shows the secret: never log
+    the key itself, only its name.
+    """
+    path = config.require("dns", "tsig_key_file", needed_for)
+    try:
+        text = read_secret(path, "[dns] tsig_key_file").decode("utf-8", "replace")
+    except SecretFileError as exc:
+        raise ConfigError(f"{exc} (configuration file {config.source})") from None
+    # dnspython's from_file() parses so, but opens the path itself: we read it checked
+    match = dns.tsigkeyring.TSIG_KEY_FILE_RE.match(text.replace("\n", "").strip())
+    if not match:
+        raise ConfigError(f"[dns] tsig_key_file {path} is not a BIND key file "
+                          f"(key \"name\" {{ algorithm ...; secret \"...\"; }};) "
+                          f"(configuration file {config.source})")
+    name, algorithm, secret = match.group(1) or match.group(2), match.group(3) or match.group(4), \
+        match.group(5) or match.group(6)
+    keyring = dns.tsigkeyring.from_text({name: (algorithm, secret) if algorithm else secret})
+    (name, key), = keyring.items()
+    return key if isinstance(key, dns.tsig.Key) else dns.tsig.Key(name, key)
 
 
 def _name(text: str | dns.name.Name) -> dns.name.Name:
@@ -97,13 +125,13 @@ class DnsUpdater:
     _servers_cache: dict[dns.name.Name, list[Server]] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config, clock: Clock | None = None, needed_for: str = "DNS updates") -> "DnsUpdater":
+    def from_config(cls, config: Config, clock: Clock | None = None, needed_for: str = "DNS updates") -> "DnsUpdater":
         dnscfg = config.dns
         primary = None
         if dnscfg.primary:
             host, port = dnscfg.primary_address
             primary = (_address(host), port)
-        return cls(key=config.tsig_key(needed_for), primary=primary, zones=dict(dnscfg.zones),
+        return cls(key=read_tsig_key(config, needed_for), primary=primary, zones=dict(dnscfg.zones),
                    propagation_timeout=float(dnscfg.propagation_timeout_seconds), clock=clock or Clock())
 
     @property

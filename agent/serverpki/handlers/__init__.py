@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ..config import Config
 from ..queries import q
 
 
@@ -42,7 +43,7 @@ class Context:
     """What a handler may use: the configuration, a database connection for
     named reads, and keep_alive() to extend its lease during long steps."""
 
-    config: Any
+    config: Config
     conn: psycopg.Connection
     agent_name: str
     keep_alive: Callable[[], None] = field(default=lambda: None)

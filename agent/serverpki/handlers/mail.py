@@ -3,22 +3,22 @@ certificates that must be issued (docs/lifecycle.md, rule 5), with the commands 
 
 The scheduler has already marked each certificate as reminded; this handler only
 composes the message and sends it through the relay (smtpclient, whose faults are
-RetryLater or GiveUp). A configuration that cannot work is GiveUp, naming the key.
+RetryLater or GiveUp). The [mail] section was checked when the configuration was read
+(config.MailConfig); what only mail needs and is missing is GiveUp, naming the key.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import ipaddress
 import json
 import logging
 import math
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
-from typing import Any
 
 from .. import smtpclient
+from ..config import Config, MailConfig
 from ..errors import GiveUp
 from ..secretfile import SecretFileError, read_secret
 from . import Context, Job, Progress, handler
@@ -27,69 +27,25 @@ from .common import db_now
 log = logging.getLogger("serverpki.handlers.mail")
 
 UTC = dt.timezone.utc
-DEFAULT_RELAY = ("localhost", 25)
 
 
-def _setting(section: Any, key: str, default: Any = None) -> Any:
-    """A key of the [mail] section, whether the configuration is an object or a dict."""
-    if section is None:
-        return default
-    value = section.get(key, default) if isinstance(section, dict) else getattr(section, key, default)
-    return default if value is None else value
-
-
-class _Settings:
-    """The [mail] section, checked: what cannot work is GiveUp naming its key."""
-
-    def __init__(self, config: Any):
-        mail = config.get("mail") if isinstance(config, dict) else getattr(config, "mail", None)
-        self.host = str(_setting(mail, "relay_host", DEFAULT_RELAY[0]))
-        self.port = int(_setting(mail, "relay_port", DEFAULT_RELAY[1]))
-        self.sender = str(_setting(mail, "sender", "")).strip()
-        recipients = _setting(mail, "recipients", [])
-        if isinstance(recipients, str):
-            recipients = [recipients]
-        self.recipients = [str(r).strip() for r in recipients if str(r).strip()]
-        self.starttls = bool(_setting(mail, "starttls", False))
-        self.username = str(_setting(mail, "username", "")) or None
-        self.password_file = _setting(mail, "password_file", None)
-        if not self.sender or "@" not in parseaddr(self.sender)[1]:
-            raise GiveUp(f"mail.sender is {'not set' if not self.sender else repr(self.sender) + ', not an address'}: "
-                         "set sender in the [mail] section of the configuration (e.g. serverpki@example.org)")
-        if not self.recipients:
-            raise GiveUp("mail.recipients is empty: list who gets the reminders in the [mail] section "
-                         "of the configuration (e.g. recipients = [\"hostmaster@example.org\"])")
-        if self.password_file and not self.username:
-            raise GiveUp("mail.password_file is set but mail.username is not: set both, or neither")
-        if self.username and not self.password_file:
-            raise GiveUp("mail.username is set but mail.password_file is not: name the file that holds the password")
-        if self.username and not self.starttls and not _is_loopback(self.host):
-            raise GiveUp(f"mail.username is set but mail.starttls is false: the password would cross the network "
-                         f"to {self.host} in clear; set starttls = true")
-
-    def relay(self) -> smtpclient.Relay:
-        return smtpclient.Relay(self.host, self.port, self.starttls, self.username, self.password)
-
-    def password(self) -> str:
-        try:
-            text = read_secret(self.password_file, "mail.password_file").decode("utf-8")
-        except SecretFileError as exc:
-            raise GiveUp(str(exc)) from None
-        except UnicodeDecodeError:
-            raise GiveUp(f"mail.password_file {self.password_file} is not UTF-8 text") from None
-        lines = text.splitlines()
-        if not lines or not lines[0]:
-            raise GiveUp(f"mail.password_file {self.password_file} is empty: its first line must be the password")
-        return lines[0]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def relay_password(mail: MailConfig) -> str:
+    """The first line of [mail] password_file (a secret file: private, ours, no symbolic link)."""
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        text = read_secret(mail.password_file, "mail.password_file").decode("utf-8")
+    except SecretFileError as exc:
+        raise GiveUp(str(exc)) from None
+    except UnicodeDecodeError:
+        raise GiveUp(f"mail.password_file {mail.password_file} is not UTF-8 text") from None
+    lines = text.splitlines()
+    if not lines or not lines[0]:
+        raise GiveUp(f"mail.password_file {mail.password_file} is empty: its first line must be the password")
+    return lines[0]
+
+
+def _relay(mail: MailConfig) -> smtpclient.Relay:
+    return smtpclient.Relay(mail.relay_host, mail.relay_port, mail.starttls, mail.username,
+                            lambda: relay_password(mail))
 
 
 def _certificates(job: Job) -> list[dict]:
@@ -113,7 +69,7 @@ def _days(delta: dt.timedelta) -> int:
     return math.ceil(delta / dt.timedelta(days=1))
 
 
-def compose(job: Job, certs: list[dict], settings: _Settings, now: dt.datetime) -> EmailMessage:
+def compose(job: Job, certs: list[dict], mail: MailConfig, now: dt.datetime) -> EmailMessage:
     """The reminder: every certificate with its expiry and the command that issues its successor."""
     n = len(certs)
     subject = f"serverPKI: {n} local certificate{'s' if n != 1 else ''} must be issued"
@@ -139,25 +95,28 @@ def compose(job: Job, certs: list[dict], settings: _Settings, now: dt.datetime) 
               ""]
     msg = EmailMessage()
     msg["Subject"] = subject
-    msg["From"] = settings.sender
-    msg["To"] = ", ".join(settings.recipients)
+    msg["From"] = mail.sender
+    msg["To"] = ", ".join(mail.recipients)
     msg["Date"] = format_datetime(dt.datetime.now(UTC))
     # the same job gives the same Message-ID: a copy sent again after a lost completion can be recognised
     digest = hashlib.sha256(json.dumps(job.args, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    domain = parseaddr(settings.sender)[1].rpartition("@")[2] or "localhost"
+    domain = parseaddr(mail.sender)[1].rpartition("@")[2] or "localhost"
     msg["Message-ID"] = f"<serverpki-reminder-{job.id}-{digest}@{domain}>"
     msg["X-serverPKI-Job"] = str(job.id)
     msg.set_content("\n".join(lines))
     return msg
 
 
-def deliver(job: Job, config: Any, now: dt.datetime) -> dict:
+def deliver(job: Job, config: Config, now: dt.datetime) -> dict:
     """Compose the reminder of this job and hand it to the relay; returns what was sent to whom."""
-    settings = _Settings(config)
+    mail = config.mail
+    problem = mail.unusable()
+    if problem:
+        raise GiveUp(problem)
     certs = _certificates(job)
-    msg = compose(job, certs, settings, now)
-    refused = smtpclient.send(settings.relay(), msg, settings.sender, settings.recipients)
-    result = {"sent_to": [r for r in settings.recipients if r not in refused],
+    msg = compose(job, certs, mail, now)
+    refused = smtpclient.send(_relay(mail), msg, mail.sender, list(mail.recipients))
+    result = {"sent_to": [r for r in mail.recipients if r not in refused],
               "certificates": [c["name"] for c in certs],
               "message_id": msg["Message-ID"]}
     if refused:
