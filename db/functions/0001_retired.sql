@@ -19,6 +19,8 @@ DROP FUNCTION IF EXISTS pki.fail_job(bigint, text, text, boolean, interval);
 DROP FUNCTION IF EXISTS pki.save_job_progress(bigint, text, jsonb);
 DROP FUNCTION IF EXISTS pki.save_job_key(bigint, text, text, text);
 DROP FUNCTION IF EXISTS pki.job_key(bigint, text, text);
+-- 1.0: enqueue_distribution takes missing_only (the CA targets' distribution uses it)
+DROP FUNCTION IF EXISTS pki.enqueue_distribution(int[], dd.selection, text, text);
 -- 1.0: pki.now() raises SP025 itself
 DROP FUNCTION IF EXISTS pki.clock_locked();
 -- 1.0: claim_jobs returns the lease token with each job (it returned SETOF pki.jobs)

@@ -104,8 +104,10 @@ BEGIN
 END
 $$;
 
--- enqueue_distribution: one job per (instance, disthost) for the instance's targets on the selected hosts
-CREATE OR REPLACE FUNCTION pki.enqueue_distribution(p_instances int[], sel dd.selection, p_mode text, p_reason text)
+-- enqueue_distribution: one job per (instance, disthost) for the instance's targets on the selected hosts;
+-- missing_only: only the targets that have no deployment of the instance yet (a CA's targets, 0585)
+CREATE OR REPLACE FUNCTION pki.enqueue_distribution(p_instances int[], sel dd.selection, p_mode text, p_reason text,
+                                                    missing_only boolean DEFAULT false)
 RETURNS TABLE (job bigint, instance int, disthost int)
 LANGUAGE sql
 SET search_path = pki, dd, pg_temp
@@ -124,6 +126,7 @@ AS $$
       JOIN disthosts d ON d.id = t.disthost
       CROSS JOIN k
      WHERE i.id = ANY (p_instances) AND host_selected(sel, d.fqdn)
+       AND NOT (missing_only AND EXISTS (SELECT 1 FROM deployments dep WHERE dep.instance = i.id AND dep.target = t.id))
      GROUP BY i.id, i.certificate, t.disthost, k.priority, k.attempts, k.now
     ON CONFLICT (kind, subject_key) WHERE state IN ('queued', 'running', 'failed') DO NOTHING
     RETURNING jobs.id, jobs.instance, jobs.disthost

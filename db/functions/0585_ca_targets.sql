@@ -106,21 +106,6 @@ RETURNS TABLE (job bigint, instance int, disthost int)
 LANGUAGE sql
 SET search_path = pki, dd, pg_temp
 AS $$
-    WITH k AS MATERIALIZED (
-        SELECT priority, job_attempts(max_attempts) AS attempts, pki.now() AS now FROM job_kinds WHERE kind = 'distribute'
-    )
-    INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, disthost, priority, max_attempts, run_after)
-    SELECT 'distribute', format('inst:%s/host:%s', i.id, t.disthost), 'scheduler: the CA''s newest issued instance for its targets',
-           jsonb_build_object('mode', 'deploy', 'no_tlsa', coalesce(sel.no_tlsa, false),
-                              'targets', jsonb_agg(t.id ORDER BY t.id)),
-           i.certificate, i.id, t.disthost, k.priority, k.attempts, k.now
-      FROM certinstances i
-      JOIN targets t ON t.certificate = i.certificate
-      JOIN disthosts d ON d.id = t.disthost
-      CROSS JOIN k
-     WHERE i.id = ANY (p_instances) AND host_selected(sel, d.fqdn)
-       AND NOT EXISTS (SELECT 1 FROM deployments dep WHERE dep.instance = i.id AND dep.target = t.id)
-     GROUP BY i.id, i.certificate, t.disthost, k.priority, k.attempts, k.now
-    ON CONFLICT (kind, subject_key) WHERE state IN ('queued', 'running', 'failed') DO NOTHING
-    RETURNING jobs.id, jobs.instance, jobs.disthost
+    SELECT * FROM enqueue_distribution(p_instances, sel, 'deploy',
+                                       'scheduler: the CA''s newest issued instance for its targets', true)
 $$;
