@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -87,3 +88,19 @@ def lease_of(conn: psycopg.Connection, job_id: int, agent: str) -> str:
     """The token agent got when it claimed the job; an agent that did not claim it has only a guess."""
     claimer, token = _LEASES.get((conn.info.dbname, job_id), (None, None))
     return token if claimer == agent else str(uuid.uuid4())
+
+
+def small_cli_world(conn: psycopg.Connection, tmp_path) -> Path:
+    """A client certificate c1 with a target on web1.example.org, and a configuration file for the
+    CLI and the agent (local CA passphrase file, no syslog, slow polling); returns the file."""
+    conn.execute("SELECT add_disthost('web1.example.org')")
+    conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
+    conn.execute("SELECT * FROM add_cert('c1', 'client', 'local', 'ec', false, NULL, NULL, NULL, "
+                 "'web1.example.org', NULL, 'p')")
+    passfile = tmp_path / "ca.pass"
+    passfile.write_text("secret\n")
+    passfile.chmod(0o600)
+    config = tmp_path / "serverpki.toml"
+    config.write_text(f'[local_ca]\npassphrase_file = "{passfile}"\nkey_size = 2048\n'
+                      '[logging]\nsyslog_address = ""\n[agent]\npoll_seconds = 60\n')
+    return config

@@ -8,18 +8,14 @@ import subprocess
 import sys
 import time
 
+from helpers import small_cli_world
+from lab import roles
+
 
 def test_agent_process_works_jobs_and_stops_on_sigterm(pg_server, dbname, conn, tmp_path):
-    conn.execute("SELECT add_disthost('web1.example.org')")
-    conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
-    conn.execute("SELECT * FROM add_cert('c1', 'client', 'local', 'ec', false, NULL, NULL, NULL, 'web1.example.org', NULL, 'p')")
-    passfile = tmp_path / "ca.pass"
-    passfile.write_text("secret\n")
-    passfile.chmod(0o600)
-    config = tmp_path / "serverpki.toml"
-    config.write_text(f'[local_ca]\npassphrase_file = "{passfile}"\nkey_size = 2048\n'
-                      '[logging]\nsyslog_address = ""\n[agent]\npoll_seconds = 60\n')
-    env = {**os.environ, **pg_server.env(dbname), "SERVERPKI_CONFIG": str(config)}
+    config = small_cli_world(conn, tmp_path)
+    # serverpki agent as deployed: the worker's login role (pki_agent only)
+    env = {**os.environ, **pg_server.env(dbname, roles.WORKER), "SERVERPKI_CONFIG": str(config)}
     proc = subprocess.Popen([sys.executable, "-m", "serverpki.admin", "agent", "--kind", "issue_local_ca",
                              "--kind", "issue_local"], env=env, stderr=subprocess.PIPE, text=True)
     try:

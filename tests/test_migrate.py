@@ -27,7 +27,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
-from helpers import snapshot
+from helpers import small_cli_world, snapshot
 from serverpki import migrate
 from serverpki.admin import app
 from serverpki.agent import Agent
@@ -548,16 +548,7 @@ SPOIL = {"pending": make_pending, "newer": make_newer}
 @pytest.fixture
 def cli_setup(pg_server, dbname, conn, tmp_path):
     """A small configuration in the fresh database, a queued job, and the environment of the cron role."""
-    conn.execute("SELECT add_disthost('web1.example.org')")
-    conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
-    conn.execute("SELECT * FROM add_cert('c1', 'client', 'local', 'ec', false, NULL, NULL, NULL, "
-                 "'web1.example.org', NULL, 'p')")
-    passfile = tmp_path / "ca.pass"
-    passfile.write_text("secret\n")
-    passfile.chmod(0o600)
-    config = tmp_path / "serverpki.toml"
-    config.write_text(f'[local_ca]\npassphrase_file = "{passfile}"\nkey_size = 2048\n'
-                      '[logging]\nsyslog_address = ""\n[agent]\npoll_seconds = 60\n')
+    config = small_cli_world(conn, tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in PG_VARS}
     env.update(pg_server.env(dbname, user=CRON), SERVERPKI_CONFIG=str(config))
     return env
