@@ -8,7 +8,7 @@ confusable letters, huge strings. NUL is left out: PostgreSQL text cannot hold
 it and psycopg refuses it before sending (tested once, on its own).
 
 The oracles below restate the documented syntax rules (docs/sqlstates.md,
-db/functions/0020_validation.sql) in Python, independently of the SQL.
+db/functions/020_validation.sql) in Python, independently of the SQL.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def is_abs_path(value: str | None) -> bool:
 
 
 def is_key_mode(value: int | None) -> bool:
-    """A place's key file mode: 0..0777 and nothing for others (0110_config_validation)."""
+    """A place's key file mode: 0..0777 and nothing for others (triggers/020_config_validation)."""
     return value is None or (0 <= value <= 0o777 and value & 0o007 == 0)
 
 

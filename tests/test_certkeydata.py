@@ -1,4 +1,4 @@
-"""The certkeydata trigger (db/triggers/0400_certkeydata.sql): server-side Python
+"""The certkeydata trigger (db/triggers/030_certkeydata.sql): server-side Python
 (Debian's python3-cryptography) parses every stored certificate, derives the
 TLSA hash and the validity dates, checks the algorithm and the key, and keeps
 each instance's validity the intersection of its key pairs.

@@ -1,5 +1,5 @@
 """Forged issue results (issue 12, item 6): the database reads names, issuer and chain from
-the certificates themselves (db/functions/0565_result_checks.sql) and refuses a result that
+the certificates themselves (db/functions/110_result_checks.sql) and refuses a result that
 does not fit its job with SP023, naming the job and what was wrong, and storing nothing.
 
 Each test claims a real issue job, hands complete_job a forged result, and then proves the

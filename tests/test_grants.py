@@ -1,4 +1,4 @@
-"""The allow-list: db/functions/9900_grants.sql is the only place that lets PUBLIC or a role call a
+"""The allow-list: db/privileges/010_grants.sql is the only place that lets PUBLIC or a role call a
 function of schema pki. The catalog must say exactly what the file says, so a function nobody
 decided about is callable by nobody (but its owner)."""
 
@@ -19,7 +19,7 @@ GRANT_LINE = re.compile(r"^GRANT EXECUTE ON FUNCTION (?P<sig>pki\.\w+\([^)]*\)) 
 
 def allow_list(repo_root: Path) -> list[tuple[str, str]]:
     """(signature, role) of every GRANT EXECUTE line of the file; each function granted on one line."""
-    text = (repo_root / "db" / "functions" / "9900_grants.sql").read_text()
+    text = (repo_root / "db" / "privileges" / "010_grants.sql").read_text()
     pairs = []
     for line in text.splitlines():
         if line.startswith("GRANT EXECUTE"):
@@ -48,7 +48,7 @@ def test_the_catalog_grants_exactly_what_the_allow_list_says(conn, repo_root):
     listed = set()
     for sig, role in allow_list(repo_root):
         oid = owner.execute("SELECT to_regprocedure(%s)::int", (sig,)).fetchone()[0]
-        assert oid is not None, f"9900_grants.sql grants {sig}, which does not exist"
+        assert oid is not None, f"privileges/010_grants.sql grants {sig}, which does not exist"
         assert role in ROLES, f"{sig} granted to {role}: only {ROLES} are ours to grant to"
         listed.add((oid, role))
     granted = executable_by(owner)

@@ -306,7 +306,7 @@ def test_status_shows_a_partly_applied_database(pg_server, new_db, repo_root, mo
     first = migrate.versioned_files()[:1]
     with psycopg.connect(pg_server.dsn(name), autocommit=True) as c:
         monkeypatch.setattr(migrate, "versioned_files", lambda root=None: first)
-        monkeypatch.setattr(migrate, "repeatable_files", lambda root=None: [])
+        monkeypatch.setattr(migrate, "apply_repeatable", lambda c: None)
         assert migrate.upgrade(c, log=lambda _l: None) == [versions[0]]
         monkeypatch.undo()
         st = migrate.status(c)
@@ -377,6 +377,22 @@ def test_fresh_install_equals_repeated_upgrade_and_template(pg_server, new_db, t
     assert_same_schema(fresh, template, "fresh install vs the tests' template")
 
 
+def install_old_tree(monkeypatch, conn, root: Path) -> list[str]:
+    """Install a db/ tree of an earlier commit as that commit's loader did: before db/retired.sql
+    existed, the repeatable files of functions/, views/ and triggers/ ran in the order of their
+    NNNN_ prefix across the three folders (each view file dropped its views with CASCADE)."""
+    def legacy(c):
+        files = [f for d in ("functions", "views", "triggers") for f in (root / d).glob("[0-9][0-9][0-9][0-9]_*.sql")]
+        for f in sorted(files, key=lambda f: (f.name, f.parent.name)):
+            c.execute(f.read_text())
+
+    with monkeypatch.context() as m:
+        m.setattr(migrate, "sql_root", lambda: root)
+        if not (root / "retired.sql").exists():
+            m.setattr(migrate, "apply_repeatable", legacy)
+        return migrate.upgrade(conn, log=lambda _l: None)
+
+
 def test_upgrade_from_the_first_release_equals_fresh_install(pg_server, new_db, repo_root, tmp_path, monkeypatch):
     """Install the db/ of the repository's first commit, upgrade it to this tree, compare with a fresh install."""
     first_commit = subprocess.run(["git", "-C", str(repo_root), "rev-list", "--max-parents=0", "HEAD"],
@@ -389,13 +405,12 @@ def test_upgrade_from_the_first_release_equals_fresh_install(pg_server, new_db, 
     current_root = migrate.sql_root()
 
     old, fresh = new_db(), new_db()
-    monkeypatch.setattr(migrate, "sql_root", lambda: old_root)
     with psycopg.connect(pg_server.dsn(old), autocommit=True) as c:
-        old_versions = migrate.upgrade(c, log=lambda _l: None)
+        old_versions = install_old_tree(monkeypatch, c, old_root)
     assert old_versions and set(old_versions) <= set(versions_on_disk(repo_root))
     with psycopg.connect(pg_server.dsn(old), autocommit=True) as c:   # some configuration of the old release
         c.execute("INSERT INTO disthosts (fqdn, jailroot) VALUES ('host-with-jails.on.domain', '/usr/jails')")
-    monkeypatch.setattr(migrate, "sql_root", lambda: current_root)
+    assert migrate.sql_root() == current_root
 
     with psycopg.connect(pg_server.dsn(old), autocommit=True) as c:
         newly = migrate.upgrade(c, log=lambda _l: None)
@@ -405,10 +420,10 @@ def test_upgrade_from_the_first_release_equals_fresh_install(pg_server, new_db, 
     with psycopg.connect(pg_server.dsn(fresh), autocommit=True) as c:
         migrate.upgrade(c, log=lambda _l: None)
     upgraded, installed = fingerprint(pg_server.dsn(old)), fingerprint(pg_server.dsn(fresh))
-    # no function of a retired signature survives (db/functions/0001_retired.sql drops them): every
+    # no function of a retired signature survives (db/retired.sql drops them): every
     # function of the upgraded database exists in a fresh install with the same signature, and back
     left_over = sorted(set(upgraded["functions"]) - set(installed["functions"]))
-    assert not left_over, f"old signatures survive the upgrade; add their DROP to 0001_retired.sql: {left_over}"
+    assert not left_over, f"old signatures survive the upgrade; add their DROP to retired.sql: {left_over}"
     assert set(upgraded["functions"]) == set(installed["functions"])
     # the disthost inserted and deleted above advanced a sequence, nothing else
     assert_same_schema(installed, upgraded, f"upgrade from {first_commit[:10]} vs fresh install")
@@ -432,7 +447,7 @@ def signatures(dsn: str) -> set[str]:
 @pytest.mark.slow
 def test_no_old_signature_survives_an_upgrade_from_any_commit(pg_server, new_db, repo_root, tmp_path, monkeypatch):
     """Every commit that changed db/: its db/ installed, upgraded to this tree, has exactly the functions of
-    a fresh install, signature for signature (0001_retired.sql dropped every one that changed since)."""
+    a fresh install, signature for signature (retired.sql dropped every one that changed since)."""
     commits = subprocess.run(["git", "-C", str(repo_root), "rev-list", "--reverse", "HEAD", "--", "db"],
                              capture_output=True, text=True, check=True).stdout.split()
     current_root = migrate.sql_root()
@@ -453,32 +468,30 @@ def test_no_old_signature_survives_an_upgrade_from_any_commit(pg_server, new_db,
             edited[commit[:7]] = changed
             continue
         name = new_db()
-        monkeypatch.setattr(migrate, "sql_root", lambda: root / "db")
         with psycopg.connect(pg_server.dsn(name), autocommit=True) as c:
-            migrate.upgrade(c, log=lambda _l: None)
-        monkeypatch.setattr(migrate, "sql_root", lambda: current_root)
+            install_old_tree(monkeypatch, c, root / "db")
         with psycopg.connect(pg_server.dsn(name), autocommit=True) as c:
             try:
                 migrate.upgrade(c, log=lambda _l: None)
             except psycopg.Error as exc:   # CREATE OR REPLACE cannot change a return type: the DROP is missing
-                pytest.fail(f"upgrade from {commit[:10]} failed (a missing line in 0001_retired.sql?): "
+                pytest.fail(f"upgrade from {commit[:10]} failed (a missing line in retired.sql?): "
                             f"{exc.diag.message_primary} {exc.diag.message_hint or ''}")
         got = signatures(pg_server.dsn(name))
         assert got == want, (f"upgrade from {commit[:10]}: old signatures survive (add their DROP to "
-                             f"db/functions/0001_retired.sql): {sorted(got - want)}; missing: {sorted(want - got)}")
+                             f"db/retired.sql): {sorted(got - want)}; missing: {sorted(want - got)}")
         pg_server.drop_database(name)
     assert edited == EDITED_MIGRATIONS, "a committed db/schema migration was edited (or removed): add a new one instead"
 
 
 def test_a_changed_signature_survives_an_upgrade_unless_retired(dsn, conn, tmp_path, monkeypatch):
-    """The convention of db/functions/0001_retired.sql, and that the comparison above enforces it.
+    """The convention of db/retired.sql, and that the comparison above enforces it.
 
     A function whose arguments change is a new overload to PostgreSQL: CREATE OR REPLACE leaves the
     old one in place, callable. Here a database carries two old signatures, as an older release left
-    them: one retired in 0001_retired.sql (dropped by the upgrade), one without a line there (it
+    them: one retired in retired.sql (dropped by the upgrade), one without a line there (it
     survives, and the fingerprint comparison names it) until its DROP is added."""
     base = fingerprint(dsn)
-    retired = "pki.clock_locked()"          # 0001_retired.sql: DROP FUNCTION IF EXISTS pki.clock_locked();
+    retired = "pki.clock_locked()"          # retired.sql: DROP FUNCTION IF EXISTS pki.clock_locked();
     unlisted = "pki.enable_cert(the_cert_name text, why text)"
     conn.execute("CREATE FUNCTION pki.clock_locked() RETURNS boolean LANGUAGE sql AS $$ SELECT false $$")
     conn.execute("CREATE FUNCTION pki.enable_cert(the_cert_name text, why text) RETURNS void LANGUAGE sql "
@@ -493,9 +506,9 @@ def test_a_changed_signature_survives_an_upgrade_unless_retired(dsn, conn, tmp_p
     assert_same_schema(base, {**upgraded, "functions": {k: v for k, v in upgraded["functions"].items() if k != unlisted}},
                        "all but the overload")
 
-    root = tmp_path / "db"   # the fix: the old signature's DROP in 0001_retired.sql
+    root = tmp_path / "db"   # the fix: the old signature's DROP in retired.sql
     shutil.copytree(migrate.sql_root(), root)
-    with (root / "functions" / "0001_retired.sql").open("a") as f:
+    with (root / "retired.sql").open("a") as f:
         f.write("DROP FUNCTION IF EXISTS pki.enable_cert(text, text);\n")
     monkeypatch.setattr(migrate, "sql_root", lambda: root)
     migrate.upgrade(conn, log=lambda _l: None)
@@ -512,13 +525,41 @@ def test_versioned_migrations_are_recorded(dsn, repo_root):
     assert all(r[1] is not None for r in rows)
 
 
-def test_repeatable_files_keep_their_number_order(repo_root):
+def test_load_order_is_the_folders_order_then_the_numbers(repo_root):
+    """db/README.md's order: each folder of REPEATABLE_DIRS in turn, its files by number; every .sql
+    file of db/ is loaded (a file without its NNN_ prefix, or in another folder, would be skipped)."""
     files = migrate.repeatable_files()
-    assert {f.parent.name for f in files} <= set(migrate.REPEATABLE_DIRS)
-    assert [f.name for f in files] == sorted(f.name for f in files)
-    on_disk = sorted(p.name for d in migrate.REPEATABLE_DIRS for p in (repo_root / "db" / d).glob("*.sql"))
-    assert sorted(f.name for f in files) == on_disk, "an SQL file without a NNNN_ prefix would be skipped silently"
-    assert files[-1].name.startswith("99"), "grants come last"
+    folders = [f.parent.name for f in files]
+    assert folders == sorted(folders, key=migrate.REPEATABLE_DIRS.index)
+    for d in migrate.REPEATABLE_DIRS:
+        names = [f.name for f in files if f.parent.name == d]
+        assert names == sorted(names) and len({n[:3] for n in names}) == len(names), f"{d}: numbers out of order or repeated"
+    every_sql = {p.relative_to(repo_root / "db").as_posix() for p in (repo_root / "db").glob("**/*.sql")}
+    loaded = {f.relative_to(migrate.sql_root()).as_posix() for f in files + migrate.versioned_files()}
+    assert every_sql - loaded == {"retired.sql"}, "an SQL file of db/ that the loader would skip"
+    assert folders[-1] == "privileges", "grants come last"
+    readme = (repo_root / "db" / "README.md").read_text()
+    assert [readme.index(f"db/{d}/") for d in migrate.REPEATABLE_DIRS] == sorted(
+        readme.index(f"db/{d}/") for d in migrate.REPEATABLE_DIRS), "db/README.md names the folders in load order"
+
+
+def test_no_view_file_drops_with_cascade(repo_root):
+    """The upgrade drops every view itself, without CASCADE (drop_all_views): a view file that drops
+    with CASCADE would silently take along whatever depends on its view until a later file recreates it."""
+    for f in (repo_root / "db").glob("**/*.sql"):
+        text = f.read_text()
+        assert "CASCADE;" not in text.replace("ON UPDATE CASCADE", "").replace("ON DELETE CASCADE", "") \
+            or f.parent.name == "schema", f"{f.name} drops with CASCADE"
+
+
+def test_an_object_that_depends_on_a_view_stops_the_upgrade(conn):
+    """Nothing may depend on a view: the upgrade drops them all and says which object is in the way."""
+    conn.execute("CREATE FUNCTION pki.first_cert() RETURNS SETOF pki.certs LANGUAGE sql AS $$ SELECT * FROM pki.certs LIMIT 1 $$")
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist) as caught:
+        migrate.upgrade(conn, log=lambda _l: None)
+    assert "first_cert" in (caught.value.diag.message_detail or "")
+    conn.execute("DROP FUNCTION pki.first_cert()")
+    migrate.upgrade(conn, log=lambda _l: None)
 
 
 # --- upgrade safety: a release works only a schema it knows ---------------------------------
@@ -789,7 +830,7 @@ def test_wheel_contains_the_sql(repo_root, tmp_path):
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = out.glob("serverpki-*.whl")
 
-    sql_files = sorted(p.relative_to(repo_root / "db") for p in (repo_root / "db").glob("*/*.sql"))
+    sql_files = sorted(p.relative_to(repo_root / "db") for p in (repo_root / "db").glob("**/*.sql"))
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         assert "serverpki/db/schema/0001_core.sql" in names
@@ -816,7 +857,7 @@ def test_wheel_contains_the_sql(repo_root, tmp_path):
 
 def test_sql_root_is_the_checkout_db_in_development(repo_root):
     root = migrate.sql_root()
-    digest = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.glob("*/*.sql")}
+    digest = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.glob("**/*.sql")}
     want = {p.relative_to(repo_root / "db").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in (repo_root / "db").glob("*/*.sql")}
+            for p in (repo_root / "db").glob("**/*.sql")}
     assert digest == want

@@ -1,4 +1,4 @@
-"""The job queue (db/functions/0520_queue.sql) and the report views (db/views/0600_reports.sql).
+"""The job queue (db/functions/060_queue.sql) and the report views (db/views/030_reports.sql).
 
 Claiming is FOR UPDATE SKIP LOCKED with a lease; finishing a job is one call that
 applies its outcome or schedules the retry. Concurrency is tested with two real

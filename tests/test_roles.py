@@ -1,5 +1,5 @@
 """The three group roles of db/schema/0002_roles.sql and their privileges
-(db/functions/9900_grants.sql), exercised through real LOGIN roles that are
+(db/privileges/010_grants.sql), exercised through real LOGIN roles that are
 members of the groups, as an operator would set them up:
 
     CREATE ROLE alice LOGIN IN ROLE pki_admin;

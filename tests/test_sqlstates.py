@@ -60,11 +60,11 @@ def documented(repo_root: Path) -> dict[str, tuple[str, str, str]]:
 
 def test_scanner_finds_the_known_ways_of_raising(repo_root):
     raised = codes_raised(repo_root)
-    assert "db/functions/0300_manage.sql" in raised["SP002"]            # PERFORM raise_error('SP002', ...)
-    assert "db/triggers/0400_certkeydata.sql" in raised["SP008"]        # PL/Python refuse("SP008", ...)
-    assert "db/triggers/0400_certkeydata.sql" in raised["SP012"]
+    assert "db/functions/040_manage.sql" in raised["SP002"]            # PERFORM raise_error('SP002', ...)
+    assert "db/triggers/030_certkeydata.sql" in raised["SP008"]        # PL/Python refuse("SP008", ...)
+    assert "db/triggers/030_certkeydata.sql" in raised["SP012"]
     # the registry's INSERT alone does not count as a use
-    assert all(files != {"db/functions/0010_errors.sql"} for files in raised.values())
+    assert all(files != {"db/functions/010_errors.sql"} for files in raised.values())
 
 
 def test_every_code_used_under_db_is_registered(conn, repo_root):

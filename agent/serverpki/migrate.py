@@ -2,9 +2,15 @@
 
 db/schema/NNNN_*.sql are applied once each, in order, and recorded in
 pki.schema_migrations (the row is written before the DDL, in the same
-transaction, so two installers racing cannot both apply one). Functions,
-views and triggers (db/functions, db/views, db/triggers) are re-applied on
-every upgrade, in the order of their number prefix across the three folders.
+transaction, so two installers racing cannot both apply one). Then, on every
+upgrade, in this order (db/README.md):
+
+  db/retired.sql     drops the functions whose signature changed
+  (every view)       dropped, without CASCADE: nothing may depend on a view
+  db/functions/      NNN_*.sql in number order, then the same for
+  db/views/, db/triggers/ and db/privileges/ (the one allow-list of grants)
+
+Each folder numbers its own files; the folders' order is the load order.
 
 check_compatible is the one check that this release and the database's schema
 fit: operate_serverPKI runs it once per run, the long-running agent at start and
@@ -23,7 +29,7 @@ from . import __version__
 from .errors import ServerPKIError
 from .queries import q
 
-REPEATABLE_DIRS = ("functions", "views", "triggers")
+REPEATABLE_DIRS = ("functions", "views", "triggers", "privileges")   # in load order
 LOCK_KEY = 0x5E5F_E9C1  # advisory lock: one installer at a time per database
 
 
@@ -38,9 +44,17 @@ def versioned_files(root: Path | None = None) -> list[Path]:
 
 
 def repeatable_files(root: Path | None = None) -> list[Path]:
+    """Each folder of REPEATABLE_DIRS in turn, its files in number order."""
     root = root or sql_root()
-    files = [f for d in REPEATABLE_DIRS for f in (root / d).glob("[0-9][0-9][0-9][0-9]_*.sql")]
-    return sorted(files, key=lambda f: (f.name, f.parent.name))
+    return [f for d in REPEATABLE_DIRS for f in sorted((root / d).glob("[0-9][0-9][0-9]_*.sql"))]
+
+
+def apply_repeatable(conn: psycopg.Connection) -> None:
+    """Everything but the versioned DDL, as the module's docstring orders it."""
+    conn.execute((sql_root() / "retired.sql").read_text())
+    conn.execute(q("drop_all_views"))   # db/views re-creates them, columns changed or not
+    for f in repeatable_files():
+        conn.execute(f.read_text())
 
 
 class SchemaMismatch(ServerPKIError):
@@ -71,7 +85,7 @@ def mismatch(applied: list[str], known: list[str] | None = None) -> SchemaMismat
 def check_compatible(conn: psycopg.Connection) -> None:
     """Refuse (SchemaMismatch, exit status 3) a database with pending migrations or a newer schema.
 
-    One query, readable by every serverPKI role (9900_grants.sql). On a connection in a transaction,
+    One query, readable by every serverPKI role (privileges/010_grants.sql). On a connection in a transaction,
     a database without the table leaves that transaction aborted (the caller's to roll back)."""
     try:
         applied = conn.execute(q("applied_migrations")).fetchone()[0]
@@ -149,8 +163,7 @@ def _upgrade_once(conn: psycopg.Connection, log) -> list[str]:
                 conn.execute(q("record_migration"), {"version": f.stem})
             done.append(f.stem)
             log(f"applied {f.relative_to(f.parents[1])}")
-        for f in repeatable_files():
-            conn.execute(f.read_text())
+        apply_repeatable(conn)
         configure_database(conn)
     return done
 

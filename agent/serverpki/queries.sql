@@ -221,7 +221,7 @@ LISTEN pki_jobs;
 -- Migrations (migrate.py; serverpki db upgrade / status). The migration files themselves run as they are.
 
 -- name: applied_migrations
--- one query, readable by every serverPKI role (9900_grants.sql): check_compatible
+-- one query, readable by every serverPKI role (privileges/010_grants.sql): check_compatible
 SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM pki.schema_migrations;
 
 -- name: migrations_table_exists
@@ -236,6 +236,20 @@ SELECT pg_advisory_xact_lock(%(key)s);
 
 -- name: migration_search_path
 SET LOCAL search_path = pki, dd, public;
+
+-- name: drop_all_views
+-- every view of the schema pki in one statement (so their dependencies on each other do not matter),
+-- without CASCADE: an object that depends on a view makes the upgrade fail, naming it
+DO $$
+DECLARE
+    views text := (SELECT string_agg(c.oid::regclass::text, ', ') FROM pg_class c
+                    WHERE c.relkind = 'v' AND c.relnamespace = 'pki'::regnamespace);
+BEGIN
+    IF views IS NOT NULL THEN
+        EXECUTE 'DROP VIEW ' || views;
+    END IF;
+END
+$$;
 
 -- name: record_migration
 INSERT INTO pki.schema_migrations (version) VALUES (%(version)s);

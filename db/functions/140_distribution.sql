@@ -1,4 +1,4 @@
--- 0580_distribution: what a distribute job writes, read in one statement. The agent
+-- 140_distribution: what a distribute job writes, read in one statement. The agent
 -- lays the files out by the place's cert_file_type and writes them over SSH; which
 -- instance may still go to the targets is decided here.
 
@@ -28,7 +28,7 @@ $$;
 -- db_encryption_key passphrase); a CA certificate comes without its key. Refuses (SP023) an instance that may no longer go out: a
 -- 'deploy' needs it issued, prepublished or deployed, a 'consolidate' (-K) needs it deployed,
 -- so a late retry never overwrites the files of a successor; a CA's instance (which stays
--- issued) must be its CA's newest issued one (ca_current, 0585), in either mode.
+-- issued) must be its CA's newest issued one (ca_current, 150_ca_targets), in either mode.
 CREATE OR REPLACE FUNCTION pki.distribution_files(job_id bigint)
 RETURNS TABLE (target int, fqdn text, jailroot text, jail text, place text, cert_file_type text,
                cert_path text, key_path text, uid int, gid int, mode int, chownboth boolean, pglink boolean,

@@ -1,4 +1,4 @@
--- 0560_keys_and_ca: the local CA (-I) and the encryption of the stored keys (-X, -Y).
+-- 100_keys_and_ca: the local CA (-I) and the encryption of the stored keys (-X, -Y).
 -- The requests enqueue; complete_job applies the outcome with apply_issued (the CA)
 -- and apply_keys_reencrypted (the keys). The local CA's own key is never touched by
 -- -X/-Y: it is always encrypted, with the local CA passphrase, not the database's.
@@ -234,7 +234,7 @@ BEGIN
 END
 $$;
 
--- the operator's requests; operate_serverPKI may run under either role. (9900_grants,
+-- the operator's requests; operate_serverPKI may run under either role. (privileges/010_grants.sql,
 -- applied later, grants every function to both; table privileges still keep the agent
 -- out of the configuration and pki_admin away from the keys.)
 GRANT EXECUTE ON FUNCTION pki.request_local_ca(text, text), pki.enqueue_local_ca(int),

@@ -1,4 +1,4 @@
--- 0530_scheduler: one scheduler pass (docs/lifecycle.md), set-based. plan_rows decides
+-- 070_scheduler: one scheduler pass (docs/lifecycle.md), set-based. plan_rows decides
 -- for all selected certificates in one query; plan shows it; schedule applies
 -- exactly those rows with one statement per kind of action.
 
@@ -240,7 +240,7 @@ AS $$
 BEGIN
     sel := checked_selection(sel);
     RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM plan_rows(sel) p;
-    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM ca_plan_rows(sel) p;   -- CA targets (0585)
+    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM ca_plan_rows(sel) p;   -- CA targets (150_ca_targets)
 END
 $$;
 

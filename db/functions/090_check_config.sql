@@ -1,4 +1,4 @@
--- 0550_check_config: operate_serverPKI -n, the problems of the configuration that
+-- 090_check_config: operate_serverPKI -n, the problems of the configuration that
 -- the row triggers cannot see (they are about how rows fit together).
 
 -- check_config: one row per problem of the selected certificates (all when sel is NULL): the object

@@ -1,4 +1,4 @@
--- 0100_updated: every table's "updated" column is kept by a trigger.
+-- 010_updated: every table's "updated" column is kept by a trigger.
 
 -- set_updated: stamp the row with the transaction's time
 CREATE OR REPLACE FUNCTION pki.set_updated()

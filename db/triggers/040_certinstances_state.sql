@@ -1,4 +1,4 @@
--- 0500_certinstances_state: the state machine's guard and its history.
+-- 040_certinstances_state: the state machine's guard and its history.
 -- A change of certinstances.state is allowed only along pki.state_transitions;
 -- every transition appends to pki.events with the reason and job of its context.
 

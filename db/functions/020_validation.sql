@@ -1,4 +1,4 @@
--- 0020_validation: the syntax rules of names, paths and numbers. Each check
+-- 020_validation: the syntax rules of names, paths and numbers. Each check
 -- raises our SQLSTATE naming the value and what it was for, or returns quietly.
 -- Triggers call them, so plain INSERT/UPDATE is checked as strictly as the
 -- management functions.

@@ -1,7 +1,8 @@
--- 0001_retired: functions whose signature changed, dropped before the files that follow create
--- their successors. CREATE OR REPLACE cannot change arguments or a return type, and an old
--- overload left behind would stay callable: every retired signature is listed here for good
--- (DROP ... IF EXISTS is a no-op on a fresh install), with the release that retired it.
+-- retired: functions whose signature changed, dropped before db/functions creates their
+-- successors (the first step of every upgrade after the versioned migrations). CREATE OR REPLACE
+-- cannot change arguments or a return type, and an old overload left behind would stay callable:
+-- every retired signature is listed here for good (DROP ... IF EXISTS is a no-op on a fresh
+-- install), with the release that retired it.
 --
 -- The convention: the commit that changes a function's arguments or return type (or removes the
 -- function) adds the old signature's DROP here (a conditional one when only the return type
@@ -41,6 +42,17 @@ BEGIN
                    'pki.check_result_certs(bigint, text, text, text, text[], jsonb, text, int, jsonb)')
                  AND NOT 'problem' = ANY(proargnames)) THEN
         DROP FUNCTION pki.check_result_certs(bigint, text, text, text, text[], jsonb, text, int, jsonb);
+    END IF;
+END
+$$;
+
+-- 1.0: add_cert returns a table of its own, not the row type of the view certs (views are dropped
+-- and re-created by every upgrade, and nothing may depend on them)
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('pki.add_cert(text, text, text, text, boolean, text, text, integer, text, text, text)')
+                 AND prorettype = to_regtype('pki.certs')) THEN
+        DROP FUNCTION pki.add_cert(text, text, text, text, boolean, text, text, integer, text, text, text);
     END IF;
 END
 $$;

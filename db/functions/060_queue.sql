@@ -1,4 +1,4 @@
--- 0520_queue: enqueue, claim, lease, complete and fail jobs. Completing a job
+-- 060_queue: enqueue, claim, lease, complete and fail jobs. Completing a job
 -- applies its outcome (store the certificate, advance the state, enqueue what
 -- follows) in the same transaction; the agent decides nothing.
 
@@ -105,7 +105,7 @@ END
 $$;
 
 -- enqueue_distribution: one job per (instance, disthost) for the instance's targets on the selected hosts;
--- missing_only: only the targets that have no deployment of the instance yet (a CA's targets, 0585)
+-- missing_only: only the targets that have no deployment of the instance yet (a CA's targets, 150_ca_targets)
 CREATE OR REPLACE FUNCTION pki.enqueue_distribution(p_instances int[], sel dd.selection, p_mode text, p_reason text,
                                                     missing_only boolean DEFAULT false)
 RETURNS TABLE (job bigint, instance int, disthost int)
@@ -487,9 +487,9 @@ BEGIN
         PERFORM raise_error('SP023', format('job %s: issued pairs %s, the certificate wants %s', j.id, algos, wanted),
             'issue one pair per key algorithm of the certificate');
     END IF;
-    -- names, issuer and chain are read from the certificates, not taken from the agent (0565)
+    -- names, issuer and chain are read from the certificates, not taken from the agent (110_result_checks)
     result := check_issued_result(j, cert, result);
-    -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (0570)
+    -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (130_acme)
     IF result ?| ARRAY['chain', 'authorized_until'] THEN
         result := apply_acme_chain(j, result);
     END IF;
@@ -549,7 +549,7 @@ BEGIN
     SELECT inst.id, t.id, j.id, pki.now()
       FROM jsonb_array_elements_text(j.args -> 'targets') a JOIN targets t ON t.id = a::int
     ON CONFLICT (instance, target) DO UPDATE SET job = EXCLUDED.job, deployed = EXCLUDED.deployed;
-    IF inst.state IN ('issued', 'prepublished') AND NOT is_ca_cert(inst.certificate)   -- a CA stays issued (0585)
+    IF inst.state IN ('issued', 'prepublished') AND NOT is_ca_cert(inst.certificate)   -- a CA stays issued (150_ca_targets)
        AND NOT EXISTS (SELECT 1 FROM targets t WHERE t.certificate = inst.certificate
                          AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.instance = inst.id AND d.target = t.id)) THEN
         -- promote first, so the DANE-safe guard (SP021) still sees the old active instance
@@ -594,5 +594,52 @@ BEGIN
         UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, lease_hash = NULL WHERE id = j.id;
         PERFORM enqueue_tlsa(j.certificate, format('the wanted TLSA set changed while job %s ran', j.id));
     END IF;
+END
+$$;
+
+-- save_job_progress: a running job keeps how far it got (an ACME order's URL, the challenge
+-- records it placed) in its result, so a later attempt resumes; never key material
+CREATE OR REPLACE FUNCTION pki.save_job_progress(job_id bigint, lease_token uuid, progress jsonb)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs := held_job(job_id, lease_token);
+BEGIN
+    UPDATE jobs SET result = without_secrets(coalesce(progress, '{}')) WHERE id = j.id;
+END
+$$;
+
+-- save_job_key / job_key: the key of an ACME order a running job placed (0006_job_keys), kept
+-- from before the order exists until the job is done or dead, so a later attempt finishes the
+-- same order with it; only the job's current holder writes or reads it
+CREATE OR REPLACE FUNCTION pki.save_job_key(job_id bigint, lease_token uuid, algo text, key text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs := held_job(job_id, lease_token);
+BEGIN
+    IF algo IS NULL OR algo NOT IN ('rsa', 'ec') THEN
+        PERFORM raise_error('SP011', format('key algorithm %s is not rsa or ec', coalesce(algo, 'NULL')),
+            'save the key of one order: rsa or ec');
+    END IF;
+    IF key IS NULL OR key NOT LIKE '-----BEGIN %PRIVATE KEY-----%' THEN
+        PERFORM raise_error('SP023', format('job %s: the %s order key is not a PEM private key', j.id, algo),
+            'save the PKCS#8 PEM of the key the order''s CSR was made with');
+    END IF;
+    INSERT INTO job_keys (job, encryption_algo, key) VALUES (j.id, algo::dd.cert_encryption_algo, key)
+        ON CONFLICT (job, encryption_algo) DO UPDATE SET key = EXCLUDED.key;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pki.job_key(job_id bigint, lease_token uuid, algo text)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs := held_job(job_id, lease_token);
+BEGIN
+    RETURN (SELECT k.key FROM job_keys k WHERE k.job = j.id AND k.encryption_algo::text = algo);
 END
 $$;

@@ -1,4 +1,4 @@
--- 0540_requests: the other actions of the seed's command line, taking the same
+-- 080_requests: the other actions of the seed's command line, taking the same
 -- selection as the scheduler. Each enqueues and returns what it enqueued.
 
 -- renewal_candidates: -r N, the original's "local certificates to be renewed", one source for the
@@ -123,7 +123,7 @@ BEGIN
       JOIN distribute_rows r ON r.inst = e.instance
     UNION ALL
     SELECT r.job, r.name, r.inst, r.why FROM distribute_rows r WHERE NOT r.ready;
-    IF remaining_days IS NULL THEN   -- CA certificates' targets (0585); -r N is about local certificates
+    IF remaining_days IS NULL THEN   -- CA certificates' targets (150_ca_targets); -r N is about local certificates
         RETURN QUERY SELECT * FROM request_ca_targets(sel, 'deploy', 'requested (-D)');
     END IF;
 END
@@ -144,7 +144,7 @@ BEGIN
       JOIN certinstances i ON i.certificate = c.id AND i.state = 'deployed'
       CROSS JOIN LATERAL enqueue_distribution(ARRAY[i.id], sel, 'consolidate', 'requested (-K)') e
      WHERE c.enabled;
-    RETURN QUERY SELECT * FROM request_ca_targets(sel, 'consolidate', 'requested (-K)');   -- CA certificates' targets (0585)
+    RETURN QUERY SELECT * FROM request_ca_targets(sel, 'consolidate', 'requested (-K)');   -- CA certificates' targets (150_ca_targets)
 END
 $$;
 

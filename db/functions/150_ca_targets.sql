@@ -1,4 +1,4 @@
--- 0585_ca_targets: CA certificates as targets (a trust file for hosts: the local CA's
+-- 150_ca_targets: CA certificates as targets (a trust file for hosts: the local CA's
 -- certificate into /usr/local/share/certs, a PostgreSQL root.crt, an ACME issuer for a
 -- chain file of one's own). As in the original serverPKI, a CA's targets get its
 -- certificate and the CA instance's state does not change: it stays 'issued'. What went
@@ -82,7 +82,7 @@ $$;
 -- request_ca_targets: -D (mode 'deploy') and -K ('consolidate') for the selected CAs: their
 -- current instance to their targets on the selected disthosts, one job per disthost; a CA with
 -- targets but no issued instance gets a row without a job saying so. Called by request_distribute
--- and request_consolidate_certs (0540), as the owner.
+-- and request_consolidate_certs (080_requests), as the owner.
 CREATE OR REPLACE FUNCTION pki.request_ca_targets(sel dd.selection, p_mode text, p_reason text)
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
 LANGUAGE sql

@@ -1,10 +1,4 @@
--- 0600_reports: reporting views for operators (and pki_report); no key material.
-
-DROP VIEW IF EXISTS pki.jobs_overview CASCADE;
-DROP VIEW IF EXISTS pki.jobs_summary CASCADE;
-DROP VIEW IF EXISTS pki.deployed_where CASCADE;
-DROP VIEW IF EXISTS pki.instance_history CASCADE;
-DROP VIEW IF EXISTS pki.expiring CASCADE;
+-- 030_reports: reporting views for operators (and pki_report); no key material.
 
 -- jobs_summary: jobs by kind and state, with the newest error (ties within one transaction: the newest job)
 CREATE VIEW pki.jobs_summary AS

@@ -1,7 +1,5 @@
--- 0610_state_diagram: the state diagram, generated from the transition table (Graphviz DOT).
+-- 040_state_diagram: the state diagram, generated from the transition table (Graphviz DOT).
 -- SELECT dot FROM state_diagram;  |  dot -Tpng -o states.png
-
-DROP VIEW IF EXISTS pki.state_diagram CASCADE;
 
 CREATE VIEW pki.state_diagram AS
 SELECT concat_ws(E'\n',

@@ -1,4 +1,4 @@
--- 0510_selection: the seed's action modifiers (-a -i -e -o -s -l -N) as one value,
+-- 050_selection: the seed's action modifiers (-a -i -e -o -s -l -N) as one value,
 -- shared by the scheduler and every request function.
 
 -- selection: build a selection; unknown names are refused, all of them named at once

@@ -1,4 +1,4 @@
--- 0030_clock_settings: the one clock, and typed access to the settings.
+-- 030_clock_settings: the one clock, and typed access to the settings.
 
 -- time_travel_enabled: the owner's switch (pki.time_travel), readable through this function only
 CREATE OR REPLACE FUNCTION pki.time_travel_enabled()

@@ -1,4 +1,4 @@
--- 0110_config_validation: plain INSERT/UPDATE/DELETE on the configuration
+-- triggers/020_config_validation: plain INSERT/UPDATE/DELETE on the configuration
 -- tables is checked as strictly as the management functions (which rely on
 -- these triggers). Unique constraints and foreign keys stay as the backstop;
 -- the triggers speak first, with our SQLSTATE and a hint.

@@ -1,9 +1,4 @@
--- 0200_config_views: the seed's report views. Re-created on every upgrade;
--- functions returning their row types come later in the load order.
-
-DROP VIEW IF EXISTS pki.certs CASCADE;
-DROP VIEW IF EXISTS pki.certs_ids CASCADE;
-DROP VIEW IF EXISTS pki.inst CASCADE;
+-- 010_config_views: the seed's report views (operate_serverPKI -n -v prints them).
 
 -- certs: one row per certificate × alt name × TLSA service × target (operate_serverPKI -n -v, first table)
 CREATE VIEW pki.certs AS

@@ -1,6 +1,6 @@
--- 0300_manage: the operator's management functions, so nobody handles foreign
+-- 040_manage: the operator's management functions, so nobody handles foreign
 -- keys by hand. Arguments are text, so a wrong enum value is our SQLSTATE and
--- not a cast error. The triggers of 0110 validate every row these write; a
+-- not a cast error. The triggers of triggers/020_config_validation validate every row these write; a
 -- refusal anywhere rolls back the whole call.
 
 -- enum_label: the value if it is a label of the enum type, else SP011 listing the labels
@@ -134,13 +134,17 @@ CREATE OR REPLACE FUNCTION pki.add_cert(
     the_name text, the_subject_type text, the_cert_type text, the_encryption_algo text,
     must_staple boolean, the_altname text, the_tlsa_name text, the_tlsa_port integer,
     the_disthost_name text, the_jail text, the_place text)
-RETURNS pki.certs LANGUAGE plpgsql
+-- its rows are those of the view certs, declared here: a function typed by a view's row would
+-- depend on the view, and the upgrade drops every view before re-creating it
+RETURNS TABLE ("Subject" dd.subject_type, "Cert Name" dd.citext, "Type" dd.cert_type, "Algo" dd.cert_encryption_algo,
+               "OCSP m st" boolean, authorized date, "Alt Name" dd.citext, "TLSA" dd.citext, "Port" int4,
+               "Dist Host" dd.citext, "Jail" dd.citext, "Place" dd.citext)
+LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
     new_cert int;
     subject_type dd.subject_type;
-    result certs;
 BEGIN
     PERFORM check_required(the_name, 'certificate name');
     PERFORM check_required(the_subject_type, 'subject type');
@@ -165,8 +169,7 @@ BEGIN
     IF the_disthost_name IS NOT NULL OR the_jail IS NOT NULL OR the_place IS NOT NULL THEN
         PERFORM add_target(the_name, the_disthost_name, the_jail, the_place);
     END IF;
-    SELECT * INTO result FROM certs WHERE "Cert Name" = the_name::citext LIMIT 1;
-    RETURN result;
+    RETURN QUERY SELECT * FROM certs c WHERE c."Cert Name" = the_name::citext LIMIT 1;
 END
 $$;
 

@@ -1,4 +1,4 @@
--- 9900_grants: THE allow-list. Every privilege of PUBLIC and of the three group roles on the
+-- 010_grants: THE allow-list. Every privilege of PUBLIC and of the three group roles on the
 -- objects of schema pki is granted here and nowhere else, re-applied last on every upgrade
 -- after everything is revoked; tests/test_grants.py compares the catalog with this file, so a
 -- new function is callable by nobody (but the owner) until a line below says who may call it.
@@ -113,7 +113,7 @@ GRANT EXECUTE ON FUNCTION pki.host_selected(dd.selection, dd.citext) TO pki_admi
 GRANT EXECUTE ON FUNCTION pki.plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.plan(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.renewal_candidates(dd.selection, integer, boolean) TO pki_admin;
--- CA certificates as targets (0585): which are selected, their plan rows (plan and schedule)
+-- CA certificates as targets (150_ca_targets): which are selected, their plan rows (plan and schedule)
 GRANT EXECUTE ON FUNCTION pki.selected_cas(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.ca_plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_config(dd.selection) TO pki_admin;
@@ -143,7 +143,7 @@ GRANT EXECUTE ON FUNCTION pki.job_key(bigint, uuid, text) TO pki_agent;
 -- what the agent reads to act: the files of a distribute job, the keys -X/-Y re-encrypt
 GRANT EXECUTE ON FUNCTION pki.distribution_files(bigint) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.ca_chain(integer) TO pki_agent;
--- a CA's instance for its targets (0585): read by distribution_files (the agent) and the plan (pki_admin)
+-- a CA's instance for its targets (150_ca_targets): read by distribution_files (the agent) and the plan (pki_admin)
 GRANT EXECUTE ON FUNCTION pki.is_ca_cert(integer) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.ca_current(integer) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.keys_under_db_passphrase() TO pki_agent;

@@ -1,4 +1,4 @@
--- 0010_errors: the registry of our SQLSTATEs and the one way we raise them.
+-- 010_errors: the registry of our SQLSTATEs and the one way we raise them.
 -- Every refusal names the offending value (MESSAGE) and what to do (HINT).
 
 INSERT INTO dd.sqlstates (code, name, meaning) VALUES

@@ -1,4 +1,4 @@
--- 0400_certkeydata: no client can store an inconsistent certificate. Server-side
+-- 030_certkeydata: no client can store an inconsistent certificate. Server-side
 -- Python (Debian's python3-cryptography 38) parses every stored certificate;
 -- the TLSA hash and the validity dates are derived from it, never trusted.
 
