@@ -1,4 +1,4 @@
-"""The database's cost of one issued local certificate: complete_job alone, without the agent.
+"""The database's cost of one issued local certificate: complete_issue alone, without the agent.
 
 Run:  PYTHONPATH=<tree>/agent .venv/bin/python bench/complete_job.py [COUNT [ALGO [CA_ALGO]]]
       (default 300 ec rsa). The schema comes from the serverpki package on PYTHONPATH, so
@@ -6,7 +6,7 @@ Run:  PYTHONPATH=<tree>/agent .venv/bin/python bench/complete_job.py [COUNT [ALG
 
 Starts a private cluster, installs the schema, stores a local CA instance and COUNT local
 server certificates, claims their issue jobs, makes every result beforehand (leaves signed
-by the CA, as issue_local makes them), then times only the complete_job calls: parsing and
+by the CA, as issue_local makes them), then times only the complete_issue calls: parsing and
 checking the certificates, storing the pairs, the state machine and the events.
 """
 
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab (lab/): in the checkout, never installed
 
 import certfactory  # noqa: E402
+import helpers  # noqa: E402
 from serverpki import migrate  # noqa: E402
 from lab import roles  # noqa: E402
 from lab.postgres import PostgresCluster  # noqa: E402
@@ -75,15 +76,17 @@ def main(count: int, algo: str, ca_algo: str) -> None:
                     checks = (time.perf_counter() - start) / count * 1000
             conn.execute("SELECT pg_stat_reset()")
             times = []
-            for job_id, result in results:
+            # the calls as the agent makes them (built before the clock runs: the agent knows its job's kind)
+            calls = [helpers.completion_call(conn, job_id, tokens[job_id], result) for job_id, result in results]
+            for statement, params in calls:
                 start = time.perf_counter()
-                agent.execute("SELECT complete_job(%s, %s, %s)", (job_id, tokens[job_id], Jsonb(result)))
+                agent.execute(statement, params)
                 times.append(time.perf_counter() - start)
             agent.close()   # a session flushes its statistics when it ends
             time.sleep(0.5)
             per_function = conn.execute(
                 "SELECT funcname, round((total_time / calls)::numeric, 3), calls FROM pg_stat_user_functions "
-                "WHERE funcname IN ('complete_job', 'apply_issued', 'check_issued_result', 'check_result_certs', "
+                "WHERE funcname IN ('complete_issue', 'check_issued_result', 'check_result_certs', "
                 "'check_certkeydata') ORDER BY total_time DESC").fetchall()
             done = conn.execute("SELECT count(*) FROM jobs WHERE kind = 'issue_local' AND state = 'done'").fetchone()[0]
             assert done == count, done
@@ -91,7 +94,7 @@ def main(count: int, algo: str, ca_algo: str) -> None:
         cluster.destroy()
         remove_dir(base)
     ms = [t * 1000 for t in times]
-    print(f"complete_job of {count} local {algo} certificates (CA {ca_algo}): "
+    print(f"complete_issue of {count} local {algo} certificates (CA {ca_algo}): "
           f"mean {statistics.mean(ms):.2f} ms, median {statistics.median(ms):.2f} ms, "
           f"total {sum(ms) / 1000:.2f} s" + (f"; check_issued_result alone {checks:.2f} ms" if checks else ""))
     for name, per_call, calls in per_function:

@@ -6,7 +6,7 @@ Starts a private cluster (lab.postgres), installs the schema, creates
 the local CA with the real -I path (request_local_ca + the agent), configures
 COUNT local EC server certificates, then measures in the same run:
   queue:  SELECT request_create(...) and Agent.drain() — claim, issue_local
-          handler (key, certificate, PEM), complete_job (plpython parses and
+          handler (key, certificate, PEM), complete_issue (plpython parses and
           checks every certificate, the state machine, events), per certificate;
   bare:   the same key generation and signing with cryptography alone
           (x509util.new_key + issue_leaf + PEM), no database.

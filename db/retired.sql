@@ -56,3 +56,20 @@ BEGIN
     END IF;
 END
 $$;
+
+-- 1.0: each job kind has its own typed completion (db/jobs/); the generic complete_job with a JSON
+-- result and the kinds' apply_* functions are gone
+DO $$
+BEGIN   -- complete_job(bigint, uuid, jsonb) is now the queue's completion of a report-only kind
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('pki.complete_job(bigint, uuid, jsonb)')
+                 AND proargnames[3] = 'result') THEN
+        DROP FUNCTION pki.complete_job(bigint, uuid, jsonb);
+    END IF;
+END
+$$;
+DROP FUNCTION IF EXISTS pki.apply_issued(pki.jobs, jsonb);
+DROP FUNCTION IF EXISTS pki.apply_distributed(pki.jobs, jsonb);
+DROP FUNCTION IF EXISTS pki.apply_tlsa_published(pki.jobs, jsonb);
+DROP FUNCTION IF EXISTS pki.apply_keys_reencrypted(pki.jobs, jsonb);
+DROP FUNCTION IF EXISTS pki.apply_acme_registered(pki.jobs, jsonb);
+DROP FUNCTION IF EXISTS pki.check_reencrypted(pki.jobs, jsonb, int[], text, boolean);

@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from serverpki.handlers import Completion, IssuedPair, StoredKey
 
 # every table an operator or the agent can change; a refusal must leave all of them as they were
 STATE_TABLES = (
@@ -88,6 +89,45 @@ def lease_of(conn: psycopg.Connection, job_id: int, agent: str) -> str:
     """The token agent got when it claimed the job; an agent that did not claim it has only a guess."""
     claimer, token = _LEASES.get((conn.info.dbname, job_id), (None, None))
     return token if claimer == agent else str(uuid.uuid4())
+
+
+# the outcome of a job as the tests write it down, one dict, split into the typed arguments of the
+# kind's completion function (the rest is the report), as the handlers build their Completion
+ARGS_OF_KIND = {
+    "issue_local": ("pairs", "cacert", "chain", "authorized_until"),
+    "issue_acme": ("pairs", "cacert", "chain", "authorized_until"),
+    "issue_local_ca": ("pairs", "cacert", "chain", "authorized_until"),
+    "encrypt_keys": ("keys", "accounts", "job_keys"),
+    "decrypt_keys": ("keys", "accounts", "job_keys"),
+    "register_acme": ("directory_url", "uri", "contact", "key"),
+}
+
+
+def completion_of(kind: str, result: dict | None) -> Completion:
+    """result as its kind's Completion: pairs as IssuedPair, stored keys as StoredKey."""
+    result = dict(result or {})
+    args = {name: result.pop(name) for name in ARGS_OF_KIND.get(kind, ()) if name in result}
+    if "pairs" in args:
+        args["pairs"] = [IssuedPair(p.get("algo"), p.get("cert"), p.get("key"), p.get("chain")) for p in args["pairs"]]
+    for name in ("keys", "accounts", "job_keys"):
+        if name in args:
+            args[name] = [StoredKey(k.get("id"), k.get("key")) for k in args[name]]
+    result.pop("encrypted", None)   # the kind says it
+    return Completion(args=args, report=result)
+
+
+def completion_call(conn: psycopg.Connection, job_id: int, token: str, result: Completion | dict | None = None) -> tuple:
+    """The statement and parameters that report the job done with result (a handler's Completion, or
+    a dict for completion_of), as the agent sends them."""
+    kind, function = conn.execute("SELECT j.kind, k.complete_with FROM jobs j JOIN job_kinds k USING (kind) "
+                                  "WHERE j.id = %s", (job_id,)).fetchone()
+    completion = result if isinstance(result, Completion) else completion_of(kind, result)
+    return completion.statement(function, job_id, token)
+
+
+def complete(conn: psycopg.Connection, job_id: int, token: str, result: Completion | dict | None = None) -> None:
+    """Report the job done with result through its kind's completion function."""
+    conn.execute(*completion_call(conn, job_id, token, result))
 
 
 def small_cli_world(conn: psycopg.Connection, tmp_path) -> Path:

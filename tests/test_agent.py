@@ -18,6 +18,7 @@ from serverpki import migrate
 from serverpki.agent import Agent
 from serverpki.config import Config
 from serverpki.errors import GiveUp, RetryLater
+from serverpki.handlers import Completion
 
 CONFIG = Config()   # every default: these handlers read none of it
 
@@ -45,7 +46,7 @@ def job(conn, job_id):
 
 def test_done_job_stores_result_and_event(conn, dsn, kinds):
     jid = enqueue(conn, "t_ok")
-    stats = make_agent(dsn, {"t_ok": lambda j, ctx: {"echo": j.id}}).drain()
+    stats = make_agent(dsn, {"t_ok": lambda j, ctx: Completion(report={"echo": j.id})}).drain()
     assert stats.outcomes["done"] == 1 and stats.all_succeeded
     state, attempts, error, result = job(conn, jid)
     assert (state, attempts, error, result) == ("done", 1, None, {"echo": jid})
@@ -59,7 +60,7 @@ def test_crashing_handler_becomes_a_failed_job_not_a_crashed_run(conn, dsn, kind
     def boom(j, ctx):
         raise ZeroDivisionError("handler bug")
 
-    stats = make_agent(dsn, {"t_crash": boom, "t_ok": lambda j, ctx: {}}).drain()
+    stats = make_agent(dsn, {"t_crash": boom, "t_ok": lambda j, ctx: Completion()}).drain()
     assert stats.outcomes == {"failed": 1, "done": 1}
     assert not stats.all_succeeded
     state, _, error, _ = job(conn, crash)
@@ -95,7 +96,7 @@ def test_drain_runs_follow_ups_enqueued_by_completion(conn, dsn, kinds):
         seen.append(j.args.get("n", 0))
         if len(seen) < 3:   # a follow-up, as a completion enqueues it (the agent's role may not)
             enqueue(conn, "t_ok", f"n{len(seen)}", f'{{"n": {len(seen)}}}')
-        return {}
+        return Completion()
 
     stats = make_agent(dsn, {"t_ok": chain}, batch=1).drain()
     assert seen == [0, 1, 2] and stats.outcomes["done"] == 3
@@ -109,7 +110,7 @@ def test_heartbeat_keeps_the_lease_of_a_slow_handler(conn, dsn, kinds):
         for _ in range(3):
             time.sleep(1.2)
             leases.append(conn.execute("SELECT locked_until FROM jobs WHERE id = %s", (j.id,)).fetchone()[0])
-        return {}
+        return Completion()
 
     stats = make_agent(dsn, {"t_slow": slow}, lease=3).drain()
     assert stats.outcomes["done"] == 1
@@ -119,14 +120,14 @@ def test_heartbeat_keeps_the_lease_of_a_slow_handler(conn, dsn, kinds):
 
 def test_result_of_an_agent_whose_lease_was_taken_is_dropped(conn, dsn, kinds):
     jid = enqueue(conn, "t_ok")
-    first = make_agent(dsn, {"t_ok": lambda j, ctx: {}}, name="slowpoke")
+    first = make_agent(dsn, {"t_ok": lambda j, ctx: Completion()}, name="slowpoke")
     [claimed] = first.claim()
     # the lease runs out and another agent takes the job over
     owner_conn(conn).execute("UPDATE jobs SET locked_until = now() - interval '1 second' WHERE id = %s", (jid,))
     owner_conn(conn).execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
     owner_conn(conn).execute("SELECT requeue_expired_leases()")
     owner_conn(conn).execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (jid,))
-    second = make_agent(dsn, {"t_ok": lambda j, ctx: {"by": "second"}}, name="second")
+    second = make_agent(dsn, {"t_ok": lambda j, ctx: Completion(report={"by": "second"})}, name="second")
     assert second.drain().outcomes["done"] == 1
     assert first.run_job(claimed) == "lost"
     assert job(conn, jid)[3] == {"by": "second"}
@@ -147,7 +148,7 @@ def test_forever_wakes_on_notify_and_survives_a_database_restart():
             c.execute("INSERT INTO pki.job_kinds (kind, description) VALUES ('t_ok', 'test')")
         done = []
         # the agent as serverpki agent runs in production: the worker's login role
-        agent = make_agent(cluster.dsn("a", roles.WORKER), {"t_ok": lambda j, ctx: done.append(j.id) or {}})
+        agent = make_agent(cluster.dsn("a", roles.WORKER), {"t_ok": lambda j, ctx: done.append(j.id) or Completion()})
         stop = threading.Event()
         worker = threading.Thread(target=agent.forever, kwargs={"poll_seconds": 60, "stop": stop}, daemon=True)
         worker.start()

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from certfactory import issue_result
 from helpers import assert_refused, owner_conn, remember_leases, lease_of
+from helpers import complete as complete_job
 from lab.lab import secret
 from lab.sshd import SSHLab
 
@@ -47,7 +47,7 @@ def claim(conn, kind: str) -> list[dict]:
 
 
 def complete(conn, job: dict, result: dict) -> None:
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job["id"], lease_of(conn, job["id"], "sql-test"), Jsonb(result)))
+    complete_job(conn, job["id"], lease_of(conn, job["id"], "sql-test"), result)
 
 
 def issue_local_ca(conn) -> int:

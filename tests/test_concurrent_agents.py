@@ -46,6 +46,7 @@ from helpers import owner_conn
 from serverpki import sshclient
 from serverpki.agent import Agent
 from serverpki.config import Config, load_config
+from serverpki.handlers import Completion
 from lab import roles
 from lab.lab import HOSTS, ZONE
 from lab.process import remove_dir, temp_dir
@@ -512,7 +513,7 @@ def test_a_claimed_job_whose_lease_ran_out_is_not_run_by_its_first_agent(conn, d
         runs[job.id, ctx.agent_name] += 1
         if job.args.get("slow"):
             time.sleep(3.5)      # its heartbeat keeps it; the other job of the batch waits
-        return {}
+        return Completion()
 
     def agent(name: str) -> Agent:
         a = Agent(dsn, Config(), name=name, lease=2, batch=2)

@@ -24,10 +24,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from certfactory import issue_result
-from helpers import owner_conn
+from helpers import complete, owner_conn
 from serverpki import handlers as handler_registry
 from serverpki import sshclient
 from serverpki.agent import Agent
@@ -297,7 +296,7 @@ def test_an_LE_certificate_gets_the_chain_files(conn, agent, hosts):
     now = one(conn, "SELECT pki.now() AS now")["now"]
     result = issue_result(conn, "issue_acme", job["certificate"], now, 90)
     pair = result["pairs"][0]
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job["id"], job["lease_token"], Jsonb(result)))
+    complete(conn, job["id"], job["lease_token"], result)
     # the issuer is stored from the chain, as an instance of its own
     ca = one(conn, "SELECT cacert FROM certinstances WHERE id = %s", (job["instance"],))["cacert"]
     assert ca_pem(conn, ca) == result["chain"][0]

@@ -16,11 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from psycopg.types.json import Jsonb
 
 from certfactory import (ACME_CA_NAME, LOCAL_CA_NAME, _ca, issue_result, local_ca_instance, make_leaf, pem,
                          shared_ca)
-from helpers import assert_refused
+from helpers import assert_refused, completion_call, snapshot
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2027, 1, 1, tzinfo=UTC)
@@ -34,8 +33,8 @@ def claim_sql(kind: str) -> tuple[str, tuple]:
     return "SELECT * FROM claim_jobs(%s, ARRAY[%s], 1)", (AGENT, kind)
 
 
-def complete_sql(job: dict, result: dict) -> tuple[str, tuple]:
-    return "SELECT complete_job(%s, %s, %s)", (job["id"], job["lease_token"], Jsonb(result))
+def complete_sql(conn, job: dict, result: dict) -> tuple:
+    return completion_call(conn, job["id"], job["lease_token"], result)
 
 
 def claim(conn, kind: str) -> dict:
@@ -45,13 +44,13 @@ def claim(conn, kind: str) -> dict:
 
 
 def complete(conn, job: dict, result: dict) -> None:
-    conn.execute(*complete_sql(job, result))
+    conn.execute(*complete_sql(conn, job, result))
 
 
 def refused(conn, job: dict, result: dict, match: str) -> str:
-    """complete_job refuses with SP023 naming the job and `match`, and nothing changed (snapshot)."""
+    """complete_issue refuses with SP023 naming the job and `match`, and nothing changed (snapshot)."""
     before = conn.execute("SELECT t::text FROM jobs t WHERE id = %s", (job["id"],)).fetchone()
-    err = assert_refused(conn, *complete_sql(job, result), sqlstate="SP023", match=match)
+    err = assert_refused(conn, *complete_sql(conn, job, result), sqlstate="SP023", match=match)
     assert err.diag.message_primary.startswith(f"job {job['id']}: "), err.diag.message_primary
     assert conn.execute("SELECT t::text FROM jobs t WHERE id = %s", (job["id"],)).fetchone() == before
     return err.diag.message_primary
@@ -190,11 +189,23 @@ def test_cacert_naming_a_server_instance_is_refused(conn):
     accepted(conn, job, good)
 
 
-@pytest.mark.parametrize("cacert", [None, "1; DROP TABLE jobs", 999999])
+@pytest.mark.parametrize("cacert", [None, 999999])
 def test_a_local_result_without_a_stored_cacert_is_refused(conn, cacert):
     job = issue_job(conn)
     good = issue_result(conn, "issue_local", job["certificate"], T0)
     refused(conn, job, {**good, "cacert": cacert}, "cacert ")
+    accepted(conn, job, good)
+
+
+def test_a_cacert_that_is_no_number_never_reaches_the_checks(conn):
+    """cacert is an int argument of complete_issue: text such as "1; DROP TABLE jobs" is refused by
+    PostgreSQL's input of the type, before any function runs; the job is still the agent's."""
+    job = issue_job(conn)
+    good = issue_result(conn, "issue_local", job["certificate"], T0)
+    before = snapshot(conn)
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+        conn.execute(*complete_sql(conn, job, {**good, "cacert": "1; DROP TABLE jobs"}))
+    assert snapshot(conn) == before
     accepted(conn, job, good)
 
 
@@ -298,7 +309,11 @@ def test_the_second_pair_may_bring_its_own_chain(conn):
 def test_authorized_until_is_at_most_the_leafs_not_after(conn):
     job = issue_job(conn, cert_type="LE")
     good = issue_result(conn, "issue_acme", job["certificate"], T0)
-    refused(conn, job, {**good, "authorized_until": "tomorrow-ish"}, "authorized_until \"tomorrow-ish\" is not a timestamp")
+    # a timestamptz argument: what is no timestamp is refused by PostgreSQL's input of the type, nothing runs
+    before = snapshot(conn)
+    with pytest.raises(psycopg.errors.InvalidDatetimeFormat):
+        conn.execute(*complete_sql(conn, job, {**good, "authorized_until": "tomorrow-ish"}))
+    assert snapshot(conn) == before
     # clamped, not refused: the certificate ends 90 days after T0, and so does what it authorizes
     accepted(conn, job, {**good, "authorized_until": "2999-01-01T00:00:00Z"})
     assert conn.execute("SELECT authorized_until FROM certificates WHERE id = %s",

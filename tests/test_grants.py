@@ -43,10 +43,18 @@ def executable_by(conn: psycopg.Connection) -> set[tuple[int, str]]:
            AND (a.grantee = 0 OR a.grantee::regrole::text = ANY (%s))""", (list(ROLES),)).fetchall())
 
 
+def completions(owner: psycopg.Connection) -> list[tuple[str, str]]:
+    """The file's one rule: each job kind's completion function (job_kinds.complete_with) is pki_agent's."""
+    rows = owner.execute("SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pki.job_kinds k ON k.complete_with = p.proname "
+                         "WHERE p.pronamespace = 'pki'::regnamespace").fetchall()
+    assert len(rows) >= 6, rows
+    return [(sig, "pki_agent") for (sig,) in rows]
+
+
 def test_the_catalog_grants_exactly_what_the_allow_list_says(conn, repo_root):
     owner = owner_conn(conn)
     listed = set()
-    for sig, role in allow_list(repo_root):
+    for sig, role in allow_list(repo_root) + completions(owner):
         oid = owner.execute("SELECT to_regprocedure(%s)::int", (sig,)).fetchone()[0]
         assert oid is not None, f"privileges/010_grants.sql grants {sig}, which does not exist"
         assert role in ROLES, f"{sig} granted to {role}: only {ROLES} are ours to grant to"

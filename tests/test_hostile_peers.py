@@ -22,6 +22,7 @@ from serverpki import acmeclient
 from serverpki.agent import Agent
 from serverpki.config import Config
 from serverpki.errors import ERROR_LIMIT, RETRY_AFTER_MAX, GiveUp, RetryLater, clean_text
+from serverpki.handlers import Completion
 from strategies import HOSTILE, PIECES
 from test_distribution import WEB1, add_cert, config, hosts, issue, jobs_by_host, lab, local_ca, one, rows, target  # noqa: F401
 
@@ -115,7 +116,7 @@ def test_a_hostile_retry_after_is_stored_as_a_finite_bounded_retry(conn, dsn, ki
     def busy(job, ctx):
         raise RetryLater("the CA is busy", retry_after=asked)
 
-    stats = make_agent(dsn, {"t_hostile": busy, "t_ok": lambda job, ctx: {}}).drain()
+    stats = make_agent(dsn, {"t_hostile": busy, "t_ok": lambda job, ctx: Completion()}).drain()
 
     assert stats.outcomes == {"failed": 1, "done": 1}
     got = queued(conn, hostile)
@@ -133,7 +134,7 @@ def test_a_failure_the_database_refuses_is_reported_plainly_and_the_drain_goes_o
         exc.retry_after = 1e300
         raise exc
 
-    stats = make_agent(dsn, {"t_hostile": overflow, "t_ok": lambda job, ctx: {}}).drain()
+    stats = make_agent(dsn, {"t_hostile": overflow, "t_ok": lambda job, ctx: Completion()}).drain()
 
     assert stats.outcomes == {"failed": 1, "done": 1}
     got = queued(conn, hostile)
@@ -149,7 +150,7 @@ def test_an_error_with_nul_and_control_characters_is_stored_cleaned(conn, dsn, k
     def rude(job, ctx):
         raise GiveUp("peer said: \x00\x1b[2J\udcff" + "z" * 10_000)
 
-    stats = make_agent(dsn, {"t_hostile": rude, "t_ok": lambda job, ctx: {}}).drain()
+    stats = make_agent(dsn, {"t_hostile": rude, "t_ok": lambda job, ctx: Completion()}).drain()
 
     assert stats.outcomes == {"dead": 1, "done": 1}
     got = queued(conn, hostile)

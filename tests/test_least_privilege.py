@@ -5,7 +5,6 @@ that found them is replayed here, as the roles an operator creates (lab.roles)."
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 
 import psycopg
@@ -13,7 +12,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from certfactory import make_pair
-from helpers import assert_refused, owner_conn, snapshot
+from helpers import assert_refused, completion_call, owner_conn, snapshot
 from serverpki import migrate
 from lab import roles
 
@@ -178,7 +177,7 @@ def test_the_agent_name_gives_no_power_over_a_job(conn, pg_server, dbname):
         guesses = [str(uuid.uuid4()), "00000000-0000-0000-0000-000000000000",
                    str(uuid.UUID(bytes=bytes(stored[1][:16])))]   # the stored hash is no token either
         for guess in guesses:
-            for sql, params in (("SELECT complete_job(%s, %s::uuid, '{}')", ()),
+            for sql, params in (("SELECT complete_distribute(%s, %s::uuid, '{}')", ()),
                                 ("SELECT fail_job(%s, %s::uuid, 'forged', false)", ()),
                                 ("SELECT extend_lease(%s, %s::uuid, '10 hours')", ()),
                                 ("SELECT save_job_progress(%s, %s::uuid, '{}')", ()),
@@ -209,8 +208,7 @@ def test_a_reclaimed_job_refuses_the_old_token(conn, pg_server, dbname):
         owner_conn(conn).execute("UPDATE jobs SET run_after = now() - interval '1 second' WHERE id = %s", (first["id"],))
         [again] = claim(b, "same-name-1")
         assert again["id"] == first["id"] and again["lease_token"] != first["lease_token"]
-        assert_refused(a, "SELECT complete_job(%s, %s, %s)", (first["id"], first["lease_token"], json.dumps({})),
-                       sqlstate="SP022")
+        assert_refused(a, *completion_call(a, first["id"], first["lease_token"]), sqlstate="SP022")
         b.execute("SELECT extend_lease(%s, %s)", (again["id"], again["lease_token"]))
 
 

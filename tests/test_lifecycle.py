@@ -7,7 +7,6 @@ column itself except where a test proves that the database refuses exactly that.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import Counter
 
 import psycopg
@@ -15,7 +14,7 @@ import pytest
 from psycopg.rows import namedtuple_row
 
 from certfactory import issue_result
-from helpers import assert_refused, lease_of, owner_conn, remember_leases, snapshot
+from helpers import assert_refused, complete, lease_of, owner_conn, remember_leases, snapshot
 
 T0 = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
 WEB1, WEB2 = HOSTS = ("web1.example.org", "web2.example.org")
@@ -125,7 +124,7 @@ def run_all_jobs(conn, when: dt.datetime | None = None, lifetimes: dict[str, int
                 continue
             else:
                 result = {}
-            conn.execute("SELECT complete_job(%s, %s, %s)", (job.id, lease_of(conn, job.id, AGENT), json.dumps(result)))
+            complete(conn, job.id, lease_of(conn, job.id, AGENT), result)
             ran.append(job)
     raise AssertionError("the queue never drained")
 

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from helpers import assert_refused, lease_of, owner_conn, remember_leases, snapshot
+from helpers import assert_refused, complete, completion_call, lease_of, owner_conn, remember_leases, snapshot
 from serverpki import keystore, x509util
 from serverpki.errors import GiveUp
-from serverpki.handlers import HANDLERS, Context, Job
+from serverpki.handlers import HANDLERS, Completion, Context, Job, StoredKey
 from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (registers issue_local, issue_local_ca)
 from serverpki.handlers import keys as _keys  # noqa: F401  (registers encrypt_keys, decrypt_keys)
 
@@ -69,7 +69,7 @@ def run_job(conn: psycopg.Connection, job_id: int, config) -> dict | GiveUp:
     except GiveUp as exc:
         conn.execute("SELECT fail_job(%s, %s, %s, false)", (job_id, lease_of(conn, job_id, AGENT), str(exc)))
         return exc
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(result)))
+    complete(conn, job_id, lease_of(conn, job_id, AGENT), result)
     return result
 
 
@@ -219,7 +219,7 @@ def test_local_server_certificate_verifies_against_the_ca(conn, config, tmp_path
     add_local_cert(conn, "www.example.org", algo, altname="example.org")
     job_id, result = create(conn, config, "www.example.org")
     assert not isinstance(result, GiveUp), result
-    assert result["cacert"] == ca_instance
+    assert result.args["cacert"] == ca_instance
     instance = job_row(conn, job_id)["instance"]
     assert conn.execute("SELECT state::text, cacert FROM certinstances WHERE id = %s", (instance,)).fetchone() == (
         "issued", ca_instance)
@@ -356,11 +356,11 @@ def test_the_key_of_an_acme_order_in_flight_is_re_encrypted_with_the_others(conn
     job = Job(row["id"], row["kind"], None, None, None, None, row["args"], row["attempts"], row["max_attempts"],
               str(row["lease_token"]))
     result = HANDLERS["encrypt_keys"](job, Context(config=config, conn=conn, agent_name=AGENT))
-    assert sorted(k["id"] for k in result["job_keys"]) == sorted(
+    assert sorted(k.id for k in result.args["job_keys"]) == sorted(
         r[0] for r in owner_conn(conn).execute("SELECT id FROM job_keys"))
     conn.execute("SELECT fail_job(%s, %s, 'the order failed for good', false)", (gone_job, lease_of(conn, gone_job, "orders")))  # its key goes
     assert owner_conn(conn).execute("SELECT count(*) FROM job_keys WHERE id = %s", (gone_id,)).fetchone()[0] == 0
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(result)))
+    complete(conn, job_id, lease_of(conn, job_id, AGENT), result)
 
     stored = owner_conn(conn).execute("SELECT key FROM job_keys WHERE job = %s", (order_job,)).fetchone()[0]
     assert stored.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
@@ -381,7 +381,7 @@ def test_the_key_of_an_acme_order_in_flight_is_re_encrypted_with_the_others(conn
     bad = {"encrypted": True, "keys": keys, "accounts": [], "job_keys": [{"id": order_key_id, "key": order_key}]}
     before = snapshot(conn)
     with pytest.raises(psycopg.Error) as info:
-        conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(bad)))
+        complete(conn, job_id, lease_of(conn, job_id, AGENT), bad)
     assert info.value.diag.sqlstate == "SP023" and '"job_keys"' in info.value.diag.message_primary
     assert snapshot(conn) == before
 
@@ -419,18 +419,18 @@ def test_request_key_encryption_refuses_the_opposite_of_a_pending_job(conn):
 
 def test_encrypt_with_no_keys_only_flips_the_flag(conn, config):
     job_id = request_keys(conn, True)
-    assert run_job(conn, job_id, config) == {"keys": [], "accounts": [], "job_keys": [], "encrypted": True}
+    assert run_job(conn, job_id, config).args == {"keys": [], "accounts": [], "job_keys": []}
+    assert job_row(conn, job_id)["result"] == {"keys": [], "accounts": [], "job_keys": [], "encrypted": True}
     assert keys_encrypted(conn) is True
 
 
 @pytest.mark.parametrize("mangle, match", [
-    (lambda r: {"encrypted": True}, 'lacks "keys"'),
+    (lambda r: {**r, "keys": None}, "missing"),
     (lambda r: {**r, "keys": r["keys"][1:]}, "missing"),
     (lambda r: {**r, "keys": r["keys"] + r["keys"][:1]}, "repeated"),
-    (lambda r: {**r, "keys": r["keys"] + [{"id": 999999, "key": r["keys"][0]["key"]}]}, "unknown"),
-    (lambda r: {**r, "encrypted": False}, '"encrypted": false'),
-    (lambda r: {**r, "keys": [{**k, "key": CLEAR} for k in r["keys"]]}, "entry 1"),
-    (lambda r: {**r, "keys": [{"id": str(k["id"]), "key": k["key"]} for k in r["keys"]]}, "entry 1"),
+    (lambda r: {**r, "keys": r["keys"] + [StoredKey(999999, r["keys"][0].key)]}, "unknown"),
+    (lambda r: {**r, "keys": [k._replace(key=CLEAR) for k in r["keys"]]}, "entry 1"),
+    (lambda r: {**r, "keys": [k._replace(id=None) for k in r["keys"]]}, "entry 1"),
 ])
 def test_apply_keys_reencrypted_refuses_an_incomplete_result(conn, config, mangle, match):
     fill(conn, config)
@@ -440,8 +440,8 @@ def test_apply_keys_reencrypted_refuses_an_incomplete_result(conn, config, mangl
     job = Job(id=row["id"], kind=row["kind"], certificate=None, instance=None, disthost=None, zone=None,
               args=row["args"], attempts=row["attempts"], max_attempts=row["max_attempts"], lease=str(row["lease_token"]))
     result = HANDLERS["encrypt_keys"](job, Context(config=config, conn=conn, agent_name=AGENT))
-    bad = mangle(result)
-    assert_refused(conn, "SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(bad)), sqlstate="SP023", match=match)
+    bad = Completion(args=mangle(result.args), report=result.report)
+    assert_refused(conn, *completion_call(conn, job_id, lease_of(conn, job_id, AGENT), bad), sqlstate="SP023", match=match)
     assert keys_encrypted(conn) is False
     assert job_row(conn, job_id)["state"] == "running"
 
@@ -550,7 +550,7 @@ def test_encrypt_and_decrypt_cover_the_acme_account_key(conn, config, tmp_path):
                  "('https://acme.example/dir', 'pki@example.org', %s, 'https://acme.example/acct/1')", (clear,))
     job_id = request_keys(conn, True)
     result = run_job(conn, job_id, config)
-    assert [a["id"] for a in result["accounts"]] == [1]
+    assert [a.id for a in result.args["accounts"]] == [1]
     stored = conn.execute("SELECT key FROM acme_accounts").fetchone()[0]
     assert stored.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
     out = subprocess.run(["openssl", "pkey", "-passin", "pass:" + Path(config.paths.db_encryption_key).read_text(), "-pubout"],

@@ -160,7 +160,7 @@ def test_schedule_mails_one_reminder_through_the_relay(env, conn, smtp):
     # deploy it as the distribution would (its SSH handler is not part of this test)
     conn.execute("SELECT * FROM request_distribute(selection(only_certs => ARRAY['client1']))").fetchall()
     job, token = conn.execute("SELECT id, lease_token FROM claim_jobs('t', ARRAY['distribute'], 1)").fetchone()
-    conn.execute("SELECT complete_job(%s, %s, '{}')", (job, token))
+    conn.execute("SELECT complete_distribute(%s, %s)", (job, token))
     later = (inst[1] - __import__("datetime").timedelta(days=10)).isoformat()
     env_later = ({**env[0], "PGOPTIONS": f"-c pki.now={later}"}, env[1])
     result = run(env_later, "-S", "-a")
@@ -194,7 +194,7 @@ def test_renew_alone_creates_the_local_certificates_expiring_within_the_days(env
         conn.execute("SELECT set_config('pki.now', %s, false)", (when.isoformat(),))
         conn.execute("SELECT * FROM request_distribute(selection(only_certs => ARRAY[%s]))", (name,)).fetchall()
         job, token = conn.execute("SELECT id, lease_token FROM claim_jobs('t', ARRAY['distribute'], 1)").fetchone()
-        conn.execute("SELECT complete_job(%s, %s, '{}')", (job, token))
+        conn.execute("SELECT complete_distribute(%s, %s)", (job, token))
     conn.execute("SELECT set_config('pki.now', '', false)")
     not_after = dict(conn.execute(
         "SELECT s.name::text, i.not_after FROM certinstances i JOIN subjects s ON s.certificate = i.certificate "

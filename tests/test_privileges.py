@@ -40,10 +40,11 @@ from psycopg.types.json import Jsonb
 
 from serverpki.config import Config, LocalCAConfig, PathsConfig, X509Config
 from serverpki.errors import GiveUp
-from serverpki.handlers import HANDLERS, Context, Job
+from serverpki.handlers import HANDLERS, Completion, Context, Job
 from serverpki.handlers import issue_local as _issue_local  # noqa: F401  (registers issue_local, issue_local_ca)
 from serverpki.handlers import keys as _keys  # noqa: F401  (registers encrypt_keys, decrypt_keys)
 from lab.lab import secret as secret_file
+from helpers import complete
 
 INSUFFICIENT_PRIVILEGE = "42501"
 ROLES = ("pki_admin", "pki_agent", "pki_report")
@@ -58,7 +59,7 @@ DB_PASS = "db passphrase of the privileges test"
 ADMIN_WRITES = {"certificates", "subjects", "services", "certificates_services", "disthosts", "jails", "places", "targets"}
 ADMIN_COLUMN_UPDATES = {"settings": {"value", "remarks"}}
 # SECURITY DEFINER functions the agent may call (some of them: the test follows whatever the catalog lists)
-AGENT_DEFINER_FUNCTIONS = {"claim_jobs", "extend_lease", "complete_job", "fail_job", "save_job_progress"}
+AGENT_DEFINER_FUNCTIONS = {"claim_jobs", "extend_lease", "complete_issue", "complete_distribute", "fail_job", "save_job_progress"}
 # tables no SECURITY DEFINER code may write: configuration, the state machine, the job kinds
 NEVER_WRITTEN_BY_DEFINERS = {"subjects", "services", "certificates_services", "disthosts", "jails", "places",
                              "targets", "settings", "state_transitions", "job_kinds", "schema_migrations"}
@@ -270,7 +271,7 @@ def claim(conn, job_id: int) -> dict:
     return row
 
 
-def run_job(conn, job_id: int, config) -> dict:
+def run_job(conn, job_id: int, config) -> Completion:
     """What the agent loop does with one job: claim, handle, complete (or fail)."""
     row = claim(conn, job_id)
     job = Job(id=row["id"], kind=row["kind"], certificate=row["certificate"], instance=row["instance"],
@@ -281,7 +282,7 @@ def run_job(conn, job_id: int, config) -> dict:
     except GiveUp as exc:
         conn.execute("SELECT fail_job(%s, %s, %s, false)", (job_id, job.lease, str(exc)))
         raise
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, job.lease, Jsonb(result)))
+    complete(conn, job_id, job.lease, result)
     return result
 
 
@@ -310,9 +311,8 @@ def populate(conn, config) -> None:
     account_pem = make_ec_key_pem()
     job_id = conn.execute("SELECT request_acme_account('https://acme.example.org/dir', 'pki@example.org')").fetchone()[0]
     claim(conn, job_id)
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, LEASES[job_id], Jsonb(
-        {"directory_url": "https://acme.example.org/dir", "uri": "https://acme.example.org/acct/1",
-         "contact": "pki@example.org", "key": account_pem})))
+    complete(conn, job_id, LEASES[job_id], {"directory_url": "https://acme.example.org/dir", "uri": "https://acme.example.org/acct/1",
+                                            "contact": "pki@example.org", "key": account_pem})
     # distribution: one job done (as the distribute handler reports it), one failing with an error that quotes a key
     jobs = conn.execute("SELECT job FROM request_distribute(selection(all_certs => true)) WHERE job IS NOT NULL "
                         "ORDER BY job").fetchall()
@@ -320,9 +320,8 @@ def populate(conn, config) -> None:
     done, failing = jobs[0][0], jobs[1][0]
     claim(conn, done)
     conn.execute("SELECT save_job_progress(%s, %s, %s)", (done, LEASES[done], Jsonb({"files": 2, "key": account_pem})))
-    conn.execute("SELECT complete_job(%s, %s, %s)", (done, LEASES[done], Jsonb(
-        {"host": "web1.example.org", "files": [{"path": "/x/key.pem", "sha256": "00" * 32}], "reload": [],
-         "private_key": account_pem, "note": f"a careless handler: {account_pem}"})))
+    complete(conn, done, LEASES[done], {"host": "web1.example.org", "files": [{"path": "/x/key.pem", "sha256": "00" * 32}],
+                                        "reload": [], "private_key": account_pem, "note": f"a careless handler: {account_pem}"})
     claim(conn, failing)
     conn.execute("SELECT fail_job(%s, %s, %s)", (failing, LEASES[failing], f"could not parse {account_pem} (bad)"))
     # an ACME order in flight keeps its key in the database (when this release has job keys)
@@ -849,6 +848,9 @@ def test_the_agent_writes_only_through_security_definer_functions_that_leave_con
                                   "JOIN pg_proc p ON p.oid = t.tgfoid WHERE NOT t.tgisinternal "
                                   "AND c.relnamespace = 'pki'::regnamespace"):
         triggers.setdefault(table, set()).add(fn)
+    # finish_failed calls the clean-up functions job kinds registered (define_job_kind) by name: it reaches every one
+    hooks = {h for (h,) in conn.execute("SELECT on_dead FROM job_kinds WHERE on_dead IS NOT NULL")}
+    assert hooks and hooks <= procs.keys(), hooks
     seen: set[str] = set()
     todo = sorted(definers)
     written: dict[str, set[str]] = {}
@@ -862,10 +864,12 @@ def test_the_agent_writes_only_through_security_definer_functions_that_leave_con
         source = re.sub(r"'(?:[^']|'')*'", "''", re.sub(r"--[^\n]*", "", procs[name][0]))
         called = {n for n in procs if re.search(rf"\b{re.escape(n)}\s*\(", source)}
         todo += sorted(called - seen)
+        if name == "finish_failed":
+            todo += sorted(hooks - seen)
         for table, cols in _written_tables(source).items():
             written.setdefault(table, set()).update(cols)
             todo += sorted(triggers.get(table, set()) - seen)
-    assert {"claim_jobs", "complete_job", "apply_issued", "apply_distributed", "record_transition"} <= seen
+    assert {"claim_jobs", "complete_issue", "complete_distribute", "job_done", "issue_dead", "record_transition"} <= seen
     assert {"jobs", "certkeydata", "certinstances", "events"} <= written.keys(), written
     bad = {t: c for t, c in written.items() if t in NEVER_WRITTEN_BY_DEFINERS}
     assert bad == {}, f"SECURITY DEFINER code reachable by pki_agent writes {bad}"

@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from certfactory import issue_result
-from helpers import assert_refused, lease_of, owner_conn, remember_leases, snapshot
+from helpers import assert_refused, completion_call, lease_of, owner_conn, remember_leases, snapshot
+from helpers import complete as complete_job
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2027, 1, 1, tzinfo=UTC)
@@ -51,7 +52,7 @@ def job(conn, job_id: int) -> dict:
 
 
 def complete(conn, job_id: int, agent: str = "a1", result: dict | None = None) -> None:
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, agent), json.dumps(result or {})))
+    complete_job(conn, job_id, lease_of(conn, job_id, agent), result)
 
 
 def fail(conn, job_id: int, agent: str = "a1", error: str = "boom", retry: bool = True, retry_after: str | None = None):
@@ -334,7 +335,7 @@ def test_expired_lease_returns_the_job_and_refuses_the_old_agent(conn, dsn):
         assert event_reason.startswith(f"mail_reminder job {j}: lease of agent old expired at ")
         # the old agent comes back too late: its outcome is refused, nothing changes
         before = jobs_snapshot(conn)
-        err = assert_refused(conn, "SELECT complete_job(%s, %s::uuid, '{}')", (j, lease_of(conn, j, "old"),), sqlstate="SP022", match=f"job {j}")
+        err = assert_refused(conn, *completion_call(conn, j, lease_of(conn, j, "old")), sqlstate="SP022", match=f"job {j}")
         assert "not under the lease presented" in err.diag.message_primary
         assert_refused(conn, "SELECT fail_job(%s, %s::uuid, 'late error')", (j, lease_of(conn, j, "old"),), sqlstate="SP022")
         assert_refused(conn, "SELECT extend_lease(%s, %s::uuid)", (j, lease_of(conn, j, "old"),), sqlstate="SP022")
@@ -343,7 +344,7 @@ def test_expired_lease_returns_the_job_and_refuses_the_old_agent(conn, dsn):
         at(other, T0 + dt.timedelta(minutes=6, seconds=30))
         [again] = claim(other, "new")
         assert (again["id"], again["attempts"], again["locked_by"]) == (j, 2, "new")
-        assert_refused(conn, "SELECT complete_job(%s, %s::uuid, '{}')", (j, lease_of(conn, j, "old"),), sqlstate="SP022", match="under agent new")
+        assert_refused(conn, *completion_call(conn, j, lease_of(conn, j, "old")), sqlstate="SP022", match="under agent new")
         complete(other, j, "new")
     assert job(conn, j)["state"] == "done"
 
@@ -549,16 +550,13 @@ def test_complete_issue_job_stores_the_pairs_and_keeps_keys_out_of_jobs(conn):
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({}, 'lacks "pairs"'),
-    ({"pairs": {"algo": "ec"}}, 'lacks "pairs"'),
     ({"pairs": []}, "the certificate wants"),
-    ({"pairs": ["rsa"]}, "pair 1 of the result must be"),
-    ({"pairs": [{"algo": "rsa"}, {"algo": "ec"}]}, "pair 1 of the result must be"),
+    ({"pairs": [{"algo": "rsa"}, {"algo": "ec"}]}, "a pair lacks its algo, cert or key"),
     ("ec-only", "issued pairs {ec}, the certificate wants {ec,rsa}"),
     ("rsa-twice", "issued pairs {rsa,rsa}, the certificate wants {ec,rsa}"),
-    ("no-cert", "pair 2 of the result must be"),
-    ("no-key", "pair 2 of the result must be"),
-    ("cert-not-text", "pair 2 of the result must be"),
+    ("no-cert", "a pair lacks its algo, cert or key"),
+    ("no-key", "a pair lacks its algo, cert or key"),
+    ("no-algo", "a pair lacks its algo, cert or key"),
     ("bad-cacert", 'a result with "chain" names its issuer by the chain, not by "cacert"'),
 ])
 def test_complete_issue_job_with_a_bad_result_is_refused(conn, bad, match):
@@ -576,17 +574,36 @@ def test_complete_issue_job_with_a_bad_result_is_refused(conn, bad, match):
         bad = {"pairs": [rsa, {"algo": "ec", "key": ec["key"]}]}
     elif bad == "no-key":
         bad = {"pairs": [rsa, {"algo": "ec", "cert": ec["cert"]}]}
-    elif bad == "cert-not-text":
-        bad = {"pairs": [rsa, {**ec, "cert": {"pem": ec["cert"]}}]}
+    elif bad == "no-algo":
+        bad = {"pairs": [rsa, {**ec, "algo": None}]}
     elif bad == "bad-cacert":
-        bad = {**good, "cacert": "the local CA"}
+        bad = {**good, "cacert": row["instance"]}
     before_jobs = jobs_snapshot(conn)
     events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    assert_refused(conn, "SELECT complete_job(%s, %s::uuid, %s)", (row["id"], lease_of(conn, row["id"], "a1"), json.dumps(bad)), sqlstate="SP023", match=match)
+    assert_refused(conn, *completion_call(conn, row["id"], lease_of(conn, row["id"], "a1"), bad), sqlstate="SP023", match=match)
     assert jobs_snapshot(conn) == before_jobs
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == events
     # the job is still the agent's: the right result is accepted
     complete(conn, row["id"], result=good)
+    assert job(conn, row["id"])["state"] == "done"
+
+
+def test_a_completion_takes_typed_arguments_not_json(conn):
+    """The outcome travels as the completion's typed arguments: a JSON result, or a pair that is not
+    (algo, cert, key, chain) text, does not reach any function; the job stays the agent's."""
+    at(conn, T0)
+    add_cert(conn, algo="ec")
+    conn.execute("SELECT * FROM request_create()").fetchall()
+    [row] = claim(conn)
+    token = lease_of(conn, row["id"], "a1")
+    before = jobs_snapshot(conn)
+    with pytest.raises(psycopg.errors.UndefinedFunction):
+        conn.execute("SELECT complete_issue(%s, %s::uuid, %s::jsonb)", (row["id"], token, json.dumps(pairs_for(conn, row, T0))))
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+        conn.execute("SELECT complete_issue(%s, %s::uuid, ARRAY[%s::jsonb::text]::dd.issued_pair[])",
+                     (row["id"], token, json.dumps({"algo": "ec"})))
+    assert jobs_snapshot(conn) == before
+    complete(conn, row["id"], result=pairs_for(conn, row, T0))
     assert job(conn, row["id"])["state"] == "done"
 
 
@@ -597,7 +614,7 @@ def test_complete_issue_job_with_an_unknown_cacert_is_refused(conn):
     [row] = claim(conn)
     good = pairs_for(conn, row, T0)
     before_jobs = jobs_snapshot(conn)
-    assert_refused(conn, "SELECT complete_job(%s, %s::uuid, %s)", (row["id"], lease_of(conn, row["id"], "a1"), json.dumps({**good, "cacert": 999999})),
+    assert_refused(conn, *completion_call(conn, row["id"], lease_of(conn, row["id"], "a1"), {**good, "cacert": 999999}),
                    sqlstate="SP023", match="cacert 999999")
     assert jobs_snapshot(conn) == before_jobs
 
@@ -608,7 +625,7 @@ def test_complete_issue_job_whose_instance_is_gone_is_refused(conn):
     conn.execute("SELECT * FROM request_create()").fetchall()
     [row] = claim(conn)
     conn.execute("SELECT revoke_instance(%s, 'operator changed their mind')", (row["instance"],))
-    assert_refused(conn, "SELECT complete_job(%s, %s::uuid, %s)", (row["id"], lease_of(conn, row["id"], "a1"), json.dumps(pairs_for(conn, row, T0))),
+    assert_refused(conn, *completion_call(conn, row["id"], lease_of(conn, row["id"], "a1"), pairs_for(conn, row, T0)),
                    sqlstate="SP023", match="reserved instance is gone")
     # the hint says what to do, and it works
     assert fail(conn, row["id"], error="instance gone", retry=False) == "dead"
@@ -616,11 +633,11 @@ def test_complete_issue_job_whose_instance_is_gone_is_refused(conn):
 
 def test_complete_job_needs_the_holder(conn):
     j = enqueue(conn, "mail_reminder", "x")
-    assert_refused(conn, "SELECT complete_job(%s, %s::uuid, '{}')", (j, lease_of(conn, j, "a1"),), sqlstate="SP022", match="is queued")
+    assert_refused(conn, *completion_call(conn, j, lease_of(conn, j, "a1")), sqlstate="SP022", match="is queued")
     claim(conn, "a1")
-    assert_refused(conn, "SELECT complete_job(%s, %s::uuid, '{}')", (j, lease_of(conn, j, "a2"),), sqlstate="SP022")
+    assert_refused(conn, *completion_call(conn, j, lease_of(conn, j, "a2")), sqlstate="SP022")
     complete(conn, j, "a1", {"sent_to": ["ops@example.org"]})
-    assert_refused(conn, "SELECT complete_job(%s, %s::uuid, '{}')", (j, lease_of(conn, j, "a1"),), sqlstate="SP022", match="is done")
+    assert_refused(conn, *completion_call(conn, j, lease_of(conn, j, "a1")), sqlstate="SP022", match="is done")
     assert job(conn, j)["result"] == {"sent_to": ["ops@example.org"]}
 
 

@@ -8,7 +8,6 @@ jobs_overview.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import socket
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from certfactory import issue_result
+from helpers import complete as complete_job
 from helpers import lease_of, remember_leases
 from serverpki import smtpclient
 from serverpki.config import Config, parse_config
@@ -48,7 +48,7 @@ def claim(conn, kinds: list[str] | None = None) -> list[dict]:
 
 
 def complete(conn, job_id: int, result: dict) -> None:
-    conn.execute("SELECT complete_job(%s, %s, %s)", (job_id, lease_of(conn, job_id, AGENT), json.dumps(result)))
+    complete_job(conn, job_id, lease_of(conn, job_id, AGENT), result)
 
 
 def as_job(row: dict) -> Job:
@@ -123,7 +123,7 @@ def test_a_due_local_certificate_is_mailed_once(conn, smtp):
     row = due_reminder(conn, "www.example.org")       # 29 days left
     assert row["args"]["certificates"] == [{"name": "www.example.org", "instance": row["args"]["certificates"][0]["instance"],
                                             "not_after": "2027-04-01T00:00:00+00:00", "disabled": False}]
-    result = mail.mail_reminder(as_job(row), context(conn, mail_config(smtp)))
+    result = mail.mail_reminder(as_job(row), context(conn, mail_config(smtp))).report
     complete(conn, row["id"], result)
 
     [got] = smtp.messages
@@ -154,7 +154,7 @@ def test_one_message_lists_every_certificate_due(conn, smtp):
     deployed_local_cert(conn, "www.example.org")
     deployed_local_cert(conn, "mail.example.org", issued=T0 + dt.timedelta(days=5))   # expires 5 days later
     row = due_reminder(conn, "www.example.org", "mail.example.org", day=66)
-    result = mail.mail_reminder(as_job(row), context(conn, mail_config(smtp)))
+    result = mail.mail_reminder(as_job(row), context(conn, mail_config(smtp))).report
     complete(conn, row["id"], result)
 
     [got] = smtp.messages

@@ -8,7 +8,10 @@ The rule, checked on the source (no database needed):
   2. no string literal outside queries.py begins like an SQL statement (SELECT, INSERT, LISTEN, ...);
   3. nothing calls .replace()/.format() on a named query;
   4. every `q("name")` names a query of queries.sql;
-  5. the selection is the same pki.selection(...) call, with bind parameters, in every query that takes one.
+  5. the selection is the same pki.selection(...) call, with bind parameters, in every query that takes one;
+  6. one named query is a template: complete_job, the call of a job kind's completion function, whose name
+     and named arguments are filled in by psycopg.sql (Identifier, Placeholder) in handlers.Completion;
+     no other named query is composed.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ def violations(package: Path) -> list[str]:
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("replace", "format", "format_map") and _is_q(node.func.value)):
                 found.append(f"{line}: .{node.func.attr}() on a named query")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format"
+                    and isinstance(node.func.value, ast.Call) and node.func.value.args and _is_q(node.func.value.args[0])
+                    and ast.unparse(node.func.value.args[0]) != "q('complete_job')"):
+                found.append(f"{line}: a named query composed with psycopg.sql other than complete_job")
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_START.match(node.value):
                 found.append(f"{line}: SQL text outside queries.sql: {node.value[:80]!r}")
             if _is_q(node) and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value not in QUERIES:
@@ -71,12 +78,17 @@ def test_the_scan_finds_what_the_rule_forbids(tmp_path):
         '    conn.execute("LISTEN pki_jobs")\n'
         '    conn.execute("SELECT 1 " + sel_sql)\n'
         '    conn.execute(q("job_state").replace("id", "x"), p)\n'
-        '    conn.execute(q("no_such_query"), p)\n')
+        '    conn.execute(q("no_such_query"), p)\n'
+        '    composed = sql.SQL(q("job_state")).format(x=sql.Identifier(name))\n'
+        '    template = sql.SQL(q("complete_job")).format(function=sql.Identifier(name))\n')
     found = "\n".join(violations(tmp_path))
     for line, what in ((1, "SQL text outside"), (3, ".execute() of SQL not from q()"), (4, ".execute() of SQL not from q()"),
                        (5, ".execute() of SQL not from q()"), (6, ".execute() of SQL not from q()"),
-                       (7, ".replace() on a named query"), (8, "q('no_such_query') is not in queries.sql")):
+                       (7, ".replace() on a named query"), (8, "q('no_such_query') is not in queries.sql"),
+                       (9, "a named query composed with psycopg.sql other than complete_job")):
         assert f"bad.py:{line}: {what}" in found, found
+    assert "bad.py:10:" not in found, "the one template may be composed"
+    assert "complete_job" in QUERIES and "{function}" in QUERIES["complete_job"]
 
 
 def test_the_selection_is_one_expression_of_bind_parameters():

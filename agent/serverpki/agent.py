@@ -1,8 +1,8 @@
 """The agent loop: claim jobs, run their handlers, hand each outcome to SQL.
 
 The agent decides nothing: pki.claim_jobs says what is due, the handler does
-the side effect, pki.complete_job / pki.fail_job apply the outcome (and the
-retry decision's back-off) in the database. A heartbeat thread extends the
+the side effect, the kind's completion function (db/jobs/) or pki.fail_job
+apply the outcome (and the retry decision's back-off) in the database. A heartbeat thread extends the
 lease while a handler works, so a slow SSH host or ACME order keeps its job.
 """
 
@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
 from . import migrate
@@ -116,6 +116,7 @@ class Agent:
         self.handlers = dict(handler_registry.load_all())
         self.kinds = sorted(k for k in (kinds or self.handlers) if k in self.handlers)
         self._conn: psycopg.Connection | None = None
+        self._completions: dict[str, str] | None = None   # job kind -> its completion function
 
     # one autocommit connection for the queue and the handlers' named reads
     @property
@@ -173,7 +174,7 @@ class Agent:
             heartbeat.stop()
         crash_point(f"{job.kind}.before_complete")
         try:
-            self._report(conn, "complete_job", {"job": job.id, "token": job.lease, "result": Jsonb(result or {})})
+            self._report(conn, *result.statement(self.completion_function(job.kind, conn), job.id, job.lease))
         except psycopg.Error as exc:
             if _connection_lost(exc):
                 raise   # the database stayed away (_report waited): the drain stops, the lease brings the job back
@@ -201,19 +202,25 @@ class Agent:
             return False
         return True
 
-    def _report(self, conn: psycopg.Connection, name: str, params: dict):
-        """Send a job's outcome (complete_job, fail_job) and return its row. When the connection died
-        under it (a restart, a failover, the network), reconnect and send it again for up to half the
+    def completion_function(self, kind: str, conn: psycopg.Connection) -> str:
+        """The completion function of a job kind, as the kind's file in db/jobs/ registered it."""
+        if self._completions is None:
+            self._completions = dict(conn.execute(q("job_completions")).fetchall())
+        return self._completions[kind]
+
+    def _report(self, conn: psycopg.Connection, query: str | sql.Composed, params: dict):
+        """Send a job's outcome (its kind's completion, or fail_job) and return its row. When the connection
+        died under it (a restart, a failover, the network), reconnect and send it again for up to half the
         lease, while the job is still ours: finished work is reported, not done again after the lease."""
         try:
-            return conn.execute(q(name), params).fetchone()
+            return conn.execute(query, params).fetchone()
         except psycopg.OperationalError as exc:
             if not (conn.closed or conn.broken):
                 raise
             log.warning("job %s: the database connection was lost (%s); reconnecting to report the outcome",
                         params["job"], _first_line(exc))
         with self._reconnected() as fresh:
-            row = fresh.execute(q(name), params).fetchone()
+            row = fresh.execute(query, params).fetchone()
         log.info("job %s: outcome reported after reconnecting", params["job"])
         return row
 
@@ -242,7 +249,7 @@ class Agent:
         error = clean_text(error)
         params = {"job": job.id, "token": job.lease, "error": error, "retry": retry, "retry_after": retry_after}
         try:
-            outcome = self._report(conn or self.conn, "fail_job", params)[0]
+            outcome = self._report(conn or self.conn, q("fail_job"), params)[0]
         except psycopg.Error as exc:
             if exc.diag.sqlstate == "SP022":
                 log.warning("job %s %s: failure not recorded, lease lost: %s", job.id, job.kind, error)
@@ -255,7 +262,7 @@ class Agent:
             plain = clean_text(f"the database refused this failure report ({refusal}); the failure was: "
                                + error.encode("ascii", "backslashreplace").decode("ascii"))
             try:
-                outcome = self._report(conn or self.conn, "fail_job", dict(params, error=plain, retry_after=None))[0]
+                outcome = self._report(conn or self.conn, q("fail_job"), dict(params, error=plain, retry_after=None))[0]
             except psycopg.Error as again:
                 if _connection_lost(again):
                     raise

@@ -20,7 +20,7 @@ ENV = "SERVERPKI_CRASH_AT"
 # every job kind passes these two (agent.run_job)
 AGENT_STEPS = {
     "claimed": "the job is claimed and leased, its handler has not started",
-    "before_complete": "the handler has done all its side effects, pki.complete_job has not run",
+    "before_complete": "the handler has done all its side effects, the job's completion function has not run",
 }
 
 # the steps inside handlers, between one side effect and the next

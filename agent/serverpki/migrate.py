@@ -7,8 +7,9 @@ upgrade, in this order (db/README.md):
 
   db/retired.sql     drops the functions whose signature changed
   (every view)       dropped, without CASCADE: nothing may depend on a view
-  db/functions/      NNN_*.sql in number order, then the same for
-  db/views/, db/triggers/ and db/privileges/ (the one allow-list of grants)
+  db/functions/      NNN_*.sql in number order, then the same for db/jobs/
+  (one file per job kind), db/views/, db/triggers/ and db/privileges/ (the one
+  allow-list of grants)
 
 Each folder numbers its own files; the folders' order is the load order.
 
@@ -29,7 +30,7 @@ from . import __version__
 from .errors import ServerPKIError
 from .queries import q
 
-REPEATABLE_DIRS = ("functions", "views", "triggers", "privileges")   # in load order
+REPEATABLE_DIRS = ("functions", "jobs", "views", "triggers", "privileges")   # in load order
 LOCK_KEY = 0x5E5F_E9C1  # advisory lock: one installer at a time per database
 
 
@@ -51,6 +52,9 @@ def repeatable_files(root: Path | None = None) -> list[Path]:
 
 def apply_repeatable(conn: psycopg.Connection) -> None:
     """Everything but the versioned DDL, as the module's docstring orders it."""
+    # as pg_dump does: a LANGUAGE sql body is checked when first called, not at creation, so a file
+    # may use what a later folder creates (the queue's functions call the job kinds' and back)
+    conn.execute(q("defer_function_body_checks"))
     conn.execute((sql_root() / "retired.sql").read_text())
     conn.execute(q("drop_all_views"))   # db/views re-creates them, columns changed or not
     for f in repeatable_files():
@@ -171,6 +175,6 @@ def _upgrade_once(conn: psycopg.Connection, log) -> list[str]:
 def configure_database(conn: psycopg.Connection) -> None:
     """Per-database settings, which CREATE DATABASE ... TEMPLATE does not copy."""
     conn.execute(q("database_search_path"))
-    # the agent hands issued keys to complete_job as bind parameters: the server must not log their values,
+    # the agent hands issued keys to complete_issue as bind parameters: the server must not log their values,
     # whatever log_statement an operator turns on (an installer without the right to set these leaves them)
     conn.execute(q("database_log_parameters"))

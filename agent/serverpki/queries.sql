@@ -14,7 +14,13 @@ SELECT * FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * int
 SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second');
 
 -- name: complete_job
-SELECT pki.complete_job(%(job)s, %(token)s::uuid, %(result)s);
+-- a job kind's completion function, named by job_kinds.complete_with (job_completions), with the
+-- handler's typed arguments: handlers.Completion.statement fills {function} and {arguments} with
+-- psycopg.sql identifiers and placeholders (values travel as bind parameters)
+SELECT {function}(job_id => %(job)s, lease_token => %(token)s::uuid{arguments}, report => %(report)s);
+
+-- name: job_completions
+SELECT kind, complete_with FROM pki.job_kinds;
 
 -- name: fail_job
 SELECT pki.fail_job(%(job)s, %(token)s::uuid, %(error)s, %(retry)s, %(retry_after)s * interval '1 second');
@@ -237,6 +243,9 @@ SELECT pg_advisory_xact_lock(%(key)s);
 -- name: migration_search_path
 SET LOCAL search_path = pki, dd, public;
 
+-- name: defer_function_body_checks
+SET LOCAL check_function_bodies = off;
+
 -- name: drop_all_views
 -- every view of the schema pki in one statement (so their dependencies on each other do not matter),
 -- without CASCADE: an object that depends on a view makes the upgrade fail, naming it
@@ -259,7 +268,7 @@ INSERT INTO pki.schema_migrations (version) VALUES (%(version)s);
 DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = pki, dd, public', current_database()); END $$;
 
 -- name: database_log_parameters
--- the server must not log the bind parameters (issued keys) the agent hands complete_job, whatever
+-- the server must not log the bind parameters (issued keys) the agent hands the completions, whatever
 -- log_statement an operator turns on (an installer without the right to set these leaves them)
 DO $$ BEGIN IF has_parameter_privilege('log_parameter_max_length', 'SET') THEN
     EXECUTE format('ALTER DATABASE %I SET log_parameter_max_length = 0', current_database());

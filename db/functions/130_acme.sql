@@ -1,7 +1,7 @@
 -- 130_acme: ACME accounts (-Z) and the issuer of an ACME certificate.
--- complete_job applies a register_acme outcome with apply_acme_registered; an
+-- complete_register_acme (db/jobs/050_register_acme.sql) stores an account; an
 -- issue result with "chain" / "authorized_until" goes through apply_acme_chain
--- (called by apply_issued).
+-- (called by complete_issue).
 
 -- request_acme_account: -Z, a register_acme job for the directory (the agent's [acme]
 -- directory_url when NULL); returns it, or the one already pending
@@ -31,39 +31,11 @@ BEGIN
 END
 $$;
 
--- apply_acme_registered: the outcome of register_acme, {"directory_url", "uri", "contact", "key"}:
--- the directory's account, new or replaced; its key in the form the stored keys are in
-CREATE OR REPLACE FUNCTION pki.apply_acme_registered(j pki.jobs, result jsonb)
-RETURNS void LANGUAGE plpgsql
-SET search_path = pki, dd, pg_temp
-AS $$
-DECLARE
-    encrypted boolean := (SELECT r.keysencrypted FROM revision r ORDER BY r.id DESC LIMIT 1);
-BEGIN
-    IF jsonb_typeof(result -> 'directory_url') IS DISTINCT FROM 'string' OR (result ->> 'directory_url') !~ '^https://'
-       OR jsonb_typeof(result -> 'uri') IS DISTINCT FROM 'string' OR (result ->> 'uri') !~ '^https://'
-       OR jsonb_typeof(result -> 'key') IS DISTINCT FROM 'string'
-       OR coalesce(jsonb_typeof(result -> 'contact'), 'null') NOT IN ('string', 'null') THEN
-        PERFORM raise_error('SP023', format('job %s: a registration reports {"directory_url": https URL, "uri": https URL, "contact": text|null, "key": PEM}', j.id),
-            'report the account URL the CA returned and the account key');
-    END IF;
-    IF (result ->> 'key') NOT LIKE '-----BEGIN %PRIVATE KEY-----%'
-       OR (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN result ->> 'key') > 0) IS DISTINCT FROM encrypted THEN
-        PERFORM raise_error('SP023', format('job %s: the account key must be a %s PKCS#8 PEM key, as the stored keys are', j.id,
-                CASE WHEN encrypted THEN 'encrypted' ELSE 'clear' END),
-            'encrypt the account key with the db_encryption_key passphrase when revision.keysencrypted');
-    END IF;
-    INSERT INTO acme_accounts (directory_url, contact, key, uri)
-    VALUES (result ->> 'directory_url', result ->> 'contact', result ->> 'key', result ->> 'uri')
-    ON CONFLICT (directory_url) DO UPDATE SET contact = EXCLUDED.contact, key = EXCLUDED.key, uri = EXCLUDED.uri;
-END
-$$;
-
 -- apply_acme_chain: an issue result may carry "chain" (the issuer first, as PEM) and
 -- "authorized_until" (when the order's authorizations expire). The issuer becomes an issued
 -- instance of an LE certificate of subject type CA named after the issuer's CN (created on
 -- first use; an instance with the same certificate hash is reused). Returns the result with
--- "cacert" set to that instance, for apply_issued.
+-- "cacert" set to that instance, for complete_issue.
 CREATE OR REPLACE FUNCTION pki.apply_acme_chain(j pki.jobs, result jsonb)
 RETURNS jsonb LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp

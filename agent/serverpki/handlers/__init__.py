@@ -1,7 +1,9 @@
 """Job handlers: one module per kind of side effect, registered by job kind.
 
-A handler performs the side effect of one job idempotently and returns the
-outcome as a dict for pki.complete_job; it decides nothing. Its faults are
+A handler performs the side effect of one job idempotently and returns its
+outcome as a Completion: the typed arguments of the kind's completion function
+in the database (db/jobs/, named by job_kinds.complete_with) and a report for
+the operator; it decides nothing. Its faults are
 RetryLater for a passing one and GiveUp for one that no retry will mend
 (serverpki.errors): the peer adapters raise their subclasses, so a handler
 passes them on; any other exception is a failed attempt that is retried with
@@ -14,9 +16,10 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..config import Config
@@ -73,7 +76,46 @@ class Progress:
         self.ctx.keep_alive()
 
 
-Handler = Callable[[Job, Context], dict]
+class IssuedPair(NamedTuple):
+    """dd.issued_pair: an issued key and its certificate, PEM; chain: an ACME order's certificates after the leaf."""
+
+    algo: str
+    cert: str
+    key: str
+    chain: list[str] | None = None
+
+    def __repr__(self) -> str:   # never the key, in a log or a traceback
+        return f"IssuedPair(algo={self.algo!r}, cert=<{len(self.cert)} characters>, key=<hidden>)"
+
+
+class StoredKey(NamedTuple):
+    """dd.stored_key: a stored key in a new form (-X / -Y), by the id of its row."""
+
+    id: int
+    key: str
+
+    def __repr__(self) -> str:
+        return f"StoredKey(id={self.id!r}, key=<hidden>)"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A job's outcome: the arguments of its kind's completion function, pki.<complete_with>(job_id,
+    lease_token, **args, report) (psycopg adapts lists, NamedTuples as composites, datetimes), and a
+    report of what was done for jobs.result (the database strips key material from it)."""
+
+    args: dict[str, Any] = field(default_factory=dict, repr=False)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def statement(self, function: str, job: int, token: str) -> tuple[sql.Composed, dict[str, Any]]:
+        """The call of pki.<function> with these arguments, by name, as bind parameters."""
+        arguments = sql.SQL("").join(sql.SQL(", {} => {}").format(sql.Identifier(name), sql.Placeholder(name))
+                                     for name in self.args)
+        query = sql.SQL(q("complete_job")).format(function=sql.Identifier("pki", function), arguments=arguments)
+        return query, {**self.args, "job": job, "token": token, "report": Jsonb(self.report)}
+
+
+Handler = Callable[[Job, Context], Completion]
 HANDLERS: dict[str, Handler] = {}
 
 

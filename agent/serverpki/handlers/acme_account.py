@@ -7,7 +7,7 @@ again, and the CA answers with the existing account, whose contact is brought
 up to date. The terms of service are agreed to only when [acme] agree_tos
 says so; external account binding uses [acme] eab_kid and eab_hmac_key when
 they are set. The outcome — directory, account URL, contact and the key
-(encrypted when the stored keys are) — goes to pki.apply_acme_registered.
+(encrypted when the stored keys are) — goes to pki.complete_register_acme.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import keystore
 from ..acmeclient import Acme, AcmeError
 from ..errors import GiveUp
-from . import Context, Job, handler
+from . import Completion, Context, Job, handler
 from .common import about, db_passphrase_if_encrypted, job_key, open_account_key, save_job_key, stored_account
 
 
@@ -33,7 +33,7 @@ def new_account_key(job: Job, ctx: Context, passphrase: bytes | None):
 
 
 @handler("register_acme")
-def register_acme(job: Job, ctx: Context) -> dict:
+def register_acme(job: Job, ctx: Context) -> Completion:
     cfg = ctx.config.acme
     directory_url = job.args.get("directory_url") or cfg.directory_url
     contact = job.args.get("contact") or cfg.contact_email
@@ -52,8 +52,8 @@ def register_acme(job: Job, ctx: Context) -> dict:
         elif acme.directory.meta.external_account_required:
             raise GiveUp(f"{what}: the CA requires external account binding: set [acme] eab_kid and eab_hmac_key")
         regr = acme.register(contact, cfg.agree_tos, eab)
-        return {"directory_url": directory_url, "uri": regr.uri, "contact": contact,
-                "key": keystore.dump_key(key, passphrase),
-                "terms_of_service": acme.directory.meta.terms_of_service,
-                "agreed": bool(cfg.agree_tos), "external_account_binding": eab is not None,
-                "new": account is None}
+        return Completion(
+            args={"directory_url": directory_url, "uri": regr.uri, "contact": contact,
+                  "key": keystore.dump_key(key, passphrase)},
+            report={"terms_of_service": acme.directory.meta.terms_of_service, "agreed": bool(cfg.agree_tos),
+                    "external_account_binding": eab is not None, "new": account is None})

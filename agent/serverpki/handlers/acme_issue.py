@@ -14,7 +14,7 @@ pki.save_job_progress; never a key):
    shows the records; the records are removed afterwards, also on failure
    (and, should that removal fail, by the next attempt: the progress lists them);
 4. finalize each order with its CSR, download the chain; the leaf, its key
-   and the chain (the issuer first) go to pki.complete_job, the issuer becomes
+   and the chain (the issuer first) go to pki.complete_issue, the issuer becomes
    an instance of the ACME CA's certificate there; authorized_until is the
    earliest expiry of the order's authorizations.
 A retry never creates a second order while the first can still be finished, and
@@ -40,7 +40,7 @@ from ..acmeclient import Acme, AcmeError, problem_text, records_unseen
 from ..dnsupdate import Clock, DnsError, DnsUpdater, txt_rdata
 from ..errors import GiveUp, RetryLater
 from ..faults import crash_point
-from . import Context, Job, Progress, handler
+from . import Completion, Context, IssuedPair, Job, Progress, handler
 from .common import (about, algorithms, db_passphrase_if_encrypted, issue_request, job_key, open_account_key,
                      save_job_key, stored_account)
 
@@ -271,7 +271,7 @@ class Issuance:
 
 
 @handler("issue_acme")
-def issue_acme(job: Job, ctx: Context) -> dict:
+def issue_acme(job: Job, ctx: Context) -> Completion:
     started = time.monotonic()
     req = issue_request(job, ctx)
     if req["cert_type"] != "LE" or req["subject_type"] != "server":
@@ -302,13 +302,14 @@ def issue_acme(job: Job, ctx: Context) -> dict:
     if len({tuple(c) for c in chains.values()}) > 1:
         log.warning("job %s: the key algorithms have different issuers %s; the instance records the first", job.id, chains)
     total = time.monotonic() - started
-    return {
+    return Completion(args={
         # each pair's own chain: the database verifies every leaf against its issuer (ECDSA and RSA
         # leaves of Let's Encrypt come from different intermediates); "chain" is the stored one
-        "pairs": [{"algo": algo, "cert": cert, "key": keystore.dump_key(key, passphrase), "chain": chain}
+        "pairs": [IssuedPair(algo, cert, keystore.dump_key(key, passphrase), chain)
                   for algo, (key, cert, chain) in issued.items()],
         "chain": first[2],
-        "authorized_until": authorized_until.isoformat() if authorized_until else None,
+        "authorized_until": authorized_until,
+    }, report={
         "orders": dict(issuance.progress.data["orders"]),
         "names": len(issuance.names),
         "authorizations": issuance.stats["authorizations"],
@@ -321,4 +322,4 @@ def issue_acme(job: Job, ctx: Context) -> dict:
         "bad_nonces": acme.stats["bad_nonces"],
         "timing": {"total": round(total, 4), "waiting": round(clock.waited, 4),
                    "work": round(total - clock.waited, 4)},
-    }
+    })

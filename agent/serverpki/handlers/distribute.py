@@ -53,7 +53,7 @@ from ..errors import GiveUp, RetryLater, ServerPKIError
 from ..faults import crash_point
 from ..queries import q
 from ..sshclient import RemoteFile
-from . import Context, Job, handler
+from . import Completion, Context, Job, handler
 
 log = logging.getLogger("serverpki.handlers.distribute")
 
@@ -348,12 +348,13 @@ def run_reloads(conn: sshclient.Connection, plan: Plan, changed: set[str] | None
 
 
 @handler("distribute")
-def distribute(job: Job, ctx: Context) -> dict:
+def distribute(job: Job, ctx: Context) -> Completion:
     """Put the instance on the job's targets of one disthost, then reload their services."""
     consolidate = job.args.get("mode") == "consolidate"
     rows = _rows(job, ctx)
     if not rows:  # the targets were removed meanwhile: nothing to put anywhere
-        return {"host": None, "mode": job.args.get("mode", "deploy"), "targets": [], "files": [], "drift": [], "reload": []}
+        return Completion(report={"host": None, "mode": job.args.get("mode", "deploy"), "targets": [], "files": [],
+                                  "drift": [], "reload": []})
     plan = build_plan(rows, _key_opener(ctx))
     # the connection's faults leave it as RetryLater or GiveUp (sshclient): passed on as they are
     with sshclient.connect(plan.fqdn, ctx.config.ssh) as conn:
@@ -369,5 +370,5 @@ def distribute(job: Job, ctx: Context) -> dict:
         raise RetryLater(f"{plan.fqdn}: the files are in place, but " + "; ".join(
             f"reload `{r['command']}` {'timed out' if r['exit'] is None else 'exited ' + str(r['exit'])}: "
             f"{r['output'].strip() or '(no output)'}" for r in failed))
-    return {"host": plan.fqdn, "endpoint": endpoint, "mode": "consolidate" if consolidate else "deploy",
-            "instance": plan.instance, "targets": plan.targets, **done, "reload": reloads}
+    return Completion(report={"host": plan.fqdn, "endpoint": endpoint, "mode": "consolidate" if consolidate else "deploy",
+                              "instance": plan.instance, "targets": plan.targets, **done, "reload": reloads})

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import keystore, x509util
 from ..errors import GiveUp
-from . import Context, Job, handler
+from . import Completion, Context, IssuedPair, Job, handler
 from .common import about, algorithms, db_now, db_passphrase_if_encrypted, issue_request, one, open_stored_key
 
 NO_CA = "no local CA: issue one with operate_serverPKI -I"
@@ -43,7 +43,7 @@ def x509_names(config: Any) -> dict[str, str | None]:
 
 
 @handler("issue_local")
-def issue_local(job: Job, ctx: Context) -> dict:
+def issue_local(job: Job, ctx: Context) -> Completion:
     """One pair per algorithm of the certificate, signed by the newest local CA."""
     with _no_retry():
         req = issue_request(job, ctx)
@@ -69,11 +69,11 @@ def issue_local(job: Job, ctx: Context) -> dict:
             pairs.append((algo, cert, key))
         # read last, so a -X/-Y applied meanwhile is seen
         passphrase = db_passphrase_if_encrypted(ctx)
-        return {
-            "pairs": [{"algo": algo, "cert": x509util.cert_pem(cert), "key": keystore.dump_key(key, passphrase)}
+        return Completion(args={
+            "pairs": [IssuedPair(algo, x509util.cert_pem(cert), keystore.dump_key(key, passphrase))
                       for algo, cert, key in pairs],
             "cacert": ca["id"],
-        }
+        })
 
 
 # opened CA keys of this process, by instance and stored form: a run that issues many
@@ -94,7 +94,7 @@ def _load_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
 
 
 @handler("issue_local_ca")
-def issue_local_ca(job: Job, ctx: Context) -> dict:
+def issue_local_ca(job: Job, ctx: Context) -> Completion:
     """A new CA key and its self-signed certificate; the key encrypted with the local CA passphrase."""
     with _no_retry():
         req = issue_request(job, ctx)
@@ -114,8 +114,6 @@ def issue_local_ca(job: Job, ctx: Context) -> dict:
         ctx.keep_alive()
         cert = x509util.build_ca_certificate(key, req["name"], cfg.lifetime_days,
                                              names=x509_names(ctx.config), now=db_now(ctx))
-        return {
-            "pairs": [{"algo": req["encryption_algo"], "cert": x509util.cert_pem(cert),
-                       "key": keystore.dump_key(key, passphrase)}],
-            "cacert": None,
-        }
+        return Completion(args={
+            "pairs": [IssuedPair(req["encryption_algo"], x509util.cert_pem(cert), keystore.dump_key(key, passphrase))],
+        })

@@ -7,7 +7,7 @@ in flight (pki.job_keys). The local CA's key stays encrypted with its own
 passphrase (local_ca.passphrase_file), whatever -X/-Y do.
 
 The handler changes nothing: it returns every key in its new form and
-pki.apply_keys_reencrypted stores them, with revision.keysencrypted, in one
+pki.complete_reencrypt_keys stores them, with revision.keysencrypted, in one
 statement. A passphrase that does not open a key gives up the job, so either
 all keys change or none.
 """
@@ -19,16 +19,16 @@ from psycopg.rows import dict_row
 from .. import keystore
 from ..errors import GiveUp, ServerPKIError
 from ..queries import q
-from . import Context, Job, handler
+from . import Completion, Context, Job, StoredKey, handler
 
 
-def reencrypt(job: Job, ctx: Context, encrypt: bool) -> dict:
+def reencrypt(job: Job, ctx: Context, encrypt: bool) -> Completion:
     try:
         passphrase = keystore.read_passphrase(ctx.config.paths.db_encryption_key, "Passphrase of the stored keys: ")
     except ServerPKIError as exc:
         raise GiveUp(f"db_encryption_key: {exc}") from exc
     change = keystore.encrypt_pem if encrypt else keystore.decrypt_pem
-    result: dict = {"encrypted": encrypt}
+    args: dict[str, list[StoredKey]] = {}
     for field, query, label in (("keys", "keys_under_db_passphrase", "stored key"),
                                 ("accounts", "acme_keys_under_db_passphrase", "ACME account key"),
                                 ("job_keys", "job_keys_under_db_passphrase", "key of an ACME order in flight")):
@@ -37,24 +37,24 @@ def reencrypt(job: Job, ctx: Context, encrypt: bool) -> dict:
         for n, row in enumerate(rows, 1):
             what = f"{label} {row['id']}"
             try:
-                changed.append({"id": row["id"], "key": change(row["key"], passphrase, what)})
+                changed.append(StoredKey(row["id"], change(row["key"], passphrase, what)))
             except keystore.WrongPassphrase:
                 raise GiveUp(f"{what}: wrong passphrase (configuration: db_encryption_key); no key was changed") from None
             except keystore.KeystoreError as exc:
                 raise GiveUp(f"{exc}; no key was changed") from None
             if n % 50 == 0:
                 ctx.keep_alive()
-        result[field] = changed
-    return result
+        args[field] = changed
+    return Completion(args=args)
 
 
 @handler("encrypt_keys")
-def encrypt_keys(job: Job, ctx: Context) -> dict:
+def encrypt_keys(job: Job, ctx: Context) -> Completion:
     """Every stored key (but the CA's) encrypted with the db_encryption_key passphrase."""
     return reencrypt(job, ctx, True)
 
 
 @handler("decrypt_keys")
-def decrypt_keys(job: Job, ctx: Context) -> dict:
+def decrypt_keys(job: Job, ctx: Context) -> Completion:
     """Every stored key (but the CA's) in clear."""
     return reencrypt(job, ctx, False)

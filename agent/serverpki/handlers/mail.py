@@ -21,7 +21,7 @@ from .. import smtpclient
 from ..config import Config, MailConfig
 from ..errors import GiveUp
 from ..secretfile import SecretFileError, read_secret
-from . import Context, Job, Progress, handler
+from . import Completion, Context, Job, Progress, handler
 from .common import db_now
 
 log = logging.getLogger("serverpki.handlers.mail")
@@ -127,15 +127,15 @@ def deliver(job: Job, config: Config, now: dt.datetime) -> dict:
 
 
 @handler("mail_reminder")
-def mail_reminder(job: Job, ctx: Context) -> dict:
+def mail_reminder(job: Job, ctx: Context) -> Completion:
     progress = Progress.load(job, ctx)
     if "sent" in progress.data:
         # an earlier attempt delivered it and died before the job was done: do not mail twice
         log.info("job %s: reminder %s was sent by attempt %s", job.id, progress.data["sent"]["message_id"],
                  progress.data["sent"]["attempt"])
-        return progress.data["sent"]
+        return Completion(report=progress.data["sent"])
     result = deliver(job, ctx.config, db_now(ctx))
     # at least once, at most twice: only a crash between the relay's 250 and this line repeats it
     progress.data["sent"] = {**result, "attempt": job.attempts}
     progress.save("sent")
-    return result
+    return Completion(report=result)

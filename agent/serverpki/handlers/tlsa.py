@@ -6,7 +6,7 @@ from the view pki.tlsa_desired, the owners from pki.tlsa_owners; for each
 zone, every owner's TLSA RRset is replaced in ONE signed UPDATE (delete the
 RRset, add the wanted records), so a resolver never sees half a change. The
 job completes once every authoritative server of each zone shows exactly the
-wanted RRsets: apply_tlsa_published counts the DANE wait from then.
+wanted RRsets: complete_publish_tlsa counts the DANE wait from then.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..dnsupdate import Clock, DnsUpdater
 from ..errors import GiveUp
 from ..faults import crash_point
 from ..queries import q
-from . import Context, Job, handler
+from . import Completion, Context, Job, handler
 from .common import about
 
 
@@ -40,13 +40,13 @@ def wanted_rrsets(job: Job, ctx: Context) -> dict[str, tuple[int, set[str]]]:
 
 
 @handler("publish_tlsa")
-def publish_tlsa(job: Job, ctx: Context) -> dict:
+def publish_tlsa(job: Job, ctx: Context) -> Completion:
     started = time.monotonic()
     if job.certificate is None:
         raise GiveUp(f"publish_tlsa job {job.id}: its certificate is gone")
     wanted = wanted_rrsets(job, ctx)
     if not wanted:
-        return {"zones": {}, "owners": 0, "records": 0, "dns_updates": {}}
+        return Completion(report={"zones": {}, "owners": 0, "records": 0, "dns_updates": {}})
     clock = Clock()
     with about("TLSA records"):
         updater = DnsUpdater.from_config(ctx.config, clock, needed_for="TLSA records")
@@ -68,4 +68,4 @@ def publish_tlsa(job: Job, ctx: Context) -> dict:
         "dns_updates": dict(updater.updates),
         "timing": {"total": round(total, 4), "waiting": round(clock.waited, 4), "work": round(total - clock.waited, 4)},
     }
-    return result
+    return Completion(report=result)

@@ -1,0 +1,147 @@
+-- 010_issue: issue_local, issue_acme and issue_local_ca jobs: a new instance of a certificate.
+-- enqueue_issue reserves the instance; complete_issue stores what the agent issued after the
+-- checks of functions/110_result_checks.sql (and ACME's chain, functions/130_acme.sql);
+-- issue_dead gives the reserved instance up when no attempt is left.
+
+-- enqueue_issue: a reserved instance and an issue job for each certificate without an active one;
+-- then_action says what follows when it is issued: 'distribute', 'prepublish' or nothing
+CREATE OR REPLACE FUNCTION pki.enqueue_issue(p_certs int[], p_then text[], p_reasons text[], sel dd.selection)
+RETURNS TABLE (job bigint, certificate int, instance int)
+LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    -- once per call: in the INSERT below they would run once per row
+    at_now timestamptz := pki.now();
+BEGIN
+    -- callers in other sessions (-C while cron runs -S) wait here; the check below then sees their jobs
+    PERFORM pg_advisory_xact_lock(hashtext('pki.enqueue_issue'));
+    PERFORM set_context('issue job enqueued', NULL);
+    RETURN QUERY
+    WITH kinds AS MATERIALIZED (
+        SELECT k.kind, k.priority, job_attempts(k.max_attempts) AS attempts FROM job_kinds k
+    ), todo AS (
+        SELECT DISTINCT ON (u.cert) u.cert, u.then_action, u.why, c.type, sub.type AS subject_type
+          FROM unnest(p_certs, p_then, p_reasons) AS u(cert, then_action, why)
+          JOIN certificates c ON c.id = u.cert
+          JOIN subjects sub ON sub.certificate = c.id AND NOT sub.isaltname
+         WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.subject_key = 'cert:' || u.cert
+                              AND j.kind IN ('issue_local', 'issue_acme', 'issue_local_ca')
+                              AND j.state IN ('queued', 'running', 'failed'))
+    ), inst AS (
+        INSERT INTO certinstances (certificate, state)
+        SELECT todo.cert, 'reserved' FROM todo
+        RETURNING certinstances.id, certinstances.certificate
+    ), queued AS (
+        INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, priority, max_attempts, run_after)
+        SELECT k.kind, 'cert:' || todo.cert, todo.why,
+               jsonb_build_object('then', todo.then_action, 'no_tlsa', coalesce(sel.no_tlsa, false),
+                                  'skip_hosts', to_jsonb(coalesce(sel.skip_hosts, '{}')),
+                                  'only_hosts', to_jsonb(coalesce(sel.only_hosts, '{}'))),
+               todo.cert, inst.id, k.priority, k.attempts, at_now
+          FROM todo JOIN inst ON inst.certificate = todo.cert
+          JOIN kinds k ON k.kind = CASE WHEN todo.subject_type = 'CA' THEN 'issue_local_ca'
+                                            WHEN todo.type = 'LE' THEN 'issue_acme' ELSE 'issue_local' END
+        RETURNING jobs.id, jobs.certificate, jobs.instance
+    )
+    SELECT queued.id, queued.certificate, queued.instance FROM queued;
+END
+$$;
+
+-- complete_issue: the completion of an issue job (its agent calls it): store the pairs, reserved ->
+-- issued, then what the job said follows. pairs: one (algo, cert, key[, chain]) per key algorithm,
+-- PEM text; cacert: the local CA's instance that signed them (issue_local); chain (the issuer
+-- first) and authorized_until: an ACME order's (issue_acme); report: what the agent did, kept
+CREATE OR REPLACE FUNCTION pki.complete_issue(job_id bigint, lease_token uuid, pairs dd.issued_pair[] DEFAULT '{}',
+    cacert int DEFAULT NULL, chain text[] DEFAULT NULL, authorized_until timestamptz DEFAULT NULL,
+    report jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs := completing(job_id, lease_token, ARRAY['issue_local', 'issue_acme', 'issue_local_ca']);
+    -- the checks (110_result_checks, 130_acme) read the outcome in this form; they add what they derive
+    result jsonb := jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(pairs), 'cacert', cacert,
+                        'chain', to_jsonb(chain), 'authorized_until', authorized_until));
+    reported constant jsonb := result || coalesce(report, '{}');   -- the job's report (keys stripped by job_done)
+    cert certificates;
+    algos text[];
+    wanted text[];
+    pair dd.issued_pair;
+    stored_error text;
+    stored_hint text;
+    sel dd.selection;
+BEGIN
+    SELECT * INTO cert FROM certificates WHERE id = j.certificate;
+    IF NOT FOUND OR j.instance IS NULL OR NOT EXISTS (SELECT 1 FROM certinstances WHERE id = j.instance AND state = 'reserved') THEN
+        PERFORM raise_error('SP023', format('job %s: its certificate or reserved instance is gone', j.id),
+            'the certificate was removed meanwhile; fail the job without retry');
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(pairs) p WHERE p.algo IS NULL OR p.cert IS NULL OR p.key IS NULL) THEN
+        PERFORM raise_error('SP023', format('job %s: a pair lacks its algo, cert or key', j.id),
+            'report each pair as ("rsa"|"ec", "-----BEGIN CERTIFICATE-----...", "-----BEGIN PRIVATE KEY-----...")');
+    END IF;
+    SELECT array_agg(p.algo ORDER BY p.algo) INTO algos FROM unnest(pairs) p;
+    wanted := CASE cert.encryption_algo WHEN 'rsa_plus_ec' THEN ARRAY['ec', 'rsa'] ELSE ARRAY[cert.encryption_algo::text] END;
+    IF algos IS DISTINCT FROM wanted THEN
+        PERFORM raise_error('SP023', format('job %s: issued pairs %s, the certificate wants %s', j.id, algos, wanted),
+            'issue one pair per key algorithm of the certificate');
+    END IF;
+    -- names, issuer and chain are read from the certificates, not taken from the agent (110_result_checks)
+    result := check_issued_result(j, cert, result);
+    -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (130_acme)
+    IF result ?| ARRAY['chain', 'authorized_until'] THEN
+        result := apply_acme_chain(j, result);
+    END IF;
+    IF (result ->> 'cacert') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = (result ->> 'cacert')::int) THEN
+        PERFORM raise_error('SP023', format('job %s: cacert %s is not the id of a stored instance', j.id, result -> 'cacert'),
+            'give the id of the CA''s instance (SELECT "Serial" FROM inst), or leave cacert out');
+    END IF;
+    -- the certkeydata trigger checks each clear key against its certificate; its refusal is the job's
+    BEGIN
+        FOREACH pair IN ARRAY pairs LOOP
+            INSERT INTO certkeydata (certinstance, encryption_algo, cert, key)
+            VALUES (j.instance, pair.algo::dd.cert_encryption_algo, convert_to(pair.cert, 'UTF8'), convert_to(pair.key, 'UTF8'));
+        END LOOP;
+    EXCEPTION WHEN SQLSTATE 'SP008' THEN
+        GET STACKED DIAGNOSTICS stored_error = MESSAGE_TEXT, stored_hint = PG_EXCEPTION_HINT;
+        PERFORM raise_error('SP023', format('job %s: the %s pair cannot be stored: %s', j.id, pair.algo,
+                regexp_replace(stored_error, '^plpy\.Error: ', '')),
+            stored_hint);
+    END;
+    UPDATE certinstances SET state = 'issued', cacert = (result ->> 'cacert')::int,
+                             ocsp_must_staple = cert.ocsp_must_staple
+     WHERE id = j.instance;
+    PERFORM job_done(j, reported);
+    sel := ROW(false, '{}', '{}', '{}',
+               ARRAY(SELECT jsonb_array_elements_text(coalesce(j.args -> 'skip_hosts', '[]'))),
+               ARRAY(SELECT jsonb_array_elements_text(coalesce(j.args -> 'only_hosts', '[]'))),
+               coalesce((j.args ->> 'no_tlsa')::boolean, false));
+    CASE j.args ->> 'then'
+        WHEN 'distribute' THEN
+            PERFORM enqueue_distribution(ARRAY[j.instance], sel, 'deploy', format('issued by job %s: distribute', j.id));
+        WHEN 'prepublish' THEN
+            IF NOT sel.no_tlsa THEN
+                PERFORM enqueue_tlsa(j.certificate, format('issued by job %s: prepublish TLSA', j.id), j.instance);
+            END IF;
+        ELSE NULL;
+    END CASE;
+END
+$$;
+
+-- issue_dead: an issue job failed for good: the instance it reserved goes
+CREATE OR REPLACE FUNCTION pki.issue_dead(j pki.jobs)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    PERFORM set_context(format('issue job %s failed for good', j.id), j.id);
+    DELETE FROM certinstances WHERE id = j.instance AND state = 'reserved';
+END
+$$;
+
+SELECT pki.define_job_kind('issue_local', 'issue an instance of a local certificate with the local CA', 3, 20,
+                           'complete_issue', 'issue_dead');
+SELECT pki.define_job_kind('issue_acme', 'order an instance of an LE certificate (dns-01 over RFC 2136)', 8, 20,
+                           'complete_issue', 'issue_dead');
+SELECT pki.define_job_kind('issue_local_ca', 'issue a new local CA certificate', 3, 30, 'complete_issue', 'issue_dead');
