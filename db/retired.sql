@@ -73,3 +73,4 @@ DROP FUNCTION IF EXISTS pki.apply_tlsa_published(pki.jobs, jsonb);
 DROP FUNCTION IF EXISTS pki.apply_keys_reencrypted(pki.jobs, jsonb);
 DROP FUNCTION IF EXISTS pki.apply_acme_registered(pki.jobs, jsonb);
 DROP FUNCTION IF EXISTS pki.check_reencrypted(pki.jobs, jsonb, int[], text, boolean);
+DROP FUNCTION IF EXISTS pki.apply_acme_chain(pki.jobs, jsonb);

@@ -1,7 +1,7 @@
 -- 130_acme: ACME accounts (-Z) and the issuer of an ACME certificate.
 -- complete_register_acme (db/jobs/050_register_acme.sql) stores an account; an
--- issue result with "chain" / "authorized_until" goes through apply_acme_chain
--- (called by complete_issue).
+-- ACME order's chain and authorized_until go through apply_acme_chain (called by
+-- complete_issue).
 
 -- request_acme_account: -Z, a register_acme job for the directory (the agent's [acme]
 -- directory_url when NULL); returns it, or the one already pending
@@ -31,45 +31,39 @@ BEGIN
 END
 $$;
 
--- apply_acme_chain: an issue result may carry "chain" (the issuer first, as PEM) and
--- "authorized_until" (when the order's authorizations expire). The issuer becomes an issued
--- instance of an LE certificate of subject type CA named after the issuer's CN (created on
--- first use; an instance with the same certificate hash is reused). Returns the result with
--- "cacert" set to that instance, for complete_issue.
-CREATE OR REPLACE FUNCTION pki.apply_acme_chain(j pki.jobs, result jsonb)
-RETURNS jsonb LANGUAGE plpgsql
+-- apply_acme_chain: an ACME order's outcome (complete_issue): authorized_until (when the order's
+-- authorizations expire, clamped by the checks) and chain (the issuer first, PEM). The issuer
+-- becomes an issued instance of an LE certificate of subject type CA named after the issuer's CN
+-- (created on first use; an instance with the same certificate hash is reused). issuer_facts: the
+-- chain's first certificate as check_issued_result parsed it. Returns that instance, the cacert
+CREATE OR REPLACE FUNCTION pki.apply_acme_chain(j pki.jobs, chain text[], cacert int, authorized_until timestamptz,
+                                                issuer_facts jsonb)
+RETURNS int LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
-    issuer_pem text;
+    issuer_pem text := chain[1];
     issuer record;
     subj subjects;
     ca_cert int;
     ca_inst int;
 BEGIN
-    IF result ? 'authorized_until' AND jsonb_typeof(result -> 'authorized_until') <> 'null' THEN
-        BEGIN
-            UPDATE certificates SET authorized_until = (result ->> 'authorized_until')::timestamptz WHERE id = j.certificate;
-        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
-            PERFORM raise_error('SP023', format('job %s: authorized_until %s is not a timestamp', j.id, result -> 'authorized_until'),
-                'report when the authorizations expire as ISO 8601, e.g. "2026-12-31T12:00:00Z"');
-        END;
+    IF authorized_until IS NOT NULL THEN
+        UPDATE certificates c SET authorized_until = apply_acme_chain.authorized_until WHERE c.id = j.certificate;
     END IF;
-    IF NOT result ? 'chain' OR jsonb_typeof(result -> 'chain') = 'null' THEN
-        RETURN result;
+    IF chain IS NULL THEN
+        RETURN cacert;
     END IF;
-    IF jsonb_typeof(result -> 'chain') IS DISTINCT FROM 'array' OR jsonb_array_length(result -> 'chain') = 0
-       OR jsonb_typeof(result -> 'chain' -> 0) IS DISTINCT FROM 'string' THEN
+    IF issuer_pem IS NULL THEN
         PERFORM raise_error('SP023', format('job %s: "chain" must be a list of PEM certificates, the issuer first', j.id),
             'report the certificates that follow the leaf in the CA''s chain');
     END IF;
-    IF result ? 'cacert' AND jsonb_typeof(result -> 'cacert') <> 'null' THEN
+    IF cacert IS NOT NULL THEN
         PERFORM raise_error('SP023', format('job %s: a result with "chain" names its issuer by the chain, not by "cacert"', j.id),
             'leave cacert out; the database stores the issuer');
     END IF;
-    issuer_pem := result -> 'chain' ->> 0;
     -- parsed, and verified link by link from the leaf, by check_issued_result (110_result_checks)
-    SELECT * INTO issuer FROM jsonb_to_record(result -> 'issuer_facts') AS f(subject_cn text, algo text, hash text, is_ca boolean);
+    SELECT * INTO issuer FROM jsonb_to_record(issuer_facts) AS f(subject_cn text, algo text, hash text, is_ca boolean);
     IF NOT coalesce(issuer.is_ca, false) OR issuer.subject_cn IS NULL OR issuer.algo IS NULL THEN
         PERFORM raise_error('SP023', format('job %s: the first certificate of the chain ("%s") is not a CA certificate with a common name',
                 j.id, issuer.subject_cn),
@@ -106,6 +100,6 @@ BEGIN
         UPDATE certinstances SET state = 'issued' WHERE id = ca_inst;
         PERFORM set_context(format('%s job %s done', j.kind, j.id), j.id);
     END IF;
-    RETURN result || jsonb_build_object('cacert', ca_inst);
+    RETURN ca_inst;
 END
 $$;

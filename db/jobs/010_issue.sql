@@ -60,7 +60,7 @@ SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
     j jobs := completing(job_id, lease_token, ARRAY['issue_local', 'issue_acme', 'issue_local_ca']);
-    -- the checks (110_result_checks, 130_acme) read the outcome in this form; they add what they derive
+    -- the checks (110_result_checks) read the outcome in this form; they add what they derive
     result jsonb := jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(pairs), 'cacert', cacert,
                         'chain', to_jsonb(chain), 'authorized_until', authorized_until));
     reported constant jsonb := result || coalesce(report, '{}');   -- the job's report (keys stripped by job_done)
@@ -90,11 +90,11 @@ BEGIN
     -- names, issuer and chain are read from the certificates, not taken from the agent (110_result_checks)
     result := check_issued_result(j, cert, result);
     -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (130_acme)
-    IF result ?| ARRAY['chain', 'authorized_until'] THEN
-        result := apply_acme_chain(j, result);
+    IF chain IS NOT NULL OR authorized_until IS NOT NULL THEN
+        cacert := apply_acme_chain(j, chain, cacert, (result ->> 'authorized_until')::timestamptz, result -> 'issuer_facts');
     END IF;
-    IF (result ->> 'cacert') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = (result ->> 'cacert')::int) THEN
-        PERFORM raise_error('SP023', format('job %s: cacert %s is not the id of a stored instance', j.id, result -> 'cacert'),
+    IF cacert IS NOT NULL AND NOT EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = complete_issue.cacert) THEN
+        PERFORM raise_error('SP023', format('job %s: cacert %s is not the id of a stored instance', j.id, cacert),
             'give the id of the CA''s instance (SELECT "Serial" FROM inst), or leave cacert out');
     END IF;
     -- the certkeydata trigger checks each clear key against its certificate; its refusal is the job's
@@ -109,7 +109,7 @@ BEGIN
                 regexp_replace(stored_error, '^plpy\.Error: ', '')),
             stored_hint);
     END;
-    UPDATE certinstances SET state = 'issued', cacert = (result ->> 'cacert')::int,
+    UPDATE certinstances SET state = 'issued', cacert = complete_issue.cacert,
                              ocsp_must_staple = cert.ocsp_must_staple
      WHERE id = j.instance;
     PERFORM job_done(j, reported);
