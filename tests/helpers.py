@@ -144,3 +144,21 @@ def small_cli_world(conn: psycopg.Connection, tmp_path) -> Path:
     config.write_text(f'[local_ca]\npassphrase_file = "{passfile}"\nkey_size = 2048\n'
                       '[logging]\nsyslog_address = ""\n[agent]\npoll_seconds = 60\n')
     return config
+
+
+def inlined_by_the_planner(owner: psycopg.Connection, signature: str) -> bool:
+    """Whether the planner puts the body of the function (a regprocedure text) into the calling query:
+    the generic plan of a call with parameters (nothing folded to a constant) shows no call of it."""
+    name, argtypes = owner.execute(
+        "SELECT p.oid::regproc::text, ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes::oid[]) t) "
+        "FROM pg_proc p WHERE p.oid = %s::regprocedure", (signature,)).fetchone()
+    params = ", ".join(f"${i}" for i in range(1, len(argtypes) + 1))
+    with owner.transaction():
+        owner.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        owner.execute(f"PREPARE inline_probe{'(' + ', '.join(argtypes) + ')' if argtypes else ''} AS SELECT {name}({params})")
+        try:
+            plan = "\n".join(r[0] for r in owner.execute(
+                f"EXPLAIN (VERBOSE, COSTS OFF) EXECUTE inline_probe{'(' + ', '.join(['NULL'] * len(argtypes)) + ')' if argtypes else ''}"))
+        finally:
+            owner.execute("DEALLOCATE inline_probe")
+    return f"{name.rsplit('.', 1)[-1]}(" not in plan

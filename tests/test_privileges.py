@@ -38,6 +38,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from helpers import inlined_by_the_planner, owner_conn
 from serverpki.config import Config, LocalCAConfig, PathsConfig, X509Config
 from serverpki.errors import GiveUp
 from serverpki.handlers import HANDLERS, Completion, Context, Job
@@ -1044,9 +1045,21 @@ def test_every_security_definer_function_pins_a_safe_search_path(conn):
         for s in schemas[:-1]:
             if s not in SCHEMAS:
                 wrong.append(f"{sig}: search_path has {s}")
-    # and the functions that are not SECURITY DEFINER pin it too (they run inside the definers and triggers)
+    # and the functions that are not SECURITY DEFINER pin it too (they run inside the definers and triggers),
+    # all but those the planner inlines (a SET clause would stop that): their body becomes part of the calling
+    # query, planned under the caller's search_path, and names no object of ours unqualified
     unpinned = conn.execute(
-        """SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'pki'::regnamespace
+        """SELECT p.oid::regprocedure::text, p.prosrc FROM pg_proc p WHERE p.pronamespace = 'pki'::regnamespace
               AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%%')""").fetchall()
-    wrong += [f"{r[0]}: no search_path" for r in unpinned]
+    owner = owner_conn(conn)
+    ours = {r[0] for r in owner.execute(
+        """SELECT p.proname::text FROM pg_proc p WHERE p.pronamespace = ANY(ARRAY['pki'::regnamespace, 'dd'::regnamespace])
+           UNION SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = ANY(ARRAY['pki'::regnamespace, 'dd'::regnamespace])
+           UNION SELECT t.typname::text FROM pg_type t WHERE t.typnamespace = ANY(ARRAY['pki'::regnamespace, 'dd'::regnamespace])""")}
+    for sig, body in unpinned:
+        if not inlined_by_the_planner(owner, sig):
+            wrong.append(f"{sig}: no search_path")
+            continue
+        names = set(re.findall(r"(?<![\w.])([a-z_][a-z0-9_]*)", re.sub(r"'(?:[^']|'')*'", "''", body))) & ours
+        wrong += [f"{sig}: inlined without a search_path, but names {n} unqualified" for n in sorted(names)]
     assert wrong == [], "\n".join(wrong)

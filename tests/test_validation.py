@@ -859,6 +859,32 @@ def test_delete_service_in_use_refused(conn, world):
     assert "remove_service" in err.diag.message_hint
 
 
+TARGETS_HINT = "remove those targets first: SELECT remove_target(cert, disthost, jail, place)"
+
+
+@pytest.mark.parametrize("sql, message, hint", [
+    ("DELETE FROM disthosts WHERE fqdn = 'web1.example.org'",
+     'disthost "web1.example.org" is a target of certificate(s) two.example.org, www.example.org', TARGETS_HINT),
+    ("DELETE FROM jails WHERE name = 'mail'", 'jail "mail" is a target of certificate(s) two.example.org', TARGETS_HINT),
+    ("DELETE FROM places WHERE name = 'nginx'",
+     'place "nginx" is used by targets of certificate(s) two.example.org, www.example.org', TARGETS_HINT),
+    ("DELETE FROM services WHERE name = 'https' AND port = 443",
+     "service https/443 is used by certificate(s) two.example.org, www.example.org",
+     "detach it first: SELECT remove_service(cert, service, port)"),
+])
+def test_in_use_refusals_name_each_certificate_once_in_order(conn, world, sql, message, hint):
+    """refuse_in_use: the same words for each kind of object, the main subject names sorted, each once."""
+    conn.execute("SELECT * FROM add_cert('two.example.org', 'server', 'LE', 'ec', false, "
+                 "'alt.two.example.org', 'https', 443, 'web1.example.org', NULL, 'nginx')")
+    conn.execute("SELECT add_target('two.example.org', 'jailhost.example.org', 'mail', 'nginx')")
+    err = assert_refused(conn, sql, sqlstate="SP010")
+    assert (err.diag.message_primary, err.diag.message_hint) == (message, hint)
+
+
+def test_refuse_in_use_without_certificates_passes(conn):
+    conn.execute("SELECT refuse_in_use('disthost \"x\" is a target of', '{}', 'never shown')")
+
+
 def test_readme_plain_sql_for_disthosts_and_jails(conn):
     conn.execute("INSERT INTO disthosts (fqdn, jailroot) VALUES ('host-with-jails.on.domain', '/usr/jails')")
     conn.execute("INSERT INTO disthosts (fqdn) VALUES ('host-without-jails.on.domain')")

@@ -226,3 +226,19 @@ BEGIN
     END IF;
 END
 $$;
+
+-- refuse_in_use: a DELETE refused while certificates still refer to the object (SP010). what says
+-- how they use it ('disthost "x" is a target of'); the message ends with the certificates' names.
+-- Nothing happens when certs is empty.
+CREATE OR REPLACE FUNCTION pki.refuse_in_use(what text, certs int[], hint text)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    IF cardinality(certs) > 0 THEN
+        PERFORM raise_error('SP010', format('%s certificate(s) %s', what,
+                (SELECT string_agg(DISTINCT s.name, ', ') FROM main_subjects s WHERE s.certificate = ANY (certs))),
+            hint);
+    END IF;
+END
+$$;

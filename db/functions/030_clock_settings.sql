@@ -49,3 +49,23 @@ AS $$
               FROM pki.certificates_services cs JOIN pki.services s ON s.id = cs.service
              WHERE cs.certificate = cert) x
 $$;
+
+-- The DANE-safe order: a successor goes live only after its TLSA records were published for
+-- 2 x TTL (resolvers may cache the old RRset for one TTL, and the new one for another).
+-- No SET search_path on the two below, and plain SQL: the planner inlines them into the
+-- scheduler's per-certificate expressions (a SET clause would make each a function call).
+
+-- dane_safe_after: when a successor whose TLSA records were published at published may go live
+CREATE OR REPLACE FUNCTION pki.dane_safe_after(published timestamptz, ttl interval)
+RETURNS timestamptz LANGUAGE sql STABLE
+AS $$ SELECT published + 2 * ttl $$;
+
+-- dane_ok: may the successor (in state succ_state) go live at the time at? Yes when there is no
+-- active instance to roll over from, no TLSA service (ttl NULL), or it is prepublished and the wait is over
+CREATE OR REPLACE FUNCTION pki.dane_ok(has_active boolean, ttl interval, succ_state dd.cert_state,
+                                       published timestamptz, at timestamptz)
+RETURNS boolean LANGUAGE sql STABLE
+AS $$
+    SELECT NOT has_active OR ttl IS NULL
+        OR (succ_state = 'prepublished' AND at >= pki.dane_safe_after(published, ttl))
+$$;

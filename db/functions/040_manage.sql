@@ -38,7 +38,7 @@ BEGIN
             'list them with SELECT DISTINCT "Cert Name" FROM certs');
     END IF;
     IF subj.isaltname THEN
-        SELECT s.name INTO main_name FROM subjects s WHERE s.certificate = subj.certificate AND NOT s.isaltname;
+        SELECT s.name INTO main_name FROM main_subjects s WHERE s.certificate = subj.certificate;
         PERFORM raise_error('SP002', format('"%s" is an alt name of certificate "%s", not a certificate name', the_name, main_name),
             format('name the certificate: "%s"', main_name));
     END IF;
@@ -226,7 +226,7 @@ BEGIN
         RETURN;
     END IF;
     INSERT INTO subjects (type, name, isaltname, certificate)
-        SELECT s.type, the_altname, true, v_cert FROM subjects s WHERE s.certificate = v_cert AND NOT s.isaltname;
+        SELECT s.type, the_altname, true, v_cert FROM main_subjects s WHERE s.certificate = v_cert;
 END
 $$;
 

@@ -34,7 +34,7 @@ BEGIN
     END IF;
     SELECT string_agg(DISTINCT format('"%s"', n), ', ') INTO unknown_certs
       FROM unnest(coalesce(sel.include, '{}') || coalesce(sel.exclude, '{}') || coalesce(sel.only_certs, '{}')) n
-     WHERE NOT EXISTS (SELECT 1 FROM subjects s WHERE s.name = n::citext AND NOT s.isaltname AND s.certificate IS NOT NULL);
+     WHERE NOT EXISTS (SELECT 1 FROM main_subjects s WHERE s.name = n::citext AND s.certificate IS NOT NULL);
     SELECT string_agg(DISTINCT format('"%s"', n), ', ') INTO unknown_hosts
       FROM unnest(coalesce(sel.skip_hosts, '{}') || coalesce(sel.only_hosts, '{}')) n
      WHERE NOT EXISTS (SELECT 1 FROM disthosts d WHERE d.fqdn = n::citext);
@@ -76,7 +76,7 @@ AS $$
            NOT c.disabled OR coalesce(sel.all_certs, false) OR s.name = ANY (coalesce(sel.include, '{}')::citext[]),
            c.authorized_until, c.encryption_algo, t.ttl
       FROM certificates c
-      JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname
+      JOIN main_subjects s ON s.certificate = c.id
       LEFT JOIN (
             -- each service's TTL parsed once per call, not once per certificate
             SELECT cs.certificate, max(sv.ttl) AS ttl

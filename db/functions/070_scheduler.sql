@@ -95,8 +95,7 @@ WITH cfg AS (
 ), sd AS (              -- what the DANE-safe order allows
     SELECT st.*,
            -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
-           st.active_id IS NULL OR st.tlsa_ttl IS NULL
-               OR (st.succ_state = 'prepublished' AND st.now >= st.succ_published + 2 * st.tlsa_ttl) AS dane_ok,
+           dane_ok(st.active_id IS NOT NULL, st.tlsa_ttl, st.succ_state, st.succ_published, st.now) AS dane_ok,
            -- -N: the operator takes over DNS; the rollover goes on without TLSA changes and without the wait
            st.no_tlsa AND st.tlsa_ttl IS NOT NULL AND st.active_id IS NOT NULL AS dane_off,
            -- rule 7 is due: nothing active, the active instance is about to expire, or -D asked for the successor
@@ -116,71 +115,63 @@ WITH cfg AS (
     -- successor: replace it (rule 6: a disabled certificate only shows what would be due, as 'skip')
     SELECT sd.id,
            CASE WHEN sd.succ_id IS NOT NULL THEN sd.succ_id ELSE sd.active_id END,
-           CASE
-               WHEN sd.issuing THEN 'wait'
-               WHEN sd.succ_id IS NULL AND sd.type = 'local' THEN 'wait'
-               WHEN sd.succ_id IS NULL THEN 'issue'
-               WHEN sd.succ_distributing THEN 'wait'
-               WHEN NOT sd.has_targets AND (sd.dane_ok OR sd.dane_off) THEN 'wait'
-               WHEN sd.dane_ok OR sd.dane_off THEN 'distribute'
-               WHEN sd.succ_state = 'issued' AND NOT sd.tlsa_pending THEN 'prepublish'
-               ELSE 'wait'
-           END,
-           CASE
-               WHEN sd.issuing THEN 'rule 7: an issue job is pending'
-               WHEN sd.succ_id IS NULL AND sd.type = 'local' AND sd.active_id IS NULL AND NOT sd.has_left
-                   THEN 'rule 2: nothing left; local certificates are issued on request only (operate_serverPKI -C)'
-               WHEN sd.succ_id IS NULL AND sd.type = 'local'
-                   THEN format('rule 7: active instance expires %s; local certificates are issued on request only (-C)', sd.act_na)
-               WHEN sd.succ_id IS NULL AND sd.active_id IS NULL AND NOT sd.has_left
-                   THEN 'rule 2: nothing left; issue one and distribute it'
-               WHEN sd.succ_id IS NULL AND sd.active_id IS NULL THEN 'rule 7: no active instance; issue one and distribute it'
-               WHEN sd.succ_id IS NULL THEN format('rule 7: active instance expires %s and there is no successor; issue one', sd.act_na)
-               WHEN sd.succ_distributing THEN 'rule 7: the successor''s distribution is pending'
-               WHEN NOT sd.has_targets AND (sd.dane_ok OR sd.dane_off)
-                   THEN 'rule 7: the successor is ready, but none of the certificate''s targets is on a selected disthost (-s/-l)'
-               WHEN sd.active_id IS NULL THEN 'rule 7: no active instance; distribute the successor'
-               WHEN sd.tlsa_ttl IS NULL THEN format('rule 7: active instance expires %s; distribute the successor', sd.act_na)
-               WHEN sd.dane_ok AND NOT sd.replace_due
-                   THEN format('rule 7: requested (-D): successor''s TLSA published %s (2 x TTL ago); distribute it', sd.succ_published)
-               WHEN sd.dane_ok
-                   THEN format('rule 7: active instance expires %s; successor''s TLSA published %s (2 x TTL ago); distribute it', sd.act_na, sd.succ_published)
-               WHEN sd.dane_off
-                   THEN format('rule 7: %s; -N: distribute the successor without the DANE-safe wait',
-                               CASE WHEN sd.replace_due THEN format('active instance expires %s', sd.act_na) ELSE 'requested (-D)' END)
-               WHEN sd.succ_state = 'prepublished'
-                   THEN format('DANE-safe order: %ssuccessor''s TLSA published %s; deploy after %s',
-                               CASE WHEN sd.replace_due THEN '' ELSE 'requested (-D): ' END, sd.succ_published, sd.succ_published + 2 * sd.tlsa_ttl)
-               WHEN sd.tlsa_pending
-                   THEN format('DANE-safe order: %sthe successor''s TLSA publication is pending; deploy after its TLSA records are published and 2 x TTL has passed, about %s',
-                               CASE WHEN sd.replace_due THEN '' ELSE 'requested (-D): ' END, sd.now + 2 * sd.tlsa_ttl)
-               ELSE 'rule 7: DANE-safe order: publish the successor''s TLSA before deploying it'
-           END,
+           r.d[1], r.d[2],
            CASE WHEN sd.succ_id IS NULL AND sd.type = 'LE'
                 THEN CASE WHEN sd.active_id IS NULL OR sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN 'distribute' ELSE 'prepublish' END END,
            sd.issuing OR sd.succ_distributing OR sd.tlsa_pending,
            sd.disabled
       FROM sd
+      -- one decision: each branch gives the action and its reason, {action, reason}
+      CROSS JOIN LATERAL (SELECT CASE
+           WHEN sd.issuing THEN ARRAY['wait', 'rule 7: an issue job is pending']
+           WHEN sd.succ_id IS NULL AND sd.type = 'local' AND sd.active_id IS NULL AND NOT sd.has_left
+               THEN ARRAY['wait', 'rule 2: nothing left; local certificates are issued on request only (operate_serverPKI -C)']
+           WHEN sd.succ_id IS NULL AND sd.type = 'local'
+               THEN ARRAY['wait', format('rule 7: active instance expires %s; local certificates are issued on request only (-C)', sd.act_na)]
+           WHEN sd.succ_id IS NULL AND sd.active_id IS NULL AND NOT sd.has_left
+               THEN ARRAY['issue', 'rule 2: nothing left; issue one and distribute it']
+           WHEN sd.succ_id IS NULL AND sd.active_id IS NULL THEN ARRAY['issue', 'rule 7: no active instance; issue one and distribute it']
+           WHEN sd.succ_id IS NULL
+               THEN ARRAY['issue', format('rule 7: active instance expires %s and there is no successor; issue one', sd.act_na)]
+           WHEN sd.succ_distributing THEN ARRAY['wait', 'rule 7: the successor''s distribution is pending']
+           WHEN NOT sd.has_targets AND (sd.dane_ok OR sd.dane_off)
+               THEN ARRAY['wait', 'rule 7: the successor is ready, but none of the certificate''s targets is on a selected disthost (-s/-l)']
+           -- below, with a successor: no active instance or no TLSA service makes dane_ok true
+           WHEN sd.active_id IS NULL THEN ARRAY['distribute', 'rule 7: no active instance; distribute the successor']
+           WHEN sd.tlsa_ttl IS NULL
+               THEN ARRAY['distribute', format('rule 7: active instance expires %s; distribute the successor', sd.act_na)]
+           WHEN sd.dane_ok AND NOT sd.replace_due
+               THEN ARRAY['distribute', format('rule 7: requested (-D): successor''s TLSA published %s (2 x TTL ago); distribute it', sd.succ_published)]
+           WHEN sd.dane_ok
+               THEN ARRAY['distribute', format('rule 7: active instance expires %s; successor''s TLSA published %s (2 x TTL ago); distribute it', sd.act_na, sd.succ_published)]
+           WHEN sd.dane_off
+               THEN ARRAY['distribute', format('rule 7: %s; -N: distribute the successor without the DANE-safe wait',
+                           CASE WHEN sd.replace_due THEN format('active instance expires %s', sd.act_na) ELSE 'requested (-D)' END)]
+           WHEN sd.succ_state = 'prepublished'
+               THEN ARRAY['wait', format('DANE-safe order: %ssuccessor''s TLSA published %s; deploy after %s',
+                           CASE WHEN sd.replace_due THEN '' ELSE 'requested (-D): ' END, sd.succ_published, dane_safe_after(sd.succ_published, sd.tlsa_ttl))]
+           WHEN sd.tlsa_pending
+               THEN ARRAY['wait', format('DANE-safe order: %sthe successor''s TLSA publication is pending; deploy after its TLSA records are published and 2 x TTL has passed, about %s',
+                           CASE WHEN sd.replace_due THEN '' ELSE 'requested (-D): ' END, dane_safe_after(sd.now, sd.tlsa_ttl))]
+           -- the successor is 'issued' here (cand: issued or prepublished)
+           ELSE ARRAY['prepublish', 'rule 7: DANE-safe order: publish the successor''s TLSA before deploying it']
+      END) r(d)
      WHERE sd.replace_due OR sd.succ_requested
     UNION ALL
     -- rule 9: prepublish the successor of an LE certificate (-N: only issue it; the warning below says why)
-    SELECT sd.id, coalesce(sd.succ_id, sd.active_id),
-           CASE
-               WHEN sd.issuing OR sd.tlsa_pending THEN 'wait'
-               WHEN sd.succ_id IS NULL THEN 'issue'
-               WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL
-               ELSE 'prepublish'
-           END,
-           CASE
-               WHEN sd.issuing THEN 'rule 9: an issue job for the successor is pending'
-               WHEN sd.tlsa_pending THEN 'rule 9: the successor''s TLSA publication is pending'
-               WHEN sd.succ_id IS NULL THEN format('rule 9: active instance expires %s (within pre_publish_days); issue a successor', sd.act_na)
-               ELSE format('rule 9: active instance expires %s; publish the TLSA of active and successor', sd.act_na)
-           END,
+    SELECT sd.id, coalesce(sd.succ_id, sd.active_id), r.d[1], r.d[2],
            CASE WHEN sd.succ_id IS NULL THEN CASE WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL ELSE 'prepublish' END END,
            sd.issuing OR sd.tlsa_pending,
            sd.disabled
       FROM sd
+      CROSS JOIN LATERAL (SELECT CASE   -- {action, reason}, as above
+           WHEN sd.issuing THEN ARRAY['wait', 'rule 9: an issue job for the successor is pending']
+           WHEN sd.tlsa_pending THEN ARRAY['wait', 'rule 9: the successor''s TLSA publication is pending']
+           WHEN sd.succ_id IS NULL
+               THEN ARRAY['issue', format('rule 9: active instance expires %s (within pre_publish_days); issue a successor', sd.act_na)]
+           WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL   -- nothing to prepublish: no row
+           ELSE ARRAY['prepublish', format('rule 9: active instance expires %s; publish the TLSA of active and successor', sd.act_na)]
+      END) r(d)
      WHERE sd.type = 'LE' AND NOT sd.replace_due AND NOT sd.succ_requested
        AND sd.now >= sd.act_na - least(sd.pre_publish, (sd.act_na - sd.act_nb) / 3)
        AND sd.succ_state IS DISTINCT FROM 'prepublished'
@@ -280,7 +271,7 @@ BEGIN
 
     -- rule 5: one message lists every local certificate due; each is mailed once
     IF EXISTS (SELECT 1 FROM pass_plan p WHERE p.action = 'remind') THEN
-        PERFORM enqueue('mail_reminder', 'reminder:' || txid_current(), 'rule 5: local certificates must be issued',
+        PERFORM enqueue('mail_reminder', reminder_subject_key(txid_current()), 'rule 5: local certificates must be issued',
                         jsonb_build_object('certificates', jsonb_agg(jsonb_build_object(
                             'name', p.certificate, 'instance', p.instance, 'not_after', ci.not_after,
                             'disabled', c.disabled) ORDER BY p.certificate)))

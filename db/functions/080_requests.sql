@@ -90,16 +90,15 @@ BEGIN
                                              'as they are (-N: DNS is the operator''s)', option)
                 WHEN s.state = 'prepublished'
                     THEN format('held back: DANE-safe order: its TLSA records were published %s; it will be deployed after %s '
-                                '(by the next -S or -D run)', s.tlsa_published, s.tlsa_published + 2 * c.tlsa_ttl)
+                                '(by the next -S or -D run)', s.tlsa_published, dane_safe_after(s.tlsa_published, c.tlsa_ttl))
                 ELSE format('held back: DANE-safe order: its TLSA records are published first; it will be deployed after its '
                             'TLSA records are published and 2 x TTL has passed, about %s (by the next -S or -D run)',
-                            at_now + 2 * c.tlsa_ttl) END
+                            dane_safe_after(at_now, c.tlsa_ttl)) END
       FROM selected_certs(sel) c
       JOIN LATERAL (SELECT * FROM certinstances i WHERE i.certificate = c.id AND i.state IN ('issued', 'prepublished')
                        AND i.not_before <= at_now AND at_now < i.not_after ORDER BY i.id DESC LIMIT 1) s ON true
       LEFT JOIN certinstances act ON act.certificate = c.id AND act.state = 'deployed'
-      CROSS JOIN LATERAL (SELECT act.id IS NULL OR c.tlsa_ttl IS NULL
-                                 OR (s.state = 'prepublished' AND at_now >= s.tlsa_published + 2 * c.tlsa_ttl) AS dane_ok) x
+      CROSS JOIN LATERAL (SELECT dane_ok(act.id IS NOT NULL, c.tlsa_ttl, s.state, s.tlsa_published, at_now) AS dane_ok) x
      WHERE c.enabled
        AND (remaining_days IS NULL
             OR s.id IN (SELECT r.instance FROM renewal_candidates(sel, remaining_days, true) r));

@@ -13,7 +13,7 @@ BEGIN
     PERFORM check_selection(sel);
     RETURN QUERY
     WITH c AS (SELECT * FROM selected_certs(sel)),
-         subj AS (SELECT s.certificate, s.type FROM subjects s WHERE NOT s.isaltname)
+         subj AS (SELECT s.certificate, s.type FROM main_subjects s)
     SELECT c.name, 'an ACME (LE) certificate for a client subject'::text,
            'ACME CAs issue server certificates; make it a local certificate'::text
       FROM c JOIN subj ON subj.certificate = c.id WHERE c.type = 'LE' AND subj.type = 'client'
@@ -32,7 +32,7 @@ BEGIN
     SELECT 'local CA'::text, 'local certificates are configured, but there is no local CA certificate',
            'issue one with operate_serverPKI -I'
      WHERE EXISTS (SELECT 1 FROM c WHERE c.type = 'local')
-       AND NOT EXISTS (SELECT 1 FROM certinstances i JOIN subjects s ON s.certificate = i.certificate AND NOT s.isaltname
+       AND NOT EXISTS (SELECT 1 FROM certinstances i JOIN main_subjects s ON s.certificate = i.certificate
                         JOIN certificates cc ON cc.id = i.certificate
                         WHERE s.type = 'CA' AND cc.type = 'local' AND i.state = 'issued');
 END

@@ -230,7 +230,7 @@ BEGIN
         PERFORM raise_error('SP023', format('job %s: a local CA is self-signed, but its result names cacert %s', j.id, result -> 'cacert'),
             'leave cacert out (or null) for issue_local_ca');
     END IF;
-    SELECT * INTO main FROM subjects s WHERE s.certificate = cert.id AND NOT s.isaltname;
+    SELECT * INTO main FROM main_subjects s WHERE s.certificate = cert.id;
     IF j.kind = 'issue_local' THEN
         IF NOT has_cacert OR (result ->> 'cacert') !~ '^[0-9]{1,9}$' THEN
             PERFORM raise_error('SP023', format('job %s: cacert %s is not the id of the local CA''s instance that signed the certificate',
@@ -241,14 +241,14 @@ BEGIN
         SELECT convert_from(k.cert, 'UTF8') INTO ca_pem
           FROM certinstances i
           JOIN certificates c ON c.id = i.certificate AND c.type = 'local'
-          JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname AND s.type = 'CA'
+          JOIN main_subjects s ON s.certificate = c.id AND s.type = 'CA'
           JOIN certkeydata k ON k.certinstance = i.id
          WHERE i.id = ca_id AND i.state IN ('issued', 'deployed');   -- no lock: the cacert foreign key keeps the row
         IF ca_pem IS NULL THEN
             SELECT format('%s %s instance of the %s %s certificate "%s"', CASE WHEN i.state::text ~ '^[aeiou]' THEN 'an' ELSE 'a' END,
                           i.state, c.type, s.type, s.name) INTO what
               FROM certinstances i JOIN certificates c ON c.id = i.certificate
-              JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname
+              JOIN main_subjects s ON s.certificate = c.id
              WHERE i.id = ca_id;
             PERFORM raise_error('SP023', format('job %s: cacert %s is %s, not an issued or deployed instance of the local CA',
                     j.id, ca_id, coalesce(what, 'not a stored instance')),

@@ -89,7 +89,7 @@ BEGIN
       LEFT JOIN jails jl ON jl.id = t.jail
       JOIN places p ON p.id = t.place
       JOIN certificates c ON c.id = inst.certificate
-      JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname
+      JOIN main_subjects s ON s.certificate = c.id
       JOIN certkeydata k ON k.certinstance = inst.id
      ORDER BY t.id, k.encryption_algo;
 END

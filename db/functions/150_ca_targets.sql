@@ -20,7 +20,7 @@ CREATE OR REPLACE FUNCTION pki.is_ca_cert(cert int)
 RETURNS boolean LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
 AS $$
-    SELECT EXISTS (SELECT 1 FROM subjects s WHERE s.certificate = cert AND NOT s.isaltname AND s.type = 'CA')
+    SELECT EXISTS (SELECT 1 FROM main_subjects s WHERE s.certificate = cert AND s.type = 'CA')
 $$;
 
 -- ca_current: the instance of a CA its targets get, the newest issued one (NULL: none)
@@ -43,7 +43,7 @@ AS $$
            NOT c.disabled OR coalesce(sel.all_certs, false) OR s.name = ANY (coalesce(sel.include, '{}')::citext[]),
            ca_current(c.id)
       FROM certificates c
-      JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname
+      JOIN main_subjects s ON s.certificate = c.id
      WHERE s.type = 'CA'
        AND (cardinality(coalesce(sel.only_certs, '{}')) = 0 OR s.name = ANY (sel.only_certs::citext[]))
        AND NOT (s.name = ANY (coalesce(sel.exclude, '{}')::citext[]))
@@ -57,14 +57,7 @@ RETURNS TABLE (certificate_id int, certificate text, instance int, action text, 
 LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
 AS $$
-    SELECT ca.id, ca.name, ca.instance,
-           CASE WHEN p.id IS NULL THEN 'distribute CA' ELSE 'wait' END,
-           CASE WHEN p.id IS NULL
-                THEN format('CA: instance %s (the newest issued) is not on %s of its targets yet: %s', ca.instance,
-                            m.missing, m.hosts)
-                ELSE format('CA: the distribution of instance %s is pending (%s job %s%s)', ca.instance, p.state, p.id,
-                            ': ' || p.last_error) END,
-           NULL::text
+    SELECT ca.id, ca.name, ca.instance, r.d[1], r.d[2], NULL::text
       FROM selected_cas(sel) ca
       CROSS JOIN LATERAL (
             SELECT count(*) AS missing, string_agg(DISTINCT d.fqdn::text, ', ') AS hosts
@@ -75,6 +68,14 @@ AS $$
             SELECT j.id, j.state, j.last_error FROM jobs j
              WHERE j.instance = ca.instance AND j.kind = 'distribute' AND j.state IN ('queued', 'running', 'failed')
              ORDER BY j.id LIMIT 1) p ON true
+      -- one decision, {action, reason}, as plan_rows decides
+      CROSS JOIN LATERAL (SELECT CASE
+           WHEN p.id IS NULL
+               THEN ARRAY['distribute CA', format('CA: instance %s (the newest issued) is not on %s of its targets yet: %s',
+                                                  ca.instance, m.missing, m.hosts)]
+           ELSE ARRAY['wait', format('CA: the distribution of instance %s is pending (%s job %s%s)', ca.instance, p.state, p.id,
+                                     ': ' || p.last_error)]
+      END) r(d)
      WHERE ca.enabled AND ca.instance IS NOT NULL AND m.missing > 0
      ORDER BY ca.name
 $$;

@@ -37,6 +37,8 @@ GRANT SELECT ON
     pki.disthosts, pki.jails, pki.places, pki.targets,
     pki.settings, pki.revision, pki.schema_migrations, pki.certinstances, pki.certkeydata
     TO pki_agent;
+-- each certificate's main subject (functions/005_main_subjects.sql), read by code that runs with their rights
+GRANT SELECT ON pki.main_subjects TO pki_admin, pki_agent;
 -- the queue, the history and the state machine: read by both, written by the functions only
 GRANT SELECT ON pki.jobs, pki.job_kinds, pki.events, pki.state_transitions, pki.deployments TO pki_admin, pki_agent;
 -- ACME accounts: the agent signs with the key; the operator sees the accounts without it
@@ -60,6 +62,9 @@ GRANT EXECUTE ON FUNCTION pki.raise_error(text, text, text) TO pki_admin, pki_ag
 GRANT EXECUTE ON FUNCTION pki.setting_int(text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.setting_interval(text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.tlsa_ttl(integer) TO pki_admin, pki_agent;
+-- the DANE-safe wait, inlined into the plan (pki_admin's)
+GRANT EXECUTE ON FUNCTION pki.dane_safe_after(timestamp with time zone, interval) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.dane_ok(boolean, interval, dd.cert_state, timestamp with time zone, timestamp with time zone) TO pki_admin;
 -- TLSA records from stored certificates (the views tlsa_owners and tlsa_desired)
 GRANT EXECUTE ON FUNCTION pki.tlsa_prefix_parts(text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.tlsa_data(bytea, integer, integer) TO pki_admin, pki_agent;
@@ -77,6 +82,7 @@ GRANT EXECUTE ON FUNCTION pki.check_subject_name(text, dd.subject_type, boolean)
 GRANT EXECUTE ON FUNCTION pki.check_abs_path(text, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_range(bigint, bigint, bigint, text, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_tlsa_prefix(text, integer) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.refuse_in_use(text, integer[], text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.enum_label(text, regtype, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.cert_id(text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.disthost_id(text) TO pki_admin;

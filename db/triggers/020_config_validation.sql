@@ -10,11 +10,9 @@ SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        IF EXISTS (SELECT 1 FROM targets t WHERE t.disthost = OLD.id) THEN
-            PERFORM raise_error('SP010', format('disthost "%s" is a target of certificate(s) %s', OLD.fqdn,
-                    (SELECT string_agg(DISTINCT s.name, ', ') FROM targets t JOIN subjects s ON s.certificate = t.certificate AND NOT s.isaltname WHERE t.disthost = OLD.id)),
-                'remove those targets first: SELECT remove_target(cert, disthost, jail, place)');
-        END IF;
+        PERFORM refuse_in_use(format('disthost "%s" is a target of', OLD.fqdn),
+            ARRAY(SELECT t.certificate FROM targets t WHERE t.disthost = OLD.id),
+            'remove those targets first: SELECT remove_target(cert, disthost, jail, place)');
         RETURN OLD;
     END IF;
     PERFORM check_host_name(NEW.fqdn, 'disthost FQDN');
@@ -46,11 +44,9 @@ DECLARE
 BEGIN
     IF TG_OP = 'DELETE' THEN
         -- when the disthost itself is being deleted, its targets go with it
-        IF EXISTS (SELECT 1 FROM targets t JOIN disthosts d ON d.id = t.disthost WHERE t.jail = OLD.id) THEN
-            PERFORM raise_error('SP010', format('jail "%s" is a target of certificate(s) %s', OLD.name,
-                    (SELECT string_agg(DISTINCT s.name, ', ') FROM targets t JOIN subjects s ON s.certificate = t.certificate AND NOT s.isaltname WHERE t.jail = OLD.id)),
-                'remove those targets first: SELECT remove_target(cert, disthost, jail, place)');
-        END IF;
+        PERFORM refuse_in_use(format('jail "%s" is a target of', OLD.name),
+            ARRAY(SELECT t.certificate FROM targets t JOIN disthosts d ON d.id = t.disthost WHERE t.jail = OLD.id),
+            'remove those targets first: SELECT remove_target(cert, disthost, jail, place)');
         RETURN OLD;
     END IF;
     PERFORM check_simple_name(NEW.name, 'jail name');
@@ -91,11 +87,9 @@ SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        IF EXISTS (SELECT 1 FROM targets t WHERE t.place = OLD.id) THEN
-            PERFORM raise_error('SP010', format('place "%s" is used by targets of certificate(s) %s', OLD.name,
-                    (SELECT string_agg(DISTINCT s.name, ', ') FROM targets t JOIN subjects s ON s.certificate = t.certificate AND NOT s.isaltname WHERE t.place = OLD.id)),
-                'remove those targets first: SELECT remove_target(cert, disthost, jail, place)');
-        END IF;
+        PERFORM refuse_in_use(format('place "%s" is used by targets of', OLD.name),
+            ARRAY(SELECT t.certificate FROM targets t WHERE t.place = OLD.id),
+            'remove those targets first: SELECT remove_target(cert, disthost, jail, place)');
         RETURN OLD;
     END IF;
     PERFORM check_simple_name(NEW.name, 'place name');
@@ -135,11 +129,9 @@ SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        IF EXISTS (SELECT 1 FROM certificates_services cs WHERE cs.service = OLD.id) THEN
-            PERFORM raise_error('SP010', format('service %s/%s is used by certificate(s) %s', OLD.name, OLD.port,
-                    (SELECT string_agg(DISTINCT s.name, ', ') FROM certificates_services cs JOIN subjects s ON s.certificate = cs.certificate AND NOT s.isaltname WHERE cs.service = OLD.id)),
-                'detach it first: SELECT remove_service(cert, service, port)');
-        END IF;
+        PERFORM refuse_in_use(format('service %s/%s is used by', OLD.name, OLD.port),
+            ARRAY(SELECT cs.certificate FROM certificates_services cs WHERE cs.service = OLD.id),
+            'detach it first: SELECT remove_service(cert, service, port)');
         RETURN OLD;
     END IF;
     PERFORM check_simple_name(NEW.name, 'service name');
@@ -197,7 +189,7 @@ BEGIN
             PERFORM raise_error('SP002', format('subject "%s": no certificate with id %s', NEW.name, NEW.certificate),
                 'create certificates with SELECT * FROM add_cert(...)');
         END IF;
-        SELECT * INTO main FROM subjects s WHERE s.certificate = NEW.certificate AND NOT s.isaltname AND s.id <> NEW.id;
+        SELECT * INTO main FROM main_subjects s WHERE s.certificate = NEW.certificate AND s.id <> NEW.id;
         IF FOUND AND NOT NEW.isaltname THEN
             PERFORM raise_error('SP007', format('certificate %s has the subject name "%s" already; "%s" can only be an alt name', NEW.certificate, main.name, NEW.name),
                 format('SELECT add_altname(''%s'', ''%s'')', main.name, NEW.name));
@@ -230,7 +222,7 @@ SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM certificates c WHERE c.id = NEW.id)
-       AND NOT EXISTS (SELECT 1 FROM subjects s WHERE s.certificate = NEW.id AND NOT s.isaltname) THEN
+       AND NOT EXISTS (SELECT 1 FROM main_subjects s WHERE s.certificate = NEW.id) THEN
         PERFORM raise_error('SP007', format('certificate %s has no subject name', NEW.id),
             'create certificates with SELECT * FROM add_cert(...), which adds the subject in the same transaction');
     END IF;
@@ -299,7 +291,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM targets t WHERE t.certificate = NEW.certificate AND t.disthost = NEW.disthost
                  AND t.jail IS NOT DISTINCT FROM NEW.jail AND t.place = NEW.place AND t.id <> NEW.id) THEN
         PERFORM raise_error('SP003', format('certificate "%s" has the target %s/%s/%s already',
-                (SELECT s.name FROM subjects s WHERE s.certificate = NEW.certificate AND NOT s.isaltname),
+                (SELECT s.name FROM main_subjects s WHERE s.certificate = NEW.certificate),
                 (SELECT d.fqdn FROM disthosts d WHERE d.id = NEW.disthost),
                 coalesce((SELECT j.name::text FROM jails j WHERE j.id = NEW.jail), '-'),
                 (SELECT p.name FROM places p WHERE p.id = NEW.place)),
@@ -330,7 +322,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM certificates_services cs WHERE cs.certificate = NEW.certificate
                  AND cs.service = NEW.service AND cs.id <> NEW.id) THEN
         PERFORM raise_error('SP003', format('certificate "%s" has the TLSA service %s already',
-                (SELECT s.name FROM subjects s WHERE s.certificate = NEW.certificate AND NOT s.isaltname),
+                (SELECT s.name FROM main_subjects s WHERE s.certificate = NEW.certificate),
                 (SELECT sv.name || '/' || sv.port FROM services sv WHERE sv.id = NEW.service)),
             'see SELECT "TLSA", "Port" FROM certs');
     END IF;

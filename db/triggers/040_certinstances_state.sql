@@ -61,12 +61,12 @@ BEGIN
         ttl := tlsa_ttl(NEW.certificate);
         IF ttl IS NOT NULL AND EXISTS (SELECT 1 FROM certinstances o WHERE o.certificate = NEW.certificate
                                         AND o.state = 'deployed' AND o.id <> NEW.id)
-           AND (NEW.tlsa_published IS NULL OR pki.now() < NEW.tlsa_published + 2 * ttl)
+           AND (NEW.tlsa_published IS NULL OR pki.now() < dane_safe_after(NEW.tlsa_published, ttl))
            AND NOT coalesce((SELECT (j.args ->> 'no_tlsa')::boolean FROM jobs j
                               WHERE j.id = (event_reason()).job AND j.kind = 'distribute' AND j.instance = NEW.id), false) THEN
             PERFORM raise_error('SP021', format('instance %s cannot be deployed yet: its TLSA records %s', NEW.id,
                     CASE WHEN NEW.tlsa_published IS NULL THEN 'are not published'
-                         ELSE format('were published at %s, deploy after %s', NEW.tlsa_published, NEW.tlsa_published + 2 * ttl) END),
+                         ELSE format('were published at %s, deploy after %s', NEW.tlsa_published, dane_safe_after(NEW.tlsa_published, ttl)) END),
                 'let the scheduler prepublish the TLSA records and wait twice their TTL');
         END IF;
     END IF;

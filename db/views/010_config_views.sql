@@ -15,7 +15,7 @@ SELECT s1.type                      AS "Subject",
        j.name                       AS "Jail",
        p.name                       AS "Place"
   FROM pki.certificates c
-  LEFT JOIN pki.subjects s1 ON s1.certificate = c.id AND NOT s1.isaltname
+  LEFT JOIN pki.main_subjects s1 ON s1.certificate = c.id
   LEFT JOIN pki.subjects s2 ON s2.certificate = c.id AND s2.isaltname
   LEFT JOIN pki.certificates_services cs ON cs.certificate = c.id
   LEFT JOIN pki.services s ON s.id = cs.service
@@ -48,7 +48,7 @@ SELECT c.id      AS c_id,
        p.id      AS p_id,
        p.name    AS "Place"
   FROM pki.certificates c
-  LEFT JOIN pki.subjects s1 ON s1.certificate = c.id AND NOT s1.isaltname
+  LEFT JOIN pki.main_subjects s1 ON s1.certificate = c.id
   LEFT JOIN pki.subjects s2 ON s2.certificate = c.id AND s2.isaltname
   LEFT JOIN pki.certificates_services cs ON cs.certificate = c.id
   LEFT JOIN pki.services s ON s.id = cs.service
@@ -73,6 +73,6 @@ SELECT i.id                 AS "Serial",
        i.updated            AS "updated"
   FROM pki.certinstances i
   JOIN pki.certificates c ON c.id = i.certificate
-  LEFT JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname
+  LEFT JOIN pki.main_subjects s ON s.certificate = c.id
   LEFT JOIN pki.certkeydata k ON k.certinstance = i.id
  ORDER BY i.id, k.encryption_algo;

@@ -14,7 +14,7 @@ CREATE VIEW pki.jobs_overview AS
 SELECT j.id, j.kind, j.state, s.name AS certificate, j.instance, d.fqdn AS disthost, j.zone,
        j.attempts, j.max_attempts, j.run_after, j.locked_by, j.locked_until, j.reason, j.last_error, j.updated
   FROM pki.jobs j
-  LEFT JOIN pki.subjects s ON s.certificate = j.certificate AND NOT s.isaltname
+  LEFT JOIN pki.main_subjects s ON s.certificate = j.certificate
   LEFT JOIN pki.disthosts d ON d.id = j.disthost
  ORDER BY j.id DESC;
 
@@ -24,7 +24,7 @@ SELECT s.name AS certificate, c.type, i.id AS instance, i.state, i.not_after,
        i.not_after - pki.now() AS remaining
   FROM pki.certinstances i
   JOIN pki.certificates c ON c.id = i.certificate
-  JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname
+  JOIN pki.main_subjects s ON s.certificate = c.id
  WHERE i.state IN ('issued', 'prepublished', 'deployed')
  ORDER BY i.not_after;
 
@@ -38,12 +38,12 @@ SELECT d.fqdn AS disthost, j.name AS jail, p.name AS place, s.name AS certificat
   JOIN pki.disthosts d ON d.id = t.disthost
   LEFT JOIN pki.jails j ON j.id = t.jail
   JOIN pki.places p ON p.id = t.place
-  JOIN pki.subjects s ON s.certificate = i.certificate AND NOT s.isaltname
+  JOIN pki.main_subjects s ON s.certificate = i.certificate
  ORDER BY d.fqdn, j.name NULLS FIRST, p.name, s.name, i.id;
 
 -- instance_history: the events of every instance (WHERE instance = N)
 CREATE VIEW pki.instance_history AS
 SELECT e.instance, s.name AS certificate, e.at, e.from_state, e.to_state, e.job, e.job_state, e.reason
   FROM pki.events e
-  LEFT JOIN pki.subjects s ON s.certificate = e.certificate AND NOT s.isaltname
+  LEFT JOIN pki.main_subjects s ON s.certificate = e.certificate
  ORDER BY e.instance, e.id;
