@@ -152,6 +152,16 @@ def load_fleet(conn: psycopg.Connection, n: int, cert_pem: bytes, key_pem: bytes
     x("ANALYZE")
 
 
+def allow_measuring(conn: psycopg.Connection, role: str) -> None:
+    """The bench's own rights for the cron login it plans as: switch statement tracking, read and reset
+    pg_stat_statements (measurement only; an operator's pki_cron has none of them)."""
+    conn.execute(f"GRANT SET ON PARAMETER pg_stat_statements.track TO {role}")
+    conn.execute(f"GRANT pg_read_all_stats TO {role}")
+    for (function,) in conn.execute("SELECT p.oid::regprocedure::text FROM pg_proc p "
+                                    "WHERE p.proname LIKE 'pg_stat_statements%%'").fetchall():
+        conn.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {role}")
+
+
 def timed(conn: psycopg.Connection, sql: str) -> float:
     """Wall time of one statement, uncounted (tracking every nested statement costs time of its own)."""
     conn.execute("SET pg_stat_statements.track = 'none'")
@@ -204,6 +214,7 @@ def run(cluster: PostgresCluster, n: int, pair: tuple[bytes, bytes], explain: bo
         roles.create_login_roles(conn)
         roles.enable_time_travel(conn)   # the bench plans at a fixed pki.now
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        allow_measuring(conn, roles.CRON)
         started = time.perf_counter()
         load_fleet(conn, n, *pair)
         load_seconds = time.perf_counter() - started

@@ -13,7 +13,7 @@ from helpers import owner_conn
 
 
 def make_pair(name: str, algo: str, not_before: dt.datetime, days: int) -> dict:
-    """A self-signed key/certificate pair in the shape complete_job expects: {algo, cert, key}."""
+    """A self-signed key/certificate pair in the shape helpers.completion_of makes an IssuedPair of: {algo, cert, key}."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if algo == "rsa" else ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())

@@ -531,12 +531,12 @@ def add_services(conn) -> None:
 
 
 def deploy(conn, instance: int) -> None:
-    """What a finished distribution does (apply_distributed): the successor goes live, the old one expires.
+    """What a finished distribution does (complete_distribute): the successor goes live, the old one expires.
     The DANE-safe guard wants the TLSA out for 2 x TTL: the clock is moved on for this step only."""
     conn.execute("SELECT set_config('pki.now', %s, false)", (time_in(3 * 3600),))
     try:
         cert = conn.execute("SELECT certificate FROM certinstances WHERE id = %s", (instance,)).fetchone()[0]
-        owner = owner_conn(conn)   # the owner's function apply_distributed would do this
+        owner = owner_conn(conn)   # the owner's function complete_distribute would do this
         owner.execute("UPDATE certinstances SET state = 'deployed' WHERE id = %s", (instance,))
         owner.execute("UPDATE certinstances SET state = 'expired' WHERE certificate = %s AND state = 'deployed' AND id <> %s",
                       (cert, instance))

@@ -2,7 +2,7 @@
 the certificates themselves (db/functions/110_result_checks.sql) and refuses a result that
 does not fit its job with SP023, naming the job and what was wrong, and storing nothing.
 
-Each test claims a real issue job, hands complete_job a forged result, and then proves the
+Each test claims a real issue job, hands complete_issue a forged result, and then proves the
 same job still accepts the correct result (so the refusal was about the forgery).
 """
 

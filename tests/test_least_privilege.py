@@ -95,7 +95,7 @@ def test_a_future_clock_cannot_take_over_a_running_job(no_time_travel, pg_server
 
 
 def test_the_dane_guard_is_not_fooled_by_a_session_clock(no_time_travel, pg_server, dbname):
-    """The review's attack: a session clock past 2 x TTL let complete_job deploy a successor early."""
+    """The review's attack: a session clock past 2 x TTL let complete_distribute deploy a successor early."""
     conn = no_time_travel
     owner = owner_conn(conn)
     one_cert(conn, tlsa=True)

@@ -1,6 +1,6 @@
 """The reminder (docs/lifecycle.md, rule 5) end to end: the scheduler enqueues one mail_reminder
 job, the handler mails it through a real SMTP server (aiosmtpd, lab.smtp),
-complete_job records it, and the certificate is reminded once. Faults of the relay
+its completion (the queue's complete_job) records it, and the certificate is reminded once. Faults of the relay
 become RetryLater (fail_job: failed, retried) or GiveUp (dead), with the error in
 jobs_overview.
 """

@@ -4,7 +4,7 @@
    in-process with every operate_serverPKI run captured, plus runs with -v and -d that
    handle keys (-D, -X, -K after tampering, -C, -E, -Y, a reminder mail, a wrong passphrase).
    PostgreSQL runs with log_statement=all, as an operator hunting a problem would set it (the
-   agent hands issued keys to complete_job as bind parameters: migrate.configure_database keeps
+   agent hands issued keys to complete_issue as bind parameters: migrate.configure_database keeps
    their values out of the server log). Then every text is scanned for private key material
    with test_privileges.KeyMaterial: each run's stdout and stderr, the demo's own output, the
    PostgreSQL log, the sshd and SFTP logs, the Pebble and BIND logs, the mails; and every row of

@@ -9,7 +9,7 @@ The rule, checked on the source (no database needed):
   3. nothing calls .replace()/.format() on a named query;
   4. every `q("name")` names a query of queries.sql;
   5. the selection is the same pki.selection(...) call, with bind parameters, in every query that takes one;
-  6. one named query is a template: complete_job, the call of a job kind's completion function, whose name
+  6. one named query is a template: kind_completion, the call of a job kind's completion function, whose name
      and named arguments are filled in by psycopg.sql (Identifier, Placeholder) in handlers.Completion;
      no other named query is composed.
 """
@@ -55,8 +55,8 @@ def violations(package: Path) -> list[str]:
                 found.append(f"{line}: .{node.func.attr}() on a named query")
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format"
                     and isinstance(node.func.value, ast.Call) and node.func.value.args and _is_q(node.func.value.args[0])
-                    and ast.unparse(node.func.value.args[0]) != "q('complete_job')"):
-                found.append(f"{line}: a named query composed with psycopg.sql other than complete_job")
+                    and ast.unparse(node.func.value.args[0]) != "q('kind_completion')"):
+                found.append(f"{line}: a named query composed with psycopg.sql other than kind_completion")
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_START.match(node.value):
                 found.append(f"{line}: SQL text outside queries.sql: {node.value[:80]!r}")
             if _is_q(node) and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value not in QUERIES:
@@ -80,15 +80,15 @@ def test_the_scan_finds_what_the_rule_forbids(tmp_path):
         '    conn.execute(q("job_state").replace("id", "x"), p)\n'
         '    conn.execute(q("no_such_query"), p)\n'
         '    composed = sql.SQL(q("job_state")).format(x=sql.Identifier(name))\n'
-        '    template = sql.SQL(q("complete_job")).format(function=sql.Identifier(name))\n')
+        '    template = sql.SQL(q("kind_completion")).format(function=sql.Identifier(name))\n')
     found = "\n".join(violations(tmp_path))
     for line, what in ((1, "SQL text outside"), (3, ".execute() of SQL not from q()"), (4, ".execute() of SQL not from q()"),
                        (5, ".execute() of SQL not from q()"), (6, ".execute() of SQL not from q()"),
                        (7, ".replace() on a named query"), (8, "q('no_such_query') is not in queries.sql"),
-                       (9, "a named query composed with psycopg.sql other than complete_job")):
+                       (9, "a named query composed with psycopg.sql other than kind_completion")):
         assert f"bad.py:{line}: {what}" in found, found
     assert "bad.py:10:" not in found, "the one template may be composed"
-    assert "complete_job" in QUERIES and "{function}" in QUERIES["complete_job"]
+    assert "{function}" in QUERIES["kind_completion"]
 
 
 def test_the_selection_is_one_expression_of_bind_parameters():

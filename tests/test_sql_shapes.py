@@ -15,14 +15,6 @@ import pytest
 
 from helpers import inlined_by_the_planner, owner_conn
 
-# files whose owner adopts the named definitions after merging: they may still write the shapes
-# out. Remove each entry (empty the set) once its file uses the names.
-NOT_YET_ADOPTED = frozenset({
-    "db/functions/060_queue.sql",
-    "db/functions/100_keys_and_ca.sql",
-    "db/functions/130_acme.sql",
-})
-
 DB_SQL = ("db/**/*.sql",)
 DB_AND_AGENT = ("db/**/*.sql", "agent/serverpki/**/*.py", "agent/serverpki/queries.sql")
 
@@ -45,7 +37,7 @@ SHAPES = [
           frozenset()),
     # NOT OLD.isaltname / NEW.isaltname test the row of a trigger, not which subject is the main one
     Shape("pki.main_subjects", r"\bNOT\s+(?!(?:OLD|NEW)\.)(?:\w+\.)?isaltname\b",
-          frozenset({"db/functions/005_main_subjects.sql",
+          frozenset({"db/views/005_main_subjects.sql",
                      "db/schema/0001_core.sql"})),   # the partial unique index the view relies on (frozen DDL)
     Shape("pki.cert_subject_key(cert)", r"""['"]cert:""",
           frozenset({"db/functions/045_job_subject_keys.sql"}), DB_AND_AGENT),
@@ -61,6 +53,9 @@ SHAPES = [
           frozenset({"db/functions/045_job_subject_keys.sql"}), DB_AND_AGENT),
     Shape("pki.refuse_in_use(what, certs, hint)", r"raise_error\(\s*'SP010'",
           frozenset({"db/functions/020_validation.sql"})),
+    Shape("pki.current_revision() / pki.keys_encrypted()",
+          r"\bFROM\s+(?:pki\.)?revision\b(?:\s+\w+)?\s+ORDER\s+BY|max\(\s*(?:\w+\.)?id\s*\)\s+FROM\s+(?:pki\.)?revision\b",
+          frozenset({"db/functions/100_keys_and_ca.sql"})),
 ]
 
 # the functions named above that exist to be inlined (no SET clause; the comments at their definitions say why)
@@ -91,17 +86,11 @@ def written_out(repo_root: Path, shape: Shape) -> dict[str, list[int]]:
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
 def test_the_shape_is_written_out_only_where_it_is_named(repo_root, shape):
     found = written_out(repo_root, shape)
-    extra = {f: lines for f, lines in found.items() if f not in shape.defined_in | NOT_YET_ADOPTED}
+    extra = {f: lines for f, lines in found.items() if f not in shape.defined_in}
     assert not extra, f"use {shape.name} instead of writing it out: " + \
         "; ".join(f"{f} line(s) {', '.join(map(str, lines))}" for f, lines in sorted(extra.items()))
     # the definition itself is found (the regex is not stale)
     assert all(f in found for f in shape.defined_in), (shape.name, sorted(found))
-
-
-def test_not_yet_adopted_lists_only_files_that_still_write_a_shape_out(repo_root):
-    """Each entry goes once its file uses the names (then NOT_YET_ADOPTED is emptied)."""
-    still = {f for shape in SHAPES for f in written_out(repo_root, shape)}
-    assert NOT_YET_ADOPTED <= still, f"these files adopted the names: remove them from NOT_YET_ADOPTED: {sorted(NOT_YET_ADOPTED - still)}"
 
 
 @pytest.mark.parametrize("signature", INLINED)

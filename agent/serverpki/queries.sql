@@ -13,7 +13,7 @@ SELECT * FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * int
 -- name: extend_lease
 SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second');
 
--- name: complete_job
+-- name: kind_completion
 -- a job kind's completion function, named by job_kinds.complete_with (job_completions), with the
 -- handler's typed arguments: handlers.Completion.statement fills {function} and {arguments} with
 -- psycopg.sql identifiers and placeholders (values travel as bind parameters)

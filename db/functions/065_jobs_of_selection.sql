@@ -36,7 +36,7 @@ BEGIN
                    SELECT 1 FROM jsonb_array_elements(coalesce(j.args -> 'certificates', '[]')) e
                     WHERE NOT coalesce(e ->> 'name' = ANY (named), false))
                WHEN j.certificate IS NULL OR NOT EXISTS (
-                   SELECT 1 FROM subjects s WHERE s.certificate = j.certificate AND NOT s.isaltname
+                   SELECT 1 FROM main_subjects s WHERE s.certificate = j.certificate
                       AND s.type NOT IN ('CA', 'reserved')) THEN j.id = ANY (coalesce(requested, '{}')) OR whole
                ELSE false
            END

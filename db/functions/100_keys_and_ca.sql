@@ -1,7 +1,20 @@
 -- 100_keys_and_ca: the local CA (-I) and the encryption of the stored keys (-X, -Y).
 -- The requests enqueue; complete_issue (the CA, db/jobs/010_issue.sql) and
--- complete_reencrypt_keys (the keys, db/jobs/040_reencrypt_keys.sql) apply the outcome. The local CA's own key is never touched by
--- -X/-Y: it is always encrypted, with the local CA passphrase, not the database's.
+-- complete_reencrypt_keys (the keys, db/jobs/040_reencrypt_keys.sql) apply the outcome. The local
+-- CA's own key is never touched by -X/-Y: it is always encrypted, with the local CA passphrase, not
+-- the database's.
+
+-- current_revision: the row of pki.revision that holds the installation's state (the newest);
+-- keys_encrypted: whether its stored keys are encrypted (-X) or in clear (-Y)
+CREATE OR REPLACE FUNCTION pki.current_revision()
+RETURNS int LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$ SELECT max(r.id) FROM revision r $$;
+
+CREATE OR REPLACE FUNCTION pki.keys_encrypted()
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$ SELECT r.keysencrypted FROM revision r WHERE r.id = current_revision() $$;
 
 -- keys_under_db_passphrase: the stored private keys that -X/-Y (de|en)crypt with the
 -- db_encryption_key passphrase — all but those of CA certificates. Caller's rights:
@@ -14,7 +27,7 @@ AS $$
     SELECT k.id, convert_from(k.key, 'UTF8')
       FROM certkeydata k
       JOIN certinstances i ON i.id = k.certinstance
-      JOIN subjects s ON s.certificate = i.certificate AND NOT s.isaltname
+      JOIN main_subjects s ON s.certificate = i.certificate
      WHERE k.key IS NOT NULL AND s.type <> 'CA'
      ORDER BY k.id
 $$;
@@ -29,7 +42,7 @@ AS $$
 DECLARE
     job_id bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM certificates c JOIN subjects s ON s.certificate = c.id AND NOT s.isaltname
+    IF NOT EXISTS (SELECT 1 FROM certificates c JOIN main_subjects s ON s.certificate = c.id
                     WHERE c.id = ca_cert AND c.type = 'local' AND s.type = 'CA') THEN
         PERFORM raise_error('SP002', format('no local CA certificate with id %s', ca_cert),
             'SELECT request_local_ca(name, algo) creates the local CA''s certificate and requests its instance');
@@ -38,7 +51,7 @@ BEGIN
       FROM enqueue_issue(ARRAY[ca_cert], ARRAY[NULL::text], ARRAY['requested (-I)'], selection()) e;
     IF job_id IS NULL THEN
         SELECT j.id INTO job_id FROM jobs j
-         WHERE j.subject_key = 'cert:' || ca_cert AND j.kind = 'issue_local_ca'
+         WHERE j.subject_key = cert_subject_key(ca_cert) AND j.kind = 'issue_local_ca'
            AND j.state IN ('queued', 'running', 'failed');
         RAISE NOTICE 'a new local CA is requested already: job %', job_id;
     END IF;
@@ -102,24 +115,24 @@ DECLARE
 BEGIN
     PERFORM check_required(encrypt::text, 'encrypt (true: encrypt the keys, -X; false: decrypt them, -Y)');
     SELECT * INTO pending FROM jobs j
-     WHERE j.kind IN ('encrypt_keys', 'decrypt_keys') AND j.kind <> wanted_kind AND j.subject_key = 'keys'
+     WHERE j.kind IN ('encrypt_keys', 'decrypt_keys') AND j.kind <> wanted_kind AND j.subject_key = keys_subject_key()
        AND j.state IN ('queued', 'running', 'failed');
     IF FOUND THEN
         PERFORM raise_error('SP012', format('%s: a %s job is pending (job %s)', option, pending.kind, pending.id),
             'let the agent finish it first (SELECT * FROM jobs_overview), then ask again');
     END IF;
     SELECT j.id INTO job_id FROM jobs j
-     WHERE j.kind = wanted_kind AND j.subject_key = 'keys' AND j.state IN ('queued', 'running', 'failed');
+     WHERE j.kind = wanted_kind AND j.subject_key = keys_subject_key() AND j.state IN ('queued', 'running', 'failed');
     IF FOUND THEN
         RAISE NOTICE '%: job % is pending already', option, job_id;
         RETURN job_id;
     END IF;
-    IF (SELECT r.keysencrypted FROM revision r ORDER BY r.id DESC LIMIT 1) = encrypt THEN
+    IF keys_encrypted() = encrypt THEN
         PERFORM raise_error('SP012', format('%s: the stored keys are %s already', option,
                 CASE WHEN encrypt THEN 'encrypted' ELSE 'in clear' END),
             CASE WHEN encrypt THEN 'nothing to do; -Y decrypts them' ELSE 'nothing to do; -X encrypts them' END);
     END IF;
-    RETURN enqueue(wanted_kind, 'keys', format('requested (%s)', option));
+    RETURN enqueue(wanted_kind, keys_subject_key(), format('requested (%s)', option));
 END
 $$;
 

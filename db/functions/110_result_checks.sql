@@ -1,11 +1,11 @@
 -- 110_result_checks: an issue job's result is checked against the database before
--- anything of it is stored (apply_issued calls check_issued_result first). The agent is
+-- anything of it is stored (complete_issue calls check_issued_result first). The agent is
 -- not trusted to say what it issued: the certificate's names, its issuer and the ACME
 -- chain are read from the certificates themselves (Debian's python3-cryptography 38 in
 -- plpython3u: one call per result, each PEM parsed once). Refusals are SP023 naming the
--- job; complete_job then rolls back as a whole and the agent fails the job with the reason.
+-- job; complete_issue then rolls back as a whole and the agent fails the job with the reason.
 -- The key of a pair is checked against its certificate by the certkeydata trigger (triggers/030_certkeydata),
--- whose SP008 apply_issued reports as SP023 of the job; a key encrypted at rest
+-- whose SP008 complete_issue reports as SP023 of the job; a key encrypted at rest
 -- (-X, and the local CA's key) cannot be opened in the database, so it is not checked.
 
 -- check_result_certs: the certificates of one issue result, parsed once and checked:

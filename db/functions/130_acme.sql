@@ -10,7 +10,7 @@ RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
-    key text := 'acme-account:' || coalesce(directory_url, '(configured)');
+    key text := acme_account_subject_key(directory_url);
     job_id bigint;
 BEGIN
     IF directory_url IS NOT NULL AND directory_url !~ '^https://[^/ ]+' THEN
@@ -75,7 +75,7 @@ BEGIN
     SELECT i.id INTO ca_inst
       FROM certkeydata k
       JOIN certinstances i ON i.id = k.certinstance
-      JOIN subjects s ON s.certificate = i.certificate AND NOT s.isaltname AND s.type = 'CA'
+      JOIN main_subjects s ON s.certificate = i.certificate AND s.type = 'CA'
      WHERE k.hash = issuer.hash
      ORDER BY i.id LIMIT 1;
     IF ca_inst IS NULL THEN

@@ -2,7 +2,7 @@
 -- certificate into /usr/local/share/certs, a PostgreSQL root.crt, an ACME issuer for a
 -- chain file of one's own). As in the original serverPKI, a CA's targets get its
 -- certificate and the CA instance's state does not change: it stays 'issued'. What went
--- where is recorded in pki.deployments (apply_distributed), and that is what makes the
+-- where is recorded in pki.deployments (complete_distribute), and that is what makes the
 -- cron run (-S) bring a new CA instance to its targets once.
 --
 -- Which instance: ca_current, the newest issued instance of the CA; for the local CA the one

@@ -24,8 +24,8 @@ BEGIN
         SELECT DISTINCT ON (u.cert) u.cert, u.then_action, u.why, c.type, sub.type AS subject_type
           FROM unnest(p_certs, p_then, p_reasons) AS u(cert, then_action, why)
           JOIN certificates c ON c.id = u.cert
-          JOIN subjects sub ON sub.certificate = c.id AND NOT sub.isaltname
-         WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.subject_key = 'cert:' || u.cert
+          JOIN main_subjects sub ON sub.certificate = c.id
+         WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.subject_key = cert_subject_key(u.cert)
                               AND j.kind IN ('issue_local', 'issue_acme', 'issue_local_ca')
                               AND j.state IN ('queued', 'running', 'failed'))
     ), inst AS (
@@ -34,7 +34,7 @@ BEGIN
         RETURNING certinstances.id, certinstances.certificate
     ), queued AS (
         INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, priority, max_attempts, run_after)
-        SELECT k.kind, 'cert:' || todo.cert, todo.why,
+        SELECT k.kind, cert_subject_key(todo.cert), todo.why,
                jsonb_build_object('then', todo.then_action, 'no_tlsa', coalesce(sel.no_tlsa, false),
                                   'skip_hosts', to_jsonb(coalesce(sel.skip_hosts, '{}')),
                                   'only_hosts', to_jsonb(coalesce(sel.only_hosts, '{}'))),

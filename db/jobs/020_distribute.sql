@@ -14,7 +14,7 @@ AS $$
         SELECT priority, job_attempts(max_attempts) AS attempts, pki.now() AS now FROM job_kinds WHERE kind = 'distribute'
     )
     INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, disthost, priority, max_attempts, run_after)
-    SELECT 'distribute', format('inst:%s/host:%s', i.id, t.disthost), p_reason,
+    SELECT 'distribute', distribution_subject_key(i.id, t.disthost), p_reason,
            jsonb_build_object('mode', p_mode, 'no_tlsa', coalesce(sel.no_tlsa, false),
                               'targets', jsonb_agg(t.id ORDER BY t.id)),
            i.certificate, i.id, t.disthost, k.priority, k.attempts, k.now

@@ -35,11 +35,11 @@ BEGIN
     PERFORM lock_tlsa(cert);
     wanted := CASE WHEN remove THEN '[]'::jsonb ELSE tlsa_wanted(cert, prepublish) END;
     new_args := jsonb_build_object('instances', wanted, 'prepublish', prepublish, 'remove', remove);
-    job_id := enqueue('publish_tlsa', 'tlsa:cert:' || cert, p_reason, new_args, cert);
+    job_id := enqueue('publish_tlsa', tlsa_subject_key(cert), p_reason, new_args, cert);
     IF job_id IS NULL THEN
         -- one is pending: give it the newest wish unless an agent is at it (then its completion re-checks)
         UPDATE jobs SET args = new_args, reason = p_reason
-         WHERE kind = 'publish_tlsa' AND subject_key = 'tlsa:cert:' || cert AND state IN ('queued', 'failed')
+         WHERE kind = 'publish_tlsa' AND subject_key = tlsa_subject_key(cert) AND state IN ('queued', 'failed')
         RETURNING id INTO job_id;
     END IF;
     RETURN job_id;
@@ -69,7 +69,7 @@ AS $$
          ORDER BY u.cert
     ), queued AS (
         INSERT INTO jobs (kind, subject_key, reason, args, certificate, priority, max_attempts, run_after)
-        SELECT 'publish_tlsa', 'tlsa:cert:' || todo.cert, todo.why, todo.args, todo.cert, k.priority, k.attempts, k.now
+        SELECT 'publish_tlsa', tlsa_subject_key(todo.cert), todo.why, todo.args, todo.cert, k.priority, k.attempts, k.now
           FROM todo CROSS JOIN k
         ON CONFLICT (kind, subject_key) WHERE state IN ('queued', 'running', 'failed') DO NOTHING
         RETURNING jobs.id, jobs.certificate
@@ -78,7 +78,7 @@ AS $$
         -- this statement's snapshot does not see the rows inserted above, only the ones that conflicted
         UPDATE jobs j SET args = todo.args, reason = todo.why
           FROM todo
-         WHERE j.kind = 'publish_tlsa' AND j.subject_key = 'tlsa:cert:' || todo.cert AND j.state IN ('queued', 'failed')
+         WHERE j.kind = 'publish_tlsa' AND j.subject_key = tlsa_subject_key(todo.cert) AND j.state IN ('queued', 'failed')
         RETURNING j.id, j.certificate
     )
     SELECT queued.id, queued.certificate FROM queued

@@ -49,7 +49,7 @@ DECLARE
     in_flight dd.stored_key[];
 BEGIN
     -- one re-encryption at a time; a request waits here until this one is applied
-    PERFORM 1 FROM revision r WHERE r.id = (SELECT max(id) FROM revision) FOR UPDATE;
+    PERFORM 1 FROM revision r WHERE r.id = current_revision() FOR UPDATE;
     PERFORM check_reencrypted(j, coalesce(keys, '{}'), ARRAY(SELECT w.id FROM keys_under_db_passphrase() w), 'keys', encrypt);
     PERFORM check_reencrypted(j, coalesce(accounts, '{}'), ARRAY(SELECT a.id FROM acme_keys_under_db_passphrase() a),
                               'accounts', encrypt);
@@ -68,7 +68,7 @@ BEGIN
          WHERE k.id = e.id
         RETURNING k.id
     )
-    UPDATE revision SET keysencrypted = encrypt WHERE id = (SELECT max(id) FROM revision);
+    UPDATE revision SET keysencrypted = encrypt WHERE id = current_revision();
     PERFORM job_done(j, jsonb_build_object('keys', to_jsonb(coalesce(keys, '{}')), 'accounts', to_jsonb(coalesce(accounts, '{}')),
                                            'job_keys', to_jsonb(in_flight), 'encrypted', encrypt) || report);
 END

@@ -10,7 +10,7 @@ SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
     j jobs := completing(job_id, lease_token, ARRAY['register_acme']);
-    encrypted boolean := (SELECT r.keysencrypted FROM revision r ORDER BY r.id DESC LIMIT 1);
+    encrypted boolean := keys_encrypted();
 BEGIN
     IF directory_url IS NULL OR directory_url !~ '^https://' OR uri IS NULL OR uri !~ '^https://' OR key IS NULL THEN
         PERFORM raise_error('SP023', format('job %s: a registration reports the directory''s and the account''s https URLs and the account key', j.id),

@@ -8,8 +8,8 @@ SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
     UPDATE certificates c SET authorized_until = NULL
-      FROM subjects s, jsonb_array_elements(coalesce(j.args -> 'certificates', '[]')) e
-     WHERE s.certificate = c.id AND NOT s.isaltname AND s.name = (e ->> 'name')::citext AND c.type = 'local';
+      FROM main_subjects s, jsonb_array_elements(coalesce(j.args -> 'certificates', '[]')) e
+     WHERE s.certificate = c.id AND s.name = (e ->> 'name')::citext AND c.type = 'local';
 END
 $$;
 

@@ -111,7 +111,7 @@ class Completion:
         """The call of pki.<function> with these arguments, by name, as bind parameters."""
         arguments = sql.SQL("").join(sql.SQL(", {} => {}").format(sql.Identifier(name), sql.Placeholder(name))
                                      for name in self.args)
-        query = sql.SQL(q("complete_job")).format(function=sql.Identifier("pki", function), arguments=arguments)
+        query = sql.SQL(q("kind_completion")).format(function=sql.Identifier("pki", function), arguments=arguments)
         return query, {**self.args, "job": job, "token": token, "report": Jsonb(self.report)}
 
 

@@ -1,6 +1,6 @@
 """The database's cost of one issued local certificate: complete_issue alone, without the agent.
 
-Run:  PYTHONPATH=<tree>/agent .venv/bin/python bench/complete_job.py [COUNT [ALGO [CA_ALGO]]]
+Run:  PYTHONPATH=<tree>/agent .venv/bin/python bench/complete_issue.py [COUNT [ALGO [CA_ALGO]]]
       (default 300 ec rsa). The schema comes from the serverpki package on PYTHONPATH, so
       two trees (e.g. before and after a change) can be compared with the same script.
 
