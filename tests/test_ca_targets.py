@@ -1,5 +1,5 @@
 """CA certificates as targets (issue 13 item 6): the CA certificate goes to its targets as a trust
-file, the CA instance stays 'issued', its key never leaves the database (0585_ca_targets.sql,
+file, the CA instance stays 'issued', its key never leaves the database (functions/150_ca_targets.sql,
 handlers/distribute.py).
 
 The SQL tests drive the queue as the agent would (claim, distribution_files, complete) as the cron

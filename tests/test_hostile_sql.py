@@ -1,5 +1,5 @@
 """Hostile input on every way into the configuration: the management functions of
-0300_manage and plain INSERT/UPDATE on the configuration tables, driven by
+040_manage and plain INSERT/UPDATE on the configuration tables, driven by
 hypothesis with malformed and hostile values (tests/strategies.py).
 
 The properties, for every example:

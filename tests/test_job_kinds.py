@@ -76,9 +76,9 @@ def test_a_completion_refuses_a_job_of_another_kind(conn):
     [(token,)] = conn.execute("SELECT lease_token FROM claim_jobs('a1', ARRAY['mail_reminder'], 1)").fetchall()
     with pytest.raises(psycopg.Error) as info:
         conn.execute("SELECT complete_distribute(%s, %s)", (job, token))
-    assert info.value.diag.sqlstate == "SP023"
+    assert info.value.diag.sqlstate == "SP026"
     assert info.value.diag.message_primary == f"job {job} is a mail_reminder job, not one of distribute"
-    assert info.value.diag.message_hint == "complete it with pki.complete_job"
+    assert info.value.diag.message_hint.startswith("complete it with pki.complete_job;")
     conn.execute("SELECT complete_job(%s, %s, '{\"sent_to\": []}')", (job, token))
     assert conn.execute("SELECT state FROM jobs WHERE id = %s", (job,)).fetchone()[0] == "done"
 

@@ -1,5 +1,5 @@
 """The certificate lifecycle (docs/lifecycle.md), rule by rule, driven as the agent drives it:
-schedule() / request_*() enqueue, claim_jobs() hands the work out, complete_job() /
+schedule() / request_*() enqueue, claim_jobs() hands the work out, the kinds' completions /
 fail_job() report back. Time travels with SET pki.now; nothing here changes a state
 column itself except where a test proves that the database refuses exactly that.
 """
@@ -971,7 +971,7 @@ def test_schedule_twice_enqueues_nothing_new(fleet):
     second = schedule(conn)
     assert last_job(conn) == after_first
     assert not {r.action for r in second} & {"issue", "distribute", "prepublish", "remind"}
-    # with the first run's jobs done (their follow-ups enqueued by complete_job), still nothing new from schedule
+    # with the first run's jobs done (their follow-ups enqueued by their completions), still nothing new from schedule
     run_all_jobs(conn)
     after_jobs = last_job(conn)
     third = schedule(conn)

@@ -2,9 +2,9 @@
 
 Each test does what the agent loop does: a request function enqueues, the job is
 claimed with pki.claim_jobs, the handler runs with a Context, and its outcome goes
-to pki.complete_job (or pki.fail_job when it gives up). openssl checks the
-results from outside: chains verify, keys match certificates, encrypted keys
-open with `openssl pkey -passin`.
+to the kind's completion, pki.complete_issue or pki.complete_reencrypt_keys (or
+pki.fail_job when it gives up). openssl checks the results from outside: chains
+verify, keys match certificates, encrypted keys open with `openssl pkey -passin`.
 """
 
 from __future__ import annotations
@@ -432,7 +432,7 @@ def test_encrypt_with_no_keys_only_flips_the_flag(conn, config):
     (lambda r: {**r, "keys": [k._replace(key=CLEAR) for k in r["keys"]]}, "entry 1"),
     (lambda r: {**r, "keys": [k._replace(id=None) for k in r["keys"]]}, "entry 1"),
 ])
-def test_apply_keys_reencrypted_refuses_an_incomplete_result(conn, config, mangle, match):
+def test_complete_reencrypt_keys_refuses_an_incomplete_result(conn, config, mangle, match):
     fill(conn, config)
     job_id = request_keys(conn, True)
     row = conn.cursor(row_factory=dict_row).execute("SELECT * FROM claim_jobs(%s, ARRAY['encrypt_keys'], 1)", (AGENT,)).fetchone()

@@ -1,4 +1,4 @@
-"""The management functions of 0300_manage: what they do, and how they refuse.
+"""The management functions of 040_manage: what they do, and how they refuse.
 
 Happy paths check the rows they write; every refusal goes through
 assert_refused (our SQLSTATE, a message naming the value, a HINT, and the
@@ -861,7 +861,7 @@ def test_removals_work_with_sequential_scans(conn, world):
 
 
 def test_every_validation_and_management_function_is_tested(repo_root):
-    """Each function of 0020_validation and 0300_manage is called by these tests (which assert its SQLSTATE)."""
+    """Each function of 020_validation and 040_manage is called by these tests (which assert its SQLSTATE)."""
     import re
 
     sources = "".join((repo_root / "tests" / name).read_text() for name in ("test_validation.py", "test_manage.py"))

@@ -552,6 +552,30 @@ def test_no_view_file_drops_with_cascade(repo_root):
             or f.parent.name == "schema", f"{f.name} drops with CASCADE"
 
 
+def test_a_broken_function_body_stops_the_upgrade(conn, tmp_path, monkeypatch):
+    """Bodies are loaded unchecked (a file may call what a later one creates), then every one is checked:
+    a LANGUAGE sql body naming a column that does not exist stops the upgrade, and nothing of it stays."""
+    root = tmp_path / "db"
+    shutil.copytree(migrate.sql_root(), root)
+    with (root / "jobs" / "060_mail_reminder.sql").open("a") as f:
+        f.write("CREATE OR REPLACE FUNCTION pki.broken() RETURNS int LANGUAGE sql AS $$ SELECT no_such_column FROM pki.jobs $$;\n")
+    monkeypatch.setattr(migrate, "sql_root", lambda: root)
+    with pytest.raises(psycopg.errors.UndefinedColumn):
+        migrate.upgrade(conn, log=lambda _l: None)
+    assert conn.execute("SELECT to_regproc('pki.broken')").fetchone()[0] is None
+
+
+def test_the_views_of_an_extension_in_pki_survive_the_upgrade(conn):
+    """The database's search_path starts with pki: an extension a DBA creates lands there; its views
+    are the extension's, and the upgrade that drops and re-creates ours leaves them."""
+    conn.execute("CREATE EXTENSION pg_stat_statements SCHEMA pki")
+    try:
+        migrate.upgrade(conn, log=lambda _l: None)
+        assert conn.execute("SELECT to_regclass('pki.pg_stat_statements')").fetchone()[0] is not None
+    finally:
+        conn.execute("DROP EXTENSION pg_stat_statements")
+
+
 def test_an_object_that_depends_on_a_view_stops_the_upgrade(conn):
     """Nothing may depend on a view: the upgrade drops them all and says which object is in the way."""
     conn.execute("CREATE FUNCTION pki.first_cert() RETURNS SETOF pki.certs LANGUAGE sql AS $$ SELECT * FROM pki.certs LIMIT 1 $$")

@@ -1006,7 +1006,7 @@ def test_public_holds_nothing_in_pki_and_dd(conn):
 
 
 def test_the_server_logs_no_bind_parameter_of_this_database(conn, pg_server, dbname):
-    """The agent hands issued keys to complete_job as bind parameters; with log_statement = all the server would
+    """The agent hands issued keys to complete_issue as bind parameters; with log_statement = all the server would
     write them to its log ("DETAIL: parameters: $3 = '{"pairs": [{"key": "-----BEGIN..."). The database's own
     settings turn that off for every session, whoever connects (test_secrets.py reads the log of the demo)."""
     settings = conn.execute("SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s "

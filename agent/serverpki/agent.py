@@ -116,7 +116,8 @@ class Agent:
         self.handlers = dict(handler_registry.load_all())
         self.kinds = sorted(k for k in (kinds or self.handlers) if k in self.handlers)
         self._conn: psycopg.Connection | None = None
-        self._completions: dict[str, str] | None = None   # job kind -> its completion function
+        # job kind -> its completion function, as the kind's file in db/jobs/ registered it (read by claim)
+        self._completions: dict[str, str] = {}
 
     # one autocommit connection for the queue and the handlers' named reads
     @property
@@ -147,6 +148,8 @@ class Agent:
             with self._reconnected() as conn:
                 rows = conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
             self._conn = psycopg.connect(self.dsn, autocommit=True)
+        if any(r["kind"] not in self._completions for r in rows):
+            self._completions = dict(self.conn.execute(q("job_completions")).fetchall())
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
                     r["args"] or {}, r["attempts"], r["max_attempts"], str(r["lease_token"])) for r in rows]
 
@@ -162,7 +165,8 @@ class Agent:
         log.debug("job %s %s: start (attempt %s of %s)", job.id, job.kind, job.attempts, job.max_attempts)
         crash_point(f"{job.kind}.claimed")
         try:
-            result = self.handlers[job.kind](job, ctx)
+            # a handler that returns no Completion fails its attempt like one that crashed
+            statement = self.handlers[job.kind](job, ctx).statement(self._completions[job.kind], job.id, job.lease)
         except RetryLater as exc:
             return self._fail(job, str(exc), retry=True, retry_after=exc.retry_after, conn=conn)
         except GiveUp as exc:
@@ -174,7 +178,7 @@ class Agent:
             heartbeat.stop()
         crash_point(f"{job.kind}.before_complete")
         try:
-            self._report(conn, *result.statement(self.completion_function(job.kind, conn), job.id, job.lease))
+            self._report(conn, *statement)
         except psycopg.Error as exc:
             if _connection_lost(exc):
                 raise   # the database stayed away (_report waited): the drain stops, the lease brings the job back
@@ -201,12 +205,6 @@ class Agent:
                         exc.diag.message_primary)
             return False
         return True
-
-    def completion_function(self, kind: str, conn: psycopg.Connection) -> str:
-        """The completion function of a job kind, as the kind's file in db/jobs/ registered it."""
-        if self._completions is None:
-            self._completions = dict(conn.execute(q("job_completions")).fetchall())
-        return self._completions[kind]
 
     def _report(self, conn: psycopg.Connection, query: str | sql.Composed, params: dict):
         """Send a job's outcome (its kind's completion, or fail_job) and return its row. When the connection
@@ -337,6 +335,7 @@ class Agent:
                 with psycopg.connect(self.dsn, autocommit=True) as listener:
                     # at start and after every reconnection: the database may have been upgraded meanwhile
                     migrate.check_compatible(listener)   # SchemaMismatch: the agent stops
+                    self._completions = {}               # an upgrade may have changed them
                     listener.execute(q("listen_jobs"))
                     delay = 1.0
                     log.info("agent %s: listening for jobs of kinds %s", self.name, ", ".join(self.kinds))

@@ -59,6 +59,7 @@ def apply_repeatable(conn: psycopg.Connection) -> None:
     conn.execute(q("drop_all_views"))   # db/views re-creates them, columns changed or not
     for f in repeatable_files():
         conn.execute(f.read_text())
+    conn.execute(q("check_function_bodies"))
 
 
 class SchemaMismatch(ServerPKIError):
@@ -122,7 +123,7 @@ def status(conn: psycopg.Connection) -> Status:
     pending = [v for v in known if v not in applied]
     encrypted = None
     if applied:
-        row = conn.execute(q("keys_encrypted")).fetchone()
+        row = conn.execute(q("keys_encrypted_any_release")).fetchone()
         encrypted = row[0] if row else None
     return Status(applied, pending, encrypted, [v for v in applied if v not in known], mismatch(applied, known))
 

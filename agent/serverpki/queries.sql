@@ -13,10 +13,10 @@ SELECT * FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * int
 -- name: extend_lease
 SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second');
 
--- name: kind_completion
 -- a job kind's completion function, named by job_kinds.complete_with (job_completions), with the
--- handler's typed arguments: handlers.Completion.statement fills {function} and {arguments} with
--- psycopg.sql identifiers and placeholders (values travel as bind parameters)
+-- handler's typed arguments: handlers.Completion.statement fills in the function and the arguments
+-- with psycopg.sql identifiers and placeholders (values travel as bind parameters)
+-- name: kind_completion
 SELECT {function}(job_id => %(job)s, lease_token => %(token)s::uuid{arguments}, report => %(report)s);
 
 -- name: job_completions
@@ -52,6 +52,10 @@ SELECT i.id, convert_from(k.cert, 'UTF8') AS cert, convert_from(k.key, 'UTF8') A
  ORDER BY i.id DESC LIMIT 1;
 
 -- name: keys_encrypted
+SELECT pki.keys_encrypted() AS keysencrypted;
+
+-- serverpki db status reads the table itself: it must answer for a database of any release
+-- name: keys_encrypted_any_release
 SELECT keysencrypted FROM pki.revision ORDER BY id DESC LIMIT 1;
 
 -- name: stored_keys
@@ -246,13 +250,36 @@ SET LOCAL search_path = pki, dd, public;
 -- name: defer_function_body_checks
 SET LOCAL check_function_bodies = off;
 
+-- name: check_function_bodies
+-- once everything is loaded: every function of ours checked as CREATE FUNCTION would have (PL/pgSQL
+-- compiled, a LANGUAGE sql body parsed and analyzed), so a broken body stops the upgrade, not a call
+SET LOCAL check_function_bodies = on;
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT p.oid, l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+              WHERE p.pronamespace IN ('pki'::regnamespace, 'dd'::regnamespace) AND l.lanname IN ('plpgsql', 'sql')
+              ORDER BY p.oid LOOP
+        IF f.lanname = 'plpgsql' THEN
+            PERFORM plpgsql_validator(f.oid);
+        ELSE
+            PERFORM fmgr_sql_validator(f.oid);
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- name: drop_all_views
 -- every view of the schema pki in one statement (so their dependencies on each other do not matter),
--- without CASCADE: an object that depends on a view makes the upgrade fail, naming it
+-- without CASCADE: an object that depends on a view makes the upgrade fail, naming it. Views of an
+-- extension created in pki (the database's search_path starts there) are the extension's, not ours
 DO $$
 DECLARE
     views text := (SELECT string_agg(c.oid::regclass::text, ', ') FROM pg_class c
-                    WHERE c.relkind = 'v' AND c.relnamespace = 'pki'::regnamespace);
+                    WHERE c.relkind = 'v' AND c.relnamespace = 'pki'::regnamespace
+                      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                         AND d.objid = c.oid AND d.deptype = 'e'));
 BEGIN
     IF views IS NOT NULL THEN
         EXECUTE 'DROP VIEW ' || views;

@@ -52,9 +52,13 @@ RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'pki'::regnamespace AND p.proname = complete_with
-                      AND p.proargtypes[0] = 'bigint'::regtype AND p.proargtypes[1] = 'uuid'::regtype) THEN
-        RAISE EXCEPTION 'job kind %: no completion function pki.%(job_id bigint, lease_token uuid, ...)', the_kind, complete_with;
+    -- exactly one function of the name, SECURITY DEFINER, (job_id bigint, lease_token uuid, ...): the
+    -- allow-list grants it to pki_agent by this registration
+    IF (SELECT count(*) FILTER (WHERE p.prosecdef AND p.proargtypes[0] = 'bigint'::regtype
+                                  AND p.proargtypes[1] = 'uuid'::regtype) || '/' || count(*)
+          FROM pg_proc p WHERE p.pronamespace = 'pki'::regnamespace AND p.proname = complete_with) <> '1/1' THEN
+        RAISE EXCEPTION 'job kind %: pki.% must be one SECURITY DEFINER function (job_id bigint, lease_token uuid, ...)',
+            the_kind, complete_with;
     END IF;
     IF on_dead IS NOT NULL AND to_regprocedure(format('pki.%I(pki.jobs)', on_dead)) IS NULL THEN
         RAISE EXCEPTION 'job kind %: no clean-up function pki.%(pki.jobs)', the_kind, on_dead;
@@ -267,7 +271,8 @@ END
 $$;
 
 -- completing: the job a kind's completion function (db/jobs/) was called for, locked, if it is
--- running under this lease token (else SP022) and of one of the function's kinds (else SP023)
+-- running under this lease token (else SP022) and of one of the function's kinds (else SP026: an
+-- agent of an older release that calls complete_job for every kind gets a retry, not a dead job)
 CREATE OR REPLACE FUNCTION pki.completing(job_id bigint, lease_token uuid, kinds text[])
 RETURNS pki.jobs LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
@@ -276,8 +281,9 @@ DECLARE
     j jobs := held_job(job_id, lease_token);
 BEGIN
     IF NOT j.kind = ANY (kinds) THEN
-        PERFORM raise_error('SP023', format('job %s is a %s job, not one of %s', j.id, j.kind, array_to_string(kinds, ', ')),
-            format('complete it with pki.%s', (SELECT k.complete_with FROM job_kinds k WHERE k.kind = j.kind)));
+        PERFORM raise_error('SP026', format('job %s is a %s job, not one of %s', j.id, j.kind, array_to_string(kinds, ', ')),
+            format('complete it with pki.%s; an agent of an older release must be restarted after serverpki db upgrade',
+                   (SELECT k.complete_with FROM job_kinds k WHERE k.kind = j.kind)));
     END IF;
     PERFORM set_context(format('%s job %s done', j.kind, j.id), j.id);
     RETURN j;

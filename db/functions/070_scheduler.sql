@@ -265,7 +265,7 @@ BEGIN
        FROM pass_plan p WHERE p.action = 'issue' HAVING count(*) > 0;
     PERFORM enqueue_distribution(array_agg(p.instance), sel, 'deploy', 'scheduler rule 7: distribute the successor')
        FROM pass_plan p WHERE p.action = 'distribute' HAVING count(*) > 0;
-    -- CA certificates: their newest issued instance to the targets that lack it, once (0585_ca_targets)
+    -- CA certificates: their newest issued instance to the targets that lack it, once (150_ca_targets)
     INSERT INTO pass_plan SELECT * FROM ca_plan_rows(sel);
     PERFORM enqueue_ca_targets(array_agg(p.instance), sel) FROM pass_plan p WHERE p.action = 'distribute CA' HAVING count(*) > 0;
 

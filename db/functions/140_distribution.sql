@@ -60,7 +60,7 @@ BEGIN
     wanted := CASE WHEN j.args ->> 'mode' = 'consolidate' THEN ARRAY['deployed']::dd.cert_state[]
                    ELSE ARRAY['issued', 'prepublished', 'deployed']::dd.cert_state[] END;
     IF is_ca_cert(inst.certificate) THEN
-        -- a CA instance stays issued; its targets get the newest issued one (0585_ca_targets), in either mode
+        -- a CA instance stays issued; its targets get the newest issued one (150_ca_targets), in either mode
         IF inst.id IS DISTINCT FROM ca_current(inst.certificate) THEN
             PERFORM raise_error('SP023', format('distribute job %s: CA instance %s is %s and not the newest issued instance of its CA (%s) any more',
                     job_id, inst.id, inst.state, coalesce(ca_current(inst.certificate)::text, 'none')),

@@ -63,7 +63,8 @@ DECLARE
     -- the checks (110_result_checks) read the outcome in this form; they add what they derive
     result jsonb := jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(pairs), 'cacert', cacert,
                         'chain', to_jsonb(chain), 'authorized_until', authorized_until));
-    reported constant jsonb := result || coalesce(report, '{}');   -- the job's report (keys stripped by job_done)
+    -- the job's report (keys stripped by job_done); what was applied wins over the agent's words
+    reported constant jsonb := coalesce(report, '{}') || result;
     cert certificates;
     algos text[];
     wanted text[];

@@ -106,12 +106,13 @@ BEGIN
         PERFORM set_context(format('publish_tlsa job %s: TLSA of active and successor published', j.id), j.id);
         UPDATE certinstances SET state = 'prepublished' WHERE id = prepublish AND state = 'issued';
     END IF;
+    -- what DNS should hold may have changed while the agent worked: publish again. The lock (only now,
+    -- after the certinstances updates: a transaction that holds those rows may be waiting for it; and
+    -- before the job's row: an enqueue_tlsa holding it may be waiting for that row) orders this check
+    -- with a concurrent enqueue_tlsa that skipped this running job: one sees the other's work
+    PERFORM lock_tlsa(j.certificate);
     -- done before the re-check: a follow-up of this kind and certificate needs the job out of the active set
     PERFORM job_done(j, report);
-    -- what DNS should hold may have changed while the agent worked: publish again. The lock (only now,
-    -- after the certinstances updates: a transaction that holds those rows may be waiting for it) orders
-    -- this check with a concurrent enqueue_tlsa that skipped this running job: one sees the other's work
-    PERFORM lock_tlsa(j.certificate);
     IF NOT coalesce((j.args ->> 'remove')::boolean, false) AND tlsa_wanted(j.certificate) <> (j.args -> 'instances')
        AND tlsa_wanted(j.certificate) <> '[]'::jsonb THEN
         PERFORM enqueue_tlsa(j.certificate, format('the wanted TLSA set changed while job %s ran', j.id));

@@ -69,8 +69,8 @@ BEGIN
         RETURNING k.id
     )
     UPDATE revision SET keysencrypted = encrypt WHERE id = current_revision();
-    PERFORM job_done(j, jsonb_build_object('keys', to_jsonb(coalesce(keys, '{}')), 'accounts', to_jsonb(coalesce(accounts, '{}')),
-                                           'job_keys', to_jsonb(in_flight), 'encrypted', encrypt) || report);
+    PERFORM job_done(j, coalesce(report, '{}') || jsonb_build_object('keys', to_jsonb(coalesce(keys, '{}')),
+                        'accounts', to_jsonb(coalesce(accounts, '{}')), 'job_keys', to_jsonb(in_flight), 'encrypted', encrypt));
 END
 $$;
 

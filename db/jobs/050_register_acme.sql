@@ -27,7 +27,7 @@ BEGIN
             complete_register_acme.uri)
     ON CONFLICT ON CONSTRAINT acme_accounts_directory_unique
     DO UPDATE SET contact = EXCLUDED.contact, key = EXCLUDED.key, uri = EXCLUDED.uri;
-    PERFORM job_done(j, jsonb_build_object('directory_url', directory_url, 'uri', uri, 'contact', contact) || report);
+    PERFORM job_done(j, coalesce(report, '{}') || jsonb_build_object('directory_url', directory_url, 'uri', uri, 'contact', contact));
 END
 $$;
 

@@ -37,7 +37,7 @@ GRANT SELECT ON
     pki.disthosts, pki.jails, pki.places, pki.targets,
     pki.settings, pki.revision, pki.schema_migrations, pki.certinstances, pki.certkeydata
     TO pki_agent;
--- each certificate's main subject (functions/005_main_subjects.sql), read by code that runs with their rights
+-- each certificate's main subject (views/005_main_subjects.sql), read by code that runs with their rights
 GRANT SELECT ON pki.main_subjects TO pki_admin, pki_agent;
 -- the queue, the history and the state machine: read by both, written by the functions only
 GRANT SELECT ON pki.jobs, pki.job_kinds, pki.events, pki.state_transitions, pki.deployments TO pki_admin, pki_agent;
@@ -145,6 +145,9 @@ GRANT EXECUTE ON FUNCTION pki.fail_job(bigint, uuid, text, boolean, interval) TO
 GRANT EXECUTE ON FUNCTION pki.save_job_progress(bigint, uuid, jsonb) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.save_job_key(bigint, uuid, text, text) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.job_key(bigint, uuid, text) TO pki_agent;
+-- whether the stored keys are encrypted (-X): the agent, and -E of operate_serverPKI
+GRANT EXECUTE ON FUNCTION pki.current_revision() TO pki_admin, pki_agent;
+GRANT EXECUTE ON FUNCTION pki.keys_encrypted() TO pki_admin, pki_agent;
 -- what the agent reads to act: the files of a distribute job, the keys -X/-Y re-encrypt
 GRANT EXECUTE ON FUNCTION pki.distribution_files(bigint) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.ca_chain(integer) TO pki_agent;
@@ -162,8 +165,9 @@ DO $$
 DECLARE
     completion regprocedure;
 BEGIN
-    FOR completion IN SELECT p.oid::regprocedure FROM pg_proc p JOIN pki.job_kinds k ON k.complete_with = p.proname
-                       WHERE p.pronamespace = 'pki'::regnamespace ORDER BY 1 LOOP
+    FOR completion IN SELECT DISTINCT p.oid::regprocedure FROM pg_proc p JOIN pki.job_kinds k ON k.complete_with = p.proname
+                       WHERE p.pronamespace = 'pki'::regnamespace AND p.prosecdef   -- as define_job_kind checked
+                         AND p.proargtypes[0] = 'bigint'::regtype AND p.proargtypes[1] = 'uuid'::regtype ORDER BY 1 LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO pki_agent', completion);
     END LOOP;
 END

@@ -11,7 +11,7 @@ uid/gid, a certificate file gets them too with chownboth and is 0644 otherwise.
 pglink adds postgresql.crt / postgresql.key links (to the RSA pair when there are
 two).
 
-A CA certificate's target (0585_ca_targets.sql: the CA's newest issued instance, its
+A CA certificate's target (functions/150_ca_targets.sql: the CA's newest issued instance, its
 state unchanged) gets one file whatever the place's cert_file_type: the CA certificate
 as NAME_CA_cert.pem in cert_path, the name the original serverPKI gives it (its local
 CA is RSA; the name stays the same for an EC CA, so a trust configuration that names
