@@ -53,3 +53,21 @@ def test_aiosmtpd_is_only_the_lab_extra(wheel):
     smtp = [r for r in requires if r.lower().startswith("aiosmtpd")]
     assert smtp and all('extra == "lab"' in r for r in smtp), requires
     assert "lab" in (metadata.get_all("Provides-Extra") or [])
+
+
+def test_both_commands_print_their_version_and_take_h_everywhere():
+    """--version on both commands; -h as well as --help on every subcommand of serverpki."""
+    from typer.testing import CliRunner
+
+    from serverpki import __version__, admin, operate
+
+    runner = CliRunner()
+    done = runner.invoke(operate.app, ["--version"])
+    assert (done.exit_code, done.output) == (0, f"operate_serverPKI {__version__}\n")
+    done = runner.invoke(admin.app, ["--version"])
+    assert (done.exit_code, done.output) == (0, f"serverpki {__version__}\n")
+    for args in (["-h"], ["db", "-h"], ["db", "init", "-h"], ["db", "upgrade", "-h"], ["db", "status", "-h"],
+                 ["agent", "-h"], ["demo", "-h"]):
+        done = runner.invoke(admin.app, args)
+        assert done.exit_code == 0 and "Usage:" in done.output, (args, done.output)
+    assert runner.invoke(operate.app, ["-h"]).exit_code == 0

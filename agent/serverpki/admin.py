@@ -7,19 +7,33 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import migrate
+from . import __version__, migrate
 from .db import connect, refusals_as_errors
 from .errors import ServerPKIError
 
 # locals can hold keys and passphrases: never print them in a traceback
+# -h as well as --help, on every subcommand (click hands help_option_names down to them)
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
-                  help="serverPKI administration: database schema, agent, demo.")
+                  help="serverPKI administration: database schema, agent, demo.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
 db_app = typer.Typer(no_args_is_help=True, help="Install or upgrade the serverPKI schema.")
 app.add_typer(db_app, name="db")
 
 DsnOption = Annotated[Optional[str], typer.Option(
     "--dsn", envvar="SERVERPKI_DSN",
     help="libpq connection string; default: PGHOST, PGPORT, PGDATABASE, PGUSER")]
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"serverpki {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """serverPKI administration: database schema, agent, demo."""
 
 
 def _fail(exc: ServerPKIError) -> None:

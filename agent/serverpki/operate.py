@@ -41,6 +41,12 @@ Flag = bool
 Names = Optional[list[str]]
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"operate_serverPKI {__version__}")
+        raise typer.Exit()
+
+
 def _selection(all_certs: bool, include: Names, exclude: Names, only: Names,
                skip: Names, limit: Names, no_tlsa: bool) -> dict:
     """The selection's bind parameters: every query that takes a selection (queries.sql) passes them to
@@ -110,6 +116,8 @@ def operate(
     verbose: Annotated[Flag, typer.Option("-v", "--verbose", help="Be more verbose.")] = False,
     config_file: Annotated[Optional[Path], typer.Option("-f", "--config_file", "--config-file", metavar="CONFIG_FILE",
         help="Path of an alternate configuration file.")] = None,
+    version: Annotated[Flag, typer.Option("--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
 ) -> None:
     actions = {"-C": create_certs, "-S": schedule_actions, "-D": distribute_certs, "-K": consolidate_certs,
                "-T": consolidate_tlsas, "-R": remove_tlsas, "-X": encrypt_keys, "-Y": decrypt_keys,
