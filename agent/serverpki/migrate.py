@@ -20,6 +20,7 @@ after each reconnection; `serverpki db status` shows its verdict.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -50,6 +51,21 @@ def repeatable_files(root: Path | None = None) -> list[Path]:
     return [f for d in REPEATABLE_DIRS for f in sorted((root / d).glob("[0-9][0-9][0-9]_*.sql"))]
 
 
+# the comment block right above a CREATE of a function or view of pki: its description (\df+, \dv+)
+_DESCRIBED = re.compile(r"((?:^--[^\n]*\n)+)CREATE (?:OR REPLACE )?(FUNCTION|VIEW) pki\.(\w+)", re.M)
+
+
+def descriptions(sql_text: str) -> list[tuple[str, str, str]]:
+    """(FUNCTION or VIEW, name, description) for each object of sql_text with a comment right above it;
+    a leading "name:" (or "a / name / b:") is the object's own name, not part of its description."""
+    found = []
+    for block, kind, name in _DESCRIBED.findall(sql_text):
+        text = "\n".join(line[2:].strip() for line in block.strip().splitlines())
+        text = re.sub(rf"^(?:[\w.()]+ / )*{name}(?:\(\))?(?: / [\w.()]+)*:\s*", "", text)
+        found.append((kind, name, text))
+    return found
+
+
 def apply_repeatable(conn: psycopg.Connection) -> None:
     """Everything but the versioned DDL, as the module's docstring orders it."""
     # as pg_dump does: a LANGUAGE sql body is checked when first called, not at creation, so a file
@@ -60,6 +76,9 @@ def apply_repeatable(conn: psycopg.Connection) -> None:
     for f in repeatable_files():
         conn.execute(f.read_text())
     conn.execute(q("check_function_bodies"))
+    with conn.cursor() as cur:
+        cur.executemany(q("describe"), [{"kind": kind, "name": name, "description": text}
+                                        for f in repeatable_files() for kind, name, text in descriptions(f.read_text())])
 
 
 class SchemaMismatch(ServerPKIError):

@@ -250,6 +250,9 @@ SET LOCAL search_path = pki, dd, public;
 -- name: defer_function_body_checks
 SET LOCAL check_function_bodies = off;
 
+-- name: describe
+SELECT pki.describe(%(kind)s, %(name)s, %(description)s);
+
 -- name: check_function_bodies
 -- once everything is loaded: every function of ours checked as CREATE FUNCTION would have (PL/pgSQL
 -- compiled, a LANGUAGE sql body parsed and analyzed), so a broken body stops the upgrade, not a call

@@ -28,12 +28,13 @@ BEGIN
 END
 $$;
 
--- setting_int / setting_interval: a settings value of its kind
+-- setting_int: a settings value of kind integer
 CREATE OR REPLACE FUNCTION pki.setting_int(setting_name text)
 RETURNS int LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
 AS $$ SELECT value::int FROM pki.settings WHERE name = setting_name AND kind = 'integer' $$;
 
+-- setting_interval: a settings value of kind interval
 CREATE OR REPLACE FUNCTION pki.setting_interval(setting_name text)
 RETURNS interval LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp

@@ -189,7 +189,7 @@ BEGIN
 END
 $$;
 
--- disable_cert / enable_cert: a disabled certificate is skipped by the scheduler unless included
+-- disable_cert: the scheduler skips a disabled certificate unless a run includes it (-a, -i)
 CREATE OR REPLACE FUNCTION pki.disable_cert(the_cert_name text)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
@@ -201,6 +201,7 @@ BEGIN
 END
 $$;
 
+-- enable_cert: the scheduler works the certificate again
 CREATE OR REPLACE FUNCTION pki.enable_cert(the_cert_name text)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp

@@ -315,7 +315,7 @@ BEGIN
 END
 $$;
 
--- save_job_key / job_key: the key of an ACME order a running job placed (0006_job_keys), kept
+-- save_job_key: the key of an ACME order a running job placed (0006_job_keys), kept
 -- from before the order exists until the job is done or dead, so a later attempt finishes the
 -- same order with it; only the job's current holder writes or reads it
 CREATE OR REPLACE FUNCTION pki.save_job_key(job_id bigint, lease_token uuid, algo text, key text)
@@ -338,6 +338,7 @@ BEGIN
 END
 $$;
 
+-- job_key: the order key save_job_key kept, for the job's current holder only
 CREATE OR REPLACE FUNCTION pki.job_key(job_id bigint, lease_token uuid, algo text)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp

@@ -1,5 +1,6 @@
 -- 065_jobs_of_selection: which due jobs an operate_serverPKI run works (claim_jobs' sel).
---
+
+-- jobs_of_selection: the due jobs a run of a selection (-a -i -e -o -s -l -N) may claim.
 -- A run of a selection (-a -i -e -o -s -l -N) acts only on its selection; a job is the run's when
 --   * its certificate is one the selection acts on (selected_certs, enabled or included by -a/-i);
 --     its follow-ups (distribute after issue, publish_tlsa after deploy) are jobs of that certificate;

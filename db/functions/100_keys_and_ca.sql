@@ -4,13 +4,13 @@
 -- CA's own key is never touched by -X/-Y: it is always encrypted, with the local CA passphrase, not
 -- the database's.
 
--- current_revision: the row of pki.revision that holds the installation's state (the newest);
--- keys_encrypted: whether its stored keys are encrypted (-X) or in clear (-Y)
+-- current_revision: the row of pki.revision that holds the installation's state (the newest)
 CREATE OR REPLACE FUNCTION pki.current_revision()
 RETURNS int LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
 AS $$ SELECT max(r.id) FROM revision r $$;
 
+-- keys_encrypted: whether the stored keys are encrypted (-X) or in clear (-Y)
 CREATE OR REPLACE FUNCTION pki.keys_encrypted()
 RETURNS boolean LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp

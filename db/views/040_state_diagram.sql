@@ -1,6 +1,7 @@
 -- 040_state_diagram: the state diagram, generated from the transition table (Graphviz DOT).
--- SELECT dot FROM state_diagram;  |  dot -Tpng -o states.png
 
+-- state_diagram: the states and allowed transitions of an instance as Graphviz DOT, from
+-- pki.state_transitions: SELECT dot FROM state_diagram;  |  dot -Tpng -o states.png
 CREATE VIEW pki.state_diagram AS
 SELECT concat_ws(E'\n',
         'digraph certinstance_states {',
