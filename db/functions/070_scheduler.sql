@@ -208,14 +208,16 @@ SELECT x.certificate, c.name, x.inst, x.action, x.why, x.then_action
     UNION ALL SELECT archive.certificate, archive.id, 'archive', archive.why, NULL FROM archive
     UNION ALL SELECT expire.certificate, expire.id, 'expire', expire.why, NULL FROM expire
     UNION ALL
-    SELECT d.id, d.inst, CASE WHEN d.skipped THEN 'skip' ELSE d.action END,
-           CASE WHEN d.skipped
-                THEN format('rule 6: the certificate is disabled; the scheduler leaves it alone, even with -a or -i '
-                            '(enabled it would %s: %s)', d.action, d.why)
-                WHEN d.action = 'wait' AND d.on_jobs AND tr.errors IS NOT NULL THEN d.why || ' (' || tr.errors || ')'
-                ELSE d.why END,
-           CASE WHEN d.skipped THEN NULL ELSE d.then_action END
+    SELECT d.id, d.inst, r.action, r.why, r.then_action
       FROM decided d LEFT JOIN trouble tr ON tr.certificate = d.id
+      CROSS JOIN LATERAL (   -- rule 6 or the decision: {action, reason, what follows} together
+            SELECT 'skip', format('rule 6: the certificate is disabled; the scheduler leaves it alone, even with -a or -i '
+                                  '(enabled it would %s: %s)', d.action, d.why), NULL::text
+             WHERE d.skipped
+            UNION ALL
+            SELECT d.action, CASE WHEN d.action = 'wait' AND d.on_jobs AND tr.errors IS NOT NULL
+                                  THEN d.why || ' (' || tr.errors || ')' ELSE d.why END, d.then_action
+             WHERE d.skipped IS NOT TRUE) r(action, why, then_action)
      WHERE d.action IS NOT NULL
   ) x(certificate, inst, action, why, then_action)
   JOIN c ON c.id = x.certificate
