@@ -58,6 +58,13 @@ def assert_refused(conn: psycopg.Connection, sql: str, params=None, sqlstate: st
 _OWNERS: dict[str, psycopg.Connection] = {}
 
 
+def need_root(why: str) -> None:
+    """The suite runs as root, as CI does (the lab's sshd, network namespaces, chown): without it a test
+    that needs it fails, saying why, rather than pass by skipping what it was to prove."""
+    if os.geteuid() != 0:
+        pytest.fail(f"run the tests as root: {why}")
+
+
 def owner_conn(conn: psycopg.Connection) -> psycopg.Connection:
     """The schema owner's session on conn's database, for what a test sets up or inspects that no
     login role may touch (internal functions, state columns); the paths under test keep conn."""

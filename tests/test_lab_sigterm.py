@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from lab.sshd import BASE as SSH_LAB_BASE
+from helpers import need_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,9 +67,9 @@ def private_dirs():
     shutil.rmtree(ssh, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the lab's sshd needs root")
 @pytest.mark.parametrize(("starter", "moment"), CASES, ids=[f"{s}-{m}" for s, m in CASES])
 def test_sigterm_during_start_up_leaves_no_process_and_no_folder(starter, moment, private_dirs):
+    need_root("the lab's sshd needs it")
     tmp, ssh = private_dirs
     env = {**os.environ, "TMPDIR": str(tmp), "SERVERPKI_LAB_DIR": str(ssh), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

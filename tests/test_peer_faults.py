@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import signal
 import socket
 import subprocess
@@ -39,8 +38,11 @@ from fleet import Fleet
 from serverpki import sshclient
 from lab.netns import IsolatedHost, namespaces_left
 from lab.sshd import SSHLab
+from helpers import need_root
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab's sshd and network namespaces need root")
+@pytest.fixture(autouse=True)
+def _root():
+    need_root("the lab's sshd and network namespaces need it")
 
 ZONE = "demo.serverpki.test"
 WWW, MAIL, INTRANET, CLIENT = f"www.{ZONE}", f"mail.{ZONE}", f"intranet.{ZONE}", "backup_op"

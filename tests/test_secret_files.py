@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
-from helpers import owner_conn
+from helpers import need_root, owner_conn
 from serverpki import dnsupdate, keystore, x509util
 from serverpki.config import load_config, parse_config
 from serverpki.errors import ConfigError, GiveUp
@@ -115,9 +115,9 @@ def test_a_symbolic_link_is_refused_even_to_a_private_file(tmp_path, kind):
     assert "symbolic link" in message and f"realpath {link}" in message
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_file_of_another_user_is_refused(tmp_path, kind):
+    need_root("giving a file to another user needs it")
     path = make(tmp_path, kind)
     os.chown(path, OTHER_UID, -1)
     message = refusal(kind, path)
@@ -262,8 +262,8 @@ def test_minus_i_and_minus_x_give_up_on_a_passphrase_file_that_is_not_private(co
     """Through the handlers: -I reads local_ca.passphrase_file, -X db_encryption_key; nothing changes."""
     from test_local_ca import job_row
 
-    if flaw == "another user's" and os.geteuid() != 0:
-        pytest.skip("giving a file to another user needs root")
+    if flaw == "another user's":
+        need_root("giving a file to another user needs it")
     real = tmp_path / "real.pass"
     real.write_text("a passphrase\n")
     real.chmod(0o600)

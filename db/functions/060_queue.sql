@@ -71,6 +71,16 @@ BEGIN
 END
 $$;
 
+-- active_job: the job of this kind and subject that is queued, running or failed (jobs_one_active
+-- allows one), or NULL: what a request returns when enqueue found one active already
+CREATE OR REPLACE FUNCTION pki.active_job(p_kind text, p_subject_key text)
+RETURNS bigint LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT j.id FROM jobs j
+     WHERE j.kind = p_kind AND j.subject_key = p_subject_key AND j.state IN ('queued', 'running', 'failed')
+$$;
+
 -- enqueue: one job, unless one of this kind and subject is active already (then NULL)
 CREATE OR REPLACE FUNCTION pki.enqueue(p_kind text, p_subject_key text, p_reason text, p_args jsonb DEFAULT '{}',
     p_certificate int DEFAULT NULL, p_instance int DEFAULT NULL, p_disthost int DEFAULT NULL, p_zone text DEFAULT NULL)

@@ -50,9 +50,7 @@ BEGIN
     SELECT e.job INTO job_id
       FROM enqueue_issue(ARRAY[ca_cert], ARRAY[NULL::text], ARRAY['requested (-I)'], selection()) e;
     IF job_id IS NULL THEN
-        SELECT j.id INTO job_id FROM jobs j
-         WHERE j.subject_key = cert_subject_key(ca_cert) AND j.kind = 'issue_local_ca'
-           AND j.state IN ('queued', 'running', 'failed');
+        job_id := active_job('issue_local_ca', cert_subject_key(ca_cert));
         RAISE NOTICE 'a new local CA is requested already: job %', job_id;
     END IF;
     RETURN job_id;
@@ -115,15 +113,13 @@ DECLARE
 BEGIN
     PERFORM check_required(encrypt::text, 'encrypt (true: encrypt the keys, -X; false: decrypt them, -Y)');
     SELECT * INTO pending FROM jobs j
-     WHERE j.kind IN ('encrypt_keys', 'decrypt_keys') AND j.kind <> wanted_kind AND j.subject_key = keys_subject_key()
-       AND j.state IN ('queued', 'running', 'failed');
+     WHERE j.id = active_job(CASE WHEN encrypt THEN 'decrypt_keys' ELSE 'encrypt_keys' END, keys_subject_key());
     IF FOUND THEN
         PERFORM raise_error('SP012', format('%s: a %s job is pending (job %s)', option, pending.kind, pending.id),
             'let the agent finish it first (SELECT * FROM jobs_overview), then ask again');
     END IF;
-    SELECT j.id INTO job_id FROM jobs j
-     WHERE j.kind = wanted_kind AND j.subject_key = keys_subject_key() AND j.state IN ('queued', 'running', 'failed');
-    IF FOUND THEN
+    job_id := active_job(wanted_kind, keys_subject_key());
+    IF job_id IS NOT NULL THEN
         RAISE NOTICE '%: job % is pending already', option, job_id;
         RETURN job_id;
     END IF;

@@ -23,8 +23,7 @@ BEGIN
     job_id := enqueue('register_acme', key, 'requested (-Z)',
                       jsonb_strip_nulls(jsonb_build_object('directory_url', directory_url, 'contact', contact)));
     IF job_id IS NULL THEN
-        SELECT j.id INTO job_id FROM jobs j
-         WHERE j.kind = 'register_acme' AND j.subject_key = key AND j.state IN ('queued', 'running', 'failed');
+        job_id := active_job('register_acme', key);
         RAISE NOTICE 'an ACME registration is pending already: job %', job_id;
     END IF;
     RETURN job_id;
