@@ -157,6 +157,10 @@ BEGIN
     PERFORM check_printable(agent, 'agent name', 200);
     PERFORM check_lease(lease);
     PERFORM requeue_expired_leases();
+    -- the agent's sign of life (metrics: serverpki_agent_heartbeat_age_seconds)
+    INSERT INTO agent_heartbeats AS h (agent, last_seen) VALUES (claim_jobs.agent, pki.now())
+    ON CONFLICT ON CONSTRAINT agent_heartbeats_pkey DO UPDATE SET last_seen = EXCLUDED.last_seen
+     WHERE h.last_seen < EXCLUDED.last_seen;
     RETURN QUERY
     WITH c AS (
         SELECT j.id, gen_random_uuid() AS token FROM jobs j

@@ -37,3 +37,11 @@ BEGIN
                         WHERE s.type = 'CA' AND cc.type = 'local' AND i.state = 'issued');
 END
 $$;
+
+-- config_problems: check_config of every certificate with the owner's rights, for pki.alerts, which
+-- pki_report reads too (a monitoring login sees the problems, not the tables they come from)
+CREATE OR REPLACE FUNCTION pki.config_problems()
+RETURNS TABLE (certificate text, problem text, hint text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$ SELECT p.certificate, p.problem, p.hint FROM check_config(NULL) p $$;

@@ -28,6 +28,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     TO pki_admin;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA pki TO pki_admin;
 GRANT SELECT ON pki.settings, pki.revision, pki.schema_migrations, pki.certinstances TO pki_admin;
+-- the settings (no secrets): monitoring's thresholds, read by pki.alerts
+GRANT SELECT ON pki.settings TO pki_report;
 GRANT UPDATE (value, remarks) ON pki.settings TO pki_admin;
 -- certificate data without the private key
 GRANT SELECT (id, certinstance, encryption_algo, cert, hash, not_before, not_after, created, updated, remarks)
@@ -41,6 +43,9 @@ GRANT SELECT ON
 GRANT SELECT ON pki.main_subjects TO pki_admin, pki_agent;
 -- the queue, the history and the state machine: read by both, written by the functions only
 GRANT SELECT ON pki.jobs, pki.job_kinds, pki.events, pki.state_transitions, pki.deployments TO pki_admin, pki_agent;
+-- signs of life and what each channel was told of the alerts (monitoring; written by functions only)
+GRANT SELECT ON pki.agent_heartbeats, pki.runs TO pki_admin, pki_agent, pki_report;
+GRANT SELECT ON pki.alert_notices TO pki_admin, pki_agent;
 -- ACME accounts: the agent signs with the key; the operator sees the accounts without it
 GRANT SELECT ON pki.acme_accounts TO pki_agent;
 GRANT SELECT (id, directory_url, contact, uri, created, updated, remarks) ON pki.acme_accounts TO pki_admin;
@@ -48,7 +53,7 @@ GRANT SELECT (id, directory_url, contact, uri, created, updated, remarks) ON pki
 -- pki.time_travel: the owner's switch, read through pki.time_travel_enabled()
 -- reports: views that show no key material
 GRANT SELECT ON pki.certs, pki.certs_ids, pki.inst, pki.jobs_summary, pki.jobs_overview, pki.expiring,
-    pki.deployed_where, pki.instance_history, pki.state_diagram
+    pki.deployed_where, pki.instance_history, pki.state_diagram, pki.alerts
     TO pki_admin, pki_agent, pki_report;
 -- what DNS should hold: hashes of certificates, no key material
 GRANT SELECT ON pki.tlsa_owners, pki.tlsa_desired TO pki_admin, pki_agent;
@@ -59,8 +64,8 @@ GRANT EXECUTE ON FUNCTION pki.now() TO pki_admin, pki_agent, pki_report;
 GRANT EXECUTE ON FUNCTION pki.time_travel_enabled() TO pki_admin, pki_agent, pki_report;
 -- our refusals, raised by code that runs with the caller's rights (validation, the files of a job)
 GRANT EXECUTE ON FUNCTION pki.raise_error(text, text, text) TO pki_admin, pki_agent;
-GRANT EXECUTE ON FUNCTION pki.setting_int(text) TO pki_admin, pki_agent;
-GRANT EXECUTE ON FUNCTION pki.setting_interval(text) TO pki_admin, pki_agent;
+GRANT EXECUTE ON FUNCTION pki.setting_int(text) TO pki_admin, pki_agent, pki_report;
+GRANT EXECUTE ON FUNCTION pki.setting_interval(text) TO pki_admin, pki_agent, pki_report;
 GRANT EXECUTE ON FUNCTION pki.tlsa_ttl(integer) TO pki_admin, pki_agent;
 -- the DANE-safe wait, inlined into the plan (pki_admin's)
 GRANT EXECUTE ON FUNCTION pki.dane_safe_after(timestamp with time zone, interval) TO pki_admin;
@@ -140,6 +145,9 @@ GRANT EXECUTE ON FUNCTION pki.revoke_instance(integer, text) TO pki_admin;
 
 -- the queue, the agent's: every call about a claimed job presents the claim's lease token
 GRANT EXECUTE ON FUNCTION pki.claim_jobs(text, text[], integer, interval, dd.selection, bigint[]) TO pki_agent;
+-- what -n reports, for pki.alerts (which pki_report reads): problems, not the rows behind them
+GRANT EXECUTE ON FUNCTION pki.config_problems() TO pki_admin, pki_agent, pki_report;
+GRANT EXECUTE ON FUNCTION pki.record_run(text, text[], timestamp with time zone, boolean, jsonb) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.extend_lease(bigint, uuid, interval) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.fail_job(bigint, uuid, text, boolean, interval) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.save_job_progress(bigint, uuid, jsonb) TO pki_agent;

@@ -1,0 +1,103 @@
+-- 050_alerts: what needs a human, as the database sees it; the runs mail and post what is new
+-- there (db/jobs/070_notify_alerts.sql), `serverpki metrics` counts it and --check grades it.
+
+-- alerts: one row per open alert.
+--   alert_key    what it is about, stable while the alert lasts ('job:<kind>:<subject>', 'expiry:<cert>',
+--                'overdue:<instance>', 'config:<hash>', 'schedule')
+--   severity     'warning' or 'critical'
+--   summary      one line naming the certificate, disthost or job; unchanged while the alert is the same
+--   detail       what changes from run to run (the job's id, attempts, its last error)
+--   fingerprint  md5 of severity and summary: a channel is told again when it changes
+-- Sources: a dead job, or one failed alert_failing_attempts times, while no later job of its kind and
+-- subject is done (for alert_job_days after its last attempt); a certificate whose active instance
+-- expires within alert_expiry_days with no successor on its way (critical within
+-- alert_expiry_critical_days); an instance still deployed past not_after; each problem of
+-- check_config (what -n reports); no operate_serverPKI -S run within schedule_stale.
+CREATE VIEW pki.alerts AS
+WITH knobs AS (
+    SELECT pki.now() AS now,
+           pki.setting_int('alert_failing_attempts') AS failing,
+           pki.setting_int('alert_job_days') * interval '1 day' AS job_window,
+           pki.setting_int('alert_expiry_days') * interval '1 day' AS expiry,
+           pki.setting_int('alert_expiry_critical_days') * interval '1 day' AS expiry_critical,
+           pki.setting_interval('schedule_stale') AS schedule_stale
+), troubled_jobs AS (
+    -- the newest job in trouble of each kind and subject
+    SELECT DISTINCT ON (j.kind, j.subject_key) j.*
+      FROM pki.jobs j, knobs k
+     WHERE (j.state = 'dead' OR (j.state IN ('queued', 'running', 'failed') AND j.attempts >= k.failing
+                                 AND j.last_error IS NOT NULL))
+       AND j.updated >= k.now - k.job_window
+       AND NOT EXISTS (SELECT 1 FROM pki.jobs d WHERE d.kind = j.kind AND d.subject_key = j.subject_key
+                          AND d.state = 'done' AND d.id > j.id)
+     ORDER BY j.kind, j.subject_key, j.id DESC
+), active AS (
+    -- each enabled certificate's active instance: the deployed one (for a CA the issued one) lasting longest
+    SELECT DISTINCT ON (i.certificate) i.certificate, s.name, i.id, i.not_after
+      FROM pki.certinstances i
+      JOIN pki.certificates c ON c.id = i.certificate AND NOT c.disabled
+      JOIN pki.main_subjects s ON s.certificate = i.certificate
+     WHERE i.state = CASE WHEN s.type = 'CA' THEN 'issued'::dd.cert_state ELSE 'deployed'::dd.cert_state END
+       AND i.not_after IS NOT NULL
+     ORDER BY i.certificate, i.not_after DESC
+), last_schedule AS (
+    SELECT max(r.finished) AS finished FROM pki.runs r WHERE '-S' = ANY (r.actions)
+), found AS (
+    SELECT format('job:%s:%s', j.kind, j.subject_key) AS alert_key,
+           CASE WHEN j.state = 'dead' THEN 'critical' ELSE 'warning' END AS severity,
+           s.name::text AS certificate, j.instance, j.id AS job, d.fqdn::text AS disthost,
+           concat_ws(' ', CASE WHEN j.state = 'dead' THEN format('%s job failed for good', j.kind)
+                               ELSE format('%s job keeps failing', j.kind) END,
+                     CASE WHEN s.name IS NOT NULL THEN format('for certificate %s', s.name) END,
+                     CASE WHEN d.fqdn IS NOT NULL THEN format('on disthost %s', d.fqdn) END,
+                     CASE WHEN j.zone IS NOT NULL THEN format('in zone %s', j.zone) END) AS summary,
+           format('job %s, %s after %s attempt(s): %s', j.id, j.state, j.attempts,
+                  coalesce(j.last_error, 'no error recorded')) AS detail,
+           j.updated AS since
+      FROM troubled_jobs j
+      LEFT JOIN pki.main_subjects s ON s.certificate = j.certificate
+      LEFT JOIN pki.disthosts d ON d.id = j.disthost
+    UNION ALL
+    SELECT format('expiry:%s', a.name),
+           CASE WHEN a.not_after - k.now <= k.expiry_critical THEN 'critical' ELSE 'warning' END,
+           a.name::text, a.id, NULL::int8, NULL::text,
+           format('certificate %s expires within %s days with no successor on its way',
+                  a.name, CASE WHEN a.not_after - k.now <= k.expiry_critical
+                               THEN pki.setting_int('alert_expiry_critical_days')
+                               ELSE pki.setting_int('alert_expiry_days') END),
+           format('instance %s expires %s', a.id, a.not_after),
+           a.not_after - k.expiry
+      FROM active a, knobs k
+     WHERE a.not_after > k.now AND a.not_after - k.now <= k.expiry
+       AND NOT EXISTS (SELECT 1 FROM pki.certinstances n WHERE n.certificate = a.certificate
+                          AND n.state IN ('reserved', 'issued', 'prepublished') AND n.id <> a.id
+                          AND (n.not_after IS NULL OR n.not_after > a.not_after))
+       AND NOT EXISTS (SELECT 1 FROM pki.jobs j WHERE j.certificate = a.certificate
+                          AND j.kind IN ('issue_local', 'issue_acme', 'issue_local_ca')
+                          AND j.state IN ('queued', 'running', 'failed') AND j.attempts < k.failing)
+    UNION ALL
+    SELECT format('overdue:%s', i.id), 'critical', s.name::text, i.id, NULL::int8, NULL::text,
+           format('instance %s of certificate %s is deployed past its not_after %s', i.id, s.name, i.not_after),
+           NULL::text, i.not_after
+      FROM pki.certinstances i
+      JOIN pki.main_subjects s ON s.certificate = i.certificate, knobs k
+     WHERE i.state = 'deployed' AND i.not_after <= k.now
+    UNION ALL
+    SELECT format('config:%s', md5(p.certificate || E'\n' || p.problem)), 'warning', p.certificate, NULL::int4,
+           NULL::int8, NULL::text, format('%s: %s; fix: %s', p.certificate, p.problem, p.hint), NULL::text, NULL::timestamptz
+      FROM pki.config_problems() p
+    UNION ALL
+    SELECT 'schedule', CASE WHEN l.finished IS NULL THEN 'warning' ELSE 'critical' END, NULL::text, NULL::int4,
+           NULL::int8, NULL::text,
+           CASE WHEN l.finished IS NULL THEN 'operate_serverPKI -S has never run: nothing is renewed (add the cron job)'
+                ELSE format('operate_serverPKI -S has not run for more than %s: nothing is renewed', k.schedule_stale) END,
+           CASE WHEN l.finished IS NOT NULL THEN format('last run finished %s', l.finished) END,
+           l.finished
+      FROM last_schedule l, knobs k
+     WHERE (l.finished IS NULL OR l.finished < k.now - k.schedule_stale)
+       AND EXISTS (SELECT 1 FROM pki.certificates c WHERE NOT c.disabled)
+)
+SELECT f.alert_key, f.severity, f.certificate, f.instance, f.job, f.disthost, f.summary, f.detail, f.since,
+       md5(f.severity || E'\n' || f.summary) AS fingerprint
+  FROM found f
+ ORDER BY f.severity = 'critical' DESC, f.alert_key;
