@@ -173,6 +173,9 @@ def _check_only(conn: psycopg.Connection, sel_params: dict, verbose: bool, only:
             typer.echo(_one_line(f"{obj}: {problem}; fix: {hint}"))
     else:
         typer.echo("No syntax errors found in configuration." if not verbose else "[No syntax errors found in configuration.]")
+    # warnings do not change the exit status: what will hurt, not what is wrong
+    for obj, warning, hint in conn.execute(q("check_warnings"), sel_params).fetchall():
+        typer.echo(_one_line(f"warning: {obj}: {warning}; fix: {hint}"))
     if actions["-S"]:
         typer.echo(reports.plan_table(conn, sel_params))
     elif renew is not None:

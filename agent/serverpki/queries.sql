@@ -139,6 +139,11 @@ SELECT pki.check_selection(
 SELECT certificate, problem, hint FROM pki.check_config(
     pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
 
+-- name: check_warnings
+-- -n: what will hurt without being a problem of the configuration (pki.check_warnings)
+SELECT certificate, warning, hint FROM pki.check_warnings(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
+
 -- name: certificate_counts
 -- -n -v: how many certificates, and the names of the CAs
 SELECT count(DISTINCT c.id), array_agg(DISTINCT s.name::text) FILTER (WHERE s.type = 'CA')

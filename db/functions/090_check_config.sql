@@ -45,3 +45,19 @@ RETURNS TABLE (certificate text, problem text, hint text)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$ SELECT p.certificate, p.problem, p.hint FROM check_config(NULL) p $$;
+
+-- check_warnings: one row per warning of the selected certificates (all when sel is NULL): what
+-- does not stop serverPKI but will hurt (current ACME practice, windows that do not fit a
+-- certificate's lifetime); -n prints them after the problems and exits 0 if there are no problems
+CREATE OR REPLACE FUNCTION pki.check_warnings(sel dd.selection DEFAULT NULL)
+RETURNS TABLE (certificate text, warning text, hint text)
+LANGUAGE plpgsql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    sel := coalesce(sel, selection(true));
+    PERFORM check_selection(sel);
+    RETURN QUERY
+    SELECT NULL::text, NULL::text, NULL::text WHERE false;
+END
+$$;

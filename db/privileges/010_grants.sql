@@ -128,6 +128,7 @@ GRANT EXECUTE ON FUNCTION pki.renewal_candidates(dd.selection, integer, boolean)
 GRANT EXECUTE ON FUNCTION pki.selected_cas(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.ca_plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_config(dd.selection) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.check_warnings(dd.selection) TO pki_admin;
 
 -- the requests of operate_serverPKI: each validates and enqueues as the owner (SECURITY DEFINER)
 GRANT EXECUTE ON FUNCTION pki.schedule(dd.selection) TO pki_admin;
