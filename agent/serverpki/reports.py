@@ -107,10 +107,6 @@ def fetch(conn: psycopg.Connection, columns: list[str], name: str, params: dict,
     return Report(columns, cur.fetchall(), shortened)
 
 
-def grid(columns: list[str], rows) -> str:
-    return Report(columns, list(rows)).grid()
-
-
 def to_json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False)
 
