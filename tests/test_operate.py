@@ -30,14 +30,14 @@ def header(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-def test_check_only_exits_1_with_a_line_per_problem_and_0_when_sound(env, conn):
-    """-n: a problem makes exit status 1, each on its own line naming the object and the fix;
+def test_check_only_exits_4_with_a_line_per_problem_and_0_when_sound(env, conn):
+    """-n: a problem makes exit status 4, each on its own line naming the object and the fix;
     a sound configuration (of the selection) exits 0."""
     conn.execute("SELECT add_place('odd', 'cert only', '/etc/odd', '/etc/oddkey')")
     conn.execute("SELECT add_target('www.example.org', 'web1.example.org', NULL, 'odd')")
     conn.execute("SELECT * FROM add_cert('lonely', 'server', 'local', 'rsa', false, NULL, NULL, NULL, NULL, NULL, NULL)")
     result = run(env, "-n")
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 4, result.output
     lines = result.output.strip().splitlines()
     assert sorted(lines) == sorted([
         "local CA: local certificates are configured, but there is no local CA certificate; fix: issue one with operate_serverPKI -I",
@@ -47,7 +47,7 @@ def test_check_only_exits_1_with_a_line_per_problem_and_0_when_sound(env, conn):
     ]), lines
     # the check covers the selection: the LE certificate alone has one problem left
     result = run(env, "-n", "-o", "lonely")
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 2, result.output
+    assert result.exit_code == 4 and len(result.output.strip().splitlines()) == 2, result.output
     conn.execute("SELECT remove_target('www.example.org', 'web1.example.org', NULL, 'odd')")
     result = run(env, "-n", "-o", "www.example.org")
     assert result.exit_code == 0, result.output
@@ -72,7 +72,7 @@ def test_check_only_verbose_prints_the_seeds_two_tables(env):
 
 def test_schedule_check_only_prints_the_plan_and_writes_nothing(env, conn):
     result = run(env, "-S", "-n", "-a")
-    assert result.exit_code == 1, result.output   # the check's problem (no local CA) is the exit status
+    assert result.exit_code == 4, result.output   # the check's problem (no local CA) is the exit status
     assert "rule 2: nothing left; issue one and distribute it" in result.output
     assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM certinstances").fetchone()[0] == 0
@@ -80,7 +80,7 @@ def test_schedule_check_only_prints_the_plan_and_writes_nothing(env, conn):
 
 def test_renew_check_only_lists_local_certs_and_keeps_nothing(env, conn):
     result = run(env, "-r", "30", "-n")
-    assert result.exit_code == 1, result.output   # the check's problem (no local CA) is the exit status
+    assert result.exit_code == 4, result.output   # the check's problem (no local CA) is the exit status
     assert header(result.output.splitlines()[2]) == ["Subject", "Cert Name", "Type", "authorized", "Alt Name", "TLSA", "Port", "Dist Host", "Jail", "Place"]
     assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
 

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__, migrate
+from . import __version__, migrate, reports
 from .db import connect, refusals_as_errors
-from .errors import ServerPKIError
+from .errors import ServerPKIError, UsageError
+from .queries import q
 
 # locals can hold keys and passphrases: never print them in a traceback
 # -h as well as --help, on every subcommand (click hands help_option_names down to them)
@@ -22,6 +23,7 @@ app.add_typer(db_app, name="db")
 DsnOption = Annotated[Optional[str], typer.Option(
     "--dsn", envvar="SERVERPKI_DSN",
     help="libpq connection string; default: PGHOST, PGPORT, PGDATABASE, PGUSER")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts (docs/cli.md has the schema)")]
 
 
 def _print_version(wanted: bool) -> None:
@@ -59,7 +61,7 @@ def db_upgrade(dsn: DsnOption = None) -> None:
 
 
 @db_app.command("status")
-def db_status(dsn: DsnOption = None) -> None:
+def db_status(dsn: DsnOption = None, as_json: JsonOption = False) -> None:
     """Show applied and pending migrations and whether keys are encrypted; exit status 3 when the
     agent and operate_serverPKI would refuse the database (pending migrations, or a newer schema)."""
     try:
@@ -67,14 +69,31 @@ def db_status(dsn: DsnOption = None) -> None:
             st = migrate.status(conn)
     except ServerPKIError as exc:
         _fail(exc)
-    typer.echo(f"applied: {', '.join(st.applied) or 'none'}")
-    typer.echo(f"pending: {', '.join(st.pending) or 'none'}")
-    if st.newer:
-        typer.echo(f"unknown to this release: {', '.join(st.newer)}")
-    if st.keys_encrypted is not None:
-        typer.echo(f"keys encrypted: {'yes' if st.keys_encrypted else 'no'}")
+    typer.echo(reports.db_status_json(st) if as_json else reports.db_status_text(st))
     if st.problem is not None:   # what the agent and operate_serverPKI would refuse, and their exit status
         _fail(st.problem)
+
+
+@app.command("jobs")
+def jobs_command(
+    dsn: DsnOption = None,
+    states: Annotated[Optional[list[str]], typer.Option("--state", help="only jobs in this state; repeatable")] = None,
+    kinds: Annotated[Optional[list[str]], typer.Option("--kind", help="only jobs of this kind; repeatable")] = None,
+    certificate: Annotated[Optional[str], typer.Option("--certificate", help="only jobs of this certificate")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="the newest N jobs; 0: all")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List the queue's jobs, newest first (the view pki.jobs_overview; pki_report may read it)."""
+    try:
+        with connect(dsn, autocommit=True) as conn, refusals_as_errors():
+            known = conn.execute(q("job_states")).fetchone()[0]
+            unknown = [s for s in states or () if s not in known]
+            if unknown:
+                raise UsageError(f"--state {', '.join(unknown)}: not a job state ({', '.join(known)})")
+            found = reports.jobs(conn, states or [], kinds or [], certificate, limit or None)
+    except ServerPKIError as exc:
+        _fail(exc)
+    typer.echo(reports.jobs_json(found) if as_json else found.grid())
 
 
 @app.command("agent")

@@ -1,16 +1,28 @@
-"""The one exception family of serverPKI, the verdicts on a job's faults, and the mapping of our SQLSTATEs."""
+"""The one exception family of serverPKI, the verdicts on a job's faults, the mapping of our SQLSTATEs,
+and the exit statuses of the command lines (docs/cli.md), each carried by the exception that ends a run."""
 
 from __future__ import annotations
 
+import enum
 import math
 
 import psycopg
 
 
+class ExitStatus(enum.IntEnum):
+    """What a run of operate_serverPKI or serverpki tells cron (docs/cli.md has the table)."""
+
+    OK = 0
+    FAILED = 1            # a job failed (or another error that is neither of the below)
+    USAGE = 2             # bad option, bad selection (SP024), bad configuration file
+    DATABASE = 3          # database unreachable, or its schema incompatible with this release
+    CHECK_PROBLEMS = 4    # -n found configuration problems (warnings do not count)
+
+
 class ServerPKIError(Exception):
     """serverPKI failed."""
 
-    exit_code = 1
+    exit_code = ExitStatus.FAILED
 
     def __init__(self, message: str | None = None):
         super().__init__(message or self.__doc__)
@@ -19,11 +31,23 @@ class ServerPKIError(Exception):
 class UsageError(ServerPKIError):
     """The command line or the configuration asks for something impossible."""
 
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class ConfigError(UsageError):
     """The configuration file is wrong."""
+
+
+class DatabaseUnreachable(ServerPKIError):
+    """No connection to the database (down, refused, unknown database, authentication): nothing was done."""
+
+    exit_code = ExitStatus.DATABASE
+
+
+class SchemaIncompatible(ServerPKIError):
+    """The database's schema does not fit this release of serverPKI: nothing was done."""
+
+    exit_code = ExitStatus.DATABASE
 
 
 # the shortest and longest wait a peer may ask for before a retry (Retry-After)
@@ -64,6 +88,18 @@ class DatabaseRefusal(ServerPKIError):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.hint = hint
+        self.exit_code = REFUSAL_EXIT.get(sqlstate or "", ServerPKIError.exit_code)
+
+
+# refusals that are not a failure of the run's work: a bad selection is a usage error (nothing was done);
+# a table, column or function our fixed SQL names that the database lacks means a schema of another release
+REFUSAL_EXIT = {
+    "SP024": ExitStatus.USAGE,             # unknown certificate or disthost names
+    "3F000": ExitStatus.DATABASE,          # invalid_schema_name: no serverPKI schema
+    "42P01": ExitStatus.DATABASE,          # undefined_table (a view too)
+    "42703": ExitStatus.DATABASE,          # undefined_column
+    "42883": ExitStatus.DATABASE,          # undefined_function
+}
 
 
 def from_database(exc: psycopg.Error) -> ServerPKIError:
@@ -73,6 +109,8 @@ def from_database(exc: psycopg.Error) -> ServerPKIError:
     text = f"{message} (hint: {diag.message_hint})" if diag.message_hint else message
     if diag.sqlstate and diag.sqlstate.startswith("SP"):
         text = f"{diag.sqlstate}: {text}"
+    elif REFUSAL_EXIT.get(diag.sqlstate or "") == ExitStatus.DATABASE:
+        text = f"{text} (no serverPKI schema, or one of another release: serverpki db status says which)"
     return DatabaseRefusal(text, diag.sqlstate, diag.message_hint)
 
 

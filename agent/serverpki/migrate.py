@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 from . import __version__
-from .errors import ServerPKIError
+from .errors import SchemaIncompatible
 from .queries import q
 
 REPEATABLE_DIRS = ("functions", "jobs", "views", "triggers", "privileges")   # in load order
@@ -81,10 +81,8 @@ def apply_repeatable(conn: psycopg.Connection) -> None:
                                         for f in repeatable_files() for kind, name, text in descriptions(f.read_text())])
 
 
-class SchemaMismatch(ServerPKIError):
-    """The database's schema does not fit this release of serverPKI: nothing was done."""
-
-    exit_code = 3
+class SchemaMismatch(SchemaIncompatible):
+    """The database's schema does not fit this release of serverPKI: nothing was done (exit status 3)."""
 
 
 def mismatch(applied: list[str], known: list[str] | None = None) -> SchemaMismatch | None:

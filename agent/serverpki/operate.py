@@ -2,7 +2,8 @@
 
 Each action is one call of its SQL function (the database validates the
 selection, decides and enqueues), followed by draining the queue with the
-agent. The exit status says whether every job the run performed succeeded.
+agent. The exit status says whether every job the run performed succeeded
+(errors.ExitStatus; docs/cli.md has the table, and the JSON of --json).
 Jobs of kinds this release has no handler for stay queued, and the run says so.
 """
 
@@ -30,7 +31,7 @@ from .config import Config, load_config
 from .export import export_instance as export
 from .log import setup_logging
 from .queries import q
-from .errors import ServerPKIError, UsageError
+from .errors import ExitStatus, ServerPKIError, UsageError
 
 log = logging.getLogger("serverpki.operate")
 
@@ -64,18 +65,16 @@ def _check_names(*lists: Names) -> None:
             raise UsageError(f"{name!r} is not valid UTF-8; certificate and disthost names are text") from None
 
 
-def _one_line(text: str) -> str:
-    """The message on one line: control and invisible characters (a name with a newline) shown escaped."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
-
-
 def _load_config(path: Optional[Path]) -> Config:
     """The configuration: -f, else $SERVERPKI_CONFIG, else the usual places, else defaults (serverpki.config)."""
     return load_config(path)
 
 
-def _check_combination(actions: dict[str, bool], export: Optional[str], check_only: bool, renew: Optional[int]) -> None:
+def _check_combination(actions: dict[str, bool], export: Optional[str], check_only: bool, renew: Optional[int],
+                       as_json: bool = False) -> None:
     chosen = [name for name, on in actions.items() if on]
+    if as_json and not check_only:   # the listings are -n's; an action's outcome is its exit status and log
+        raise UsageError("--json goes with the listings of -n: -n [-v], -S -n, -r N -n, -D -r N -n")
     if export is not None and (chosen or check_only or renew is not None):
         raise UsageError("-E (export) may not be combined with other actions")
     if actions["-Z"] and len(chosen) > 1:
@@ -111,6 +110,7 @@ def operate(
     issue_local_cacert: Annotated[Flag, typer.Option("-I", "--issue-local-CAcert", help="Issue a new local CA cert.")] = False,
     register: Annotated[Flag, typer.Option("-Z", "--register", help="Register an ACME account; alone.")] = False,
     check_only: Annotated[Flag, typer.Option("-n", "--check-only", help="Check the configuration; with -v list certs and instances.")] = False,
+    as_json: Annotated[Flag, typer.Option("--json", help="With -n: print the check and its listing as JSON (docs/cli.md), logs on stderr.")] = False,
     debug: Annotated[Flag, typer.Option("-d", "--debug", help="Turn on debugging.")] = False,
     quiet: Annotated[Flag, typer.Option("-q", "--quiet", help="Only log (for cron).")] = False,
     verbose: Annotated[Flag, typer.Option("-v", "--verbose", help="Be more verbose.")] = False,
@@ -123,7 +123,7 @@ def operate(
                "-T": consolidate_tlsas, "-R": remove_tlsas, "-X": encrypt_keys, "-Y": decrypt_keys,
                "-I": issue_local_cacert, "-Z": register}
     try:
-        _check_combination(actions, export_cert_and_key, check_only, renew_local_certs)
+        _check_combination(actions, export_cert_and_key, check_only, renew_local_certs, as_json)
         _check_names(include, exclude, only, skip_disthost, limit_to_disthost)
         config = _load_config(config_file)
         setup_logging(config, quiet=quiet, verbose=verbose, debug=debug)
@@ -136,9 +136,11 @@ def operate(
             migrate.check_compatible(conn)   # a schema of another release: exit status 3, nothing done
             conn.execute(q("check_selection"), sel_params)  # unknown names stop the run first
             if check_only:
-                if not _check_only(conn, sel_params, verbose and not quiet, only or [], actions,
-                                   renew_local_certs):
-                    raise typer.Exit(1)   # the check reported a problem
+                found = reports.check(conn, sel_params, verbose=verbose and not quiet, only=only or [],
+                                      schedule=actions["-S"], remaining=renew_local_certs, distribute=actions["-D"])
+                typer.echo(found.json() if as_json else found.text())
+                if not found.sound:
+                    raise typer.Exit(ExitStatus.CHECK_PROBLEMS)
                 return
             if export_cert_and_key is not None:
                 if not config.paths.work_dir:
@@ -152,40 +154,10 @@ def operate(
                 raise UsageError("no action given; see operate_serverPKI -h")
             ok = _run(conn, config, wanted, sel_params, renew_local_certs, quiet)
         if not ok:
-            raise typer.Exit(1)
-    except ServerPKIError as exc:
-        typer.echo(f"operate_serverPKI: {_one_line(str(exc))}", err=True)
-        # a bad selection is a usage error too: exit status 2, nothing done
-        raise typer.Exit(2 if getattr(exc, "sqlstate", None) == "SP024" else exc.exit_code)
-
-
-def _check_only(conn: psycopg.Connection, sel_params: dict, verbose: bool, only: list[str],
-                actions: dict[str, bool], renew: Optional[int]) -> bool:
-    """-n: the configuration check of the selected certificates (every one without -o/-e), then the
-    report the other options ask for. True when the check found nothing (exit status 0), else 1."""
-    problems = conn.execute(q("check_config"), sel_params).fetchall()
-    if verbose:
-        n, cas = conn.execute(q("certificate_counts")).fetchone()
-        typer.echo(f"[{n} certificates and CAs {cas or []} in DB]")
-    if problems:
-        # one line each: what, the problem, the fix (names cannot break the line: _one_line)
-        for obj, problem, hint in problems:
-            typer.echo(_one_line(f"{obj}: {problem}; fix: {hint}"))
-    else:
-        typer.echo("No syntax errors found in configuration." if not verbose else "[No syntax errors found in configuration.]")
-    # warnings do not change the exit status: what will hurt, not what is wrong
-    for obj, warning, hint in conn.execute(q("check_warnings"), sel_params).fetchall():
-        typer.echo(_one_line(f"warning: {obj}: {warning}; fix: {hint}"))
-    if actions["-S"]:
-        typer.echo(reports.plan_table(conn, sel_params))
-    elif renew is not None:
-        # -D -r N -n: what -D -r N would distribute; -r N -n: what -C -r N would issue
-        typer.echo(reports.renew_table(conn, sel_params, renew, distribute=actions["-D"]))
-    elif verbose:
-        typer.echo(reports.meta_table(conn, only))
-        typer.echo("")
-        typer.echo(reports.instance_table(conn, only))
-    return not problems
+            raise typer.Exit(ExitStatus.FAILED)
+    except ServerPKIError as exc:   # its exit_code: a bad selection (SP024) is a usage error too, nothing done
+        typer.echo(f"operate_serverPKI: {reports.one_line(str(exc))}", err=True)
+        raise typer.Exit(exc.exit_code)
 
 
 # the seed's order: CA, keys, create, distribute, consolidate, TLSA
@@ -220,7 +192,7 @@ def main() -> None:
     try:
         status = app(prog_name="operate_serverPKI", standalone_mode=False)
     except ClickException as exc:  # a bad option: one line like our errors, not typer's framed box
-        typer.echo(f"operate_serverPKI: {_one_line(exc.format_message())} (see operate_serverPKI -h)", err=True)
+        typer.echo(f"operate_serverPKI: {reports.one_line(exc.format_message())} (see operate_serverPKI -h)", err=True)
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)

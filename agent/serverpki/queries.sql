@@ -228,6 +228,21 @@ SELECT m."Subject", m."Cert Name", m."Type", m."authorized", m."Alt Name", m."TL
 SELECT certificate AS "Cert Name", instance AS "Serial", action AS "Action", reason AS "Reason" FROM pki.plan(
     pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
 
+-- name: jobs_listing
+-- serverpki jobs: the queue's jobs, newest first; no states, kinds or certificate: all; limit NULL: no limit
+SELECT id, kind, state, certificate, instance, disthost, zone, attempts, max_attempts, run_after, locked_by,
+       locked_until, reason, last_error, updated
+  FROM pki.jobs_overview
+ WHERE (cardinality(%(states)s::text[]) = 0 OR state::text = ANY(%(states)s::text[]))
+   AND (cardinality(%(kinds)s::text[]) = 0 OR kind = ANY(%(kinds)s::text[]))
+   AND (%(certificate)s::citext IS NULL OR certificate = %(certificate)s::citext)
+ ORDER BY id DESC
+ LIMIT %(limit)s;
+
+-- name: job_states
+-- serverpki jobs --state: the states a job can be in
+SELECT enum_range(NULL::dd.job_state)::text[];
+
 -- The agent's LISTEN: the notify_jobs trigger wakes it when work is enqueued.
 
 -- name: listen_jobs

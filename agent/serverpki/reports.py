@@ -1,62 +1,224 @@
-"""The seed's report tables (operate_serverPKI -n -v, -r N -n, -S -n) as ASCII grids.
+"""The command lines' reports: the seed's grids (operate_serverPKI -n -v, -r N -n, -S -n), the check's
+problems and warnings, `serverpki jobs` and `serverpki db status`, each as text for eyes and as JSON
+for scripts (--json; docs/cli.md documents every schema).
 
-prettytable's default style is exactly the grid operation.txt shows.
+The one place that knows the columns: a Report is one fetched result, and both renderings come
+from it, so the grid and the JSON cannot disagree. prettytable's default style is exactly the grid
+operation.txt shows; a JSON row holds the same cells under the column's snake_case name, typed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Optional
 
 import psycopg
 from prettytable import PrettyTable
 
 from .queries import q
 
-# the grids' headers; the report queries (queries.sql) select exactly these columns (_report checks)
+# the grids' headers; each report query (queries.sql) selects exactly these columns (fetch checks)
 META_COLUMNS = ["Subject", "Cert Name", "Type", "Algo", "OCSP m st", "authorized",
                 "Alt Name", "TLSA", "Port", "Dist Host", "Jail", "Place"]
 INSTANCE_COLUMNS = ["Serial", "Cert Name", "Type", "State", "CI CA", "OCSP m st",
                     "not before", "not after", "ALGO", "Hash", "updated"]
 RENEW_COLUMNS = ["Subject", "Cert Name", "Type", "authorized", "Alt Name", "TLSA", "Port", "Dist Host", "Jail", "Place"]
 PLAN_COLUMNS = ["Cert Name", "Serial", "Action", "Reason"]
+PROBLEM_COLUMNS = ["Certificate", "Problem", "Hint"]
+WARNING_COLUMNS = ["Certificate", "Warning", "Hint"]
+JOB_COLUMNS = ["Id", "Kind", "State", "Certificate", "Instance", "Disthost", "Zone", "Attempts", "Max attempts",
+               "Run after", "Locked by", "Locked until", "Reason", "Last error", "Updated"]
+# free text the jobs grid shows cut to one short line (the JSON holds all of it)
+JOB_SHORTENED = frozenset({"Reason", "Last error"})
+SHORT_CELL = 60
+
+# the schemas' names and versions (docs/cli.md); a version changes when a key goes or changes its meaning
+CHECK_SCHEMA, PLAN_SCHEMA, RENEW_SCHEMA = "serverpki.check/1", "serverpki.plan/1", "serverpki.renew/1"
+JOBS_SCHEMA, DB_STATUS_SCHEMA = "serverpki.jobs/1", "serverpki.db_status/1"
 
 
-def _cell(value) -> str:
+def json_key(header: str) -> str:
+    """A grid's header as its JSON key: lower case, each run of other characters one '_' ("Cert Name": cert_name)."""
+    return re.sub(r"[^a-z0-9]+", "_", header.lower()).strip("_")
+
+
+def one_line(text: str) -> str:
+    """The text on one line: control and invisible characters (a name with a newline) shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def cell(value: Any, shorten: bool = False) -> str:
+    """A value as the grids show it: timestamps in UTC without zone, None as None, booleans as False/True (the seed's)."""
+    text = str(_utc(value) if isinstance(value, dt.datetime) else value)
+    if shorten:
+        first = text.strip().split("\n", 1)[0]
+        text = first if len(first) <= SHORT_CELL else first[:SHORT_CELL - 1] + "…"
+    return text
+
+
+def json_value(value: Any) -> Any:
+    """A value as the JSON holds it: numbers, booleans, null, text; timestamps ISO 8601 in UTC ('...Z'), dates ISO."""
     if isinstance(value, dt.datetime):
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return str(value)  # None prints as None, booleans as False/True, as in the seed
+        return _utc(value).isoformat() + "Z"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return value
 
 
-def grid(columns: list[str], rows) -> str:
-    table = PrettyTable(columns)
-    for row in rows:
-        table.add_row([_cell(v) for v in row])
-    return table.get_string()
+@dataclass(frozen=True)
+class Report:
+    """One fetched result with its grid's headers: rendered as the grid and as JSON rows."""
+
+    columns: list[str]
+    rows: list[tuple]
+    shortened: frozenset[str] = frozenset()   # columns whose text the grid cuts to one short line
+
+    def grid(self) -> str:
+        table = PrettyTable(self.columns)
+        for row in self.rows:
+            table.add_row([cell(v, c in self.shortened) for c, v in zip(self.columns, row)])
+        return table.get_string()
+
+    def records(self) -> list[dict[str, Any]]:
+        keys = [json_key(c) for c in self.columns]
+        return [{k: json_value(v) for k, v in zip(keys, row)} for row in self.rows]
 
 
-def _report(conn: psycopg.Connection, columns: list[str], name: str, params: dict) -> str:
-    """The grid of a report query (queries.sql), which selects exactly these columns in this order."""
+def fetch(conn: psycopg.Connection, columns: list[str], name: str, params: dict,
+          shortened: frozenset[str] = frozenset()) -> Report:
+    """The rows of a report query (queries.sql), which selects exactly these columns in this order
+    (under the grid's header or its JSON key)."""
     cur = conn.execute(q(name), params)
-    selected = [d.name for d in cur.description or ()]
-    if selected != columns:  # the query and the seed's header drifted apart: a bug, not the operator's
+    selected = [json_key(d.name) for d in cur.description or ()]
+    if selected != [json_key(c) for c in columns]:  # the query and the header drifted apart: a bug, not the operator's
         raise AssertionError(f"query {name} selects {selected}, the grid shows {columns}")
-    return grid(columns, cur.fetchall())
+    return Report(columns, cur.fetchall(), shortened)
 
 
-def meta_table(conn: psycopg.Connection, only: list[str]) -> str:
-    return _report(conn, META_COLUMNS, "report_meta", {"only": only})
+def to_json(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False)
 
 
-def instance_table(conn: psycopg.Connection, only: list[str]) -> str:
-    return _report(conn, INSTANCE_COLUMNS, "report_instances", {"only": only})
+# --- operate_serverPKI -n: the check, and the listing the other options ask for -----------------------------
+
+def meta(conn: psycopg.Connection, only: list[str]) -> Report:
+    return fetch(conn, META_COLUMNS, "report_meta", {"only": only})
+
+
+def instances(conn: psycopg.Connection, only: list[str]) -> Report:
+    return fetch(conn, INSTANCE_COLUMNS, "report_instances", {"only": only})
+
+
+def renew(conn: psycopg.Connection, sel_params: dict, remaining_days: int, distribute: bool = False) -> Report:
+    """The local certificates that -C -r N (with distribute: -D -r N) would act on: renewal_candidates,
+    the one function request_create and request_distribute decide with."""
+    return fetch(conn, RENEW_COLUMNS, "report_renew", {**sel_params, "remaining": remaining_days, "distribute": distribute})
+
+
+def plan(conn: psycopg.Connection, sel_params: dict) -> Report:
+    return fetch(conn, PLAN_COLUMNS, "report_plan", sel_params)
 
 
 def renew_table(conn: psycopg.Connection, sel_params: dict, remaining_days: int, distribute: bool = False) -> str:
-    """The local certificates that -C -r N (with distribute: -D -r N) would act on: renewal_candidates,
-    the one function request_create and request_distribute decide with."""
-    return _report(conn, RENEW_COLUMNS, "report_renew",
-                   {**sel_params, "remaining": remaining_days, "distribute": distribute})
+    return renew(conn, sel_params, remaining_days, distribute).grid()
 
 
-def plan_table(conn: psycopg.Connection, sel_params: dict) -> str:
-    return _report(conn, PLAN_COLUMNS, "report_plan", sel_params)
+@dataclass
+class Check:
+    """What -n found for the selection, and the listing its options ask for (-S: the plan; -r N: the renewals;
+    -v: the certificates and their instances), fetched once for the text and the JSON alike."""
+
+    schema: str
+    problems: Report
+    warnings: Report
+    listings: dict[str, Report] = field(default_factory=dict)   # JSON key -> grid, in the text's order
+    facts: dict[str, Any] = field(default_factory=dict)         # the JSON's other keys (-r N: its N)
+    counts: Optional[tuple[int, list[str]]] = None              # -v: certificates, the CAs' names
+
+    @property
+    def sound(self) -> bool:
+        """No problem (warnings do not count): exit status 0, else 4."""
+        return not self.problems.rows
+
+    def text(self) -> str:
+        lines = []
+        if self.counts is not None:
+            lines.append(f"[{self.counts[0]} certificates and CAs {self.counts[1] or []} in DB]")
+        # one line each: what, the problem, the fix (names cannot break the line: one_line)
+        lines += [one_line(f"{obj}: {problem}; fix: {hint}") for obj, problem, hint in self.problems.rows]
+        if self.sound:
+            lines.append("No syntax errors found in configuration." if self.counts is None
+                         else "[No syntax errors found in configuration.]")
+        # warnings do not change the exit status: what will hurt, not what is wrong
+        lines += [one_line(f"warning: {obj}: {warning}; fix: {hint}") for obj, warning, hint in self.warnings.rows]
+        if self.listings:
+            lines.append("\n\n".join(report.grid() for report in self.listings.values()))
+        return "\n".join(lines)
+
+    def json(self) -> str:
+        return to_json({"schema": self.schema, **self.facts, "problems": self.problems.records(),
+                        "warnings": self.warnings.records(),
+                        **{key: report.records() for key, report in self.listings.items()}})
+
+
+def check(conn: psycopg.Connection, sel_params: dict, *, verbose: bool, only: list[str], schedule: bool,
+          remaining: Optional[int], distribute: bool) -> Check:
+    """-n of the selected certificates (every one without -o/-e): the problems and warnings, then with -S the
+    plan, else with -r N the renewals (-D -r N: what -D -r N would distribute), else with -v the two seed grids."""
+    found = Check(CHECK_SCHEMA, fetch(conn, PROBLEM_COLUMNS, "check_config", sel_params),
+                  fetch(conn, WARNING_COLUMNS, "check_warnings", sel_params))
+    if verbose:
+        n, cas = conn.execute(q("certificate_counts")).fetchone()
+        found.counts = (n, cas or [])
+    if schedule:
+        found.schema, found.listings = PLAN_SCHEMA, {"plan": plan(conn, sel_params)}
+    elif remaining is not None:
+        found.schema, found.listings = RENEW_SCHEMA, {"renew": renew(conn, sel_params, remaining, distribute)}
+        found.facts = {"remaining_days": remaining, "distribute": distribute}
+    elif verbose:
+        found.listings = {"certificates": meta(conn, only), "instances": instances(conn, only)}
+    return found
+
+
+# --- serverpki jobs ------------------------------------------------------------------------------------------
+
+def jobs(conn: psycopg.Connection, states: list[str], kinds: list[str], certificate: Optional[str],
+         limit: Optional[int]) -> Report:
+    """The queue's jobs (pki.jobs_overview), newest first, of these states and kinds (none: all) and certificate."""
+    return fetch(conn, JOB_COLUMNS, "jobs_listing",
+                 {"states": states, "kinds": kinds, "certificate": certificate, "limit": limit}, JOB_SHORTENED)
+
+
+def jobs_json(report: Report) -> str:
+    return to_json({"schema": JOBS_SCHEMA, "jobs": report.records()})
+
+
+# --- serverpki db status -------------------------------------------------------------------------------------
+
+def db_status_text(st) -> str:
+    """migrate.Status for eyes: applied, pending, unknown ones, whether keys are encrypted."""
+    lines = [f"applied: {', '.join(st.applied) or 'none'}", f"pending: {', '.join(st.pending) or 'none'}"]
+    if st.newer:
+        lines.append(f"unknown to this release: {', '.join(st.newer)}")
+    if st.keys_encrypted is not None:
+        lines.append(f"keys encrypted: {'yes' if st.keys_encrypted else 'no'}")
+    return "\n".join(lines)
+
+
+def db_status_json(st) -> str:
+    """migrate.Status for scripts; problem is what the agent and operate_serverPKI would refuse (exit status 3)."""
+    return to_json({"schema": DB_STATUS_SCHEMA, "applied": st.applied, "pending": st.pending, "unknown": st.newer,
+                    "keys_encrypted": st.keys_encrypted, "compatible": st.problem is None,
+                    "problem": None if st.problem is None else str(st.problem)})
