@@ -33,9 +33,7 @@ class build_man(Command):
                               capture_output=True, text=True, cwd=HERE)
         if done.returncode:
             raise SystemExit(f"writing the man pages failed:\n{done.stderr}")
-        pages = sorted(str(Path(line).relative_to(HERE)) if Path(line).is_relative_to(HERE) else line
-                       for line in done.stdout.split())
-        self.distribution.data_files = [("share/man/man1", pages)]
+        self.distribution.data_files = [("share/man/man1", sorted(done.stdout.splitlines()))]
 
 
 build.sub_commands.append(("build_man", None))
