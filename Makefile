@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-plpython3-15 python3-cryptography \
-                pebble bind9 bind9-utils bind9-dnsutils openssh-server openssl iproute2
+                pebble bind9 bind9-utils bind9-dnsutils openssh-server openssl iproute2 man-db systemd
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 # the lab (lab/: real peers on loopback, and the demo) is never installed: it is imported from the checkout
@@ -15,7 +15,8 @@ WITH_LAB := PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}
 
 setup: $(STAMP_APT) $(STAMP_PIP)
 
-# the real peers: PostgreSQL with plpython3u, Pebble, BIND 9, OpenSSH; iproute2 cuts a host off (netns)
+# the real peers: PostgreSQL with plpython3u, Pebble, BIND 9, OpenSSH; iproute2 cuts a host off (netns);
+# man-db and systemd (systemd-analyze) check the man pages and contrib/'s units (tests/test_packaging.py)
 $(STAMP_APT):
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -26,8 +27,9 @@ $(STAMP_APT):
 	@$(PYTHON) -m venv $(VENV)
 	@touch $@
 
+# setuptools 77+: tests/test_packaging.py builds the wheel in this venv (no build isolation)
 $(STAMP_PIP): pyproject.toml $(STAMP_APT)
-	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q --upgrade pip 'setuptools>=77' wheel
 	@$(BIN)/pip install -q -e '.[test,lab]'
 	@touch $@
 

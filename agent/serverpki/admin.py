@@ -14,7 +14,7 @@ from .queries import q
 
 # locals can hold keys and passphrases: never print them in a traceback
 # -h as well as --help, on every subcommand (click hands help_option_names down to them)
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=True, rich_markup_mode=None,
                   help="serverPKI administration: database schema, agent, demo.",
                   context_settings={"help_option_names": ["-h", "--help"]})
 db_app = typer.Typer(no_args_is_help=True, help="Install or upgrade the serverPKI schema.")

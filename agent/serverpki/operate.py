@@ -35,7 +35,7 @@ from .errors import ExitStatus, ServerPKIError, UsageError
 
 log = logging.getLogger("serverpki.operate")
 
-app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False,
+app = typer.Typer(add_completion=True, rich_markup_mode=None, pretty_exceptions_show_locals=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 Flag = bool
