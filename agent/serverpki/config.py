@@ -342,6 +342,39 @@ class MailConfig(_Section):
         return None
 
 
+def _webhook_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return None   # a receiver on this host: nothing crosses the network
+    return "must be an https:// URL (http:// only to a receiver on this host, e.g. http://127.0.0.1:8080/alerts)"
+
+
+@dataclass(frozen=True, repr=False)
+class AlertsConfig(_Section):
+    # mail the digest of new alerts to [mail] recipients: true, false, or left out: when [mail] has a
+    # sender and recipients
+    mail: bool | None = _setting(None)
+    # POST the digest as JSON here (docs/alerts.md); none: no webhook
+    webhook_url: str | None = _setting(None, check=_webhook_url)
+    # file whose first line is a bearer token for the webhook (Authorization: Bearer ...; never logged)
+    webhook_token_file: Path | None = _setting(None)
+    webhook_timeout_seconds: int = _setting(10, check=_positive)
+
+    def _check(self) -> tuple[str, str] | None:
+        if self.webhook_token_file is not None and self.webhook_url is None:
+            return "webhook_token_file", "goes with webhook_url (the token is sent to the webhook only)"
+        return None
+
+    def channels(self, mail: MailConfig) -> list[str]:
+        """Where alerts go: 'mail' (said so, or [mail] can send), 'webhook' (a URL is set)."""
+        mailed = self.mail if self.mail is not None else bool(mail.sender and mail.recipients)
+        return (["mail"] if mailed else []) + (["webhook"] if self.webhook_url else [])
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -376,7 +409,7 @@ class AgentConfig(_Section):
 SECTIONS: dict[str, type[_Section]] = {
     "database": DatabaseConfig, "paths": PathsConfig, "x509": X509Config, "local_ca": LocalCAConfig,
     "acme": AcmeConfig, "dns": DnsConfig, "ssh": SshConfig, "mail": MailConfig,
-    "logging": LoggingConfig, "agent": AgentConfig,
+    "alerts": AlertsConfig, "logging": LoggingConfig, "agent": AgentConfig,
 }
 
 
@@ -392,6 +425,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
     mail: MailConfig = field(default_factory=MailConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     source: Path | None = None
