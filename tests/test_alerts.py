@@ -369,11 +369,13 @@ def test_the_webhook_client_sorts_the_answers():
 
 def test_the_alerts_section_is_checked(tmp_path):
     source = tmp_path / "serverpki.toml"
-    assert parse_config({}, source).alerts.channels(parse_config({}, source).mail) == []
-    mailed = parse_config({"mail": {"sender": "a@example.org", "recipients": ["b@example.org"]}}, source)
-    assert mailed.alerts.channels(mailed.mail) == ["mail"]
-    both = parse_config({"alerts": {"mail": False, "webhook_url": "https://hooks.example.org/x"}}, source)
-    assert both.alerts.channels(both.mail) == ["webhook"]
+    mail = {"sender": "a@example.org", "recipients": ["b@example.org"]}
+    assert parse_config({"mail": mail}, source).alerts.channels == []          # told only when asked for
+    assert parse_config({"mail": mail, "alerts": {"mail": True}}, source).alerts.channels == ["mail"]
+    both = parse_config({"mail": mail, "alerts": {"mail": True, "webhook_url": "https://hooks.example.org/x"}}, source)
+    assert both.alerts.channels == ["mail", "webhook"]
+    with pytest.raises(ConfigError, match=r"\[alerts\] mail: alerts cannot be mailed: mail.recipients is empty"):
+        parse_config({"mail": {"sender": "a@example.org"}, "alerts": {"mail": True}}, source)
     for section, key in (({"webhook_url": "http://hooks.example.org/x"}, "webhook_url"),
                          ({"webhook_token_file": "t.txt"}, "webhook_token_file"),
                          ({"webhook_timeout_seconds": 0}, "webhook_timeout_seconds")):

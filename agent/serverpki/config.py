@@ -355,9 +355,8 @@ def _webhook_url(value: str | None) -> str | None:
 
 @dataclass(frozen=True, repr=False)
 class AlertsConfig(_Section):
-    # mail the digest of new alerts to [mail] recipients: true, false, or left out: when [mail] has a
-    # sender and recipients
-    mail: bool | None = _setting(None)
+    # mail the digest of new alerts to the [mail] recipients (then [mail] needs sender and recipients)
+    mail: bool = _setting(False)
     # POST the digest as JSON here (docs/alerts.md); none: no webhook
     webhook_url: str | None = _setting(None, check=_webhook_url)
     # file whose first line is a bearer token for the webhook (Authorization: Bearer ...; never logged)
@@ -369,10 +368,10 @@ class AlertsConfig(_Section):
             return "webhook_token_file", "goes with webhook_url (the token is sent to the webhook only)"
         return None
 
-    def channels(self, mail: MailConfig) -> list[str]:
-        """Where alerts go: 'mail' (said so, or [mail] can send), 'webhook' (a URL is set)."""
-        mailed = self.mail if self.mail is not None else bool(mail.sender and mail.recipients)
-        return (["mail"] if mailed else []) + (["webhook"] if self.webhook_url else [])
+    @property
+    def channels(self) -> list[str]:
+        """Where alerts go: 'mail' (mail = true), 'webhook' (a URL is set); none: alerts are not told."""
+        return (["mail"] if self.mail else []) + (["webhook"] if self.webhook_url else [])
 
 
 def _is_loopback(host: str) -> bool:
@@ -508,7 +507,11 @@ def parse_config(data: dict[str, Any], source: Path) -> Config:
         if not isinstance(table, dict):
             raise fail(f"[{name}]", "must be a table ([" + name + "] followed by key = value lines)")
         sections[name] = _build(SECTIONS[name], name, table, source.absolute().parent, fail)
-    return Config(**sections, source=source)
+    config = Config(**sections, source=source)
+    # alerts by mail are sent by every run: a [mail] section that cannot send is a mistake of the file
+    if config.alerts.mail and (problem := config.mail.unusable()):
+        raise fail("[alerts] mail", f"alerts cannot be mailed: {problem}")
+    return config
 
 
 def _suggest(name: str, known) -> str:

@@ -19,7 +19,7 @@ log = logging.getLogger("serverpki.alerts")
 
 def channels(config: Config) -> list[str]:
     """The channels alerts go to with this configuration (none: nothing is asked)."""
-    return config.alerts.channels(config.mail)
+    return config.alerts.channels
 
 
 def tell(agent: "Agent") -> "RunStats | None":
