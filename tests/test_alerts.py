@@ -15,7 +15,6 @@ import threading
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from helpers import add_small_world, complete, lease_of, owner_conn, remember_leases
@@ -360,8 +359,14 @@ def test_the_webhook_client_sorts_the_answers():
         with pytest.raises(GiveUp, match="webhook_token_file"):
             webhook.post(receiver.url, {}, 5)
         receiver.answer = (302, {"Location": "http://127.0.0.1:1/elsewhere"})
-        with pytest.raises(GiveUp, match="elsewhere"):
+        with pytest.raises(GiveUp, match="to http://127.0.0.1:1 "):
             webhook.post(receiver.url, {}, 5)
+        # the URL's path may be its secret (a Slack hook): no message shows it
+        receiver.answer = (500, {})
+        with pytest.raises(RetryLater) as info:
+            webhook.post(receiver.url + "/T000/B000/XXXXsecret?token=abc", {}, 5)
+        assert "XXXXsecret" not in str(info.value) and "abc" not in str(info.value)
+        assert f"webhook http://127.0.0.1:{receiver.server_address[1]} answered 500" in str(info.value)
         port = receiver.server_address[1]
     with pytest.raises(RetryLater, match="unreachable"):
         webhook.post(f"http://127.0.0.1:{port}/hook", {}, 2)
@@ -382,3 +387,73 @@ def test_the_alerts_section_is_checked(tmp_path):
         with pytest.raises(ConfigError, match=rf"\[alerts\] {key}"):
             parse_config({"alerts": section}, source)
     assert parse_config({"alerts": {"webhook_url": "http://127.0.0.1:8080/x"}}, source).alerts.webhook_url
+
+
+# --------------------------------------------------------------------------- the callers
+
+def test_a_run_records_itself_tells_and_a_failed_notice_fails_the_run(conn, pg_server, dbname, tmp_path):
+    from typer.testing import CliRunner
+
+    from helpers import small_cli_world
+    from serverpki.operate import app
+
+    config = small_cli_world(conn, tmp_path)
+    with Receiver() as receiver:
+        config.write_text(config.read_text() + f'[alerts]\nwebhook_url = "{receiver.url}"\n')
+        env = {**pg_server.env(dbname), "SERVERPKI_CONFIG": str(config)}
+        receiver.answer = (400, {})
+        refused = CliRunner().invoke(app, ["-K"], env=env)
+        assert refused.exit_code == 1, refused.output     # the notification failed: like any failed job
+        [(actions, succeeded)] = conn.execute("SELECT actions, succeeded FROM runs").fetchall()
+        assert actions == ["-K"] and succeeded is True      # recorded before the alerts were told
+        [(state, error)] = conn.execute("SELECT state::text, last_error FROM jobs WHERE kind = 'notify_alerts'").fetchall()
+        assert state == "dead" and "400" in error and "[alerts] webhook_url" in error
+        assert conn.execute("SELECT count(*) FROM alert_notices").fetchone()[0] == 0
+        assert len(receiver.posts) == 1
+        # an hour later the channel is tried again with the same alerts, and takes them
+        receiver.answer = (204, {})
+        later = conn.execute("SELECT now() + interval '61 minutes'").fetchone()[0].isoformat()
+        told = CliRunner().invoke(app, ["-K"], env={**env, "PGOPTIONS": f"-c pki.now={later}"})
+        assert told.exit_code == 0, told.output
+        assert len(receiver.posts) == 2
+        keys = {a["alert_key"] for a in receiver.posts[1]["body"]["alerts"]}
+        assert "schedule" in keys and "job:notify_alerts:alerts:webhook" in keys
+        assert {k for (k,) in conn.execute("SELECT alert_key FROM alert_notices")} == keys
+
+
+def test_the_long_running_agent_tells_once_per_change(conn, pg_server, dbname, tmp_path):
+    from serverpki.agent import Agent
+
+    add_small_world(conn)
+    with Receiver() as receiver:
+        config = parse_config({"alerts": {"webhook_url": receiver.url}, "logging": {"syslog_address": ""}},
+                              tmp_path / "serverpki.toml")
+        agent = Agent(pg_server.dsn(dbname, roles.WORKER), config, name="worker", lease=30)
+        stop = threading.Event()
+        thread = threading.Thread(target=agent.forever, kwargs={"poll_seconds": 0.3, "stop": stop}, daemon=True)
+        thread.start()
+        try:
+            _wait(lambda: len(receiver.posts) == 1)
+            assert [a["alert_key"] for a in receiver.posts[0]["body"]["alerts"]] == ["schedule"]
+            stop.wait(2)                                 # several polls, each asking: nothing new, nothing told
+            assert len(receiver.posts) == 1
+            record_schedule_run(conn)                    # a change: the alert is gone, and that is told once
+            _wait(lambda: len(receiver.posts) == 2)
+            assert [r["alert_key"] for r in receiver.posts[1]["body"]["resolved"]] == ["schedule"]
+            stop.wait(1.5)
+            assert len(receiver.posts) == 2
+        finally:
+            stop.set()
+            thread.join(10)
+            agent.close()
+    assert conn.execute("SELECT count(*), count(*) FILTER (WHERE state = 'done') FROM jobs "
+                        "WHERE kind = 'notify_alerts'").fetchone() == (2, 2)
+
+
+def _wait(condition, seconds: float = 15) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)

@@ -358,7 +358,7 @@ class AlertsConfig(_Section):
     # mail the digest of new alerts to the [mail] recipients (then [mail] needs sender and recipients)
     mail: bool = _setting(False)
     # POST the digest as JSON here (docs/alerts.md); none: no webhook
-    webhook_url: str | None = _setting(None, check=_webhook_url)
+    webhook_url: str | None = _setting(None, check=_webhook_url, secret=True)   # its path is often the secret
     # file whose first line is a bearer token for the webhook (Authorization: Bearer ...; never logged)
     webhook_token_file: Path | None = _setting(None)
     webhook_timeout_seconds: int = _setting(10, check=_positive)

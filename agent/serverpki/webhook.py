@@ -10,7 +10,8 @@ job needs the verdict (a 5xx or a Retry-After is a retry, a 4xx is for good).
   Retry-After, in seconds or as an HTTP date, is honoured).
 - Any other reply (4xx, a redirect: the URL is not the receiver's) and a certificate that is not
   trusted are WebhookRefused (a GiveUp), naming the [alerts] key to check.
-The bearer token goes in the Authorization header only; no message here shows it.
+The bearer token goes in the Authorization header only, and messages name the receiver by scheme,
+host and port: neither the token nor the URL's path (often a secret itself) shows in a job's error.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import urllib.error
 import urllib.request
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import GiveUp, RetryLater, ServerPKIError
@@ -50,6 +52,15 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 def _opener() -> urllib.request.OpenerDirector:
     # the system's trust store, host names checked (create_default_context)
     return urllib.request.build_opener(_NoRedirects(), urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+
+
+def where(url: str) -> str:
+    """The receiver as messages and reports name it: scheme, host and port only. A webhook URL's path
+    or query is often its secret (Slack, Teams, Mattermost hooks), so no message shows it."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 def retry_after(value: str | None) -> float | None:
@@ -86,6 +97,7 @@ def post(url: str, document: dict[str, Any], timeout: float, token: str | None =
         # a receiver may drop a copy sent again after a lost answer
         headers["Idempotency-Key"] = idempotency_key
     request = urllib.request.Request(url, data=json.dumps(document).encode(), headers=headers, method="POST")
+    url = where(url)   # from here on, what messages name
     try:
         with _opener().open(request, timeout=timeout) as answer:
             return answer.status
@@ -94,8 +106,9 @@ def post(url: str, document: dict[str, Any], timeout: float, token: str | None =
         if exc.code >= 500 or exc.code == 429:
             raise WebhookUnavailable(text, retry_after=retry_after(exc.headers.get("Retry-After"))) from None
         if 300 <= exc.code < 400:
-            raise WebhookRefused(f"{text} to {exc.headers.get('Location')} (set [alerts] webhook_url to where it "
-                                 "points, if that is the receiver)") from None
+            location = exc.headers.get("Location")
+            raise WebhookRefused(f"{text} to {where(location) if location else 'nowhere'} (set [alerts] webhook_url "
+                                 "to where it points, if that is the receiver)") from None
         hint = "webhook_token_file" if exc.code in (401, 403) else "webhook_url"
         raise WebhookRefused(f"{text} (check [alerts] {hint})") from None
     except urllib.error.URLError as exc:

@@ -155,7 +155,7 @@ def post(job: Job, alerts: list[dict], config: Config) -> dict[str, Any]:
         raise GiveUp("alerts.webhook_url is not set: set it in the [alerts] section, or leave the webhook out")
     status = webhook.post(url, document(job, alerts), config.alerts.webhook_timeout_seconds, _token(config),
                           idempotency_key=f"serverpki-alerts-{job.id}-{_fingerprint(job)}")
-    return {"posted_to": url, "status": status}
+    return {"posted_to": webhook.where(url), "status": status}
 
 
 CHANNELS = {"mail": send_mail, "webhook": post}
