@@ -457,3 +457,38 @@ def _wait(condition, seconds: float = 15) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not within the time allowed"
         time.sleep(0.05)
+
+
+def test_a_job_alert_lasts_alert_job_days_by_the_database_clock(world):
+    conn = world
+    record_schedule_run(conn)
+    dead_issue_job(conn)
+    keys = lambda: [k for (k,) in conn.execute("SELECT alert_key FROM alerts WHERE alert_key LIKE 'job:%'")]
+    [(since,)] = conn.execute("SELECT since FROM alerts WHERE alert_key LIKE 'job:%'").fetchall()
+    assert since == T0                               # the time of its death on the travelled clock
+    at(conn, T0 + dt.timedelta(days=6, hours=23))
+    assert len(keys()) == 1
+    at(conn, T0 + dt.timedelta(days=7, hours=1))
+    assert keys() == []
+
+
+def test_a_delivered_digest_is_not_told_twice_when_the_completion_was_lost(world, tmp_path):
+    from serverpki.handlers import Context
+
+    conn = world
+    job_id = new_job(conn, "webhook")
+    with Receiver() as receiver:
+        config = parse_config({"alerts": {"webhook_url": receiver.url}}, tmp_path / "serverpki.toml")
+        for attempt in (1, 2):
+            [row] = claim(conn)
+            job = Job(row["id"], row["kind"], None, None, None, None, row["args"], row["attempts"],
+                      row["max_attempts"], str(row["lease_token"]))
+            completion = alerts_handler.notify_alerts(job, Context(config=config, conn=conn, agent_name=AGENT))
+            assert completion.report["status"] == 204 and row["attempts"] == attempt
+            if attempt == 1:   # the agent died before the completion: the lease runs out, the job comes back
+                conn.execute("SELECT fail_job(%s, %s, 'lease expired', true, interval '1 second')",
+                             (job_id, lease_of(conn, job_id, AGENT)))
+                owner_conn(conn).execute("UPDATE jobs SET run_after = pki.now() WHERE id = %s", (job_id,))
+        complete(conn, job_id, lease_of(conn, job_id, AGENT), completion)
+        assert len(receiver.posts) == 1
+    assert notify_job(conn, job_id)["state"] == "done" and set(notices(conn)) == {("webhook", "schedule")}
