@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from . import handlers as handler_registry
-from . import migrate
+from . import migrate, notices
 from .config import Config, default_agent_name
 from .errors import GiveUp, RetryLater, ServerPKIError, clean_text
 from .faults import crash_point
@@ -339,10 +339,18 @@ class Agent:
                     listener.execute(q("listen_jobs"))
                     delay = 1.0
                     log.info("agent %s: listening for jobs of kinds %s", self.name, ", ".join(self.kinds))
+                    told_at = float("-inf")
                     while not stop.is_set():
                         stats = self.drain()
                         if stats.ran:
                             log.info("agent %s: %s", self.name, stats.summary())
+                        # what is new in pki.alerts, after work and once per poll interval; the database
+                        # tells each alert once (a notify job just done leaves an empty digest: no loop)
+                        if stats.ran or time.monotonic() - told_at >= poll_seconds:
+                            told_at = time.monotonic()
+                            told = notices.tell(self)
+                            if told is not None and told.ran:
+                                log.info("agent %s: alerts: %s", self.name, told.summary())
                         # wait for a notification or the poll interval, whichever comes first;
                         # in short slices, so a stop request is honoured within a second
                         deadline = time.monotonic() + poll_seconds

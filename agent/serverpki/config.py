@@ -342,6 +342,38 @@ class MailConfig(_Section):
         return None
 
 
+def _webhook_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return None   # a receiver on this host: nothing crosses the network
+    return "must be an https:// URL (http:// only to a receiver on this host, e.g. http://127.0.0.1:8080/alerts)"
+
+
+@dataclass(frozen=True, repr=False)
+class AlertsConfig(_Section):
+    # mail the digest of new alerts to the [mail] recipients (then [mail] needs sender and recipients)
+    mail: bool = _setting(False)
+    # POST the digest as JSON here (docs/alerts.md); none: no webhook
+    webhook_url: str | None = _setting(None, check=_webhook_url, secret=True)   # its path is often the secret
+    # file whose first line is a bearer token for the webhook (Authorization: Bearer ...; never logged)
+    webhook_token_file: Path | None = _setting(None)
+    webhook_timeout_seconds: int = _setting(10, check=_positive)
+
+    def _check(self) -> tuple[str, str] | None:
+        if self.webhook_token_file is not None and self.webhook_url is None:
+            return "webhook_token_file", "goes with webhook_url (the token is sent to the webhook only)"
+        return None
+
+    @property
+    def channels(self) -> list[str]:
+        """Where alerts go: 'mail' (mail = true), 'webhook' (a URL is set); none: alerts are not told."""
+        return (["mail"] if self.mail else []) + (["webhook"] if self.webhook_url else [])
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -376,7 +408,7 @@ class AgentConfig(_Section):
 SECTIONS: dict[str, type[_Section]] = {
     "database": DatabaseConfig, "paths": PathsConfig, "x509": X509Config, "local_ca": LocalCAConfig,
     "acme": AcmeConfig, "dns": DnsConfig, "ssh": SshConfig, "mail": MailConfig,
-    "logging": LoggingConfig, "agent": AgentConfig,
+    "alerts": AlertsConfig, "logging": LoggingConfig, "agent": AgentConfig,
 }
 
 
@@ -392,6 +424,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
     mail: MailConfig = field(default_factory=MailConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     source: Path | None = None
@@ -474,7 +507,11 @@ def parse_config(data: dict[str, Any], source: Path) -> Config:
         if not isinstance(table, dict):
             raise fail(f"[{name}]", "must be a table ([" + name + "] followed by key = value lines)")
         sections[name] = _build(SECTIONS[name], name, table, source.absolute().parent, fail)
-    return Config(**sections, source=source)
+    config = Config(**sections, source=source)
+    # alerts by mail are sent by every run: a [mail] section that cannot send is a mistake of the file
+    if config.alerts.mail and (problem := config.mail.unusable()):
+        raise fail("[alerts] mail", f"alerts cannot be mailed: {problem}")
+    return config
 
 
 def _suggest(name: str, known) -> str:

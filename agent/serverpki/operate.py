@@ -10,6 +10,7 @@ Jobs of kinds this release has no handler for stay queued, and the run says so.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,13 +18,14 @@ import logging
 
 import psycopg
 import typer
+from psycopg.types.json import Jsonb
 
 try:  # typer up to 0.2x uses click, later releases carry their own copy
     from click import ClickException
 except ImportError:
     from typer._click.exceptions import ClickException
 
-from . import __version__, migrate, reports
+from . import __version__, migrate, notices, reports
 from .db import connect, refusals_as_errors
 from .actions import run_action
 from .agent import Agent
@@ -174,6 +176,8 @@ def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_params
     params = {"remaining": remaining, "ca_name": config.local_ca.name, "ca_algo": config.local_ca.key_type,
               "acme_url": config.acme.directory_url, "acme_contact": config.acme.contact_email}
     ok = True
+    started = conn.execute(q("db_now")).fetchone()[0]
+    outcomes: Counter = Counter()
     try:
         for action in wanted:
             outcome = run_action(conn, agent, action, sel_params, params)
@@ -181,8 +185,18 @@ def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_params
             for error in outcome.stats.errors:
                 log.error("%s: %s", action, error)
             ok = ok and outcome.stats.all_succeeded
+            outcomes.update(outcome.stats.outcomes)
         for kind, count in agent.unhandled_pending():
             log.warning("%s job(s) of kind %s stay queued: this release has no handler for them", count, kind)
+        # the run's record first: the 'schedule' alert must know that this -S ran before the alerts are told
+        conn.execute(q("record_run"), {"agent": agent.name, "actions": wanted, "started": started,
+                                       "succeeded": ok, "jobs": Jsonb(dict(outcomes))})
+        told = notices.tell(agent)
+        if told is not None:
+            log.info("alerts: %s", told.summary())
+            for error in told.errors:
+                log.error("alerts: %s", error)
+            ok = ok and told.all_succeeded
     finally:
         agent.close()
     return ok

@@ -197,6 +197,14 @@ SELECT job, certificate, instance, reason FROM pki.request_remove_tlsa(
 -- -Z
 SELECT pki.request_acme_account(%(acme_url)s, %(acme_contact)s), NULL::text, NULL::int, 'requested (-Z)';
 
+-- name: record_run
+-- a run that acted says how it ended (pki.runs: the 'schedule' alert and the metrics read it)
+SELECT pki.record_run(%(agent)s, %(actions)s, %(started)s, %(succeeded)s, %(jobs)s);
+
+-- name: request_alert_notices
+-- what is new in pki.alerts, a notify_alerts job per channel (db/jobs/070_notify_alerts.sql)
+SELECT job, certificate, instance, reason FROM pki.request_alert_notices(%(channels)s::text[]);
+
 -- The report grids (reports.py): each selects exactly the seed's columns, in its order.
 -- %(only)s: the -o names, or none for every certificate.
 

@@ -149,6 +149,8 @@ GRANT EXECUTE ON FUNCTION pki.claim_jobs(text, text[], integer, interval, dd.sel
 -- what -n reports, for pki.alerts (which pki_report reads): problems, not the rows behind them
 GRANT EXECUTE ON FUNCTION pki.config_problems() TO pki_admin, pki_agent, pki_report;
 GRANT EXECUTE ON FUNCTION pki.record_run(text, text[], timestamp with time zone, boolean, jsonb) TO pki_agent;
+-- the runs' and the agent's request to tell what is new in pki.alerts (db/jobs/070_notify_alerts.sql)
+GRANT EXECUTE ON FUNCTION pki.request_alert_notices(text[]) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.extend_lease(bigint, uuid, interval) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.fail_job(bigint, uuid, text, boolean, interval) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.save_job_progress(bigint, uuid, jsonb) TO pki_agent;

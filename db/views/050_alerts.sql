@@ -22,12 +22,16 @@ WITH knobs AS (
            pki.setting_int('alert_expiry_critical_days') * interval '1 day' AS expiry_critical,
            pki.setting_interval('schedule_stale') AS schedule_stale
 ), troubled_jobs AS (
-    -- the newest job in trouble of each kind and subject
-    SELECT DISTINCT ON (j.kind, j.subject_key) j.*
-      FROM pki.jobs j, knobs k
+    -- the newest job in trouble of each kind and subject; its last attempt is the time of its newest
+    -- event (pki.now() of the failure: jobs.updated is the wall clock, which time travel does not move)
+    SELECT DISTINCT ON (j.kind, j.subject_key) j.*, t.last_attempt
+      FROM pki.jobs j
+     CROSS JOIN knobs k
+     CROSS JOIN LATERAL (SELECT coalesce(max(e.at), j.finished, j.run_after) AS last_attempt
+                           FROM pki.events e WHERE e.job = j.id) t
      WHERE (j.state = 'dead' OR (j.state IN ('queued', 'running', 'failed') AND j.attempts >= k.failing
                                  AND j.last_error IS NOT NULL))
-       AND j.updated >= k.now - k.job_window
+       AND t.last_attempt >= k.now - k.job_window
        AND NOT EXISTS (SELECT 1 FROM pki.jobs d WHERE d.kind = j.kind AND d.subject_key = j.subject_key
                           AND d.state = 'done' AND d.id > j.id)
      ORDER BY j.kind, j.subject_key, j.id DESC
@@ -50,10 +54,13 @@ WITH knobs AS (
                                ELSE format('%s job keeps failing', j.kind) END,
                      CASE WHEN s.name IS NOT NULL THEN format('for certificate %s', s.name) END,
                      CASE WHEN d.fqdn IS NOT NULL THEN format('on disthost %s', d.fqdn) END,
-                     CASE WHEN j.zone IS NOT NULL THEN format('in zone %s', j.zone) END) AS summary,
+                     CASE WHEN j.zone IS NOT NULL THEN format('in zone %s', j.zone) END,
+                     -- a job of the installation (-Z, -X, notify_alerts): its subject says which
+                     CASE WHEN s.name IS NULL AND d.fqdn IS NULL AND j.zone IS NULL THEN format('(%s)', j.subject_key) END)
+               AS summary,
            format('job %s, %s after %s attempt(s): %s', j.id, j.state, j.attempts,
                   coalesce(j.last_error, 'no error recorded')) AS detail,
-           j.updated AS since
+           j.last_attempt AS since
       FROM troubled_jobs j
       LEFT JOIN pki.main_subjects s ON s.certificate = j.certificate
       LEFT JOIN pki.disthosts d ON d.id = j.disthost
