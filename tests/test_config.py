@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import logging.handlers
 import re
@@ -18,10 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from typer.testing import CliRunner
 
 from serverpki import config as config_module
-from serverpki import log as log_module
 from serverpki.config import SECTIONS, Config, load_config
 from serverpki.errors import ConfigError, UsageError
-from serverpki.log import VERBOSE, progress, remove_private_keys, setup_logging
+from serverpki.log import VERBOSE, remove_private_keys, setup_logging
 
 EXAMPLE = Path(str(resources.files("serverpki") / "examples" / "serverpki.toml"))
 
@@ -424,22 +422,3 @@ def test_a_cut_off_key_is_removed_to_the_end_and_certificates_stay():
                                "EC PRIVATE KEY-----y-----END EC PRIVATE KEY----- c") == \
         "a (private key removed) b (private key removed) c"
 
-
-class _Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_progress_on_a_terminal_only(logs, monkeypatch):
-    setup_logging(no_syslog())
-    monkeypatch.setattr("sys.stderr", io.StringIO())
-    assert list(progress(iter("abc"), 3, "hosts")) == ["a", "b", "c"]
-    assert log_module.sys.stderr.getvalue() == ""
-    tty = _Tty()
-    monkeypatch.setattr("sys.stderr", tty)
-    assert list(progress(["a", "b"], label="hosts")) == ["a", "b"]
-    assert tty.getvalue() == "\rhosts: 0/2\rhosts: 1/2\rhosts: 2/2\n"
-    setup_logging(no_syslog(), quiet=True)  # -q: no progress even on a terminal
-    tty.truncate(0), tty.seek(0)
-    assert list(progress(["a"], 1, "hosts")) == ["a"]
-    assert tty.getvalue() == ""

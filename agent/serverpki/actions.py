@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import psycopg
 
 from .agent import Agent, RunStats
+from .log import one_line
 from .queries import q
 
 log = logging.getLogger("serverpki.operate")
@@ -46,8 +47,8 @@ def run_action(conn: psycopg.Connection, agent: Agent, action: str, sel_params: 
     for job, cert, inst, reason in requested:
         # -S rows 'warn' (-N: you keep DNS) and 'overdue' (in service past not_after) need a human
         level = logging.WARNING if action == "-S" and reason.startswith(WARNING_ACTIONS) else logging.INFO
-        log.log(level, "%s: %s%s%s", action, f"{cert} " if cert else "", f"instance {inst} " if inst else "",
+        log.log(level, "%s: %s%s%s", action, f"{one_line(cert)} " if cert else "", f"instance {inst} " if inst else "",
                 reason if job is None else f"job {job}: {reason}")
     # only the jobs of the run's selection (the agent's), and those this request returned
-    stats = agent.drain(requested=[job for job, *_ in requested])
+    stats = agent.drain(requested=[job for job, *_ in requested], label=f"{action} jobs")
     return Outcome(requested, stats, agent.unhandled_pending())

@@ -27,7 +27,7 @@ from .config import Config, default_agent_name
 from .errors import GiveUp, RetryLater, ServerPKIError, clean_text
 from .faults import crash_point
 from .handlers import Context, Job
-from .log import progress
+from .log import ProgressBar, on_terminal
 from .queries import q
 
 log = logging.getLogger("serverpki.agent")
@@ -79,7 +79,7 @@ class _Heartbeat(threading.Thread):
 
     def __init__(self, dsn: str, job: Job, lease: int):
         super().__init__(daemon=True, name=f"heartbeat-{job.id}")
-        self.dsn, self.job_id, self.token, self.lease = dsn, job.id, job.lease, lease
+        self.dsn, self.job_id, self.token, self.lease, self.label = dsn, job.id, job.lease, lease, job.label
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -93,7 +93,7 @@ class _Heartbeat(threading.Thread):
                     if self.stopped.wait(max(self.lease / 3, 1)):
                         break
         except psycopg.Error as exc:  # the job will be refused at completion (SP022); say why now
-            log.warning("job %s: lease could not be extended: %s", self.job_id, exc.diag.message_primary or exc)
+            log.warning("%s: lease could not be extended: %s", self.label, exc.diag.message_primary or exc)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -151,7 +151,8 @@ class Agent:
         if any(r["kind"] not in self._completions for r in rows):
             self._completions = dict(self.conn.execute(q("job_completions")).fetchall())
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
-                    r["args"] or {}, r["attempts"], r["max_attempts"], str(r["lease_token"])) for r in rows]
+                    r["args"] or {}, r["attempts"], r["max_attempts"], str(r["lease_token"]),
+                    r["certificate_name"], r["disthost_name"]) for r in rows]
 
     def run_job(self, job: Job, conn: psycopg.Connection | None = None) -> str:
         """Run one claimed job to its outcome; returns done, failed, dead or lost.
@@ -162,7 +163,7 @@ class Agent:
         heartbeat = _Heartbeat(self.dsn, job, self.lease)
         heartbeat.start()
         ctx = Context(config=self.config, conn=conn, agent_name=self.name)
-        log.debug("job %s %s: start (attempt %s of %s)", job.id, job.kind, job.attempts, job.max_attempts)
+        log.debug("%s: start (attempt %s of %s)", job.label, job.attempts, job.max_attempts)
         crash_point(f"{job.kind}.claimed")
         try:
             # a handler that returns no Completion fails its attempt like one that crashed
@@ -172,24 +173,24 @@ class Agent:
         except GiveUp as exc:
             return self._fail(job, str(exc), retry=False, conn=conn)
         except Exception as exc:  # a crashed handler is a failed attempt, not a crashed run
-            log.debug("job %s %s crashed", job.id, job.kind, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.debug("%s crashed", job.label, exc_info=log.isEnabledFor(logging.DEBUG))
             return self._fail(job, f"{type(exc).__name__}: {exc}", retry=True, conn=conn)
         finally:
             heartbeat.stop()
         crash_point(f"{job.kind}.before_complete")
         try:
-            self._report(conn, *statement)
+            self._report(conn, *statement, label=job.label)
         except psycopg.Error as exc:
             if _connection_lost(exc):
                 raise   # the database stayed away (_report waited): the drain stops, the lease brings the job back
             state = exc.diag.sqlstate
             if state == "SP022":
-                log.warning("job %s %s: result dropped: %s", job.id, job.kind, exc.diag.message_primary)
+                log.warning("%s: result dropped: %s", job.label, exc.diag.message_primary)
                 return "lost"
             # the outcome did not fit (SP023) or could not be stored: a failed attempt, the error kept
             return self._fail(job, f"{state or type(exc).__name__}: {exc.diag.message_primary or _first_line(exc)}",
                               retry=state != "SP023", conn=conn)
-        log.info("job %s %s: done", job.id, job.kind)
+        log.info("%s: done", job.label)
         return "done"
 
     def _renew_lease(self, job: Job, conn: psycopg.Connection) -> bool:
@@ -201,12 +202,11 @@ class Agent:
         except psycopg.Error as exc:
             if exc.diag.sqlstate != "SP022":
                 raise
-            log.warning("job %s %s: not run, its lease ran out while it waited: %s", job.id, job.kind,
-                        exc.diag.message_primary)
+            log.warning("%s: not run, its lease ran out while it waited: %s", job.label, exc.diag.message_primary)
             return False
         return True
 
-    def _report(self, conn: psycopg.Connection, query: str | sql.Composed, params: dict):
+    def _report(self, conn: psycopg.Connection, query: str | sql.Composed, params: dict, label: str):
         """Send a job's outcome (its kind's completion, or fail_job) and return its row. When the connection
         died under it (a restart, a failover, the network), reconnect and send it again for up to half the
         lease, while the job is still ours: finished work is reported, not done again after the lease."""
@@ -215,11 +215,11 @@ class Agent:
         except psycopg.OperationalError as exc:
             if not (conn.closed or conn.broken):
                 raise
-            log.warning("job %s: the database connection was lost (%s); reconnecting to report the outcome",
-                        params["job"], _first_line(exc))
+            log.warning("%s: the database connection was lost (%s); reconnecting to report the outcome",
+                        label, _first_line(exc))
         with self._reconnected() as fresh:
             row = fresh.execute(query, params).fetchone()
-        log.info("job %s: outcome reported after reconnecting", params["job"])
+        log.info("%s: outcome reported after reconnecting", label)
         return row
 
     @contextlib.contextmanager
@@ -247,10 +247,10 @@ class Agent:
         error = clean_text(error)
         params = {"job": job.id, "token": job.lease, "error": error, "retry": retry, "retry_after": retry_after}
         try:
-            outcome = self._report(conn or self.conn, q("fail_job"), params)[0]
+            outcome = self._report(conn or self.conn, q("fail_job"), params, job.label)[0]
         except psycopg.Error as exc:
             if exc.diag.sqlstate == "SP022":
-                log.warning("job %s %s: failure not recorded, lease lost: %s", job.id, job.kind, error)
+                log.warning("%s: failure not recorded, lease lost: %s", job.label, error)
                 return "lost"
             if _connection_lost(exc):
                 raise
@@ -260,26 +260,37 @@ class Agent:
             plain = clean_text(f"the database refused this failure report ({refusal}); the failure was: "
                                + error.encode("ascii", "backslashreplace").decode("ascii"))
             try:
-                outcome = self._report(conn or self.conn, q("fail_job"), dict(params, error=plain, retry_after=None))[0]
+                outcome = self._report(conn or self.conn, q("fail_job"), dict(params, error=plain, retry_after=None),
+                                       job.label)[0]
             except psycopg.Error as again:
                 if _connection_lost(again):
                     raise
-                log.error("job %s %s: failure not recorded (%s), the job returns when its lease runs out: %s",
-                          job.id, job.kind, _first_line(again), error)
+                log.error("%s: failure not recorded (%s), the job returns when its lease runs out: %s",
+                          job.label, _first_line(again), error)
                 return "lost"
             error = plain
-        log.error("job %s %s: %s (%s)", job.id, job.kind, error, outcome)
+        log.error("%s: %s (%s)", job.label, error, outcome)
         return outcome
 
-    def _outcomes(self, max_jobs: int | None):
+    def due(self) -> int:
+        """How many jobs of this agent's kinds are due now (of the run's selection, with what it requested)."""
+        if self.selection is None:
+            return self.conn.execute(q("due_jobs"), {"kinds": self.kinds}).fetchone()[0]
+        return self.conn.execute(q("due_selected_jobs"),
+                                 {**self.selection, "kinds": self.kinds, "requested": self.requested}).fetchone()[0]
+
+    def _outcomes(self, max_jobs: int | None, bar: ProgressBar):
         """(job, outcome) of every due job, claim after claim until nothing is due (follow-ups included);
-        the distribute jobs of one claim run in the pool."""
+        the distribute jobs of one claim run in the pool. The bar's total: what was claimed and what is
+        due after each claim (the follow-ups the jobs before it enqueued)."""
         claimed = 0
         while max_jobs is None or claimed < max_jobs:
             jobs = self.claim()
             if not jobs:
                 return
             claimed += len(jobs)
+            if bar.shown:
+                bar.set_total(claimed + self.due())
             pooled = [job for job in jobs if job.kind in POOLED_KINDS]
             pooled = pooled if len(pooled) > 1 else []
             for job in jobs:
@@ -301,16 +312,20 @@ class Agent:
         with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pool") as pool:
             yield from zip(jobs, pool.map(one, jobs))
 
-    def drain(self, max_jobs: int | None = None, requested: list[int] | None = None) -> RunStats:
-        """Run what is due now, follow-ups included, then return (the cron run); progress shows on a terminal.
-        With a selection: only its jobs, and the jobs requested (ids an action's request returned)."""
+    def drain(self, max_jobs: int | None = None, requested: list[int] | None = None, label: str = "jobs") -> RunStats:
+        """Run what is due now, follow-ups included, then return (the cron run); a progress bar named label
+        shows on a terminal. With a selection: only its jobs, and the jobs requested (ids an action's request
+        returned)."""
         self.requested = [job for job in requested or () if job is not None]
         stats = RunStats()
         try:
-            for job, outcome in progress(self._outcomes(max_jobs), label="jobs run"):
-                stats.outcomes[outcome] += 1
-                if outcome != "done":
-                    stats.errors.append(f"job {job.id} {job.kind}: {outcome}")
+            # counted for a terminal only; nothing due, no bar (`serverpki agent` drains at every wake-up)
+            with ProgressBar(label, self.due() if on_terminal() else 0) as bar:
+                for job, outcome in self._outcomes(max_jobs, bar):
+                    stats.outcomes[outcome] += 1
+                    bar.advance()
+                    if outcome != "done":
+                        stats.errors.append(f"{job.label}: {outcome}")
         except psycopg.OperationalError as exc:
             if not _connection_lost(exc):
                 raise

@@ -12,6 +12,8 @@ every authoritative server of a zone shows what was sent (dnspython).
   addresses of the zone's NS, at the primary's port) is asked directly, without
   recursion, until it answers with exactly the wanted RRset; polled with a
   growing interval, bounded by [dns] propagation_timeout_seconds. No fixed sleep.
+  Each wait is logged: the owners, the type and the records (a TXT token and a TLSA
+  hash are public), the servers, the timeout; and when every server showed them.
 - Errors: REFUSED, NOTAUTH, NOTZONE and a TSIG complaint (BADSIG, BADKEY,
   BADTIME) are DnsRefused (a GiveUp), naming zone, server and key: no retry
   mends them. An unreachable server, a timeout or SERVFAIL is DnsUnavailable
@@ -20,6 +22,7 @@ every authoritative server of a zone shows what was sent (dnspython).
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections import Counter
@@ -42,6 +45,8 @@ import dns.update
 from .config import Config
 from .errors import ConfigError, GiveUp, RetryLater, ServerPKIError
 from .secretfile import SecretFileError, read_secret
+
+log = logging.getLogger("serverpki.dns")
 
 Server = tuple[str, int]   # (address, port)
 
@@ -120,19 +125,22 @@ class DnsUpdater:
     clock: Clock = field(default_factory=Clock)
     # UPDATE messages sent, by zone (what the benchmark reports)
     updates: Counter = field(default_factory=Counter)
+    # what the log lines of its waits are about (the job's label)
+    label: str = "DNS"
     _zone_cache: dict[dns.name.Name, dns.name.Name] = field(default_factory=dict)
     _primary_cache: dict[dns.name.Name, Server] = field(default_factory=dict)
     _servers_cache: dict[dns.name.Name, list[Server]] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: Config, clock: Clock | None = None, needed_for: str = "DNS updates") -> "DnsUpdater":
+    def from_config(cls, config: Config, clock: Clock | None = None, needed_for: str = "DNS updates",
+                    label: str = "DNS") -> "DnsUpdater":
         dnscfg = config.dns
         primary = None
         if dnscfg.primary:
             host, port = dnscfg.primary_address
             primary = (_address(host), port)
         return cls(key=read_tsig_key(config, needed_for), primary=primary, zones=dict(dnscfg.zones),
-                   propagation_timeout=float(dnscfg.propagation_timeout_seconds), clock=clock or Clock())
+                   propagation_timeout=float(dnscfg.propagation_timeout_seconds), clock=clock or Clock(), label=label)
 
     @property
     def key_name(self) -> str:
@@ -303,18 +311,25 @@ class DnsUpdater:
     # --------------------------------------------------------------- waiting
 
     def wait_until(self, zone: dns.name.Name, rdtype, check: Callable[[dns.name.Name, set[str]], bool],
-                   owners: Iterable[dns.name.Name], what: str) -> None:
-        """Poll every authoritative server of the zone until check(owner, rrset) holds for every owner."""
+                   owners: Iterable[dns.name.Name], what: str, records: str = "") -> None:
+        """Poll every authoritative server of the zone until check(owner, rrset) holds for every owner.
+        what: the records in an error ("TXT records"); records: them in full for the log lines."""
         owners = sorted(set(owners))
-        deadline = time.monotonic() + self.propagation_timeout
+        servers = self.servers_for(zone)
+        started = time.monotonic()
+        deadline = started + self.propagation_timeout
         delay = 0.02
-        pending = [(server, owner) for server in self.servers_for(zone) for owner in owners]
+        log.info("%s: waiting up to %.0f s for %s on %s (zone %s)", self.label, self.propagation_timeout,
+                 records or what, _servers_text(servers), _text(zone))
+        pending = [(server, owner) for server in servers for owner in owners]
         while True:
             still = []
             for server, owner in pending:
                 if not check(owner, self.rrset_at(server, owner, rdtype)):
                     still.append((server, owner))
             if not still:
+                log.info("%s: %s at %s seen on %s after %.1f s", self.label, what, ", ".join(map(_text, owners)),
+                         _servers_text(servers), time.monotonic() - started)
                 return
             pending = still
             if time.monotonic() + delay > deadline:
@@ -328,13 +343,27 @@ class DnsUpdater:
         """Until every server shows exactly these RRsets (an empty set: no records)."""
         wanted = {owner: {_canonical_text(rdtype, r) for r in records} for owner, records in rrsets.items()}
         self.wait_until(zone, rdtype, lambda owner, seen: seen == wanted[owner], wanted,
-                        f"{dns.rdatatype.to_text(rdtype)} records")
+                        f"{dns.rdatatype.to_text(rdtype)} records", _records_text(rdtype, wanted, exactly=True))
 
     def wait_present(self, zone: dns.name.Name, records: dict[dns.name.Name, set[str]], rdtype) -> None:
         """Until every server shows at least these records."""
         wanted = {owner: {_canonical_text(rdtype, r) for r in values} for owner, values in records.items()}
         self.wait_until(zone, rdtype, lambda owner, seen: wanted[owner] <= seen, wanted,
-                        f"{dns.rdatatype.to_text(rdtype)} records")
+                        f"{dns.rdatatype.to_text(rdtype)} records", _records_text(rdtype, wanted, exactly=False))
+
+
+def _records_text(rdtype, wanted: dict[dns.name.Name, set[str]], exactly: bool) -> str:
+    """The records a wait is for, per owner, for its log line: 'TXT "token" at _acme-challenge.example.org.'
+    (a TXT token, a TLSA hash: public data); exactly: the RRset holds these and no other."""
+    kind = dns.rdatatype.to_text(rdtype)
+    return "; ".join(
+        (f"{kind} {' + '.join(sorted(values))}{' only' if exactly else ''} at {_text(owner)}" if values
+         else f"no {kind} record at {_text(owner)}")
+        for owner, values in sorted(wanted.items()))
+
+
+def _servers_text(servers: list[Server]) -> str:
+    return ", ".join(map(_where, servers))
 
 
 def _canonical(rdata) -> str:

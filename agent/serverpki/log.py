@@ -8,6 +8,10 @@ syslog, and a socket that does not exist disables it with one warning.
 Other libraries (acme, paramiko, dnspython) log their warnings, with -d their
 info as well. Every handler carries PrivateKeyFilter, and so does the
 serverpki logger itself.
+
+A drain on a terminal shows a progress bar (rich) on stderr, never with -q;
+while it is shown, the terminal's log lines go through the bar's console, so
+each appears whole above the bar.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
 from logging.handlers import SysLogHandler
-from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .config import Config, split_host_port
 
@@ -35,8 +40,8 @@ _PEM_PRIVATE_KEY = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----.*?(
 REMOVED = "(private key removed)"
 
 _show_progress = True
-
-T = TypeVar("T")
+# the console of the progress bar while one is shown: the terminal's log lines go through it
+_live_console: Console | None = None
 
 
 def remove_private_keys(text: str) -> str:
@@ -77,6 +82,15 @@ class _Stderr(logging.StreamHandler):
     @stream.setter
     def stream(self, _value) -> None:
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console = _live_console
+        if console is None:
+            return super().emit(record)
+        try:   # above the bar, whole: rich clears the bar, writes the line, draws the bar again
+            console.out(self.format(record), highlight=False)
+        except Exception:
+            self.handleError(record)
 
 
 class _TerminalFormatter(logging.Formatter):
@@ -150,29 +164,57 @@ def _syslog_handler(address: str, facility: str, program: str) -> tuple[SysLogHa
     return handler, None
 
 
-def progress(iterable: Iterable[T], total: int | None = None, label: str = "") -> Iterator[T]:
-    """Yield the items of iterable and show "label: done/total" on a terminal; silent otherwise and with -q."""
-    stream = sys.stderr
+def one_line(text: object) -> str:
+    """text on one line, for a log line: control and invisible characters (a name with a newline) shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+
+
+def on_terminal() -> bool:
+    """Whether a progress bar may show: stderr is a terminal and -q was not given."""
     try:
-        shown = _show_progress and stream.isatty()
+        return _show_progress and sys.stderr.isatty()
     except (AttributeError, ValueError):  # no stderr, or a closed one
-        shown = False
-    if not shown:
-        yield from iterable
-        return
-    if total is None:
-        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
-    of = f"/{total}" if total is not None else ""
-    prefix = f"{label}: " if label else ""
-    done = 0
-    stream.write(f"\r{prefix}{done}{of}")
-    stream.flush()
-    try:
-        for item in iterable:
-            yield item
-            done += 1
-            stream.write(f"\r{prefix}{done}{of}")
-            stream.flush()
-    finally:
-        stream.write("\n")
-        stream.flush()
+        return False
+
+
+class ProgressBar:
+    """A drain's progress bar on stderr, "label ━━━━━ done/total elapsed", while the `with` block runs:
+    only for some work (a total above 0), on a terminal and without -q (else `shown` is False and
+    nothing is drawn). The total may grow (set_total) as the work turns out to be more; log lines
+    appear above the bar."""
+
+    def __init__(self, label: str, total: int):
+        self.label = label
+        self.shown = total > 0 and on_terminal()
+        self._total = total
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> "ProgressBar":
+        global _live_console
+        if not self.shown:
+            return self
+        # stdout stays where it is (a pipe gets no bar's output); stray writes to stderr go above the bar
+        console = Console(stderr=True)
+        self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=console, redirect_stdout=False, redirect_stderr=True)
+        self._task = self._progress.add_task(self.label, total=self._total)
+        self._progress.start()
+        _live_console = console
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _live_console
+        if self._progress is None:
+            return
+        _live_console = None
+        self._progress.stop()
+        self._progress = None
+
+    def set_total(self, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)

@@ -2,13 +2,33 @@
 -- The queue's own calls are single calls of pki functions.
 
 -- name: claim_jobs
-SELECT * FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second');
+-- with the names the log lines of a job show: its certificate's main subject, its disthost
+SELECT c.*, s.name::text AS certificate_name, d.fqdn::text AS disthost_name
+  FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second') c
+  LEFT JOIN pki.main_subjects s ON s.certificate = c.certificate
+  LEFT JOIN pki.disthosts d ON d.id = c.disthost;
 
 -- name: claim_selected_jobs
--- an operate_serverPKI run's drain: only the jobs of its selection, and those it requested (pki.claim_jobs)
-SELECT * FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second',
+-- an operate_serverPKI run's drain: only the jobs of its selection, and those it requested (pki.claim_jobs);
+-- with the names, as claim_jobs
+SELECT c.*, s.name::text AS certificate_name, d.fqdn::text AS disthost_name
+  FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second',
     pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s),
-    %(requested)s::bigint[]);
+    %(requested)s::bigint[]) c
+  LEFT JOIN pki.main_subjects s ON s.certificate = c.certificate
+  LEFT JOIN pki.disthosts d ON d.id = c.disthost;
+
+-- name: due_jobs
+-- how many jobs of these kinds are due now: what the drain of `serverpki agent` has still to run (its progress bar)
+SELECT count(*) FROM pki.jobs WHERE state IN ('queued', 'failed') AND run_after <= pki.now() AND kind = ANY(%(kinds)s);
+
+-- name: due_selected_jobs
+-- how many jobs of these kinds an operate_serverPKI run's drain has still to run (its progress bar): as claim_selected_jobs
+SELECT count(*) FROM pki.jobs_of_selection(
+    pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s),
+    %(requested)s::bigint[]) s
+  JOIN pki.jobs j ON j.id = s.job
+ WHERE j.kind = ANY(%(kinds)s);
 
 -- name: extend_lease
 SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second');

@@ -121,6 +121,8 @@ GRANT EXECUTE ON FUNCTION pki.check_selection(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.checked_selection(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.selected_certs(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.host_selected(dd.selection, dd.citext) TO pki_admin;
+-- the due jobs of a run's selection: how many its drain has still to run (the progress bar's total)
+GRANT EXECUTE ON FUNCTION pki.jobs_of_selection(dd.selection, bigint[]) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.plan(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.renewal_candidates(dd.selection, integer, boolean) TO pki_admin;

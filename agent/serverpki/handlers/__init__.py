@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..config import Config
+from ..log import one_line
 from ..queries import q
 
 
@@ -39,6 +40,26 @@ class Job:
     max_attempts: int
     # the claim's lease token: every call about the job presents it (never logged, hence repr=False)
     lease: str | None = field(default=None, repr=False)
+    # what its log lines call it: the certificate's main subject, the disthost's FQDN (the claim's names)
+    certificate_name: str | None = None
+    disthost_name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The job in a log line, with what it concerns: "job 12 distribute www.example.com -> web1.example.com"
+        (names from the database on one line: one cannot break the log line)."""
+        words = [f"job {self.id} {self.kind}"]
+        if self.certificate_name is not None:
+            words.append(one_line(self.certificate_name))
+        elif self.certificate is not None:
+            words.append(f"certificate {self.certificate}")
+        if self.disthost_name is not None:
+            words.append(f"-> {one_line(self.disthost_name)}")
+        elif self.disthost is not None:
+            words.append(f"-> disthost {self.disthost}")
+        if self.zone is not None:
+            words.append(f"in zone {one_line(self.zone)}")
+        return " ".join(words)
 
 
 @dataclass

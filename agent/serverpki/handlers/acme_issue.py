@@ -120,12 +120,12 @@ class Issuance:
             if not exc.gone:
                 raise
             # the CA does not know it (any more): a new order
-            log.info("job %s: order %s is gone (%s); placing a new one", self.job.id, url, exc.detail)
+            log.info("%s: order %s is gone (%s); placing a new one", self.job.label, url, exc.detail)
             return None
         identifiers = sorted(i.value.lower() for i in body.identifiers)
         usable = (messages.STATUS_PENDING, messages.STATUS_READY, messages.STATUS_PROCESSING, messages.STATUS_VALID)
         if body.status not in usable or identifiers != sorted(self.names):
-            log.info("job %s: order %s is %s; placing a new one", self.job.id, url, body.status)
+            log.info("%s: order %s is %s; placing a new one", self.job.label, url, body.status)
             return None
         self.stats["orders_resumed"] += 1
         authzrs = [self.acme.authorization(u) for u in body.authorizations]
@@ -230,13 +230,13 @@ class Issuance:
                 self.dns.delete_records(dns.name.from_text(zone),
                                         [(dns.name.from_text(o), txt_rdata(v)) for o, v in entries], dns.rdatatype.TXT)
             except DnsError as exc:
-                log.warning("job %s: challenge records in zone %s stay until the next attempt: %s", self.job.id, zone, exc)
+                log.warning("%s: challenge records in zone %s stay until the next attempt: %s", self.job.label, zone, exc)
                 left += [[zone, o, v] for o, v in entries]
         self.progress.data["txt"] = left
         try:
             self.progress.save()
         except Exception as exc:  # the lease may be gone; the records are removed, which is what matters
-            log.warning("job %s: progress not saved after removing challenge records: %s", self.job.id, exc)
+            log.warning("%s: progress not saved after removing challenge records: %s", self.job.label, exc)
 
     # -- 4: finalize and download
 
@@ -284,7 +284,7 @@ def issue_acme(job: Job, ctx: Context) -> Completion:
         account = stored_account(ctx, cfg.directory_url)
         if account is None:
             raise GiveUp(f"no ACME account at {cfg.directory_url}: register one with operate_serverPKI -Z")
-        updater = DnsUpdater.from_config(ctx.config, clock, needed_for="dns-01 challenges")
+        updater = DnsUpdater.from_config(ctx.config, clock, needed_for="dns-01 challenges", label=job.label)
         acme = Acme(cfg.directory_url, open_account_key(ctx, account), account_uri=account["uri"],
                     ca_bundle=cfg.ca_bundle, clock=clock)
         progress = Progress.load(job, ctx)
@@ -300,7 +300,7 @@ def issue_acme(job: Job, ctx: Context) -> Completion:
     first = issued[algorithms(req["encryption_algo"])[0]]
     chains = {algo: [x509util.load_cert(p).subject.rfc4514_string() for p in chain[:1]] for algo, (_, _, chain) in issued.items()}
     if len({tuple(c) for c in chains.values()}) > 1:
-        log.warning("job %s: the key algorithms have different issuers %s; the instance records the first", job.id, chains)
+        log.warning("%s: the key algorithms have different issuers %s; the instance records the first", job.label, chains)
     total = time.monotonic() - started
     return Completion(args={
         # each pair's own chain: the database verifies every leaf against its issuer (ECDSA and RSA

@@ -51,6 +51,7 @@ from psycopg.rows import dict_row
 from .. import keystore, sshclient
 from ..errors import GiveUp, RetryLater, ServerPKIError
 from ..faults import crash_point
+from ..log import one_line
 from ..queries import q
 from ..sshclient import RemoteFile
 from . import Completion, Context, Job, handler
@@ -335,14 +336,17 @@ def put_files(conn: sshclient.Connection, plan: Plan, consolidate: bool, keep_al
     return {"files": files, "links": links, "drift": drift, "directories_created": created}
 
 
-def run_reloads(conn: sshclient.Connection, plan: Plan, changed: set[str] | None) -> list[dict[str, Any]]:
-    """Each distinct reload command once (only those whose places changed, when `changed` is given)."""
+def run_reloads(conn: sshclient.Connection, plan: Plan, changed: set[str] | None,
+                label: str | None = None) -> list[dict[str, Any]]:
+    """Each distinct reload command once (only those whose places changed, when `changed` is given);
+    label: the job's, for the log lines (default: the host)."""
     done = []
     for command, paths in plan.reloads.items():
         if changed is not None and not (paths & changed):
             continue
         result = conn.run(command)
-        log.info("%s: %s -> %s", plan.fqdn, command, "timed out" if result.exit is None else f"exit {result.exit}")
+        log.info("%s: reload `%s`: %s", label or plan.fqdn, one_line(command),
+                 "timed out" if result.exit is None else f"exit {result.exit}")
         done.append(result.as_dict())
     return done
 
@@ -363,7 +367,7 @@ def distribute(job: Job, ctx: Context) -> Completion:
         changed = None
         if consolidate:
             changed = {d["path"] for d in done["drift"]}
-        reloads = run_reloads(conn, plan, changed)
+        reloads = run_reloads(conn, plan, changed, job.label)
         endpoint = str(conn.where)
     failed = [r for r in reloads if r["exit"] != 0]
     if failed:

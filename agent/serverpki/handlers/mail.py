@@ -121,7 +121,7 @@ def deliver(job: Job, config: Config, now: dt.datetime) -> dict:
               "message_id": msg["Message-ID"]}
     if refused:
         # the others have the message: sending again would duplicate it, so report and finish
-        log.warning("job %s: reminder refused for %s", job.id, ", ".join(f"{a} ({r})" for a, r in refused.items()))
+        log.warning("%s: reminder refused for %s", job.label, ", ".join(f"{a} ({r})" for a, r in refused.items()))
         result["refused"] = refused
     return result
 
@@ -131,7 +131,7 @@ def mail_reminder(job: Job, ctx: Context) -> Completion:
     progress = Progress.load(job, ctx)
     if "sent" in progress.data:
         # an earlier attempt delivered it and died before the job was done: do not mail twice
-        log.info("job %s: reminder %s was sent by attempt %s", job.id, progress.data["sent"]["message_id"],
+        log.info("%s: reminder %s was sent by attempt %s", job.label, progress.data["sent"]["message_id"],
                  progress.data["sent"]["attempt"])
         return Completion(report=progress.data["sent"])
     result = deliver(job, ctx.config, db_now(ctx))

@@ -49,7 +49,7 @@ def publish_tlsa(job: Job, ctx: Context) -> Completion:
         return Completion(report={"zones": {}, "owners": 0, "records": 0, "dns_updates": {}})
     clock = Clock()
     with about("TLSA records"):
-        updater = DnsUpdater.from_config(ctx.config, clock, needed_for="TLSA records")
+        updater = DnsUpdater.from_config(ctx.config, clock, needed_for="TLSA records", label=job.label)
         by_zone: dict[dns.name.Name, dict[dns.name.Name, tuple[int, set[str]]]] = {}
         for owner, rrset in wanted.items():
             name = dns.name.from_text(owner)
