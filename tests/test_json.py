@@ -23,6 +23,7 @@ from commands import OPERATE, SERVERPKI, environment, one_warning, run
 from helpers import small_cli_world
 from lab import roles
 from serverpki import reports
+from serverpki.log import one_line
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
@@ -161,8 +162,8 @@ def assert_same_rows(grid: list[list[str]], rows: list[dict], row_type: str, sho
 
 def check_lines(document: dict) -> list[str]:
     """The lines -n prints for the document's problems and warnings."""
-    return [reports.one_line(f"{p['certificate']}: {p['problem']}; fix: {p['hint']}") for p in document["problems"]] + \
-        [reports.one_line(f"warning: {w['certificate']}: {w['warning']}; fix: {w['hint']}") for w in document["warnings"]]
+    return [one_line(f"{p['certificate']}: {p['problem']}; fix: {p['hint']}") for p in document["problems"]] + \
+        [one_line(f"warning: {w['certificate']}: {w['warning']}; fix: {w['hint']}") for w in document["warnings"]]
 
 
 # --- the world: a local CA, certificates with instances, a problem, a failed job ----------------------------

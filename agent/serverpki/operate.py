@@ -31,7 +31,7 @@ from .actions import run_action
 from .agent import Agent
 from .config import Config, load_config
 from .export import export_instance as export
-from .log import setup_logging
+from .log import one_line, setup_logging
 from .queries import q
 from .errors import ExitStatus, ServerPKIError, UsageError
 
@@ -158,7 +158,7 @@ def operate(
         if not ok:
             raise typer.Exit(ExitStatus.FAILED)
     except ServerPKIError as exc:   # its exit_code: a bad selection (SP024) is a usage error too, nothing done
-        typer.echo(f"operate_serverPKI: {reports.one_line(str(exc))}", err=True)
+        typer.echo(f"operate_serverPKI: {one_line(str(exc))}", err=True)
         raise typer.Exit(exc.exit_code)
 
 
@@ -206,7 +206,7 @@ def main() -> None:
     try:
         status = app(prog_name="operate_serverPKI", standalone_mode=False)
     except ClickException as exc:  # a bad option: one line like our errors, not typer's framed box
-        typer.echo(f"operate_serverPKI: {reports.one_line(exc.format_message())} (see operate_serverPKI -h)", err=True)
+        typer.echo(f"operate_serverPKI: {one_line(exc.format_message())} (see operate_serverPKI -h)", err=True)
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import psycopg
 from prettytable import PrettyTable
 
+from .log import one_line
 from .queries import q
 
 # the grids' headers; each report query (queries.sql) selects exactly these columns (fetch checks)
@@ -44,11 +45,6 @@ JOBS_SCHEMA, DB_STATUS_SCHEMA = "serverpki.jobs/1", "serverpki.db_status/1"
 def json_key(header: str) -> str:
     """A grid's header as its JSON key: lower case, each run of other characters one '_' ("Cert Name": cert_name)."""
     return re.sub(r"[^a-z0-9]+", "_", header.lower()).strip("_")
-
-
-def one_line(text: str) -> str:
-    """The text on one line: control and invisible characters (a name with a newline) shown escaped."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
