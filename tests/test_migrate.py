@@ -392,7 +392,7 @@ def install_old_tree(monkeypatch, conn, root: Path) -> list[str]:
         if not (root / "retired.sql").exists():
             m.setattr(migrate, "apply_repeatable", legacy)
         elif not (root / "functions" / "015_describe.sql").exists():   # its loader described nothing
-            m.setattr(migrate, "descriptions", lambda _text: [])
+            m.setattr(migrate, "described", lambda root=None: [])
         return migrate.upgrade(conn, log=lambda _l: None)
 
 

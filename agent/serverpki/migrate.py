@@ -11,7 +11,9 @@ upgrade, in this order (db/README.md):
   (one file per job kind), db/views/, db/triggers/ and db/privileges/ (the one
   allow-list of grants)
 
-Each folder numbers its own files; the folders' order is the load order.
+Each folder numbers its own files; the folders' order is the load order. Last, every
+function, view, table, column and type gets its description (COMMENT ON, via pki.describe):
+the comment above its CREATE, or, for tables and columns, db/descriptions.md (schema_comments).
 
 check_compatible is the one check that this release and the database's schema
 fit: operate_serverPKI runs it once per run, the long-running agent at start and
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import psycopg
 
-from . import __version__
+from . import __version__, schema_comments
 from .errors import SchemaIncompatible
 from .queries import q
 
@@ -66,6 +68,17 @@ def descriptions(sql_text: str) -> list[tuple[str, str, str]]:
     return found
 
 
+def described(root: Path | None = None) -> list[tuple[str, str, str]]:
+    """(kind, name, description) of everything db/ describes: the functions and views of the repeatable
+    files, the tables, columns and types of the migrations (pki.describe turns each into COMMENT ON)."""
+    root = root or sql_root()
+    extra = root / schema_comments.DESCRIPTIONS_FILE   # not in the db/ of older releases
+    schema = schema_comments.schema_descriptions([f.read_text() for f in versioned_files(root)],
+                                                 extra.read_text() if extra.exists() else "")
+    return ([d for f in repeatable_files(root) for d in descriptions(f.read_text())]
+            + [(kind, name, text) for (kind, name), text in schema.items() if text])
+
+
 def apply_repeatable(conn: psycopg.Connection) -> None:
     """Everything but the versioned DDL, as the module's docstring orders it."""
     # as pg_dump does: a LANGUAGE sql body is checked when first called, not at creation, so a file
@@ -78,7 +91,7 @@ def apply_repeatable(conn: psycopg.Connection) -> None:
     conn.execute(q("check_function_bodies"))
     with conn.cursor() as cur:
         cur.executemany(q("describe"), [{"kind": kind, "name": name, "description": text}
-                                        for f in repeatable_files() for kind, name, text in descriptions(f.read_text())])
+                                        for kind, name, text in described()])
 
 
 class SchemaMismatch(SchemaIncompatible):

@@ -1,7 +1,9 @@
--- 015_describe: the installer's COMMENT ON, so that psql's \df+, \dv+ document our functions and views.
+-- 015_describe: the installer's COMMENT ON, so that psql's \df+, \dv+, \dt+, \d+ and \dT+ document our
+-- objects (the descriptions: agent/serverpki/migrate.py, described()).
 
--- describe: give a function (each of its overloads) or a view of schema pki its description; the
--- installer (agent/serverpki/migrate.py) calls it with the comment above each CREATE in db/
+-- describe: give an object its description: a function of schema pki (each of its overloads) or a
+-- view of pki by its name; a TABLE, COLUMN, TYPE, DOMAIN or SCHEMA by its qualified name
+-- ('pki.certificates.type'). The installer calls it with the comments of db/ (db/descriptions.md)
 CREATE OR REPLACE FUNCTION pki.describe(object_kind text, object_name text, description text)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
@@ -9,13 +11,21 @@ AS $$
 DECLARE
     f regprocedure;
 BEGIN
-    IF object_kind = 'VIEW' THEN
+    CASE object_kind
+    WHEN 'VIEW' THEN
         EXECUTE format('COMMENT ON VIEW pki.%I IS %L', object_name, description);
-        RETURN;
-    END IF;
-    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-              WHERE p.pronamespace = 'pki'::regnamespace AND p.proname = object_name LOOP
-        EXECUTE format('COMMENT ON FUNCTION %s IS %L', f, description);
-    END LOOP;
+    WHEN 'FUNCTION' THEN
+        FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+                  WHERE p.pronamespace = 'pki'::regnamespace AND p.proname = object_name LOOP
+            EXECUTE format('COMMENT ON FUNCTION %s IS %L', f, description);
+        END LOOP;
+    WHEN 'TABLE', 'COLUMN', 'TYPE', 'DOMAIN', 'SCHEMA' THEN
+        EXECUTE format('COMMENT ON %s %s IS %L', object_kind,
+                       (SELECT string_agg(quote_ident(part), '.' ORDER BY n)
+                          FROM unnest(parse_ident(object_name)) WITH ORDINALITY AS x(part, n)),
+                       description);
+    ELSE
+        RAISE EXCEPTION 'describe: % is no kind of object the installer describes', object_kind;
+    END CASE;
 END
 $$;

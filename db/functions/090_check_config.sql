@@ -48,7 +48,10 @@ AS $$ SELECT p.certificate, p.problem, p.hint FROM check_config(NULL) p $$;
 
 -- check_warnings: one row per warning of the selected certificates (all when sel is NULL): what
 -- does not stop serverPKI but will hurt (current ACME practice, windows that do not fit a
--- certificate's lifetime); -n prints them after the problems and exits 0 if there are no problems
+-- certificate's lifetime); -n prints them after the problems and exits 0 if there are no problems.
+-- The ACME CA's lifetime is that of the LE certificate it issued last (CAs shorten them: Let's
+-- Encrypt moves to 45 days), else the setting acme_lifetime_days; lifetimes are compared in days
+-- to one decimal (Let's Encrypt's "90 days" are 90 days less a second)
 CREATE OR REPLACE FUNCTION pki.check_warnings(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (certificate text, warning text, hint text)
 LANGUAGE plpgsql STABLE
@@ -58,6 +61,74 @@ BEGIN
     sel := coalesce(sel, selection(true));
     PERFORM check_selection(sel);
     RETURN QUERY
-    SELECT NULL::text, NULL::text, NULL::text WHERE false;
+    WITH c AS (SELECT * FROM selected_certs(sel)),
+    newest AS (         -- the instance issued last of each kind of certificate, with its validity
+        SELECT DISTINCT ON (cc.type, s.type = 'CA') cc.type, s.type = 'CA' AS is_ca, i.not_after,
+               trim_scale(round(extract(epoch FROM i.not_after - i.not_before) / 86400, 1)) AS life_days
+          FROM certinstances i
+          JOIN certificates cc ON cc.id = i.certificate
+          JOIN main_subjects s ON s.certificate = cc.id
+         WHERE i.not_before IS NOT NULL AND i.not_after IS NOT NULL
+           -- the signing local CA is the newest issued instance (ca_current)
+           AND (s.type <> 'CA' OR i.state = 'issued')
+         ORDER BY cc.type, s.type = 'CA', i.id DESC
+    ), le AS (          -- the window of rule 9: the scheduler caps pre_publish_days to a third of the lifetime
+        SELECT x.*, least(x.pre_days, trim_scale(round(x.life_days / 3, 1))) AS window_days,
+               x.pre_days > x.life_days / 3 AS capped
+          FROM (SELECT coalesce((SELECT n.life_days FROM newest n WHERE n.type = 'LE' AND NOT n.is_ca),
+                                setting_int('acme_lifetime_days')) AS life_days,
+                       CASE WHEN EXISTS (SELECT 1 FROM newest n WHERE n.type = 'LE' AND NOT n.is_ca)
+                            THEN 'of the LE certificate it issued last' ELSE 'acme_lifetime_days' END AS life_source,
+                       setting_int('pre_publish_days') AS pre_days,
+                       setting_interval('schedule_stale') AS run_gap) x
+    ), dane AS (        -- the DANE-safe wait of each LE certificate with TLSA services, plus one scheduler interval
+        SELECT c.name, c.tlsa_ttl, le.*, dane_safe_after(pki.now(), c.tlsa_ttl) - pki.now() + le.run_gap AS needed
+          FROM c CROSS JOIN le WHERE c.type = 'LE' AND c.tlsa_ttl IS NOT NULL
+    ), local_ca AS (    -- how long the local CA still signs, against what local certificates last lived
+        SELECT ca.not_after, leaf.life_days, ca.not_after - pki.now() AS remaining
+          FROM newest ca JOIN newest leaf ON leaf.type = 'local' AND NOT leaf.is_ca
+         WHERE ca.type = 'local' AND ca.is_ca
+    )
+    SELECT c.name, 'asks for OCSP Must-Staple, which Let''s Encrypt refuses since May 2025: its orders fail '
+                   '(unless another ACME CA still accepts it)'::text,
+           format('UPDATE certificates SET ocsp_must_staple = false WHERE id = cert_id(%L)', c.name)
+      FROM c JOIN certificates cc ON cc.id = c.id
+     WHERE c.type = 'LE' AND cc.ocsp_must_staple
+    UNION ALL
+    SELECT 'pre_publish_days'::text,
+           format('%s days are more than a third of the %s-day lifetime of the ACME CA''s certificates (%s): the '
+                  'scheduler caps the window to %s days, so it issues successors of LE certificates %s days before expiry',
+                  le.pre_days, le.life_days, le.life_source, le.window_days, le.window_days),
+           format('UPDATE settings SET value = %L WHERE name = ''pre_publish_days'' (the window the scheduler uses)',
+                  floor(le.window_days))
+      FROM le
+     WHERE le.capped AND EXISTS (SELECT 1 FROM c WHERE c.type = 'LE')
+    UNION ALL
+    SELECT d.name,
+           format('its TLSA rollover cannot complete before its active instance expires: the successor is issued '
+                  '%s days before (pre_publish_days%s), but the DANE-safe wait of 2 x its TLSA TTL (%s) and a '
+                  'scheduler interval (schedule_stale, %s) need %s',
+                  d.window_days, CASE WHEN d.capped THEN format(' capped to a third of the %s-day lifetime', d.life_days) ELSE '' END,
+                  justify_interval(d.tlsa_ttl), d.run_gap, justify_interval(d.needed)),
+           CASE WHEN ceil(extract(epoch FROM d.needed) / 86400) <= d.life_days / 3
+                THEN format('raise pre_publish_days: UPDATE settings SET value = %L WHERE name = ''pre_publish_days''',
+                            ceil(extract(epoch FROM d.needed) / 86400))
+                WHEN d.window_days * interval '1 day' > d.run_gap
+                THEN format('lower the TTL of its TLSA services to %s seconds or less (the number in services.tlsaprefix: '
+                            'UPDATE services SET tlsaprefix = ... WHERE name = ... AND port = ...)',
+                            floor(extract(epoch FROM d.window_days * interval '1 day' - d.run_gap) / 2))
+                ELSE 'run operate_serverPKI -S more often than the window, and lower schedule_stale and the TTL of its TLSA services' END
+      FROM dane d
+     WHERE d.window_days * interval '1 day' < d.needed
+    UNION ALL
+    SELECT 'local CA'::text,
+           CASE WHEN l.remaining <= interval '0'
+                THEN format('it expired %s: no local certificate can be issued', l.not_after)
+                ELSE format('it expires %s: a local certificate issued now ends with it, after %s days, though the last '
+                            'one issued lives %s days', l.not_after,
+                            trim_scale(round(extract(epoch FROM l.remaining) / 86400, 1)), l.life_days) END,
+           'issue a new local CA with operate_serverPKI -I, then the local certificates with operate_serverPKI -C'::text
+      FROM local_ca l
+     WHERE EXISTS (SELECT 1 FROM c WHERE c.type = 'local') AND l.remaining < l.life_days * interval '1 day';
 END
 $$;
