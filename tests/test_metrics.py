@@ -161,6 +161,12 @@ def test_every_family_parses_with_help_and_type_and_no_series_vanishes(conn):
     assert text.endswith("\n") and "\n\n" not in text
 
 
+def test_every_metric_is_documented(conn, repo_root):
+    doc = (repo_root / "docs" / "metrics.md").read_text()
+    assert [name for name in sorted(FAMILIES) if f"| `{name}` |" not in doc] == []
+    assert all(f"| `{state}` |" in doc for state in STATES)
+
+
 def test_each_certificate_shows_its_active_instance_days_left_and_state(conn, scene):
     text = metrics(conn)
     expiry = samples(text, "serverpki_certificate_expiration_timestamp_seconds")
