@@ -66,9 +66,11 @@ WITH knobs AS (
       JOIN pki.main_subjects s ON s.certificate = c.id
       LEFT JOIN pki.active_instances a ON a.certificate = c.id
      CROSS JOIN knobs k
+), last_run AS (
+    SELECT r.finished, r.succeeded FROM pki.runs r WHERE '-S' = ANY (r.actions) ORDER BY r.finished DESC, r.id DESC LIMIT 1
 ), schedule AS (
-    SELECT (SELECT r.finished FROM pki.runs r WHERE '-S' = ANY (r.actions) ORDER BY r.finished DESC, r.id DESC LIMIT 1) AS last_run,
-           (SELECT r.succeeded FROM pki.runs r WHERE '-S' = ANY (r.actions) ORDER BY r.finished DESC, r.id DESC LIMIT 1) AS last_succeeded,
+    -- one row, NULLs when operate_serverPKI -S never ran (or never succeeded)
+    SELECT (SELECT l.finished FROM last_run l) AS last_run, (SELECT l.succeeded FROM last_run l) AS last_succeeded,
            (SELECT max(r.finished) FROM pki.runs r WHERE '-S' = ANY (r.actions) AND r.succeeded) AS last_success
 ), samples (family, key, sub, line) AS (
     SELECT 1, c.name, 0, format('{%s,instance="%s"} %s', c.labels, c.instance, prom_value(extract(epoch FROM c.not_after)::float8))
