@@ -364,11 +364,11 @@ def test_an_unreachable_database_is_unknown(reader_env, tmp_path):
     env = {**reader_env, "PGHOST": "127.0.0.1", "PGPORT": "1"}   # nothing listens on port 1
     status, lines = check(env)
     assert status == UNKNOWN and len(lines) == 1, lines
-    assert lines[0].startswith("SERVERPKI UNKNOWN - database unreachable: "), lines
+    assert lines[0].startswith("SERVERPKI UNKNOWN - cannot connect to the database "), lines
     # without --check: exit status 3, one line on stderr, nothing written
     done = run(env, "--textfile", str(tmp_path / "serverpki.prom"))
     assert done.returncode == 3 and done.stdout == "", done
-    assert done.stderr.startswith("serverpki: database unreachable: ") and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("serverpki: cannot connect to the database ") and done.stderr.count("\n") == 1, done.stderr
     assert list(tmp_path.iterdir()) == []
 
 

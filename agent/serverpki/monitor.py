@@ -24,14 +24,8 @@ FIRST_LINE_ALERTS = 3    # summaries on the status line; every alert follows on 
 TEXTFILE_MODE = 0o644    # node_exporter runs as a user of its own
 
 
-class DatabaseUnreachable(ServerPKIError):
-    """No connection to the database (exit status 3, as a schema of another release)."""
-
-    exit_code = 3
-
-
 class TextfileUnwritable(ServerPKIError):
-    """The --textfile could not be written; nothing was left behind."""
+    """The --textfile could not be written; nothing was left behind (exit status 1, a failed run)."""
 
 
 def metrics_text(conn) -> str:
@@ -69,16 +63,10 @@ def check_report(alerts: list[tuple[str, str, Optional[str]]]) -> tuple[int, str
     return status, "\n".join(lines)
 
 
-def _connect(dsn: Optional[str]):
-    try:
-        return connect(dsn, autocommit=True)
-    except ServerPKIError as exc:
-        raise DatabaseUnreachable(f"database unreachable: {exc}") from exc
-
-
 def _run(dsn: Optional[str], textfile: Optional[Path], check: bool) -> tuple[int, str]:
-    with _connect(dsn) as conn, refusals_as_errors():
-        migrate.check_compatible(conn)   # a schema of another release: exit status 3 (UNKNOWN)
+    # unreachable (DatabaseUnreachable) or a schema of another release (check_compatible): exit status 3, UNKNOWN
+    with connect(dsn, autocommit=True) as conn, refusals_as_errors():
+        migrate.check_compatible(conn)
         if textfile is not None or not check:
             text = metrics_text(conn)
             if textfile is None:
