@@ -6,9 +6,8 @@ Run:  .venv/bin/python bench/metrics.py [N ...]          (default: 1000 4000 100
 For each N: a database in one private cluster (lab.postgres.PostgresCluster), the schema installed
 with serverpki.migrate.upgrade, bench/schedule.py's fleet of N certificates bulk-loaded (every state
 the scheduler knows: settled, in the prepublish window, with successors, expired leftovers, local,
-disabled), a heartbeat, a scheduler run and a dead job (in the job counts; at the bench's clock,
-months after it died, no alert) recorded; then, as the monitoring login (pki_reader, what
-`serverpki metrics` runs as) at a fixed pki.now:
+disabled), a heartbeat, a scheduler run and a dead job recorded; then, as the monitoring login
+(pki_reader, what `serverpki metrics` runs as) at a fixed pki.now:
     - the wall time of SELECT pki.metrics(), the median of 7 warm calls, and per certificate
     - the part of it that is the view pki.alerts (SELECT count(*) FROM pki.alerts), whose count it shows
     - the size of the text.
@@ -82,8 +81,9 @@ def run(cluster: PostgresCluster, n: int, pair: tuple[bytes, bytes], want_plan: 
     with psycopg.connect(cluster.dsn(db, roles.READER), autocommit=True) as conn:   # as serverpki metrics runs
         conn.execute("SELECT set_config('pki.now', %s, false)", (fleet.NOW.isoformat(),))
         text = conn.execute("SELECT pki.metrics()").fetchone()[0]
+        alerts = conn.execute("SELECT count(*) FROM pki.alerts").fetchone()[0]
         return {"n": n, "load_s": load_seconds, "metrics_s": timed(conn, "SELECT pki.metrics()"),
-                "alerts_s": timed(conn, "SELECT count(*) FROM pki.alerts"), "bytes": len(text.encode()),
+                "alerts_s": timed(conn, "SELECT count(*) FROM pki.alerts"), "alerts": alerts, "bytes": len(text.encode()),
                 "lines": text.count("\n"), "plan": plan}
 
 
@@ -108,15 +108,15 @@ def main() -> int:
 
     first = results[0]
     print()
-    print(f"{'N':>7} | {'metrics s':>9} | {'µs/cert':>8} | {'growth':>6} | {'alerts s':>8} | {'lines':>7} | {'MB':>5}")
-    print(f"{'-' * 7}-+-{'-' * 9}-+-{'-' * 8}-+-{'-' * 6}-+-{'-' * 8}-+-{'-' * 7}-+-{'-' * 5}")
+    print(f"{'N':>7} | {'metrics s':>9} | {'µs/cert':>8} | {'growth':>6} | {'alerts s':>8} | {'alerts':>6} | {'lines':>7} | {'MB':>5}")
+    print(f"{'-' * 7}-+-{'-' * 9}-+-{'-' * 8}-+-{'-' * 6}-+-{'-' * 8}-+-{'-' * 6}-+-{'-' * 7}-+-{'-' * 5}")
     for r in results:
         per_cert = r["metrics_s"] / r["n"]
         growth = per_cert / (first["metrics_s"] / first["n"])
-        print(f"{r['n']:>7} | {r['metrics_s']:>9.3f} | {per_cert * 1e6:>8.1f} | {growth:>6.2f} | {r['alerts_s']:>8.3f} | "
+        print(f"{r['n']:>7} | {r['metrics_s']:>9.3f} | {per_cert * 1e6:>8.1f} | {growth:>6.2f} | {r['alerts_s']:>8.3f} | {r['alerts']:>6} | "
               f"{r['lines']:>7} | {r['bytes'] / 1e6:>5.2f}")
     print(f"(wall time of one call as pki_reader, the median of {CALLS} warm calls; growth: the time per certificate\n"
-          f" against N={first['n']}'s, about 1.0 when linear; alerts s: the view pki.alerts alone, part of metrics s)")
+          f" against N={first['n']}'s, about 1.0 when linear; alerts s: the view pki.alerts alone, part of metrics s; alerts: its rows)")
     if len(results) > 1:
         last = results[-1]
         print(f"\nN x{last['n'] / first['n']:.0f} -> time x{last['metrics_s'] / first['metrics_s']:.1f}")

@@ -339,10 +339,12 @@ def test_check_is_critical_for_a_dead_job(conn, reader_env):
     job = dead_job(conn, "the CA refused the order\nwith a second line")
     status, lines = check(reader_env)
     assert status == CRITICAL, lines
-    assert lines[0] == ("SERVERPKI CRITICAL - 1 critical, 0 warning: register_acme job failed for good "
-                        "| critical=1 warning=0")
-    assert lines[1:] == [f"CRITICAL: register_acme job failed for good (job {job}, dead after 3 attempt(s): "
-                         "the CA refused the order with a second line)"]
+    [(summary, detail)] = conn.execute("SELECT summary, detail FROM alerts").fetchall()
+    assert "register_acme job failed for good" in summary and f"job {job}" in detail
+    assert lines[0] == f"SERVERPKI CRITICAL - 1 critical, 0 warning: {summary} | critical=1 warning=0"
+    # the long output: the detail on the same line, its newline a space
+    assert "\n" in detail and lines[1:] == [f"CRITICAL: {summary} ({detail.replace(chr(10), ' ')})"]
+    assert lines[1].endswith("the CA refused the order with a second line)")
 
 
 def test_check_counts_every_alert_and_keeps_one_performance_data_separator():
