@@ -204,15 +204,22 @@ def explain_plan_rows(conn: psycopg.Connection) -> list[str]:
     return lines
 
 
-def run(cluster: PostgresCluster, n: int, pair: tuple[bytes, bytes], explain: bool) -> dict:
-    db = f"bench_{n}"
+def new_database(cluster: PostgresCluster, db: str) -> psycopg.Connection:
+    """A database (dropped first if it exists) with the schema, the login roles and time travel on (the
+    benches work at a fixed pki.now); returns the owner's connection to it, autocommit."""
     with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {db}")
         admin.execute(f"CREATE DATABASE {db}")
-    with psycopg.connect(cluster.dsn(db), autocommit=True) as conn:
-        migrate.upgrade(conn, log=lambda _line: None)
-        roles.create_login_roles(conn)
-        roles.enable_time_travel(conn)   # the bench plans at a fixed pki.now
+    conn = psycopg.connect(cluster.dsn(db), autocommit=True)
+    migrate.upgrade(conn, log=lambda _line: None)
+    roles.create_login_roles(conn)
+    roles.enable_time_travel(conn)
+    return conn
+
+
+def run(cluster: PostgresCluster, n: int, pair: tuple[bytes, bytes], explain: bool) -> dict:
+    db = f"bench_{n}"
+    with new_database(cluster, db) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         allow_measuring(conn, roles.CRON)
         started = time.perf_counter()

@@ -10,6 +10,7 @@ import typer
 from . import __version__, migrate, reports
 from .db import connect, refusals_as_errors
 from .errors import ServerPKIError, UsageError
+from .monitor import metrics_command
 from .queries import q
 
 # locals can hold keys and passphrases: never print them in a traceback
@@ -127,6 +128,9 @@ def agent_command(
         _fail(exc)
     finally:
         agent.close()
+
+
+app.command("metrics")(metrics_command)
 
 
 @app.command("demo")

@@ -271,6 +271,16 @@ SELECT id, kind, state, certificate, instance, disthost, zone, attempts, max_att
 -- serverpki jobs --state: the states a job can be in
 SELECT enum_range(NULL::dd.job_state)::text[];
 
+-- Monitoring (monitor.py: serverpki metrics), as the monitoring login pki_reader.
+
+-- name: metrics
+-- the Prometheus text exposition format, rendered by the database (pki.metrics)
+SELECT pki.metrics();
+
+-- name: open_alerts
+-- metrics --check: what needs a human, critical first (the view's order)
+SELECT severity, summary, detail FROM pki.alerts;
+
 -- The agent's LISTEN: the notify_jobs trigger wakes it when work is enqueued.
 
 -- name: listen_jobs

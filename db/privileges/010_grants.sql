@@ -28,6 +28,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     TO pki_admin;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA pki TO pki_admin;
 GRANT SELECT ON pki.settings, pki.revision, pki.schema_migrations, pki.certinstances TO pki_admin;
+-- which migrations are applied: every login checks it first (migrate.check_compatible), monitoring too
+GRANT SELECT ON pki.schema_migrations TO pki_report;
 -- the settings (no secrets): monitoring's thresholds, read by pki.alerts
 GRANT SELECT ON pki.settings TO pki_report;
 GRANT UPDATE (value, remarks) ON pki.settings TO pki_admin;
@@ -53,7 +55,7 @@ GRANT SELECT (id, directory_url, contact, uri, created, updated, remarks) ON pki
 -- pki.time_travel: the owner's switch, read through pki.time_travel_enabled()
 -- reports: views that show no key material
 GRANT SELECT ON pki.certs, pki.certs_ids, pki.inst, pki.jobs_summary, pki.jobs_overview, pki.expiring,
-    pki.deployed_where, pki.instance_history, pki.state_diagram, pki.alerts
+    pki.deployed_where, pki.instance_history, pki.state_diagram, pki.alerts, pki.active_instances
     TO pki_admin, pki_agent, pki_report;
 -- what DNS should hold: hashes of certificates, no key material
 GRANT SELECT ON pki.tlsa_owners, pki.tlsa_desired TO pki_admin, pki_agent;
@@ -150,6 +152,8 @@ GRANT EXECUTE ON FUNCTION pki.revoke_instance(integer, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.claim_jobs(text, text[], integer, interval, dd.selection, bigint[]) TO pki_agent;
 -- what -n reports, for pki.alerts (which pki_report reads): problems, not the rows behind them
 GRANT EXECUTE ON FUNCTION pki.config_problems() TO pki_admin, pki_agent, pki_report;
+-- the Prometheus metrics (serverpki metrics; monitoring logins): no key material
+GRANT EXECUTE ON FUNCTION pki.metrics() TO pki_admin, pki_agent, pki_report;
 GRANT EXECUTE ON FUNCTION pki.record_run(text, text[], timestamp with time zone, boolean, jsonb) TO pki_agent;
 -- the runs' and the agent's request to tell what is new in pki.alerts (db/jobs/070_notify_alerts.sql)
 GRANT EXECUTE ON FUNCTION pki.request_alert_notices(text[]) TO pki_agent;

@@ -36,14 +36,10 @@ WITH knobs AS (
                           AND d.state = 'done' AND d.id > j.id)
      ORDER BY j.kind, j.subject_key, j.id DESC
 ), active AS (
-    -- each enabled certificate's active instance: the deployed one (for a CA the issued one) lasting longest
-    SELECT DISTINCT ON (i.certificate) i.certificate, s.name, i.id, i.not_after
-      FROM pki.certinstances i
-      JOIN pki.certificates c ON c.id = i.certificate AND NOT c.disabled
-      JOIN pki.main_subjects s ON s.certificate = i.certificate
-     WHERE i.state = CASE WHEN s.type = 'CA' THEN 'issued'::dd.cert_state ELSE 'deployed'::dd.cert_state END
-       AND i.not_after IS NOT NULL
-     ORDER BY i.certificate, i.not_after DESC
+    -- each enabled certificate's active instance (views/045_active_instances.sql)
+    SELECT a.certificate, a.name, a.instance AS id, a.not_after, a.renewing
+      FROM pki.active_instances a
+     WHERE NOT a.disabled
 ), last_schedule AS (
     SELECT max(r.finished) AS finished FROM pki.runs r WHERE '-S' = ANY (r.actions)
 ), found AS (
@@ -75,13 +71,7 @@ WITH knobs AS (
            format('instance %s expires %s', a.id, a.not_after),
            a.not_after - k.expiry
       FROM active a, knobs k
-     WHERE a.not_after > k.now AND a.not_after - k.now <= k.expiry
-       AND NOT EXISTS (SELECT 1 FROM pki.certinstances n WHERE n.certificate = a.certificate
-                          AND n.state IN ('reserved', 'issued', 'prepublished') AND n.id <> a.id
-                          AND (n.not_after IS NULL OR n.not_after > a.not_after))
-       AND NOT EXISTS (SELECT 1 FROM pki.jobs j WHERE j.certificate = a.certificate
-                          AND j.kind IN ('issue_local', 'issue_acme', 'issue_local_ca')
-                          AND j.state IN ('queued', 'running', 'failed') AND j.attempts < k.failing)
+     WHERE a.not_after > k.now AND a.not_after - k.now <= k.expiry AND NOT a.renewing
     UNION ALL
     SELECT format('overdue:%s', i.id), 'critical', s.name::text, i.id, NULL::int8, NULL::text,
            format('instance %s of certificate %s is deployed past its not_after %s', i.id, s.name, i.not_after),

@@ -1,0 +1,131 @@
+"""How pki.metrics() scales with the number of certificates: it must stay linear.
+
+Run:  .venv/bin/python bench/metrics.py [N ...]          (default: 1000 4000 10000)
+      .venv/bin/python bench/metrics.py --explain 10000    (also EXPLAIN ANALYZE its query at the largest N)
+
+For each N: a database in one private cluster (lab.postgres.PostgresCluster), the schema installed
+with serverpki.migrate.upgrade, bench/schedule.py's fleet of N certificates bulk-loaded (every state
+the scheduler knows: settled, in the prepublish window, with successors, expired leftovers, local,
+disabled), a heartbeat, a scheduler run and a dead job recorded; then, as the monitoring login
+(pki_reader, what `serverpki metrics` runs as) at a fixed pki.now:
+    - the wall time of SELECT pki.metrics(), the median of 7 warm calls, and per certificate
+    - the part of it that is the view pki.alerts (SELECT count(*) FROM pki.alerts), whose count it shows
+    - the size of the text.
+The growth ratio compares the time per certificate with the smallest N's: about 1 is linear; a
+subquery run once per certificate (or a sort) shows as a ratio growing with N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+# bench/acme.py is named like the acme library: keep this folder off the path (bench/kdf.py)
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+_spec = importlib.util.spec_from_file_location("bench_schedule", _HERE / "schedule.py")
+fleet = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fleet)   # its fleet, its clock; it puts agent/ and the checkout on the path
+
+from lab import roles  # noqa: E402
+from lab.postgres import PostgresCluster  # noqa: E402
+from lab.process import remove_dir, temp_dir  # noqa: E402
+
+CALLS = 7
+
+
+def timed(conn: psycopg.Connection, sql: str) -> float:
+    """The median wall time of CALLS runs of sql, after one warm-up run."""
+    conn.execute(sql).fetchall()
+    times = []
+    for _ in range(CALLS):
+        started = time.perf_counter()
+        conn.execute(sql).fetchall()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def signs_of_life(conn: psycopg.Connection) -> None:
+    """What a running installation has beside its certificates: a heartbeat, a scheduler run, a dead job."""
+    conn.execute("SELECT set_config('pki.now', %s, false)", (fleet.NOW.isoformat(),))
+    conn.execute("SELECT * FROM pki.claim_jobs('bench-agent', ARRAY['none'])").fetchall()
+    conn.execute("SELECT pki.record_run('bench-cron', ARRAY['-S'], pki.now(), true)")
+    job = conn.execute("SELECT pki.enqueue('register_acme', 'acme:bench', 'bench')").fetchone()[0]
+    conn.execute("UPDATE pki.jobs SET state = 'dead', attempts = 3, last_error = 'refused' WHERE id = %s", (job,))
+
+
+def explain(conn: psycopg.Connection) -> list[str]:
+    """EXPLAIN ANALYZE of pki.metrics()'s query, run as the owner with the function's settings."""
+    body = conn.execute("SELECT prosrc FROM pg_proc WHERE oid = 'pki.metrics()'::regprocedure").fetchone()[0]
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pki, dd, pg_temp")
+        conn.execute("SET LOCAL extra_float_digits = 1")
+        return [r[0] for r in conn.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + body).fetchall()]
+
+
+def run(cluster: PostgresCluster, n: int, pair: tuple[bytes, bytes], want_plan: bool) -> dict:
+    db = f"bench_metrics_{n}"
+    with fleet.new_database(cluster, db) as conn:
+        started = time.perf_counter()
+        fleet.load_fleet(conn, n, *pair)
+        load_seconds = time.perf_counter() - started
+        signs_of_life(conn)
+        conn.execute("ANALYZE")
+        plan = explain(conn) if want_plan else []
+    with psycopg.connect(cluster.dsn(db, roles.READER), autocommit=True) as conn:   # as serverpki metrics runs
+        conn.execute("SELECT set_config('pki.now', %s, false)", (fleet.NOW.isoformat(),))
+        text = conn.execute("SELECT pki.metrics()").fetchone()[0]
+        alerts = conn.execute("SELECT count(*) FROM pki.alerts").fetchone()[0]
+        return {"n": n, "load_s": load_seconds, "metrics_s": timed(conn, "SELECT pki.metrics()"),
+                "alerts_s": timed(conn, "SELECT count(*) FROM pki.alerts"), "alerts": alerts, "bytes": len(text.encode()),
+                "lines": text.count("\n"), "plan": plan}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[1000, 4000, 10000])
+    parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of pki.metrics()'s query at the largest N")
+    args = parser.parse_args()
+
+    base = temp_dir("serverpki-bench-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
+    cluster = PostgresCluster(base / "cluster", extra_options="-c shared_buffers=256MB -c work_mem=16MB")
+    pair = fleet.pem_pair()
+    results = []
+    try:
+        cluster.start()
+        for n in sorted(args.sizes):
+            results.append(run(cluster, n, pair, want_plan=args.explain and n == max(args.sizes)))
+            print(f"N={n}: loaded in {results[-1]['load_s']:.1f}s", flush=True)
+    finally:
+        cluster.destroy()
+        remove_dir(base)
+
+    first = results[0]
+    print()
+    print(f"{'N':>7} | {'metrics s':>9} | {'µs/cert':>8} | {'growth':>6} | {'alerts s':>8} | {'alerts':>6} | {'lines':>7} | {'MB':>5}")
+    print(f"{'-' * 7}-+-{'-' * 9}-+-{'-' * 8}-+-{'-' * 6}-+-{'-' * 8}-+-{'-' * 6}-+-{'-' * 7}-+-{'-' * 5}")
+    for r in results:
+        per_cert = r["metrics_s"] / r["n"]
+        growth = per_cert / (first["metrics_s"] / first["n"])
+        print(f"{r['n']:>7} | {r['metrics_s']:>9.3f} | {per_cert * 1e6:>8.1f} | {growth:>6.2f} | {r['alerts_s']:>8.3f} | {r['alerts']:>6} | "
+              f"{r['lines']:>7} | {r['bytes'] / 1e6:>5.2f}")
+    print(f"(wall time of one call as pki_reader, the median of {CALLS} warm calls; growth: the time per certificate\n"
+          f" against N={first['n']}'s, about 1.0 when linear; alerts s: the view pki.alerts alone, part of metrics s; alerts: its rows)")
+    if len(results) > 1:
+        last = results[-1]
+        print(f"\nN x{last['n'] / first['n']:.0f} -> time x{last['metrics_s'] / first['metrics_s']:.1f}")
+    for r in results:
+        if r["plan"]:
+            print(f"\nEXPLAIN ANALYZE of pki.metrics()'s query at N={r['n']}:")
+            print("\n".join(r["plan"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
