@@ -30,8 +30,6 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA pki TO pki_admin;
 GRANT SELECT ON pki.settings, pki.revision, pki.schema_migrations, pki.certinstances TO pki_admin;
 -- which migrations are applied: every login checks it first (migrate.check_compatible), monitoring too
 GRANT SELECT ON pki.schema_migrations TO pki_report;
--- the settings (no secrets): monitoring's thresholds, read by pki.alerts
-GRANT SELECT ON pki.settings TO pki_report;
 GRANT UPDATE (value, remarks) ON pki.settings TO pki_admin;
 -- certificate data without the private key
 GRANT SELECT (id, certinstance, encryption_algo, cert, hash, not_before, not_after, created, updated, remarks)
@@ -46,7 +44,7 @@ GRANT SELECT ON pki.main_subjects TO pki_admin, pki_agent;
 -- the queue, the history and the state machine: read by both, written by the functions only
 GRANT SELECT ON pki.jobs, pki.job_kinds, pki.events, pki.state_transitions, pki.deployments TO pki_admin, pki_agent;
 -- signs of life and what each channel was told of the alerts (monitoring; written by functions only)
-GRANT SELECT ON pki.agent_heartbeats, pki.runs TO pki_admin, pki_agent, pki_report;
+GRANT SELECT ON pki.agent_heartbeats, pki.runs TO pki_admin, pki_agent;
 GRANT SELECT ON pki.alert_notices TO pki_admin, pki_agent;
 -- ACME accounts: the agent signs with the key; the operator sees the accounts without it
 GRANT SELECT ON pki.acme_accounts TO pki_agent;
@@ -66,8 +64,8 @@ GRANT EXECUTE ON FUNCTION pki.now() TO pki_admin, pki_agent, pki_report;
 GRANT EXECUTE ON FUNCTION pki.time_travel_enabled() TO pki_admin, pki_agent, pki_report;
 -- our refusals, raised by code that runs with the caller's rights (validation, the files of a job)
 GRANT EXECUTE ON FUNCTION pki.raise_error(text, text, text) TO pki_admin, pki_agent;
-GRANT EXECUTE ON FUNCTION pki.setting_int(text) TO pki_admin, pki_agent, pki_report;
-GRANT EXECUTE ON FUNCTION pki.setting_interval(text) TO pki_admin, pki_agent, pki_report;
+GRANT EXECUTE ON FUNCTION pki.setting_int(text) TO pki_admin, pki_agent;
+GRANT EXECUTE ON FUNCTION pki.setting_interval(text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.tlsa_ttl(integer) TO pki_admin, pki_agent;
 -- the DANE-safe wait, inlined into the plan (pki_admin's)
 GRANT EXECUTE ON FUNCTION pki.dane_safe_after(timestamp with time zone, interval) TO pki_admin;

@@ -27,7 +27,7 @@ WITH active AS (
     SELECT DISTINCT j.certificate
       FROM pki.jobs j
      WHERE j.kind IN ('issue_local', 'issue_acme', 'issue_local_ca')
-       AND j.state IN ('queued', 'running', 'failed') AND j.attempts < pki.setting_int('alert_failing_attempts')
+       AND j.state IN ('queued', 'running', 'failed') AND j.attempts < (SELECT s.value::int FROM pki.settings s WHERE s.name = 'alert_failing_attempts')
 )
 SELECT a.certificate, a.name, a.subject_type, a.cert_type, a.disabled, a.instance, a.not_after,
        coalesce(n.not_after > a.not_after, false) OR j.certificate IS NOT NULL AS renewing

@@ -15,12 +15,18 @@
 -- check_config (what -n reports); no operate_serverPKI -S run within schedule_stale.
 CREATE VIEW pki.alerts AS
 WITH knobs AS (
+    -- the settings read as the view's owner (not through setting_int): pki_report reads views only
     SELECT pki.now() AS now,
-           pki.setting_int('alert_failing_attempts') AS failing,
-           pki.setting_int('alert_job_days') * interval '1 day' AS job_window,
-           pki.setting_int('alert_expiry_days') * interval '1 day' AS expiry,
-           pki.setting_int('alert_expiry_critical_days') * interval '1 day' AS expiry_critical,
-           pki.setting_interval('schedule_stale') AS schedule_stale
+           max(CASE WHEN s.name = 'alert_failing_attempts' THEN s.value END)::int AS failing,
+           max(CASE WHEN s.name = 'alert_job_days' THEN s.value END)::int * interval '1 day' AS job_window,
+           max(CASE WHEN s.name = 'alert_expiry_days' THEN s.value END)::int AS expiry_days,
+           max(CASE WHEN s.name = 'alert_expiry_days' THEN s.value END)::int * interval '1 day' AS expiry,
+           max(CASE WHEN s.name = 'alert_expiry_critical_days' THEN s.value END)::int AS critical_days,
+           max(CASE WHEN s.name = 'alert_expiry_critical_days' THEN s.value END)::int * interval '1 day' AS expiry_critical,
+           max(CASE WHEN s.name = 'schedule_stale' THEN s.value END)::interval AS schedule_stale
+      FROM pki.settings s
+     WHERE s.name IN ('alert_failing_attempts', 'alert_job_days', 'alert_expiry_days', 'alert_expiry_critical_days',
+                      'schedule_stale')
 ), troubled_jobs AS (
     -- the newest job in trouble of each kind and subject; its last attempt is the time of its newest
     -- event (pki.now() of the failure: jobs.updated is the wall clock, which time travel does not move)
@@ -66,8 +72,7 @@ WITH knobs AS (
            a.name::text, a.id, NULL::int8, NULL::text,
            format('certificate %s expires within %s days with no successor on its way',
                   a.name, CASE WHEN a.not_after - k.now <= k.expiry_critical
-                               THEN pki.setting_int('alert_expiry_critical_days')
-                               ELSE pki.setting_int('alert_expiry_days') END),
+                               THEN k.critical_days ELSE k.expiry_days END),
            format('instance %s expires %s', a.id, a.not_after),
            a.not_after - k.expiry
       FROM active a, knobs k
