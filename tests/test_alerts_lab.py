@@ -1,7 +1,8 @@
 """Alerts end to end in the lab: a Pebble that refuses every order makes `operate_serverPKI -S -q -a`
 (the cron run, as pki_cron) send exactly one alert mail through the lab's SMTP relay and one webhook
 POST to an HTTP receiver on loopback, naming the certificate, the job and the error; the next run
-tells nothing new; once Pebble is mended the certificate is issued and the resolved notice goes out once.
+tells nothing new; the metrics show the alert and `serverpki metrics --check` (as pki_reader) is CRITICAL;
+once Pebble is mended the certificate is issued, the resolved notice goes out once, and the check is OK.
 
 How Pebble refuses: its VA asks a small DNS gate on loopback instead of BIND; while the gate is shut
 it answers every TXT question with a value no order asked for, so each dns-01 challenge fails
@@ -23,14 +24,22 @@ import pytest
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from lab import roles
 from lab.bind import BindLab
 from lab.pebble import PebbleLab
 from lab.smtp import SMTPLab
+from serverpki.admin import app as admin_app
 from serverpki.operate import app
 from test_alerts import Receiver
 
 ZONE = "demo.serverpki.test"
 CERT = f"alerted.{ZONE}"
+# the certificate's one target is on a disthost the runs skip (-s): no SSH host is needed, and -n finds
+# no problem, so once the CA is mended nothing is left to alert on (metrics --check: OK)
+SKIPPED_HOST = "web.alerted.test"
+CRON_RUN = ("-S", "-q", "-a", "-s", SKIPPED_HOST)
 runner = CliRunner()
 
 
@@ -137,18 +146,33 @@ def run(env, *args):
     return runner.invoke(app, list(args), env=env)
 
 
+def monitor(reader_env, *args):
+    """`serverpki metrics ARGS` as the monitoring login (pki_reader)."""
+    return runner.invoke(admin_app, ["metrics", *args], env=reader_env)
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """The exposition parsed by prometheus_client: (name, sorted labels) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def issue_jobs(conn) -> list[dict]:
     return conn.cursor(row_factory=dict_row).execute(
         "SELECT id, state::text, last_error FROM jobs WHERE kind = 'issue_acme' ORDER BY id").fetchall()
 
 
-def test_a_refusing_ca_is_told_once_and_its_end_once(conn, env, gate, smtp, receiver):
+def test_a_refusing_ca_is_told_once_and_its_end_once(conn, env, gate, smtp, receiver, pg_server, dbname):
+    reader = {**env, **pg_server.env(dbname, roles.READER)}
     assert run(env, "-Z").exit_code == 0             # the ACME account; no certificate yet: nothing to tell
     conn.execute("SELECT * FROM add_cert(%s, 'server', 'LE', 'ec', false, NULL, NULL, NULL, NULL, NULL, NULL)", (CERT,))
+    conn.execute("SELECT add_disthost(%s)", (SKIPPED_HOST,))
+    conn.execute("SELECT add_place('alerted', 'combine key', '/etc/ssl/alerted')")
+    conn.execute("SELECT add_target(%s, %s, NULL, 'alerted')", (CERT, SKIPPED_HOST))
     assert smtp.messages == [] and receiver.posts == []
 
     gate.shut = True
-    first = run(env, "-S", "-q", "-a")
+    first = run(env, *CRON_RUN)
     assert first.exit_code == 1, first.output        # the issue job died: a job failed
     [dead] = issue_jobs(conn)
     assert dead["state"] == "dead" and dead["last_error"], dead
@@ -168,13 +192,23 @@ def test_a_refusing_ca_is_told_once_and_its_end_once(conn, env, gate, smtp, rece
     assert alert["status"] == "new" and alert["severity"] == "critical"
     assert "Authorization" not in post["headers"]     # no token configured, none sent
 
+    # the metrics show it, and the Nagios check is CRITICAL naming it
+    shown = monitor(reader)
+    assert shown.exit_code == 0, shown.output
+    metrics = samples(shown.stdout)
+    assert metrics[("serverpki_alerts", (("severity", "critical"),))] == 1
+    assert metrics[("serverpki_jobs", (("kind", "issue_acme"), ("state", "dead")))] == 1
+    check = monitor(reader, "--check")
+    assert check.exit_code == 2, check.output
+    assert check.stdout.startswith("SERVERPKI CRITICAL") and CERT in check.stdout
+
     # the next run meets the same refusal: the alert is the same, nobody is told again
-    run(env, "-S", "-q", "-a")
+    run(env, *CRON_RUN)
     assert len(smtp.messages) == 1 and len(receiver.posts) == 1
 
     # Pebble mended: the certificate is issued, and the end of the alert is told once
     gate.shut = False
-    mended = run(env, "-S", "-q", "-a")
+    mended = run(env, *CRON_RUN)
     assert mended.exit_code == 0, mended.output
     assert issue_jobs(conn)[-1]["state"] == "done"
     assert conn.execute("SELECT count(*) FROM certinstances i JOIN subjects s ON s.certificate = i.certificate "
@@ -184,6 +218,12 @@ def test_a_refusing_ca_is_told_once_and_its_end_once(conn, env, gate, smtp, rece
     assert "1 resolved" in resolved["Subject"]
     assert f"issue_acme job failed for good for certificate {CERT}" in resolved.get_content()
     assert [r["alert_key"] for r in receiver.posts[1]["body"]["resolved"]] == [alert["alert_key"]]
-    assert run(env, "-S", "-q", "-a").exit_code == 0
+    assert run(env, *CRON_RUN).exit_code == 0
     assert len(smtp.messages) == 2 and len(receiver.posts) == 2
+    # mended, nothing is left to alert on: OK, and the metrics show no open alert
+    check = monitor(reader, "--check")
+    assert check.exit_code == 0 and check.stdout.startswith("SERVERPKI OK"), check.output
+    metrics = samples(monitor(reader).stdout)
+    assert metrics[("serverpki_alerts", (("severity", "critical"),))] == 0
+    assert metrics[("serverpki_alerts", (("severity", "warning"),))] == 0
     assert json.dumps(receiver.posts[1]["body"])   # the document is plain JSON
