@@ -66,6 +66,20 @@ class Demo:
             print(f"(exit status {rc}{': every job it ran succeeded' if rc == 0 else ''})")
         return rc
 
+    def monitor(self, *args: str, now: dt.datetime | None = None) -> None:
+        """`serverpki metrics ARGS` as the monitoring login (pki_reader), as Nagios or node_exporter runs it."""
+        env = {**os.environ, **self.cluster.env(DEMO_DB, roles.READER)}
+        if now:
+            env["PGOPTIONS"] = f"-c pki.now={now.isoformat()}"
+        print(f"$ serverpki metrics {' '.join(args)}", flush=True)
+        done = subprocess.run([sys.executable, "-m", "serverpki.admin", "metrics", *args], env=env,
+                              capture_output=True, text=True)
+        wanted = ("serverpki_certificate_days_left", "serverpki_alerts", "serverpki_schedule_last_run_age")
+        lines = done.stdout.splitlines() if "--check" in args else \
+            [line for line in done.stdout.splitlines() if line.startswith(wanted)]
+        print("\n".join(lines) + done.stderr)
+        print(f"(exit status {done.returncode})")
+
     def show_instances(self) -> None:
         self.psql("-c", 'SELECT "Serial", "Cert Name", "State", "ALGO", "not before"::date, "not after"::date FROM inst '
                         'WHERE "Type" = \'LE\' OR "Cert Name" <> \'Local CA\' ORDER BY 1, 4')
@@ -159,6 +173,10 @@ class Demo:
         self.psql("-c", "SELECT kind, state, jobs FROM jobs_summary")
         self.psql("-c", "SELECT instance, at::date, from_state, to_state, reason FROM instance_history "
                         f"WHERE certificate = '{ACME_CERT}' AND to_state IS DISTINCT FROM from_state")
+
+        banner("monitoring: what Prometheus (node_exporter's textfile) and a Nagios check see")
+        self.monitor(now=scene + dt.timedelta(hours=1))
+        self.monitor("--check", now=scene + dt.timedelta(hours=1))
 
 
 def banner(text: str) -> None:

@@ -123,12 +123,12 @@ class Fleet:
         """Move the database's clock forward (leases and back-offs run out)."""
         self.now = (self.now or dt.datetime.now(UTC)) + dt.timedelta(**delta)
 
-    def settle(self, runs: int = 6) -> list[subprocess.CompletedProcess]:
+    def settle(self, runs: int = 6, **env: str) -> list[subprocess.CompletedProcess]:
         """Cron runs an hour apart until one ran no failing job and left no job undone (or `runs` are used up)."""
         done = []
         for _ in range(runs):
             self.later(hours=1)
-            run = self.cli("-S", "-a")
+            run = self.cli("-S", "-a", **env)
             done.append(run)
             left = self.conn.execute("SELECT count(*) FROM jobs WHERE state <> 'done'").fetchone()[0]
             if run.returncode == 0 and not left:

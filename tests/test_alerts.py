@@ -293,7 +293,7 @@ ALERTS = [
 
 def test_the_mail_names_severity_certificate_job_and_error():
     job = _job(ALERTS)
-    assert alerts_handler.subject(ALERTS) == "serverPKI: 1 critical, 0 warning alert(s), 1 resolved"
+    assert alerts_handler.subject(job, ALERTS) == "serverPKI: 1 critical, 0 warning alert(s), 1 resolved"
     text = alerts_handler.body(job, ALERTS)
     assert "[critical] issue_acme job failed for good for certificate www.example.org" in text
     assert "job 7" in text and "validation failed" in text
@@ -301,8 +301,19 @@ def test_the_mail_names_severity_certificate_job_and_error():
     doc = alerts_handler.document(job, ALERTS)
     assert doc["schema"] == "serverpki.alerts/1" and doc["job"] == 42
     assert doc["counts"] == {"critical": 1, "warning": 0, "resolved": 1}
+    assert doc["open"] == {"critical": 1, "warning": 0}   # a job without args.open: the digest's own
     assert [a["alert_key"] for a in doc["alerts"]] == ["job:issue_acme:cert:1"]
     assert doc["resolved"] == [{"alert_key": "schedule", "severity": "warning", "summary": ALERTS[1]["summary"]}]
+
+
+def test_a_repeat_digest_counts_every_open_alert_in_its_subject():
+    # the request put every open alert's count into the job (args.open): a digest repeating one of
+    # three open alerts must not read as if it were the only one
+    job = _job([{**ALERTS[0], "status": "repeat"}])
+    job.args["open"] = {"critical": 2, "warning": 1}
+    assert alerts_handler.subject(job, job.args["alerts"]) == "serverPKI: 2 critical, 1 warning alert(s)"
+    assert "Open now: 2 critical, 1 warning; this digest tells 1 of them" in alerts_handler.body(job, job.args["alerts"])
+    assert alerts_handler.document(job, job.args["alerts"])["open"] == {"critical": 2, "warning": 1}
 
 
 def test_a_job_without_alerts_is_given_up():
@@ -318,17 +329,20 @@ class Receiver(http.server.ThreadingHTTPServer):
     def __init__(self):
         self.posts: list[dict] = []
         self.answer = (204, {})
+        self.echo: str | None = None   # a receiver's own words: as the reason phrase and the body
 
         class Handle(http.server.BaseHTTPRequestHandler):
             def do_POST(h):
                 length = int(h.headers.get("Content-Length", 0))
                 self.posts.append({"headers": dict(h.headers), "body": json.loads(h.rfile.read(length))})
                 status, headers = self.answer
-                h.send_response(status)
+                h.send_response(status, self.echo)
                 for k, v in headers.items():
                     h.send_header(k, v)
-                h.send_header("Content-Length", "0")
+                body = (self.echo or "").encode()
+                h.send_header("Content-Length", str(len(body)))
                 h.end_headers()
+                h.wfile.write(body)
 
             def log_message(h, *args):
                 pass
@@ -367,6 +381,14 @@ def test_the_webhook_client_sorts_the_answers():
             webhook.post(receiver.url + "/T000/B000/XXXXsecret?token=abc", {}, 5)
         assert "XXXXsecret" not in str(info.value) and "abc" not in str(info.value)
         assert f"webhook http://127.0.0.1:{receiver.server_address[1]} answered 500" in str(info.value)
+        # a receiver that echoes the request (token and all) in its answer: the error, which goes into
+        # jobs.last_error and on into digests and monitoring, names the status as HTTP does, nothing of its own
+        receiver.answer, receiver.echo = (401, {}), "Bearer s3cret-token"
+        with pytest.raises(GiveUp) as info:
+            webhook.post(receiver.url, {}, 5, token="s3cret-token")
+        assert "answered 401 Unauthorized (check [alerts] webhook_token_file)" in str(info.value)
+        assert "s3cret" not in str(info.value)
+        receiver.echo = None
         port = receiver.server_address[1]
     with pytest.raises(RetryLater, match="unreachable"):
         webhook.post(f"http://127.0.0.1:{port}/hook", {}, 2)
@@ -387,6 +409,9 @@ def test_the_alerts_section_is_checked(tmp_path):
         with pytest.raises(ConfigError, match=rf"\[alerts\] {key}"):
             parse_config({"alerts": section}, source)
     assert parse_config({"alerts": {"webhook_url": "http://127.0.0.1:8080/x"}}, source).alerts.webhook_url
+    # a password in the URL would travel in every error's text: a token file is the way
+    with pytest.raises(ConfigError, match=r"\[alerts\] webhook_url: must not hold a user or password"):
+        parse_config({"alerts": {"webhook_url": "https://u:secret@hooks.example.org/x"}}, source)
 
 
 # --------------------------------------------------------------------------- the callers
@@ -492,3 +517,84 @@ def test_a_delivered_digest_is_not_told_twice_when_the_completion_was_lost(world
         complete(conn, job_id, lease_of(conn, job_id, AGENT), completion)
         assert len(receiver.posts) == 1
     assert notify_job(conn, job_id)["state"] == "done" and set(notices(conn)) == {("webhook", "schedule")}
+
+
+# --------------------------------------------------------------------------- one alert each, told steadily
+
+def alert_rows(conn) -> dict[str, dict]:
+    rows = conn.cursor(row_factory=dict_row).execute("SELECT * FROM alerts").fetchall()
+    keys = [r["alert_key"] for r in rows]
+    assert len(keys) == len(set(keys)), keys      # an alert_key names one alert
+    return {r["alert_key"]: r for r in rows}
+
+
+def test_a_problem_shared_by_many_targets_is_one_alert_and_its_digest_completes(world):
+    # check_config says "cert only with a key_path" once per target: a place shared by two disthosts
+    conn = world
+    record_schedule_run(conn)
+    conn.execute("SELECT add_place('certonly', 'cert only', '/etc/ssl/certs', '/etc/ssl/private')")
+    for host in ("a.example.org", "b.example.org"):
+        conn.execute("SELECT add_disthost(%s)", (host,))
+        conn.execute("SELECT add_target(%s, %s, NULL, 'certonly')", (CERT, host))
+    [config] = [key for key in alert_rows(conn) if key.startswith("config:")]
+    job = new_job(conn, "mail")
+    assert told(conn, job) == {config: "new"}
+    deliver(conn, job)                              # one notice per alert: the completion goes through
+    assert notify_job(conn, job)["state"] == "done" and set(notices(conn)) == {("mail", config)}
+    assert request(conn, "mail") == []
+
+
+def test_a_renewal_that_fails_again_stays_one_critical_alert(world):
+    # the scheduler enqueues a new issue job after a dead one: while that one is only failing, the
+    # alert stays critical with the same fingerprint (not warning, then critical again, each told)
+    conn = world
+    record_schedule_run(conn)
+    first = dead_issue_job(conn)
+    [(key, alert)] = [(k, a) for k, a in alert_rows(conn).items() if k.startswith("job:issue_acme:")]
+    assert alert["severity"] == "critical" and alert["job"] == first
+    [(again, *_)] = conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY[%s]))", (CERT,)).fetchall()
+    for attempt in range(3):
+        at(conn, T0 + dt.timedelta(hours=attempt + 1))   # past the back-off
+        [row] = claim(conn, "issue_acme")
+        assert conn.execute("SELECT fail_job(%s, %s, 'refused again', true)",
+                            (again, lease_of(conn, again, AGENT))).fetchone()[0] == "failed"
+        now = alert_rows(conn)[key]
+        assert (now["severity"], now["fingerprint"]) == ("critical", alert["fingerprint"])
+    # failing alert_failing_attempts times, the new job is the one the alert shows
+    assert now["job"] == again and "refused again" in now["detail"]
+
+
+def test_a_successor_whose_issue_keeps_failing_is_not_on_its_way(world):
+    # the expiry alert must not hide behind a reserved instance whose job keeps failing
+    from test_metrics import instance
+
+    conn = world
+    record_schedule_run(conn)
+    name = "exp.example.org"
+    conn.execute("SELECT * FROM add_cert(%s, 'server', 'LE', 'ec', false, NULL, NULL, NULL, 'web1.example.org', NULL, 'nginx')",
+                 (name,))
+    cert = conn.execute("SELECT cert_id(%s)", (name,)).fetchone()[0]
+    instance(conn, cert, name, "deployed", T0 - dt.timedelta(days=80), 90)   # 10 days left
+    assert f"expiry:{name}" in alert_rows(conn)
+    [(job, *_)] = conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY[%s]))", (name,)).fetchall()
+    assert f"expiry:{name}" not in alert_rows(conn)          # its renewal is on its way
+    for attempt in range(3):
+        at(conn, T0 + dt.timedelta(hours=attempt + 1))
+        claim(conn, "issue_acme")
+        conn.execute("SELECT fail_job(%s, %s, 'refused', true)", (job, lease_of(conn, job, AGENT)))
+    assert conn.execute("SELECT state::text FROM certinstances WHERE certificate = %s AND state = 'reserved'",
+                        (cert,)).fetchall() == [("reserved",)]
+    alerts = alert_rows(conn)
+    assert f"expiry:{name}" in alerts and f"job:issue_acme:cert:{cert}" in alerts, sorted(alerts)
+
+
+def test_a_disabled_certificate_deployed_past_not_after_is_no_alert(world):
+    from test_metrics import instance
+
+    conn = world
+    record_schedule_run(conn)
+    cert = conn.execute("SELECT cert_id(%s)", (CERT,)).fetchone()[0]
+    inst = instance(conn, cert, CERT, "deployed", T0 - dt.timedelta(days=100), 90)
+    assert f"overdue:{inst}" in alert_rows(conn)
+    conn.execute("SELECT disable_cert(%s)", (CERT,))
+    assert f"overdue:{inst}" not in alert_rows(conn)      # the operator switched it off: not a page a day

@@ -52,7 +52,8 @@ from lab.lab import HOSTS, ZONE
 from lab.process import remove_dir, temp_dir
 
 N_LOCAL, N_ACME, N_AGENTS, N_CRON = 100, 30, 3, 2
-DONE_LINE = re.compile(r"^job (\d+) (\w+): done$", re.M)
+# "job 12 distribute www.example.org -> web1.example.org: done" (Job.label, then the outcome)
+DONE_LINE = re.compile(r"^job (\d+) (\w+)[^\n:]*: done$", re.M)
 ACTIVE = "('queued', 'running', 'failed')"
 
 

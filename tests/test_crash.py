@@ -42,6 +42,7 @@ SCENARIOS = {
     "encrypt_keys": ["-X"],
     "decrypt_keys": ["-Y"],
     "mail_reminder": ["-S -a"],
+    "notify_alerts": ["-S -a"],
 }
 # a crash point whose step is reached more than once in a run may name which time: the second
 # file written leaves one host's targets new and the rest old
@@ -72,6 +73,14 @@ def test_a_crash_at_every_step_converges(fleet, point):
     if kind == "mail_reminder":  # every local certificate is due for a reminder (again) now
         fleet.conn.execute("UPDATE settings SET value = '1000' WHERE name = 'local_issue_mail_days'")
         fleet.conn.execute("UPDATE certificates SET authorized_until = NULL WHERE type = 'local'")
+    env = {}
+    if kind == "notify_alerts":
+        # something to tell: every deployed certificate expiring "within" a margin this scenario alone
+        # uses (so each scenario's alerts are new to the channel), told by mail from a configuration
+        # with [alerts] (the fleet's own tells nobody)
+        margin = 1000 + POINTS.index(point)
+        fleet.conn.execute("UPDATE settings SET value = %s WHERE name = 'alert_expiry_days'", (str(margin),))
+        env = {"SERVERPKI_CONFIG": str(alerting_config(fleet))}
     before = Snapshot(fleet)
     armed = f"{point}:{COUNTS[point]}" if point in COUNTS else point
     killed, said, commands = None, [], SCENARIOS[kind]
@@ -82,7 +91,7 @@ def test_a_crash_at_every_step_converges(fleet, point):
         if command == "rollover day":
             fleet.to_rollover_day(WWW)
             continue
-        run = fleet.cli(*command.split(), SERVERPKI_CRASH_AT=armed)
+        run = fleet.cli(*command.split(), SERVERPKI_CRASH_AT=armed, **env)
         said.append(run.stderr)
         if run.returncode == -signal.SIGKILL:
             killed = command
@@ -92,12 +101,26 @@ def test_a_crash_at_every_step_converges(fleet, point):
     assert killed, f"no command of {commands} reached {point}: " + "\n".join(said)
 
     fleet.later(seconds=fleet.lease_seconds + 1)   # the dead agent's lease runs out
-    runs = fleet.settle()
+    runs = fleet.settle(**env)
     assert runs[-1].returncode == 0, runs[-1].stderr[-2000:]
     if kind == "mail_reminder":
         fleet.conn.execute("UPDATE settings SET value = '30' WHERE name = 'local_issue_mail_days'")
+    if kind == "notify_alerts":
+        fleet.conn.execute("UPDATE settings SET value = '14' WHERE name = 'alert_expiry_days'")
     assert fleet.problems() == []
     before.check_nothing_lost_or_doubled(kind)
+
+
+def alerting_config(fleet: Fleet) -> Path:
+    """The fleet's configuration, with alerts mailed ([alerts] mail = true)."""
+    path = fleet.base / "alerting.toml"
+    if not path.exists():
+        path.write_text(fleet.lab.config.read_text() + "\n[alerts]\nmail = true\n")
+    return path
+
+
+def alert_mails(fleet: Fleet) -> list:
+    return [m for m in fleet.lab.smtp.messages if "alert(s)" in (m.message["Subject"] or "")]
 
 
 class Snapshot:
@@ -108,6 +131,7 @@ class Snapshot:
         self.last_event = fleet.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
         self.pebble_serials = len(fleet.pebble_issued())
         self.mails = len(fleet.lab.smtp.messages)
+        self.alert_mails = len(alert_mails(fleet))
         self.keys_encrypted = self._encrypted()
 
     def _encrypted(self) -> bool:
@@ -154,4 +178,7 @@ class Snapshot:
         if kind == "mail_reminder":
             mails = len(self.fleet.lab.smtp.messages) - self.mails
             assert mails == 1, f"{mails} reminders mailed"
+        if kind == "notify_alerts":   # told once, whether the crash came before or after the relay took it
+            mails = len(alert_mails(self.fleet)) - self.alert_mails
+            assert mails == 1, f"{mails} alert digests mailed"
         assert conn.execute("SELECT count(*) FROM job_keys").fetchone()[0] == 0, "order keys outlive their jobs"

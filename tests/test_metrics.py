@@ -125,7 +125,9 @@ def scene(conn):
     cert("valid.example.org", "valid", ("deployed", -10 * DAY, 90))
     cert("expiring.example.org", "expiring", ("deployed", -80 * DAY, 90))
     cert("renewing.example.org", "renewing", ("deployed", -80 * DAY, 90), ("issued", -1 * DAY, 90))
-    cert("ordered.example.org", "renewing", ("deployed", -80 * DAY, 90), ("reserved", None, 0))
+    # ordered: its successor reserved, the issue job on its way (-C)
+    cert("ordered.example.org", "renewing", ("deployed", -80 * DAY, 90))
+    conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY['ordered.example.org']))")
     cert("expired.example.org", "expired", ("deployed", -100 * DAY, 90))
     cert("missing.example.org", "missing")
     cert("disabled.example.org", "valid", ("deployed", -10 * DAY, 90))
@@ -183,11 +185,11 @@ def test_each_certificate_shows_its_active_instance_days_left_and_state(conn, sc
             assert mine == {}, name
             continue
         not_after = conn.execute("SELECT not_after FROM certinstances WHERE id = %s", (active,)).fetchone()[0]
-        key = frozenset(labels | {("instance", str(active))})
+        key = frozenset(labels | {("serial", str(active))})
         assert mine == {key: not_after.timestamp()}, name
         assert days[key] == round((not_after - NOW) / DAY, 3), name
     assert days[frozenset({("certificate", "expired.example.org"), ("type", "LE"), ("disabled", "false"),
-                           ("instance", str(scene["expired.example.org"][1]))})] < 0
+                           ("serial", str(scene["expired.example.org"][1]))})] < 0
     assert ("disabled", "true") in next(k for k in expiry if ("certificate", "disabled.example.org") in k)
 
 

@@ -319,7 +319,7 @@ def test_bind_stopped_during_issuance(fleet):
     fault("BIND stopped before issuance")
     fleet.lab.bind.stop()
     before = state(fleet, WWW)
-    failing_run(fleet, "-S", "-a", says=[f"issue_acme: ACME order for {WWW}: DNS server {fleet.lab.bind.primary} "
+    failing_run(fleet, "-S", "-a", says=[f"issue_acme {WWW}: ACME order for {WWW}: DNS server {fleet.lab.bind.primary} "
                                          "unreachable (Connection refused)", "(failed)"])
     issue = job(fleet, "issue_acme", WWW)
     first = backing_off(fleet, issue, "unreachable (Connection refused)", fleet.lab.bind.primary)
@@ -347,7 +347,7 @@ def test_bind_stopped_during_issuance(fleet):
         relay.on_challenge = fleet.lab.bind.stop
         fleet.later(hours=1)
         # (the restarted Pebble forgot the orders of the first attempts: they are replaced, not an error)
-        failing_run(fleet, "-S", "-a", says=["is gone (HTTP 404", f"issue_acme: ACME order for {WWW}: validation of"])
+        failing_run(fleet, "-S", "-a", says=["is gone (HTTP 404", f"issue_acme {WWW}: ACME order for {WWW}: validation of"])
         third = job(fleet, "issue_acme", WWW)
         assert third["id"] == issue["id"] and third["attempts"] == 3
         backing_off(fleet, third, "Error retrieving TXT records", "the CA could not see the TXT records")
@@ -386,7 +386,7 @@ def test_bind_stopped_during_tlsa_publication(fleet):
     fleet.lab.bind.stop()
     before = state(fleet, WWW)
     failing_run(fleet, "-S", "-a",
-                says=[f"publish_tlsa: TLSA records: DNS server {fleet.lab.bind.primary} unreachable"])
+                says=[f"publish_tlsa {WWW}: TLSA records: DNS server {fleet.lab.bind.primary} unreachable"])
     tlsa = job(fleet, "publish_tlsa", WWW)
     first = backing_off(fleet, tlsa, "TLSA records: DNS server", "unreachable")
     nothing_advanced(before, state(fleet, WWW))
@@ -423,7 +423,7 @@ def test_sshd_stopped(fleet):
     host = fleet.lab.ssh.host(JAILHOST)
     host.stop()
     before = state(fleet, WWW)
-    failing_run(fleet, "-S", "-a", says=[f"distribute: root@{JAILHOST}", "cannot connect", "Connection refused"])
+    failing_run(fleet, "-S", "-a", says=[f"distribute {WWW} -> {JAILHOST}: root@{JAILHOST}", "cannot connect", "Connection refused"])
     dist = job(fleet, "distribute", WWW, JAILHOST)
     first = backing_off(fleet, dist, JAILHOST, "cannot connect", "Connection refused")
     # issued, on web1, but not deployed: jailhost did not get it
@@ -484,7 +484,7 @@ def test_sshd_cut_off_in_a_network_namespace(fleet):
         watcher = when_exists(marker, isolated.cut)
         fleet.later(seconds=first.total_seconds() + 1)
         started = time.monotonic()
-        failing_run(fleet, "-S", "-a", says=[f"distribute: {JAILHOST}: the files are in place, but reload",
+        failing_run(fleet, "-S", "-a", says=[f"distribute {WWW} -> {JAILHOST}: {JAILHOST}: the files are in place, but reload",
                                              f"timed out after {command_timeout} s"])
         took = time.monotonic() - started
         watcher.join(timeout=1)
@@ -571,7 +571,7 @@ def test_pebble_failing_validations(fleet):
         relay.mode = "stale"
         pebble_resolving_at(fleet, relay.port)
         before = state(fleet, WWW)
-        failing_run(fleet, "-S", "-a", says=[f"issue_acme: ACME order for {WWW}: validation of",
+        failing_run(fleet, "-S", "-a", says=[f"issue_acme {WWW}: ACME order for {WWW}: validation of",
                                              "No TXT records found", "(failed)"])
         issue = job(fleet, "issue_acme", WWW)
         first = backing_off(fleet, issue, "urn:ietf:params:acme:error:unauthorized", "No TXT records found",

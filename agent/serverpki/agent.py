@@ -115,6 +115,10 @@ class Agent:
         self.batch = batch
         self.handlers = dict(handler_registry.load_all())
         self.kinds = sorted(k for k in (kinds or self.handlers) if k in self.handlers)
+        if not config.alerts.channels and "notify_alerts" in self.kinds:
+            # alerts are told with the [alerts] and [mail] of the process that runs the job: one that
+            # tells nobody leaves them to one that does (the cron run's file, or the agent's)
+            self.kinds.remove("notify_alerts")
         self._conn: psycopg.Connection | None = None
         # job kind -> its completion function, as the kind's file in db/jobs/ registered it (read by claim)
         self._completions: dict[str, str] = {}

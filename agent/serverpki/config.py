@@ -346,6 +346,8 @@ def _webhook_url(value: str | None) -> str | None:
     if value is None:
         return None
     parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        return "must not hold a user or password (user:password@): put a bearer token into webhook_token_file"
     if parts.scheme == "https" and parts.hostname:
         return None
     if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):

@@ -28,8 +28,10 @@ CERT_MODE = 0o444
 KEY_MODE = 0o400
 
 
-def _write_atomic(path: Path, data: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")   # 0600, O_EXCL
+def write_atomic(path: Path, data: str, mode: int) -> None:
+    """path holds data with mode, or what it held before: written to a private temporary file beside
+    it (0600, O_EXCL) that is renamed over it; the folder is synced too, so the rename survives a crash."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as out:
             out.write(data)
@@ -40,6 +42,11 @@ def _write_atomic(path: Path, data: str, mode: int) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def export_instance(conn: psycopg.Connection, serial: str, work_dir: Path, db_passphrase_file,
@@ -73,10 +80,10 @@ def export_instance(conn: psycopg.Connection, serial: str, work_dir: Path, db_pa
     written = []
     for algo, cert, key in pairs:
         cert_file = work_dir / f"cert-{number}-{algo}.pem"
-        _write_atomic(cert_file, cert, CERT_MODE)
+        write_atomic(cert_file, cert, CERT_MODE)
         written.append(cert_file)
         if key:
             key_file = work_dir / f"key-{number}-{algo}.pem"
-            _write_atomic(key_file, key, KEY_MODE)
+            write_atomic(key_file, key, KEY_MODE)
             written.append(key_file)
     return written

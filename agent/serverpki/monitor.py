@@ -13,7 +13,7 @@ import typer
 from . import migrate
 from .db import connect, refusals_as_errors
 from .errors import ServerPKIError
-from .export import _write_atomic
+from .export import write_atomic
 from .queries import q
 
 # Nagios plugin exit statuses, by the worst open alert
@@ -36,7 +36,7 @@ def write_textfile(path: Path, text: str) -> None:
     """Replace path at once: a temporary file beside it (which the collector skips: it reads *.prom only),
     written, fsynced and renamed over it; on failure nothing is left behind."""
     try:
-        _write_atomic(path, text, TEXTFILE_MODE)
+        write_atomic(path, text, TEXTFILE_MODE)
     except OSError as exc:
         raise TextfileUnwritable(f"cannot write --textfile {path}: {exc.strerror or exc}") from exc
 

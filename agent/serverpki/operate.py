@@ -187,9 +187,11 @@ def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_params
             ok = ok and outcome.stats.all_succeeded
             outcomes.update(outcome.stats.outcomes)
         for kind, count in agent.unhandled_pending():
-            log.warning("%s job(s) of kind %s stay queued: this release has no handler for them", count, kind)
-        # the run's record first: the 'schedule' alert must know that this -S ran before the alerts are told
-        conn.execute(q("record_run"), {"agent": agent.name, "actions": wanted, "started": started,
+            log.warning("%s job(s) of kind %s stay queued: this run does not take them (no handler in this "
+                        "release; for notify_alerts, no channel in [alerts])", count, kind)
+        # the run's record first: the 'schedule' alert must know that this -S ran before the alerts are told;
+        # on the agent's connection, which its drains renewed if the database restarted meanwhile
+        agent.conn.execute(q("record_run"), {"agent": agent.name, "actions": wanted, "started": started,
                                        "succeeded": ok, "jobs": Jsonb(dict(outcomes))})
         told = notices.tell(agent)
         if told is not None:

@@ -23,6 +23,7 @@ import ssl
 import urllib.error
 import urllib.request
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,12 +80,13 @@ def retry_after(value: str | None) -> float | None:
     return max((when - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0.0)
 
 
-def _body(error: urllib.error.HTTPError, limit: int = 300) -> str:
+def _status(code: int) -> str:
+    """The answer's status as HTTP names it: never the receiver's own words (its reason phrase or body could
+    echo the request, token included, into jobs.last_error, which monitoring logins read)."""
     try:
-        text = error.read(limit + 1).decode("utf-8", errors="replace").strip()
-    except Exception:   # the answer's body is only for the message
-        return ""
-    return f": {' '.join(text[:limit].split())}" if text else ""
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
 
 
 def post(url: str, document: dict[str, Any], timeout: float, token: str | None = None,
@@ -102,7 +104,7 @@ def post(url: str, document: dict[str, Any], timeout: float, token: str | None =
         with _opener().open(request, timeout=timeout) as answer:
             return answer.status
     except urllib.error.HTTPError as exc:
-        text = f"webhook {url} answered {exc.code} {exc.reason}{_body(exc)}"
+        text = f"webhook {url} answered {_status(exc.code)}"
         if exc.code >= 500 or exc.code == 429:
             raise WebhookUnavailable(text, retry_after=retry_after(exc.headers.get("Retry-After"))) from None
         if 300 <= exc.code < 400:

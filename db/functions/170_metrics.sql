@@ -73,10 +73,10 @@ WITH knobs AS (
     SELECT (SELECT l.finished FROM last_run l) AS last_run, (SELECT l.succeeded FROM last_run l) AS last_succeeded,
            (SELECT max(r.finished) FROM pki.runs r WHERE '-S' = ANY (r.actions) AND r.succeeded) AS last_success
 ), samples (family, key, sub, line) AS (
-    SELECT 1, c.name, 0, format('{%s,instance="%s"} %s', c.labels, c.instance, prom_value(extract(epoch FROM c.not_after)::float8))
+    SELECT 1, c.name, 0, format('{%s,serial="%s"} %s', c.labels, c.instance, prom_value(extract(epoch FROM c.not_after)::float8))
       FROM certs c WHERE c.instance IS NOT NULL
     UNION ALL
-    SELECT 2, c.name, 0, format('{%s,instance="%s"} %s', c.labels, c.instance,
+    SELECT 2, c.name, 0, format('{%s,serial="%s"} %s', c.labels, c.instance,
                                 prom_value(round(extract(epoch FROM c.not_after - k.now) / 86400, 3)::float8))
       FROM certs c, knobs k WHERE c.instance IS NOT NULL
     UNION ALL

@@ -90,7 +90,12 @@ BEGIN
         CONTINUE WHEN digest IS NULL;
         new_job := enqueue('notify_alerts', 'alerts:' || the_channel,
                            format('%s alert(s) to tell %s', jsonb_array_length(digest), the_channel),
-                           without_secrets(jsonb_build_object('channel', the_channel, 'alerts', digest)));
+                           -- open: every alert open now by severity, for the digest's subject (a repeat
+                           -- digest carries only some of them)
+                           without_secrets(jsonb_build_object('channel', the_channel, 'alerts', digest,
+                               'open', (SELECT jsonb_build_object('critical', count(*) FILTER (WHERE a.severity = 'critical'),
+                                                                  'warning', count(*) FILTER (WHERE a.severity = 'warning'))
+                                          FROM alerts a))));
         RETURN QUERY SELECT new_job, NULL::text, NULL::int,
             format('alerts to %s: %s', the_channel,
                    (SELECT string_agg(format('%s %s', n, s), ', ' ORDER BY s)
@@ -111,7 +116,8 @@ DECLARE
 BEGIN
     INSERT INTO alert_notices AS n (channel, alert_key, fingerprint, severity, summary, first_sent, last_sent, resolved)
     SELECT the_channel, e ->> 'alert_key', e ->> 'fingerprint', e ->> 'severity', e ->> 'summary', pki.now(), pki.now(), NULL
-      FROM jsonb_array_elements(coalesce(j.args -> 'alerts', '[]')) e
+      FROM (SELECT DISTINCT ON (a ->> 'alert_key') a AS e    -- one row per alert, whatever the digest holds
+              FROM jsonb_array_elements(coalesce(j.args -> 'alerts', '[]')) a ORDER BY a ->> 'alert_key') x
      WHERE e ->> 'status' <> 'resolved'
     ON CONFLICT (channel, alert_key) DO UPDATE
        SET fingerprint = EXCLUDED.fingerprint, severity = EXCLUDED.severity, summary = EXCLUDED.summary,

@@ -3,8 +3,9 @@
 
 -- active_instances: one row per certificate, disabled ones too, that has an active instance: the
 -- deployed one lasting longest (for a CA certificate the issued one). renewing: a successor is on its
--- way, i.e. an instance reserved, issued or prepublished that outlasts it (one not yet issued counts),
--- or an issue job of the certificate queued, running or failed fewer than alert_failing_attempts times.
+-- way, i.e. an instance issued or prepublished that outlasts it, or an issue job of the certificate
+-- queued, running or failed fewer than alert_failing_attempts times (a reserved instance counts only
+-- through its job: one whose job keeps failing is not on its way).
 -- Grouped joins, no subquery per certificate: linear in the number of certificates.
 CREATE VIEW pki.active_instances AS
 WITH active AS (
@@ -19,9 +20,9 @@ WITH active AS (
 ), successors AS (
     -- how long the longest-lasting instance on its way of each certificate lasts (the active
     -- instance of a CA, issued too, lasts exactly as long as itself: not a successor)
-    SELECT n.certificate, max(coalesce(n.not_after, 'infinity')) AS not_after
+    SELECT n.certificate, max(n.not_after) AS not_after
       FROM pki.certinstances n
-     WHERE n.state IN ('reserved', 'issued', 'prepublished')
+     WHERE n.state IN ('issued', 'prepublished')
      GROUP BY n.certificate
 ), issuing AS (
     SELECT DISTINCT j.certificate

@@ -27,10 +27,11 @@ WITH knobs AS (
       FROM pki.settings s
      WHERE s.name IN ('alert_failing_attempts', 'alert_job_days', 'alert_expiry_days', 'alert_expiry_critical_days',
                       'schedule_stale')
-), troubled_jobs AS (
-    -- the newest job in trouble of each kind and subject; its last attempt is the time of its newest
-    -- event (pki.now() of the failure: jobs.updated is the wall clock, which time travel does not move)
-    SELECT DISTINCT ON (j.kind, j.subject_key) j.*, t.last_attempt
+), troubled AS (
+    -- the jobs in trouble since the last done job of their kind and subject; a job's last attempt is
+    -- the time of its newest event (pki.now() of the failure: jobs.updated is the wall clock, which
+    -- time travel does not move)
+    SELECT j.*, t.last_attempt
       FROM pki.jobs j
      CROSS JOIN knobs k
      CROSS JOIN LATERAL (SELECT coalesce(max(e.at), j.finished, j.run_after) AS last_attempt
@@ -40,7 +41,14 @@ WITH knobs AS (
        AND t.last_attempt >= k.now - k.job_window
        AND NOT EXISTS (SELECT 1 FROM pki.jobs d WHERE d.kind = j.kind AND d.subject_key = j.subject_key
                           AND d.state = 'done' AND d.id > j.id)
-     ORDER BY j.kind, j.subject_key, j.id DESC
+), troubled_jobs AS (
+    -- one alert per kind and subject: the newest job in trouble for the details, and dead if any of
+    -- them died (the scheduler enqueues a new job after a dead one: while that one is only failing,
+    -- the alert must not fall back to a warning and rise again, each change told)
+    SELECT DISTINCT ON (t.kind, t.subject_key) t.*,
+           bool_or(t.state = 'dead') OVER (PARTITION BY t.kind, t.subject_key) AS died
+      FROM troubled t
+     ORDER BY t.kind, t.subject_key, t.id DESC
 ), active AS (
     -- each enabled certificate's active instance (views/045_active_instances.sql)
     SELECT a.certificate, a.name, a.instance AS id, a.not_after, a.renewing
@@ -50,9 +58,9 @@ WITH knobs AS (
     SELECT max(r.finished) AS finished FROM pki.runs r WHERE '-S' = ANY (r.actions)
 ), found AS (
     SELECT format('job:%s:%s', j.kind, j.subject_key) AS alert_key,
-           CASE WHEN j.state = 'dead' THEN 'critical' ELSE 'warning' END AS severity,
+           CASE WHEN j.died THEN 'critical' ELSE 'warning' END AS severity,
            s.name::text AS certificate, j.instance, j.id AS job, d.fqdn::text AS disthost,
-           concat_ws(' ', CASE WHEN j.state = 'dead' THEN format('%s job failed for good', j.kind)
+           concat_ws(' ', CASE WHEN j.died THEN format('%s job failed for good', j.kind)
                                ELSE format('%s job keeps failing', j.kind) END,
                      CASE WHEN s.name IS NOT NULL THEN format('for certificate %s', s.name) END,
                      CASE WHEN d.fqdn IS NOT NULL THEN format('on disthost %s', d.fqdn) END,
@@ -82,12 +90,14 @@ WITH knobs AS (
            format('instance %s of certificate %s is deployed past its not_after %s', i.id, s.name, i.not_after),
            NULL::text, i.not_after
       FROM pki.certinstances i
+      JOIN pki.certificates c ON c.id = i.certificate AND NOT c.disabled   -- disabled: the operator knows
       JOIN pki.main_subjects s ON s.certificate = i.certificate, knobs k
      WHERE i.state = 'deployed' AND i.not_after <= k.now
     UNION ALL
     SELECT format('config:%s', md5(p.certificate || E'\n' || p.problem)), 'warning', p.certificate, NULL::int4,
            NULL::int8, NULL::text, format('%s: %s; fix: %s', p.certificate, p.problem, p.hint), NULL::text, NULL::timestamptz
-      FROM pki.config_problems() p
+      -- one alert per problem (check_config says a problem once per target that has it)
+      FROM (SELECT DISTINCT c.certificate, c.problem, c.hint FROM pki.config_problems() c) p
     UNION ALL
     SELECT 'schedule', CASE WHEN l.finished IS NULL THEN 'warning' ELSE 'critical' END, NULL::text, NULL::int4,
            NULL::int8, NULL::text,

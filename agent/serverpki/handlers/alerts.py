@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import smtpclient, webhook
 from ..config import Config
-from ..errors import GiveUp
+from ..errors import GiveUp, RetryLater
 from ..secretfile import SecretFileError, read_secret
 from . import Completion, Context, Job, Progress, handler
 from .mail import _relay
@@ -55,10 +55,20 @@ def counts(alerts: list[dict]) -> dict[str, int]:
             "resolved": sum(1 for a in alerts if a["status"] == "resolved")}
 
 
-def subject(alerts: list[dict]) -> str:
-    n = counts(alerts)
+def open_now(job: Job, alerts: list[dict]) -> dict[str, int]:
+    """Every alert open when the digest was made, by severity (args.open): a digest that repeats some
+    alerts must not read as if they were all; a job of an older release has none: the digest's own."""
+    told = counts(alerts)
+    known = (job.args or {}).get("open")
+    if not isinstance(known, dict):
+        return {"critical": told["critical"], "warning": told["warning"]}
+    return {severity: int(known.get(severity) or 0) for severity in ("critical", "warning")}
+
+
+def subject(job: Job, alerts: list[dict]) -> str:
+    n, resolved = open_now(job, alerts), counts(alerts)["resolved"]
     text = f"serverPKI: {n['critical']} critical, {n['warning']} warning alert(s)"
-    return text + (f", {n['resolved']} resolved" if n["resolved"] else "")
+    return text + (f", {resolved} resolved" if resolved else "")
 
 
 def _entry(a: dict) -> list[str]:
@@ -76,7 +86,9 @@ def body(job: Job, alerts: list[dict]) -> str:
     """The digest as text: the open alerts, critical first, then the resolved ones."""
     open_ = [a for a in alerts if a["status"] != "resolved"]
     resolved = [a for a in alerts if a["status"] == "resolved"]
-    lines: list[str] = []
+    n = open_now(job, alerts)
+    lines: list[str] = [f"Open now: {n['critical']} critical, {n['warning']} warning; "
+                        f"this digest tells {len(open_)} of them (new, changed or due again).", ""]
     if open_:
         lines += ["These need a human:", ""]
         for a in open_:
@@ -95,7 +107,7 @@ def body(job: Job, alerts: list[dict]) -> str:
 def compose(job: Job, alerts: list[dict], config: Config) -> EmailMessage:
     mail = config.mail
     msg = EmailMessage()
-    msg["Subject"] = subject(alerts)
+    msg["Subject"] = subject(job, alerts)
     msg["From"] = mail.sender
     msg["To"] = ", ".join(mail.recipients)
     msg["Date"] = format_datetime(dt.datetime.now(UTC))
@@ -127,7 +139,8 @@ def document(job: Job, alerts: list[dict]) -> dict[str, Any]:
     """The webhook's JSON document (schema serverpki.alerts/1, docs/alerts.md)."""
     fields = ("alert_key", "status", "severity", "summary", "detail", "certificate", "instance", "job",
               "disthost", "since")
-    return {"schema": SCHEMA, "job": job.id, "summary": subject(alerts), "counts": counts(alerts),
+    return {"schema": SCHEMA, "job": job.id, "summary": subject(job, alerts), "counts": counts(alerts),
+            "open": open_now(job, alerts),
             "alerts": [{k: a.get(k) for k in fields} for a in alerts if a["status"] != "resolved"],
             "resolved": [{k: a.get(k) for k in ("alert_key", "severity", "summary")}
                          for a in alerts if a["status"] == "resolved"]}
@@ -171,6 +184,11 @@ def notify_alerts(job: Job, ctx: Context) -> Completion:
     channel = (job.args or {}).get("channel")
     if channel not in CHANNELS:
         raise GiveUp(f"notify_alerts job {job.id}: unknown channel {channel!r} (mail or webhook)")
+    if channel not in ctx.config.alerts.channels:
+        # the cron run and `serverpki agent` may read different files: leave it to the one that tells this channel
+        raise RetryLater(f"alerts to {channel} are not configured in {ctx.config.source or 'this configuration'} "
+                         "([alerts]); left to a run or agent whose configuration has them: give both the same "
+                         "[alerts] and [mail]", retry_after=300)
     alerts = digest(job)
     result = {"channel": channel, **counts(alerts), **CHANNELS[channel](job, alerts, ctx.config)}
     # at least once, at most twice: only a crash between the peer's answer and this line repeats it
