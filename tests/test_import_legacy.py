@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 import certfactory
@@ -148,9 +148,9 @@ def legacy(pg_server, legacy_sql):
     db.drop()
 
 
-def import_legacy(pg_server, dbname, legacy_db, tmp_path, *extra: str) -> subprocess.CompletedProcess:
+def import_legacy(pg_server, dbname, legacy_db, tmp_path, *extra: str, role: str | None = None) -> subprocess.CompletedProcess:
     """serverpki db import-legacy as the schema owner (the installer's role), the passphrase file given."""
-    env = environment(pg_server, dbname, None)
+    env = environment(pg_server, dbname, role)
     args = ["db", "import-legacy", "--from", legacy_db.dsn, *extra]
     if legacy_db.passphrase and "--passphrase-file" not in extra:
         args += ["--passphrase-file", str(secret(tmp_path / "db_encryption_key", legacy_db.passphrase))]
@@ -247,6 +247,14 @@ def test_a_key_that_does_not_open_leaves_the_target_unchanged(pg_server, dbname,
     assert snapshot(owner) == before
 
 
+def test_only_the_schema_owner_may_import(pg_server, dbname, owner, legacy, tmp_path):
+    before = snapshot(owner)
+    result = import_legacy(pg_server, dbname, legacy, tmp_path, role=roles.CRON)
+    assert result.returncode == 1
+    assert "run it as the schema owner" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(owner) == before
+
+
 def test_clear_keys_stay_clear_in_a_clear_target(pg_server, dbname, owner, legacy_sql, tmp_path):
     clear = Legacy(pg_server, legacy_sql, encrypted=False)
     try:
@@ -259,7 +267,7 @@ def test_clear_keys_stay_clear_in_a_clear_target(pg_server, dbname, owner, legac
         clear.drop()
 
 
-def test_the_seed_lists_and_exports_the_imported_instances(pg_server, dbname, legacy, tmp_path):
+def test_the_seed_lists_exports_and_signs_with_the_imported_ca(pg_server, dbname, owner, legacy, tmp_path):
     assert import_legacy(pg_server, dbname, legacy, tmp_path).returncode == 0
     (tmp_path / "work").mkdir()
     config = tmp_path / "serverpki.toml"
@@ -277,3 +285,13 @@ def test_the_seed_lists_and_exports_the_imported_instances(pg_server, dbname, le
     assert export.returncode == 0, export.stderr
     exported = (tmp_path / "work" / "key-7-rsa.pem").read_bytes()
     assert serialization.load_pem_private_key(exported, None).private_numbers() == legacy.keys[(7, "rsa")].private_numbers()
+    # -C signs with the original's local CA, whose key was stored under the local CA passphrase
+    issued = run(OPERATE, "-C", "-o", "www.example.org", env=env)
+    assert issued.returncode == 0, issued.stderr
+    new, cacert, cert = owner.execute(
+        "SELECT i.id, i.cacert, k.cert FROM pki.certinstances i JOIN pki.certkeydata k ON k.certinstance = i.id "
+        "WHERE i.certificate = 5 AND i.id > 10").fetchone()
+    assert cacert == 3
+    legacy.local_ca[1].public_key().verify(
+        x509.load_pem_x509_certificate(bytes(cert)).signature, x509.load_pem_x509_certificate(bytes(cert)).tbs_certificate_bytes,
+        padding.PKCS1v15(), x509.load_pem_x509_certificate(bytes(cert)).signature_hash_algorithm)

@@ -69,8 +69,11 @@ Naive TIMESTAMP columns of 0.9.x are read in the old server's TimeZone, as the o
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
 
 from .. import keystore
 from ..db import connect, refusals_as_errors
@@ -111,12 +114,22 @@ def _account(path: Path | None) -> dict | None:
     return account
 
 
+@contextmanager
+def _as_owner():
+    """A role that may not write instances and keys gets told whom to run as, in one line."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege:
+        raise ServerPKIError("the target refuses the import: run it as the schema owner (the role that ran "
+                             "serverpki db init), as it writes instances and keys; nothing was imported") from None
+
+
 def import_legacy(opts: Options) -> Report:
     """Import the 0.9.x database into ours in one transaction; the report of what was carried over."""
     account = _account(opts.account_file)
     with connect(opts.from_dsn) as old, refusals_as_errors():
         old.read_only = True
-        old.isolation_level = 3   # REPEATABLE READ: one snapshot of every table
+        old.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # one snapshot of every table
         data = read_legacy(old)
         old.rollback()
     report = Report(read={t: len(r) for t, r in data.rows.items()})
@@ -124,7 +137,7 @@ def import_legacy(opts: Options) -> Report:
         report.read["acme_accounts"] = 1
     legacy_passphrase = (keystore.read_passphrase(opts.passphrase_file, "Passphrase of the 0.9.x keys: ")
                          if data.keysencrypted or opts.passphrase_file else None)
-    with connect(opts.dsn) as conn, refusals_as_errors():
+    with connect(opts.dsn) as conn, refusals_as_errors(), _as_owner():
         with conn.transaction():
             cur = conn.cursor()
             mains = [(s["certificate"], s["name"]) for s in data.rows["subjects"] if not s["isaltname"]]

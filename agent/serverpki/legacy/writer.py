@@ -36,7 +36,10 @@ class ImportConflict(ServerPKIError):
 
 
 def _refusal(exc: psycopg.Error) -> str:
+    """One line for a row our validation refuses (SPnnn, or an integrity constraint); anything else goes on up."""
     diag = exc.diag
+    if not (diag.sqlstate or "").startswith(("SP", "23")):
+        raise exc
     hint = f" ({diag.message_hint})" if diag.message_hint else ""
     return f"{diag.sqlstate} {diag.message_primary}{hint}"
 
