@@ -171,6 +171,8 @@ def test_import_keeps_ids_states_ca_links_and_keys(pg_server, dbname, owner, leg
     assert "instance 10 of certificate 6: reserved without a stored certificate" in result.stdout
     assert "certificate 1 (No cert): the original's placeholder" in result.stdout
     assert "place world-readable: SP011" in result.stdout
+    counts = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:12]}
+    assert counts["certinstances"] == ["7", "5"] and counts["certkeydata"] == ["6", "6"] and counts["places"] == ["3", "2"]
     dates = owner.execute("SELECT not_after FROM pki.certinstances WHERE id = 7").fetchone()[0]
     assert abs(dates - (NOW - dt.timedelta(days=10) + dt.timedelta(days=365))) < dt.timedelta(seconds=1)
     assert owner.execute("SELECT disabled, authorized_until, encryption_algo::text FROM pki.certificates WHERE id = 6").fetchone() == \
@@ -258,11 +260,15 @@ def test_only_the_schema_owner_may_import(pg_server, dbname, owner, legacy, tmp_
 def test_clear_keys_stay_clear_in_a_clear_target(pg_server, dbname, owner, legacy_sql, tmp_path):
     clear = Legacy(pg_server, legacy_sql, encrypted=False)
     try:
+        with psycopg.connect(clear.dsn, autocommit=True) as conn:   # what upgrade_to_5.sql did to a database it upgraded
+            conn.execute("ALTER TYPE dd.cert_encryption_algo RENAME VALUE 'rsa_plus_ec' TO 'rsa plus ec'")
         result = import_legacy(pg_server, dbname, clear, tmp_path)
         assert result.returncode == 0, result.stderr
+        assert owner.execute("SELECT encryption_algo::text FROM pki.certificates WHERE id = 6").fetchone() == ("rsa_plus_ec",)
         key = owner.execute("SELECT key FROM pki.certkeydata WHERE certinstance = 7").fetchone()[0]
         assert bytes(key).startswith(b"-----BEGIN PRIVATE KEY-----")
         assert owner.execute("SELECT keysencrypted FROM pki.revision").fetchone() == (False,)
+        assert "the local CA's key (instance 3) is stored in clear" in result.stdout
     finally:
         clear.drop()
 

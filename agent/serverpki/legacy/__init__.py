@@ -168,6 +168,4 @@ def import_legacy(opts: Options) -> Report:
             if account:
                 writer.account(account, opts.acme_directory, ours)
             writer.sequences()
-            if ca is None and any(s["type"] == "CA" for s in data.rows["subjects"]):
-                report.notes.append("the local CA's key is stored in clear: give --ca-passphrase-file to store it encrypted")
     return report

@@ -228,6 +228,9 @@ class Writer:
             what = f"the {k['encryption_algo']} key of instance {instance['id']}"
             ours = keys["ca"] if ca else keys["ours"]
             key = restore_key(k["key"], keys["legacy"], ours, what)
+            if ca and key and ours is None:
+                note = f"the local CA's key (instance {instance['id']}) is stored in clear: give --ca-passphrase-file to store it encrypted"
+                self.report.notes.append(note)
             self.cur.execute(q("import_certkeydata"), {**params, "cert": bytes(k["cert"]),
                                                        "key": key.encode("ascii") if key else None})
         self.report.count("certkeydata")
