@@ -393,7 +393,7 @@ def apply_settings(dsn: str, settings: dict[str, int], source: Path) -> None:
 
 
 def import_command(
-    source: Annotated[Path, typer.Argument(help="serverPKI 0.9's configuration file (serverpki.conf)")],
+    source: Annotated[Path, typer.Argument(metavar="SERVERPKI_CONF", help="serverPKI 0.9's configuration file (serverpki.conf)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="the TOML file to write")] = Path("serverpki.toml"),
     dsn: Annotated[Optional[str], typer.Option(
         "--dsn", help="the new database: written as [database] dsn (without a password) and given "
