@@ -27,9 +27,11 @@ Quirks of the original the import must know (seen in its code and in the data ma
 - Instance dates: certinstances.not_before/not_after are stored as DATEs (midnight), while the
   certificate itself says the time; `-n -v` prints those midnights. A CA instance's cacert is itself.
 - States (dd.cert_state): reserved, issued, prepublished, deployed, revoked, expired, archived; `-C`
-  leaves a new instance 'issued'. Instance 1 is a placeholder ('No cert', type CA, reserved, disabled).
+  leaves a new instance 'issued'. Instance 1 is a placeholder ('No cert', type CA, reserved, disabled,
+  no key data, so not in `-n -v`); its fresh install sets the sequences so that real ids start at 3.
 - Keys live in pki.certkeydata.key (bytea, PEM, "traditional" OpenSSL); `-X` re-encrypts them with
-  BestAvailableEncryption -> traditional PEM with Proc-Type/DEK-Info, passphrase = the whole
+  BestAvailableEncryption -> traditional PEM ("BEGIN RSA PRIVATE KEY", Proc-Type: 4,ENCRYPTED,
+  DEK-Info: AES-256-CBC,<iv>), passphrase = the whole
   db_encryption_key file's bytes (trailing newline included); revision.keysencrypted becomes true.
 - `-X` skips CA keys: the local CA key made by `-I` before `-X` stays in clear in the database. The
   passphrase `-I` asks for is only compared with its repetition, never used to encrypt the CA key.
@@ -372,7 +374,10 @@ def create_legacy_schema(pg_server, venv: Path, dbname: str) -> str:
     """dbname made as the original's README says, from its own SQL, at schema version 6; its superuser dsn."""
     with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [ROLE]).fetchone():
-            conn.execute(f'CREATE ROLE "{ROLE}" LOGIN')
+            try:
+                conn.execute(f'CREATE ROLE "{ROLE}" LOGIN')
+            except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                pass    # another test process (xdist) made it in the meantime: it is cluster-wide
         conn.execute(f"CREATE DATABASE {dbname}")
     dsn = pg_server.dsn(dbname)
     sql = legacy_sql_dir(venv)
