@@ -10,6 +10,7 @@ import typer
 from . import __version__, legacy, migrate, reports
 from .db import connect, refusals_as_errors
 from .errors import ServerPKIError, UsageError
+from .config_import import import_command
 from .monitor import metrics_command
 from .queries import q
 
@@ -150,6 +151,10 @@ def agent_command(
 
 
 app.command("metrics")(metrics_command)
+
+config_app = typer.Typer(no_args_is_help=True, help="Take over the configuration of serverPKI 0.9.")
+app.add_typer(config_app, name="config")
+config_app.command("import")(import_command)
 
 
 @app.command("demo")

@@ -520,6 +520,15 @@ $$;
 -- name: record_migration
 INSERT INTO pki.schema_migrations (version) VALUES (%(version)s);
 
+-- name: update_setting
+-- serverpki config import --dsn: one of pki.settings from the old configuration file (pki_admin may; the
+-- settings trigger checks the value's kind and range)
+UPDATE pki.settings SET value = %(value)s, remarks = %(remarks)s WHERE name = %(name)s;
+
+-- name: update_setting_psql
+-- serverpki config import without --dsn prints this for psql, after \set name ... and \set value ...
+UPDATE pki.settings SET value = :'value', remarks = 'from serverpki.conf (serverpki config import)' WHERE name = :'name';
+
 -- name: database_search_path
 -- per-database settings, which CREATE DATABASE ... TEMPLATE does not copy
 DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = pki, dd, public', current_database()); END $$;
