@@ -27,6 +27,7 @@ import certfactory
 from commands import OPERATE, SERVERPKI, environment, run
 from helpers import snapshot
 from lab import roles
+from legacy import legacy_db  # noqa: F401  (the session fixture: the real original made the data)
 
 PASSPHRASE = b"the original's db_encryption_key, a line of ssh-keygen output\n"   # whole content, newline too
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -82,7 +83,10 @@ class Legacy:
         with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {self.name}")
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'serverPKI'").fetchone() is None:
-                conn.execute('CREATE ROLE "serverPKI"')     # the original's GRANTs name it
+                try:   # the original's GRANTs name it; LOGIN: tests/legacy.py runs the original as it
+                    conn.execute('CREATE ROLE "serverPKI" LOGIN')
+                except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                    pass    # another xdist worker made it in the meantime: it is cluster-wide
         self.dsn = pg_server.dsn(self.name)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             for name in SQL_FILES:
@@ -301,3 +305,36 @@ def test_the_seed_lists_exports_and_signs_with_the_imported_ca(pg_server, dbname
     legacy.local_ca[1].public_key().verify(
         x509.load_pem_x509_certificate(bytes(cert)).signature, x509.load_pem_x509_certificate(bytes(cert)).tbs_certificate_bytes,
         padding.PKCS1v15(), x509.load_pem_x509_certificate(bytes(cert)).signature_hash_algorithm)
+
+
+# ------------------------------------------------------------------ data the real original made (tests/legacy.py)
+
+@pytest.mark.slow
+def test_the_real_originals_database_imports_with_its_keys_and_account(pg_server, dbname, owner, legacy_db, tmp_path):
+    install = legacy_db.install
+    args = ["db", "import-legacy", "--from", legacy_db.dsn, "--passphrase-file", str(install.db_encryption_key)]
+    env = environment(pg_server, dbname, None)
+    if install.le_account.stat().st_mode & 0o077:   # the original's library wrote it 0644: a secret others read
+        refused = run(SERVERPKI, *args, "--account-file", str(install.le_account), env=env)
+        assert refused.returncode == 1 and f"chmod 600 {install.le_account}" in refused.stderr
+    account_file = secret(tmp_path / "account.json", install.le_account.read_bytes())
+    result = run(SERVERPKI, *args, "--account-file", str(account_file), env=env)
+    assert result.returncode == 0, result.stderr
+    # 0.9.11 issues local certificates with RSA keys only, an 'ec' one too: imported as what it is, and said so
+    assert "the original labelled its rsa certificate and key 'ec'" in result.stdout
+    passphrase = install.db_encryption_key.read_bytes()
+    with psycopg.connect(legacy_db.dsn) as old:
+        theirs = {(i, a): (bytes(c), bytes(k)) for i, a, c, k in old.execute(
+            "SELECT d.certinstance, i.state::text, d.cert, d.key FROM pki.certkeydata d "
+            "JOIN pki.certinstances i ON i.id = d.certinstance")}
+        states = dict(old.execute("SELECT id, state::text FROM pki.certinstances WHERE id <> 1").fetchall())
+    assert dict(owner.execute("SELECT id, state::text FROM pki.certinstances").fetchall()) == states
+    ours = {i: (bytes(c), bytes(k)) for i, c, k in owner.execute("SELECT certinstance, cert, key FROM pki.certkeydata")}
+    assert len(ours) == len(theirs)
+    for (iid, _), (cert, key) in theirs.items():
+        assert ours[iid][0] == cert
+        original = serialization.load_pem_private_key(key, passphrase if b"ENCRYPTED" in key else None)
+        imported = serialization.load_pem_private_key(ours[iid][1], passphrase)   # ours encrypted, the CA's too
+        assert imported.private_numbers() == original.private_numbers()
+    account = json.loads(install.le_account.read_text())
+    assert owner.execute("SELECT uri FROM pki.acme_accounts").fetchone() == (account["uri"],)

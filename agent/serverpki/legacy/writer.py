@@ -13,6 +13,7 @@ import hashlib
 import psycopg
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from psycopg.rows import dict_row
 
 from ..errors import ServerPKIError
@@ -42,6 +43,12 @@ def _refusal(exc: psycopg.Error) -> str:
         raise exc
     hint = f" ({diag.message_hint})" if diag.message_hint else ""
     return f"{diag.sqlstate} {diag.message_primary}{hint}"
+
+
+def _key_algo(cert_pem: bytes) -> str:
+    """'rsa' or 'ec': what the certificate's key is (our certkeydata trigger insists on the truth)."""
+    key = x509.load_pem_x509_certificate(bytes(cert_pem)).public_key()
+    return "ec" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa"
 
 
 def _hash(cert_pem: bytes) -> str:
@@ -218,14 +225,19 @@ class Writer:
             self.report.count("certinstances")
 
     def pair(self, instance: dict, k: dict, keys: dict, ca: bool) -> None:
-        params = {"certinstance": instance["id"], "encryption_algo": k["encryption_algo"]}
+        algo = _key_algo(k["cert"])
+        if algo != k["encryption_algo"]:
+            self.report.notes.append(
+                f"instance {instance['id']}: the original labelled its {algo} certificate and key '{k['encryption_algo']}' "
+                f"(0.9.11 issues local certificates with RSA keys only); imported as {algo}")
+        params = {"certinstance": instance["id"], "encryption_algo": algo}
         present = self.one("import_certkeydata_present", params)
         if present is not None:
             if present["hash"] != _hash(k["cert"]):
-                raise ImportConflict(f"instance {instance['id']} ({k['encryption_algo']}): the target holds another "
+                raise ImportConflict(f"instance {instance['id']} ({algo}): the target holds another "
                                      "certificate for it; import into a database without it")
         else:
-            what = f"the {k['encryption_algo']} key of instance {instance['id']}"
+            what = f"the {algo} key of instance {instance['id']}"
             ours = keys["ca"] if ca else keys["ours"]
             key = restore_key(k["key"], keys["legacy"], ours, what)
             if ca and key and ours is None:
