@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__, migrate, reports
+from . import __version__, legacy, migrate, reports
 from .db import connect, refusals_as_errors
 from .errors import ServerPKIError, UsageError
 from .config_import import import_command
@@ -60,6 +60,25 @@ def db_upgrade(dsn: DsnOption = None) -> None:
             typer.echo(f"schema is current ({len(applied)} migration(s) applied now; functions, views and triggers re-applied)")
     except ServerPKIError as exc:
         _fail(exc)
+
+
+@db_app.command("import-legacy")
+def db_import_legacy(
+        from_dsn: Annotated[str, typer.Option("--from", help="libpq connection string of the serverPKI 0.9.x database")],
+        dsn: DsnOption = None,
+        passphrase_file: Annotated[Optional[Path], typer.Option(help="the original's db_encryption_key file (its whole content)")] = None,
+        ca_passphrase_file: Annotated[Optional[Path], typer.Option(help="our local CA's passphrase file (default: --passphrase-file)")] = None,
+        account_file: Annotated[Optional[Path], typer.Option(help="the original's Let's Encrypt account file (JSON)")] = None,
+        acme_directory: Annotated[str, typer.Option(help="the directory URL of that account")] = legacy.LETS_ENCRYPT,
+        force: Annotated[bool, typer.Option("--force", help="import into a database that holds certificates already")] = False,
+) -> None:
+    """Import a serverPKI 0.9.x database (ids, states, keys, local CA, account) in one transaction; run as the schema owner."""
+    try:
+        report = legacy.import_legacy(legacy.Options(from_dsn, dsn, passphrase_file, ca_passphrase_file,
+                                                     account_file, acme_directory, force))
+    except ServerPKIError as exc:
+        _fail(exc)
+    typer.echo(report.text())
 
 
 @db_app.command("status")

@@ -78,6 +78,175 @@ SELECT pki.keys_encrypted() AS keysencrypted;
 -- name: keys_encrypted_any_release
 SELECT keysencrypted FROM pki.revision ORDER BY id DESC LIMIT 1;
 
+-- serverpki db import-legacy: reading a serverPKI 0.9.x database (its pki schema, as the original made it;
+-- naive TIMESTAMP columns are read in that server's TimeZone, as the original wrote them)
+-- name: legacy_revision
+SELECT schemaversion, keysencrypted FROM pki.revision ORDER BY id LIMIT 1;
+
+-- name: legacy_disthosts
+SELECT id, fqdn::text AS fqdn, jailroot, remarks FROM pki.disthosts ORDER BY id;
+
+-- name: legacy_jails
+SELECT id, name::text AS name, disthost, remarks FROM pki.jails ORDER BY id;
+
+-- name: legacy_places
+SELECT id, name::text AS name, cert_file_type::text AS cert_file_type, cert_path, key_path, uid, gid, mode,
+       chownboth, pglink, reload_command, remarks
+  FROM pki.places ORDER BY id;
+
+-- name: legacy_services
+SELECT id, name::text AS name, port, tlsaprefix, remarks FROM pki.services ORDER BY id;
+
+-- name: legacy_certificates
+SELECT id, type::text AS type, disabled, authorized_until::timestamptz AS authorized_until,
+       encryption_algo::text AS encryption_algo, ocsp_must_staple, created::timestamptz AS created, remarks
+  FROM pki.certificates ORDER BY id;
+
+-- name: legacy_subjects
+SELECT id, type::text AS type, name::text AS name, isaltname, certificate, remarks
+  FROM pki.subjects ORDER BY isaltname, id;
+
+-- name: legacy_certificates_services
+SELECT certificate, service FROM pki.certificates_services ORDER BY certificate, service;
+
+-- name: legacy_targets
+SELECT id, disthost, jail, place, certificate, remarks FROM pki.targets ORDER BY id;
+
+-- name: legacy_instances
+SELECT id, certificate, state::text AS state, ocsp_must_staple, cacert,
+       updated::timestamptz AS updated, not_before::timestamptz AS not_before, remarks
+  FROM pki.certinstances ORDER BY id;
+
+-- name: legacy_certkeydata
+SELECT id, certinstance, encryption_algo::text AS encryption_algo, cert, key, hash
+  FROM pki.certkeydata ORDER BY certinstance, encryption_algo;
+
+-- serverpki db import-legacy: writing into our database, as its owner, in one transaction
+-- name: import_certificate_count
+SELECT count(*) AS n FROM pki.certificates;
+
+-- name: import_foreign_certificates
+-- certificates of the target that are not this import's (same id, same subject name)
+SELECT c.id, s.name::text AS name FROM pki.certificates c LEFT JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname
+ WHERE NOT EXISTS (SELECT 1 FROM unnest(%(ids)s::int[], %(names)s::text[]) AS l(id, name)
+                    WHERE l.id = c.id AND lower(l.name) = lower(s.name::text))
+ ORDER BY c.id LIMIT 3;
+
+-- name: import_certificate_present
+SELECT c.id, s.name::text AS name FROM pki.certificates c LEFT JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname
+ WHERE c.id = %(id)s;
+
+-- name: import_subject_present
+SELECT certificate FROM pki.subjects WHERE name = %(name)s;
+
+-- name: import_instance_present
+SELECT certificate FROM pki.certinstances WHERE id = %(id)s;
+
+-- name: import_certkeydata_present
+SELECT hash FROM pki.certkeydata WHERE certinstance = %(certinstance)s AND encryption_algo = %(encryption_algo)s::dd.cert_encryption_algo;
+
+-- name: import_target_present
+SELECT 1 FROM pki.targets WHERE disthost = %(disthost)s AND jail IS NOT DISTINCT FROM %(jail)s AND place = %(place)s
+   AND certificate = %(certificate)s;
+
+-- name: import_certificate_service_present
+SELECT 1 FROM pki.certificates_services WHERE certificate = %(certificate)s AND service = %(service)s;
+
+-- name: import_set_context
+SELECT pki.set_context(%(reason)s);
+
+-- name: import_keys_encrypted
+UPDATE pki.revision SET keysencrypted = true WHERE NOT keysencrypted;
+
+-- sequences first past the legacy ids, so a row given a new id never takes one a later row keeps
+-- name: import_sequences_past
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['pki.disthosts', 'pki.jails', 'pki.places', 'pki.services', 'pki.certificates',
+                             'pki.certinstances'] LOOP
+        EXECUTE format('SELECT setval(pg_get_serial_sequence(%L, ''id''), greatest(coalesce((SELECT max(id) FROM %s), 0), '
+                       'coalesce(current_setting(''serverpki.legacy_max_%s'', true)::int, 0), 1))', t, t, split_part(t, '.', 2));
+    END LOOP;
+END
+$$;
+
+-- name: import_legacy_max
+SELECT set_config('serverpki.legacy_max_' || %(table)s, %(max)s::text, true);
+
+-- name: import_disthost
+INSERT INTO pki.disthosts (id, fqdn, jailroot, remarks)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM pki.disthosts WHERE id = %(id)s) THEN nextval('pki.disthosts_id_seq') ELSE %(id)s END,
+       %(fqdn)s, %(jailroot)s, %(remarks)s
+ WHERE NOT EXISTS (SELECT 1 FROM pki.disthosts WHERE fqdn = %(fqdn)s);
+
+-- name: import_disthost_id
+SELECT id FROM pki.disthosts WHERE fqdn = %(fqdn)s;
+
+-- name: import_jail
+INSERT INTO pki.jails (id, name, disthost, remarks)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM pki.jails WHERE id = %(id)s) THEN nextval('pki.jails_id_seq') ELSE %(id)s END,
+       %(name)s, %(disthost)s, %(remarks)s
+ WHERE NOT EXISTS (SELECT 1 FROM pki.jails WHERE name = %(name)s);
+
+-- name: import_jail_id
+SELECT id FROM pki.jails WHERE name = %(name)s;
+
+-- name: import_place
+INSERT INTO pki.places (id, name, cert_file_type, cert_path, key_path, uid, gid, mode, chownboth, pglink,
+                        reload_command, remarks)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM pki.places WHERE id = %(id)s) THEN nextval('pki.places_id_seq') ELSE %(id)s END,
+       %(name)s, %(cert_file_type)s::dd.place_cert_file_type, %(cert_path)s, %(key_path)s, %(uid)s, %(gid)s, %(mode)s,
+       %(chownboth)s, %(pglink)s, %(reload_command)s, %(remarks)s
+ WHERE NOT EXISTS (SELECT 1 FROM pki.places WHERE name = %(name)s);
+
+-- name: import_place_id
+SELECT id FROM pki.places WHERE name = %(name)s;
+
+-- name: import_service
+INSERT INTO pki.services (id, name, port, tlsaprefix, remarks)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM pki.services WHERE id = %(id)s) THEN nextval('pki.services_id_seq') ELSE %(id)s END,
+       %(name)s, %(port)s, %(tlsaprefix)s, %(remarks)s
+ WHERE NOT EXISTS (SELECT 1 FROM pki.services WHERE name = %(name)s AND port = %(port)s);
+
+-- name: import_service_id
+SELECT id FROM pki.services WHERE name = %(name)s AND port = %(port)s;
+
+-- name: import_certificate
+INSERT INTO pki.certificates (id, type, disabled, authorized_until, encryption_algo, ocsp_must_staple, created, remarks)
+VALUES (%(id)s, %(type)s::dd.cert_type, %(disabled)s, %(authorized_until)s, %(encryption_algo)s::dd.cert_encryption_algo,
+        %(ocsp_must_staple)s, coalesce(%(created)s, now()), %(remarks)s);
+
+-- name: import_subject
+INSERT INTO pki.subjects (type, name, isaltname, certificate, remarks)
+VALUES (%(type)s::dd.subject_type, %(name)s, %(isaltname)s, %(certificate)s, %(remarks)s);
+
+-- name: import_certificate_service
+INSERT INTO pki.certificates_services (certificate, service) VALUES (%(certificate)s, %(service)s);
+
+-- name: import_target
+INSERT INTO pki.targets (disthost, jail, place, certificate, remarks)
+VALUES (%(disthost)s, %(jail)s, %(place)s, %(certificate)s, %(remarks)s);
+
+-- an instance enters as 'reserved' (the only state a new row may have) and walks the state machine
+-- name: import_instance
+INSERT INTO pki.certinstances (id, certificate, state, ocsp_must_staple, cacert, tlsa_published, remarks)
+VALUES (%(id)s, %(certificate)s, 'reserved', %(ocsp_must_staple)s, %(cacert)s, %(tlsa_published)s, %(remarks)s);
+
+-- name: import_instance_state
+UPDATE pki.certinstances SET state = %(state)s::dd.cert_state WHERE id = %(id)s;
+
+-- name: import_certkeydata
+INSERT INTO pki.certkeydata (certinstance, encryption_algo, cert, key)
+VALUES (%(certinstance)s, %(encryption_algo)s::dd.cert_encryption_algo, %(cert)s, %(key)s);
+
+-- name: import_acme_account
+INSERT INTO pki.acme_accounts (directory_url, contact, key, uri) VALUES (%(directory_url)s, NULL, %(key)s, %(uri)s)
+ON CONFLICT (directory_url) DO NOTHING;
+
+-- name: import_acme_account_uri
+SELECT uri FROM pki.acme_accounts WHERE directory_url = %(directory_url)s;
+
 -- name: stored_keys
 SELECT id, convert_from(key, 'UTF8') AS key FROM pki.certkeydata WHERE key IS NOT NULL ORDER BY id;
 

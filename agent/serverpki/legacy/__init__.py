@@ -1,0 +1,171 @@
+"""`serverpki db import-legacy`: take over a serverPKI 0.9.x database.
+
+    serverpki db import-legacy --from 'dbname=serverpki host=old.example.org user=pki_op' \\
+        [--dsn TARGET] [--passphrase-file /usr/local/etc/serverpki/db_encryption_key] \\
+        [--ca-passphrase-file FILE] [--account-file /var/serverpki/account.json] \\
+        [--acme-directory URL] [--force]
+
+What it does, for the operator
+------------------------------
+It reads the original's database (--from; read only, in one snapshot) and writes everything into ours
+(--dsn, SERVERPKI_DSN or PG* like `db upgrade`; run it as the schema owner, as the installer: it writes
+instances and keys) in ONE transaction: either all of it is there afterwards, or nothing changed.
+Run `serverpki db upgrade` on the target first.
+
+- It refuses a schema version it does not know (pki.revision.schemaversion; 0.9.11 = 6, its fresh
+  install says 5 for the same tables), naming it: exit status 3.
+- It refuses a target that holds certificates of its own unless --force (then the legacy rows are
+  added beside them; an id the target uses for something else stops the import): exit status 1.
+- Running it again changes nothing and prints the same report: every row is matched first (same
+  instance id and certificate hash, same certificate id and subject name, same host/place/... name).
+- Instance ids (the serials of `-n -v` and `-E`) and certificate ids are kept; disthosts, jails,
+  places and services keep theirs when free (services are matched by name and port: ours has the
+  usual ones already). Our sequences are set past the imported ids.
+- Keys: --passphrase-file is the original's db_encryption_key file; its WHOLE content is the
+  passphrase (as the original read it). Every key is opened in memory and stored as PKCS#8: encrypted
+  with that same passphrase when our database keeps keys encrypted (pki.revision.keysencrypted; it is
+  switched on when the original's were encrypted and the target holds no keys yet), so point our
+  configuration's paths.db_encryption_key at the same file. A key that does not open stops the
+  import, naming the instance (exit status 1, nothing changed). No key is written to disk or a log.
+- The local CA: the original's CA certificate (subject type CA, e.g. "Local CA") and its instances are
+  imported like any certificate; its key is stored encrypted with --ca-passphrase-file (default: the
+  --passphrase-file passphrase, which the original's CA key was encrypted with), so set our
+  local_ca.passphrase_file to that file and local_ca.name to the original's SUBJECT_LOCAL_CA; -C
+  then signs with it and what it signed stays verifiable. Let's Encrypt's intermediate (a CA
+  certificate without a key) comes along as it is.
+- The ACME account: the original keeps it in a file of its work directory (manuale/automatoes JSON:
+  {"key": PEM, "uri": account URL}); give it with --account-file and it becomes our pki.acme_accounts
+  row for --acme-directory (default Let's Encrypt's production directory), so no new registration.
+- It ends with a report: rows read and imported per table, and every row not carried over with why
+  and the fix (an unknown state, an instance without a stored certificate, a place our validation
+  refuses, a target without a place, ...).
+
+The mapping (0.9.11 schema version 6 -> ours)
+---------------------------------------------
+  disthosts (id, fqdn, jailroot, remarks)            -> disthosts, matched by fqdn
+  jails (id, name, disthost)                         -> jails, matched by name (validation: jailroot)
+  places (id, name, cert_file_type, cert_path, key_path, uid, gid, mode, chownboth, pglink,
+          reload_command)                            -> places, matched by name (validation: mode)
+  services (id, name, port, tlsaprefix)              -> services, matched by (name, port)
+  certificates (id, type, disabled, authorized_until, encryption_algo ('rsa plus ec' of 0.9.x ->
+          rsa_plus_ec), ocsp_must_staple, created)   -> certificates, same id
+  subjects (type, name, isaltname, certificate)      -> subjects (new ids); one without a certificate
+                                                        is left out
+  certificates_services, targets                     -> the same, ids mapped; a target needs a place
+  certinstances (id, certificate, state, ocsp_must_staple, cacert, not_before, not_after, updated)
+                                                     -> certinstances, same id; cacert pointing at
+        itself (a self-signed CA) becomes NULL; not_before/not_after are derived from the stored
+        certificates by our trigger; the state is reached along our state machine from 'reserved'
+        (each step an event with the reason "imported from serverPKI 0.9.x"); tlsa_published of a
+        prepublished or deployed instance is its 0.9 'updated' time (its TLSA records are live)
+  certkeydata (certinstance, encryption_algo, cert, key (traditional PEM, maybe DEK-Info encrypted;
+          b'' for a CA without key), hash)           -> certkeydata (hash and dates derived by our
+                                                        trigger; key PKCS#8, ours encrypted or clear)
+  revision (schemaversion, keysencrypted)            -> checked; keysencrypted carried over
+  the account file (work dir)                        -> acme_accounts
+Naive TIMESTAMP columns of 0.9.x are read in the old server's TimeZone, as the original wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from .. import keystore
+from ..db import connect, refusals_as_errors
+from ..errors import ServerPKIError, UsageError
+from ..queries import q
+from ..secretfile import read_secret
+from .reader import read_legacy
+from .report import Report
+from .writer import REASON, Writer
+
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+class TargetNotEmpty(ServerPKIError):
+    """The target holds certificates of its own."""
+
+
+@dataclass
+class Options:
+    from_dsn: str
+    dsn: str | None = None
+    passphrase_file: Path | None = None
+    ca_passphrase_file: Path | None = None
+    account_file: Path | None = None
+    acme_directory: str = LETS_ENCRYPT
+    force: bool = False
+
+
+def _account(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        account = json.loads(read_secret(path, "--account-file"))
+    except ValueError:
+        raise UsageError(f"--account-file {path}: not the original's account file (JSON with key and uri)") from None
+    if not isinstance(account, dict) or not isinstance(account.get("key"), str) or not isinstance(account.get("uri"), str):
+        raise UsageError(f"--account-file {path}: not the original's account file (JSON with key and uri)")
+    return account
+
+
+@contextmanager
+def _as_owner():
+    """A role that may not write instances and keys gets told whom to run as, in one line."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege:
+        raise ServerPKIError("the target refuses the import: run it as the schema owner (the role that ran "
+                             "serverpki db init), as it writes instances and keys; nothing was imported") from None
+
+
+def import_legacy(opts: Options) -> Report:
+    """Import the 0.9.x database into ours in one transaction; the report of what was carried over."""
+    account = _account(opts.account_file)
+    with connect(opts.from_dsn) as old, refusals_as_errors():
+        old.read_only = True
+        old.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # one snapshot of every table
+        data = read_legacy(old)
+        old.rollback()
+    report = Report(read={t: len(r) for t, r in data.rows.items()})
+    if account:
+        report.read["acme_accounts"] = 1
+    legacy_passphrase = (keystore.read_passphrase(opts.passphrase_file, "Passphrase of the 0.9.x keys: ")
+                         if data.keysencrypted or opts.passphrase_file else None)
+    with connect(opts.dsn) as conn, refusals_as_errors(), _as_owner():
+        with conn.transaction():
+            cur = conn.cursor()
+            mains = [(s["certificate"], s["name"]) for s in data.rows["subjects"] if not s["isaltname"]]
+            foreign = cur.execute(q("import_foreign_certificates"),
+                                  {"ids": [c for c, _ in mains], "names": [n for _, n in mains]}).fetchall()
+            if foreign and not opts.force:
+                named = ", ".join(f"{i} ({n})" for i, n in foreign)
+                raise TargetNotEmpty(f"the target database holds certificates of its own ({named}, ...): import into "
+                                     "a fresh one (serverpki db init), or give --force to add the legacy rows beside them")
+            encrypted = cur.execute(q("keys_encrypted_any_release")).fetchone()[0]
+            if data.keysencrypted and not encrypted and cur.execute(q("import_certificate_count")).fetchone()[0] == 0:
+                cur.execute(q("import_keys_encrypted"))
+                encrypted = True
+            if encrypted and data.keysencrypted:
+                report.notes.append("our keys are stored encrypted (as the original's were): "
+                                    "set paths.db_encryption_key to the --passphrase-file file")
+            ours = None
+            if encrypted:
+                ours = legacy_passphrase or keystore.read_passphrase(None, "Passphrase of our stored keys: ")
+            ca = (keystore.read_passphrase(opts.ca_passphrase_file, "Passphrase of the local CA: ")
+                  if opts.ca_passphrase_file else legacy_passphrase)
+            cur.execute(q("import_set_context"), {"reason": REASON})
+            writer = Writer(conn, data, report)
+            writer.sequences()
+            writer.config()
+            writer.certificates_and_names()
+            writer.instances({"legacy": legacy_passphrase, "ours": ours, "ca": ca})
+            if account:
+                writer.account(account, opts.acme_directory, ours)
+            writer.sequences()
+    return report

@@ -1,0 +1,273 @@
+"""Write the legacy rows into our database, as its owner, in the caller's one transaction.
+
+Every row is matched first: a row the target holds already (same id and name, same hash) counts as
+imported and is not written again, so a second run changes nothing and reports the same. A row our
+validation refuses is left out (savepoint) and reported with its fix, unless leaving it out would
+make the rest wrong: a key that does not open stops everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from psycopg.rows import dict_row
+
+from ..errors import ServerPKIError
+from ..queries import q
+from .keys import KeyDoesNotOpen, account_key, restore_key
+from .reader import LegacyData
+from .report import Report
+from .states import path_to
+
+REASON = "imported from serverPKI 0.9.x (serverpki db import-legacy)"
+SEQUENCED = ("disthosts", "jails", "places", "services", "certificates", "certinstances")
+
+
+def is_placeholder(cert: dict, main: dict) -> bool:
+    """The row 0.9.x's create_triggers_pki.sql inserts "to resolve chicken-egg-problem": certificate 1, CA 'No cert'."""
+    return cert["id"] == 1 and main["name"] == "No cert" and main["type"] == "CA"
+
+
+class ImportConflict(ServerPKIError):
+    """The target holds something else under an id the import must keep."""
+
+
+def _refusal(exc: psycopg.Error) -> str:
+    """One line for a row our validation refuses (SPnnn, or an integrity constraint); anything else goes on up."""
+    diag = exc.diag
+    if not (diag.sqlstate or "").startswith(("SP", "23")):
+        raise exc
+    hint = f" ({diag.message_hint})" if diag.message_hint else ""
+    return f"{diag.sqlstate} {diag.message_primary}{hint}"
+
+
+def _key_algo(cert_pem: bytes) -> str:
+    """'rsa' or 'ec': what the certificate's key is (our certkeydata trigger insists on the truth)."""
+    key = x509.load_pem_x509_certificate(bytes(cert_pem)).public_key()
+    return "ec" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa"
+
+
+def _hash(cert_pem: bytes) -> str:
+    der = x509.load_pem_x509_certificate(bytes(cert_pem)).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).hexdigest().upper()
+
+
+class Writer:
+    def __init__(self, conn: psycopg.Connection, data: LegacyData, report: Report):
+        self.cur = conn.cursor(row_factory=dict_row)
+        self.conn, self.data, self.report = conn, data, report
+        self.ids: dict[str, dict[int, int]] = {t: {} for t in ("disthosts", "jails", "places", "services")}
+        self.certificates: set[int] = set()
+        self.imported: set[int] = set()
+
+    def one(self, name: str, params: dict) -> dict | None:
+        return self.cur.execute(q(name), params).fetchone()
+
+    def attempt(self, name: str, params: dict) -> str | None:
+        """Run one statement in a savepoint: None, or the refusal in one line."""
+        try:
+            with self.conn.transaction():
+                self.cur.execute(q(name), params)
+        except psycopg.Error as exc:
+            return _refusal(exc)
+        return None
+
+    # ------------------------------------------------------------------ configuration rows
+    def keyed(self, table: str, insert: str, find: str, row: dict, what: str, fix: str) -> None:
+        """A row matched by its natural key: reused when present, else written with its legacy id when free."""
+        refusal = self.attempt(insert, row)
+        found = self.one(find, row)
+        if found is None:
+            self.report.skip(what, refusal or "not written", fix)
+            return
+        self.ids[table][row["id"]] = found["id"]
+        self.report.count(table)
+
+    def config(self) -> None:
+        rows = self.data.rows
+        for r in rows["disthosts"]:
+            self.keyed("disthosts", "import_disthost", "import_disthost_id", r, f"disthost {r['fqdn']}",
+                       "correct it in the 0.9 database and import again")
+        for r in rows["jails"]:
+            host = self.ids["disthosts"].get(r["disthost"])
+            if host is None:
+                self.report.skip(f"jail {r['name']}", "its disthost was not carried over", "see that disthost above")
+                continue
+            self.keyed("jails", "import_jail", "import_jail_id", {**r, "disthost": host}, f"jail {r['name']}",
+                       "give its disthost a jailroot in the 0.9 database and import again")
+        for r in rows["places"]:
+            self.keyed("places", "import_place", "import_place_id", r, f"place {r['name']}",
+                       "correct the place in the 0.9 database as the message says, and import again")
+        for r in rows["services"]:
+            self.keyed("services", "import_service", "import_service_id", r, f"service {r['name']}/{r['port']}",
+                       "correct it in the 0.9 database and import again")
+
+    # ------------------------------------------------------------------ certificates
+    def certificate(self, cert: dict, main: dict) -> None:
+        present = self.one("import_certificate_present", {"id": cert["id"]})
+        if present is not None:
+            if present["name"] is None or present["name"].lower() != main["name"].lower():
+                raise ImportConflict(f"certificate {cert['id']} ({main['name']}): the target holds certificate "
+                                     f"{cert['id']} as {present['name']!r}; import into a database without it")
+        else:
+            algo = cert["encryption_algo"].replace(" ", "_")   # 0.9.x renamed rsa_plus_ec to 'rsa plus ec'
+            try:
+                with self.conn.transaction():
+                    self.cur.execute(q("import_certificate"), {**cert, "encryption_algo": algo})
+                    self.cur.execute(q("import_subject"), main)
+            except psycopg.Error as exc:
+                self.report.skip(f"certificate {cert['id']} ({main['name']})", _refusal(exc),
+                                 "correct it in the 0.9 database and import again")
+                return
+        self.certificates.add(cert["id"])
+        self.report.count("certificates")
+        self.report.count("subjects")
+
+    def certificates_and_names(self) -> None:
+        rows = self.data.rows
+        mains = {s["certificate"]: s for s in rows["subjects"] if not s["isaltname"] and s["certificate"] is not None}
+        for cert in rows["certificates"]:
+            main = mains.get(cert["id"])
+            if main is not None and is_placeholder(cert, main):
+                self.report.skip(f"certificate {cert['id']} ({main['name']})", "the original's placeholder "
+                                 "(its fresh install makes it, with instance 1)", "nothing: ours needs none")
+                continue
+            if main is None:
+                self.report.skip(f"certificate {cert['id']}", "it has no subject name",
+                                 "give it one in the 0.9 database (a subject with isaltname false), or drop it")
+                continue
+            self.certificate(cert, main)
+        for s in rows["subjects"]:
+            if not s["isaltname"] and s["certificate"] in self.certificates:
+                continue
+            if s["certificate"] not in self.certificates:
+                if s["certificate"] is None:
+                    self.report.skip(f"subject {s['name']}", "it belongs to no certificate", "nothing: ours has no such subjects")
+                continue   # its certificate was reported
+            present = self.one("import_subject_present", s)
+            if present is not None and present["certificate"] == s["certificate"]:
+                self.report.count("subjects")
+                continue
+            refusal = self.attempt("import_subject", s)
+            if refusal:
+                self.report.skip(f"alt name {s['name']} of certificate {s['certificate']}", refusal,
+                                 "correct it in the 0.9 database and import again")
+            else:
+                self.report.count("subjects")
+        for cs in rows["certificates_services"]:
+            params = {"certificate": cs["certificate"], "service": self.ids["services"].get(cs["service"])}
+            if params["certificate"] not in self.certificates or params["service"] is None:
+                continue
+            if self.one("import_certificate_service_present", params) is None:
+                self.cur.execute(q("import_certificate_service"), params)
+            self.report.count("certificates_services")
+        for t in rows["targets"]:
+            what = f"target {t['id']} of certificate {t['certificate']}"
+            if t["certificate"] not in self.certificates:
+                continue
+            if t["place"] is None:
+                self.report.skip(what, "it has no place (ours needs one: where the files go)",
+                                 "give the target a place in the 0.9 database, or add it after the import")
+                continue
+            params = {"certificate": t["certificate"], "disthost": self.ids["disthosts"].get(t["disthost"]),
+                      "jail": self.ids["jails"].get(t["jail"]) if t["jail"] is not None else None,
+                      "place": self.ids["places"].get(t["place"]), "remarks": t["remarks"]}
+            if None in (params["disthost"], params["place"]) or (t["jail"] is not None and params["jail"] is None):
+                self.report.skip(what, "its disthost, jail or place was not carried over", "see that row above")
+                continue
+            if self.one("import_target_present", params) is None:
+                refusal = self.attempt("import_target", params)
+                if refusal:
+                    self.report.skip(what, refusal, "correct it in the 0.9 database and import again")
+                    continue
+            self.report.count("targets")
+
+    # ------------------------------------------------------------------ instances and keys
+    def instances(self, keys: dict) -> None:
+        """keys: the passphrases: legacy (the original's), ours (None: clear), ca (the local CA's)."""
+        pairs: dict[int, list[dict]] = {}
+        for k in self.data.rows["certkeydata"]:
+            pairs.setdefault(k["certinstance"], []).append(k)
+        ca_subjects = {s["certificate"] for s in self.data.rows["subjects"] if s["type"] == "CA"}
+        wanted = []
+        for i in self.data.rows["certinstances"]:
+            what = f"instance {i['id']} of certificate {i['certificate']}"
+            if i["certificate"] not in self.certificates:
+                continue
+            if path_to(i["state"]) is None:
+                self.report.skip(what, f"state {i['state']!r} is not one of ours", "nothing: it is left behind")
+            elif i["id"] not in pairs:
+                self.report.skip(what, f"{i['state']} without a stored certificate (an issue the original did not finish)",
+                                 "nothing: ours issues the certificate anew when it is due")
+            else:
+                wanted.append(i)
+        ids = {i["id"] for i in wanted}
+        for i in wanted:
+            present = self.one("import_instance_present", {"id": i["id"]})
+            if present is not None and present["certificate"] != i["certificate"]:
+                raise ImportConflict(f"instance {i['id']}: the target holds instance {i['id']} of certificate "
+                                     f"{present['certificate']}, not of {i['certificate']}; import into a database without it")
+            cacert = i["cacert"] if i["cacert"] != i["id"] and i["cacert"] in ids else None
+            published = (i["updated"] or i["not_before"]) if i["state"] in ("prepublished", "deployed") else None
+            if present is None:
+                self.cur.execute(q("import_instance"), {**i, "cacert": cacert, "tlsa_published": published})
+            ca = i["certificate"] in ca_subjects
+            for k in pairs[i["id"]]:
+                self.pair(i, k, keys, ca)
+            if present is None:
+                for state in path_to(i["state"]):
+                    self.cur.execute(q("import_instance_state"), {"id": i["id"], "state": state})
+            self.imported.add(i["id"])
+            self.report.count("certinstances")
+
+    def pair(self, instance: dict, k: dict, keys: dict, ca: bool) -> None:
+        algo = _key_algo(k["cert"])
+        if algo != k["encryption_algo"]:
+            self.report.notes.append(
+                f"instance {instance['id']}: the original labelled its {algo} certificate and key '{k['encryption_algo']}' "
+                f"(0.9.11 issues local certificates with RSA keys only); imported as {algo}")
+        params = {"certinstance": instance["id"], "encryption_algo": algo}
+        present = self.one("import_certkeydata_present", params)
+        if present is not None:
+            if present["hash"] != _hash(k["cert"]):
+                raise ImportConflict(f"instance {instance['id']} ({algo}): the target holds another "
+                                     "certificate for it; import into a database without it")
+        else:
+            what = f"the {algo} key of instance {instance['id']}"
+            ours = keys["ca"] if ca else keys["ours"]
+            key = restore_key(k["key"], keys["legacy"], ours, what)
+            if ca and key and ours is None:
+                note = f"the local CA's key (instance {instance['id']}) is stored in clear: give --ca-passphrase-file to store it encrypted"
+                self.report.notes.append(note)
+            self.cur.execute(q("import_certkeydata"), {**params, "cert": bytes(k["cert"]),
+                                                       "key": key.encode("ascii") if key else None})
+        self.report.count("certkeydata")
+
+    # ------------------------------------------------------------------ account and sequences
+    def account(self, account: dict, directory_url: str, passphrase: bytes | None) -> None:
+        from .. import keystore
+        present = self.one("import_acme_account_uri", {"directory_url": directory_url})
+        if present is None:
+            key = account_key(account["key"])
+            if passphrase is not None:
+                key = keystore.encrypt_pem(key, passphrase, "the account key")
+            self.cur.execute(q("import_acme_account"), {"directory_url": directory_url, "key": key, "uri": account["uri"]})
+        elif present["uri"] != account["uri"]:
+            self.report.skip(f"the account {account['uri']}", f"the target has another account for {directory_url}",
+                             "keep that one, or delete it (DELETE FROM pki.acme_accounts ...) and import again")
+            return
+        self.report.count("acme_accounts")
+
+    def sequences(self) -> None:
+        for table in SEQUENCED:
+            source = "certinstances" if table == "certinstances" else table
+            top = max((r["id"] for r in self.data.rows[source]), default=0)
+            self.cur.execute(q("import_legacy_max"), {"table": table, "max": top})
+        self.cur.execute(q("import_sequences_past"))
+
+
+__all__ = ["Writer", "ImportConflict", "KeyDoesNotOpen", "REASON"]
