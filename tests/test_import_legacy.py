@@ -27,7 +27,7 @@ import certfactory
 from commands import OPERATE, SERVERPKI, environment, run
 from helpers import snapshot
 from lab import roles
-from legacy import legacy_db  # noqa: F401  (the session fixture: the real original made the data)
+from legacy import legacy_db, listing_tables  # noqa: F401  (legacy_db: the session fixture; the real original made the data)
 
 PASSPHRASE = b"the original's db_encryption_key, a line of ssh-keygen output\n"   # whole content, newline too
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -338,3 +338,40 @@ def test_the_real_originals_database_imports_with_its_keys_and_account(pg_server
         assert imported.private_numbers() == original.private_numbers()
     account = json.loads(install.le_account.read_text())
     assert owner.execute("SELECT uri FROM pki.acme_accounts").fetchone() == (account["uri"],)
+
+
+@pytest.mark.slow
+def test_after_the_import_the_listing_is_the_originals(pg_server, dbname, owner, legacy_db, tmp_path):
+    """Item 5: `operate_serverPKI -n -v -a` on the imported data prints what the original printed on its own
+    (legacy_db.listing, its -n -v -a), row for row, but for what the import says it changes:
+      - the original's placeholder certificate "No cert" (id 1, no instance) is not imported;
+      - the original links its self-signed CA to itself (CI CA = its own serial); ours, as our -I, to none;
+      - the original stores midnight dates; ours are the certificate's own times: the same days;
+      - 0.9.11 labels an RSA local certificate 'ec' (its local CA issues RSA only): ours says rsa;
+      - updated is the time of the import."""
+    install = legacy_db.install
+    account_file = secret(tmp_path / "account.json", install.le_account.read_bytes())
+    imported = run(SERVERPKI, "db", "import-legacy", "--from", legacy_db.dsn, "--passphrase-file",
+                   str(install.db_encryption_key), "--account-file", str(account_file),
+                   env=environment(pg_server, dbname, None))
+    assert imported.returncode == 0, imported.stderr
+    ours = run(OPERATE, "-n", "-v", "-a", env=environment(pg_server, dbname, roles.CRON))
+    assert ours.returncode == 0, ours.stderr
+    their_certs, their_instances = listing_tables(legacy_db.listing)
+    our_certs, our_instances = listing_tables(ours.stdout)
+
+    def rows(table):   # the grid's rows in a stable order (the two sort rows of equal keys differently)
+        return sorted(tuple(row.values()) for row in table)
+
+    assert rows(our_certs) == rows([r for r in their_certs if r["Cert Name"] != "No cert"])
+    relabelled = {r["Serial"] for r in their_instances if r["ALGO"] == "ec"}
+    assert relabelled and all(f"instance {serial}" in imported.stdout for serial in relabelled), imported.stdout
+    assert [r["Serial"] for r in our_instances] == [r["Serial"] for r in their_instances]
+    for theirs, mine in zip(their_instances, our_instances):
+        for column in ("Cert Name", "Type", "State", "OCSP m st", "Hash"):
+            assert mine[column] == theirs[column], (theirs["Serial"], column)
+        for column in ("not before", "not after"):
+            assert mine[column][:10] == theirs[column][:10], (theirs["Serial"], column)
+        self_signed = theirs["CI CA"] == theirs["Serial"]
+        assert mine["CI CA"] == ("None" if self_signed else theirs["CI CA"]), theirs["Serial"]
+        assert mine["ALGO"] == ("rsa" if theirs["Serial"] in relabelled else theirs["ALGO"]), theirs["Serial"]
