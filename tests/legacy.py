@@ -48,6 +48,7 @@ Quirks of the original the import must know (seen in its code and in the data ma
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import pty
 import re
@@ -88,24 +89,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SERVERPKI_TEST_CACHE") or Path.home() / ".cache" / "serverpki-tests")
 
 
+# the original's dependencies, pinned: its own requirements are open-ended (cryptography>=2.9.2, ...)
+CONSTRAINTS = Path(__file__).with_name("legacy-constraints.txt")
+
+
 def legacy_venv() -> Path:
-    """A virtualenv holding serverPKI 0.9.11 (patched), built once and reused while it is complete."""
-    venv = cache_dir() / f"serverPKI-{VERSION}-py{sys.version_info.major}.{sys.version_info.minor}"
+    """A virtualenv holding serverPKI 0.9.11 with its pinned dependencies (patched), built once and reused
+    while it is complete; a change of the pins builds a new one."""
+    pins = hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()[:12]
+    venv = cache_dir() / f"serverPKI-{VERSION}-py{sys.version_info.major}.{sys.version_info.minor}-{pins}"
     ready = venv / ".ready"
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f"{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)     # one builder; the others wait and reuse
-        if ready.exists():
-            return venv
-        shutil.rmtree(venv, ignore_errors=True)   # a half-built one from an interrupted run
-        base_python = getattr(sys, "_base_executable", sys.executable)
-        _run_or_fail([base_python, "-m", "venv", str(venv)], "cannot create a virtualenv")
-        _run_or_fail([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q",
-                      f"serverPKI=={VERSION}"],
-                     f"pip cannot install serverPKI=={VERSION} (is the package registry reachable?)")
+        if not ready.exists():
+            shutil.rmtree(venv, ignore_errors=True)   # a half-built one from an interrupted run
+            base_python = getattr(sys, "_base_executable", sys.executable)
+            _run_or_fail([base_python, "-m", "venv", str(venv)], "cannot create a virtualenv")
+            _run_or_fail([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q",
+                          "--timeout", "30", "--retries", "2", "-c", str(CONSTRAINTS), f"serverPKI=={VERSION}"],
+                         f"pip cannot install serverPKI=={VERSION} (is the package registry reachable?)")
+            ready.write_text(VERSION + "\n")
+        # on every use (they are idempotent): a venv of an older harness gets the patches of this one
         patch_versionstring(venv)
         patch_encalgo(venv)
-        ready.write_text(VERSION + "\n")
     return venv
 
 

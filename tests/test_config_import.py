@@ -231,14 +231,24 @@ def test_dsn_applies_the_days_as_the_operator_and_writes_no_password(pg_server, 
     source.write_text("[Misc]\n PRE_PUBLISH_TIMEDELTA = 21\n LOCAL_ISSUE_MAIL_TIMEDELTA = 14\n")
     dsn = pg_server.dsn(dbname, roles.OPERATOR)
     out = tmp_path / "serverpki.toml"
-    done = config_import(str(source), "-o", str(out), "--dsn", f"{dsn} password={SECRET}")
+    done = config_import(str(source), "-o", str(out), "--dsn", f"{dsn} password={SECRET} sslpassword={SECRET}x")
     assert done.returncode == 0, done.stderr
-    assert SECRET not in done.stdout + done.stderr + out.read_text()
+    assert SECRET not in done.stdout + done.stderr + out.read_text()   # the client key's passphrase neither
     assert "~/.pgpass" in done.stdout
     assert load_config(out).database.dsn == dsn
     days = dict(owner.execute("SELECT name, value FROM pki.settings "
                               "WHERE name IN ('pre_publish_days', 'local_issue_mail_days')").fetchall())
     assert days == {"pre_publish_days": "21", "local_issue_mail_days": "14"}
+
+
+def test_a_file_that_cannot_be_written_leaves_the_settings_as_they_were(pg_server, dbname, owner, tmp_path):
+    source = tmp_path / "serverpki.conf"
+    source.write_text("[Misc]\n PRE_PUBLISH_TIMEDELTA = 21\n")
+    before = owner.execute("SELECT value FROM pki.settings WHERE name = 'pre_publish_days'").fetchone()
+    done = config_import(str(source), "-o", str(tmp_path / "missing" / "serverpki.toml"), "--dsn",
+                         pg_server.dsn(dbname, roles.OPERATOR))
+    assert done.returncode == 2 and "is not a folder this user may write to" in done.stderr, done.stderr
+    assert owner.execute("SELECT value FROM pki.settings WHERE name = 'pre_publish_days'").fetchone() == before
 
 
 def test_the_printed_days_run_in_psql_as_the_operator(psql, owner, tmp_path):

@@ -13,6 +13,7 @@ only.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,6 +351,7 @@ def _without_password(dsn: str) -> str:
     except Exception:   # psycopg.ProgrammingError: libpq's message may quote the password
         raise UsageError("--dsn is not a libpq connection string or URI") from None
     info.pop("password", None)
+    info.pop("sslpassword", None)   # the client key's passphrase: a secret as much as the password
     return make_conninfo(**info)
 
 
@@ -406,6 +408,10 @@ def import_command(
             raise UsageError(f"{output} exists: give another -o, or --force to overwrite it")
         conf = read_legacy(source)
         converted = convert(conf, dsn, output)
+        folder = output.parent if str(output.parent) else Path(".")
+        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            # before the settings change: a file that cannot be written must leave the database as it was
+            raise UsageError(f"cannot write {output}: {folder} is not a folder this user may write to")
         if dsn and converted.settings:
             apply_settings(dsn, converted.settings, source)
         write_atomic(output, render(converted, source), OUTPUT_MODE)
