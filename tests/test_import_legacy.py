@@ -77,9 +77,9 @@ def leaf(name: str, sans: list[str], algo: str, start: dt.datetime, days: int, c
 class Legacy:
     """A serverPKI 0.9.x database in our test cluster, with what the tests expect of it."""
 
-    def __init__(self, pg_server, sql: dict[str, str], encrypted: bool = True):
+    def __init__(self, pg_server, sql: dict[str, str], encrypted: bool = True, passphrase: bytes = PASSPHRASE):
         self.pg_server, self.name = pg_server, f"legacy_{uuid.uuid4().hex[:10]}"
-        self.passphrase = PASSPHRASE if encrypted else None
+        self.passphrase = passphrase if encrypted else None
         with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {self.name}")
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'serverPKI'").fetchone() is None:
@@ -305,6 +305,33 @@ def test_the_seed_lists_exports_and_signs_with_the_imported_ca(pg_server, dbname
     legacy.local_ca[1].public_key().verify(
         x509.load_pem_x509_certificate(bytes(cert)).signature, x509.load_pem_x509_certificate(bytes(cert)).tbs_certificate_bytes,
         padding.PKCS1v15(), x509.load_pem_x509_certificate(bytes(cert)).signature_hash_algorithm)
+
+
+def test_encrypted_legacy_keys_are_not_stored_in_clear_beside_certificates(pg_server, dbname, owner, legacy, tmp_path):
+    for name in ("own1.example.net", "own2.example.net"):   # keys in clear, certificates of its own: --force
+        owner.execute("SELECT pki.add_cert(%s, 'server', 'local', 'rsa', false, NULL, NULL, NULL, NULL, NULL, NULL)", (name,))
+    before = snapshot(owner)
+    result = import_legacy(pg_server, dbname, legacy, tmp_path, "--force")
+    assert result.returncode == 1, result.stdout
+    assert "operate_serverPKI -X" in result.stderr and "empty database" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(owner) == before
+
+
+def test_our_passphrase_is_proven_on_the_targets_keys_before_a_key_is_written(pg_server, dbname, owner, legacy,
+                                                                                  legacy_sql, tmp_path):
+    assert import_legacy(pg_server, dbname, legacy, tmp_path).returncode == 0   # ours: encrypted under PASSPHRASE
+    other = Legacy(pg_server, legacy_sql, passphrase=b"another installation's db_encryption_key\n")
+    try:
+        before = snapshot(owner)
+        (tmp_path / "other").mkdir()
+        result = import_legacy(pg_server, dbname, other, tmp_path / "other")
+        assert result.returncode == 1, result.stdout
+        assert "--passphrase-file" in result.stderr and "wrong passphrase, it does not open the target's stored key" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert snapshot(owner) == before
+    finally:
+        other.drop()
 
 
 # ------------------------------------------------------------------ data the real original made (tests/legacy.py)

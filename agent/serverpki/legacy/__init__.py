@@ -27,6 +27,12 @@ Run `serverpki db upgrade` on the target first.
   switched on when the original's were encrypted and the target holds no keys yet), so point our
   configuration's paths.db_encryption_key at the same file. A key that does not open stops the
   import, naming the instance (exit status 1, nothing changed). No key is written to disk or a log.
+  Encrypted 0.9.x keys are never stored in clear: a target that keeps its keys in clear and holds
+  certificates (--force) is refused (exit status 1, nothing changed): encrypt its keys first
+  (operate_serverPKI -X), or import into an empty database. When the target keeps its keys encrypted
+  already, the passphrase the import stores keys with (the --passphrase-file one, else asked twice on
+  the terminal) must open the target's newest encrypted key, else it is refused before anything is
+  written (exit status 1).
 - The local CA: the original's CA certificate (subject type CA, e.g. "Local CA") and its instances are
   imported like any certificate; its key is stored encrypted with --ca-passphrase-file (default: the
   --passphrase-file passphrase, which the original's CA key was encrypted with), so set our
@@ -124,6 +130,27 @@ def _as_owner():
                              "serverpki db init), as it writes instances and keys; nothing was imported") from None
 
 
+def _our_passphrase(cur, legacy_passphrase: bytes | None, passphrase_file: Path | None) -> bytes:
+    """The passphrase our keys will be stored with (the original's, else asked twice on a terminal), proven
+    on the target's newest encrypted key before anything is written: a key under another passphrase than its
+    neighbours could never be opened again (the agent checks the same, handlers/common.py)."""
+    passphrase, source = legacy_passphrase, (f"--passphrase-file {passphrase_file}" if passphrase_file
+                                             else "the passphrase entered")
+    if passphrase is None:
+        passphrase = keystore.read_passphrase(None, "Passphrase of our stored keys: ")
+        if keystore.read_passphrase(None, "The same passphrase again: ") != passphrase:
+            raise UsageError("the two passphrases entered differ; nothing was imported")
+    sample = cur.execute(q("newest_encrypted_key")).fetchone()
+    if sample is not None:
+        try:
+            keystore.load_key(sample[1], passphrase, f"stored key {sample[0]}")
+        except keystore.WrongPassphrase:
+            raise ServerPKIError(f"{source}: wrong passphrase, it does not open the target's stored key {sample[0]} "
+                                 "(our keys are stored under one passphrase, that of paths.db_encryption_key); "
+                                 "nothing was imported") from None
+    return passphrase
+
+
 def import_legacy(opts: Options) -> Report:
     """Import the 0.9.x database into ours in one transaction; the report of what was carried over."""
     account = _account(opts.account_file)
@@ -148,15 +175,18 @@ def import_legacy(opts: Options) -> Report:
                 raise TargetNotEmpty(f"the target database holds certificates of its own ({named}, ...): import into "
                                      "a fresh one (serverpki db init), or give --force to add the legacy rows beside them")
             encrypted = cur.execute(q("keys_encrypted_any_release")).fetchone()[0]
-            if data.keysencrypted and not encrypted and cur.execute(q("import_certificate_count")).fetchone()[0] == 0:
+            if data.keysencrypted and not encrypted:
+                if cur.execute(q("import_certificate_count")).fetchone()[0] > 0:
+                    raise ServerPKIError(
+                        "the 0.9.x keys are encrypted but the target keeps its keys in clear (it holds certificates): "
+                        "encrypt the target's keys first (operate_serverPKI -X), or import into an empty database; "
+                        "nothing was imported")
                 cur.execute(q("import_keys_encrypted"))
                 encrypted = True
             if encrypted and data.keysencrypted:
                 report.notes.append("our keys are stored encrypted (as the original's were): "
                                     "set paths.db_encryption_key to the --passphrase-file file")
-            ours = None
-            if encrypted:
-                ours = legacy_passphrase or keystore.read_passphrase(None, "Passphrase of our stored keys: ")
+            ours = _our_passphrase(cur, legacy_passphrase, opts.passphrase_file) if encrypted else None
             ca = (keystore.read_passphrase(opts.ca_passphrase_file, "Passphrase of the local CA: ")
                   if opts.ca_passphrase_file else legacy_passphrase)
             cur.execute(q("import_set_context"), {"reason": REASON})
