@@ -223,6 +223,7 @@ def test_unknown_schema_version_is_refused_by_name(pg_server, dbname, owner, leg
 
 
 def test_a_target_with_certificates_is_refused_unless_forced(pg_server, dbname, owner, legacy, tmp_path):
+    owner.execute("UPDATE pki.revision SET keysencrypted = true")   # as the encrypted legacy keys need (-X, no keys yet)
     for name in ("own1.example.net", "own2.example.net", "own3.example.net"):   # ids 1 to 3: 3 is a legacy id
         owner.execute("SELECT pki.add_cert(%s, 'server', 'local', 'rsa', false, NULL, NULL, NULL, NULL, NULL, NULL)", (name,))
     before = snapshot(owner)
@@ -279,12 +280,7 @@ def test_clear_keys_stay_clear_in_a_clear_target(pg_server, dbname, owner, legac
 
 def test_the_seed_lists_exports_and_signs_with_the_imported_ca(pg_server, dbname, owner, legacy, tmp_path):
     assert import_legacy(pg_server, dbname, legacy, tmp_path).returncode == 0
-    (tmp_path / "work").mkdir()
-    config = tmp_path / "serverpki.toml"
-    config.write_text(f'[paths]\nwork_dir = "{tmp_path / "work"}"\n'
-                      f'db_encryption_key = "{tmp_path / "db_encryption_key"}"\n'
-                      f'[local_ca]\nname = "Local CA"\npassphrase_file = "{tmp_path / "db_encryption_key"}"\n')
-    env = environment(pg_server, dbname, roles.CRON, config)
+    env = environment(pg_server, dbname, roles.CRON, seed_config(tmp_path))
     listing = run(OPERATE, "-n", "-v", "-a", env=env)
     assert listing.returncode in (0, 4), listing.stderr
     for name in ("Local CA", "www.example.org", "mail.example.org"):
@@ -332,6 +328,31 @@ def test_our_passphrase_is_proven_on_the_targets_keys_before_a_key_is_written(pg
         assert snapshot(owner) == before
     finally:
         other.drop()
+
+
+def seed_config(tmp_path: Path) -> Path:
+    """Our configuration for the imported data: the original's passphrase file for the keys and the local CA."""
+    (tmp_path / "work").mkdir(exist_ok=True)
+    config = tmp_path / "serverpki.toml"
+    config.write_text(f'[paths]\nwork_dir = "{tmp_path / "work"}"\n'
+                      f'db_encryption_key = "{tmp_path / "db_encryption_key"}"\n'
+                      f'[local_ca]\nname = "Local CA"\npassphrase_file = "{tmp_path / "db_encryption_key"}"\n')
+    return config
+
+
+def test_the_first_cron_run_distributes_nothing_the_original_had_deployed(pg_server, dbname, owner, legacy, tmp_path):
+    with psycopg.connect(legacy.dsn, autocommit=True) as conn:   # the local CA's certificate on the mail host
+        conn.execute("INSERT INTO pki.targets (disthost, jail, place, certificate) VALUES (2, NULL, 2, 3)")
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 0, result.stderr
+    deployed = owner.execute("SELECT d.instance, t.certificate FROM pki.deployments d JOIN pki.targets t ON t.id = d.target "
+                             "WHERE d.job IS NULL ORDER BY 1").fetchall()
+    assert deployed == [(3, 3), (7, 5), (9, 6)]
+    plan = run(OPERATE, "-S", "-n", "-a", env=environment(pg_server, dbname, roles.CRON, seed_config(tmp_path)))
+    assert plan.returncode in (0, 4), plan.stderr
+    planned = [line for line in plan.stdout.splitlines() if "distribute" in line]
+    assert not [line for line in planned if any(name in line for name in ("Local CA", "www.example.org", "mail.example.org"))], \
+        plan.stdout
 
 
 # ------------------------------------------------------------------ data the real original made (tests/legacy.py)

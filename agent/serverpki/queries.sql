@@ -146,7 +146,7 @@ SELECT certificate FROM pki.certinstances WHERE id = %(id)s;
 SELECT hash FROM pki.certkeydata WHERE certinstance = %(certinstance)s AND encryption_algo = %(encryption_algo)s::dd.cert_encryption_algo;
 
 -- name: import_target_present
-SELECT 1 FROM pki.targets WHERE disthost = %(disthost)s AND jail IS NOT DISTINCT FROM %(jail)s AND place = %(place)s
+SELECT id FROM pki.targets WHERE disthost = %(disthost)s AND jail IS NOT DISTINCT FROM %(jail)s AND place = %(place)s
    AND certificate = %(certificate)s;
 
 -- name: import_certificate_service_present
@@ -235,6 +235,15 @@ VALUES (%(id)s, %(certificate)s, 'reserved', %(ocsp_must_staple)s, %(cacert)s, %
 
 -- name: import_instance_state
 UPDATE pki.certinstances SET state = %(state)s::dd.cert_state WHERE id = %(id)s;
+
+-- what the original deployed is on its targets: without these rows the first -S distributes it again
+-- name: import_deployment
+INSERT INTO pki.deployments (instance, target, job, deployed)
+VALUES (%(instance)s, %(target)s, NULL, coalesce(%(deployed)s, pki.now()))
+ON CONFLICT (instance, target) DO NOTHING;
+
+-- name: import_ca_current
+SELECT pki.ca_current(%(certificate)s) AS id;
 
 -- name: import_certkeydata
 INSERT INTO pki.certkeydata (certinstance, encryption_algo, cert, key)

@@ -42,6 +42,9 @@ Run `serverpki db upgrade` on the target first.
 - The ACME account: the original keeps it in a file of its work directory (manuale/automatoes JSON:
   {"key": PEM, "uri": account URL}); give it with --account-file and it becomes our pki.acme_accounts
   row for --acme-directory (default Let's Encrypt's production directory), so no new registration.
+- What the original deployed stays deployed: a pki.deployments row (by no job, at the instance's 0.9
+  'updated' time) for each deployed instance on every target of its certificate, and for each CA's
+  current instance (the newest issued) on every target of the CA, so the first -S distributes none again.
 - It ends with a report: rows read and imported per table, and every row not carried over with why
   and the fix (an unknown state, an instance without a stored certificate, a place our validation
   refuses, a target without a place, ...).
@@ -195,6 +198,7 @@ def import_legacy(opts: Options) -> Report:
             writer.config()
             writer.certificates_and_names()
             writer.instances({"legacy": legacy_passphrase, "ours": ours, "ca": ca})
+            writer.deployments()
             if account:
                 writer.account(account, opts.acme_directory, ours)
             writer.sequences()

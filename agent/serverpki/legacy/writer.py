@@ -63,6 +63,7 @@ class Writer:
         self.ids: dict[str, dict[int, int]] = {t: {} for t in ("disthosts", "jails", "places", "services")}
         self.certificates: set[int] = set()
         self.imported: set[int] = set()
+        self.targets: dict[int, list[int]] = {}   # certificate -> our target ids
 
     def one(self, name: str, params: dict) -> dict | None:
         return self.cur.execute(q(name), params).fetchone()
@@ -184,6 +185,7 @@ class Writer:
                 if refusal:
                     self.report.skip(what, refusal, "correct it in the 0.9 database and import again")
                     continue
+            self.targets.setdefault(t["certificate"], []).append(self.one("import_target_present", params)["id"])
             self.report.count("targets")
 
     # ------------------------------------------------------------------ instances and keys
@@ -246,6 +248,22 @@ class Writer:
             self.cur.execute(q("import_certkeydata"), {**params, "cert": bytes(k["cert"]),
                                                        "key": key.encode("ascii") if key else None})
         self.report.count("certkeydata")
+
+    def deployments(self) -> None:
+        """What the original had deployed, recorded as deployed (at its 'updated' time, by no job of ours):
+        each deployed instance on every target of its certificate, each CA's current instance (the newest
+        issued, what its targets get) on every target of the CA; else the first -S distributes them again."""
+        rows = {i["id"]: i for i in self.data.rows["certinstances"]}
+        placed = [(iid, rows[iid]) for iid in sorted(self.imported) if rows[iid]["state"] == "deployed"]
+        ca_certificates = {s["certificate"] for s in self.data.rows["subjects"] if s["type"] == "CA"}
+        for certificate in sorted(ca_certificates & self.targets.keys()):
+            current = self.one("import_ca_current", {"certificate": certificate})["id"]
+            if current in rows:
+                placed.append((current, rows[current]))
+        for iid, i in placed:
+            for target in self.targets.get(i["certificate"], []):
+                self.cur.execute(q("import_deployment"), {"instance": iid, "target": target,
+                                                          "deployed": i["updated"] or i["not_before"]})
 
     # ------------------------------------------------------------------ account and sequences
     def account(self, account: dict, directory_url: str, passphrase: bytes | None) -> None:
