@@ -355,6 +355,18 @@ def test_the_first_cron_run_distributes_nothing_the_original_had_deployed(pg_ser
         plan.stdout
 
 
+def test_an_older_instance_left_deployed_is_imported_as_expired(pg_server, dbname, owner, legacy, tmp_path):
+    with psycopg.connect(legacy.dsn, autocommit=True) as conn:   # 0.9.11 expires it on its next run only
+        conn.execute("UPDATE pki.certinstances SET state = 'deployed' WHERE id = 5")
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert owner.execute("SELECT id, state::text FROM pki.certinstances WHERE certificate = 5 ORDER BY id").fetchall() == \
+        [(5, "expired"), (7, "deployed")]
+    assert "instance 5 of certificate 5: deployed beside the newer instance 7; imported as expired" in result.stdout
+    again = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert again.returncode == 0 and again.stdout == result.stdout
+
+
 # ------------------------------------------------------------------ data the real original made (tests/legacy.py)
 
 @pytest.mark.slow

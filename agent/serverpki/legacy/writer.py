@@ -64,6 +64,7 @@ class Writer:
         self.certificates: set[int] = set()
         self.imported: set[int] = set()
         self.targets: dict[int, list[int]] = {}   # certificate -> our target ids
+        self.states: dict[int, str] = {}           # instance -> the state it is imported in
 
     def one(self, name: str, params: dict) -> dict | None:
         return self.cur.execute(q(name), params).fetchone()
@@ -207,6 +208,8 @@ class Writer:
                                  "nothing: ours issues the certificate anew when it is due")
             else:
                 wanted.append(i)
+        wanted = self.older_deployed_expire(wanted)
+        self.states = {i["id"]: i["state"] for i in wanted}
         ids = {i["id"] for i in wanted}
         for i in wanted:
             present = self.one("import_instance_present", {"id": i["id"]})
@@ -225,6 +228,23 @@ class Writer:
                     self.cur.execute(q("import_instance_state"), {"id": i["id"], "state": state})
             self.imported.add(i["id"])
             self.report.count("certinstances")
+
+    def older_deployed_expire(self, wanted: list[dict]) -> list[dict]:
+        """0.9.11 leaves the deployed instance a new one replaced 'deployed' until its next run, which
+        expires it; ours allows one deployed instance per certificate: the older ones come as 'expired'."""
+        newest: dict[int, int] = {}
+        for i in wanted:
+            if i["state"] == "deployed":
+                newest[i["certificate"]] = max(i["id"], newest.get(i["certificate"], 0))
+        result = []
+        for i in wanted:
+            if i["state"] == "deployed" and i["id"] != newest[i["certificate"]]:
+                self.report.notes.append(
+                    f"instance {i['id']} of certificate {i['certificate']}: deployed beside the newer instance "
+                    f"{newest[i['certificate']]}; imported as expired (what 0.9.11's next run makes of it)")
+                i = {**i, "state": "expired"}
+            result.append(i)
+        return result
 
     def pair(self, instance: dict, k: dict, keys: dict, ca: bool) -> None:
         algo = _key_algo(k["cert"])
@@ -254,7 +274,7 @@ class Writer:
         each deployed instance on every target of its certificate, each CA's current instance (the newest
         issued, what its targets get) on every target of the CA; else the first -S distributes them again."""
         rows = {i["id"]: i for i in self.data.rows["certinstances"]}
-        placed = [(iid, rows[iid]) for iid in sorted(self.imported) if rows[iid]["state"] == "deployed"]
+        placed = [(iid, rows[iid]) for iid in sorted(self.imported) if self.states[iid] == "deployed"]
         ca_certificates = {s["certificate"] for s in self.data.rows["subjects"] if s["type"] == "CA"}
         for certificate in sorted(ca_certificates & self.targets.keys()):
             current = self.one("import_ca_current", {"certificate": certificate})["id"]
