@@ -367,6 +367,21 @@ def test_an_older_instance_left_deployed_is_imported_as_expired(pg_server, dbnam
     assert again.returncode == 0 and again.stdout == result.stdout
 
 
+def test_the_account_is_stored_for_the_directory_its_uri_names(pg_server, dbname, owner, legacy, tmp_path):
+    staging = "https://acme-staging-v02.api.letsencrypt.org"
+    account = {"key": traditional(ec.generate_private_key(ec.SECP256R1()), None).decode(), "uri": f"{staging}/acme/acct/67890"}
+    account_file = str(secret(tmp_path / "account.json", json.dumps(account).encode()))
+    before = snapshot(owner)
+    refused = import_legacy(pg_server, dbname, legacy, tmp_path, "--account-file", account_file,
+                            "--acme-directory", "https://acme-v02.api.letsencrypt.org/directory")
+    assert refused.returncode == 2 and "acme-staging-v02.api.letsencrypt.org" in refused.stderr, refused.stderr
+    assert snapshot(owner) == before
+    result = import_legacy(pg_server, dbname, legacy, tmp_path, "--account-file", account_file)
+    assert result.returncode == 0, result.stderr
+    assert owner.execute("SELECT directory_url, uri FROM pki.acme_accounts").fetchall() == \
+        [(f"{staging}/directory", account["uri"])]
+
+
 # ------------------------------------------------------------------ data the real original made (tests/legacy.py)
 
 @pytest.mark.slow

@@ -41,7 +41,9 @@ Run `serverpki db upgrade` on the target first.
   certificate without a key) comes along as it is.
 - The ACME account: the original keeps it in a file of its work directory (manuale/automatoes JSON:
   {"key": PEM, "uri": account URL}); give it with --account-file and it becomes our pki.acme_accounts
-  row for --acme-directory (default Let's Encrypt's production directory), so no new registration.
+  row for its directory, so no new registration. The directory is that of the server the account's uri
+  names (https://HOST/directory: Let's Encrypt's production or staging); an --acme-directory on another
+  host than the uri's is refused (exit status 2).
 - What the original deployed stays deployed: a pki.deployments row (by no job, at the instance's 0.9
   'updated' time) for each deployed instance on every target of its certificate, and for each CA's
   current instance (the newest issued) on every target of the CA, so the first -S distributes none again.
@@ -83,6 +85,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -95,9 +98,6 @@ from .reader import read_legacy
 from .report import Report
 from .writer import REASON, Writer
 
-LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
-
-
 class TargetNotEmpty(ServerPKIError):
     """The target holds certificates of its own."""
 
@@ -109,7 +109,7 @@ class Options:
     passphrase_file: Path | None = None
     ca_passphrase_file: Path | None = None
     account_file: Path | None = None
-    acme_directory: str = LETS_ENCRYPT
+    acme_directory: str | None = None   # None: the directory of the account's own server
     force: bool = False
 
 
@@ -123,6 +123,18 @@ def _account(path: Path | None) -> dict | None:
     if not isinstance(account, dict) or not isinstance(account.get("key"), str) or not isinstance(account.get("uri"), str):
         raise UsageError(f"--account-file {path}: not the original's account file (JSON with key and uri)")
     return account
+
+
+def _directory(uri: str, given: str | None) -> str:
+    """The ACME directory of the account: the given one, which must be on the account's server, else that
+    server's https://HOST/directory (Let's Encrypt's production or staging: the uri says which)."""
+    host = urlsplit(uri).netloc.lower()
+    if given is None:
+        return f"https://{host}/directory"
+    if urlsplit(given).netloc.lower() != host:
+        raise UsageError(f"--acme-directory {given} is not on the account's server ({host}, its uri {uri}): "
+                         f"give https://{host}/directory, or leave --acme-directory out")
+    return given
 
 
 @contextmanager
@@ -159,6 +171,7 @@ def _our_passphrase(cur, legacy_passphrase: bytes | None, passphrase_file: Path 
 def import_legacy(opts: Options) -> Report:
     """Import the 0.9.x database into ours in one transaction; the report of what was carried over."""
     account = _account(opts.account_file)
+    directory = _directory(account["uri"], opts.acme_directory) if account else None
     with connect(opts.from_dsn) as old, refusals_as_errors():
         old.read_only = True
         old.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # one snapshot of every table
@@ -202,6 +215,6 @@ def import_legacy(opts: Options) -> Report:
             writer.instances({"legacy": legacy_passphrase, "ours": ours, "ca": ca})
             writer.deployments()
             if account:
-                writer.account(account, opts.acme_directory, ours)
+                writer.account(account, directory, ours)
             writer.sequences()
     return report
