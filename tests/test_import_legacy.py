@@ -382,6 +382,18 @@ def test_the_account_is_stored_for_the_directory_its_uri_names(pg_server, dbname
         [(f"{staging}/directory", account["uri"])]
 
 
+def test_a_damaged_certificate_stops_the_import_naming_its_instance(pg_server, dbname, owner, legacy, tmp_path):
+    with psycopg.connect(legacy.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pki.certkeydata SET cert = %s WHERE certinstance = 7",
+                     (b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",))
+    before = snapshot(owner)
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 1
+    assert "instance 7 (rsa): its stored certificate is damaged" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert snapshot(owner) == before
+
+
 # ------------------------------------------------------------------ data the real original made (tests/legacy.py)
 
 @pytest.mark.slow

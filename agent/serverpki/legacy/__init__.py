@@ -26,7 +26,8 @@ Run `serverpki db upgrade` on the target first.
   with that same passphrase when our database keeps keys encrypted (pki.revision.keysencrypted; it is
   switched on when the original's were encrypted and the target holds no keys yet), so point our
   configuration's paths.db_encryption_key at the same file. A key that does not open stops the
-  import, naming the instance (exit status 1, nothing changed). No key is written to disk or a log.
+  import, naming the instance (exit status 1, nothing changed), and so does a stored certificate that
+  does not parse. No key is written to disk or a log.
   Encrypted 0.9.x keys are never stored in clear: a target that keeps its keys in clear and holds
   certificates (--force) is refused (exit status 1, nothing changed): encrypt its keys first
   (operate_serverPKI -X), or import into an empty database. When the target keeps its keys encrypted

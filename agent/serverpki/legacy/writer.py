@@ -45,15 +45,21 @@ def _refusal(exc: psycopg.Error) -> str:
     return f"{diag.sqlstate} {diag.message_primary}{hint}"
 
 
-def _key_algo(cert_pem: bytes) -> str:
-    """'rsa' or 'ec': what the certificate's key is (our certkeydata trigger insists on the truth)."""
-    key = x509.load_pem_x509_certificate(bytes(cert_pem)).public_key()
-    return "ec" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa"
+class DamagedCertificate(ServerPKIError):
+    """A stored certificate of the legacy database does not parse: the import stops, naming the instance."""
 
 
-def _hash(cert_pem: bytes) -> str:
-    der = x509.load_pem_x509_certificate(bytes(cert_pem)).public_bytes(serialization.Encoding.DER)
-    return hashlib.sha256(der).hexdigest().upper()
+def _certificate(cert_pem: bytes, instance: int, algo: str) -> tuple[str, str]:
+    """The stored certificate's key algorithm ('rsa' or 'ec': our certkeydata trigger insists on the truth)
+    and its hash; a damaged one stops the import, naming the instance."""
+    try:
+        cert = x509.load_pem_x509_certificate(bytes(cert_pem))
+        key = cert.public_key()
+    except ValueError as exc:
+        raise DamagedCertificate(f"instance {instance} ({algo}): its stored certificate is damaged ({exc}): repair or "
+                                 "delete that certkeydata row in the 0.9 database and import again; nothing was imported") from None
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return ("ec" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa"), hashlib.sha256(der).hexdigest().upper()
 
 
 class Writer:
@@ -247,7 +253,7 @@ class Writer:
         return result
 
     def pair(self, instance: dict, k: dict, keys: dict, ca: bool) -> None:
-        algo = _key_algo(k["cert"])
+        algo, cert_hash = _certificate(k["cert"], instance["id"], k["encryption_algo"])
         if algo != k["encryption_algo"]:
             self.report.notes.append(
                 f"instance {instance['id']}: the original labelled its {algo} certificate and key '{k['encryption_algo']}' "
@@ -255,7 +261,7 @@ class Writer:
         params = {"certinstance": instance["id"], "encryption_algo": algo}
         present = self.one("import_certkeydata_present", params)
         if present is not None:
-            if present["hash"] != _hash(k["cert"]):
+            if present["hash"] != cert_hash:
                 raise ImportConflict(f"instance {instance['id']} ({algo}): the target holds another "
                                      "certificate for it; import into a database without it")
         else:
@@ -308,4 +314,4 @@ class Writer:
         self.cur.execute(q("import_sequences_past"))
 
 
-__all__ = ["Writer", "ImportConflict", "KeyDoesNotOpen", "REASON"]
+__all__ = ["Writer", "ImportConflict", "DamagedCertificate", "KeyDoesNotOpen", "REASON"]
