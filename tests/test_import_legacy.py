@@ -394,6 +394,18 @@ def test_a_damaged_certificate_stops_the_import_naming_its_instance(pg_server, d
     assert snapshot(owner) == before
 
 
+def test_key_encryption_is_not_switched_on_over_a_stored_account_key(pg_server, dbname, owner, legacy, tmp_path):
+    account_key = traditional(ec.generate_private_key(ec.SECP256R1()), None).decode()   # in clear, no certificates
+    owner.execute("INSERT INTO pki.acme_accounts (directory_url, key, uri) VALUES (%s, %s, %s)",
+                  ("https://acme.example.net/directory", account_key, "https://acme.example.net/acct/1"))
+    before = snapshot(owner)
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert "stored keys" in result.stderr and "operate_serverPKI -X" in result.stderr
+    assert snapshot(owner) == before
+    assert owner.execute("SELECT keysencrypted FROM pki.revision").fetchone() == (False,)
+
+
 # ------------------------------------------------------------------ data the real original made (tests/legacy.py)
 
 @pytest.mark.slow

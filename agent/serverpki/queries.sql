@@ -125,6 +125,11 @@ SELECT id, certinstance, encryption_algo::text AS encryption_algo, cert, key, ha
 -- name: import_certificate_count
 SELECT count(*) AS n FROM pki.certificates;
 
+-- name: import_stored_key_count
+-- keys the target stores besides certificates' (ACME accounts, orders in flight): switching encryption on
+-- would leave them in clear under a flag that says encrypted
+SELECT (SELECT count(*) FROM pki.job_keys_under_db_passphrase()) + (SELECT count(*) FROM pki.acme_keys_under_db_passphrase()) AS n;
+
 -- name: import_foreign_certificates
 -- certificates of the target that are not this import's (same id, same subject name)
 SELECT c.id, s.name::text AS name FROM pki.certificates c LEFT JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname

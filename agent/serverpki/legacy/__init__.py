@@ -28,8 +28,9 @@ Run `serverpki db upgrade` on the target first.
   configuration's paths.db_encryption_key at the same file. A key that does not open stops the
   import, naming the instance (exit status 1, nothing changed), and so does a stored certificate that
   does not parse. No key is written to disk or a log.
-  Encrypted 0.9.x keys are never stored in clear: a target that keeps its keys in clear and holds
-  certificates (--force) is refused (exit status 1, nothing changed): encrypt its keys first
+  Encrypted 0.9.x keys are never stored in clear: key encryption is switched on only in a target that
+  holds no certificates and no stored keys (ACME accounts, keys of orders in flight); a target that keeps
+  its keys in clear and holds any of these (certificates: --force) is refused (exit status 1, nothing changed): encrypt its keys first
   (operate_serverPKI -X), or import into an empty database. When the target keeps its keys encrypted
   already, the passphrase the import stores keys with (the --passphrase-file one, else asked twice on
   the terminal) must open the target's newest encrypted key, else it is refused before anything is
@@ -195,11 +196,15 @@ def import_legacy(opts: Options) -> Report:
                                      "a fresh one (serverpki db init), or give --force to add the legacy rows beside them")
             encrypted = cur.execute(q("keys_encrypted_any_release")).fetchone()[0]
             if data.keysencrypted and not encrypted:
-                if cur.execute(q("import_certificate_count")).fetchone()[0] > 0:
+                # encryption is switched on only in a target without any stored key, else it is left off
+                held = ("certificates" if cur.execute(q("import_certificate_count")).fetchone()[0] > 0 else
+                        "stored keys (ACME accounts or orders)" if cur.execute(q("import_stored_key_count")).fetchone()[0] > 0
+                        else None)
+                if held:
                     raise ServerPKIError(
-                        "the 0.9.x keys are encrypted but the target keeps its keys in clear (it holds certificates): "
-                        "encrypt the target's keys first (operate_serverPKI -X), or import into an empty database; "
-                        "nothing was imported")
+                        f"the 0.9.x keys are encrypted but the target keeps its keys in clear (it holds {held}, so "
+                        "key encryption stays off): encrypt the target's keys first (operate_serverPKI -X), or import "
+                        "into an empty database; nothing was imported")
                 cur.execute(q("import_keys_encrypted"))
                 encrypted = True
             if encrypted and data.keysencrypted:
