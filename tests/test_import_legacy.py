@@ -406,6 +406,21 @@ def test_key_encryption_is_not_switched_on_over_a_stored_account_key(pg_server, 
     assert owner.execute("SELECT keysencrypted FROM pki.revision").fetchone() == (False,)
 
 
+def test_a_place_or_jail_of_the_same_name_with_other_content_is_a_conflict(pg_server, dbname, owner, legacy, tmp_path):
+    owner.execute("INSERT INTO pki.places (name, cert_file_type, cert_path) VALUES ('nginx', 'separate', '/etc/nginx/tls')")
+    before = snapshot(owner)
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert "place nginx (cert_path='/usr/local/etc/nginx/ssl')" in result.stderr and "'/etc/nginx/tls'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(owner) == before
+    owner.execute("DELETE FROM pki.places WHERE name = 'nginx'")
+    owner.execute("INSERT INTO pki.disthosts (fqdn, jailroot) VALUES ('other.example.org', '/jails')")
+    owner.execute("INSERT INTO pki.jails (name, disthost) SELECT 'www', id FROM pki.disthosts WHERE fqdn = 'other.example.org'")
+    jail = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert jail.returncode == 1 and "jail www (disthost=" in jail.stderr, jail.stderr
+
+
 # ------------------------------------------------------------------ data the real original made (tests/legacy.py)
 
 @pytest.mark.slow

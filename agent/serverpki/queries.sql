@@ -195,7 +195,7 @@ SELECT CASE WHEN EXISTS (SELECT 1 FROM pki.jails WHERE id = %(id)s) THEN nextval
  WHERE NOT EXISTS (SELECT 1 FROM pki.jails WHERE name = %(name)s);
 
 -- name: import_jail_id
-SELECT id FROM pki.jails WHERE name = %(name)s;
+SELECT id, disthost FROM pki.jails WHERE name = %(name)s;
 
 -- name: import_place
 INSERT INTO pki.places (id, name, cert_file_type, cert_path, key_path, uid, gid, mode, chownboth, pglink,
@@ -206,7 +206,8 @@ SELECT CASE WHEN EXISTS (SELECT 1 FROM pki.places WHERE id = %(id)s) THEN nextva
  WHERE NOT EXISTS (SELECT 1 FROM pki.places WHERE name = %(name)s);
 
 -- name: import_place_id
-SELECT id FROM pki.places WHERE name = %(name)s;
+SELECT id, cert_file_type::text AS cert_file_type, cert_path, key_path, uid, gid, mode, chownboth, pglink, reload_command
+  FROM pki.places WHERE name = %(name)s;
 
 -- name: import_service
 INSERT INTO pki.services (id, name, port, tlsaprefix, remarks)

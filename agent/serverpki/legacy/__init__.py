@@ -18,6 +18,9 @@ Run `serverpki db upgrade` on the target first.
   added beside them; an id the target uses for something else stops the import): exit status 1.
 - Running it again changes nothing and prints the same report: every row is matched first (same
   instance id and certificate hash, same certificate id and subject name, same host/place/... name).
+  A jail or place of the target with the legacy one's name but other content (a jail's disthost; a
+  place's file type, paths, owner, mode, reload command) is not reused: the import stops naming both
+  (exit status 1, nothing changed). Services are matched by (name, port), disthosts by fqdn.
 - Instance ids (the serials of `-n -v` and `-E`) and certificate ids are kept; disthosts, jails,
   places and services keep theirs when free (services are matched by name and port: ours has the
   usual ones already). Our sequences are set past the imported ids.

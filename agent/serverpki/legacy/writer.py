@@ -24,6 +24,8 @@ from .report import Report
 from .states import path_to
 
 REASON = "imported from serverPKI 0.9.x (serverpki db import-legacy)"
+# what a place is: a place of the target with the same name and other content is not the legacy one
+PLACE_CONTENT = ("cert_file_type", "cert_path", "key_path", "uid", "gid", "mode", "chownboth", "pglink", "reload_command")
 SEQUENCED = ("disthosts", "jails", "places", "services", "certificates", "certinstances")
 
 
@@ -85,13 +87,21 @@ class Writer:
         return None
 
     # ------------------------------------------------------------------ configuration rows
-    def keyed(self, table: str, insert: str, find: str, row: dict, what: str, fix: str) -> None:
-        """A row matched by its natural key: reused when present, else written with its legacy id when free."""
+    def keyed(self, table: str, insert: str, find: str, row: dict, what: str, fix: str, same: tuple[str, ...] = ()) -> None:
+        """A row matched by its natural key: reused when present, else written with its legacy id when free;
+        one present with other content (the columns in same) stops the import, as reusing it would change
+        where and how the legacy certificates go."""
         refusal = self.attempt(insert, row)
         found = self.one(find, row)
         if found is None:
             self.report.skip(what, refusal or "not written", fix)
             return
+        differ = [c for c in same if found[c] != row[c]]
+        if differ:
+            theirs = ", ".join(f"{c}={row[c]!r}" for c in differ)
+            mine = ", ".join(f"{c}={found[c]!r}" for c in differ)
+            raise ImportConflict(f"{what} ({theirs}): the target's {what} (id {found['id']}) has {mine}; make them "
+                                 "equal or rename one of them, and import again; nothing was imported")
         self.ids[table][row["id"]] = found["id"]
         self.report.count(table)
 
@@ -106,10 +116,10 @@ class Writer:
                 self.report.skip(f"jail {r['name']}", "its disthost was not carried over", "see that disthost above")
                 continue
             self.keyed("jails", "import_jail", "import_jail_id", {**r, "disthost": host}, f"jail {r['name']}",
-                       "give its disthost a jailroot in the 0.9 database and import again")
+                       "give its disthost a jailroot in the 0.9 database and import again", ("disthost",))
         for r in rows["places"]:
             self.keyed("places", "import_place", "import_place_id", r, f"place {r['name']}",
-                       "correct the place in the 0.9 database as the message says, and import again")
+                       "correct the place in the 0.9 database as the message says, and import again", PLACE_CONTENT)
         for r in rows["services"]:
             self.keyed("services", "import_service", "import_service_id", r, f"service {r['name']}/{r['port']}",
                        "correct it in the 0.9 database and import again")
