@@ -437,19 +437,24 @@ def test_the_real_originals_database_imports_with_its_keys_and_account(pg_server
     # 0.9.11 issues local certificates with RSA keys only, an 'ec' one too: imported as what it is, and said so
     assert "the original labelled its rsa certificate and key 'ec'" in result.stdout
     passphrase = install.db_encryption_key.read_bytes()
+    def algorithm(cert: bytes) -> str:   # what the pair is: 0.9.11 labels an RSA local pair 'ec' (relabelled, see above)
+        key = x509.load_pem_x509_certificate(cert).public_key()
+        return "ec" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa"
+
     with psycopg.connect(legacy_db.dsn) as old:
-        theirs = {(i, a): (bytes(c), bytes(k)) for i, a, c, k in old.execute(
-            "SELECT d.certinstance, i.state::text, d.cert, d.key FROM pki.certkeydata d "
-            "JOIN pki.certinstances i ON i.id = d.certinstance")}
+        rows = old.execute("SELECT certinstance, encryption_algo::text, cert, key FROM pki.certkeydata").fetchall()
         states = dict(old.execute("SELECT id, state::text FROM pki.certinstances WHERE id <> 1").fetchall())
+    theirs = {(i, algorithm(bytes(c))): (bytes(c), bytes(k)) for i, _, c, k in rows}
+    assert len(theirs) == len(rows)   # no instance has two pairs of one real algorithm
     assert dict(owner.execute("SELECT id, state::text FROM pki.certinstances").fetchall()) == states
-    ours = {i: (bytes(c), bytes(k)) for i, c, k in owner.execute("SELECT certinstance, cert, key FROM pki.certkeydata")}
-    assert len(ours) == len(theirs)
-    for (iid, _), (cert, key) in theirs.items():
-        assert ours[iid][0] == cert
+    ours = {(i, a): (bytes(c), bytes(k)) for i, a, c, k in owner.execute(
+        "SELECT certinstance, encryption_algo::text, cert, key FROM pki.certkeydata")}
+    assert ours.keys() == theirs.keys()   # every pair, the second of an instance too
+    for pair, (cert, key) in theirs.items():
+        assert ours[pair][0] == cert, pair
         original = serialization.load_pem_private_key(key, passphrase if b"ENCRYPTED" in key else None)
-        imported = serialization.load_pem_private_key(ours[iid][1], passphrase)   # ours encrypted, the CA's too
-        assert imported.private_numbers() == original.private_numbers()
+        imported = serialization.load_pem_private_key(ours[pair][1], passphrase)   # ours encrypted, the CA's too
+        assert imported.private_numbers() == original.private_numbers(), pair
     account = json.loads(install.le_account.read_text())
     assert owner.execute("SELECT uri FROM pki.acme_accounts").fetchone() == (account["uri"],)
 

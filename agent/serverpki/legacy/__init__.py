@@ -32,9 +32,9 @@ Run `serverpki db upgrade` on the target first.
   import, naming the instance (exit status 1, nothing changed), and so does a stored certificate that
   does not parse. No key is written to disk or a log.
   Encrypted 0.9.x keys are never stored in clear: key encryption is switched on only in a target that
-  holds no certificates and no stored keys (ACME accounts, keys of orders in flight); a target that keeps
-  its keys in clear and holds any of these (certificates: --force) is refused (exit status 1, nothing changed): encrypt its keys first
-  (operate_serverPKI -X), or import into an empty database. When the target keeps its keys encrypted
+  holds no certificates and no stored keys (ACME accounts, keys of orders in flight); a target that
+  keeps its keys in clear and holds any of these (certificates: --force) is refused (exit status 1,
+  nothing changed): encrypt its keys first (operate_serverPKI -X), or import into an empty database. When the target keeps its keys encrypted
   already, the passphrase the import stores keys with (the --passphrase-file one, else asked twice on
   the terminal) must open the target's newest encrypted key, else it is refused before anything is
   written (exit status 1).
@@ -74,8 +74,8 @@ The mapping (0.9.11 schema version 6 -> ours)
         certificates by our trigger; the state is reached along our state machine from 'reserved'
         (each step an event with the reason "imported from serverPKI 0.9.x"); an older instance 0.9.11
         left 'deployed' beside a newer one (until its next run) comes as 'expired', said in the report;
-        tlsa_published of a
-        prepublished or deployed instance is its 0.9 'updated' time (its TLSA records are live)
+        tlsa_published of a prepublished or deployed instance is its 0.9 'updated' time (its TLSA
+        records are live)
   certkeydata (certinstance, encryption_algo, cert, key (traditional PEM, maybe DEK-Info encrypted;
           b'' for a CA without key), hash)           -> certkeydata (hash and dates derived by our
                                                         trigger; key PKCS#8, ours encrypted or clear)
@@ -102,6 +102,7 @@ from ..secretfile import read_secret
 from .reader import read_legacy
 from .report import Report
 from .writer import REASON, Writer
+
 
 class TargetNotEmpty(ServerPKIError):
     """The target holds certificates of its own."""
