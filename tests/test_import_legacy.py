@@ -77,9 +77,9 @@ def leaf(name: str, sans: list[str], algo: str, start: dt.datetime, days: int, c
 class Legacy:
     """A serverPKI 0.9.x database in our test cluster, with what the tests expect of it."""
 
-    def __init__(self, pg_server, sql: dict[str, str], encrypted: bool = True):
+    def __init__(self, pg_server, sql: dict[str, str], encrypted: bool = True, passphrase: bytes = PASSPHRASE):
         self.pg_server, self.name = pg_server, f"legacy_{uuid.uuid4().hex[:10]}"
-        self.passphrase = PASSPHRASE if encrypted else None
+        self.passphrase = passphrase if encrypted else None
         with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {self.name}")
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'serverPKI'").fetchone() is None:
@@ -223,6 +223,7 @@ def test_unknown_schema_version_is_refused_by_name(pg_server, dbname, owner, leg
 
 
 def test_a_target_with_certificates_is_refused_unless_forced(pg_server, dbname, owner, legacy, tmp_path):
+    owner.execute("UPDATE pki.revision SET keysencrypted = true")   # as the encrypted legacy keys need (-X, no keys yet)
     for name in ("own1.example.net", "own2.example.net", "own3.example.net"):   # ids 1 to 3: 3 is a legacy id
         owner.execute("SELECT pki.add_cert(%s, 'server', 'local', 'rsa', false, NULL, NULL, NULL, NULL, NULL, NULL)", (name,))
     before = snapshot(owner)
@@ -279,12 +280,7 @@ def test_clear_keys_stay_clear_in_a_clear_target(pg_server, dbname, owner, legac
 
 def test_the_seed_lists_exports_and_signs_with_the_imported_ca(pg_server, dbname, owner, legacy, tmp_path):
     assert import_legacy(pg_server, dbname, legacy, tmp_path).returncode == 0
-    (tmp_path / "work").mkdir()
-    config = tmp_path / "serverpki.toml"
-    config.write_text(f'[paths]\nwork_dir = "{tmp_path / "work"}"\n'
-                      f'db_encryption_key = "{tmp_path / "db_encryption_key"}"\n'
-                      f'[local_ca]\nname = "Local CA"\npassphrase_file = "{tmp_path / "db_encryption_key"}"\n')
-    env = environment(pg_server, dbname, roles.CRON, config)
+    env = environment(pg_server, dbname, roles.CRON, seed_config(tmp_path))
     listing = run(OPERATE, "-n", "-v", "-a", env=env)
     assert listing.returncode in (0, 4), listing.stderr
     for name in ("Local CA", "www.example.org", "mail.example.org"):
@@ -307,6 +303,124 @@ def test_the_seed_lists_exports_and_signs_with_the_imported_ca(pg_server, dbname
         padding.PKCS1v15(), x509.load_pem_x509_certificate(bytes(cert)).signature_hash_algorithm)
 
 
+def test_encrypted_legacy_keys_are_not_stored_in_clear_beside_certificates(pg_server, dbname, owner, legacy, tmp_path):
+    for name in ("own1.example.net", "own2.example.net"):   # keys in clear, certificates of its own: --force
+        owner.execute("SELECT pki.add_cert(%s, 'server', 'local', 'rsa', false, NULL, NULL, NULL, NULL, NULL, NULL)", (name,))
+    before = snapshot(owner)
+    result = import_legacy(pg_server, dbname, legacy, tmp_path, "--force")
+    assert result.returncode == 1, result.stdout
+    assert "operate_serverPKI -X" in result.stderr and "empty database" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(owner) == before
+
+
+def test_our_passphrase_is_proven_on_the_targets_keys_before_a_key_is_written(pg_server, dbname, owner, legacy,
+                                                                                  legacy_sql, tmp_path):
+    assert import_legacy(pg_server, dbname, legacy, tmp_path).returncode == 0   # ours: encrypted under PASSPHRASE
+    other = Legacy(pg_server, legacy_sql, passphrase=b"another installation's db_encryption_key\n")
+    try:
+        before = snapshot(owner)
+        (tmp_path / "other").mkdir()
+        result = import_legacy(pg_server, dbname, other, tmp_path / "other")
+        assert result.returncode == 1, result.stdout
+        assert "--passphrase-file" in result.stderr and "wrong passphrase, it does not open the target's stored key" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert snapshot(owner) == before
+    finally:
+        other.drop()
+
+
+def seed_config(tmp_path: Path) -> Path:
+    """Our configuration for the imported data: the original's passphrase file for the keys and the local CA."""
+    (tmp_path / "work").mkdir(exist_ok=True)
+    config = tmp_path / "serverpki.toml"
+    config.write_text(f'[paths]\nwork_dir = "{tmp_path / "work"}"\n'
+                      f'db_encryption_key = "{tmp_path / "db_encryption_key"}"\n'
+                      f'[local_ca]\nname = "Local CA"\npassphrase_file = "{tmp_path / "db_encryption_key"}"\n')
+    return config
+
+
+def test_the_first_cron_run_distributes_nothing_the_original_had_deployed(pg_server, dbname, owner, legacy, tmp_path):
+    with psycopg.connect(legacy.dsn, autocommit=True) as conn:   # the local CA's certificate on the mail host
+        conn.execute("INSERT INTO pki.targets (disthost, jail, place, certificate) VALUES (2, NULL, 2, 3)")
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 0, result.stderr
+    deployed = owner.execute("SELECT d.instance, t.certificate FROM pki.deployments d JOIN pki.targets t ON t.id = d.target "
+                             "WHERE d.job IS NULL ORDER BY 1").fetchall()
+    assert deployed == [(3, 3), (7, 5), (9, 6)]
+    plan = run(OPERATE, "-S", "-n", "-a", env=environment(pg_server, dbname, roles.CRON, seed_config(tmp_path)))
+    assert plan.returncode in (0, 4), plan.stderr
+    planned = [line for line in plan.stdout.splitlines() if "distribute" in line]
+    assert not [line for line in planned if any(name in line for name in ("Local CA", "www.example.org", "mail.example.org"))], \
+        plan.stdout
+
+
+def test_an_older_instance_left_deployed_is_imported_as_expired(pg_server, dbname, owner, legacy, tmp_path):
+    with psycopg.connect(legacy.dsn, autocommit=True) as conn:   # 0.9.11 expires it on its next run only
+        conn.execute("UPDATE pki.certinstances SET state = 'deployed' WHERE id = 5")
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert owner.execute("SELECT id, state::text FROM pki.certinstances WHERE certificate = 5 ORDER BY id").fetchall() == \
+        [(5, "expired"), (7, "deployed")]
+    assert "instance 5 of certificate 5: deployed beside the newer instance 7; imported as expired" in result.stdout
+    again = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert again.returncode == 0 and again.stdout == result.stdout
+
+
+def test_the_account_is_stored_for_the_directory_its_uri_names(pg_server, dbname, owner, legacy, tmp_path):
+    staging = "https://acme-staging-v02.api.letsencrypt.org"
+    account = {"key": traditional(ec.generate_private_key(ec.SECP256R1()), None).decode(), "uri": f"{staging}/acme/acct/67890"}
+    account_file = str(secret(tmp_path / "account.json", json.dumps(account).encode()))
+    before = snapshot(owner)
+    refused = import_legacy(pg_server, dbname, legacy, tmp_path, "--account-file", account_file,
+                            "--acme-directory", "https://acme-v02.api.letsencrypt.org/directory")
+    assert refused.returncode == 2 and "acme-staging-v02.api.letsencrypt.org" in refused.stderr, refused.stderr
+    assert snapshot(owner) == before
+    result = import_legacy(pg_server, dbname, legacy, tmp_path, "--account-file", account_file)
+    assert result.returncode == 0, result.stderr
+    assert owner.execute("SELECT directory_url, uri FROM pki.acme_accounts").fetchall() == \
+        [(f"{staging}/directory", account["uri"])]
+
+
+def test_a_damaged_certificate_stops_the_import_naming_its_instance(pg_server, dbname, owner, legacy, tmp_path):
+    with psycopg.connect(legacy.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pki.certkeydata SET cert = %s WHERE certinstance = 7",
+                     (b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",))
+    before = snapshot(owner)
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 1
+    assert "instance 7 (rsa): its stored certificate is damaged" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert snapshot(owner) == before
+
+
+def test_key_encryption_is_not_switched_on_over_a_stored_account_key(pg_server, dbname, owner, legacy, tmp_path):
+    account_key = traditional(ec.generate_private_key(ec.SECP256R1()), None).decode()   # in clear, no certificates
+    owner.execute("INSERT INTO pki.acme_accounts (directory_url, key, uri) VALUES (%s, %s, %s)",
+                  ("https://acme.example.net/directory", account_key, "https://acme.example.net/acct/1"))
+    before = snapshot(owner)
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert "stored keys" in result.stderr and "operate_serverPKI -X" in result.stderr
+    assert snapshot(owner) == before
+    assert owner.execute("SELECT keysencrypted FROM pki.revision").fetchone() == (False,)
+
+
+def test_a_place_or_jail_of_the_same_name_with_other_content_is_a_conflict(pg_server, dbname, owner, legacy, tmp_path):
+    owner.execute("INSERT INTO pki.places (name, cert_file_type, cert_path) VALUES ('nginx', 'separate', '/etc/nginx/tls')")
+    before = snapshot(owner)
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert "place nginx (cert_path='/usr/local/etc/nginx/ssl')" in result.stderr and "'/etc/nginx/tls'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(owner) == before
+    owner.execute("DELETE FROM pki.places WHERE name = 'nginx'")
+    owner.execute("INSERT INTO pki.disthosts (fqdn, jailroot) VALUES ('other.example.org', '/jails')")
+    owner.execute("INSERT INTO pki.jails (name, disthost) SELECT 'www', id FROM pki.disthosts WHERE fqdn = 'other.example.org'")
+    jail = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert jail.returncode == 1 and "jail www (disthost=" in jail.stderr, jail.stderr
+
+
 # ------------------------------------------------------------------ data the real original made (tests/legacy.py)
 
 @pytest.mark.slow
@@ -323,19 +437,24 @@ def test_the_real_originals_database_imports_with_its_keys_and_account(pg_server
     # 0.9.11 issues local certificates with RSA keys only, an 'ec' one too: imported as what it is, and said so
     assert "the original labelled its rsa certificate and key 'ec'" in result.stdout
     passphrase = install.db_encryption_key.read_bytes()
+    def algorithm(cert: bytes) -> str:   # what the pair is: 0.9.11 labels an RSA local pair 'ec' (relabelled, see above)
+        key = x509.load_pem_x509_certificate(cert).public_key()
+        return "ec" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa"
+
     with psycopg.connect(legacy_db.dsn) as old:
-        theirs = {(i, a): (bytes(c), bytes(k)) for i, a, c, k in old.execute(
-            "SELECT d.certinstance, i.state::text, d.cert, d.key FROM pki.certkeydata d "
-            "JOIN pki.certinstances i ON i.id = d.certinstance")}
+        rows = old.execute("SELECT certinstance, encryption_algo::text, cert, key FROM pki.certkeydata").fetchall()
         states = dict(old.execute("SELECT id, state::text FROM pki.certinstances WHERE id <> 1").fetchall())
+    theirs = {(i, algorithm(bytes(c))): (bytes(c), bytes(k)) for i, _, c, k in rows}
+    assert len(theirs) == len(rows)   # no instance has two pairs of one real algorithm
     assert dict(owner.execute("SELECT id, state::text FROM pki.certinstances").fetchall()) == states
-    ours = {i: (bytes(c), bytes(k)) for i, c, k in owner.execute("SELECT certinstance, cert, key FROM pki.certkeydata")}
-    assert len(ours) == len(theirs)
-    for (iid, _), (cert, key) in theirs.items():
-        assert ours[iid][0] == cert
+    ours = {(i, a): (bytes(c), bytes(k)) for i, a, c, k in owner.execute(
+        "SELECT certinstance, encryption_algo::text, cert, key FROM pki.certkeydata")}
+    assert ours.keys() == theirs.keys()   # every pair, the second of an instance too
+    for pair, (cert, key) in theirs.items():
+        assert ours[pair][0] == cert, pair
         original = serialization.load_pem_private_key(key, passphrase if b"ENCRYPTED" in key else None)
-        imported = serialization.load_pem_private_key(ours[iid][1], passphrase)   # ours encrypted, the CA's too
-        assert imported.private_numbers() == original.private_numbers()
+        imported = serialization.load_pem_private_key(ours[pair][1], passphrase)   # ours encrypted, the CA's too
+        assert imported.private_numbers() == original.private_numbers(), pair
     account = json.loads(install.le_account.read_text())
     assert owner.execute("SELECT uri FROM pki.acme_accounts").fetchone() == (account["uri"],)
 

@@ -69,7 +69,7 @@ def db_import_legacy(
         passphrase_file: Annotated[Optional[Path], typer.Option(help="the original's db_encryption_key file (its whole content)")] = None,
         ca_passphrase_file: Annotated[Optional[Path], typer.Option(help="our local CA's passphrase file (default: --passphrase-file)")] = None,
         account_file: Annotated[Optional[Path], typer.Option(help="the original's Let's Encrypt account file (JSON)")] = None,
-        acme_directory: Annotated[str, typer.Option(help="the directory URL of that account")] = legacy.LETS_ENCRYPT,
+        acme_directory: Annotated[Optional[str], typer.Option(help="the directory URL of that account (default: its uri's server)")] = None,
         force: Annotated[bool, typer.Option("--force", help="import into a database that holds certificates already")] = False,
 ) -> None:
     """Import a serverPKI 0.9.x database (ids, states, keys, local CA, account) in one transaction; run as the schema owner."""

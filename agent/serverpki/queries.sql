@@ -125,6 +125,11 @@ SELECT id, certinstance, encryption_algo::text AS encryption_algo, cert, key, ha
 -- name: import_certificate_count
 SELECT count(*) AS n FROM pki.certificates;
 
+-- name: import_stored_key_count
+-- keys the target stores besides certificates' (ACME accounts, orders in flight): switching encryption on
+-- would leave them in clear under a flag that says encrypted
+SELECT (SELECT count(*) FROM pki.job_keys_under_db_passphrase()) + (SELECT count(*) FROM pki.acme_keys_under_db_passphrase()) AS n;
+
 -- name: import_foreign_certificates
 -- certificates of the target that are not this import's (same id, same subject name)
 SELECT c.id, s.name::text AS name FROM pki.certificates c LEFT JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname
@@ -146,7 +151,7 @@ SELECT certificate FROM pki.certinstances WHERE id = %(id)s;
 SELECT hash FROM pki.certkeydata WHERE certinstance = %(certinstance)s AND encryption_algo = %(encryption_algo)s::dd.cert_encryption_algo;
 
 -- name: import_target_present
-SELECT 1 FROM pki.targets WHERE disthost = %(disthost)s AND jail IS NOT DISTINCT FROM %(jail)s AND place = %(place)s
+SELECT id FROM pki.targets WHERE disthost = %(disthost)s AND jail IS NOT DISTINCT FROM %(jail)s AND place = %(place)s
    AND certificate = %(certificate)s;
 
 -- name: import_certificate_service_present
@@ -190,7 +195,7 @@ SELECT CASE WHEN EXISTS (SELECT 1 FROM pki.jails WHERE id = %(id)s) THEN nextval
  WHERE NOT EXISTS (SELECT 1 FROM pki.jails WHERE name = %(name)s);
 
 -- name: import_jail_id
-SELECT id FROM pki.jails WHERE name = %(name)s;
+SELECT id, disthost FROM pki.jails WHERE name = %(name)s;
 
 -- name: import_place
 INSERT INTO pki.places (id, name, cert_file_type, cert_path, key_path, uid, gid, mode, chownboth, pglink,
@@ -201,7 +206,8 @@ SELECT CASE WHEN EXISTS (SELECT 1 FROM pki.places WHERE id = %(id)s) THEN nextva
  WHERE NOT EXISTS (SELECT 1 FROM pki.places WHERE name = %(name)s);
 
 -- name: import_place_id
-SELECT id FROM pki.places WHERE name = %(name)s;
+SELECT id, cert_file_type::text AS cert_file_type, cert_path, key_path, uid, gid, mode, chownboth, pglink, reload_command
+  FROM pki.places WHERE name = %(name)s;
 
 -- name: import_service
 INSERT INTO pki.services (id, name, port, tlsaprefix, remarks)
@@ -235,6 +241,15 @@ VALUES (%(id)s, %(certificate)s, 'reserved', %(ocsp_must_staple)s, %(cacert)s, %
 
 -- name: import_instance_state
 UPDATE pki.certinstances SET state = %(state)s::dd.cert_state WHERE id = %(id)s;
+
+-- what the original deployed is on its targets: without these rows the first -S distributes it again
+-- name: import_deployment
+INSERT INTO pki.deployments (instance, target, job, deployed)
+VALUES (%(instance)s, %(target)s, NULL, coalesce(%(deployed)s, pki.now()))
+ON CONFLICT (instance, target) DO NOTHING;
+
+-- name: import_ca_current
+SELECT pki.ca_current(%(certificate)s) AS id;
 
 -- name: import_certkeydata
 INSERT INTO pki.certkeydata (certinstance, encryption_algo, cert, key)

@@ -18,6 +18,9 @@ Run `serverpki db upgrade` on the target first.
   added beside them; an id the target uses for something else stops the import): exit status 1.
 - Running it again changes nothing and prints the same report: every row is matched first (same
   instance id and certificate hash, same certificate id and subject name, same host/place/... name).
+  A jail or place of the target with the legacy one's name but other content (a jail's disthost; a
+  place's file type, paths, owner, mode, reload command) is not reused: the import stops naming both
+  (exit status 1, nothing changed). Services are matched by (name, port), disthosts by fqdn.
 - Instance ids (the serials of `-n -v` and `-E`) and certificate ids are kept; disthosts, jails,
   places and services keep theirs when free (services are matched by name and port: ours has the
   usual ones already). Our sequences are set past the imported ids.
@@ -26,7 +29,15 @@ Run `serverpki db upgrade` on the target first.
   with that same passphrase when our database keeps keys encrypted (pki.revision.keysencrypted; it is
   switched on when the original's were encrypted and the target holds no keys yet), so point our
   configuration's paths.db_encryption_key at the same file. A key that does not open stops the
-  import, naming the instance (exit status 1, nothing changed). No key is written to disk or a log.
+  import, naming the instance (exit status 1, nothing changed), and so does a stored certificate that
+  does not parse. No key is written to disk or a log.
+  Encrypted 0.9.x keys are never stored in clear: key encryption is switched on only in a target that
+  holds no certificates and no stored keys (ACME accounts, keys of orders in flight); a target that
+  keeps its keys in clear and holds any of these (certificates: --force) is refused (exit status 1,
+  nothing changed): encrypt its keys first (operate_serverPKI -X), or import into an empty database. When the target keeps its keys encrypted
+  already, the passphrase the import stores keys with (the --passphrase-file one, else asked twice on
+  the terminal) must open the target's newest encrypted key, else it is refused before anything is
+  written (exit status 1).
 - The local CA: the original's CA certificate (subject type CA, e.g. "Local CA") and its instances are
   imported like any certificate; its key is stored encrypted with --ca-passphrase-file (default: the
   --passphrase-file passphrase, which the original's CA key was encrypted with), so set our
@@ -35,7 +46,12 @@ Run `serverpki db upgrade` on the target first.
   certificate without a key) comes along as it is.
 - The ACME account: the original keeps it in a file of its work directory (manuale/automatoes JSON:
   {"key": PEM, "uri": account URL}); give it with --account-file and it becomes our pki.acme_accounts
-  row for --acme-directory (default Let's Encrypt's production directory), so no new registration.
+  row for its directory, so no new registration. The directory is that of the server the account's uri
+  names (https://HOST/directory: Let's Encrypt's production or staging); an --acme-directory on another
+  host than the uri's is refused (exit status 2).
+- What the original deployed stays deployed: a pki.deployments row (by no job, at the instance's 0.9
+  'updated' time) for each deployed instance on every target of its certificate, and for each CA's
+  current instance (the newest issued) on every target of the CA, so the first -S distributes none again.
 - It ends with a report: rows read and imported per table, and every row not carried over with why
   and the fix (an unknown state, an instance without a stored certificate, a place our validation
   refuses, a target without a place, ...).
@@ -56,8 +72,10 @@ The mapping (0.9.11 schema version 6 -> ours)
                                                      -> certinstances, same id; cacert pointing at
         itself (a self-signed CA) becomes NULL; not_before/not_after are derived from the stored
         certificates by our trigger; the state is reached along our state machine from 'reserved'
-        (each step an event with the reason "imported from serverPKI 0.9.x"); tlsa_published of a
-        prepublished or deployed instance is its 0.9 'updated' time (its TLSA records are live)
+        (each step an event with the reason "imported from serverPKI 0.9.x"); an older instance 0.9.11
+        left 'deployed' beside a newer one (until its next run) comes as 'expired', said in the report;
+        tlsa_published of a prepublished or deployed instance is its 0.9 'updated' time (its TLSA
+        records are live)
   certkeydata (certinstance, encryption_algo, cert, key (traditional PEM, maybe DEK-Info encrypted;
           b'' for a CA without key), hash)           -> certkeydata (hash and dates derived by our
                                                         trigger; key PKCS#8, ours encrypted or clear)
@@ -72,6 +90,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -83,8 +102,6 @@ from ..secretfile import read_secret
 from .reader import read_legacy
 from .report import Report
 from .writer import REASON, Writer
-
-LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
 
 class TargetNotEmpty(ServerPKIError):
@@ -98,7 +115,7 @@ class Options:
     passphrase_file: Path | None = None
     ca_passphrase_file: Path | None = None
     account_file: Path | None = None
-    acme_directory: str = LETS_ENCRYPT
+    acme_directory: str | None = None   # None: the directory of the account's own server
     force: bool = False
 
 
@@ -114,6 +131,18 @@ def _account(path: Path | None) -> dict | None:
     return account
 
 
+def _directory(uri: str, given: str | None) -> str:
+    """The ACME directory of the account: the given one, which must be on the account's server, else that
+    server's https://HOST/directory (Let's Encrypt's production or staging: the uri says which)."""
+    host = urlsplit(uri).netloc.lower()
+    if given is None:
+        return f"https://{host}/directory"
+    if urlsplit(given).netloc.lower() != host:
+        raise UsageError(f"--acme-directory {given} is not on the account's server ({host}, its uri {uri}): "
+                         f"give https://{host}/directory, or leave --acme-directory out")
+    return given
+
+
 @contextmanager
 def _as_owner():
     """A role that may not write instances and keys gets told whom to run as, in one line."""
@@ -124,9 +153,31 @@ def _as_owner():
                              "serverpki db init), as it writes instances and keys; nothing was imported") from None
 
 
+def _our_passphrase(cur, legacy_passphrase: bytes | None, passphrase_file: Path | None) -> bytes:
+    """The passphrase our keys will be stored with (the original's, else asked twice on a terminal), proven
+    on the target's newest encrypted key before anything is written: a key under another passphrase than its
+    neighbours could never be opened again (the agent checks the same, handlers/common.py)."""
+    passphrase, source = legacy_passphrase, (f"--passphrase-file {passphrase_file}" if passphrase_file
+                                             else "the passphrase entered")
+    if passphrase is None:
+        passphrase = keystore.read_passphrase(None, "Passphrase of our stored keys: ")
+        if keystore.read_passphrase(None, "The same passphrase again: ") != passphrase:
+            raise UsageError("the two passphrases entered differ; nothing was imported")
+    sample = cur.execute(q("newest_encrypted_key")).fetchone()
+    if sample is not None:
+        try:
+            keystore.load_key(sample[1], passphrase, f"stored key {sample[0]}")
+        except keystore.WrongPassphrase:
+            raise ServerPKIError(f"{source}: wrong passphrase, it does not open the target's stored key {sample[0]} "
+                                 "(our keys are stored under one passphrase, that of paths.db_encryption_key); "
+                                 "nothing was imported") from None
+    return passphrase
+
+
 def import_legacy(opts: Options) -> Report:
     """Import the 0.9.x database into ours in one transaction; the report of what was carried over."""
     account = _account(opts.account_file)
+    directory = _directory(account["uri"], opts.acme_directory) if account else None
     with connect(opts.from_dsn) as old, refusals_as_errors():
         old.read_only = True
         old.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # one snapshot of every table
@@ -148,15 +199,22 @@ def import_legacy(opts: Options) -> Report:
                 raise TargetNotEmpty(f"the target database holds certificates of its own ({named}, ...): import into "
                                      "a fresh one (serverpki db init), or give --force to add the legacy rows beside them")
             encrypted = cur.execute(q("keys_encrypted_any_release")).fetchone()[0]
-            if data.keysencrypted and not encrypted and cur.execute(q("import_certificate_count")).fetchone()[0] == 0:
+            if data.keysencrypted and not encrypted:
+                # encryption is switched on only in a target without any stored key, else it is left off
+                held = ("certificates" if cur.execute(q("import_certificate_count")).fetchone()[0] > 0 else
+                        "stored keys (ACME accounts or orders)" if cur.execute(q("import_stored_key_count")).fetchone()[0] > 0
+                        else None)
+                if held:
+                    raise ServerPKIError(
+                        f"the 0.9.x keys are encrypted but the target keeps its keys in clear (it holds {held}, so "
+                        "key encryption stays off): encrypt the target's keys first (operate_serverPKI -X), or import "
+                        "into an empty database; nothing was imported")
                 cur.execute(q("import_keys_encrypted"))
                 encrypted = True
             if encrypted and data.keysencrypted:
                 report.notes.append("our keys are stored encrypted (as the original's were): "
                                     "set paths.db_encryption_key to the --passphrase-file file")
-            ours = None
-            if encrypted:
-                ours = legacy_passphrase or keystore.read_passphrase(None, "Passphrase of our stored keys: ")
+            ours = _our_passphrase(cur, legacy_passphrase, opts.passphrase_file) if encrypted else None
             ca = (keystore.read_passphrase(opts.ca_passphrase_file, "Passphrase of the local CA: ")
                   if opts.ca_passphrase_file else legacy_passphrase)
             cur.execute(q("import_set_context"), {"reason": REASON})
@@ -165,7 +223,8 @@ def import_legacy(opts: Options) -> Report:
             writer.config()
             writer.certificates_and_names()
             writer.instances({"legacy": legacy_passphrase, "ours": ours, "ca": ca})
+            writer.deployments()
             if account:
-                writer.account(account, opts.acme_directory, ours)
+                writer.account(account, directory, ours)
             writer.sequences()
     return report

@@ -24,6 +24,8 @@ from .report import Report
 from .states import path_to
 
 REASON = "imported from serverPKI 0.9.x (serverpki db import-legacy)"
+# what a place is: a place of the target with the same name and other content is not the legacy one
+PLACE_CONTENT = ("cert_file_type", "cert_path", "key_path", "uid", "gid", "mode", "chownboth", "pglink", "reload_command")
 SEQUENCED = ("disthosts", "jails", "places", "services", "certificates", "certinstances")
 
 
@@ -45,15 +47,21 @@ def _refusal(exc: psycopg.Error) -> str:
     return f"{diag.sqlstate} {diag.message_primary}{hint}"
 
 
-def _key_algo(cert_pem: bytes) -> str:
-    """'rsa' or 'ec': what the certificate's key is (our certkeydata trigger insists on the truth)."""
-    key = x509.load_pem_x509_certificate(bytes(cert_pem)).public_key()
-    return "ec" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa"
+class DamagedCertificate(ServerPKIError):
+    """A stored certificate of the legacy database does not parse: the import stops, naming the instance."""
 
 
-def _hash(cert_pem: bytes) -> str:
-    der = x509.load_pem_x509_certificate(bytes(cert_pem)).public_bytes(serialization.Encoding.DER)
-    return hashlib.sha256(der).hexdigest().upper()
+def _certificate(cert_pem: bytes, instance: int, algo: str) -> tuple[str, str]:
+    """The stored certificate's key algorithm ('rsa' or 'ec': our certkeydata trigger insists on the truth)
+    and its hash; a damaged one stops the import, naming the instance."""
+    try:
+        cert = x509.load_pem_x509_certificate(bytes(cert_pem))
+        key = cert.public_key()
+    except ValueError as exc:
+        raise DamagedCertificate(f"instance {instance} ({algo}): its stored certificate is damaged ({exc}): repair or "
+                                 "delete that certkeydata row in the 0.9 database and import again; nothing was imported") from None
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return ("ec" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa"), hashlib.sha256(der).hexdigest().upper()
 
 
 class Writer:
@@ -63,6 +71,8 @@ class Writer:
         self.ids: dict[str, dict[int, int]] = {t: {} for t in ("disthosts", "jails", "places", "services")}
         self.certificates: set[int] = set()
         self.imported: set[int] = set()
+        self.targets: dict[int, list[int]] = {}   # certificate -> our target ids
+        self.states: dict[int, str] = {}           # instance -> the state it is imported in
 
     def one(self, name: str, params: dict) -> dict | None:
         return self.cur.execute(q(name), params).fetchone()
@@ -77,13 +87,21 @@ class Writer:
         return None
 
     # ------------------------------------------------------------------ configuration rows
-    def keyed(self, table: str, insert: str, find: str, row: dict, what: str, fix: str) -> None:
-        """A row matched by its natural key: reused when present, else written with its legacy id when free."""
+    def keyed(self, table: str, insert: str, find: str, row: dict, what: str, fix: str, same: tuple[str, ...] = ()) -> None:
+        """A row matched by its natural key: reused when present, else written with its legacy id when free;
+        one present with other content (the columns in same) stops the import, as reusing it would change
+        where and how the legacy certificates go."""
         refusal = self.attempt(insert, row)
         found = self.one(find, row)
         if found is None:
             self.report.skip(what, refusal or "not written", fix)
             return
+        differ = [c for c in same if found[c] != row[c]]
+        if differ:
+            theirs = ", ".join(f"{c}={row[c]!r}" for c in differ)
+            mine = ", ".join(f"{c}={found[c]!r}" for c in differ)
+            raise ImportConflict(f"{what} ({theirs}): the target's {what} (id {found['id']}) has {mine}; make them "
+                                 "equal or rename one of them, and import again; nothing was imported")
         self.ids[table][row["id"]] = found["id"]
         self.report.count(table)
 
@@ -98,10 +116,10 @@ class Writer:
                 self.report.skip(f"jail {r['name']}", "its disthost was not carried over", "see that disthost above")
                 continue
             self.keyed("jails", "import_jail", "import_jail_id", {**r, "disthost": host}, f"jail {r['name']}",
-                       "give its disthost a jailroot in the 0.9 database and import again")
+                       "give its disthost a jailroot in the 0.9 database and import again", ("disthost",))
         for r in rows["places"]:
             self.keyed("places", "import_place", "import_place_id", r, f"place {r['name']}",
-                       "correct the place in the 0.9 database as the message says, and import again")
+                       "correct the place in the 0.9 database as the message says, and import again", PLACE_CONTENT)
         for r in rows["services"]:
             self.keyed("services", "import_service", "import_service_id", r, f"service {r['name']}/{r['port']}",
                        "correct it in the 0.9 database and import again")
@@ -184,6 +202,7 @@ class Writer:
                 if refusal:
                     self.report.skip(what, refusal, "correct it in the 0.9 database and import again")
                     continue
+            self.targets.setdefault(t["certificate"], []).append(self.one("import_target_present", params)["id"])
             self.report.count("targets")
 
     # ------------------------------------------------------------------ instances and keys
@@ -205,6 +224,8 @@ class Writer:
                                  "nothing: ours issues the certificate anew when it is due")
             else:
                 wanted.append(i)
+        wanted = self.older_deployed_expire(wanted)
+        self.states = {i["id"]: i["state"] for i in wanted}
         ids = {i["id"] for i in wanted}
         for i in wanted:
             present = self.one("import_instance_present", {"id": i["id"]})
@@ -224,8 +245,25 @@ class Writer:
             self.imported.add(i["id"])
             self.report.count("certinstances")
 
+    def older_deployed_expire(self, wanted: list[dict]) -> list[dict]:
+        """0.9.11 leaves the deployed instance a new one replaced 'deployed' until its next run, which
+        expires it; ours allows one deployed instance per certificate: the older ones come as 'expired'."""
+        newest: dict[int, int] = {}
+        for i in wanted:
+            if i["state"] == "deployed":
+                newest[i["certificate"]] = max(i["id"], newest.get(i["certificate"], 0))
+        result = []
+        for i in wanted:
+            if i["state"] == "deployed" and i["id"] != newest[i["certificate"]]:
+                self.report.notes.append(
+                    f"instance {i['id']} of certificate {i['certificate']}: deployed beside the newer instance "
+                    f"{newest[i['certificate']]}; imported as expired (what 0.9.11's next run makes of it)")
+                i = {**i, "state": "expired"}
+            result.append(i)
+        return result
+
     def pair(self, instance: dict, k: dict, keys: dict, ca: bool) -> None:
-        algo = _key_algo(k["cert"])
+        algo, cert_hash = _certificate(k["cert"], instance["id"], k["encryption_algo"])
         if algo != k["encryption_algo"]:
             self.report.notes.append(
                 f"instance {instance['id']}: the original labelled its {algo} certificate and key '{k['encryption_algo']}' "
@@ -233,7 +271,7 @@ class Writer:
         params = {"certinstance": instance["id"], "encryption_algo": algo}
         present = self.one("import_certkeydata_present", params)
         if present is not None:
-            if present["hash"] != _hash(k["cert"]):
+            if present["hash"] != cert_hash:
                 raise ImportConflict(f"instance {instance['id']} ({algo}): the target holds another "
                                      "certificate for it; import into a database without it")
         else:
@@ -246,6 +284,22 @@ class Writer:
             self.cur.execute(q("import_certkeydata"), {**params, "cert": bytes(k["cert"]),
                                                        "key": key.encode("ascii") if key else None})
         self.report.count("certkeydata")
+
+    def deployments(self) -> None:
+        """What the original had deployed, recorded as deployed (at its 'updated' time, by no job of ours):
+        each deployed instance on every target of its certificate, each CA's current instance (the newest
+        issued, what its targets get) on every target of the CA; else the first -S distributes them again."""
+        rows = {i["id"]: i for i in self.data.rows["certinstances"]}
+        placed = [(iid, rows[iid]) for iid in sorted(self.imported) if self.states[iid] == "deployed"]
+        ca_certificates = {s["certificate"] for s in self.data.rows["subjects"] if s["type"] == "CA"}
+        for certificate in sorted(ca_certificates & self.targets.keys()):
+            current = self.one("import_ca_current", {"certificate": certificate})["id"]
+            if current in rows:
+                placed.append((current, rows[current]))
+        for iid, i in placed:
+            for target in self.targets.get(i["certificate"], []):
+                self.cur.execute(q("import_deployment"), {"instance": iid, "target": target,
+                                                          "deployed": i["updated"] or i["not_before"]})
 
     # ------------------------------------------------------------------ account and sequences
     def account(self, account: dict, directory_url: str, passphrase: bytes | None) -> None:
@@ -270,4 +324,4 @@ class Writer:
         self.cur.execute(q("import_sequences_past"))
 
 
-__all__ = ["Writer", "ImportConflict", "KeyDoesNotOpen", "REASON"]
+__all__ = ["Writer", "ImportConflict", "DamagedCertificate", "KeyDoesNotOpen", "REASON"]
