@@ -155,7 +155,8 @@ SETTINGS = {
 
 ZONE_FILE = ("serverPKI 1.0 changes DNS records (ACME challenges, TLSA) only by dynamic update (RFC 2136, TSIG); "
              "it edits no zone files")
-ZONE_FILE_TODO = "nothing if LE_ZONE_UPDATE_METHOD was ddns; else allow dynamic updates with the TSIG key ([dns] tsig_key_file)"
+# what to do about a zone-file key (the "what to do" column of the listing)
+ZONE_FILE_FIX = "nothing if LE_ZONE_UPDATE_METHOD was ddns; else allow dynamic updates with the TSIG key ([dns] tsig_key_file)"
 
 # (section path, key) -> (why, what to do): keys of 0.9.11 that have no place in ours
 NOT_CARRIED: dict[tuple[tuple[str, ...], str], tuple[str, str]] = {
@@ -170,15 +171,15 @@ NOT_CARRIED: dict[tuple[tuple[str, ...], str], tuple[str, str]] = {
     (("Pathes",), "le_account"): ("the ACME account is stored in the database, not in a file",
                                   "give it to serverpki db import-legacy: --account-file FILE --acme-directory "
                                   "URL ([acme] directory_url); keep the file until it was imported"),
-    (("Pathes",), "work_tlsa"): (ZONE_FILE, ZONE_FILE_TODO),
+    (("Pathes",), "work_tlsa"): (ZONE_FILE, ZONE_FILE_FIX),
     (("Pathes",), "tlsa_dns_master"): ("0.9.11 refused a remote DNS master (it updated 127.0.0.1); ours sends "
                                        "updates to [dns] primary", "set [dns] primary = \"HOST:53\" if not 127.0.0.1"),
-    (("Pathes",), "zone_file_root"): (ZONE_FILE, ZONE_FILE_TODO),
-    (("Pathes",), "dns_key"): ("the rndc key of the zone-file variant: " + ZONE_FILE, ZONE_FILE_TODO),
-    (("Pathes",), "zone_tlsa_inc_mode"): (ZONE_FILE, ZONE_FILE_TODO),
-    (("Pathes",), "zone_tlsa_inc_uid"): (ZONE_FILE, ZONE_FILE_TODO),
-    (("Pathes",), "zone_tlsa_inc_gid"): (ZONE_FILE, ZONE_FILE_TODO),
-    (("Pathes",), "zone_file_include_name"): (ZONE_FILE, ZONE_FILE_TODO),
+    (("Pathes",), "zone_file_root"): (ZONE_FILE, ZONE_FILE_FIX),
+    (("Pathes",), "dns_key"): ("the rndc key of the zone-file variant: " + ZONE_FILE, ZONE_FILE_FIX),
+    (("Pathes",), "zone_tlsa_inc_mode"): (ZONE_FILE, ZONE_FILE_FIX),
+    (("Pathes",), "zone_tlsa_inc_uid"): (ZONE_FILE, ZONE_FILE_FIX),
+    (("Pathes",), "zone_tlsa_inc_gid"): (ZONE_FILE, ZONE_FILE_FIX),
+    (("Pathes",), "zone_file_include_name"): (ZONE_FILE, ZONE_FILE_FIX),
     (("X509atts", "names"), "CN"): ("the CN of 0.9.11's local CA certificate; ours names a new CA (-I) with "
                                     "[local_ca] name; an imported CA keeps its certificate and CN",
                                     "nothing, unless a new CA should get this CN: then set [local_ca] name"),

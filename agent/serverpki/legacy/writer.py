@@ -13,11 +13,11 @@ import hashlib
 import psycopg
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from psycopg.rows import dict_row
 
-from ..errors import ServerPKIError
+from ..errors import ConfigError, ServerPKIError
 from ..queries import q
+from ..x509util import key_algo
 from .keys import KeyDoesNotOpen, account_key, restore_key
 from .reader import LegacyData
 from .report import Report
@@ -56,12 +56,12 @@ def _certificate(cert_pem: bytes, instance: int, algo: str) -> tuple[str, str]:
     and its hash; a damaged one stops the import, naming the instance."""
     try:
         cert = x509.load_pem_x509_certificate(bytes(cert_pem))
-        key = cert.public_key()
-    except ValueError as exc:
+        its_algo = key_algo(cert.public_key())   # a key of neither kind is no certificate of ours either
+    except (ValueError, ConfigError) as exc:
         raise DamagedCertificate(f"instance {instance} ({algo}): its stored certificate is damaged ({exc}): repair or "
                                  "delete that certkeydata row in the 0.9 database and import again; nothing was imported") from None
     der = cert.public_bytes(serialization.Encoding.DER)
-    return ("ec" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa"), hashlib.sha256(der).hexdigest().upper()
+    return its_algo, hashlib.sha256(der).hexdigest().upper()
 
 
 class Writer:
