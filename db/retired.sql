@@ -74,3 +74,13 @@ DROP FUNCTION IF EXISTS pki.apply_keys_reencrypted(pki.jobs, jsonb);
 DROP FUNCTION IF EXISTS pki.apply_acme_registered(pki.jobs, jsonb);
 DROP FUNCTION IF EXISTS pki.check_reencrypted(pki.jobs, jsonb, int[], text, boolean);
 DROP FUNCTION IF EXISTS pki.apply_acme_chain(pki.jobs, jsonb);
+
+-- 1.0: distribution_files returns each pair's key file format and file name algorithm (0010_imported_key_files)
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('pki.distribution_files(bigint)')
+                 AND NOT 'key_file_format' = ANY(proargnames)) THEN
+        DROP FUNCTION pki.distribution_files(bigint);
+    END IF;
+END
+$$;

@@ -31,6 +31,15 @@ SHIMS = {
 }
 
 
+def install_shims(root: Path) -> None:
+    """service(8) and jexec(8) of SHIMS into a host's root (/usr/sbin), their log in /var/log."""
+    for folder in ("usr/sbin", "var/log"):
+        (root / folder).mkdir(mode=0o755, parents=True, exist_ok=True)
+    for name, script in SHIMS.items():
+        (root / "usr/sbin" / name).write_text(script)
+        (root / "usr/sbin" / name).chmod(0o755)
+
+
 class Lab:
     def __init__(self, base: Path, zone: str = ZONE, hosts: list[str] | None = None, pebble_validity_days: int = 90):
         self.base = base
@@ -54,11 +63,7 @@ class Lab:
         print(f"Pebble (ACME) at {self.pebble.directory_url}, resolving at BIND, certificates valid {self.pebble_validity_days} days")
         self.ssh.start()
         for host in self.ssh.hosts.values():
-            for folder in ("usr/sbin", "var/log"):
-                (host.root / folder).mkdir(mode=0o755, parents=True, exist_ok=True)
-            for name, script in SHIMS.items():
-                (host.root / "usr/sbin" / name).write_text(script)
-                (host.root / "usr/sbin" / name).chmod(0o755)
+            install_shims(host.root)
             print(f"{host.fqdn}: sshd on {host.address}:{host.port}, its / is {host.root}")
         self.ssh.write_known_hosts()
         self.ssh.write_client_config()

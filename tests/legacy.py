@@ -161,6 +161,9 @@ class LegacyInstall:
     ca_cert: Path
     ca_key: Path
     le_account: Path
+    dbname: str
+    db_port: int
+    dsn: str = ""      # its database as the superuser (for what a test sets up beside the original)
     ca_passphrase: str = CA_PASSPHRASE
 
     @property
@@ -177,7 +180,7 @@ def legacy_install(venv: Path, home: Path, host: str, port: int, dbname: str) ->
         folder.mkdir(parents=True, exist_ok=True)
     inst = LegacyInstall(venv=venv, home=home, config=home / "serverpki.conf", work=work,
                          db_encryption_key=db / "db_encryption_key.pem", ca_cert=db / "ca_cert.pem",
-                         ca_key=db / "ca_key.pem", le_account=db / "account.json")
+                         ca_key=db / "ca_key.pem", le_account=db / "account.json", dbname=dbname, db_port=port)
     inst.config.write_text(CONFIG.format(home=home, host=host, port=port, user=ROLE, dbname=dbname))
     if not inst.db_encryption_key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-m", "PEM", "-N", "", "-C", "legacy",
@@ -449,3 +452,47 @@ def legacy_db(pg_server) -> LegacyDatabase:
     if made:
         drop_legacy_database(pg_server, made)
         remove_dir(made.install.home)
+
+
+# ---------------------------------------------------------------- a copy to change, and the original on a network
+
+
+def copy_legacy(pg_server, legacy: LegacyDatabase, home: Path) -> LegacyInstall:
+    """A copy of the legacy database (encrypted keys) with an installation of its own in home (the same
+    db_encryption_key and account file), for a test that lets the original change it."""
+    source = conninfo_to_dict(legacy.dsn)["dbname"]
+    name = f"{source}_copy{int(time.time() * 1000) % 10**6}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {source}")
+    (home / "db").mkdir(parents=True, exist_ok=True)
+    for path in (legacy.install.db_encryption_key, legacy.install.le_account):
+        shutil.copy2(path, home / "db" / path.name)
+    info = conninfo_to_dict(pg_server.dsn(name))
+    inst = legacy_install(legacy.install.venv, home, "127.0.0.1", int(info.get("port", 5432)), name)
+    inst.dsn = pg_server.dsn(name)
+    return inst
+
+
+def operate_in(prefix: list[str], inst: LegacyInstall, *args: str, answers: str = "", **env: str) -> subprocess.CompletedProcess:
+    """Run its operate_serverPKI after `prefix` (e.g. PrivateNetwork.command([])), HOME = the installation's
+    home (paramiko reads ~/.ssh there), no terminal, no SSH agent; `answers` on stdin (-Z asks y/n questions)."""
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(inst.home), "LANG": "C.UTF-8", **env}
+    return subprocess.run(prefix + ["env", "-i", *(f"{k}={v}" for k, v in clean.items()), str(inst.operate),
+                                     "-f", str(inst.config), *args],
+                          capture_output=True, text=True, input=answers, timeout=300)
+
+
+def use_acme_server(inst: LegacyInstall, le_server: str) -> None:
+    """Point the installation at an ACME server (its LE_SERVER; the lab's: lab.acme_front) and give it
+    what its first Let's Encrypt issuance would make itself: 0.9.11's issue_LE.py creates the
+    'Lets Encrypt CA' certificate with CertType, which it never imports (a NameError after the CA
+    issued, nothing stored); these are the rows its own create_CAcert_meta would insert."""
+    text = inst.config.read_text()
+    old = "LE_SERVER = https://acme.lab.example/dir"
+    assert old in text, "the CONFIG template changed"
+    inst.config.write_text(text.replace(old, f"LE_SERVER = {le_server}"))
+    with psycopg.connect(inst.dsn, autocommit=True) as conn:
+        conn.execute("SET search_path = pki, dd, public")   # its triggers name its tables unqualified
+        cid = conn.execute("INSERT INTO pki.certificates (type) VALUES ('LE') RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO pki.subjects (type, name, isaltname, certificate) "
+                     "VALUES ('CA', 'Lets Encrypt CA', false, %s)", [cid])

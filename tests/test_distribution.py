@@ -686,3 +686,34 @@ def test_the_openssh_client_config_gives_hostname_port_user_and_identity_files(t
     other = sshclient.endpoint("plain.example.org", ssh)
     assert (other.hostname, other.port, other.user) == ("plain.example.org", 22, "root")
     assert other.known_hosts_name == "plain.example.org"
+
+
+def test_a_pair_imported_from_the_original_keeps_its_key_encoding_and_file_names(conn, owner, agent, hosts):
+    """0010_imported_key_files: a pair `serverpki db import-legacy` brought (key_file_format 'traditional',
+    file_name_algo of the original's label) is written as 0.9.x wrote it: a traditional PEM key (BEGIN EC
+    PRIVATE KEY) in a file named by that label; pglink to a combined file is postgresql.key only, as the
+    original made it. A pair of ours in the same place gets PKCS#8 and its own names."""
+    local_ca(conn, agent)
+    conn.execute("SELECT add_disthost(%s)", (WEB1,))
+    conn.execute("SELECT add_place('pgboth', 'combine both', '/var/db/pg', NULL, NULL, NULL, NULL, false, true)")
+    name = "old.example.org"
+    add_cert(conn, name, "ec")
+    target(conn, name, WEB1, "pgboth")
+    inst = issue(conn, agent, name)
+    owner.execute("UPDATE certkeydata SET key_file_format = 'traditional', file_name_algo = 'rsa' "
+                  "WHERE certinstance = %s", (inst,))
+    assert distribute(conn, agent, name)[WEB1]["state"] == "done"
+    host = hosts.host(WEB1)
+    combined = host.path(f"/var/db/pg/{name}_server_key_cert_cacert.pem")   # the 'rsa' label: no ec_
+    text_of = combined.read_text()
+    assert "-----BEGIN EC PRIVATE KEY-----" in text_of and "BEGIN PRIVATE KEY" not in text_of
+    assert public_of_key(text_of) == public_of_cert(text_of)
+    assert os.readlink(host.path("/var/db/pg/postgresql.key")) == combined.name
+    assert not os.path.lexists(host.path("/var/db/pg/postgresql.crt"))
+    assert consolidate(conn, agent, name)[WEB1]["result"]["drift"] == []
+    # a pair of ours: PKCS#8, the EC pair's own names
+    owner.execute("UPDATE certkeydata SET key_file_format = 'pkcs8', file_name_algo = NULL WHERE certinstance = %s", (inst,))
+    hosts.reset()
+    assert consolidate(conn, agent, name)[WEB1]["state"] == "done"   # -K: every file missing, written anew
+    ours = host.path(f"/var/db/pg/{name}_server_key_ec_cert_cacert.pem").read_text()
+    assert "-----BEGIN PRIVATE KEY-----" in ours and "EC PRIVATE KEY" not in ours

@@ -884,7 +884,7 @@ def test_nul_is_refused_by_the_client(world, sql, params):
 def plan_row(jail: str | None, reload_command: str) -> dict:
     return {"fqdn": "jailhost.example.org", "instance": 1, "target": 1, "place": "nginx", "jail": jail,
             "jailroot": "/usr/jails", "cert_path": "/etc/ssl/{}", "key_path": None, "subject": "www.example.org",
-            "subject_type": "server", "algo": "rsa", "cert_type": "local", "cert_file_type": "separate",
+            "subject_type": "server", "algo": "rsa", "file_name_algo": "rsa", "key_file_format": "pkcs8", "cert_type": "local", "cert_file_type": "separate",
             "cert": "-----BEGIN CERTIFICATE-----\n", "cacert": None, "chain": None, "key": None,
             "mode": None, "uid": None, "gid": None, "chownboth": False, "pglink": False,
             "reload_command": reload_command}

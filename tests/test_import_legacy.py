@@ -494,3 +494,83 @@ def test_after_the_import_the_listing_is_the_originals(pg_server, dbname, owner,
         self_signed = theirs["CI CA"] == theirs["Serial"]
         assert mine["CI CA"] == ("None" if self_signed else theirs["CI CA"]), theirs["Serial"]
         assert mine["ALGO"] == ("rsa" if theirs["Serial"] in relabelled else theirs["ALGO"]), theirs["Serial"]
+
+
+def test_pairs_keep_the_originals_files_and_a_place_with_a_key_path_comes_as_written(pg_server, dbname, owner, legacy,
+                                                                                     tmp_path):
+    """0.9.x wrote traditional PEM keys and named files by its label; it wrote a place with a key_path as
+    'separate' whatever its type (tests/test_legacy_deploy.py shows it on the real original's files)."""
+    with psycopg.connect(legacy.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pki.places SET key_path = '/usr/local/etc/postfix/private' WHERE name = 'postfix'")
+        conn.execute("UPDATE pki.certkeydata SET encryption_algo = 'ec' WHERE certinstance = 7")   # as 0.9.11's -C labelled it
+    result = import_legacy(pg_server, dbname, legacy, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert owner.execute("SELECT cert_file_type::text, key_path FROM pki.places WHERE name = 'postfix'").fetchone() == \
+        ("separate", "/usr/local/etc/postfix/private")
+    assert "place postfix: cert_file_type 'combine both' with a key_path, which 0.9.x wrote as 'separate'" in result.stdout
+    # the LE certificate on that place (target 2 of certificate 6): no chain file there from 0.9.x
+    assert "0.9.x wrote no chain file (NAME_cert_cacert_chain.pem) into place postfix" in result.stdout
+    pairs = owner.execute("SELECT certinstance, encryption_algo::text, key_file_format, file_name_algo::text "
+                          "FROM pki.certkeydata ORDER BY 1, 2").fetchall()
+    assert {p[2] for p in pairs} == {"traditional"}
+    assert [p for p in pairs if p[3] is not None] == [(7, "rsa", "traditional", "ec")]   # its files keep the ec_ names
+
+
+# ------------------------------------------------------------------ the flat CA files of versions before 0.9
+
+CA_PASSPHRASE = b"the local CA's passphrase"
+
+
+def flat_ca_only(legacy: Legacy) -> None:
+    """The 0.9 database of an installation upgraded from before 0.9 that never ran -C since: no instance of
+    its local CA, whose certificates point to the placeholder instance 1."""
+    with psycopg.connect(legacy.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pki.certinstances SET cacert = 1 WHERE cacert = 3 AND id <> 3")
+        conn.execute("DELETE FROM pki.certkeydata WHERE certinstance = 3")
+        conn.execute("DELETE FROM pki.certinstances WHERE id = 3")
+
+
+def flat_files(legacy: Legacy, tmp_path: Path, passphrase: bytes | None = CA_PASSPHRASE) -> list[str]:
+    key, cert = legacy.local_ca
+    cert_file = tmp_path / "ca_cert.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file = secret(tmp_path / "ca_key.pem", traditional(key, passphrase))
+    return ["--ca-cert-file", str(cert_file), "--ca-key-file", str(key_file)]
+
+
+def test_a_flat_local_ca_comes_in_as_the_first_c_of_the_original_would_store_it(pg_server, dbname, owner, legacy, tmp_path):
+    flat_ca_only(legacy)
+    args = [*flat_files(legacy, tmp_path), "--ca-passphrase-file", str(secret(tmp_path / "ca.pass", CA_PASSPHRASE))]
+    result = import_legacy(pg_server, dbname, legacy, tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert "the local CA 'Local CA' of" in result.stdout and "certificate 3, instance 11; the CA of instances 5, 7" in result.stdout
+    assert owner.execute("SELECT i.id, i.state::text, s.name::text FROM pki.certinstances i JOIN pki.subjects s "
+                         "USING (certificate) WHERE s.type = 'CA' AND i.certificate = 3").fetchall() == [(11, "issued", "Local CA")]
+    assert dict(owner.execute("SELECT id, cacert FROM pki.certinstances WHERE id IN (5, 7)").fetchall()) == {5: 11, 7: 11}
+    stored = owner.execute("SELECT convert_from(key, 'UTF8') FROM pki.certkeydata WHERE certinstance = 11").fetchone()[0]
+    assert serialization.load_pem_private_key(stored.encode(), CA_PASSPHRASE).private_numbers() == \
+        legacy.local_ca[0].private_numbers()   # stored under the CA's passphrase, ours
+    again = import_legacy(pg_server, dbname, legacy, tmp_path, *args)
+    assert again.returncode == 0 and again.stdout == result.stdout, again.stderr
+
+
+def test_flat_ca_files_that_do_not_fit_are_refused_naming_why(pg_server, dbname, owner, legacy, tmp_path):
+    flat_ca_only(legacy)
+    encrypted = import_legacy(pg_server, dbname, legacy, tmp_path, *flat_files(legacy, tmp_path))   # db_encryption_key tried
+    assert encrypted.returncode == 1 and "wrong passphrase" in encrypted.stderr and \
+        "give its passphrase with --ca-passphrase-file" in encrypted.stderr
+    cert_file, key_file = flat_files(legacy, tmp_path, None)[1::2]
+    secret(Path(key_file), traditional(rsa.generate_private_key(public_exponent=65537, key_size=2048), None))
+    other = import_legacy(pg_server, dbname, legacy, tmp_path, "--ca-cert-file", cert_file, "--ca-key-file", key_file)
+    assert other.returncode == 1 and "is not the key of --ca-cert-file" in other.stderr
+    alone = import_legacy(pg_server, dbname, legacy, tmp_path, "--ca-cert-file", cert_file)
+    assert alone.returncode == 2 and "--ca-cert-file and --ca-key-file go together" in alone.stderr
+    assert owner.execute("SELECT count(*) FROM pki.certificates").fetchone() == (0,)   # nothing was imported
+
+
+def test_flat_ca_files_beside_a_local_ca_in_the_database_are_left_alone(pg_server, dbname, owner, legacy, tmp_path):
+    result = import_legacy(pg_server, dbname, legacy, tmp_path, *flat_files(legacy, tmp_path, None))
+    assert result.returncode == 0, result.stderr
+    assert "the database holds the local CA 'Local CA' (instance 3): --ca-cert-file and --ca-key-file are not imported" \
+        in result.stdout
+    assert owner.execute("SELECT count(*) FROM pki.certinstances WHERE certificate = 3").fetchone() == (1,)

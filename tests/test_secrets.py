@@ -797,7 +797,7 @@ def test_the_reload_command_quotes_a_jail_name_that_bypassed_validation(agent, h
                      "place": f"p{n}", "cert_file_type": "cert only", "cert_path": f"/srv/p{n}", "key_path": None,
                      "uid": None, "gid": None, "mode": None, "chownboth": False, "pglink": False,
                      "reload_command": f"printf '%s\\n' {{}} > /tmp/arg-{n}; echo {{}} >> /tmp/all", "subject": "x.example.org",
-                     "subject_type": "server", "cert_type": "local", "instance": 1, "algo": "ec",
+                     "subject_type": "server", "cert_type": "local", "instance": 1, "algo": "ec", "file_name_algo": "ec", "key_file_format": "pkcs8",
                      "cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "key": None,
                      "cacert": "", "chain": ""})
     plan = distribute_handler.build_plan(rows, lambda pem: pem)

@@ -71,11 +71,15 @@ def db_import_legacy(
         account_file: Annotated[Optional[Path], typer.Option(help="the original's Let's Encrypt account file (JSON)")] = None,
         acme_directory: Annotated[Optional[str], typer.Option(help="the directory URL of that account (default: its uri's server)")] = None,
         force: Annotated[bool, typer.Option("--force", help="import into a database that holds certificates already")] = False,
+        ca_cert_file: Annotated[Optional[Path], typer.Option(help="the flat ca_cert file of a local CA older than 0.9 (not in the database)")] = None,
+        ca_key_file: Annotated[Optional[Path], typer.Option(help="its flat ca_key file (opened with --ca-passphrase-file when encrypted)")] = None,
+        local_ca_name: Annotated[str, typer.Option(help="the name of that CA: the original's SUBJECT_LOCAL_CA")] = "Local CA",
 ) -> None:
     """Import a serverPKI 0.9.x database (ids, states, keys, local CA, account) in one transaction; run as the schema owner."""
     try:
         report = legacy.import_legacy(legacy.Options(from_dsn, dsn, passphrase_file, ca_passphrase_file,
-                                                     account_file, acme_directory, force))
+                                                     account_file, acme_directory, force, ca_cert_file, ca_key_file,
+                                                     local_ca_name))
     except ServerPKIError as exc:
         _fail(exc)
     typer.echo(report.text())

@@ -165,7 +165,7 @@ NOT_CARRIED: dict[tuple[tuple[str, ...], str], tuple[str, str]] = {
     (("Pathes",), "ca_cert"): ("the local CA lives in the database (its certificate and key); 0.9.11 "
                                "keeps it there too, only older versions used these files",
                                "nothing: serverpki db import-legacy carries the CA's instances; a CA kept "
-                               "only in these files is not imported (docs/migrating.md)"),
+                               "only in these files: give them to it as --ca-cert-file and --ca-key-file"),
     (("Pathes",), "ca_key"): ("the local CA lives in the database (its certificate and key)",
                               "as for ca_cert"),
     (("Pathes",), "le_account"): ("the ACME account is stored in the database, not in a file",

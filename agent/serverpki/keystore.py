@@ -150,6 +150,14 @@ def decrypt_pem(pem: str | bytes, passphrase: bytes, what: str = "private key") 
     return dump_key(load_key(pem, passphrase, what))
 
 
+def traditional_pem(pem: str | bytes, what: str = "private key") -> str:
+    """A clear key as traditional OpenSSL PEM (BEGIN RSA/EC PRIVATE KEY): how serverPKI 0.9.x wrote key
+    files, so a pair imported from it is written to the hosts byte for byte as the original had it."""
+    key = load_key(pem, None, what)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()).decode("ascii")
+
+
 def _checked(passphrase: bytes | None) -> bytes | None:
     if passphrase is None:
         return None

@@ -252,8 +252,9 @@ ON CONFLICT (instance, target) DO NOTHING;
 SELECT pki.ca_current(%(certificate)s) AS id;
 
 -- name: import_certkeydata
-INSERT INTO pki.certkeydata (certinstance, encryption_algo, cert, key)
-VALUES (%(certinstance)s, %(encryption_algo)s::dd.cert_encryption_algo, %(cert)s, %(key)s);
+INSERT INTO pki.certkeydata (certinstance, encryption_algo, cert, key, key_file_format, file_name_algo)
+VALUES (%(certinstance)s, %(encryption_algo)s::dd.cert_encryption_algo, %(cert)s, %(key)s, 'traditional',
+        %(file_name_algo)s::dd.cert_encryption_algo);
 
 -- name: import_acme_account
 INSERT INTO pki.acme_accounts (directory_url, contact, key, uri) VALUES (%(directory_url)s, NULL, %(key)s, %(uri)s)

@@ -24,7 +24,8 @@ $$;
 
 -- distribution_files: for one distribute job, a row per (target of args.targets on the job's
 -- disthost, key pair of the instance): where the files go (disthost, jail, place) and what they
--- hold (subject, pair, CA certificate, CA chain). Keys come as stored (maybe encrypted with the
+-- hold (subject, pair, CA certificate, CA chain), how the key file is encoded and which algorithm
+-- the file names say (0010_imported_key_files: a pair imported from 0.9.x keeps its files). Keys come as stored (maybe encrypted with the
 -- db_encryption_key passphrase); a CA certificate comes without its key. Refuses (SP023) an instance that may no longer go out: a
 -- 'deploy' needs it issued, prepublished or deployed, a 'consolidate' (-K) needs it deployed,
 -- so a late retry never overwrites the files of a successor; a CA's instance (which stays
@@ -33,7 +34,7 @@ CREATE OR REPLACE FUNCTION pki.distribution_files(job_id bigint)
 RETURNS TABLE (target int, fqdn text, jailroot text, jail text, place text, cert_file_type text,
                cert_path text, key_path text, uid int, gid int, mode int, chownboth boolean, pglink boolean,
                reload_command text, subject text, subject_type text, cert_type text, instance int,
-               algo text, cert text, key text, cacert text, chain text)
+               algo text, cert text, key text, cacert text, chain text, key_file_format text, file_name_algo text)
 LANGUAGE plpgsql STABLE
 SET search_path = pki, dd, pg_temp
 AS $$
@@ -82,7 +83,8 @@ BEGIN
            k.encryption_algo::text, convert_from(k.cert, 'UTF8'),
            -- a CA's own key never leaves the database: its targets get the certificate only
            CASE WHEN s.type = 'CA' THEN NULL ELSE convert_from(k.key, 'UTF8') END,
-           coalesce(ca_pem, ''), coalesce(chain_pem, '')
+           coalesce(ca_pem, ''), coalesce(chain_pem, ''),
+           k.key_file_format, coalesce(k.file_name_algo, k.encryption_algo)::text
       FROM jsonb_array_elements_text(coalesce(j.args -> 'targets', '[]')) a
       JOIN targets t ON t.id = a::int AND t.certificate = inst.certificate AND t.disthost = j.disthost
       JOIN disthosts d ON d.id = t.disthost

@@ -8,8 +8,11 @@ one. The layout follows the place's cert_file_type with the original serverPKI
 names (NAME_TYPE_[ec_]cert.pem ...; `ec_` marks the EC pair of an rsa_plus_ec
 certificate); files holding the key get the place's mode (else 0400) and
 uid/gid, a certificate file gets them too with chownboth and is 0644 otherwise.
-pglink adds postgresql.crt / postgresql.key links (to the RSA pair when there are
-two).
+pglink adds postgresql.key to the file that holds the key and postgresql.crt to the
+certificate file when it holds no key (as the original did: a combined file gets the
+key's link only), to the RSA pair when there are two. A pair imported from 0.9.x keeps
+the files the original wrote (0010_imported_key_files): traditional PEM keys, and the
+file names of the algorithm it labelled the pair with.
 
 A CA certificate's target (functions/150_ca_targets.sql: the CA's newest issued instance, its
 state unchanged) gets one file whatever the place's cert_file_type: the CA certificate
@@ -100,8 +103,8 @@ def file_names(subject: str, subject_type: str, algo: str) -> dict[str, str]:
 
 def layout(row: dict[str, Any], key_pem: str | None) -> tuple[list[tuple[str, str, bool]], str | None, str | None]:
     """The files of one (target, pair) row as (name, content, holds_key), and which of them
-    postgresql.crt and postgresql.key point to."""
-    names = file_names(row["subject"], row["subject_type"], row["algo"])
+    postgresql.crt (None: none, the certificate is in the key's file) and postgresql.key point to."""
+    names = file_names(row["subject"], row["subject_type"], row["file_name_algo"])
     cert, cacert, chain = _pem(row["cert"]), _pem(row["cacert"]), _pem(row["chain"])
     key = _pem(key_pem)
     le = row["cert_type"] == "LE"
@@ -118,13 +121,13 @@ def layout(row: dict[str, Any], key_pem: str | None) -> tuple[list[tuple[str, st
         files = [(names["key_cert"], key + cert, True)]
         if le:
             files.append((names["key_cert_cacert_chain"], key + cert + chain, True))
-        return files, names["key_cert"], names["key_cert"]
+        return files, None, names["key_cert"]
     if kind == "combine cacert":
         files = [(names["cert_cacert"], cert + cacert, False), (names["key"], key, True)]
         return files, names["cert_cacert"], names["key"]
     if kind == "combine both":
         files = [(names["key_cert_cacert"], key + cert + cacert, True)]
-        return files, names["key_cert_cacert"], names["key_cert_cacert"]
+        return files, None, names["key_cert_cacert"]
     raise GiveUp(f"place {row['place']}: unknown cert_file_type {kind!r}")
 
 
@@ -161,6 +164,16 @@ class Plan:
         self._origin.setdefault(path, origin)
 
 
+def key_file(clear_pem: str, file_format: str) -> str:
+    """The key as its file holds it: as stored (PKCS#8), or traditional PEM for a pair imported from 0.9.x."""
+    if file_format == "traditional":
+        try:
+            return keystore.traditional_pem(clear_pem, "a stored key")
+        except keystore.KeystoreError as exc:
+            raise GiveUp(str(exc)) from None
+    return clear_pem
+
+
 def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
     """The plan of a job from its rows; open_key(pem) gives a stored key in clear."""
     plan = Plan(rows[0]["fqdn"], rows[0]["instance"])
@@ -174,7 +187,7 @@ def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
         is_ca = row["subject_type"] == "CA"
         key_dir = under(root, row["key_path"], row["subject"]) if row["key_path"] and not is_ca else cert_dir
         # a CA's key never leaves the database (distribution_files sends none); none is opened or written here
-        key_pem = open_key(row["key"]) if row["key"] and not is_ca else None
+        key_pem = key_file(open_key(row["key"]), row["key_file_format"]) if row["key"] and not is_ca else None
         if is_ca:
             files, crt_name, key_name = [(ca_file_name(row["subject"]), _pem(row["cert"]), False)], None, None
         else:

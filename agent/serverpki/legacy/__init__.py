@@ -39,7 +39,9 @@ Run `serverpki db upgrade` on the target first.
   the terminal) must open the target's newest encrypted key, else it is refused before anything is
   written (exit status 1).
 - The local CA: the original's CA certificate (subject type CA, e.g. "Local CA") and its instances are
-  imported like any certificate; its key is stored encrypted with --ca-passphrase-file (default: the
+  imported like any certificate (a CA of versions before 0.9, kept only in the flat ca_cert/ca_key
+  files, comes from --ca-cert-file/--ca-key-file as 0.9.11's first -C would have stored it, named
+  --local-ca-name: flat_ca.py); its key is stored encrypted with --ca-passphrase-file (default: the
   --passphrase-file passphrase, which the original's CA key was encrypted with), so set our
   local_ca.passphrase_file to that file and local_ca.name to the original's SUBJECT_LOCAL_CA; -C
   then signs with it and what it signed stays verifiable. Let's Encrypt's intermediate (a CA
@@ -52,6 +54,9 @@ Run `serverpki db upgrade` on the target first.
 - What the original deployed stays deployed: a pki.deployments row (by no job, at the instance's 0.9
   'updated' time) for each deployed instance on every target of its certificate, and for each CA's
   current instance (the newest issued) on every target of the CA, so the first -S distributes none again.
+- What ours would write elsewhere than 0.9.x did is reported per target: the key of a jailed target
+  whose place has an absolute key_path (0.9.x wrote it outside the jail), the chain files of an LE
+  certificate in a place with a key_path (0.9.x wrote none). docs/migrating.md explains both.
 - It ends with a report: rows read and imported per table, and every row not carried over with why
   and the fix (an unknown state, an instance without a stored certificate, a place our validation
   refuses, a target without a place, ...).
@@ -61,7 +66,8 @@ The mapping (0.9.11 schema version 6 -> ours)
   disthosts (id, fqdn, jailroot, remarks)            -> disthosts, matched by fqdn
   jails (id, name, disthost)                         -> jails, matched by name (validation: jailroot)
   places (id, name, cert_file_type, cert_path, key_path, uid, gid, mode, chownboth, pglink,
-          reload_command)                            -> places, matched by name (validation: mode)
+          reload_command)                            -> places, matched by name (validation: mode); one
+        with a key_path comes as 'separate', what 0.9.x wrote for it whatever its type (reported)
   services (id, name, port, tlsaprefix)              -> services, matched by (name, port)
   certificates (id, type, disabled, authorized_until, encryption_algo ('rsa plus ec' of 0.9.x ->
           rsa_plus_ec), ocsp_must_staple, created)   -> certificates, same id
@@ -78,7 +84,9 @@ The mapping (0.9.11 schema version 6 -> ours)
         records are live)
   certkeydata (certinstance, encryption_algo, cert, key (traditional PEM, maybe DEK-Info encrypted;
           b'' for a CA without key), hash)           -> certkeydata (hash and dates derived by our
-                                                        trigger; key PKCS#8, ours encrypted or clear)
+                                                        trigger; key PKCS#8, ours encrypted or clear);
+        key_file_format 'traditional' and file_name_algo = its label when that is not the key's
+        algorithm, so the hosts' files stay what 0.9.x wrote (distribute and -K write them so)
   revision (schemaversion, keysencrypted)            -> checked; keysencrypted carried over
   the account file (work dir)                        -> acme_accounts
 Naive TIMESTAMP columns of 0.9.x are read in the old server's TimeZone, as the original wrote them.
@@ -99,6 +107,7 @@ from ..db import connect, refusals_as_errors
 from ..errors import ServerPKIError, UsageError
 from ..queries import q
 from ..secretfile import read_secret
+from .flat_ca import add_flat_ca
 from .reader import read_legacy
 from .report import Report
 from .writer import REASON, Writer
@@ -117,6 +126,9 @@ class Options:
     account_file: Path | None = None
     acme_directory: str | None = None   # None: the directory of the account's own server
     force: bool = False
+    ca_cert_file: Path | None = None     # the flat local CA of versions before 0.9 (flat_ca.py)
+    ca_key_file: Path | None = None
+    local_ca_name: str = "Local CA"      # the original's SUBJECT_LOCAL_CA
 
 
 def _account(path: Path | None) -> dict | None:
@@ -188,6 +200,12 @@ def import_legacy(opts: Options) -> Report:
         report.read["acme_accounts"] = 1
     legacy_passphrase = (keystore.read_passphrase(opts.passphrase_file, "Passphrase of the 0.9.x keys: ")
                          if data.keysencrypted or opts.passphrase_file else None)
+    ca = (keystore.read_passphrase(opts.ca_passphrase_file, "Passphrase of the local CA: ")
+          if opts.ca_passphrase_file else legacy_passphrase)
+    if (opts.ca_cert_file is None) != (opts.ca_key_file is None):
+        raise UsageError("--ca-cert-file and --ca-key-file go together: the flat local CA's certificate and key")
+    if opts.ca_cert_file is not None:
+        add_flat_ca(data, report, opts.ca_cert_file, opts.ca_key_file, opts.local_ca_name, ca)
     with connect(opts.dsn) as conn, refusals_as_errors(), _as_owner():
         with conn.transaction():
             cur = conn.cursor()
@@ -215,8 +233,6 @@ def import_legacy(opts: Options) -> Report:
                 report.notes.append("our keys are stored encrypted (as the original's were): "
                                     "set paths.db_encryption_key to the --passphrase-file file")
             ours = _our_passphrase(cur, legacy_passphrase, opts.passphrase_file) if encrypted else None
-            ca = (keystore.read_passphrase(opts.ca_passphrase_file, "Passphrase of the local CA: ")
-                  if opts.ca_passphrase_file else legacy_passphrase)
             cur.execute(q("import_set_context"), {"reason": REASON})
             writer = Writer(conn, data, report)
             writer.sequences()

@@ -118,11 +118,24 @@ class Writer:
             self.keyed("jails", "import_jail", "import_jail_id", {**r, "disthost": host}, f"jail {r['name']}",
                        "give its disthost a jailroot in the 0.9 database and import again", ("disthost",))
         for r in rows["places"]:
+            r = self.place_as_deployed(r)
             self.keyed("places", "import_place", "import_place_id", r, f"place {r['name']}",
                        "correct the place in the 0.9 database as the message says, and import again", PLACE_CONTENT)
         for r in rows["services"]:
             self.keyed("services", "import_service", "import_service_id", r, f"service {r['name']}/{r['port']}",
                        "correct it in the 0.9 database and import again")
+
+    def place_as_deployed(self, place: dict) -> dict:
+        """0.9.x wrote every place with a key_path as if it were 'separate' (its certdist tests key_path
+        before cert_file_type): NAME_key.pem in key_path, NAME_cert.pem in cert_path. Those are the
+        files the hosts' services read, so such a place comes as 'separate', said in the report."""
+        if not place["key_path"] or place["cert_file_type"] == "separate":
+            return place
+        self.report.notes.append(
+            f"place {place['name']}: cert_file_type {place['cert_file_type']!r} with a key_path, which 0.9.x "
+            "wrote as 'separate' (NAME_cert.pem, NAME_key.pem); imported as 'separate' so the hosts keep those "
+            f"files; set it back to {place['cert_file_type']!r} (or drop key_path) when the services read its files")
+        return {**place, "cert_file_type": "separate"}
 
     # ------------------------------------------------------------------ certificates
     def certificate(self, cert: dict, main: dict) -> None:
@@ -203,7 +216,27 @@ class Writer:
                     self.report.skip(what, refusal, "correct it in the 0.9 database and import again")
                     continue
             self.targets.setdefault(t["certificate"], []).append(self.one("import_target_present", params)["id"])
+            self.placement_notes(t, what)
             self.report.count("targets")
+
+    def placement_notes(self, target: dict, what: str) -> None:
+        """Where ours writes other files than 0.9.x did for this target, said in the report (none of
+        the files it wrote changes): 0.9.x joined a jail's path with an absolute key_path, which
+        drops the jail (it wrote the key outside the jail, ours into it, where the jail's service can
+        read it); and for a place with a key_path it wrote no chain file of an LE certificate."""
+        place = next(p for p in self.data.rows["places"] if p["id"] == target["place"])
+        if not place["key_path"]:
+            return
+        if target["jail"] is not None and place["key_path"].startswith("/"):
+            self.report.notes.append(
+                f"{what}: 0.9.x wrote its key to {place['key_path']} on the host, outside its jail (an absolute "
+                "key_path drops the jail from its path); ours writes it into the jail: the first -K puts it "
+                "there, make the jail's service read it there")
+        cert = next(c for c in self.data.rows["certificates"] if c["id"] == target["certificate"])
+        if cert["type"] == "LE":
+            self.report.notes.append(
+                f"{what}: 0.9.x wrote no chain file (NAME_cert_cacert_chain.pem) into place {place['name']}, which "
+                "has a key_path; ours adds it (the first -K writes it), the other files stay as they are")
 
     # ------------------------------------------------------------------ instances and keys
     def instances(self, keys: dict) -> None:
@@ -267,7 +300,7 @@ class Writer:
         if algo != k["encryption_algo"]:
             self.report.notes.append(
                 f"instance {instance['id']}: the original labelled its {algo} certificate and key '{k['encryption_algo']}' "
-                f"(0.9.11 issues local certificates with RSA keys only); imported as {algo}")
+                f"(0.9.11 issues local certificates with RSA keys only); imported as {algo}, its files keep their {k['encryption_algo']} names")
         params = {"certinstance": instance["id"], "encryption_algo": algo}
         present = self.one("import_certkeydata_present", params)
         if present is not None:
@@ -281,8 +314,10 @@ class Writer:
             if ca and key and ours is None:
                 note = f"the local CA's key (instance {instance['id']}) is stored in clear: give --ca-passphrase-file to store it encrypted"
                 self.report.notes.append(note)
+            # the hosts hold what 0.9.x wrote: traditional PEM keys, files named by its label (0010_imported_key_files)
             self.cur.execute(q("import_certkeydata"), {**params, "cert": bytes(k["cert"]),
-                                                       "key": key.encode("ascii") if key else None})
+                                                       "key": key.encode("ascii") if key else None,
+                                                       "file_name_algo": k["encryption_algo"] if algo != k["encryption_algo"] else None})
         self.report.count("certkeydata")
 
     def deployments(self) -> None:
