@@ -240,7 +240,13 @@ INSERT INTO pki.certinstances (id, certificate, state, ocsp_must_staple, cacert,
 VALUES (%(id)s, %(certificate)s, 'reserved', %(ocsp_must_staple)s, %(cacert)s, %(tlsa_published)s, %(remarks)s);
 
 -- name: import_instance_state
-UPDATE pki.certinstances SET state = %(state)s::dd.cert_state WHERE id = %(id)s;
+SELECT * FROM pki.import_instance_state(%(id)s, %(state)s::dd.cert_state);
+
+-- name: import_states
+SELECT id, state::text AS state FROM pki.certinstances WHERE id = ANY(%(ids)s::int[]);
+
+-- name: cert_states
+SELECT unnest(enum_range(NULL::dd.cert_state))::text AS state;
 
 -- what the original deployed is on its targets: without these rows the first -S distributes it again
 -- name: import_deployment

@@ -79,7 +79,8 @@ The mapping (0.9.11 schema version 6 -> ours)
         itself (a self-signed CA) becomes NULL; not_before/not_after are derived from the stored
         certificates by our trigger; the state is reached along our state machine from 'reserved'
         (each step an event with the reason "imported from serverPKI 0.9.x"); an older instance 0.9.11
-        left 'deployed' beside a newer one (until its next run) comes as 'expired', said in the report;
+        left 'deployed' beside a newer one (until its next run) ends 'expired', said in the report
+        (both rules: pki.import_instance_state, db/functions/180_import_legacy.sql);
         tlsa_published of a prepublished or deployed instance is its 0.9 'updated' time (its TLSA
         records are live)
   certkeydata (certinstance, encryption_algo, cert, key (traditional PEM, maybe DEK-Info encrypted;

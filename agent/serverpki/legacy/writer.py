@@ -21,7 +21,6 @@ from ..x509util import key_algo
 from .keys import KeyDoesNotOpen, account_key, restore_key
 from .reader import LegacyData
 from .report import Report
-from .states import path_to
 
 REASON = "imported from serverPKI 0.9.x (serverpki db import-legacy)"
 # what a place is: a place of the target with the same name and other content is not the legacy one
@@ -245,20 +244,19 @@ class Writer:
         for k in self.data.rows["certkeydata"]:
             pairs.setdefault(k["certinstance"], []).append(k)
         ca_subjects = {s["certificate"] for s in self.data.rows["subjects"] if s["type"] == "CA"}
+        ours = {r["state"] for r in self.cur.execute(q("cert_states"))}
         wanted = []
         for i in self.data.rows["certinstances"]:
             what = f"instance {i['id']} of certificate {i['certificate']}"
             if i["certificate"] not in self.certificates:
                 continue
-            if path_to(i["state"]) is None:
+            if i["state"] not in ours:
                 self.report.skip(what, f"state {i['state']!r} is not one of ours", "nothing: it is left behind")
             elif i["id"] not in pairs:
                 self.report.skip(what, f"{i['state']} without a stored certificate (an issue the original did not finish)",
                                  "nothing: ours issues the certificate anew when it is due")
             else:
                 wanted.append(i)
-        wanted = self.older_deployed_expire(wanted)
-        self.states = {i["id"]: i["state"] for i in wanted}
         ids = {i["id"] for i in wanted}
         for i in wanted:
             present = self.one("import_instance_present", {"id": i["id"]})
@@ -272,28 +270,18 @@ class Writer:
             ca = i["certificate"] in ca_subjects
             for k in pairs[i["id"]]:
                 self.pair(i, k, keys, ca)
-            if present is None:
-                for state in path_to(i["state"]):
-                    self.cur.execute(q("import_instance_state"), {"id": i["id"], "state": state})
+            if present is None:   # the state machine's rules: db/functions/180_import_legacy.sql
+                self.cur.execute(q("import_instance_state"), {"id": i["id"], "state": i["state"]})
             self.imported.add(i["id"])
             self.report.count("certinstances")
-
-    def older_deployed_expire(self, wanted: list[dict]) -> list[dict]:
-        """0.9.11 leaves the deployed instance a new one replaced 'deployed' until its next run, which
-        expires it; ours allows one deployed instance per certificate: the older ones come as 'expired'."""
-        newest: dict[int, int] = {}
+        self.states = {r["id"]: r["state"] for r in self.cur.execute(q("import_states"), {"ids": sorted(self.imported)})}
         for i in wanted:
-            if i["state"] == "deployed":
-                newest[i["certificate"]] = max(i["id"], newest.get(i["certificate"], 0))
-        result = []
-        for i in wanted:
-            if i["state"] == "deployed" and i["id"] != newest[i["certificate"]]:
+            if i["state"] == "deployed" and self.states[i["id"]] == "expired":
+                newer = max((j["id"] for j in wanted if j["certificate"] == i["certificate"]
+                             and self.states[j["id"]] == "deployed"), default="of ours")
                 self.report.notes.append(
                     f"instance {i['id']} of certificate {i['certificate']}: deployed beside the newer instance "
-                    f"{newest[i['certificate']]}; imported as expired (what 0.9.11's next run makes of it)")
-                i = {**i, "state": "expired"}
-            result.append(i)
-        return result
+                    f"{newer}; imported as expired (what 0.9.11's next run makes of it)")
 
     def pair(self, instance: dict, k: dict, keys: dict, ca: bool) -> None:
         algo, cert_hash = _certificate(k["cert"], instance["id"], k["encryption_algo"])
