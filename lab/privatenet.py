@@ -9,7 +9,7 @@ FQDN:22 and sends its DNS updates to 127.0.0.1:53, both hard-wired).
 
 The program runs in the namespace (`ip netns exec NS ...`). Its /etc/hosts is
 /etc/netns/NS/hosts, which ip-netns(8) binds over /etc/hosts for what it execs, so no file of
-this machine changes. Each forward() is a listening TCP socket made inside the namespace (a
+this machine changes (/etc/netns/NS, and /etc/netns if it was not there, go on close()). Each forward() is a listening TCP socket made inside the namespace (a
 thread of this process enters it with setns(2), binds, and returns: a socket stays in the
 namespace it was made in) whose connections this process relays to an address outside. The
 namespace has only its loopback: nothing else is reachable from it.
@@ -65,6 +65,7 @@ class PrivateNetwork:
         self.netns = f"serverpki-{secrets.token_hex(3)}"
         self._listeners: list[socket.socket] = []
         self._made = False
+        self._made_etc = not NETNS_ETC.exists()   # /etc/netns is removed again if this made it
 
     @property
     def etc(self) -> Path:
@@ -139,6 +140,10 @@ class PrivateNetwork:
 
     def close(self) -> None:
         for listener in self._listeners:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)   # wakes the thread blocked in accept(); close() alone does not
+            except OSError:
+                pass
             listener.close()
         self._listeners = []
         if self._made:
@@ -151,6 +156,11 @@ class PrivateNetwork:
             subprocess.run([IP, "netns", "del", self.netns], capture_output=True)
             self._made = False
         shutil.rmtree(self.etc, ignore_errors=True)
+        if self._made_etc:
+            try:
+                NETNS_ETC.rmdir()   # only when empty: another namespace's files stay
+            except OSError:
+                pass
         done(self)
 
     def __enter__(self) -> "PrivateNetwork":

@@ -695,25 +695,54 @@ def test_a_pair_imported_from_the_original_keeps_its_key_encoding_and_file_names
     original made it. A pair of ours in the same place gets PKCS#8 and its own names."""
     local_ca(conn, agent)
     conn.execute("SELECT add_disthost(%s)", (WEB1,))
-    conn.execute("SELECT add_place('pgboth', 'combine both', '/var/db/pg', NULL, NULL, NULL, NULL, false, true)")
-    name = "old.example.org"
-    add_cert(conn, name, "ec")
-    target(conn, name, WEB1, "pgboth")
-    inst = issue(conn, agent, name)
-    owner.execute("UPDATE certkeydata SET key_file_format = 'traditional', file_name_algo = 'rsa' "
-                  "WHERE certinstance = %s", (inst,))
-    assert distribute(conn, agent, name)[WEB1]["state"] == "done"
+    conn.execute("SELECT add_place('pgboth', 'combine both', '/var/db/pg/{}', NULL, NULL, NULL, NULL, false, true)")
+    old, new = "old.example.org", "new.example.org"
+    for name in (old, new):
+        add_cert(conn, name, "ec")
+        target(conn, name, WEB1, "pgboth")
+    inst = issue(conn, agent, old)
+    with owner.transaction():   # what the import writes (the columns are immutable after): the trigger is bypassed
+        owner.execute("SET LOCAL session_replication_role = replica")
+        owner.execute("UPDATE certkeydata SET key_file_format = 'traditional', file_name_algo = 'rsa' "
+                      "WHERE certinstance = %s", (inst,))
+    with pytest.raises(psycopg.Error) as refused:
+        owner.execute("UPDATE certkeydata SET file_name_algo = NULL WHERE certinstance = %s", (inst,))
+    assert refused.value.diag.sqlstate == "SP012" and "file_name_algo" in refused.value.diag.message_primary
+    issue(conn, agent, new)
+    for name in (old, new):
+        assert distribute(conn, agent, name)[WEB1]["state"] == "done"
     host = hosts.host(WEB1)
-    combined = host.path(f"/var/db/pg/{name}_server_key_cert_cacert.pem")   # the 'rsa' label: no ec_
+    combined = host.path(f"/var/db/pg/{old}/{old}_server_key_cert_cacert.pem")   # the 'rsa' label: no ec_
     text_of = combined.read_text()
     assert "-----BEGIN EC PRIVATE KEY-----" in text_of and "BEGIN PRIVATE KEY" not in text_of
     assert public_of_key(text_of) == public_of_cert(text_of)
-    assert os.readlink(host.path("/var/db/pg/postgresql.key")) == combined.name
-    assert not os.path.lexists(host.path("/var/db/pg/postgresql.crt"))
-    assert consolidate(conn, agent, name)[WEB1]["result"]["drift"] == []
-    # a pair of ours: PKCS#8, the EC pair's own names
-    owner.execute("UPDATE certkeydata SET key_file_format = 'pkcs8', file_name_algo = NULL WHERE certinstance = %s", (inst,))
-    hosts.reset()
-    assert consolidate(conn, agent, name)[WEB1]["state"] == "done"   # -K: every file missing, written anew
-    ours = host.path(f"/var/db/pg/{name}_server_key_ec_cert_cacert.pem").read_text()
+    assert os.readlink(host.path(f"/var/db/pg/{old}/postgresql.key")) == combined.name
+    assert not os.path.lexists(host.path(f"/var/db/pg/{old}/postgresql.crt"))
+    assert consolidate(conn, agent, old)[WEB1]["result"]["drift"] == []
+    ours = host.path(f"/var/db/pg/{new}/{new}_server_key_ec_cert_cacert.pem").read_text()   # a pair of ours
     assert "-----BEGIN PRIVATE KEY-----" in ours and "EC PRIVATE KEY" not in ours
+
+
+def test_pglink_of_an_imported_rsa_plus_ec_instance_stays_on_the_ec_pair(conn, owner, agent, hosts):
+    """0.9.x wrote the pairs of an rsa_plus_ec instance rsa first, re-linking postgresql.crt/.key on each:
+    its links end on the EC pair. An imported instance keeps them there; ours link the RSA pair."""
+    local_ca(conn, agent)
+    conn.execute("SELECT add_disthost(%s)", (WEB1,))
+    conn.execute("SELECT add_place('pg', 'separate', '/var/db/pg/{}', NULL, NULL, NULL, NULL, false, true)")
+    old, new = "old.example.org", "new.example.org"
+    for name in (old, new):
+        add_cert(conn, name, "rsa_plus_ec")
+        target(conn, name, WEB1, "pg")
+    inst = issue(conn, agent, old)
+    with owner.transaction():   # as the import writes it
+        owner.execute("SET LOCAL session_replication_role = replica")
+        owner.execute("UPDATE certkeydata SET key_file_format = 'traditional' WHERE certinstance = %s", (inst,))
+    issue(conn, agent, new)
+    for name in (old, new):
+        assert distribute(conn, agent, name)[WEB1]["state"] == "done"
+    host = hosts.host(WEB1)
+    links = {name: {link: os.readlink(host.path(f"/var/db/pg/{name}/{link}")) for link in ("postgresql.crt", "postgresql.key")}
+             for name in (old, new)}
+    assert links == {old: {"postgresql.crt": f"{old}_server_ec_cert.pem", "postgresql.key": f"{old}_server_ec_key.pem"},
+                     new: {"postgresql.crt": f"{new}_server_cert.pem", "postgresql.key": f"{new}_server_key.pem"}}
+    assert consolidate(conn, agent, old)[WEB1]["result"]["drift"] == []

@@ -18,7 +18,9 @@ def refuse(code, message, hint):
 new = TD["new"]
 if TD["event"] == "UPDATE":
     old = TD["old"]
-    for column in ("certinstance", "encryption_algo", "cert", "hash", "not_before", "not_after"):
+    # key_file_format and file_name_algo say what the hosts hold (0010): changed, the files would move
+    for column in ("certinstance", "encryption_algo", "cert", "hash", "not_before", "not_after",
+                   "key_file_format", "file_name_algo"):
         if new[column] != old[column]:
             refuse("SP012", "certkeydata %s: column %s cannot change; a stored certificate is immutable" % (old["id"], column),
                    "issue a new instance instead")

@@ -10,7 +10,8 @@ certificate); files holding the key get the place's mode (else 0400) and
 uid/gid, a certificate file gets them too with chownboth and is 0644 otherwise.
 pglink adds postgresql.key to the file that holds the key and postgresql.crt to the
 certificate file when it holds no key (as the original did: a combined file gets the
-key's link only), to the RSA pair when there are two. A pair imported from 0.9.x keeps
+key's link only), to the RSA pair when there are two (to the last, EC, pair of an instance
+imported from 0.9.x: where the original left them). A pair imported from 0.9.x keeps
 the files the original wrote (0010_imported_key_files): traditional PEM keys, and the
 file names of the algorithm it labelled the pair with.
 
@@ -177,8 +178,13 @@ def key_file(clear_pem: str, file_format: str) -> str:
 def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
     """The plan of a job from its rows; open_key(pem) gives a stored key in clear."""
     plan = Plan(rows[0]["fqdn"], rows[0]["instance"])
-    linked: set[int] = set()
-    for row in rows:
+    # pglink: one pair per target gets the links: the RSA one when there are two (rows come rsa first);
+    # for a pair imported from 0.9.x the last one, as 0.9.x re-linked on each pair it wrote
+    links_from: dict[int, int] = {}
+    for n, row in enumerate(rows):
+        if row["target"] not in links_from or row["key_file_format"] == "traditional":
+            links_from[row["target"]] = n
+    for n, row in enumerate(rows):
         if row["target"] not in plan.targets:
             plan.targets.append(row["target"])
         origin = f"target {row['target']} (place {row['place']}{', jail ' + row['jail'] if row['jail'] else ''})"
@@ -207,9 +213,7 @@ def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
                                      else CERT_MODE,
                                      row["uid"] if owned else None, row["gid"] if owned else None, holds_key), origin)
         touched = set(paths.values())
-        # pglink: one pair per target gets the links, the RSA one when there are two (rows come rsa first)
-        if row["pglink"] and row["target"] not in linked:
-            linked.add(row["target"])
+        if row["pglink"] and links_from[row["target"]] == n:
             wanted = (((LINK_CA, files[0][0], cert_dir),) if is_ca
                       else ((LINK_CERT, crt_name, cert_dir), (LINK_KEY, key_name, key_dir)))
             for link_name, name, directory in wanted:

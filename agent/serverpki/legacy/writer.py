@@ -117,9 +117,10 @@ class Writer:
             self.keyed("jails", "import_jail", "import_jail_id", {**r, "disthost": host}, f"jail {r['name']}",
                        "give its disthost a jailroot in the 0.9 database and import again", ("disthost",))
         for r in rows["places"]:
-            r = self.place_as_deployed(r)
-            self.keyed("places", "import_place", "import_place_id", r, f"place {r['name']}",
-                       "correct the place in the 0.9 database as the message says, and import again", PLACE_CONTENT)
+            # a place with a key_path: its type may be set back after the import (place_as_deployed)
+            same = tuple(c for c in PLACE_CONTENT if c != "cert_file_type") if r["key_path"] else PLACE_CONTENT
+            self.keyed("places", "import_place", "import_place_id", self.place_as_deployed(r), f"place {r['name']}",
+                       "correct the place in the 0.9 database as the message says, and import again", same)
         for r in rows["services"]:
             self.keyed("services", "import_service", "import_service_id", r, f"service {r['name']}/{r['port']}",
                        "correct it in the 0.9 database and import again")
@@ -133,7 +134,8 @@ class Writer:
         self.report.notes.append(
             f"place {place['name']}: cert_file_type {place['cert_file_type']!r} with a key_path, which 0.9.x "
             "wrote as 'separate' (NAME_cert.pem, NAME_key.pem); imported as 'separate' so the hosts keep those "
-            f"files; set it back to {place['cert_file_type']!r} (or drop key_path) when the services read its files")
+            f"files; set it back to {place['cert_file_type']!r} (or drop key_path) when the services read its files "
+            "(a later import leaves the type as you set it)")
         return {**place, "cert_file_type": "separate"}
 
     # ------------------------------------------------------------------ certificates
@@ -219,23 +221,40 @@ class Writer:
             self.report.count("targets")
 
     def placement_notes(self, target: dict, what: str) -> None:
-        """Where ours writes other files than 0.9.x did for this target, said in the report (none of
-        the files it wrote changes): 0.9.x joined a jail's path with an absolute key_path, which
-        drops the jail (it wrote the key outside the jail, ours into it, where the jail's service can
-        read it); and for a place with a key_path it wrote no chain file of an LE certificate."""
+        """Where ours writes or runs other things than 0.9.x did for this target, said in the report
+        (docs/migrating.md, "What ours writes differently"); none of the files it wrote is rewritten
+        but where a note says so."""
         place = next(p for p in self.data.rows["places"] if p["id"] == target["place"])
-        if not place["key_path"]:
-            return
-        if target["jail"] is not None and place["key_path"].startswith("/"):
-            self.report.notes.append(
-                f"{what}: 0.9.x wrote its key to {place['key_path']} on the host, outside its jail (an absolute "
-                "key_path drops the jail from its path); ours writes it into the jail: the first -K puts it "
-                "there, make the jail's service read it there")
         cert = next(c for c in self.data.rows["certificates"] if c["id"] == target["certificate"])
-        if cert["type"] == "LE":
-            self.report.notes.append(
-                f"{what}: 0.9.x wrote no chain file (NAME_cert_cacert_chain.pem) into place {place['name']}, which "
-                "has a key_path; ours adds it (the first -K writes it), the other files stay as they are")
+        subject = next(s for s in self.data.rows["subjects"] if s["certificate"] == cert["id"] and not s["isaltname"])
+        key_path, kind = place["key_path"], ("separate" if place["key_path"] else place["cert_file_type"])
+        notes = []
+        if subject["type"] == "CA":
+            if kind != "cert only":
+                notes.append(f"0.9.x wrote the CA's private key there too (as for any certificate: {subject['name']}_CA_key*.pem "
+                             f"in {key_path or place['cert_path']}): delete it, ours writes {subject['name']}_CA_cert.pem only")
+            notes.append("ours gives the CA certificate file the place's mode and owner")
+        elif "key" in subject["name"]:
+            notes.append("0.9.x gave every file of a subject whose name holds 'key' the key's mode and owner (and "
+                         "re-linked postgresql.key to the last); ours gives certificate files 0644: the first -K changes them")
+        if place["pglink"] and place["chownboth"] and kind not in ("combine key", "combine both") and subject["type"] != "CA":
+            notes.append("0.9.x made no postgresql.crt link with chownboth; ours adds it (the first -K)")
+        if target["jail"] is not None and key_path and key_path.startswith("/"):
+            notes.append(f"0.9.x wrote its key to {key_path} on the host, outside its jail (an absolute key_path drops "
+                         "the jail from its path); ours writes it into the jail: the first -K puts it there, make the "
+                         "jail's service read it there")
+        if key_path and "{}" in key_path:
+            notes.append(f"0.9.x wrote its key into a folder named '{{}}' (it filled in cert_path only); ours puts the "
+                         f"subject's name there: {key_path.replace('{}', subject['name'])}")
+        if cert["type"] == "LE" and key_path:
+            notes.append(f"0.9.x wrote no chain file (NAME_cert_cacert_chain.pem) into place {place['name']}, which "
+                         "has a key_path; ours adds it (the first -K writes it), the other files stay as they are")
+        if place["reload_command"] and target["jail"] is None:
+            notes.append("0.9.x ran reload commands only for targets in a jail; ours runs "
+                         f"`{place['reload_command']}` after each change here too"
+                         + (" with '' for {}: give the target a place whose command needs no jail"
+                            if "{}" in place["reload_command"] else ""))
+        self.report.notes.extend(f"{what}: {note}" for note in notes)
 
     # ------------------------------------------------------------------ instances and keys
     def instances(self, keys: dict) -> None:
