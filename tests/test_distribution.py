@@ -20,6 +20,7 @@ from pathlib import Path
 from unittest import mock
 
 import psycopg
+from psycopg import sql
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -688,27 +689,36 @@ def test_the_openssh_client_config_gives_hostname_port_user_and_identity_files(t
     assert other.known_hosts_name == "plain.example.org"
 
 
+def imported_beside_ours(conn, owner, agent, file_type: str, algo: str, old: str, new: str, **columns: str) -> int:
+    """Two certificates on one pglink place of WEB1 (/var/db/pg/NAME), both issued: old's pairs made what the
+    import writes (key_file_format 'traditional', and these columns; immutable once written, so the trigger is
+    bypassed), new's ours. Returns old's instance."""
+    local_ca(conn, agent)
+    conn.execute("SELECT add_disthost(%s)", (WEB1,))
+    conn.execute("SELECT add_place('pg', %s, '/var/db/pg/{}', NULL, NULL, NULL, NULL, false, true)", (file_type,))
+    for name in (old, new):
+        add_cert(conn, name, algo)
+        target(conn, name, WEB1, "pg")
+    inst = issue(conn, agent, old)
+    with owner.transaction():
+        owner.execute("SET LOCAL session_replication_role = replica")
+        owner.execute(sql.SQL("UPDATE certkeydata SET key_file_format = 'traditional'{} WHERE certinstance = %s").format(
+            sql.SQL("").join(sql.SQL(", {} = {}").format(sql.Identifier(c), sql.Literal(v)) for c, v in columns.items())),
+            (inst,))
+    issue(conn, agent, new)
+    return inst
+
+
 def test_a_pair_imported_from_the_original_keeps_its_key_encoding_and_file_names(conn, owner, agent, hosts):
     """0010_imported_key_files: a pair `serverpki db import-legacy` brought (key_file_format 'traditional',
     file_name_algo of the original's label) is written as 0.9.x wrote it: a traditional PEM key (BEGIN EC
     PRIVATE KEY) in a file named by that label; pglink to a combined file is postgresql.key only, as the
     original made it. A pair of ours in the same place gets PKCS#8 and its own names."""
-    local_ca(conn, agent)
-    conn.execute("SELECT add_disthost(%s)", (WEB1,))
-    conn.execute("SELECT add_place('pgboth', 'combine both', '/var/db/pg/{}', NULL, NULL, NULL, NULL, false, true)")
     old, new = "old.example.org", "new.example.org"
-    for name in (old, new):
-        add_cert(conn, name, "ec")
-        target(conn, name, WEB1, "pgboth")
-    inst = issue(conn, agent, old)
-    with owner.transaction():   # what the import writes (the columns are immutable after): the trigger is bypassed
-        owner.execute("SET LOCAL session_replication_role = replica")
-        owner.execute("UPDATE certkeydata SET key_file_format = 'traditional', file_name_algo = 'rsa' "
-                      "WHERE certinstance = %s", (inst,))
+    inst = imported_beside_ours(conn, owner, agent, "combine both", "ec", old, new, file_name_algo="rsa")
     with pytest.raises(psycopg.Error) as refused:
         owner.execute("UPDATE certkeydata SET file_name_algo = NULL WHERE certinstance = %s", (inst,))
     assert refused.value.diag.sqlstate == "SP012" and "file_name_algo" in refused.value.diag.message_primary
-    issue(conn, agent, new)
     for name in (old, new):
         assert distribute(conn, agent, name)[WEB1]["state"] == "done"
     host = hosts.host(WEB1)
@@ -726,18 +736,8 @@ def test_a_pair_imported_from_the_original_keeps_its_key_encoding_and_file_names
 def test_pglink_of_an_imported_rsa_plus_ec_instance_stays_on_the_ec_pair(conn, owner, agent, hosts):
     """0.9.x wrote the pairs of an rsa_plus_ec instance rsa first, re-linking postgresql.crt/.key on each:
     its links end on the EC pair. An imported instance keeps them there; ours link the RSA pair."""
-    local_ca(conn, agent)
-    conn.execute("SELECT add_disthost(%s)", (WEB1,))
-    conn.execute("SELECT add_place('pg', 'separate', '/var/db/pg/{}', NULL, NULL, NULL, NULL, false, true)")
     old, new = "old.example.org", "new.example.org"
-    for name in (old, new):
-        add_cert(conn, name, "rsa_plus_ec")
-        target(conn, name, WEB1, "pg")
-    inst = issue(conn, agent, old)
-    with owner.transaction():   # as the import writes it
-        owner.execute("SET LOCAL session_replication_role = replica")
-        owner.execute("UPDATE certkeydata SET key_file_format = 'traditional' WHERE certinstance = %s", (inst,))
-    issue(conn, agent, new)
+    imported_beside_ours(conn, owner, agent, "separate", "rsa_plus_ec", old, new)
     for name in (old, new):
         assert distribute(conn, agent, name)[WEB1]["state"] == "done"
     host = hosts.host(WEB1)
