@@ -1,7 +1,6 @@
 """The one build step pyproject.toml cannot declare: the man pages, written from the commands' own --help
 (serverpki.manpage) at build time and installed to share/man/man1, where man finds them from PATH."""
 
-import os
 import subprocess
 import sys
 import tomllib
@@ -27,9 +26,11 @@ class build_man(Command):
 
     def run(self):
         out = Path(self.build_base).resolve() / "man"
-        # prepended: pip's isolated build environment hands its packages down through PYTHONPATH
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE / "agent"), os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run([sys.executable, "-m", "serverpki.manpage", str(out)], env=env,
+        # the source tree goes onto sys.path inside the child: pip's isolated build environment (pip 26)
+        # rebuilds sys.path at start-up from its own site folder, so a PYTHONPATH entry would be dropped
+        code = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "runpy.run_module('serverpki.manpage', run_name='__main__', alter_sys=True)")
+        done = subprocess.run([sys.executable, "-c", code, str(HERE / "agent"), str(out)],
                               capture_output=True, text=True, cwd=HERE)
         if done.returncode:
             raise SystemExit(f"writing the man pages failed:\n{done.stderr}")
