@@ -17,37 +17,21 @@ import subprocess
 
 import pytest
 from cryptography import x509
-from psycopg.rows import dict_row
 
 from certfactory import issue_result
-from helpers import assert_refused, completion_call, lease_of, owner_conn, remember_leases, snapshot
-from helpers import complete as complete_job
+from helpers import assert_refused, completion_call, lease_of, owner_conn, snapshot
+from test_ca_targets import claim, complete, issue_local_ca, rows   # the queue driven as the agent would
 from lab.lab import ZONE
 
 from fleet import Fleet
 
 UTC = dt.timezone.utc
-CA = "Local CA"
-
-
-def rows(conn, sql: str, params=()) -> list[dict]:
-    return conn.cursor(row_factory=dict_row).execute(sql, params).fetchall()
-
-
-def claim(conn, kind: str) -> list[dict]:
-    return remember_leases(conn, rows(conn, "SELECT * FROM claim_jobs('sql-test', ARRAY[%s], 100)", (kind,)))
-
-
-def complete(conn, job: dict, result: dict) -> None:
-    complete_job(conn, job["id"], lease_of(conn, job["id"], "sql-test"), result)
 
 
 def issued_local(conn, name: str) -> int:
     """A local certificate `name` with an issued instance (the local CA made first): that instance."""
     if not conn.execute("SELECT count(*) FROM certinstances WHERE state = 'issued' AND is_ca_cert(certificate)").fetchone()[0]:
-        conn.execute("SELECT request_local_ca(%s, 'rsa')", (CA,))
-        [job] = claim(conn, "issue_local_ca")
-        complete(conn, job, issue_result(conn, "issue_local_ca", job["certificate"], dt.datetime.now(UTC), 3650))
+        issue_local_ca(conn)
     conn.execute("SELECT * FROM add_cert(%s, 'server', 'local', 'rsa', false, NULL, NULL, NULL, NULL, NULL, NULL)", (name,))
     conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY[%s]))", (name,))
     [job] = claim(conn, "issue_local")
