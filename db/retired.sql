@@ -84,3 +84,5 @@ BEGIN
     END IF;
 END
 $$;
+-- 1.0: revocation is one request, request_revoke (--revoke): it revokes at the CA or on the CRL too
+DROP FUNCTION IF EXISTS pki.revoke_instance(int, text);

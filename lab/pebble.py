@@ -122,6 +122,11 @@ class PebbleLab(LabService):
     def intermediate_pem(self) -> str:
         return self._management("/intermediates/0")
 
+    def cert_status(self, serial: int) -> dict:
+        """Pebble's own record of a certificate it issued (management /cert-status-by-serial): its
+        "Status" is "Valid" or "Revoked" (with "Reason" and "RevokedAt")."""
+        return json.loads(self._management(f"/cert-status-by-serial/{serial:x}"))
+
     # -- life
 
     @property

@@ -31,7 +31,8 @@ INTRANET = f"intranet.{ZONE}"   # local, rsa, on web1
 # what makes a job of each kind run: the commands of one scenario, the crash armed in all of them.
 # "rollover" moves the clock into the prepublish window of WWW's deployed instance (the cron run
 # issues a successor and prepublishes its TLSA records), "rollover day" to the day the successor
-# is deployed. In this order: -Y follows -X.
+# is deployed. In this order: -Y follows -X. "revoke" revokes WWW's deployed instance (--revoke): the
+# cron runs then replace it.
 SCENARIOS = {
     "issue_local": ["-C -o " + INTRANET],
     "issue_acme": ["-C -o " + WWW],
@@ -43,6 +44,7 @@ SCENARIOS = {
     "decrypt_keys": ["-Y"],
     "mail_reminder": ["-S -a"],
     "notify_alerts": ["-S -a"],
+    "revoke": ["revoke"],
 }
 # a crash point whose step is reached more than once in a run may name which time: the second
 # file written leaves one host's targets new and the rest old
@@ -91,6 +93,8 @@ def test_a_crash_at_every_step_converges(fleet, point):
         if command == "rollover day":
             fleet.to_rollover_day(WWW)
             continue
+        if command == "revoke":
+            command = f"--revoke {fleet.deployed()[WWW]} --reason superseded"
         run = fleet.cli(*command.split(), SERVERPKI_CRASH_AT=armed, **env)
         said.append(run.stderr)
         if run.returncode == -signal.SIGKILL:
@@ -153,6 +157,14 @@ class Snapshot:
         made = self.new_instances()
         if kind in ("issue_local", "issue_acme"):
             assert made == {INTRANET if kind == "issue_local" else WWW: 1}, "one new instance for the one need"
+        if kind == "revoke":   # at Pebble, once; the cron runs replaced it with one new instance
+            assert made == {WWW: 1}, made
+            certs = conn.execute("SELECT cert FROM revocations WHERE job = (SELECT max(job) FROM revocations)").fetchall()
+            assert len(certs) == 2   # rsa_plus_ec
+            for (cert,) in certs:
+                serial = x509.load_pem_x509_certificate(bytes(cert)).serial_number
+                assert self.fleet.lab.pebble.cert_status(serial)["Status"] == "Revoked"
+            assert conn.execute("SELECT count(*) FROM revocations WHERE done_at IS NULL").fetchone()[0] == 0
         if kind in ("publish_tlsa", "distribute"):   # a successor, unless one is prepublished already
             assert made.get(WWW, 0) <= 1 and set(made) <= {WWW}, made
         if kind == "issue_local_ca":

@@ -265,7 +265,7 @@ def test_rule1_archived_is_deleted_next_run(fleet):
     conn = fleet
     add_cert(conn, "www.example.org", tlsa=False)
     active = deploy_le(conn, "www.example.org")
-    conn.execute("SELECT revoke_instance(%s, 'key compromise')", (active,))
+    conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (active,))
     set_now(conn, day(1))
     assert ("www.example.org", active, "archive") in actions(schedule(conn))
     assert state_of(conn, active) == "archived"
@@ -909,7 +909,7 @@ def build_fleet_at_day_89(conn) -> dict[str, int]:
     add_cert(conn, "new.example.org")                         # LE, nothing yet: issue
     add_cert(conn, "gone.example.org", tlsa=False)            # LE, revoked: archive, and issue anew
     got["gone"] = deploy_le(conn, "gone.example.org")
-    conn.execute("SELECT revoke_instance(%s, 'decommissioned key')", (got["gone"],))
+    conn.execute("SELECT * FROM request_revoke(%s, 'cessationOfOperation')", (got["gone"],))
     got["leftover"] = value(owner_conn(conn), "INSERT INTO certinstances (certificate, state) "
                                   "VALUES (cert_id('pre.example.org'), 'reserved') RETURNING id")   # delete
     set_now(conn, day(89, minutes=30))
@@ -1176,9 +1176,9 @@ def test_revoked_instance_is_archived_next_run_then_deleted(fleet):
     conn = fleet
     add_cert(conn, "www.example.org", tlsa=False)
     active = deploy_le(conn, "www.example.org")
-    conn.execute("SELECT revoke_instance(%s, 'key compromise')", (active,))
+    conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (active,))
     assert state_of(conn, active) == "revoked"
-    assert transitions(conn, active)[-1] == ("deployed", "revoked", "revoked: key compromise")
+    assert transitions(conn, active)[-1] == ("deployed", "revoked", "revoked (keyCompromise) by pki_cron with --revoke")
     set_now(conn, day(1))
     p = plan(conn)
     assert ("www.example.org", active, "archive") in actions(p)
@@ -1190,8 +1190,9 @@ def test_revoked_instance_is_archived_next_run_then_deleted(fleet):
     schedule(conn)
     assert state_of(conn, active) is None
     assert len(in_state(conn, "www.example.org", "deployed")) == 1
-    assert_refused(conn, "SELECT revoke_instance(999999, 'typo')", sqlstate="SP002", match="999999")
-    assert_refused(conn, "SELECT revoke_instance(%s, '')", (the(conn, "www.example.org", "deployed"),), sqlstate="SP009")
+    assert_refused(conn, "SELECT * FROM request_revoke(999999, 'superseded')", sqlstate="SP002", match="999999")
+    assert_refused(conn, "SELECT * FROM request_revoke(%s, 'certificateHold')", (the(conn, "www.example.org", "deployed"),),
+                   sqlstate="SP011", match="certificateHold")
 
 
 # ---------------------------------------------------------------- events

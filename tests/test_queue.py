@@ -624,7 +624,7 @@ def test_complete_issue_job_whose_instance_is_gone_is_refused(conn):
     add_cert(conn)
     conn.execute("SELECT * FROM request_create()").fetchall()
     [row] = claim(conn)
-    conn.execute("SELECT revoke_instance(%s, 'operator changed their mind')", (row["instance"],))
+    owner_conn(conn).execute("UPDATE certinstances SET state = 'revoked' WHERE id = %s", (row["instance"],))
     assert_refused(conn, *completion_call(conn, row["id"], lease_of(conn, row["id"], "a1"), pairs_for(conn, row, T0)),
                    sqlstate="SP023", match="reserved instance is gone")
     # the hint says what to do, and it works
@@ -653,7 +653,7 @@ def test_tlsa_job_completes_when_the_wanted_set_changed_meanwhile(conn):
     succ = conn.execute("SELECT id FROM certinstances WHERE certificate = %s AND state = 'issued'", (cert,)).fetchone()[0]
     [tlsa] = claim(conn, kinds=["publish_tlsa"])
     assert tlsa["args"]["instances"] == [active, succ] and tlsa["args"]["prepublish"] == succ
-    conn.execute("SELECT revoke_instance(%s, 'key compromised')", (active,))
+    conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (active,))
     complete(conn, tlsa["id"])
     assert job(conn, tlsa["id"])["state"] == "done"
     assert conn.execute("SELECT state FROM certinstances WHERE id = %s", (succ,)).fetchone()[0] == "prepublished"

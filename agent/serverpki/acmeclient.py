@@ -198,6 +198,18 @@ class Acme:
         with _sorted():
             return self.client.begin_finalization(orderr)
 
+    def revoke(self, cert, reason_code: int) -> bool:
+        """RFC 8555 revokeCert of a certificate (cryptography's), signed with the account key; False when the
+        CA says it is revoked already (an earlier attempt did it: that is the outcome wanted)."""
+        try:
+            with _sorted():
+                self.client.revoke(cert, reason_code)
+        except AcmeError as exc:
+            if exc.problem is not None and problem_code(exc.problem) == "alreadyRevoked":
+                return False
+            raise
+        return True
+
     def register(self, contact: str | None, agree_tos: bool,
                  eab: messages.ExternalAccountBinding | None) -> messages.RegistrationResource:
         """A new account for the key, agreeing to the terms of service only when agree_tos says so; or the

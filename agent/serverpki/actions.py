@@ -26,6 +26,7 @@ REQUESTS: dict[str, str] = {
     "-T": "request_consolidate_tlsa",
     "-R": "request_remove_tlsa",
     "-Z": "request_acme_account",
+    "--revoke": "request_revoke",
 }
 
 

@@ -33,6 +33,7 @@ STEPS = {
     "distribute.file_written": "a file is in place (':N' counts them: some targets new, some old)",
     "distribute.files_written": "every file is in place, no reload command run",
     "publish_tlsa.sent": "the signed UPDATE of one zone is sent, its records not yet seen in DNS",
+    "revoke.revoked_at_ca": "the ACME CA revoked one certificate of the instance, the job not completed",
 }
 
 _reached: Counter = Counter()

@@ -34,6 +34,7 @@ from .export import export_instance as export
 from .log import one_line, setup_logging
 from .queries import q
 from .errors import ExitStatus, ServerPKIError, UsageError
+from .x509util import REVOCATION_REASONS
 
 log = logging.getLogger("serverpki.operate")
 
@@ -73,8 +74,12 @@ def _load_config(path: Optional[Path]) -> Config:
 
 
 def _check_combination(actions: dict[str, bool], export: Optional[str], check_only: bool, renew: Optional[int],
-                       as_json: bool = False) -> None:
+                       as_json: bool = False, reason: Optional[str] = None) -> None:
     chosen = [name for name, on in actions.items() if on]
+    if reason is not None and not actions["--revoke"]:
+        raise UsageError("--reason goes with --revoke SERIAL")
+    if actions["--revoke"] and (len(chosen) > 1 or export is not None or check_only or renew is not None):
+        raise UsageError("--revoke SERIAL may not be combined with other actions")
     if as_json and not check_only:   # the listings are -n's; an action's outcome is its exit status and log
         raise UsageError("--json goes with the listings of -n: -n [-v], -S -n, -r N -n, -D -r N -n")
     if export is not None and (chosen or check_only or renew is not None):
@@ -111,6 +116,10 @@ def operate(
     decrypt_keys: Annotated[Flag, typer.Option("-Y", "--decrypt-keys", help="Decrypt all keys in the DB.")] = False,
     issue_local_cacert: Annotated[Flag, typer.Option("-I", "--issue-local-CAcert", help="Issue a new local CA cert.")] = False,
     register: Annotated[Flag, typer.Option("-Z", "--register", help="Register an ACME account; alone.")] = False,
+    revoke: Annotated[Optional[int], typer.Option("--revoke", metavar="SERIAL", min=1, max=2**31 - 1,
+        help="Revoke instance SERIAL (at the ACME CA, or on the local CA's CRL) and withdraw its TLSA records; alone.")] = None,
+    reason: Annotated[Optional[str], typer.Option("--reason", metavar="REASON",
+        help="With --revoke: RFC 5280's reason, one of " + ", ".join(REVOCATION_REASONS) + " (default unspecified).")] = None,
     check_only: Annotated[Flag, typer.Option("-n", "--check-only", help="Check the configuration; with -v list certs and instances.")] = False,
     as_json: Annotated[Flag, typer.Option("--json", help="With -n: print the check and its listing as JSON (docs/cli.md), logs on stderr.")] = False,
     debug: Annotated[Flag, typer.Option("-d", "--debug", help="Turn on debugging.")] = False,
@@ -123,9 +132,9 @@ def operate(
 ) -> None:
     actions = {"-C": create_certs, "-S": schedule_actions, "-D": distribute_certs, "-K": consolidate_certs,
                "-T": consolidate_tlsas, "-R": remove_tlsas, "-X": encrypt_keys, "-Y": decrypt_keys,
-               "-I": issue_local_cacert, "-Z": register}
+               "-I": issue_local_cacert, "-Z": register, "--revoke": revoke is not None}
     try:
-        _check_combination(actions, export_cert_and_key, check_only, renew_local_certs, as_json)
+        _check_combination(actions, export_cert_and_key, check_only, renew_local_certs, as_json, reason)
         _check_names(include, exclude, only, skip_disthost, limit_to_disthost)
         config = _load_config(config_file)
         setup_logging(config, quiet=quiet, verbose=verbose, debug=debug)
@@ -133,7 +142,9 @@ def operate(
             actions["-C"] = actions["-D"] = False
         elif renew_local_certs is not None and not actions["-D"]:
             actions["-C"] = True  # -r N alone: create the local certificates deployed and expiring within N days
-        sel_params = _selection(all_certs, include, exclude, only, skip_disthost, limit_to_disthost, no_tlsa_records)
+        # --revoke: its jobs run whether or not the certificate is disabled (and the CA's new CRL goes out)
+        sel_params = _selection(all_certs or revoke is not None, include, exclude, only, skip_disthost, limit_to_disthost,
+                                no_tlsa_records)
         with connect(config.database.dsn, autocommit=True) as conn, refusals_as_errors():
             migrate.check_compatible(conn)   # a schema of another release: exit status 3, nothing done
             conn.execute(q("check_selection"), sel_params)  # unknown names stop the run first
@@ -154,7 +165,8 @@ def operate(
             wanted = [name for name in ACTION_ORDER if actions[name]]
             if not wanted:
                 raise UsageError("no action given; see operate_serverPKI -h")
-            ok = _run(conn, config, wanted, sel_params, renew_local_certs, quiet)
+            ok = _run(conn, config, wanted, sel_params, renew_local_certs, quiet,
+                      {"revoke_serial": revoke, "revoke_reason": reason or "unspecified"})
         if not ok:
             raise typer.Exit(ExitStatus.FAILED)
     except ServerPKIError as exc:   # its exit_code: a bad selection (SP024) is a usage error too, nothing done
@@ -163,18 +175,18 @@ def operate(
 
 
 # the seed's order: CA, keys, create, distribute, consolidate, TLSA
-ACTION_ORDER = ("-I", "-X", "-Y", "-S", "-C", "-D", "-K", "-T", "-R", "-Z")
+ACTION_ORDER = ("-I", "-X", "-Y", "-S", "-C", "-D", "-K", "-T", "-R", "-Z", "--revoke")
 
 
 def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_params: dict,
-         remaining: Optional[int], quiet: bool) -> bool:
+         remaining: Optional[int], quiet: bool, revocation: Optional[dict] = None) -> bool:
     """Each action: its SQL request, then drain. True when every job the run performed succeeded."""
     # the run acts only on its selection: its drains claim the jobs of the selected certificates and
     # disthosts (and those its requests returned); other due jobs wait for a run that selects them
     agent = Agent(config.database.dsn or "", config, name=config.agent.name,
                   lease=config.agent.lease_seconds, batch=config.agent.batch, selection=sel_params)
     params = {"remaining": remaining, "ca_name": config.local_ca.name, "ca_algo": config.local_ca.key_type,
-              "acme_url": config.acme.directory_url, "acme_contact": config.acme.contact_email}
+              "acme_url": config.acme.directory_url, "acme_contact": config.acme.contact_email, **(revocation or {})}
     ok = True
     started = conn.execute(q("db_now")).fetchone()[0]
     outcomes: Counter = Counter()

@@ -307,6 +307,31 @@ SELECT id, key FROM pki.keys_under_db_passphrase() WHERE starts_with(key, '-----
 -- everything a distribute job writes: a row per (target, key pair), with place, CA certificate and chain
 SELECT * FROM pki.distribution_files(%(job)s);
 
+-- name: revoke_job_certificates
+-- what a revoke job revokes: its rows of pki.revocations (request_revoke), each certificate PEM
+SELECT id, certificate, encryption_algo::text AS algo, convert_from(cert, 'UTF8') AS cert, ca_instance, reason, revoked_at
+  FROM pki.revocations WHERE job = %(job)s ORDER BY encryption_algo;
+
+-- name: crl_entries
+-- what the next CRL of a local CA instance lists: every certificate it issued that was revoked and has not expired
+SELECT convert_from(cert, 'UTF8') AS cert, reason, revoked_at
+  FROM pki.revocations WHERE ca_instance = %(ca)s AND not_after > pki.now() ORDER BY id;
+
+-- name: next_crl
+-- the number, thisUpdate and lifetime in days of the next CRL of a local CA instance
+SELECT coalesce(max(number), 0) + 1 AS number, pki.now() AS now, pki.setting_int('crl_days') AS days
+  FROM pki.crls WHERE ca_instance = %(ca)s;
+
+-- name: local_ca_instance
+-- one instance of the local CA with its key: the one that signed the certificates a CRL lists
+SELECT i.id, convert_from(k.cert, 'UTF8') AS cert, convert_from(k.key, 'UTF8') AS key
+  FROM pki.certinstances i JOIN pki.certkeydata k ON k.certinstance = i.id
+ WHERE i.id = %(ca)s AND k.key IS NOT NULL;
+
+-- name: newest_crl
+-- the newest CRL a CA instance signed (NULL: none), which its targets get beside the CA certificate
+SELECT convert_from(crl, 'UTF8') AS crl FROM pki.crls WHERE ca_instance = %(instance)s ORDER BY number DESC LIMIT 1;
+
 -- name: acme_account
 -- the account at a directory: its key signs every ACME request (issue_acme, register_acme)
 SELECT id, directory_url, contact, key, uri FROM pki.acme_accounts WHERE directory_url = %(directory_url)s;
@@ -403,6 +428,10 @@ SELECT job, certificate, instance, reason FROM pki.request_consolidate_tlsa(
 -- -R
 SELECT job, certificate, instance, reason FROM pki.request_remove_tlsa(
     pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s));
+
+-- name: request_revoke
+-- --revoke SERIAL [--reason REASON]
+SELECT job, certificate, instance, reason FROM pki.request_revoke(%(revoke_serial)s, %(revoke_reason)s);
 
 -- name: request_acme_account
 -- -Z

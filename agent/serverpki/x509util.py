@@ -210,6 +210,39 @@ def build_csr(key: PrivateKey, names: Iterable[str], must_staple: bool = False) 
     return builder.sign(key, _signature_hash(key))
 
 
+# --------------------------------------------------------------------------- revocation
+
+# RFC 5280's CRLReason codes of the reasons a revocation may give (pki.revocation_reasons(); certificateHold,
+# 6, is none of them): the code goes to an ACME CA (RFC 8555 revokeCert), the name into a CRL entry
+REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affiliationChanged": 3,
+                      "superseded": 4, "cessationOfOperation": 5, "privilegeWithdrawn": 9, "aACompromise": 10}
+
+
+def build_crl(ca_cert: x509.Certificate, ca_key: PrivateKey, entries: Iterable[tuple[int, dt.datetime, str]],
+              number: int, this_update: dt.datetime, next_update: dt.datetime) -> x509.CertificateRevocationList:
+    """A CRL of the CA: entries are (serial number, revocation date, reason name); an 'unspecified'
+    entry carries no reason extension (RFC 5280 5.3.1: absent rather than unspecified)."""
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca_cert.subject)
+               .last_update(this_update).next_update(next_update)
+               .add_extension(x509.CRLNumber(number), critical=False))
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    except x509.ExtensionNotFound:
+        pass
+    for serial, revoked_at, reason in entries:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(revoked_at)
+        if reason != "unspecified":
+            entry = entry.add_extension(x509.CRLReason(x509.ReasonFlags(reason)), critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(ca_key, _signature_hash(ca_key))
+
+
+def crl_pem(crl: x509.CertificateRevocationList) -> str:
+    return crl.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
 # --------------------------------------------------------------------------- PEM
 
 def cert_pem(cert: x509.Certificate) -> str:

@@ -34,3 +34,8 @@ AS $$ SELECT 'acme-account:' || coalesce(directory_url, '(configured)') $$;
 CREATE OR REPLACE FUNCTION pki.reminder_subject_key(txid bigint)
 RETURNS text LANGUAGE sql IMMUTABLE
 AS $$ SELECT 'reminder:' || txid::text $$;
+
+-- revoke_subject_key: the revoke job of an instance
+CREATE OR REPLACE FUNCTION pki.revoke_subject_key(instance int)
+RETURNS text LANGUAGE sql IMMUTABLE
+AS $$ SELECT 'revoke:inst:' || instance::text $$;

@@ -186,17 +186,104 @@ LANGUAGE sql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$ SELECT * FROM request_tlsa(sel, true) $$;
 
--- revoke_instance: mark an instance revoked (the next scheduler run archives it)
-CREATE OR REPLACE FUNCTION pki.revoke_instance(instance_id int, why text)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+-- revocation_reasons: the reasons a revocation may give, RFC 5280's CRLReason names (certificateHold
+-- is not one: a revocation here is final; removeFromCRL is no reason)
+CREATE OR REPLACE FUNCTION pki.revocation_reasons()
+RETURNS text[] LANGUAGE sql IMMUTABLE
+AS $$ SELECT ARRAY['unspecified', 'keyCompromise', 'cACompromise', 'affiliationChanged', 'superseded',
+                   'cessationOfOperation', 'privilegeWithdrawn', 'aACompromise'] $$;
+
+-- request_revoke: --revoke SERIAL [--reason REASON], the one rule of a revocation. Refuses (changing
+-- nothing) an unknown reason (SP011), an unknown instance (SP002), a CA's instance or one that is not
+-- in service (SP027). Else, in one transaction: the instance becomes 'revoked' at once (nothing
+-- distributes a revoked instance again: distribution_files, the scheduler and -K take none); each of
+-- its certificates is recorded in pki.revocations with who (session_user), why and when (the event
+-- says so too); ONE revoke job revokes them at the ACME CA, or puts them on the local CA's CRL
+-- (db/jobs/080_revoke.sql); and a publish_tlsa job withdraws its TLSA records (the wanted set no
+-- longer holds it). A revoked instance whose revocation is still pending (its job died) is
+-- enqueued again. Returns the jobs (the revoke job first).
+CREATE OR REPLACE FUNCTION pki.request_revoke(serial int, revocation_reason text DEFAULT 'unspecified')
+RETURNS TABLE (job bigint, certificate text, instance int, reason text)
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
+DECLARE
+    inst certinstances;
+    cert certificates;
+    name text;
+    pending int;
+    why text := coalesce(nullif(revocation_reason, ''), 'unspecified');
+    revoke_job bigint;
+    tlsa_job bigint;
 BEGIN
-    PERFORM check_required(why, 'reason of the revocation');
-    PERFORM set_context('revoked: ' || why);
-    UPDATE certinstances SET state = 'revoked' WHERE id = instance_id;
+    PERFORM check_required(serial::text, 'the serial of the instance to revoke (--revoke SERIAL)');
+    IF NOT why = ANY (revocation_reasons()) THEN
+        PERFORM raise_error('SP011', format('%s is no revocation reason', why),
+            format('give one of %s (RFC 5280; certificateHold is not offered: a revocation is final)',
+                   array_to_string(revocation_reasons(), ', ')));
+    END IF;
+    SELECT * INTO inst FROM certinstances i WHERE i.id = serial FOR UPDATE;
     IF NOT FOUND THEN
-        PERFORM raise_error('SP002', format('no instance %s', instance_id), 'see SELECT * FROM inst');
+        PERFORM raise_error('SP002', format('no instance with serial %s', serial),
+            'see the Serial column of operate_serverPKI -n -v');
+    END IF;
+    SELECT * INTO cert FROM certificates c WHERE c.id = inst.certificate;
+    SELECT s.name::text INTO name FROM main_subjects s WHERE s.certificate = cert.id;
+    IF is_ca_cert(cert.id) THEN
+        PERFORM raise_error('SP027', format('instance %s is of the CA %s: a CA certificate is not revoked with --revoke', serial, name),
+            'replace the local CA with operate_serverPKI -I and issue its certificates again (-C)');
+    END IF;
+    SELECT count(*) INTO pending FROM revocations r WHERE r.instance = inst.id AND r.done_at IS NULL;
+    IF inst.state IN ('revoked', 'archived') AND pending > 0 THEN
+        SELECT j.id INTO revoke_job FROM jobs j
+         WHERE j.kind = 'revoke' AND j.subject_key = revoke_subject_key(inst.id) AND j.state IN ('queued', 'running', 'failed');
+        IF FOUND THEN
+            PERFORM raise_error('SP027', format('instance %s of %s is revoked: its revocation is pending as revoke job %s',
+                                                serial, name, revoke_job),
+                'the next operate_serverPKI -S (or serverpki agent) runs it; see SELECT * FROM jobs_overview');
+        END IF;
+        -- its revoke job died: try again, with what was recorded (who, why and when stay)
+        revoke_job := enqueue('revoke', revoke_subject_key(inst.id),
+                              format('--revoke %s again: its revocation is still pending', inst.id),
+                              (SELECT jsonb_build_object('reason', min(r.reason)) FROM revocations r WHERE r.instance = inst.id),
+                              cert.id, inst.id);
+        UPDATE revocations r SET job = revoke_job WHERE r.instance = inst.id AND revoke_job IS NOT NULL;
+        RETURN QUERY SELECT revoke_job, name, inst.id, 'revocation still pending: revoke it (again)'::text;
+        RETURN;
+    END IF;
+    IF inst.state NOT IN ('issued', 'prepublished', 'deployed') THEN
+        PERFORM raise_error('SP027', format('instance %s of %s is %s: only an issued, prepublished or deployed instance is revoked',
+                                            serial, name, inst.state),
+            CASE WHEN inst.state IN ('revoked', 'archived')
+                 THEN 'it is revoked already: see SELECT * FROM revocations WHERE instance = ' || serial
+                 ELSE 'it is not in service: there is nothing to revoke; see operate_serverPKI -n -v' END);
+    END IF;
+    IF cert.type = 'local' AND inst.cacert IS NULL THEN
+        PERFORM raise_error('SP027', format('instance %s of %s has no known issuing CA instance: no CRL can list it', serial, name),
+            'replace it (-C, then -D) and stop using it; its issuer is not a CA instance of this database');
+    END IF;
+    INSERT INTO revocations (instance, certificate, encryption_algo, cert, ca_instance, not_after, reason, revoked_at, revoked_by)
+    SELECT inst.id, name, k.encryption_algo, k.cert, CASE WHEN cert.type = 'local' THEN inst.cacert END, k.not_after,
+           why, pki.now(), session_user
+      FROM certkeydata k WHERE k.certinstance = inst.id;
+    PERFORM set_context(format('revoked (%s) by %s with --revoke', why, session_user));
+    UPDATE certinstances i SET state = 'revoked' WHERE i.id = inst.id;
+    revoke_job := enqueue('revoke', revoke_subject_key(inst.id),
+                          format('--revoke %s (%s) by %s: %s', inst.id, why, session_user,
+                                 CASE WHEN cert.type = 'local' THEN 'put it on the local CA''s CRL' ELSE 'revoke it at the ACME CA' END),
+                          jsonb_build_object('reason', why), cert.id, inst.id);
+    UPDATE revocations r SET job = revoke_job WHERE r.instance = inst.id;
+    IF tlsa_ttl(cert.id) IS NOT NULL THEN
+        -- its records leave DNS now: the wanted set (tlsa_wanted) holds no revoked instance
+        tlsa_job := enqueue_tlsa(cert.id, format('instance %s revoked: its TLSA records are withdrawn', inst.id));
+    END IF;
+    -- hook of the emergency rollover (issue 17 item 5): when inst was the active instance, its
+    -- successor is issued and deployed here, in the same run (keyCompromise: without the DANE wait)
+    RETURN QUERY SELECT revoke_job, name, inst.id,
+                        format('revoked (%s): %s', why, CASE WHEN cert.type = 'local' THEN 'the local CA''s CRL lists it'
+                                                            ELSE 'revoked at the ACME CA' END);
+    IF tlsa_job IS NOT NULL THEN
+        RETURN QUERY SELECT tlsa_job, name, inst.id, 'revoked: its TLSA records are withdrawn'::text;
     END IF;
 END
 $$;

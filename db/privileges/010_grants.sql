@@ -57,6 +57,8 @@ GRANT SELECT ON pki.certs, pki.certs_ids, pki.inst, pki.jobs_summary, pki.jobs_o
     TO pki_admin, pki_agent, pki_report;
 -- what DNS should hold: hashes of certificates, no key material
 GRANT SELECT ON pki.tlsa_owners, pki.tlsa_desired TO pki_admin, pki_agent;
+-- what was revoked, by whom, why and when, and the local CA's CRLs: public certificates, no key material
+GRANT SELECT ON pki.revocations, pki.crls TO pki_admin, pki_agent;
 
 -- ===== functions =====
 -- the clock and the settings, read by every view and rule
@@ -144,7 +146,8 @@ GRANT EXECUTE ON FUNCTION pki.request_local_ca(text, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.enqueue_local_ca(integer) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.request_key_encryption(boolean) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.request_acme_account(text, text) TO pki_admin;
-GRANT EXECUTE ON FUNCTION pki.revoke_instance(integer, text) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.request_revoke(integer, text) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.revocation_reasons() TO pki_admin;
 
 -- the queue, the agent's: every call about a claimed job presents the claim's lease token
 GRANT EXECUTE ON FUNCTION pki.claim_jobs(text, text[], integer, interval, dd.selection, bigint[]) TO pki_agent;

@@ -22,7 +22,9 @@ CA is RSA; the name stays the same for an EC CA, so a trust configuration that n
 the file survives a change of the CA's key type). It never gets a key: the database
 sends none for a CA, and none would be written. The file gets the place's mode (0644
 when it has none) and uid/gid: it is all the place receives. pglink adds root.crt
-(libpq's and the server's usual name of the trusted CA file) pointing to it.
+(libpq's and the server's usual name of the trusted CA file) pointing to it. A local CA
+that revoked certificates (handlers/revoke.py) has a CRL: its newest one goes beside the
+certificate as NAME_CA_crl.pem, with the same mode and owner, and the place's reload runs.
 
 Every file is written atomically and privately (sshclient.Connection.put_atomic).
 A jail belongs to someone else: before anything is read or written on the host,
@@ -137,6 +139,11 @@ def ca_file_name(subject: str) -> str:
     return f"{subject}_CA_cert.pem"
 
 
+def crl_file_name(subject: str) -> str:
+    """The file beside a CA certificate's that holds the CA's newest CRL."""
+    return f"{subject}_CA_crl.pem"
+
+
 @dataclass
 class Plan:
     """What one job puts on its host: files, links, and the reload commands with the paths they follow."""
@@ -196,6 +203,8 @@ def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
         key_pem = key_file(open_key(row["key"]), row["key_file_format"]) if row["key"] and not is_ca else None
         if is_ca:
             files, crt_name, key_name = [(ca_file_name(row["subject"]), _pem(row["cert"]), False)], None, None
+            if row.get("crl"):   # the CA's newest CRL (a local CA that revoked something) goes beside it
+                files.append((crl_file_name(row["subject"]), _pem(row["crl"]), False))
         else:
             files, crt_name, key_name = layout(row, key_pem)
         paths: dict[str, str] = {}
@@ -232,11 +241,16 @@ def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
 
 def _rows(job: Job, ctx: Context) -> list[dict[str, Any]]:
     try:
-        return ctx.conn.cursor(row_factory=dict_row).execute(q("distribution_files"), {"job": job.id}).fetchall()
+        rows = ctx.conn.cursor(row_factory=dict_row).execute(q("distribution_files"), {"job": job.id}).fetchall()
     except psycopg.Error as exc:
         if exc.diag.sqlstate in ("SP002", "SP023"):
             raise GiveUp(f"{exc.diag.sqlstate}: {exc.diag.message_primary}") from exc
         raise
+    if rows and rows[0]["subject_type"] == "CA":   # a CA's instance: its newest CRL, if it signed one
+        crl = ctx.conn.execute(q("newest_crl"), {"instance": rows[0]["instance"]}).fetchone()
+        for row in rows:
+            row["crl"] = crl[0] if crl else None
+    return rows
 
 
 def _key_opener(ctx: Context):
