@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 APT_PACKAGES := postgresql-15 postgresql-contrib postgresql-plpython3-15 python3-cryptography \
-                pebble bind9 bind9-utils bind9-dnsutils openssh-server openssl iproute2 man-db systemd
+                pebble bind9 bind9-utils bind9-dnsutils unbound openssh-server openssl iproute2 man-db systemd
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 # the lab (lab/: real peers on loopback, and the demo) is never installed: it is imported from the checkout

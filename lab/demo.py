@@ -1,14 +1,15 @@
 """`make demo` / `serverpki demo`: the whole job on a self-contained local setup.
 
 Starts the lab on loopback — a private PostgreSQL, BIND 9 with the zone
-demo.serverpki.test and a TSIG key, Pebble resolving through that BIND, two
+demo.serverpki.test signed (DNSSEC) and a TSIG key, unbound validating that
+zone with its key as trust anchor, Pebble resolving through that BIND, two
 OpenSSH servers as disthosts (one with a jail), an SMTP relay — loads the
 example configuration through psql as an operator would, creates the local CA,
 registers the ACME account and runs the cron job. Then it travels in time
 (SET pki.now, shared by every session of a run through PGOPTIONS) through the
 prepublication and the rollover of the ACME certificate, showing the states and
-the TLSA records BIND serves. Everything it starts is stopped at the end, also
-on Ctrl-C.
+the TLSA records as a DANE client gets them: through the validating resolver.
+Everything it starts is stopped at the end, also on Ctrl-C.
 
 Pebble issues certificates from its real clock; for the rollover scene it is
 restarted with a longer validity, so the successor outlives its predecessor as
@@ -24,9 +25,6 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-import dns.message
-import dns.query
-import dns.rdatatype
 import psycopg
 
 from serverpki import migrate
@@ -85,16 +83,14 @@ class Demo:
                         'WHERE "Type" = \'LE\' OR "Cert Name" <> \'Local CA\' ORDER BY 1, 4')
 
     def show_tlsa(self) -> None:
-        """The TLSA records as BIND serves them (asked directly, no recursion)."""
+        """The TLSA records as a DANE client gets them: through the validating resolver, with its AD flag."""
         with psycopg.connect(self.cluster.dsn(DEMO_DB, roles.OPERATOR), autocommit=True) as conn:
             owners = [r[0] for r in conn.execute("SELECT DISTINCT owner FROM tlsa_owners ORDER BY 1")]
         for owner in owners:
-            query = dns.message.make_query(owner, dns.rdatatype.TLSA)
-            query.flags &= ~0x0100
-            answer = dns.query.tcp(query, "127.0.0.1", port=self.lab.bind.port, timeout=5)
-            records = sorted(rr.to_text() for rrset in answer.answer for rr in rrset)
-            print(f"{owner}  {len(records)} TLSA record(s)")
-            for record in records:
+            answer = self.lab.resolver.tlsa(owner)
+            verdict = "validated (AD)" if answer.validated else f"NOT validated ({answer.rcode}, no AD)"
+            print(f"{owner}  {len(answer.records)} TLSA record(s), {verdict}")
+            for record in answer.records:
                 print(f"    {record[:24]}…{record[-8:]}")
 
     def show_files(self) -> None:
@@ -141,7 +137,7 @@ class Demo:
         self.operate("-n", "-v")
         banner("the files on the disthosts")
         self.show_files()
-        banner("the TLSA records BIND serves")
+        banner("the TLSA records, as the validating resolver (unbound) returns them")
         self.show_tlsa()
 
         expiry = self.active_not_after()

@@ -1,9 +1,10 @@
 """The lab: every real peer of serverPKI on loopback, started together, with the
 matching agent configuration written — used by `make demo` and by the tests.
 
-    with Lab(base) as lab:             # PostgreSQL, BIND 9, Pebble, two sshd, SMTP
+    with Lab(base) as lab:             # PostgreSQL, BIND 9 (signed zone), unbound, Pebble, two sshd, SMTP
         lab.config                     # the serverpki.toml that reaches all of them
         lab.cluster.env(db)            # PGHOST... for psql and operate_serverPKI
+        lab.resolver.tlsa(owner)       # the TLSA records as a validating DANE client gets them
 
 Everything it started is stopped on exit, also after an exception or Ctrl-C.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from .bind import BindLab
 from .pebble import PebbleLab
 from .postgres import PostgresCluster
+from .resolver import ValidatingResolver
 from .smtp import SMTPLab
 from .sshd import SSHLab
 
@@ -49,6 +51,8 @@ class Lab:
         self.smtp = SMTPLab()
         self.ssh = SSHLab(hosts or HOSTS)
         self.bind = BindLab(zones=(zone,))
+        # keeps nothing: the lab's database clock travels (pki.now), a cache would live in real time
+        self.resolver = ValidatingResolver(self.bind, cache_max_ttl=0)
         self.pebble: PebbleLab | None = None
         self.config = base / "serverpki.toml"
 
@@ -58,7 +62,10 @@ class Lab:
         self.cluster.start()
         print(f"PostgreSQL 15 (plpython3u) on 127.0.0.1:{self.cluster.port}")
         self.bind.start()
-        print(f"BIND 9 on {self.bind.primary}, primary for {self.zone}, TSIG-signed updates")
+        print(f"BIND 9 on {self.bind.primary}, primary for {self.zone}, TSIG-signed updates, "
+              f"the zone DNSSEC-signed (inline signing)")
+        self.resolver.start()
+        print(f"unbound on {self.resolver.address}, validating {self.zone} with its DNSKEY as trust anchor")
         self.pebble = PebbleLab(dns_port=self.bind.port, validity_days=self.pebble_validity_days).start()
         print(f"Pebble (ACME) at {self.pebble.directory_url}, resolving at BIND, certificates valid {self.pebble_validity_days} days")
         self.ssh.start()
@@ -80,7 +87,7 @@ class Lab:
 
     def stop(self) -> None:
         for stop in (self.ssh.close, self.smtp.stop, getattr(self.pebble, "close", lambda: None),
-                     self.bind.close, self.cluster.stop):
+                     self.resolver.close, self.bind.close, self.cluster.stop):
             try:
                 stop()
             except Exception as exc:  # stop the rest too

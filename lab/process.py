@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,6 +138,24 @@ def terminate(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
             proc.wait()
     if proc.stderr:
         proc.stderr.close()
+
+
+def await_ready(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, name: str,
+                not_ready: str, log: Path) -> None:
+    """Poll ready() at a growing interval until it holds; RuntimeError when proc exits first (with its
+    stderr) or after timeout ("NAME NOT_READY within T s"). The caller stops what it started."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            raise RuntimeError(f"{name} exited at start: {err or 'see ' + str(log)}")
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} {not_ready} within {timeout} s (see {log})")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 class LabService:

@@ -1,5 +1,5 @@
-"""The fleet the fault tests work on: the demo's lab (real PostgreSQL, BIND 9, Pebble, two
-sshd disthosts, SMTP) with the example configuration loaded, the local CA made and the
+"""The fleet the fault tests work on: the demo's lab (real PostgreSQL, BIND 9 signing its zone, unbound
+validating it, Pebble, two sshd disthosts, SMTP) with the example configuration loaded, the local CA made and the
 ACME account registered — and the invariants that say the fleet has converged.
 
     with Fleet() as fleet:                    # in a folder of its own under /tmp, removed at the end
@@ -257,6 +257,10 @@ class Fleet:
             served = self.tlsa_served(owner)
             if served != want:
                 found.append(f"TLSA {owner}: BIND serves {sorted(served)}, the database wants {sorted(want)}")
+            # what a DANE client gets: the same records (or their proven absence), validated
+            seen = self.lab.resolver.tlsa(owner)
+            if not seen.ad or {r.lower() for r in seen.records} != want:
+                found.append(f"TLSA {owner}: the validating resolver returns {seen}, the database wants {sorted(want)}")
         for (name,) in self.conn.execute("SELECT DISTINCT name::text FROM subjects WHERE type <> 'CA'").fetchall():
             if name.endswith(ZONE) and (left := self._ask(f"_acme-challenge.{name}", dns.rdatatype.TXT)):
                 found.append(f"challenge records left for {name}: {left}")

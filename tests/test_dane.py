@@ -1,6 +1,7 @@
 """DANE checked by a real validator: an ACME certificate issued by Pebble, its TLSA
-records published in BIND, its files deployed over SSH; openssl s_server serves the
-deployed files and openssl s_client validates them with the records read from BIND."""
+records published in BIND's signed zone, its files deployed over SSH; openssl s_server
+serves the deployed files and openssl s_client validates them with the records as a
+DANE client gets them: read through a validating resolver (unbound), AD set."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import dns.message
-import dns.query
-import dns.rdatatype
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,6 +21,7 @@ from serverpki.config import parse_config
 from lab.bind import BindLab
 from lab.pebble import PebbleLab
 from lab.ports import free_port
+from lab.resolver import ValidatingResolver
 from lab.sshd import SSHLab
 
 ZONE = "demo.serverpki.test"
@@ -33,10 +32,10 @@ HOST = "web1.demo.serverpki.test"
 @pytest.fixture(scope="module")
 def peers():
     with BindLab(zones=(ZONE,)) as bind, PebbleLab(dns_port=bind.port, nonce_reject=0, authz_reuse=0) as pebble, \
-            SSHLab([HOST]) as ssh:
+            SSHLab([HOST]) as ssh, ValidatingResolver(bind) as resolver:
         ssh.write_known_hosts()
         ssh.write_client_config()
-        yield bind, pebble, ssh
+        yield bind, pebble, ssh, resolver
 
 
 def drain(config) -> None:
@@ -48,11 +47,11 @@ def drain(config) -> None:
     assert stats.all_succeeded, stats.errors
 
 
-def tlsa_from_bind(bind: BindLab, owner: str) -> list[str]:
-    query = dns.message.make_query(owner, dns.rdatatype.TLSA)
-    query.flags &= ~0x0100  # no recursion: ask the authoritative server itself
-    answer = dns.query.tcp(query, "127.0.0.1", port=bind.port, timeout=5)
-    return sorted(rr.to_text() for rrset in answer.answer for rr in rrset)
+def validated_tlsa(resolver: ValidatingResolver, owner: str) -> list[str]:
+    """The TLSA records a DANE client may use: only what the resolver validated (AD set)."""
+    answer = resolver.tlsa(owner)
+    assert answer.validated, f"{owner}: {answer} did not validate"
+    return answer.records
 
 
 def s_client(port: int, records: list[str]) -> subprocess.CompletedProcess:
@@ -91,8 +90,8 @@ def stranger(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "stranger.pem", tmp_path / "stranger.key"
 
 
-def test_deployed_acme_certificate_validates_with_the_tlsa_records_in_bind(peers, conn, dsn, tmp_path):
-    bind, pebble, ssh = peers
+def test_deployed_acme_certificate_validates_with_the_validated_tlsa_records(peers, conn, dsn, tmp_path):
+    bind, pebble, ssh, resolver = peers
     config = parse_config({
         "database": {"dsn": dsn},
         "acme": {"directory_url": pebble.directory_url, "contact_email": "pki@example.org", "agree_tos": True,
@@ -110,7 +109,7 @@ def test_deployed_acme_certificate_validates_with_the_tlsa_records_in_bind(peers
     drain(config)
     assert conn.execute('SELECT "State" FROM inst WHERE "Cert Name" = %s', (NAME,)).fetchone()[0] == "deployed"
 
-    records = tlsa_from_bind(bind, f"_443._tcp.{NAME}.")
+    records = validated_tlsa(resolver, f"_443._tcp.{NAME}.")
     assert len(records) == 1 and records[0].startswith("3 0 1 ")
     ssl_dir = ssh.host(HOST).root / "usr/local/etc/nginx/ssl"
     cert, key = ssl_dir / f"{NAME}_server_ec_cert.pem", ssl_dir / f"{NAME}_server_ec_key.pem"

@@ -22,8 +22,11 @@ def test_demo_runs_the_whole_job_and_cleans_up():
     statuses = re.findall(r"\(exit status (\d+)", out)
     assert statuses and set(statuses) == {"0"}, statuses
     # TLSA records per owner: 2 after the first deployment (rsa + ec), 4 while prepublished, 2 after the rollover
+    # read through the validating resolver (unbound, the zone's key as trust anchor): each time with AD
     counts = [int(n) for n in re.findall(r"_443\._tcp\.www\.demo\.serverpki\.test\.\s+(\d+) TLSA", out)]
     assert counts == [2, 4, 2], counts
+    verdicts = re.findall(r"^\S+\s+\d+ TLSA record\(s\), (.*)$", out, re.M)
+    assert len(verdicts) >= 3 and set(verdicts) == {"validated (AD)"}, verdicts
     # the history of the ACME certificate: prepublished -> deployed, expired -> archived -> deleted
     assert re.search(r"issued\s+\|\s+prepublished", out) and re.search(r"prepublished\s+\|\s+deployed", out)
     assert re.search(r"expired\s+\|\s+archived", out) and re.search(r"archived\s+\|\s+\|", out)

@@ -30,7 +30,7 @@ STARTERS = {
     "bench": [sys.executable, str(ROOT / "bench" / "concurrent_agents.py"), "1", "1", "1", "phased"],
 }
 # a moment: seconds after the start, or the first line of the lab's start-up report that begins so
-MOMENTS = [0.3, 1.5, "PostgreSQL 15", "BIND 9 on", "Pebble (ACME)", "web1.", "SMTP relay"]
+MOMENTS = [0.3, 1.5, "PostgreSQL 15", "BIND 9 on", "unbound on", "Pebble (ACME)", "web1.", "SMTP relay"]
 CASES = [("demo", m) for m in MOMENTS] + [("bench", m) for m in (1.0, "BIND 9 on", "SMTP relay")]
 
 
