@@ -30,7 +30,7 @@ ALLOWED = {
     ("deployed", "expired"), ("issued", "expired"), ("prepublished", "expired"),
     ("expired", "archived"), ("archived", None),
     ("reserved", "revoked"), ("issued", "revoked"), ("prepublished", "revoked"), ("deployed", "revoked"),
-    ("revoked", "archived"),
+    ("expired", "revoked"), ("revoked", "archived"),
     # cleanup (rules 1 and 4)
     ("issued", None), ("prepublished", None), ("deployed", None), ("expired", None),
 }
@@ -267,6 +267,8 @@ def test_rule1_archived_is_deleted_next_run(fleet):
     active = deploy_le(conn, "www.example.org")
     conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (active,))
     set_now(conn, day(1))
+    assert ("www.example.org", active, "archive") not in actions(plan(conn))   # its revocation is not done yet
+    run_all_jobs(conn, kinds=["revoke"])   # the CA revoked it
     assert ("www.example.org", active, "archive") in actions(schedule(conn))
     assert state_of(conn, active) == "archived"
     set_now(conn, day(1, hours=1))
@@ -910,6 +912,7 @@ def build_fleet_at_day_89(conn) -> dict[str, int]:
     add_cert(conn, "gone.example.org", tlsa=False)            # LE, revoked: archive, and issue anew
     got["gone"] = deploy_le(conn, "gone.example.org")
     conn.execute("SELECT * FROM request_revoke(%s, 'cessationOfOperation')", (got["gone"],))
+    run_all_jobs(conn, kinds=["revoke"])                      # revoked at the CA: the scheduler may archive it
     got["leftover"] = value(owner_conn(conn), "INSERT INTO certinstances (certificate, state) "
                                   "VALUES (cert_id('pre.example.org'), 'reserved') RETURNING id")   # delete
     set_now(conn, day(89, minutes=30))
@@ -1179,6 +1182,7 @@ def test_revoked_instance_is_archived_next_run_then_deleted(fleet):
     conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (active,))
     assert state_of(conn, active) == "revoked"
     assert transitions(conn, active)[-1] == ("deployed", "revoked", "revoked (keyCompromise) by pki_cron with --revoke")
+    run_all_jobs(conn, kinds=["revoke"])   # the CA revoked it: now the scheduler may let the instance go
     set_now(conn, day(1))
     p = plan(conn)
     assert ("www.example.org", active, "archive") in actions(p)

@@ -17,8 +17,10 @@ import subprocess
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from certfactory import issue_result
+from certfactory import LOCAL_CA_NAME, issue_result, shared_ca
+from serverpki import x509util
 from helpers import assert_refused, completion_call, lease_of, owner_conn, snapshot
 from test_ca_targets import claim, complete, issue_local_ca, rows   # the queue driven as the agent would
 from lab.lab import ZONE
@@ -89,22 +91,53 @@ def test_a_revocation_records_who_why_and_when_and_enqueues_one_job(conn):
 
 
 def test_the_completion_stores_the_CRL_and_refuses_one_that_does_not_fit(conn):
+    """pki.check_crl: the database parses the reported CRL before it is stored and sent to the CA's targets."""
     inst = issued_local(conn, "c.example.org")
     conn.execute("SELECT * FROM request_revoke(%s, 'superseded')", (inst,))
     [job] = claim(conn, "revoke")
+    owner = owner_conn(conn)
     ca = conn.execute("SELECT ca_instance FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
-    now = dt.datetime.now(UTC)
-    crl = {"ca_instance": ca, "crl": "-----BEGIN X509 CRL-----\n...", "crl_number": 1, "this_update": now,
-           "next_update": now + dt.timedelta(days=30)}
-    assert_refused(conn, *completion_call(conn, job["id"], lease_of(conn, job["id"], "sql-test"), {}),
-                   sqlstate="SP023", match="no CRL")
-    assert_refused(conn, *completion_call(conn, job["id"], lease_of(conn, job["id"], "sql-test"), {**crl, "crl_number": 0}),
-                   sqlstate="SP023", match="number 0")
-    complete(conn, job, crl)
+    ca_key, ca_cert = shared_ca(LOCAL_CA_NAME)   # the test local CA that signed it (certfactory)
+    serial = x509.load_pem_x509_certificate(owner.execute("SELECT convert_from(cert, 'UTF8') FROM revocations WHERE instance = %s",
+                                                          (inst,)).fetchone()[0].encode()).serial_number
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+
+    def crl(number=1, serials=(serial,), key=ca_key) -> dict:
+        signed = x509util.build_crl(ca_cert, key, [(s, now, "superseded") for s in serials], number, now,
+                                    now + dt.timedelta(days=30))
+        return {"ca_instance": ca, "crl": x509util.crl_pem(signed), "crl_number": number, "this_update": now,
+                "next_update": now + dt.timedelta(days=30)}
+
+    def refused(args: dict, match: str) -> None:
+        assert_refused(conn, *completion_call(conn, job["id"], lease_of(conn, job["id"], "sql-test"), args),
+                       sqlstate="SP023", match=match)
+
+    refused({}, "no CRL")
+    refused({**crl(), "crl_number": 0}, "number 0")
+    refused(crl(number=2**63 - 1), "not the next one")                  # a number that would block every later CRL
+    refused({**crl(), "crl": "-----BEGIN X509 CRL-----\n..."}, "not a PEM CRL")
+    refused(crl(key=ec.generate_private_key(ec.SECP256R1())), "not signed by the key of CA instance")
+    refused(crl(serials=()), "misses 1")
+    refused(crl(serials=(serial, serial + 1)), "1 of them not revoked under this CA")
+    refused({**crl(), "next_update": now + dt.timedelta(days=3)}, "thisUpdate/nextUpdate")
+    complete(conn, job, crl())
     # the revoked instance is gone after the scheduler cleaned it up: the CRL still has what it needs
     assert conn.execute("SELECT cert IS NOT NULL FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
     assert conn.execute("SELECT number FROM crls WHERE ca_instance = %s", (ca,)).fetchall() == [(1,)]
     assert conn.execute("SELECT done_at IS NOT NULL FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
+
+
+def test_a_replaced_certificate_still_valid_is_revoked_and_reasons_are_those_of_an_end_entity(conn):
+    inst = issued_local(conn, "d.example.org")
+    owner_conn(conn).execute("UPDATE certinstances SET state = 'expired' WHERE id = %s", (inst,))   # a successor took over
+    for reason in ("cACompromise", "aACompromise", "privilegeWithdrawn"):
+        err = assert_refused(conn, "SELECT * FROM request_revoke(%s, %s)", (inst, reason), sqlstate="SP011", match=reason)
+        assert "keyCompromise" in err.diag.message_hint
+    conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (inst,))
+    assert conn.execute("SELECT state::text FROM certinstances WHERE id = %s", (inst,)).fetchone() == ("revoked",)
+    # a pending revocation keeps its instance: the scheduler does not archive it, so --revoke can retry it
+    conn.execute("SELECT * FROM schedule(selection(all_certs => true))")
+    assert conn.execute("SELECT state::text FROM certinstances WHERE id = %s", (inst,)).fetchone() == ("revoked",)
 
 
 # --------------------------------------------------------------------------- the lab

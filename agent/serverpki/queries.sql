@@ -318,9 +318,10 @@ SELECT convert_from(cert, 'UTF8') AS cert, reason, revoked_at
   FROM pki.revocations WHERE ca_instance = %(ca)s AND not_after > pki.now() ORDER BY id;
 
 -- name: next_crl
--- the number, thisUpdate and lifetime in days of the next CRL of a local CA instance
-SELECT coalesce(max(number), 0) + 1 AS number, pki.now() AS now, pki.setting_int('crl_days') AS days
-  FROM pki.crls WHERE ca_instance = %(ca)s;
+-- the number (rising per CA certificate, across its instances), thisUpdate and lifetime in days of the next CRL of a local CA instance
+SELECT coalesce(max(c.number), 0) + 1 AS number, pki.now() AS now, pki.setting_int('crl_days') AS days
+  FROM pki.crls c JOIN pki.certinstances i ON i.id = c.ca_instance
+ WHERE i.certificate = (SELECT certificate FROM pki.certinstances WHERE id = %(ca)s);
 
 -- name: local_ca_instance
 -- one instance of the local CA with its key: the one that signed the certificates a CRL lists

@@ -212,10 +212,12 @@ def build_csr(key: PrivateKey, names: Iterable[str], must_staple: bool = False) 
 
 # --------------------------------------------------------------------------- revocation
 
-# RFC 5280's CRLReason codes of the reasons a revocation may give (pki.revocation_reasons(); certificateHold,
-# 6, is none of them): the code goes to an ACME CA (RFC 8555 revokeCert), the name into a CRL entry
-REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affiliationChanged": 3,
-                      "superseded": 4, "cessationOfOperation": 5, "privilegeWithdrawn": 9, "aACompromise": 10}
+# RFC 5280's CRLReason codes of the reasons a revocation may give (pki.revocation_reasons()): those of an
+# end-entity certificate that Let's Encrypt accepts too (0, 1, 3, 4, 5; cACompromise and aACompromise are
+# about CAs, certificateHold is not final, privilegeWithdrawn is refused by it): the code goes to an ACME
+# CA (RFC 8555 revokeCert), the name into a CRL entry
+REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "affiliationChanged": 3, "superseded": 4,
+                      "cessationOfOperation": 5}
 
 
 def build_crl(ca_cert: x509.Certificate, ca_key: PrivateKey, entries: Iterable[tuple[int, dt.datetime, str]],
@@ -226,11 +228,12 @@ def build_crl(ca_cert: x509.Certificate, ca_key: PrivateKey, entries: Iterable[t
                .issuer_name(ca_cert.subject)
                .last_update(this_update).next_update(next_update)
                .add_extension(x509.CRLNumber(number), critical=False))
-    try:
+    try:   # RFC 5280 5.2.1: every CRL names its key; a CA without an SKI (an imported one) by its public key
         ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
-        pass
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())
+    builder = builder.add_extension(aki, critical=False)
     for serial, revoked_at, reason in entries:
         entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(revoked_at)
         if reason != "unspecified":

@@ -48,9 +48,10 @@ WITH cfg AS (
         OR (i.state IN ('issued', 'prepublished', 'deployed', 'expired') AND i.rn > 1)
 ), alive AS (
     SELECT i.* FROM i WHERE i.id NOT IN (SELECT cleanup.id FROM cleanup)
-), archive AS (         -- rule 3, first half (and revoked ones)
+), archive AS (         -- rule 3, first half (and revoked ones, once their revocation reached the CA: --revoke retries it)
     SELECT a.certificate, a.id, format('rule 3: %s in an earlier run', a.state) AS why
       FROM alive a WHERE a.state IN ('expired', 'revoked')
+       AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.instance = a.id AND r.done_at IS NULL)
 ), expire AS (          -- rule 3, second half
     SELECT a.certificate, a.id, format('rule 3: not deployed and not_after %s + expire_grace has passed', a.not_after) AS why
       FROM alive a, cfg

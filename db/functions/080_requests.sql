@@ -186,12 +186,12 @@ LANGUAGE sql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$ SELECT * FROM request_tlsa(sel, true) $$;
 
--- revocation_reasons: the reasons a revocation may give, RFC 5280's CRLReason names (certificateHold
--- is not one: a revocation here is final; removeFromCRL is no reason)
+-- revocation_reasons: the reasons a revocation may give, RFC 5280's CRLReason names of an end-entity
+-- certificate that Let's Encrypt accepts too (cACompromise and aACompromise are about CAs,
+-- certificateHold is not final, privilegeWithdrawn it refuses; x509util.REVOCATION_REASONS)
 CREATE OR REPLACE FUNCTION pki.revocation_reasons()
 RETURNS text[] LANGUAGE sql IMMUTABLE
-AS $$ SELECT ARRAY['unspecified', 'keyCompromise', 'cACompromise', 'affiliationChanged', 'superseded',
-                   'cessationOfOperation', 'privilegeWithdrawn', 'aACompromise'] $$;
+AS $$ SELECT ARRAY['unspecified', 'keyCompromise', 'affiliationChanged', 'superseded', 'cessationOfOperation'] $$;
 
 -- request_revoke: --revoke SERIAL [--reason REASON], the one rule of a revocation. Refuses (changing
 -- nothing) an unknown reason (SP011), an unknown instance (SP002), a CA's instance or one that is not
@@ -251,12 +251,13 @@ BEGIN
         RETURN QUERY SELECT revoke_job, name, inst.id, 'revocation still pending: revoke it (again)'::text;
         RETURN;
     END IF;
-    IF inst.state NOT IN ('issued', 'prepublished', 'deployed') THEN
-        PERFORM raise_error('SP027', format('instance %s of %s is %s: only an issued, prepublished or deployed instance is revoked',
-                                            serial, name, inst.state),
+    -- a replaced instance (expired) whose certificate is still valid is revoked too: its key may have leaked
+    IF NOT (inst.state IN ('issued', 'prepublished', 'deployed') OR (inst.state = 'expired' AND inst.not_after > pki.now())) THEN
+        PERFORM raise_error('SP027', format('instance %s of %s is %s: only an issued, prepublished, deployed, or replaced '
+                                            'but still valid instance is revoked', serial, name, inst.state),
             CASE WHEN inst.state IN ('revoked', 'archived')
                  THEN 'it is revoked already: see SELECT * FROM revocations WHERE instance = ' || serial
-                 ELSE 'it is not in service: there is nothing to revoke; see operate_serverPKI -n -v' END);
+                 ELSE 'its certificate is no longer valid: there is nothing to revoke; see operate_serverPKI -n -v' END);
     END IF;
     IF cert.type = 'local' AND inst.cacert IS NULL THEN
         PERFORM raise_error('SP027', format('instance %s of %s has no known issuing CA instance: no CRL can list it', serial, name),

@@ -277,3 +277,58 @@ BEGIN
     RETURN result;
 END
 $$;
+
+-- check_crl: a CRL a revoke job reports for local CA instance ca_id, parsed and checked before it is
+-- stored and sent to the CA's targets: signed by that instance's key, issued in its name, with the
+-- number, thisUpdate and nextUpdate it is reported with (thisUpdate within an hour of pki.now()),
+-- listing exactly the serials of the unexpired certificates revoked under it (pki.revocations).
+-- Returns what is wrong (for the caller's SP023), NULL when it is right.
+CREATE OR REPLACE FUNCTION pki.check_crl(ca_id int, crl_pem text, crl_number bigint, this_update timestamptz,
+                                         next_update timestamptz)
+RETURNS text
+LANGUAGE plpython3u STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+import datetime
+from cryptography import x509
+
+ca_rows = plpy.execute(plpy.prepare(
+    "SELECT convert_from(k.cert, 'UTF8') AS cert FROM certkeydata k WHERE k.certinstance = $1 ORDER BY k.id LIMIT 1",
+    ["int"]), [ca_id])
+if not ca_rows:
+    return "CA instance %s has no stored certificate" % ca_id
+ca = x509.load_pem_x509_certificate(ca_rows[0]["cert"].encode())
+try:
+    crl = x509.load_pem_x509_crl((crl_pem or "").encode())
+except ValueError:
+    return "the CRL is not a PEM CRL"
+if crl.issuer != ca.subject:
+    return "the CRL is issued by %s, not by the CA %s" % (crl.issuer.rfc4514_string(), ca.subject.rfc4514_string())
+if not crl.is_signature_valid(ca.public_key()):
+    return "the CRL is not signed by the key of CA instance %s" % ca_id
+try:
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+except x509.ExtensionNotFound:
+    number = None
+if number != crl_number:
+    return "the CRL's number is %s, the result says %s" % (number, crl_number)
+
+def utc(text):
+    return datetime.datetime.fromisoformat(text).astimezone(datetime.timezone.utc).replace(tzinfo=None)
+
+if crl.next_update is None or abs((crl.last_update - utc(this_update)).total_seconds()) > 1 \
+        or abs((crl.next_update - utc(next_update)).total_seconds()) > 1:
+    return "the CRL's thisUpdate/nextUpdate (%s, %s) are not the result's (%s, %s)" % (
+        crl.last_update, crl.next_update, this_update, next_update)
+now = utc(plpy.execute("SELECT pki.now()::text AS now")[0]["now"])
+if abs((crl.last_update - now).total_seconds()) > 3600:
+    return "the CRL's thisUpdate %s is not now (%s)" % (crl.last_update, now)
+wanted = {x509.load_pem_x509_certificate(r["cert"].encode()).serial_number for r in plpy.execute(plpy.prepare(
+    "SELECT convert_from(r.cert, 'UTF8') AS cert FROM revocations r WHERE r.ca_instance = $1 AND r.not_after > pki.now()",
+    ["int"]), [ca_id])}
+listed = {r.serial_number for r in crl}
+if listed != wanted:
+    return "the CRL lists %d certificate(s), %d of them not revoked under this CA, and misses %d that are" % (
+        len(listed), len(listed - wanted), len(wanted - listed))
+return None
+$$;
