@@ -17,10 +17,38 @@ import re
 import pytest
 
 from fleet import Fleet
+from helpers import lease_of, owner_conn
+from test_ca_targets import claim, rows
 from test_revoke import BACKUP, INTRANET, WWW, serials
 
 from cryptography import x509
 
+
+# --------------------------------------------------------------------------- SQL
+
+def test_when_the_successor_of_a_key_compromise_cannot_be_issued_the_old_records_are_withdrawn(conn):
+    # the rollover's issue job was to withdraw the revoked records with its own: dead, it withdraws them
+    conn.execute("SELECT add_disthost('h.example.org')")
+    conn.execute("SELECT add_place('nginx', 'separate', '/usr/local/etc/nginx/ssl')")
+    conn.execute("SELECT * FROM add_cert('t.example.org', 'server', 'LE', 'ec', false, NULL, 'https', 443, "
+                 "'h.example.org', NULL, 'nginx')")
+    conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY['t.example.org']))")
+    [job] = claim(conn, "issue_acme")
+    owner_conn(conn).execute("UPDATE jobs SET args = args || '{\"then\": \"rollover\"}' WHERE id = %s", (job["id"],))
+    assert rows(conn, "SELECT * FROM jobs WHERE kind = 'publish_tlsa'") == []
+    conn.execute("SELECT fail_job(%s, %s, 'the CA is down', false)", (job["id"], lease_of(conn, job["id"], "sql-test")))
+    [withdrawal] = rows(conn, "SELECT * FROM jobs WHERE kind = 'publish_tlsa'")
+    assert withdrawal["args"]["instances"] == [] and withdrawal["reason"].startswith(
+        f"issue job {job['id']} of the emergency rollover failed for good")
+    # an ordinary issue job that dies leaves DNS alone (a wish of its own would renew the pending job's reason)
+    conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY['t.example.org']))")
+    [other] = claim(conn, "issue_acme")
+    conn.execute("SELECT fail_job(%s, %s, 'the CA is down', false)", (other["id"], lease_of(conn, other["id"], "sql-test")))
+    assert rows(conn, "SELECT id, reason FROM jobs WHERE kind = 'publish_tlsa'") == [
+        {"id": withdrawal["id"], "reason": withdrawal["reason"]}]
+
+
+# --------------------------------------------------------------------------- the lab
 
 @pytest.fixture(scope="module")
 def fleet():
@@ -73,10 +101,10 @@ def test_a_compromised_ACME_certificate_is_replaced_on_every_target_and_in_DNS_i
     for owner in owners:
         served = fleet.tlsa_served(owner)
         assert served == wanted_tlsa(fleet, new, owner) and not served & wanted_tlsa(fleet, old, owner), owner
-    # one publish_tlsa job put the successor's records in and took the revoked ones out (no withdrawal first)
-    tlsa_jobs = jobs_since_revoke(fleet, "publish_tlsa")
-    assert tlsa_jobs and tlsa_jobs[0]["args"]["instances"] == [new] and tlsa_jobs[0]["args"]["prepublish"] == new
-    assert all(j["args"]["instances"] != [] for j in tlsa_jobs), tlsa_jobs
+    # one publish_tlsa job put the successor's records in and took the revoked ones out: no withdrawal
+    # first, and none after the deployment (DNS held the successor's records alone already)
+    [tlsa_job] = jobs_since_revoke(fleet, "publish_tlsa")
+    assert tlsa_job["args"]["instances"] == [new] and tlsa_job["args"]["prepublish"] == new and tlsa_job["state"] == "done"
     # ... before the successor was deployed: its records were out first
     [(published, deployed_at)] = fleet.conn.execute(
         "SELECT (SELECT min(at) FROM events WHERE instance = %(i)s AND to_state = 'prepublished'), "
