@@ -9,7 +9,10 @@ registers the ACME account and runs the cron job. Then it travels in time
 (SET pki.now, shared by every session of a run through PGOPTIONS) through the
 prepublication and the rollover of the ACME certificate, showing the states and
 the TLSA records as a DANE client gets them: through the validating resolver.
-Everything it starts is stopped at the end, also on Ctrl-C.
+It ends with a key compromise: the deployed ACME certificate is revoked with
+--reason keyCompromise, and that one run puts its successor on the hosts and in
+DNS (the emergency rollover). Everything it starts is stopped at the end, also
+on Ctrl-C.
 
 Pebble issues certificates from its real clock; for the rollover scene it is
 restarted with a longer validity, so the successor outlives its predecessor as
@@ -26,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 import psycopg
+from cryptography import x509
 
 from serverpki import migrate
 from . import roles
@@ -54,12 +58,14 @@ class Demo:
         env = {**os.environ, **self.cluster.env(DEMO_DB, roles.OPERATOR)}   # a person with psql
         subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-P", "pager=off", *args], env=env, check=True)
 
-    def operate(self, *args: str, now: dt.datetime | None = None) -> int:
+    def operate(self, *args: str, now: dt.datetime | None = None, log_to_stdout: bool = False) -> int:
+        """One run as cron runs it; log_to_stdout: its log too on stdout, where the scene shows what it said."""
         env = {**os.environ, **self.cluster.env(DEMO_DB, roles.CRON), "SERVERPKI_CONFIG": str(self.config)}
         if now:  # time travel: every session of the run shares the clock
             env["PGOPTIONS"] = f"-c pki.now={now.isoformat()}"
         print(f"$ operate_serverPKI {' '.join(args)}" + (f"      (pki.now = {now:%Y-%m-%d %H:%M})" if now else ""), flush=True)
-        rc = subprocess.run([sys.executable, "-m", "serverpki.operate", *args], env=env).returncode
+        rc = subprocess.run([sys.executable, "-m", "serverpki.operate", *args], env=env,
+                            stderr=subprocess.STDOUT if log_to_stdout else None).returncode
         if "-n" not in args:
             print(f"(exit status {rc}{': every job it ran succeeded' if rc == 0 else ''})")
         return rc
@@ -101,6 +107,25 @@ class Demo:
             reloads = host.root / "var/log/reloads"
             if reloads.exists():
                 print(f"{fqdn}: reload commands run: {'; '.join(reloads.read_text().splitlines())}")
+
+    def show_served_certificates(self) -> None:
+        """Which instance the ACME certificate's files on the disthosts hold (matched with certkeydata)."""
+        with psycopg.connect(self.cluster.dsn(DEMO_DB, roles.OPERATOR), autocommit=True) as conn:
+            stored = {x509.load_pem_x509_certificate(bytes(cert)): inst for inst, cert in conn.execute(
+                "SELECT certinstance, cert FROM certkeydata WHERE certinstance IN "
+                "(SELECT id FROM certinstances WHERE certificate = cert_id(%s))", (ACME_CERT,))}
+        for fqdn, host in self.lab.ssh.hosts.items():
+            for path in sorted(host.root.rglob(f"{ACME_CERT}_*.pem")):
+                content = path.read_bytes()
+                if b"CERTIFICATE" in content:
+                    served = x509.load_pem_x509_certificates(content)[0]
+                    print(f"{fqdn}:/{path.relative_to(host.root)}  instance {stored.get(served, '?')} "
+                          f"(X.509 serial {served.serial_number:x})")
+
+    def active_instance(self) -> int:
+        with psycopg.connect(self.cluster.dsn(DEMO_DB, roles.READER), autocommit=True) as conn:
+            return conn.execute('SELECT max("Serial") FROM inst WHERE "Cert Name" = %s AND "State" = \'deployed\'',
+                                (ACME_CERT,)).fetchone()[0]
 
     def active_not_after(self) -> dt.datetime:
         with psycopg.connect(self.cluster.dsn(DEMO_DB, roles.READER), autocommit=True) as conn:
@@ -173,6 +198,16 @@ class Demo:
         banner("monitoring: what Prometheus (node_exporter's textfile) and a Nagios check see")
         self.monitor(now=scene + dt.timedelta(hours=1))
         self.monitor("--check", now=scene + dt.timedelta(hours=1))
+
+        scene += dt.timedelta(hours=2)
+        revoked = self.active_instance()
+        banner(f"{scene:%Y-%m-%d %H:%M}: the key of {ACME_CERT} is compromised: revoke instance {revoked}; "
+               "the same run replaces it everywhere (emergency rollover, no DANE wait)")
+        self.operate("--revoke", str(revoked), "--reason", "keyCompromise", now=scene, log_to_stdout=True)
+        self.show_instances()
+        banner(f"the new serial on the hosts and in DNS: instance {self.active_instance()} (revoked: {revoked})")
+        self.show_served_certificates()
+        self.show_tlsa()
 
 
 def banner(text: str) -> None:

@@ -268,7 +268,8 @@ class Fleet:
 
     def _history_problems(self) -> list[str]:
         """From the events: no instance deployed twice, no successor deployed before its TLSA records
-        were published for two TTLs (the DANE-safe order)."""
+        were published for two TTLs (the DANE-safe order), but for the emergency rollover after a key
+        compromise (request_revoke), which skips the wait on purpose."""
         found = [f"instance {i} was deployed {n} times" for i, n in self.conn.execute("""
             SELECT instance, count(*) FROM events WHERE to_state = 'deployed' AND from_state IS DISTINCT FROM 'deployed'
              GROUP BY 1 HAVING count(*) > 1""")]
@@ -278,7 +279,10 @@ class Fleet:
               JOIN certinstances ci ON ci.id = e.instance
              WHERE e.to_state = 'deployed' AND e.from_state = 'prepublished'
                AND ci.state = 'deployed'   -- a replaced instance's records, and their date, are gone
-               AND (ci.tlsa_published IS NULL OR e.at < ci.tlsa_published + 2 * tlsa_ttl(ci.certificate))""")]
+               AND (ci.tlsa_published IS NULL OR e.at < ci.tlsa_published + 2 * tlsa_ttl(ci.certificate))
+               AND NOT EXISTS (SELECT 1 FROM revocations r JOIN subjects s ON s.name = r.certificate AND NOT s.isaltname
+                                WHERE s.certificate = ci.certificate AND r.reason = 'keyCompromise'
+                                  AND e.at BETWEEN r.revoked_at AND r.revoked_at + interval '1 hour')""")]
         return found
 
 

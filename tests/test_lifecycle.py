@@ -909,7 +909,7 @@ def build_fleet_at_day_89(conn) -> dict[str, int]:
     set_now(conn, day(89))
     got["pre_succ"] = issue_on_request(conn, "pre.example.org")
     add_cert(conn, "new.example.org")                         # LE, nothing yet: issue
-    add_cert(conn, "gone.example.org", tlsa=False)            # LE, revoked: archive, and issue anew
+    add_cert(conn, "gone.example.org", tlsa=False)            # LE, active revoked: archive; --revoke's successor pending
     got["gone"] = deploy_le(conn, "gone.example.org")
     conn.execute("SELECT * FROM request_revoke(%s, 'cessationOfOperation')", (got["gone"],))
     run_all_jobs(conn, kinds=["revoke"])                      # revoked at the CA: the scheduler may archive it
@@ -930,7 +930,7 @@ def test_plan_writes_nothing_and_schedule_does_exactly_what_it_listed(fleet):
         ("app.example.org", got["app"], "remind"),
         ("app.example.org", got["app"], "wait"),
         ("gone.example.org", got["gone"], "archive"),
-        ("gone.example.org", None, "issue"),
+        ("gone.example.org", None, "wait"),                  # the emergency rollover's issue job (request_revoke)
         ("new.example.org", None, "issue"),
         ("old.example.org", got["old"], "expire"),
         ("old.example.org", None, "skip"),                   # rule 6: disabled, rule 2 would wait for -C
@@ -947,7 +947,7 @@ def test_plan_writes_nothing_and_schedule_does_exactly_what_it_listed(fleet):
     made = sorted((j.kind, cert_name(conn, j.certificate) if j.certificate else None, j.host) for j in new)
     assert made == [
         ("distribute", "roll.example.org", WEB1), ("distribute", "roll.example.org", WEB2),
-        ("issue_acme", "gone.example.org", None), ("issue_acme", "new.example.org", None),
+        ("issue_acme", "new.example.org", None),
         ("mail_reminder", None, None),
         ("publish_tlsa", "pre.example.org", None),
     ]
@@ -963,7 +963,7 @@ def test_plan_writes_nothing_and_schedule_does_exactly_what_it_listed(fleet):
         if j.kind == "issue_acme":
             assert state_of(conn, j.instance) == "reserved"
     # nothing else changed state: one event per listed delete / archive / expire, and one per reservation
-    assert value(conn, "SELECT count(*) FROM events") - before_counts["events"] == 3 + 2
+    assert value(conn, "SELECT count(*) FROM events") - before_counts["events"] == 3 + 1
 
 
 def test_schedule_twice_enqueues_nothing_new(fleet):
@@ -1179,14 +1179,18 @@ def test_revoked_instance_is_archived_next_run_then_deleted(fleet):
     conn = fleet
     add_cert(conn, "www.example.org", tlsa=False)
     active = deploy_le(conn, "www.example.org")
-    conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (active,))
+    got = rows(conn, "SELECT * FROM request_revoke(%s, 'keyCompromise')", (active,))
     assert state_of(conn, active) == "revoked"
     assert transitions(conn, active)[-1] == ("deployed", "revoked", "revoked (keyCompromise) by pki_cron with --revoke")
+    # it was the active instance: its successor is issued in the same run (the emergency rollover), and
+    # deployed at once (no TLSA services here)
+    [issue] = [j for j in jobs(conn, "issue_acme") if j.state == "queued"]
+    assert issue.args["then"] == "rollover" and issue.instance in [r.instance for r in got]
     run_all_jobs(conn, kinds=["revoke"])   # the CA revoked it: now the scheduler may let the instance go
     set_now(conn, day(1))
     p = plan(conn)
     assert ("www.example.org", active, "archive") in actions(p)
-    assert ("www.example.org", None, "issue") in actions(p)            # rule 2: nothing left
+    assert ("www.example.org", None, "wait") in actions(p)             # rule 7: an issue job is pending
     schedule(conn)
     assert state_of(conn, active) == "archived"
     run_all_jobs(conn)

@@ -117,7 +117,8 @@ def operate(
     issue_local_cacert: Annotated[Flag, typer.Option("-I", "--issue-local-CAcert", help="Issue a new local CA cert.")] = False,
     register: Annotated[Flag, typer.Option("-Z", "--register", help="Register an ACME account; alone.")] = False,
     revoke: Annotated[Optional[int], typer.Option("--revoke", metavar="SERIAL", min=1, max=2**31 - 1,
-        help="Revoke instance SERIAL (at the ACME CA, or on the local CA's CRL) and withdraw its TLSA records; alone.")] = None,
+        help="Revoke instance SERIAL (at the ACME CA, or on the local CA's CRL) and withdraw its TLSA records; "
+             "the active instance is replaced in the same run (keyCompromise: without the DANE wait); alone.")] = None,
     reason: Annotated[Optional[str], typer.Option("--reason", metavar="REASON",
         help="With --revoke: RFC 5280's reason, one of " + ", ".join(REVOCATION_REASONS) + " (default unspecified).")] = None,
     check_only: Annotated[Flag, typer.Option("-n", "--check-only", help="Check the configuration; with -v list certs and instances.")] = False,

@@ -200,8 +200,11 @@ AS $$ SELECT ARRAY['unspecified', 'keyCompromise', 'affiliationChanged', 'supers
 -- its certificates is recorded in pki.revocations with who (session_user), why and when (the event
 -- says so too); ONE revoke job revokes them at the ACME CA, or puts them on the local CA's CRL
 -- (db/jobs/080_revoke.sql); and a publish_tlsa job withdraws its TLSA records (the wanted set no
--- longer holds it). A revoked instance whose revocation is still pending (its job died) is
--- enqueued again. Returns the jobs (the revoke job first).
+-- longer holds it). When it was the active (deployed) instance of an enabled certificate, the
+-- emergency rollover (revoke_rollover) replaces it in the same run; after a key compromise its
+-- publish_tlsa job also withdraws the revoked records (one UPDATE), so none is enqueued here. A
+-- revoked instance whose revocation is still pending (its job died) is enqueued again. Returns
+-- the jobs (the revoke job first).
 CREATE OR REPLACE FUNCTION pki.request_revoke(serial int, revocation_reason text DEFAULT 'unspecified')
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -215,6 +218,8 @@ DECLARE
     why text := coalesce(nullif(revocation_reason, ''), 'unspecified');
     revoke_job bigint;
     tlsa_job bigint;
+    rollover record;
+    tlsa_in_rollover boolean := false;
 BEGIN
     PERFORM check_required(serial::text, 'the serial of the instance to revoke (--revoke SERIAL)');
     IF NOT why = ANY (revocation_reasons()) THEN
@@ -274,17 +279,88 @@ BEGIN
                                  CASE WHEN cert.type = 'local' THEN 'put it on the local CA''s CRL' ELSE 'revoke it at the ACME CA' END),
                           jsonb_build_object('reason', why), cert.id, inst.id);
     UPDATE revocations r SET job = revoke_job WHERE r.instance = inst.id;
-    IF tlsa_ttl(cert.id) IS NOT NULL THEN
-        -- its records leave DNS now: the wanted set (tlsa_wanted) holds no revoked instance
-        tlsa_job := enqueue_tlsa(cert.id, format('instance %s revoked: its TLSA records are withdrawn', inst.id));
-    END IF;
-    -- hook of the emergency rollover (issue 17 item 5): when inst was the active instance, its
-    -- successor is issued and deployed here, in the same run (keyCompromise: without the DANE wait)
     RETURN QUERY SELECT revoke_job, name, inst.id,
                         format('revoked (%s): %s', why, CASE WHEN cert.type = 'local' THEN 'the local CA''s CRL lists it'
                                                             ELSE 'revoked at the ACME CA' END);
-    IF tlsa_job IS NOT NULL THEN
+    -- the emergency rollover: the active instance of an enabled certificate is replaced in this run
+    IF inst.state = 'deployed' AND NOT cert.disabled THEN
+        FOR rollover IN SELECT * FROM revoke_rollover(cert.id, inst.id, why) LOOP
+            job := rollover.job; certificate := rollover.certificate; instance := rollover.instance; reason := rollover.reason;
+            RETURN NEXT;
+            -- key compromise: the successor's publish_tlsa job withdraws the revoked records too
+            tlsa_in_rollover := tlsa_in_rollover OR (why = 'keyCompromise' AND rollover.instance IS NOT NULL);
+        END LOOP;
+    END IF;
+    IF tlsa_ttl(cert.id) IS NOT NULL AND NOT tlsa_in_rollover THEN
+        -- its records leave DNS now: the wanted set (tlsa_wanted) holds no revoked instance
+        tlsa_job := enqueue_tlsa(cert.id, format('instance %s revoked: its TLSA records are withdrawn', inst.id));
         RETURN QUERY SELECT tlsa_job, name, inst.id, 'revoked: its TLSA records are withdrawn'::text;
+    END IF;
+END
+$$;
+
+-- revoke_rollover: the emergency rollover (request_revoke): the revoked instance was the active one
+-- of an enabled certificate, which has no active instance now. The scheduler's decision for the
+-- certificate alone (plan_rows: rule 2/7, no active instance, so no DANE wait) says how it is
+-- replaced: its successor (issued or prepublished) is distributed, or one is issued and then
+-- distributed; a local certificate too (the revocation is the operator's request, as -C is); an
+-- issue job already pending is told to distribute what it issues. After a key compromise
+-- (why = 'keyCompromise') the successor's TLSA records go out in the publish_tlsa job that also
+-- withdraws the revoked ones (one UPDATE per zone), and it is deployed at once. Returns the jobs,
+-- the successor as instance (NULL: the scheduler waits, its reason says why)
+CREATE OR REPLACE FUNCTION pki.revoke_rollover(cert_id int, revoked int, why text)
+RETURNS TABLE (job bigint, certificate text, instance int, reason text)
+LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    name text := (SELECT s.name::text FROM main_subjects s WHERE s.certificate = cert_id);
+    sel dd.selection := selection(only_certs => ARRAY[name]);
+    compromised boolean := why = 'keyCompromise';
+    with_tlsa boolean := tlsa_ttl(cert_id) IS NOT NULL;
+    decision record;
+    pending jobs;
+    succ int;
+    job_id bigint;
+    told text;
+BEGIN
+    told := CASE WHEN compromised
+                 THEN format('emergency rollover of %s: revoked instance %%s replaced by successor %%s, deployed to every target '
+                             'in this run%s; key compromise: DANE wait skipped', name,
+                             CASE WHEN with_tlsa THEN ', its TLSA records published and the revoked ones withdrawn in one UPDATE' ELSE '' END)
+                 ELSE format('emergency rollover of %s: revoked instance %%s was the active one; successor %%s is deployed to every '
+                             'target in this run (no active instance: nothing to wait for)', name) END;
+    SELECT j.* INTO pending FROM jobs j
+     WHERE j.subject_key = cert_subject_key(cert_id) AND j.kind IN ('issue_local', 'issue_acme')
+       AND j.state IN ('queued', 'running', 'failed');
+    IF FOUND THEN
+        -- its completion reads the job's row: what it issues is the successor
+        UPDATE jobs j SET args = j.args || jsonb_build_object('then', CASE WHEN compromised THEN 'rollover' ELSE 'distribute' END)
+         WHERE j.id = pending.id;
+        RETURN QUERY SELECT pending.id, name, pending.instance, format(told, revoked, pending.instance);
+        RETURN;
+    END IF;
+    SELECT p.action, p.instance, p.reason, p.then_action INTO decision FROM plan_rows(sel) p
+     WHERE p.certificate_id = cert_id AND p.action IN ('issue', 'distribute', 'wait');
+    IF decision.action = 'distribute' OR (decision.action = 'wait' AND decision.instance IS NOT NULL
+                                          AND EXISTS (SELECT 1 FROM certinstances i WHERE i.id = decision.instance
+                                                         AND i.state IN ('issued', 'prepublished'))) THEN
+        succ := decision.instance;
+        IF compromised AND with_tlsa THEN
+            -- its records in, the revoked out: one job (tlsa_wanted holds no revoked instance)
+            job_id := enqueue_tlsa(cert_id, format('key compromise of instance %s: TLSA of successor %s only', revoked, succ), succ);
+            RETURN QUERY SELECT job_id, name, succ, format(told, revoked, succ);
+        END IF;
+        RETURN QUERY SELECT e.job, name, succ, format(told, revoked, succ)
+          FROM enqueue_distribution(ARRAY[succ], sel, 'deploy', format('emergency rollover: instance %s revoked (%s)', revoked, why)) e;
+    ELSIF decision.action = 'issue' OR (decision.action = 'wait' AND decision.instance IS NULL) THEN
+        -- 'wait' without a successor: a local certificate is issued on request only, and this is one
+        RETURN QUERY SELECT e.job, name, e.instance, format(told, revoked, e.instance)
+          FROM enqueue_issue(ARRAY[cert_id], ARRAY[CASE WHEN compromised THEN 'rollover' ELSE 'distribute' END],
+                             ARRAY[format('emergency rollover: instance %s revoked (%s); issue its successor', revoked, why)], sel) e;
+    ELSE
+        RETURN QUERY SELECT NULL::bigint, name, NULL::int,
+                            format('no emergency rollover of %s: %s', name, coalesce(decision.reason, 'the scheduler plans nothing'));
     END IF;
 END
 $$;

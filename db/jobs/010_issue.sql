@@ -4,7 +4,8 @@
 -- issue_dead gives the reserved instance up when no attempt is left.
 
 -- enqueue_issue: a reserved instance and an issue job for each certificate without an active one;
--- then_action says what follows when it is issued: 'distribute', 'prepublish' or nothing
+-- then_action says what follows when it is issued: 'distribute', 'prepublish', 'rollover' (the
+-- emergency rollover after a key compromise, revoke_rollover: both at once) or nothing
 CREATE OR REPLACE FUNCTION pki.enqueue_issue(p_certs int[], p_then text[], p_reasons text[], sel dd.selection)
 RETURNS TABLE (job bigint, certificate int, instance int)
 LANGUAGE plpgsql
@@ -125,12 +126,23 @@ BEGIN
             IF NOT sel.no_tlsa THEN
                 PERFORM enqueue_tlsa(j.certificate, format('issued by job %s: prepublish TLSA', j.id), j.instance);
             END IF;
+        WHEN 'rollover' THEN
+            -- the active instance was revoked for a key compromise: its TLSA records go and this one's
+            -- come in one publish_tlsa job (enqueued first: it runs before the distribution), and the
+            -- instance is deployed at once: no DANE wait, the old key must stop being trusted now
+            IF NOT sel.no_tlsa AND tlsa_ttl(j.certificate) IS NOT NULL THEN
+                PERFORM enqueue_tlsa(j.certificate, format('issued by job %s after a key compromise: the successor''s TLSA '
+                                                           'in, the revoked instance''s out', j.id), j.instance);
+            END IF;
+            PERFORM enqueue_distribution(ARRAY[j.instance], sel, 'deploy',
+                                         format('issued by job %s after a key compromise: distribute at once', j.id));
         ELSE NULL;
     END CASE;
 END
 $$;
 
--- issue_dead: an issue job failed for good: the instance it reserved goes
+-- issue_dead: an issue job failed for good: the instance it reserved goes. An emergency rollover's
+-- ('rollover') was to withdraw the revoked instance's TLSA records with its own: they go now
 CREATE OR REPLACE FUNCTION pki.issue_dead(j pki.jobs)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
@@ -138,6 +150,11 @@ AS $$
 BEGIN
     PERFORM set_context(format('issue job %s failed for good', j.id), j.id);
     DELETE FROM certinstances WHERE id = j.instance AND state = 'reserved';
+    IF j.args ->> 'then' = 'rollover' AND tlsa_ttl(j.certificate) IS NOT NULL
+       AND NOT coalesce((j.args ->> 'no_tlsa')::boolean, false) THEN
+        PERFORM enqueue_tlsa(j.certificate, format('issue job %s of the emergency rollover failed for good: '
+                                                   'the revoked instance''s TLSA records are withdrawn', j.id));
+    END IF;
 END
 $$;
 

@@ -58,7 +58,14 @@ BEGIN
         UPDATE certinstances SET state = 'expired' WHERE certificate = inst.certificate AND state = 'deployed' AND id <> inst.id;
         -- a new local instance is live: the next reminder is due before it expires
         UPDATE certificates SET authorized_until = NULL WHERE id = inst.certificate AND type = 'local';
-        IF tlsa_ttl(inst.certificate) IS NOT NULL AND NOT coalesce((j.args ->> 'no_tlsa')::boolean, false) THEN
+        -- unless DNS holds just that already (the emergency rollover after a key compromise published
+        -- the successor's records alone before deploying it): no second UPDATE with the same records
+        IF tlsa_ttl(inst.certificate) IS NOT NULL AND NOT coalesce((j.args ->> 'no_tlsa')::boolean, false)
+           AND (tlsa_wanted(inst.certificate) IS DISTINCT FROM
+                    (SELECT coalesce(jsonb_agg(i.id ORDER BY i.id), '[]') FROM certinstances i
+                      WHERE i.certificate = inst.certificate AND i.tlsa_published IS NOT NULL)
+                OR EXISTS (SELECT 1 FROM jobs p WHERE p.kind = 'publish_tlsa' AND p.certificate = inst.certificate
+                              AND p.state IN ('queued', 'running', 'failed'))) THEN
             PERFORM enqueue_tlsa(inst.certificate, format('instance %s deployed: TLSA holds the active instance only', inst.id));
         END IF;
     END IF;
