@@ -208,6 +208,7 @@ class RecordingDemo(demo_module.Demo):
 
     def run_recorded(self, cmd, *args, **kwargs):
         kwargs.pop("capture_output", None)
+        kwargs.pop("stderr", None)   # both streams are captured apart (a scene may ask stderr to go to stdout)
         done = subprocess.run(cmd, *args, capture_output=True, text=True,
                               **{k: v for k, v in kwargs.items() if k != "check"})
         env = kwargs.get("env") or {}
@@ -234,9 +235,9 @@ class RecordingDemo(demo_module.Demo):
         except psycopg.OperationalError:
             pass   # the database is not there yet
 
-    def operate(self, *args: str, now: dt.datetime | None = None) -> int:
-        with mock.patch.object(demo_module, "subprocess", types.SimpleNamespace(run=self.run_recorded)):
-            return super().operate(*args, now=now)
+    def operate(self, *args: str, now: dt.datetime | None = None, log_to_stdout: bool = False) -> int:
+        with mock.patch.object(demo_module, "subprocess", types.SimpleNamespace(run=self.run_recorded, STDOUT=subprocess.STDOUT)):
+            return super().operate(*args, now=now, log_to_stdout=log_to_stdout)
 
     def psql(self, *args: str) -> None:
         with mock.patch.object(demo_module, "subprocess", types.SimpleNamespace(run=self.run_recorded)):
