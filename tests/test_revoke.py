@@ -263,3 +263,6 @@ def test_the_command_line_refuses_what_it_cannot_do(fleet):
     assert run.returncode == 2 and "--reason goes with --revoke" in run.stderr
     run = fleet.cli("--revoke", "1", "-S")
     assert run.returncode == 2 and "may not be combined" in run.stderr
+    for selection in (["-o", WWW], ["-s", WEB1], ["-N"]):
+        run = fleet.cli("--revoke", "1", *selection)
+        assert run.returncode == 2 and "--revoke SERIAL takes no selection" in run.stderr, selection

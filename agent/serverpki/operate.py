@@ -136,6 +136,9 @@ def operate(
                "-I": issue_local_cacert, "-Z": register, "--revoke": revoke is not None}
     try:
         _check_combination(actions, export_cert_and_key, check_only, renew_local_certs, as_json, reason)
+        if revoke is not None and (include or exclude or only or skip_disthost or limit_to_disthost or no_tlsa_records):
+            # a selection would leave the revocation's own jobs (the CRL's distribution, the replacement) unclaimed
+            raise UsageError("--revoke SERIAL takes no selection (-i, -e, -o, -s, -l, -N): its jobs go wherever they must")
         _check_names(include, exclude, only, skip_disthost, limit_to_disthost)
         config = _load_config(config_file)
         setup_logging(config, quiet=quiet, verbose=verbose, debug=debug)
