@@ -96,7 +96,9 @@ def revoke(job: Job, ctx: Context) -> Completion:
         report["revoked_at_ca"] = revoke_at_ca(job, ctx, certs)
         return Completion(report=report)
     if len(issuers) > 1:
-        raise GiveUp(f"revoke job {job.id}: its certificates come from different issuers {sorted(map(str, issuers))}")
+        raise GiveUp(f"revoke job {job.id}: its certificates come from different issuers {sorted(map(str, issuers))}; "
+                     "one instance's pairs are issued together, so its rows of pki.revocations were changed by hand: "
+                     f"mend them (SELECT * FROM revocations WHERE job = {job.id}) and run --revoke again")
     args, report["crl"] = sign_crl(job, ctx, issuers.pop())
     report["crl"]["serials"] = [f"{x509util.load_cert(row['cert']).serial_number:x}" for row in certs]
     return Completion(args=args, report=report)
