@@ -59,15 +59,15 @@ class TlsServer(LabService):
             args += ["-cert_chain", str(self.chain)]
         self._reloads_seen = self._reload_lines()
         with starting():
-            with self.log.open("ab") as log:
-                self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.PIPE)
+            with self.log.open("ab") as log:   # its complaints too: a pipe nobody reads would fill and stall it
+                self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             on_exit(self, self.close)
         try:
             await_ready(self._proc, self._accepts, timeout, "openssl s_server", f"did not listen on port {self.port}",
                         self.log)
-        except RuntimeError:
+        except RuntimeError as exc:
             self.stop()
-            raise
+            raise RuntimeError(f"{exc}: {self.log.read_text(errors='replace').strip()}") from None
         return self
 
     def _accepts(self) -> bool:
