@@ -86,3 +86,16 @@ END
 $$;
 -- 1.0: revocation is one request, request_revoke (--revoke): it revokes at the CA or on the CRL too
 DROP FUNCTION IF EXISTS pki.revoke_instance(int, text);
+-- 1.0: a CRL is reported with the last revocation it lists (listed_through): store_crl checks exactly those
+DROP FUNCTION IF EXISTS pki.check_crl(int, text, bigint, timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS pki.store_crl(pki.jobs, int, text, bigint, timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS pki.complete_revoke(bigint, uuid, int, text, bigint, timestamptz, timestamptz, jsonb);
+DROP FUNCTION IF EXISTS pki.complete_sign_crl(bigint, uuid, int, text, bigint, timestamptz, timestamptz, jsonb);
+-- 1.0: crls_due returns when a CRL is late (late_at) and its CA certificate
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('pki.crls_due()') AND NOT 'late_at' = ANY(proargnames)) THEN
+        DROP FUNCTION pki.crls_due();
+    END IF;
+END
+$$;

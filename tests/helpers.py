@@ -107,8 +107,8 @@ ARGS_OF_KIND = {
     "encrypt_keys": ("keys", "accounts", "job_keys"),
     "decrypt_keys": ("keys", "accounts", "job_keys"),
     "register_acme": ("directory_url", "uri", "contact", "key"),
-    "revoke": ("ca_instance", "crl", "crl_number", "this_update", "next_update"),
-    "sign_crl": ("ca_instance", "crl", "crl_number", "this_update", "next_update"),
+    "revoke": ("ca_instance", "crl", "crl_number", "this_update", "next_update", "listed_through"),
+    "sign_crl": ("ca_instance", "crl", "crl_number", "this_update", "next_update", "listed_through"),
 }
 
 

@@ -17,10 +17,12 @@ import subprocess
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certfactory import LOCAL_CA_NAME, issue_result, shared_ca
 from serverpki import x509util
+from serverpki.queries import q
 from helpers import assert_refused, completion_call, lease_of, owner_conn, snapshot
 from test_ca_targets import claim, complete, issue_local_ca, rows   # the queue driven as the agent would
 from lab.lab import ZONE
@@ -98,15 +100,20 @@ def test_the_completion_stores_the_CRL_and_refuses_one_that_does_not_fit(conn):
     owner = owner_conn(conn)
     ca = conn.execute("SELECT ca_instance FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
     ca_key, ca_cert = shared_ca(LOCAL_CA_NAME)   # the test local CA that signed it (certfactory)
-    serial = x509.load_pem_x509_certificate(owner.execute("SELECT convert_from(cert, 'UTF8') FROM revocations WHERE instance = %s",
-                                                          (inst,)).fetchone()[0].encode()).serial_number
+    rev_id, pem, revoked_at = owner.execute("SELECT id, convert_from(cert, 'UTF8'), revoked_at FROM revocations "
+                                            "WHERE instance = %s", (inst,)).fetchone()
+    serial = x509.load_pem_x509_certificate(pem.encode()).serial_number
     now = dt.datetime.now(UTC).replace(microsecond=0)
 
-    def crl(number=1, serials=(serial,), key=ca_key) -> dict:
-        signed = x509util.build_crl(ca_cert, key, [(s, now, "superseded") for s in serials], number, now,
-                                    now + dt.timedelta(days=30))
+    def crl(number=1, serials=(serial,), key=ca_key, reason="superseded", when=revoked_at, days=30, extension=None) -> dict:
+        signed = x509util.build_crl(ca_cert, key, [(s, when, reason) for s in serials], number, now,
+                                    now + dt.timedelta(days=days))
+        if extension is not None:   # the same CRL with one more extension, signed again
+            builder = x509.CertificateRevocationListBuilder(signed.issuer, signed.last_update_utc, signed.next_update_utc,
+                                                            list(signed.extensions), list(signed))
+            signed = builder.add_extension(extension, critical=True).sign(key, hashes.SHA256())
         return {"ca_instance": ca, "crl": x509util.crl_pem(signed), "crl_number": number, "this_update": now,
-                "next_update": now + dt.timedelta(days=30)}
+                "next_update": now + dt.timedelta(days=days), "listed_through": rev_id}
 
     def refused(args: dict, match: str) -> None:
         assert_refused(conn, *completion_call(conn, job["id"], lease_of(conn, job["id"], "sql-test"), args),
@@ -115,11 +122,19 @@ def test_the_completion_stores_the_CRL_and_refuses_one_that_does_not_fit(conn):
     refused({}, "no CRL")
     refused({**crl(), "crl_number": 0}, "number 0")
     refused(crl(number=2**63 - 1), "not the next one")                  # a number that would block every later CRL
+    refused({**crl(), "listed_through": None}, "last revocation it lists")
     refused({**crl(), "crl": "-----BEGIN X509 CRL-----\n..."}, "not a PEM CRL")
     refused(crl(key=ec.generate_private_key(ec.SECP256R1())), "not signed by the key of CA instance")
     refused(crl(serials=()), "misses 1")
     refused(crl(serials=(serial, serial + 1)), "1 of them not revoked under this CA")
     refused({**crl(), "next_update": now + dt.timedelta(days=3)}, "thisUpdate/nextUpdate")
+    # a CRL that lists the serial but revokes nothing, or not for long
+    refused(crl(reason="removeFromCRL"), "reason removeFromCRL")
+    refused(crl(reason="unspecified"), "reason unspecified")
+    refused(crl(when=revoked_at - dt.timedelta(days=1)), "revocation date")
+    refused(crl(days=3650), "more than crl_days")
+    refused(crl(extension=x509.IssuingDistributionPoint(None, None, False, True, None, False, False)),
+            "extensions besides its number")
     complete(conn, job, crl())
     # the revoked instance is gone after the scheduler cleaned it up: the CRL still has what it needs
     assert conn.execute("SELECT cert IS NOT NULL FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
@@ -132,30 +147,39 @@ def at(conn, when: dt.datetime) -> None:
 
 
 def test_a_CRL_is_signed_again_before_its_nextUpdate_and_a_late_one_is_an_alert(conn):
-    """functions/155_crls.sql: the scheduler signs the next CRL when a third of crl_days is left; two
-    CRLs of one CA at once: the second's number is taken (SP028, retried, not dead)."""
+    """functions/155_crls.sql: the scheduler signs the next CRL when a third of its lifetime is left; a
+    CRL whose number another took meanwhile, or that misses a revocation that arrived while it was
+    signed, is SP028 (the agent retries: not dead) and changes nothing."""
     inst = issued_local(conn, "d.example.org")
     conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (inst,))
     [job] = claim(conn, "revoke")
     ca = conn.execute("SELECT ca_instance FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
     ca_key, ca_cert = shared_ca(LOCAL_CA_NAME)
-    serial = x509.load_pem_x509_certificate(bytes(conn.execute("SELECT cert FROM revocations WHERE instance = %s",
-                                                               (inst,)).fetchone()[0])).serial_number
     start = dt.datetime.now(UTC).replace(microsecond=0)
 
     def crl(number: int, now: dt.datetime) -> dict:
-        signed = x509util.build_crl(ca_cert, ca_key, [(serial, start, "keyCompromise")], number, now,
-                                    now + dt.timedelta(days=30))
+        """The CRL an agent signs now: every revocation under the CA, the last one read as listed_through."""
+        revoked = conn.execute("SELECT id, cert, revoked_at, reason FROM revocations WHERE ca_instance = %s ORDER BY id",
+                               (ca,)).fetchall()
+        entries = [(x509.load_pem_x509_certificate(bytes(pem)).serial_number, when, reason) for _, pem, when, reason in revoked]
+        signed = x509util.build_crl(ca_cert, ca_key, entries, number, now, now + dt.timedelta(days=30))
         return {"ca_instance": ca, "crl": x509util.crl_pem(signed), "crl_number": number, "this_update": now,
-                "next_update": now + dt.timedelta(days=30)}
+                "next_update": now + dt.timedelta(days=30), "listed_through": max(r[0] for r in revoked)}
+
+    def refused(job: dict, args: dict, sqlstate: str, match: str) -> None:
+        before = snapshot(conn)
+        assert_refused(conn, *completion_call(conn, job["id"], lease_of(conn, job["id"], "sql-test"), args),
+                       sqlstate=sqlstate, match=match)
+        assert snapshot(conn) == before
 
     complete(conn, job, crl(1, start))
     crl_rows = lambda: [r for r in rows(conn, "SELECT * FROM plan(selection(true))") if "CRL" in r["reason"]]
     assert crl_rows() == []
     alerts = lambda: rows(conn, "SELECT alert_key, severity FROM alerts WHERE alert_key LIKE 'crl:%%'")
 
-    # 20 days later, 10 (a third of crl_days) are left: due
-    at(conn, start + dt.timedelta(days=20, hours=1))
+    # 20 days later, 10 (a third of the CRL's 30) are left: due
+    now = start + dt.timedelta(days=20, hours=1)
+    at(conn, now)
     [due] = crl_rows()
     assert (due["instance"], due["action"]) == (ca, "sign CRL") and "nextUpdate" in due["reason"]
     assert alerts() == []
@@ -165,26 +189,74 @@ def test_a_CRL_is_signed_again_before_its_nextUpdate_and_a_late_one_is_an_alert(
     [sign] = claim(conn, "sign_crl")
     assert (sign["instance"], sign["args"]) == (ca, {"ca_instance": ca})
 
-    # a revocation's CRL stored meanwhile took number 2: the job's is refused with SP028 and stays retryable
-    now = start + dt.timedelta(days=20, hours=1)
+    # a revocation's CRL stored meanwhile took number 2
+    signed_first = crl(2, now)
     owner_conn(conn).execute("INSERT INTO crls (ca_instance, number, this_update, next_update, crl) "
                              "SELECT ca_instance, 2, this_update, next_update, crl FROM crls WHERE number = 1")
-    before = snapshot(conn)
-    assert_refused(conn, *completion_call(conn, sign["id"], lease_of(conn, sign["id"], "sql-test"), crl(2, now)),
-                   sqlstate="SP028", match="taken")
-    assert snapshot(conn) == before
+    refused(sign, signed_first, "SP028", "taken")
     owner_conn(conn).execute("DELETE FROM crls WHERE number = 2")
-    assert_refused(conn, *completion_call(conn, sign["id"], lease_of(conn, sign["id"], "sql-test"), crl(3, now)),
-                   sqlstate="SP023", match="not the next one")
+    refused(sign, crl(3, now), "SP023", "not the next one")
+    # a revocation under the CA arrived after the job read them
+    other = issued_local(conn, "e.example.org")
+    conn.execute("SELECT * FROM request_revoke(%s)", (other,))
+    refused(sign, signed_first, "SP028", "arrived while the CRL was signed")
+    # signed again, it lists both: both revocations are done (the other's own job has nothing left to add)
     complete(conn, sign, crl(2, now))
     assert conn.execute("SELECT array_agg(number ORDER BY number) FROM crls").fetchone()[0] == [1, 2]
+    assert conn.execute("SELECT count(*) FROM revocations WHERE done_at IS NULL").fetchone()[0] == 0
+    [revoke_other] = claim(conn, "revoke")
+    complete(conn, revoke_other, crl(3, now))
     assert crl_rows() == []
 
-    # no run renews it: a warning when a sixth of crl_days is left, critical past its nextUpdate
+    # no run renews it: a warning when a sixth of its lifetime is left, critical past its nextUpdate
     at(conn, now + dt.timedelta(days=26))
     assert alerts() == [{"alert_key": f"crl:{ca}", "severity": "warning"}]
     at(conn, now + dt.timedelta(days=30, hours=1))
     assert alerts() == [{"alert_key": f"crl:{ca}", "severity": "critical"}]
+
+
+def test_after_a_new_CA_instance_both_keep_a_CRL_and_the_targets_get_both(conn):
+    """After -I the current instance gets a CRL of its own at once, the old one keeps its own while a
+    certificate revoked under it is valid; the CA's targets get the newest of each in one file."""
+    inst = issued_local(conn, "f.example.org")
+    conn.execute("SELECT * FROM request_revoke(%s)", (inst,))
+    [job] = claim(conn, "revoke")
+    old_ca = conn.execute("SELECT ca_instance FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
+    ca_key, ca_cert = shared_ca(LOCAL_CA_NAME)
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    rev_id, pem, revoked_at = conn.execute("SELECT id, cert, revoked_at FROM revocations WHERE instance = %s",
+                                           (inst,)).fetchone()
+    first = x509util.build_crl(ca_cert, ca_key, [(x509.load_pem_x509_certificate(bytes(pem)).serial_number, revoked_at,
+                                                 "unspecified")], 1, now, now + dt.timedelta(days=30))
+    complete(conn, job, {"ca_instance": old_ca, "crl": x509util.crl_pem(first), "crl_number": 1, "this_update": now,
+                         "next_update": now + dt.timedelta(days=30), "listed_through": rev_id})
+    assert [r["action"] for r in rows(conn, "SELECT * FROM plan(selection(true))") if "CRL" in r["reason"]] == []
+
+    conn.execute("SELECT request_local_ca(%s, 'rsa')", (LOCAL_CA_NAME,))   # -I of the CA that signed it
+    [job] = claim(conn, "issue_local_ca")
+    complete(conn, job, issue_result(conn, "issue_local_ca", job["certificate"], dt.datetime.now(UTC), 36500))
+    new_ca = job["instance"]
+    assert new_ca != old_ca and conn.execute("SELECT ca_current(certificate) FROM certinstances WHERE id = %s",
+                                             (old_ca,)).fetchone()[0] == new_ca
+    due = {r["instance"]: r["action"] for r in rows(conn, "SELECT * FROM plan(selection(true))") if "CRL" in r["reason"]}
+    assert due == {new_ca: "sign CRL"}, due
+    assert "has no CRL yet" in [r["reason"] for r in rows(conn, "SELECT * FROM plan(selection(true))")
+                                if r["instance"] == new_ca and "CRL" in r["reason"]][0]
+    keepers = conn.execute("SELECT array_agg(ca_instance ORDER BY ca_instance) FROM crl_keepers()").fetchone()[0]
+    assert keepers == [old_ca, new_ca]
+    # what the agent sends the CA's targets: the old instance's CRL now, both once the new one signed one
+    [crls] = conn.execute(q("newest_crls"), {"instance": new_ca}).fetchone()
+    assert crls == x509util.crl_pem(first)
+    owner_conn(conn).execute("INSERT INTO crls (ca_instance, number, this_update, next_update, crl) "
+                             "SELECT %s, 2, this_update, next_update, crl FROM crls WHERE number = 1", (new_ca,))
+    [crls] = conn.execute(q("newest_crls"), {"instance": new_ca}).fetchone()
+    assert crls.count("BEGIN X509 CRL") == 2
+
+    # once the certificate revoked under the old instance has expired, only the current one keeps a CRL
+    not_after = conn.execute("SELECT not_after FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
+    at(conn, not_after + dt.timedelta(hours=1))
+    keepers = conn.execute("SELECT array_agg(ca_instance ORDER BY ca_instance) FROM crl_keepers()").fetchone()[0]
+    assert keepers == [new_ca]
 
 
 def test_a_replaced_certificate_still_valid_is_revoked_and_reasons_are_those_of_an_end_entity(conn):
@@ -297,7 +369,7 @@ def test_a_local_certificate_goes_on_a_verified_CRL_that_reaches_the_CA_target(f
     assert (root / RELOADED).exists(), "the place's reload did not run"
     number = subprocess.run(["openssl", "crl", "-in", crl, "-noout", "-crlnumber"], capture_output=True, text=True).stdout
     stored = fleet.conn.execute("SELECT number, convert_from(crl, 'UTF8') FROM crls ORDER BY number DESC LIMIT 1").fetchone()
-    assert number.strip().endswith(f"{stored[0]:02X}") and open(crl).read() == stored[1]
+    assert int(number.split("crlNumber=")[1].split()[0], 16) == stored[0] and open(crl).read() == stored[1]
 
     # a second one: the next CRL lists both, with the next number
     other = fleet.deployed()[BACKUP]
@@ -324,7 +396,7 @@ def test_a_local_certificate_goes_on_a_verified_CRL_that_reaches_the_CA_target(f
     assert listed(crl) == {serial, *serials(fleet, other)}
     assert fleet.conn.execute("SELECT array_agg(number ORDER BY number) FROM crls").fetchone()[0] == [
         stored[0], stored[0] + 1, stored[0] + 2]
-    assert check.stdout.split("crlNumber=")[1].split()[0].endswith(f"{stored[0] + 2:02X}")
+    assert int(check.stdout.split("crlNumber=")[1].split()[0], 16) == stored[0] + 2
     assert (root / RELOADED).exists(), "the place's reload did not run for the new CRL"
     assert fleet.conn.execute("SELECT count(*) FROM jobs WHERE kind = 'sign_crl' AND state = 'done'").fetchone()[0] == 1
 

@@ -320,7 +320,7 @@ SELECT id, certificate, encryption_algo::text AS algo, convert_from(cert, 'UTF8'
 
 -- name: crl_entries
 -- what the next CRL of a local CA instance lists: every certificate it issued that was revoked and has not expired
-SELECT convert_from(cert, 'UTF8') AS cert, reason, revoked_at
+SELECT id, convert_from(cert, 'UTF8') AS cert, reason, revoked_at
   FROM pki.revocations WHERE ca_instance = %(ca)s AND not_after > pki.now() ORDER BY id;
 
 -- name: next_crl
@@ -335,9 +335,13 @@ SELECT i.id, convert_from(k.cert, 'UTF8') AS cert, convert_from(k.key, 'UTF8') A
   FROM pki.certinstances i JOIN pki.certkeydata k ON k.certinstance = i.id
  WHERE i.id = %(ca)s AND k.key IS NOT NULL;
 
--- name: newest_crl
--- the newest CRL a CA instance signed (NULL: none), which its targets get beside the CA certificate
-SELECT convert_from(crl, 'UTF8') AS crl FROM pki.crls WHERE ca_instance = %(instance)s ORDER BY number DESC LIMIT 1;
+-- name: newest_crls
+-- what a CA's targets get beside its certificate (NULL: none): the newest CRL of each instance of the CA
+-- that keeps one (pki.crl_keepers: the current one, and older ones that revoked certificates still valid)
+SELECT string_agg(convert_from(n.crl, 'UTF8'), '' ORDER BY k.ca_instance DESC) AS crls
+  FROM pki.crl_keepers() k
+  JOIN LATERAL (SELECT c.crl FROM pki.crls c WHERE c.ca_instance = k.ca_instance ORDER BY c.number DESC LIMIT 1) n ON true
+ WHERE k.ca_cert = (SELECT certificate FROM pki.certinstances WHERE id = %(instance)s);
 
 -- name: acme_account
 -- the account at a directory: its key signs every ACME request (issue_acme, register_acme)

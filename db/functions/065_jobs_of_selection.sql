@@ -7,6 +7,8 @@
 --   * it goes to a disthost, and the selection lets distribution go there (host_selected: not -s,
 --     within -l): a run never connects to a host excluded by -s or outside -l;
 --   * it is a publish_tlsa job, and the run does not say -N;
+--   * it distributes a CA the selection acts on (selected_cas), or signs its CRL: what its pass
+--     enqueued for it (ca_plan_rows, crl_plan_rows);
 --   * it is a mail_reminder: it lists many certificates, so only when the selection has them all
 --     (a reminder enqueued by `-S -o X` lists X alone; the cron run selects everything);
 --   * it concerns the installation, not a certificate a selection can name (-I's issue_local_ca,
@@ -21,11 +23,13 @@ AS $$
 DECLARE
     acted_on int[];        -- the certificates the selection acts on (enabled, or included by -a/-i)
     named text[];          -- every certificate the selection names, enabled or not (a reminder's)
+    cas int[];             -- the CAs it acts on: a pass enqueues their distribution and CRLs
     whole boolean;         -- the selection names no certificate: it has the installation's jobs too
 BEGIN
     PERFORM check_selection(sel);
     SELECT coalesce(array_agg(s.id) FILTER (WHERE s.enabled), '{}'), coalesce(array_agg(s.name), '{}')
       INTO acted_on, named FROM selected_certs(sel) s;
+    cas := ARRAY(SELECT ca.id FROM selected_cas(sel) ca WHERE ca.enabled);
     whole := cardinality(coalesce(sel.only_certs, '{}')) = 0 AND cardinality(coalesce(sel.exclude, '{}')) = 0;
     RETURN QUERY
     SELECT j.id FROM jobs j
@@ -33,6 +37,7 @@ BEGIN
        -- the certificate, or what stands for it
        AND CASE
                WHEN j.certificate = ANY (acted_on) THEN true
+               WHEN j.kind IN ('distribute', 'sign_crl') AND j.certificate = ANY (cas) THEN true
                WHEN j.kind = 'mail_reminder' THEN NOT EXISTS (
                    SELECT 1 FROM jsonb_array_elements(coalesce(j.args -> 'certificates', '[]')) e
                     WHERE NOT coalesce(e ->> 'name' = ANY (named), false))

@@ -278,19 +278,24 @@ BEGIN
 END
 $$;
 
--- check_crl: a CRL a revoke job reports for local CA instance ca_id, parsed and checked before it is
--- stored and sent to the CA's targets: signed by that instance's key, issued in its name, with the
--- number, thisUpdate and nextUpdate it is reported with (thisUpdate within an hour of pki.now()),
--- listing exactly the serials of the unexpired certificates revoked under it (pki.revocations).
--- Returns what is wrong (for the caller's SP023), NULL when it is right.
+-- check_crl: a CRL a revoke or sign_crl job reports for local CA instance ca_id, parsed and checked
+-- before it is stored and sent to the CA's targets: signed by that instance's key, issued in its
+-- name, with the number, thisUpdate and nextUpdate it is reported with (thisUpdate within an hour of
+-- pki.now(), nextUpdate at most crl_days later), no extension but its number and the CA's key id,
+-- and listing exactly the unexpired certificates revoked under it up to revocation listed_through
+-- (what the job read), each with its recorded date and reason ('unspecified': no reason extension)
+-- and no other entry extension: a CRL that says less (removeFromCRL, an issuing distribution point
+-- narrowing its scope, a far nextUpdate) revokes nothing. Returns what is wrong (for the caller's
+-- SP023), NULL when it is right.
 CREATE OR REPLACE FUNCTION pki.check_crl(ca_id int, crl_pem text, crl_number bigint, this_update timestamptz,
-                                         next_update timestamptz)
+                                         next_update timestamptz, listed_through bigint)
 RETURNS text
 LANGUAGE plpython3u STABLE
 SET search_path = pki, dd, pg_temp
 AS $$
 import datetime
 from cryptography import x509
+from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 ca_rows = plpy.execute(plpy.prepare(
     "SELECT convert_from(k.cert, 'UTF8') AS cert FROM certkeydata k WHERE k.certinstance = $1 ORDER BY k.id LIMIT 1",
@@ -306,6 +311,10 @@ if crl.issuer != ca.subject:
     return "the CRL is issued by %s, not by the CA %s" % (crl.issuer.rfc4514_string(), ca.subject.rfc4514_string())
 if not crl.is_signature_valid(ca.public_key()):
     return "the CRL is not signed by the key of CA instance %s" % ca_id
+others = {e.oid.dotted_string for e in crl.extensions} - {ExtensionOID.CRL_NUMBER.dotted_string,
+                                                            ExtensionOID.AUTHORITY_KEY_IDENTIFIER.dotted_string}
+if others:
+    return "the CRL carries extensions besides its number and key id: %s" % ", ".join(sorted(others))
 try:
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 except x509.ExtensionNotFound:
@@ -320,15 +329,33 @@ if crl.next_update is None or abs((crl.last_update - utc(this_update)).total_sec
         or abs((crl.next_update - utc(next_update)).total_seconds()) > 1:
     return "the CRL's thisUpdate/nextUpdate (%s, %s) are not the result's (%s, %s)" % (
         crl.last_update, crl.next_update, this_update, next_update)
-now = utc(plpy.execute("SELECT pki.now()::text AS now")[0]["now"])
+knobs = plpy.execute("SELECT pki.now()::text AS now, pki.setting_int('crl_days') AS days")[0]
+now = utc(knobs["now"])
 if abs((crl.last_update - now).total_seconds()) > 3600:
     return "the CRL's thisUpdate %s is not now (%s)" % (crl.last_update, now)
-wanted = {x509.load_pem_x509_certificate(r["cert"].encode()).serial_number for r in plpy.execute(plpy.prepare(
-    "SELECT convert_from(r.cert, 'UTF8') AS cert FROM revocations r WHERE r.ca_instance = $1 AND r.not_after > pki.now()",
-    ["int"]), [ca_id])}
-listed = {r.serial_number for r in crl}
-if listed != wanted:
+if (crl.next_update - crl.last_update).total_seconds() > knobs["days"] * 86400 + 1:
+    return "the CRL's nextUpdate %s is more than crl_days (%s) after its thisUpdate" % (crl.next_update, knobs["days"])
+wanted = {}
+for r in plpy.execute(plpy.prepare(
+        "SELECT convert_from(r.cert, 'UTF8') AS cert, r.reason, r.revoked_at::text AS revoked_at FROM revocations r "
+        "WHERE r.ca_instance = $1 AND r.not_after > pki.now() AND r.id <= $2", ["int", "bigint"]), [ca_id, listed_through]):
+    wanted[x509.load_pem_x509_certificate(r["cert"].encode()).serial_number] = (r["reason"], utc(r["revoked_at"]))
+listed = {r.serial_number: r for r in crl}
+if set(listed) != set(wanted):
     return "the CRL lists %d certificate(s), %d of them not revoked under this CA, and misses %d that are" % (
-        len(listed), len(listed - wanted), len(wanted - listed))
+        len(listed), len(set(listed) - set(wanted)), len(set(wanted) - set(listed)))
+for serial, entry in listed.items():
+    reason, revoked_at = wanted[serial]
+    kinds = {e.oid.dotted_string for e in entry.extensions}
+    if kinds - {CRLEntryExtensionOID.CRL_REASON.dotted_string}:
+        return "the CRL's entry for serial %x carries extensions besides its reason" % serial
+    try:
+        said = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value
+    except x509.ExtensionNotFound:
+        said = "unspecified"
+    if said != reason or reason == "unspecified" and kinds:
+        return "the CRL gives serial %x the reason %s, it was revoked for %s" % (serial, said, reason)
+    if abs((entry.revocation_date - revoked_at).total_seconds()) > 1:
+        return "the CRL gives serial %x the revocation date %s, it was revoked %s" % (serial, entry.revocation_date, revoked_at)
 return None
 $$;

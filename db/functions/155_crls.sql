@@ -8,73 +8,101 @@ CREATE OR REPLACE FUNCTION pki.crl_subject_key(ca_instance int)
 RETURNS text LANGUAGE sql IMMUTABLE
 AS $$ SELECT 'crl:inst:' || ca_instance::text $$;
 
--- store_crl: a CRL that job j reports for local CA instance issuer, checked (pki.check_crl), stored
--- and, when issuer is its CA's current instance, sent to the CA's targets. Every unexpired
--- revocation under issuer is done then: the CRL lists it (check_crl made sure).
--- SP028 when another CRL of the same CA took the number meanwhile: the job signs again (the agent
--- retries it); anything else that does not fit is SP023
+-- store_crl: a CRL that job j reports for local CA instance issuer, checked (pki.check_crl: exactly
+-- the revocations up to listed_through, the last one the job read), stored, and sent to the CA's
+-- targets (they get the newest CRL of each CA instance that keeps one: distribution's newest_crls).
+-- Those revocations are done then. SP028, and nothing stored, when the CRL's number was taken by
+-- another CRL of the same CA meanwhile, or a revocation under issuer arrived after the job read
+-- them: the agent retries the job, which signs again. Anything else that does not fit is SP023.
 CREATE OR REPLACE FUNCTION pki.store_crl(j pki.jobs, issuer int, crl text, crl_number bigint,
-                                         this_update timestamptz, next_update timestamptz)
+                                         this_update timestamptz, next_update timestamptz, listed_through bigint)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
     ca_cert int := (SELECT i.certificate FROM certinstances i WHERE i.id = issuer);
     newest bigint;
+    later int;
     problem text;
 BEGIN
     -- CRL numbers rise per CA certificate (RFC 5280 5.2.3; a new CA instance, -I, keeps the name):
-    -- the CA's row serialises the CRLs of a CA, so two jobs never store the same number
-    PERFORM 1 FROM certificates c WHERE c.id = ca_cert FOR UPDATE;
+    -- one CRL of a CA is stored at a time, so two jobs never store the same number
+    PERFORM pg_advisory_xact_lock(hashtext('pki.store_crl'), ca_cert);
     SELECT max(c.number) INTO newest FROM crls c JOIN certinstances i ON i.id = c.ca_instance
      WHERE i.certificate = ca_cert;
-    IF crl IS NULL OR crl_number IS NULL OR crl_number < 1 OR crl_number > coalesce(newest, 0) + 1
-       OR this_update IS NULL OR next_update IS NULL OR next_update <= this_update THEN
-        PERFORM raise_error('SP023', format('%s job %s: the CRL is missing, or its number %s is not the next one (%s)',
+    IF crl IS NULL OR crl_number IS NULL OR crl_number < 1 OR crl_number > coalesce(newest, 0) + 1 OR listed_through IS NULL THEN
+        PERFORM raise_error('SP023', format('%s job %s: the CRL, its number or the last revocation it lists is missing, '
+                                            'or its number %s is not the next one (%s)',
                                             j.kind, j.id, coalesce(crl_number::text, 'NULL'), coalesce(newest, 0) + 1),
-            'sign a new CRL with the next number and report it');
+            'sign a new CRL with the next number and report it with listed_through');
     END IF;
-    IF crl_number <= coalesce(newest, 0) THEN
-        PERFORM raise_error('SP028', format('%s job %s: CRL number %s of local CA instance %s was taken by another CRL '
-                                            'of the same CA meanwhile (the newest is %s)', j.kind, j.id, crl_number, issuer, newest),
-            'nothing to do: the agent signs the CRL again with the next number when it retries the job');
+    IF this_update IS NULL OR next_update IS NULL OR next_update <= this_update THEN
+        PERFORM raise_error('SP023', format('%s job %s: the CRL''s nextUpdate %s is not after its thisUpdate %s',
+                                            j.kind, j.id, coalesce(next_update::text, 'NULL'), coalesce(this_update::text, 'NULL')),
+            'the setting crl_days must be at least 1 (UPDATE settings SET value = ''30'' WHERE name = ''crl_days'')');
     END IF;
-    problem := check_crl(issuer, crl, crl_number, this_update, next_update);
+    SELECT min(r.id) INTO later FROM revocations r
+     WHERE r.ca_instance = issuer AND r.not_after > pki.now() AND r.id > listed_through;
+    IF crl_number <= coalesce(newest, 0) OR later IS NOT NULL THEN
+        PERFORM raise_error('SP028', format('%s job %s: %s', j.kind, j.id,
+                CASE WHEN later IS NOT NULL
+                     THEN format('revocation %s under local CA instance %s arrived while the CRL was signed', later, issuer)
+                     ELSE format('CRL number %s of local CA instance %s was taken by another CRL of the same CA meanwhile '
+                                 '(the newest is %s)', crl_number, issuer, newest) END),
+            'nothing to do: the agent signs the CRL again, with every revocation and the next number, when it retries the job');
+    END IF;
+    problem := check_crl(issuer, crl, crl_number, this_update, next_update, listed_through);
     IF problem IS NOT NULL THEN
         PERFORM raise_error('SP023', format('%s job %s: %s', j.kind, j.id, problem),
             'report the CRL the CA instance signed for exactly the certificates revoked under it');
     END IF;
     INSERT INTO crls (ca_instance, number, this_update, next_update, crl)
     VALUES (issuer, crl_number, this_update, next_update, convert_to(crl, 'UTF8'));
-    IF issuer = ca_current(ca_cert) THEN
-        -- the CA's targets get the new CRL (a pending distribution of the CA reads it when it runs)
-        PERFORM enqueue_distribution(ARRAY[issuer], selection(), 'deploy',
-                                     format('%s job %s: CRL %s of the local CA', j.kind, j.id, crl_number));
-    END IF;
-    -- the stored CRL lists them: a revocation whose own job died is done as well
+    -- the CA's targets get it (a pending distribution of the CA reads it when it runs)
+    PERFORM enqueue_distribution(ARRAY[ca_current(ca_cert)], selection(), 'deploy',
+                                 format('%s job %s: CRL %s of the local CA', j.kind, j.id, crl_number))
+      WHERE ca_current(ca_cert) IS NOT NULL;
     UPDATE revocations r SET done_at = pki.now()
-     WHERE r.ca_instance = issuer AND r.done_at IS NULL AND r.not_after > pki.now();
+     WHERE r.ca_instance = issuer AND r.done_at IS NULL AND r.not_after > pki.now() AND r.id <= listed_through;
 END
 $$;
 
--- crls_due: the local CA instances whose newest CRL must be followed by a new one: the instance's
--- certificate is still valid and less than a third of crl_days is left to the CRL's nextUpdate
--- (a cron run every hour has days to do it; a late CRL is an alert, views/050_alerts.sql)
-CREATE OR REPLACE FUNCTION pki.crls_due()
-RETURNS TABLE (ca_cert int, ca_instance int, number bigint, next_update timestamptz)
+-- crl_keepers: the local CA instances that keep a CRL: of each local CA that ever signed a CRL (it
+-- revoked something; relying parties check its CRLs since), the current instance and every valid
+-- older instance under which an unexpired certificate is revoked. Their targets get the newest CRL
+-- of each (agent query newest_crls), the scheduler keeps them fresh (crls_due)
+CREATE OR REPLACE FUNCTION pki.crl_keepers()
+RETURNS TABLE (ca_cert int, ca_instance int)
 LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
 AS $$
-    SELECT i.certificate, n.ca_instance, n.number, n.next_update
-      FROM (SELECT DISTINCT ON (c.ca_instance) c.ca_instance, c.number, c.next_update
-              FROM crls c ORDER BY c.ca_instance, c.number DESC) n
-      JOIN certinstances i ON i.id = n.ca_instance
-     WHERE i.state NOT IN ('revoked', 'archived') AND i.not_after > pki.now()
-       AND n.next_update - pki.now() < setting_int('crl_days') * interval '1 day' / 3
+    SELECT i.certificate, i.id
+      FROM certinstances i
+     WHERE is_ca_cert(i.certificate) AND i.state NOT IN ('revoked', 'archived', 'reserved') AND i.not_after > pki.now()
+       AND EXISTS (SELECT 1 FROM crls c JOIN certinstances o ON o.id = c.ca_instance WHERE o.certificate = i.certificate)
+       AND (i.id = ca_current(i.certificate)
+            OR EXISTS (SELECT 1 FROM revocations r WHERE r.ca_instance = i.id AND r.not_after > pki.now()))
 $$;
 
--- crl_plan_rows: the scheduler's rows for CRLs, in plan_rows' columns: 'sign CRL' for each local CA
--- instance of a selected CA whose newest CRL is due (crls_due), 'wait' while its sign_crl job is pending
+-- crls_due: the CRL keepers whose CRL must be signed (again): no CRL yet (the current instance after
+-- -I) or less than a third of its newest CRL's lifetime left; late_at: when it is late (a sixth
+-- left: an alert, views/050_alerts.sql). SECURITY DEFINER: the alerts view reads it for
+-- pki_report, which reads no CRLs or revocations itself
+CREATE OR REPLACE FUNCTION pki.crls_due()
+RETURNS TABLE (ca_cert int, ca_instance int, number bigint, next_update timestamptz, late_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT k.ca_cert, k.ca_instance, n.number, n.next_update, n.next_update - (n.next_update - n.this_update) / 6
+      FROM crl_keepers() k
+      LEFT JOIN LATERAL (SELECT c.number, c.this_update, c.next_update FROM crls c
+                          WHERE c.ca_instance = k.ca_instance ORDER BY c.number DESC LIMIT 1) n ON true
+     WHERE n.number IS NULL OR n.next_update - pki.now() < (n.next_update - n.this_update) / 3
+$$;
+
+-- crl_plan_rows: the scheduler's rows for CRLs, in plan_rows' columns: 'sign CRL' for each CA
+-- instance of a selected, enabled local CA whose CRL is due (crls_due), 'wait' while its sign_crl
+-- job is pending
 CREATE OR REPLACE FUNCTION pki.crl_plan_rows(sel dd.selection)
 RETURNS TABLE (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
 LANGUAGE sql STABLE
@@ -82,13 +110,17 @@ SET search_path = pki, dd, pg_temp
 AS $$
     SELECT ca.id, ca.name, d.ca_instance,
            CASE WHEN p.id IS NULL THEN 'sign CRL' ELSE 'wait' END,
-           CASE WHEN p.id IS NULL
-                THEN format('CRL: CRL %s of CA instance %s reaches its nextUpdate %s; sign the next one', d.number, d.ca_instance, d.next_update)
-                ELSE format('CRL: the next CRL of CA instance %s is being signed (%s job %s%s)', d.ca_instance, p.state, p.id,
-                            ': ' || p.last_error) END,
+           CASE WHEN p.id IS NOT NULL
+                THEN format('CRL: the next CRL of CA instance %s is being signed (%s job %s%s)', d.ca_instance, p.state, p.id,
+                            ': ' || p.last_error)
+                WHEN d.number IS NULL
+                THEN format('CRL: CA instance %s (the current one) has no CRL yet; sign one', d.ca_instance)
+                ELSE format('CRL: CRL %s of CA instance %s%s reaches its nextUpdate %s; sign the next one', d.number,
+                            d.ca_instance, CASE WHEN d.ca_instance <> ca.instance THEN ' (an older instance, which signed revoked certificates)' ELSE '' END,
+                            d.next_update) END,
            NULL::text
       FROM crls_due() d
-      JOIN selected_cas(sel) ca ON ca.id = d.ca_cert
+      JOIN selected_cas(sel) ca ON ca.id = d.ca_cert AND ca.enabled
       LEFT JOIN jobs p ON p.kind = 'sign_crl' AND p.instance = d.ca_instance
                       AND p.state IN ('queued', 'running', 'failed')
      ORDER BY ca.name, d.ca_instance

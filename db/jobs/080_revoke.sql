@@ -14,12 +14,13 @@ $$;
 
 -- complete_revoke: the completion of a revoke job (its agent calls it): the CA revoked the ACME
 -- certificates (no arguments), or the agent signed a CRL of the local CA instance ca_instance that
--- lists them: crl (PEM) with its number and validity. The CRL is stored and, when ca_instance is
--- its CA's current instance, distributed to the CA's targets. report: what was revoked where
+-- lists them: crl (PEM) with its number, validity and the last revocation it lists (listed_through,
+-- pki.revocations.id). The CRL is stored and distributed to the CA's targets (store_crl). report:
+-- what was revoked where
 CREATE OR REPLACE FUNCTION pki.complete_revoke(job_id bigint, lease_token uuid, ca_instance int DEFAULT NULL,
                                                crl text DEFAULT NULL, crl_number bigint DEFAULT NULL,
                                                this_update timestamptz DEFAULT NULL, next_update timestamptz DEFAULT NULL,
-                                               report jsonb DEFAULT '{}')
+                                               listed_through bigint DEFAULT NULL, report jsonb DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
@@ -35,7 +36,7 @@ BEGIN
             'report a CRL signed by the CA instance that issued them (revocations.ca_instance), or none for ACME certificates');
     END IF;
     IF issuer IS NOT NULL THEN   -- checked, stored and sent to the CA's targets (functions/155_crls.sql)
-        PERFORM store_crl(j, issuer, crl, crl_number, this_update, next_update);
+        PERFORM store_crl(j, issuer, crl, crl_number, this_update, next_update, listed_through);
     END IF;
     UPDATE revocations r SET done_at = pki.now() WHERE r.job = j.id AND r.done_at IS NULL;
     PERFORM job_done(j, report);

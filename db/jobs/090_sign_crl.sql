@@ -19,10 +19,12 @@ END
 $$;
 
 -- complete_sign_crl: the completion of a sign_crl job: the CRL the agent signed for the job's CA
--- instance, with its number and validity (stored and sent on by store_crl). report: what it lists
+-- instance, with its number and validity and the last revocation it lists (stored and sent on by
+-- store_crl). report: what it lists
 CREATE OR REPLACE FUNCTION pki.complete_sign_crl(job_id bigint, lease_token uuid, ca_instance int,
                                                  crl text, crl_number bigint, this_update timestamptz,
-                                                 next_update timestamptz, report jsonb DEFAULT '{}')
+                                                 next_update timestamptz, listed_through bigint DEFAULT NULL,
+                                                 report jsonb DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
@@ -31,10 +33,10 @@ DECLARE
 BEGIN
     IF complete_sign_crl.ca_instance IS DISTINCT FROM j.instance THEN
         PERFORM raise_error('SP023', format('sign_crl job %s is for CA instance %s, the result is a CRL of %s', j.id,
-                                            j.instance, coalesce(complete_sign_crl.ca_instance::text, 'none')),
+                                            coalesce(j.instance::text, '(none)'), coalesce(complete_sign_crl.ca_instance::text, 'none')),
             'report the CRL of the job''s CA instance (jobs.instance)');
     END IF;
-    PERFORM store_crl(j, j.instance, crl, crl_number, this_update, next_update);
+    PERFORM store_crl(j, j.instance, crl, crl_number, this_update, next_update, listed_through);
     PERFORM job_done(j, report);
 END
 $$;

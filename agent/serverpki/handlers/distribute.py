@@ -23,8 +23,10 @@ the file survives a change of the CA's key type). It never gets a key: the datab
 sends none for a CA, and none would be written. The file gets the place's mode (0644
 when it has none) and uid/gid: it is all the place receives. pglink adds root.crt
 (libpq's and the server's usual name of the trusted CA file) pointing to it. A local CA
-that revoked certificates (handlers/revoke.py) has a CRL: its newest one goes beside the
-certificate as NAME_CA_crl.pem, with the same mode and owner, and the place's reload runs.
+that revoked certificates (handlers/revoke.py) has CRLs: the newest of each instance that
+keeps one (the current one, and an older one under which a still valid certificate was
+revoked, after -I) go beside the certificate in one file, NAME_CA_crl.pem, with the same
+mode and owner, and the place's reload runs.
 
 Every file is written atomically and privately (sshclient.Connection.put_atomic).
 A jail belongs to someone else: before anything is read or written on the host,
@@ -57,10 +59,9 @@ from .. import keystore, sshclient
 from ..errors import GiveUp, RetryLater, ServerPKIError
 from ..faults import crash_point
 from ..log import one_line
-from ..queries import q
 from ..sshclient import RemoteFile
 from . import Completion, Context, Job, handler
-from .common import every
+from .common import every, one
 
 log = logging.getLogger("serverpki.handlers.distribute")
 
@@ -203,7 +204,7 @@ def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
         key_pem = key_file(open_key(row["key"]), row["key_file_format"]) if row["key"] and not is_ca else None
         if is_ca:
             files, crt_name, key_name = [(ca_file_name(row["subject"]), _pem(row["cert"]), False)], None, None
-            if row.get("crl"):   # the CA's newest CRL (a local CA that revoked something) goes beside it
+            if row.get("crl"):   # the CA's CRLs (a local CA that revoked something) go beside it
                 files.append((crl_file_name(row["subject"]), _pem(row["crl"]), False))
         else:
             files, crt_name, key_name = layout(row, key_pem)
@@ -246,10 +247,10 @@ def _rows(job: Job, ctx: Context) -> list[dict[str, Any]]:
         if exc.diag.sqlstate in ("SP002", "SP023"):
             raise GiveUp(f"{exc.diag.sqlstate}: {exc.diag.message_primary}") from exc
         raise
-    if rows and rows[0]["subject_type"] == "CA":   # a CA's instance: its newest CRL, if it signed one
-        crl = ctx.conn.execute(q("newest_crl"), {"instance": rows[0]["instance"]}).fetchone()
+    if rows and rows[0]["subject_type"] == "CA":   # a CA's instance: its CRLs (one per instance that keeps one), if any
+        crls = one(ctx, "newest_crls", {"instance": rows[0]["instance"]})["crls"]
         for row in rows:
-            row["crl"] = crl[0] if crl else None
+            row["crl"] = crls
     return rows
 
 

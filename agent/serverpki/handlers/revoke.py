@@ -68,11 +68,13 @@ def sign_crl(job: Job, ctx: Context, ca_instance: int) -> tuple[dict[str, Any], 
     nxt = one(ctx, "next_crl", {"ca": ca_instance})
     this_update = nxt["now"]
     next_update = this_update + dt.timedelta(days=nxt["days"])
-    entries = [(x509util.load_cert(e["cert"]).serial_number, e["revoked_at"], e["reason"])
-               for e in every(ctx, "crl_entries", {"ca": ca_instance})]
+    revoked = every(ctx, "crl_entries", {"ca": ca_instance})
+    entries = [(x509util.load_cert(e["cert"]).serial_number, e["revoked_at"], e["reason"]) for e in revoked]
     crl = x509util.build_crl(ca_cert, ca_key, entries, nxt["number"], this_update, next_update)
+    # listed_through: the revocations read, so the database can tell one that arrived meanwhile (SP028, signed again)
     args = {"ca_instance": ca_instance, "crl": x509util.crl_pem(crl), "crl_number": nxt["number"],
-            "this_update": this_update, "next_update": next_update}
+            "this_update": this_update, "next_update": next_update,
+            "listed_through": max((e["id"] for e in revoked), default=0)}
     return args, {"crl_number": nxt["number"], "ca_instance": ca_instance, "listed": len(entries),
                   "next_update": next_update.isoformat()}
 
