@@ -1,7 +1,7 @@
 """ACME issuance and TLSA publication against the real peers: Pebble (PEBBLE_VA_NOSLEEP=1)
 validating dns-01 at a private BIND 9.
 
-Run:  .venv/bin/python bench/acme.py [--certs 20] [--agents 1] [--nonce-reject 0] [--authz-reuse 0]
+Run:  .venv/bin/python bench/acme_issue.py [--certs 20] [--agents 1] [--nonce-reject 0] [--authz-reuse 0]
 
 It starts a private PostgreSQL cluster, BIND (zones demo.serverpki.test and
 other.serverpki.test) and Pebble on loopback, installs the schema, registers an
@@ -31,9 +31,7 @@ from pathlib import Path
 
 import psycopg
 
-# this file is named acme.py: its folder must not shadow the `acme` library the agent imports
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent / "agent"))
 sys.path.insert(0, str(_HERE.parent))  # the lab (lab/): in the checkout, never installed
 
