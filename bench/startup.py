@@ -28,16 +28,16 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "agent"))
+sys.path.insert(0, str(ROOT / "tests"))   # tests/commands.py: the environment of a run
 sys.path.insert(0, str(ROOT))  # the lab (lab/): in the checkout, never installed
 
+from commands import LIBPQ_VARS  # noqa: E402
 from serverpki import migrate  # noqa: E402
 from lab import roles  # noqa: E402
 from lab.postgres import PostgresCluster  # noqa: E402
 from lab.process import remove_dir, temp_dir  # noqa: E402
 
 TARGET_SECONDS = 0.25
-LIBPQ_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGOPTIONS",
-              "SERVERPKI_DSN", "SERVERPKI_CONFIG")
 
 
 def operate_command() -> list[str]:
@@ -58,6 +58,25 @@ def median_wall(command: list[str], env: dict[str, str], runs: int) -> float:
     return statistics.median(times)
 
 
+def installed_database(cluster: PostgresCluster, db: str) -> None:
+    """A new database db with the schema and the login roles, as the installer (the owner) makes it."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {db}")
+    with psycopg.connect(cluster.dsn(db), autocommit=True) as owner:
+        migrate.upgrade(owner, log=lambda _: None)
+        roles.create_login_roles(owner)
+
+
+def cron_environment(cluster: PostgresCluster, db: str, config_file: Path) -> dict[str, str]:
+    """The environment of operate_serverPKI run by cron on db: the login role pki_cron, this configuration,
+    and this checkout's agent/ first on the path (as its `pip install -e` has it; a venv's entry point may
+    belong to another checkout)."""
+    env = {k: v for k, v in os.environ.items() if k not in LIBPQ_VARS}
+    env.update(cluster.env(db, roles.CRON), SERVERPKI_CONFIG=str(config_file),
+               PYTHONPATH=os.pathsep.join([str(ROOT / "agent"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    return env
+
+
 def main(runs: int) -> int:
     base = temp_dir("serverpki-bench-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     config_file = base / "serverpki.toml"
@@ -65,15 +84,8 @@ def main(runs: int) -> int:
     cluster = PostgresCluster(base / "pg")
     cluster.start()
     try:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-            c.execute("CREATE DATABASE bench")
-        with psycopg.connect(cluster.dsn("bench"), autocommit=True) as owner:   # the installer
-            migrate.upgrade(owner, log=lambda _: None)
-            roles.create_login_roles(owner)
-        # the checkout's agent/ first, as a `pip install -e` would have it, for the module fallback too
-        env = {k: v for k, v in os.environ.items() if k not in LIBPQ_VARS}
-        env.update(cluster.env("bench", roles.CRON), SERVERPKI_CONFIG=str(config_file),
-                   PYTHONPATH=os.pathsep.join([str(ROOT / "agent"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        installed_database(cluster, "bench")
+        env = cron_environment(cluster, "bench", config_file)
         cached = {**{k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"},
                   "PYTHONPYCACHEPREFIX": str(base / "pycache")}
         uncached = {**env, "PYTHONDONTWRITEBYTECODE": "1"}

@@ -167,8 +167,8 @@ def operate(
                     raise UsageError("-E needs [paths] work_dir in the configuration file")
                 from .export import export_instance   # the keystore and cryptography: for -E only
 
-                for path in export_instance(conn, export_cert_and_key, config.paths.work_dir, config.paths.db_encryption_key,
-                                   config.local_ca.passphrase_file):
+                for path in export_instance(conn, export_cert_and_key, config.paths.work_dir,
+                                            config.paths.db_encryption_key, config.local_ca.passphrase_file):
                     typer.echo(str(path))
                 return
             wanted = [name for name in ACTION_ORDER if actions[name]]
