@@ -116,9 +116,10 @@ def main() -> int:
                 failed = [(s, e) for s, _, e in rows if s != "done"]
                 done = [r for s, r, _ in rows if s == "done"]
 
-                # 2. TLSA: the instances go live, -T publishes their records
-                conn.execute("UPDATE certinstances i SET state = 'deployed' FROM subjects s "
-                             "WHERE s.certificate = i.certificate AND NOT s.isaltname AND s.type = 'server' AND i.state = 'issued'")
+                # 2. TLSA: the instances go live (as the owner: no login role sets a state by hand), -T publishes
+                with psycopg.connect(pg.dsn("bench"), autocommit=True) as owner:
+                    owner.execute("UPDATE pki.certinstances i SET state = 'deployed' FROM pki.subjects s "
+                                  "WHERE s.certificate = i.certificate AND NOT s.isaltname AND s.type = 'server' AND i.state = 'issued'")
                 conn.execute("SELECT * FROM request_consolidate_tlsa(selection(only_certs => %s))", (names,))
                 tlsa_wall = drain_with(args.agents, dsn, config)
                 published = [r for s, r in conn.execute(
