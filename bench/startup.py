@@ -5,8 +5,9 @@ Run:  .venv/bin/python bench/startup.py [RUNS]        (default 15)
 It starts a private PostgreSQL cluster, installs the schema and the login roles as an
 operator does (lab.roles), and runs each command RUNS times as a whole process, as the
 cron run's role (pki_cron), the way an operator types it. It prints the median wall time
-of each beside `python -c pass` (the floor: the interpreter alone), and whether it is
-within the target of 0.25 s. A check-only run must import only what it uses: the ACME,
+of each beside `python -c pass` (the floor: the interpreter alone) and `import psycopg, typer`
+(the libraries a run that reaches the database cannot do without), and whether it is within
+the target of 0.25 s. A check-only run must import only what it uses: the ACME,
 SSH, DNS and lab code are imported by the runs that act (tests/test_operate_imports.py).
 
 Python's bytecode cache counts: pip compiles it when it installs the wheel, so the target
@@ -91,6 +92,8 @@ def main(runs: int) -> int:
         uncached = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
         operate = operate_command()
         floor = median_wall([sys.executable, "-c", "pass"], cached, runs)
+        # what no run that reaches the database can do without: the driver and the command line's library
+        libraries = median_wall([sys.executable, "-c", "import psycopg, typer"], cached, runs)
         results = {option: (median_wall([*operate, option], cached, runs), median_wall([*operate, option], uncached, runs))
                    for option in ("-h", "-n")}
     finally:
@@ -98,6 +101,7 @@ def main(runs: int) -> int:
         remove_dir(base)
     print(f"startup, median of {runs} runs as whole processes (pki_cron, empty database)")
     print(f"  python -c pass (floor):  {floor:.3f} s")
+    print(f"  python -c 'import psycopg, typer' (what -n cannot do without):  {libraries:.3f} s")
     for option, (seconds, compiling) in results.items():
         print(f"  operate_serverPKI {option}:  {seconds:.3f} s  ({seconds - floor:+.3f} s above the floor) — "
               f"{'within' if seconds < TARGET_SECONDS else 'ABOVE'} the target of {TARGET_SECONDS} s"

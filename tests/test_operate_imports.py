@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from commands import OPERATE, environment, run
+from commands import OPERATE, SERVERPKI, environment, run
 from helpers import small_cli_world
 from lab import roles
 
@@ -20,15 +20,16 @@ ACTING = {"acme", "josepy", "paramiko", "dns", "cryptography", "OpenSSL", "bcryp
           "serverpki.sshclient", "serverpki.acmeclient", "serverpki.dnsupdate", "serverpki.smtpclient"}
 
 
-def imported_modules(*args: str, env: dict[str, str], statuses: tuple[int, ...] = (0,)) -> set[str]:
-    """The modules operate_serverPKI imported in a run with these arguments, which ends with one of statuses."""
+def imported_modules(*args: str, env: dict[str, str], statuses: tuple[int, ...] = (0,),
+                     command: list[str] = OPERATE, module: str = "serverpki.operate") -> set[str]:
+    """The modules the command imported in a run with these arguments, which ends with one of statuses."""
     # the entry point's script when installed, else the module: either way the interpreter reports its imports
-    program = [OPERATE[0]] if Path(OPERATE[0]).name == "operate_serverPKI" else ["-m", "serverpki.operate"]
+    program = [command[0]] if Path(command[0]).name != Path(sys.executable).name else ["-m", module]
     done = run([sys.executable, "-X", "importtime", *program], *args, env=env)
     assert done.returncode in statuses, done.stderr[-2000:]
     names = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     names.discard("imported package")
-    assert "serverpki.operate" in names or "__main__" in names, done.stderr[-2000:]
+    assert module in names or "__main__" in names, done.stderr[-2000:]
     return names
 
 
@@ -59,3 +60,9 @@ def test_a_run_that_acts_does_import_the_agent(cron_env):
     """The other side: the check above would pass vacuously if importtime reported nothing of the agent."""
     names = imported_modules("-I", "-q", env=cron_env)   # issue the local CA
     assert {"serverpki.agent", "serverpki.handlers", "cryptography"} <= names
+
+
+def test_serverpki_help_imports_no_agent_peer_or_crypto(cron_env):
+    """The administrative command line too: its importer of legacy databases and -E's keystore load on use."""
+    names = imported_modules("-h", env=cron_env, command=SERVERPKI, module="serverpki.admin")
+    assert unwanted(names, ACTING | {"serverpki.legacy"}) == set()
