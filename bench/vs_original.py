@@ -62,19 +62,19 @@ def keys() -> dict[str, object]:
     return {"ec": ec.generate_private_key(ec.SECP256R1()), "rsa": rsa.generate_private_key(65537, 2048)}
 
 
-def pem_pair(key, name: str, not_before: dt.datetime, not_after: dt.datetime) -> tuple[bytes, bytes, str]:
-    """A real self-signed certificate for name with these dates, its key (clear PEM) and its TLSA 3 0 1 hash:
-    the original keys its instances by that hash, so no two instances may share a certificate."""
+def pem_pair(key, name: str, not_before: dt.datetime, not_after: dt.datetime) -> tuple[bytes, bytes, bytes, str]:
+    """A real self-signed certificate for name with these dates, its key in clear as each one stores it (PKCS#8
+    here, "traditional" OpenSSL PEM in the original) and its TLSA 3 0 1 hash: the original keys its instances
+    by that hash, so no two instances may share a certificate."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(not_before)
             .not_valid_after(not_after).sign(key, hashes.SHA256()))
     digest = hashes.Hash(hashes.SHA256())
     digest.update(cert.public_bytes(serialization.Encoding.DER))
-    return (cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                              serialization.NoEncryption()),
-            digest.finalize().hex().upper())
+    clear = [key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption())
+             for form in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL)]
+    return cert.public_bytes(serialization.Encoding.PEM), *clear, digest.finalize().hex().upper()
 
 
 def fleet_rows(n: int) -> list[tuple]:
@@ -86,19 +86,21 @@ def fleet_rows(n: int) -> list[tuple]:
         rows.append((f"c{i}.fleet.example", "server", "LE", "rsa" if i % 7 == 0 else "ec", False,
                      f"alt{i}.fleet.example" if i % 3 == 0 else None,
                      "https" if tlsa else None, 443 if tlsa else None,
-                     f"web{i % DISTHOSTS}.fleet.example" if targeted else None, None, "p" if targeted else None))
+                     f"web{i // 2 % DISTHOSTS}.fleet.example" if targeted else None, None, "p" if targeted else None))
     return rows
 
 
 @dataclass
 class Instance:
+    """One instance with its one key pair, loaded alike into both."""
     name: str            # the certificate's subject name
     algo: str
     state: str
     not_before: dt.datetime
     not_after: dt.datetime
     cert: bytes
-    key: bytes
+    key: bytes           # PKCS#8
+    key_original: bytes  # the same key as the original stores it
     hash: str
 
 
@@ -179,7 +181,7 @@ def load_original(cluster: PostgresCluster, venv: Path, home: Path, db: str, row
                             "VALUES (%s, %s, %s, %s, %s, %s)",
                             [(k, ids[c.name], c.state, ca_id, c.not_before, c.not_after) for k, c in numbered])
             cur.executemany("INSERT INTO certkeydata (certinstance, encryption_algo, cert, key, hash) VALUES (%s, %s, %s, %s, %s)",
-                            [(k, c.algo, c.cert, c.key, c.hash) for k, c in numbered])
+                            [(k, c.algo, c.cert, c.key_original, c.hash) for k, c in numbered])
         conn.execute("SELECT setval('certinstances_id_seq', (SELECT max(id) FROM certinstances))")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("ANALYZE")
@@ -223,9 +225,10 @@ def main(n: int) -> int:
         load_ours(cluster, "ours", rows, instances)
         inst = load_original(cluster, venv, base / "original", "original", rows, instances, ca)
         counts = "SELECT (SELECT count(*) FROM pki.certificates), (SELECT count(*) FROM pki.certinstances), " \
-                 "(SELECT count(*) FROM pki.targets), (SELECT count(DISTINCT certificate) FROM pki.certificates_services)"
-        print(f"fleet of {n} certificates loaded in {time.perf_counter() - started:.0f} s "
-              f"(certificates, instances, targets, with TLSA; the original's include its CA):")
+                 "(SELECT count(*) FROM pki.targets), (SELECT count(DISTINCT disthost) FROM pki.targets), " \
+                 "(SELECT count(DISTINCT certificate) FROM pki.certificates_services)"
+        print(f"fleet of {n} certificates loaded in {time.perf_counter() - started:.0f} s (certificates, instances, "
+              f"targets, disthosts with targets, certificates with TLSA; the original's include its CA):")
         print(f"  this project:     {count_rows(cluster.dsn('ours'), counts)}")
         print(f"  serverPKI {legacy.VERSION}: {count_rows(cluster.dsn('original'), counts)}")
 
