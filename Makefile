@@ -40,8 +40,11 @@ test: setup
 demo: setup
 	$(WITH_LAB) $(BIN)/serverpki demo
 
+# every bench, each printing its figures (and its target where the issue set one); some of them only:
+# make bench BENCHES="bench/startup.py bench/vs_original.py"
+BENCHES ?= $(sort $(wildcard bench/*.py))
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # apply db/ to the database named by PGHOST/PGPORT/PGDATABASE/PGUSER
 db-init: setup

@@ -76,7 +76,7 @@ def main(count: int, algo: str = "ec") -> None:
                                   JOIN certinstances i ON i.id = k.certinstance JOIN subjects s ON s.certificate = i.certificate
                                  WHERE s.type = 'CA'""").fetchone()
         ca_cert = x509util.load_cert(ca[0])
-        ca_key = keystore.load_key(ca[1], b"bench passphrase")
+        ca_key = keystore.load_key(ca[1], keystore.read_passphrase(passfile))   # the whole file, as the agent reads it
         start = time.perf_counter()
         for i in range(count):
             key = x509util.new_key(algo, config.x509.rsa_key_size, config.x509.ec_curve)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__, legacy, migrate, reports
+from . import __version__, migrate, reports
 from .db import connect, refusals_as_errors
 from .errors import ServerPKIError, UsageError
 from .config_import import import_command
@@ -76,6 +76,8 @@ def db_import_legacy(
         local_ca_name: Annotated[str, typer.Option(help="the name of that CA: the original's SUBJECT_LOCAL_CA")] = "Local CA",
 ) -> None:
     """Import a serverPKI 0.9.x database (ids, states, keys, local CA, account) in one transaction; run as the schema owner."""
+    from . import legacy   # the importer (keys, cryptography): for this command only
+
     try:
         report = legacy.import_legacy(legacy.Options(from_dsn, dsn, passphrase_file, ca_passphrase_file,
                                                      account_file, acme_directory, force, ca_cert_file, ca_key_file,

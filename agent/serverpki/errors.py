@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import TYPE_CHECKING
 
-import psycopg
+if TYPE_CHECKING:   # the command lines' -h and usage errors need no database driver
+    import psycopg
 
 
 class ExitStatus(enum.IntEnum):

@@ -20,7 +20,6 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from . import keystore
 from .errors import UsageError
 from .queries import q
 
@@ -62,6 +61,8 @@ def export_instance(conn: psycopg.Connection, serial: str, work_dir: Path, db_pa
     if not rows:
         raise UsageError(f"-E {serial}: no instance with that serial (see operate_serverPKI -n -v)")
     number = int(serial)
+    from . import keystore   # cryptography for the keys of -E; `serverpki metrics` only writes a file here
+
     # decrypt every key before writing any file: a wrong passphrase leaves nothing behind
     passphrases: dict[str, bytes] = {}
     pairs = []

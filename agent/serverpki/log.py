@@ -21,11 +21,10 @@ import os
 import re
 import sys
 from logging.handlers import SysLogHandler
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from .config import Config, split_host_port
+if TYPE_CHECKING:   # one_line's users (and -h) need no configuration code
+    from .config import Config
 
 # between DEBUG and INFO: what -v adds ("INFO with details")
 VERBOSE = 15
@@ -38,6 +37,10 @@ LEVELS = {"debug": logging.DEBUG, "verbose": VERBOSE, "info": logging.INFO, "war
 # a PEM private key of any kind (PRIVATE, RSA/EC/DSA/OPENSSH/ENCRYPTED PRIVATE); a cut-off one up to the end
 _PEM_PRIVATE_KEY = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.S)
 REMOVED = "(private key removed)"
+
+if TYPE_CHECKING:   # rich is imported by the bar that is shown (a check-only run, cron, never draw one)
+    from rich.console import Console
+    from rich.progress import Progress
 
 _show_progress = True
 # the console of the progress bar while one is shown: the terminal's log lines go through it
@@ -147,6 +150,8 @@ def _syslog_handler(address: str, facility: str, program: str) -> tuple[SysLogHa
     """The syslog handler for address, or (None, why not); "" is no syslog and no complaint."""
     if not address:
         return None, None
+    from .config import split_host_port
+
     if address.startswith("/"):
         if not os.path.exists(address):
             return None, f"syslog disabled: socket {address} does not exist"
@@ -194,6 +199,10 @@ class ProgressBar:
         global _live_console
         if not self.shown:
             return self
+        # rich (20 ms to import) only for a bar that is drawn
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         # stdout stays where it is (a pipe gets no bar's output); stray writes to stderr go above the bar
         console = Console(stderr=True)
         self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),

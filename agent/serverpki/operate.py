@@ -9,32 +9,28 @@ Jobs of kinds this release has no handler for stay queued, and the run says so.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import logging
-
-import psycopg
 import typer
-from psycopg.types.json import Jsonb
 
 try:  # typer up to 0.2x uses click, later releases carry their own copy
     from click import ClickException
 except ImportError:
     from typer._click.exceptions import ClickException
 
-from . import __version__, migrate, notices, reports
-from .db import connect, refusals_as_errors
-from .actions import run_action
-from .agent import Agent
-from .config import Config, load_config
-from .export import export_instance as export
-from .log import one_line, setup_logging
-from .queries import q
+from . import __version__
 from .errors import ExitStatus, ServerPKIError, UsageError
-from .x509util import REVOCATION_REASONS
+from .log import one_line, setup_logging
+from .revocation import REVOCATION_REASONS
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from .config import Config
 
 log = logging.getLogger("serverpki.operate")
 
@@ -70,6 +66,8 @@ def _check_names(*lists: Names) -> None:
 
 def _load_config(path: Optional[Path]) -> Config:
     """The configuration: -f, else $SERVERPKI_CONFIG, else the usual places, else defaults (serverpki.config)."""
+    from .config import load_config
+
     return load_config(path)
 
 
@@ -149,6 +147,11 @@ def operate(
         # --revoke: its jobs run whether or not the certificate is disabled (and the CA's new CRL goes out)
         sel_params = _selection(all_certs or revoke is not None, include, exclude, only, skip_disthost, limit_to_disthost,
                                 no_tlsa_records)
+        # the database code (psycopg alone takes 0.15 s to import) only once the options are sound: -h is quick
+        from . import migrate, reports
+        from .db import connect, refusals_as_errors
+        from .queries import q
+
         with connect(config.database.dsn, autocommit=True) as conn, refusals_as_errors():
             migrate.check_compatible(conn)   # a schema of another release: exit status 3, nothing done
             conn.execute(q("check_selection"), sel_params)  # unknown names stop the run first
@@ -162,8 +165,10 @@ def operate(
             if export_cert_and_key is not None:
                 if not config.paths.work_dir:
                     raise UsageError("-E needs [paths] work_dir in the configuration file")
-                for path in export(conn, export_cert_and_key, config.paths.work_dir, config.paths.db_encryption_key,
-                                   config.local_ca.passphrase_file):
+                from .export import export_instance   # the keystore and cryptography: for -E only
+
+                for path in export_instance(conn, export_cert_and_key, config.paths.work_dir,
+                                            config.paths.db_encryption_key, config.local_ca.passphrase_file):
                     typer.echo(str(path))
                 return
             wanted = [name for name in ACTION_ORDER if actions[name]]
@@ -185,6 +190,14 @@ ACTION_ORDER = ("-I", "-X", "-Y", "-S", "-C", "-D", "-K", "-T", "-R", "-Z", "--r
 def _run(conn: psycopg.Connection, config: Config, wanted: list[str], sel_params: dict,
          remaining: Optional[int], quiet: bool, revocation: Optional[dict] = None) -> bool:
     """Each action: its SQL request, then drain. True when every job the run performed succeeded."""
+    # the agent with its handlers (ACME, SSH, DNS, cryptography): only for runs that act, never for -n or -h
+    from psycopg.types.json import Jsonb
+
+    from . import notices
+    from .actions import run_action
+    from .agent import Agent
+    from .queries import q
+
     # the run acts only on its selection: its drains claim the jobs of the selected certificates and
     # disthosts (and those its requests returned); other due jobs wait for a run that selects them
     agent = Agent(config.database.dsn or "", config, name=config.agent.name,

@@ -17,7 +17,6 @@ from decimal import Decimal
 from typing import Any, Optional
 
 import psycopg
-from prettytable import PrettyTable
 
 from .log import one_line
 from .queries import q
@@ -82,6 +81,8 @@ class Report:
     shortened: frozenset[str] = frozenset()   # columns whose text the grid cuts to one short line
 
     def grid(self) -> str:
+        from prettytable import PrettyTable   # only when a grid is printed (-n -v, -S -n): -n alone prints none
+
         table = PrettyTable(self.columns)
         for row in self.rows:
             table.add_row([cell(v, c in self.shortened) for c, v in zip(self.columns, row)])

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError
+from .revocation import REVOCATION_REASONS  # noqa: F401  (the handlers' name for it)
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
@@ -212,12 +213,6 @@ def build_csr(key: PrivateKey, names: Iterable[str], must_staple: bool = False) 
 
 # --------------------------------------------------------------------------- revocation
 
-# RFC 5280's CRLReason codes of the reasons a revocation may give (pki.revocation_reasons()): those of an
-# end-entity certificate that Let's Encrypt accepts too (0, 1, 3, 4, 5; cACompromise and aACompromise are
-# about CAs, certificateHold is not final, privilegeWithdrawn is refused by it): the code goes to an ACME
-# CA (RFC 8555 revokeCert), the name into a CRL entry
-REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "affiliationChanged": 3, "superseded": 4,
-                      "cessationOfOperation": 5}
 
 
 def build_crl(ca_cert: x509.Certificate, ca_key: PrivateKey, entries: Iterable[tuple[int, dt.datetime, str]],

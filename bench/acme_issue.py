@@ -1,7 +1,7 @@
 """ACME issuance and TLSA publication against the real peers: Pebble (PEBBLE_VA_NOSLEEP=1)
 validating dns-01 at a private BIND 9.
 
-Run:  .venv/bin/python bench/acme.py [--certs 20] [--agents 1] [--nonce-reject 0] [--authz-reuse 0]
+Run:  .venv/bin/python bench/acme_issue.py [--certs 20] [--agents 1] [--nonce-reject 0] [--authz-reuse 0]
 
 It starts a private PostgreSQL cluster, BIND (zones demo.serverpki.test and
 other.serverpki.test) and Pebble on loopback, installs the schema, registers an
@@ -31,9 +31,7 @@ from pathlib import Path
 
 import psycopg
 
-# this file is named acme.py: its folder must not shadow the `acme` library the agent imports
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent / "agent"))
 sys.path.insert(0, str(_HERE.parent))  # the lab (lab/): in the checkout, never installed
 
@@ -118,9 +116,10 @@ def main() -> int:
                 failed = [(s, e) for s, _, e in rows if s != "done"]
                 done = [r for s, r, _ in rows if s == "done"]
 
-                # 2. TLSA: the instances go live, -T publishes their records
-                conn.execute("UPDATE certinstances i SET state = 'deployed' FROM subjects s "
-                             "WHERE s.certificate = i.certificate AND NOT s.isaltname AND s.type = 'server' AND i.state = 'issued'")
+                # 2. TLSA: the instances go live (as the owner: no login role sets a state by hand), -T publishes
+                with psycopg.connect(pg.dsn("bench"), autocommit=True) as owner:
+                    owner.execute("UPDATE pki.certinstances i SET state = 'deployed' FROM pki.subjects s "
+                                  "WHERE s.certificate = i.certificate AND NOT s.isaltname AND s.type = 'server' AND i.state = 'issued'")
                 conn.execute("SELECT * FROM request_consolidate_tlsa(selection(only_certs => %s))", (names,))
                 tlsa_wall = drain_with(args.agents, dsn, config)
                 published = [r for s, r in conn.execute(
