@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/listing.py [N]        (default: 5000)
 
 One private cluster (lab.postgres.PostgresCluster), a database with the schema (serverpki.migrate) and
 bench/schedule.py's fleet of issue 18 (10 disthosts, half the certificates with targets, a quarter with TLSA
-services, a fifth with an issued successor, some expired in service), analyzed. Then, as the cron login
+services, a fifth with an issued successor, some expired in service), analyzed (--no-analyze: not). Then, as the cron login
 (pki_cron: an operator's `operate_serverPKI -n -v -a` runs as it; the reporting login is refused -n):
     - the whole process, `operate_serverPKI -n -v -a` with its output to a pipe (best of 3)
     - the statements it sends (queries.sql: check_config, check_warnings, certificate_counts,
@@ -85,6 +85,8 @@ def query_seconds(dsn: str) -> dict[str, tuple[float, int]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("n", nargs="?", type=int, default=5000)
+    parser.add_argument("--no-analyze", action="store_true",
+                        help="tables without statistics (as right after a bulk import, before autovacuum analyzes)")
     args = parser.parse_args()
 
     base = temp_dir("serverpki-bench-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
@@ -93,7 +95,8 @@ def main() -> int:
         cluster.start()
         db = "bench_listing"
         with fleet.new_database(cluster, db) as conn:
-            fleet.load_fleet(conn, args.n, *fleet.pem_pair(), shape=fleet.SHAPES["issue18"])
+            fleet.load_fleet(conn, args.n, *fleet.pem_pair(), shape=fleet.SHAPES["issue18"],
+                             analyze=not args.no_analyze)
         config = base / "serverpki.toml"
         config.write_text('[logging]\nsyslog_address = ""\n')
         env = {k: v for k, v in os.environ.items() if k not in FOREIGN_VARS}
@@ -106,7 +109,8 @@ def main() -> int:
         remove_dir(base)
 
     querying = sum(t for t, _ in queries.values())
-    print(f"operate_serverPKI {' '.join(ARGS)} at {args.n} certificates (fleet 'issue18'), as {roles.CRON}:")
+    print(f"operate_serverPKI {' '.join(ARGS)} at {args.n} certificates (fleet 'issue18', "
+          f"{'no statistics' if args.no_analyze else 'analyzed'}), as {roles.CRON}:")
     for name, (seconds, rows) in queries.items():
         print(f"  {name:<20} {seconds:7.3f} s  {rows:>7} rows")
     print(f"  {'queries':<20} {querying:7.3f} s  ({querying / total:.0%} of the process)")

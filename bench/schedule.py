@@ -43,9 +43,8 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import psycopg
 from cryptography import x509
@@ -86,8 +85,7 @@ LOCAL = ("local_due", "local_settled")
 DANE = ("issued_successor", "prepublished_successor")   # 'original' gives these a TLSA service always
 
 
-@dataclass(frozen=True)
-class Shape:
+class Shape(NamedTuple):   # not a dataclass: bench/metrics.py and bench/listing.py load this file by path
     name: str
     weights: dict[str, float]
     targets: float = 1.0          # share of certificates with a target
