@@ -86,7 +86,8 @@ AS $$
              GROUP BY cs.certificate) t ON t.certificate = c.id
      WHERE s.type NOT IN ('CA', 'reserved')
        AND (cardinality(coalesce(sel.only_certs, '{}')) = 0 OR s.name = ANY (sel.only_certs::citext[]))
-       AND NOT (s.name = ANY (coalesce(sel.exclude, '{}')::citext[]))
+       -- citext compares by lower(): not once per certificate when nothing is excluded
+       AND (cardinality(coalesce(sel.exclude, '{}')) = 0 OR NOT (s.name = ANY (sel.exclude::citext[])))
 $$;
 
 -- host_selected: may distribution go to this disthost under the selection?

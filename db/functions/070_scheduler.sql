@@ -2,22 +2,31 @@
 -- for all selected certificates in one query; plan shows it; schedule applies
 -- exactly those rows with one statement per kind of action.
 
--- plan_rows: every action of one pass, with the reason; writes nothing
+-- plan_rows: every action of one pass, with the reason; writes nothing. Linear in the certificates,
+-- their instances and jobs whatever the mix: each fact is computed once per row (window functions,
+-- grouped joins) and no CTE is tested per row of another (NOT IN, correlated EXISTS), so no plan
+-- grows as N x M however wrong the planner's estimates (a set-returning function counts 1,000 rows,
+-- a freshly loaded table has no statistics): every join here is a bulk join of whole sets, so no
+-- nested loop (a CTE scanned once per row of another when an estimate says 1 row); and no JIT:
+-- compiling this query took 0.95 s at 5,000 certificates, running it 0.05 s
 CREATE OR REPLACE FUNCTION pki.plan_rows(sel dd.selection)
 RETURNS TABLE (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
 LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
+SET enable_nestloop = off
+SET jit = off
+SET work_mem = '64MB'   -- its sorts and hashes in memory up to about 200,000 instances
 AS $$
 WITH cfg AS (
     SELECT pki.now() AS now,
            setting_int('pre_publish_days') * interval '1 day' AS pre_publish,
            setting_int('local_issue_mail_days') * interval '1 day' AS mail_days,
            setting_interval('expire_grace') AS grace
-), c AS (             -- the selection; disabled is the certificate's own flag: -a and -i do not lift it here (rule 6)
+), c AS MATERIALIZED (   -- the selection; disabled is the certificate's own flag: -a and -i do not lift it here (rule 6)
     SELECT sc.*, cc.disabled FROM selected_certs(sel) sc JOIN certificates cc ON cc.id = sc.id
 ), hosts AS MATERIALIZED (   -- the disthosts that distribution may go to (-s, -l)
     SELECT d.id FROM disthosts d WHERE host_selected(sel, d.fqdn)
-), pending AS (         -- active jobs of the selected certificates
+), pending AS MATERIALIZED (   -- active jobs of the selected certificates
     SELECT j.certificate, j.instance, j.kind, j.id, j.state, j.disthost, j.attempts, j.max_attempts, j.run_after, j.last_error
       FROM jobs j JOIN c ON c.id = j.certificate
      WHERE j.state IN ('queued', 'running', 'failed')
@@ -32,67 +41,88 @@ WITH cfg AS (
     SELECT DISTINCT (j.args ->> 'deploy')::int AS id
       FROM jobs j JOIN c ON c.id = j.certificate
      WHERE j.kind = 'publish_tlsa' AND j.args ? 'deploy' AND j.state <> 'dead'
-), i AS (
-    SELECT ci.id, ci.certificate, ci.state, ci.not_before, ci.not_after, ci.tlsa_published,
+), on_instance AS (    -- the pending jobs of each instance, one row per instance
+    SELECT p.instance, bool_or(p.kind LIKE 'issue%') AS issuing, bool_or(p.kind = 'distribute') AS distributing
+      FROM pending p WHERE p.instance IS NOT NULL GROUP BY p.instance
+), on_cert AS (        -- and of each certificate
+    SELECT p.certificate, bool_or(p.kind = 'publish_tlsa') AS tlsa_pending FROM pending p GROUP BY p.certificate
+), i AS (            -- each instance with its certificate's active one (the newest deployed, which rule 1 keeps)
+    SELECT ci.id, ci.certificate, ci.state, ci.not_before, ci.not_after, ci.tlsa_published, c.type,
            row_number() OVER (PARTITION BY ci.certificate, ci.state ORDER BY ci.id DESC) AS rn,
-           EXISTS (SELECT 1 FROM pending p WHERE p.instance = ci.id AND p.kind LIKE 'issue%') AS issuing
+           first_value(ci.id) OVER w AS first_id, first_value(ci.not_before) OVER w AS first_nb,
+           first_value(ci.not_after) OVER w AS first_na, first_value(ci.state) OVER w AS first_state,
+           coalesce(oi.issuing, false) AS issuing, coalesce(oi.distributing, false) AS distributing
       FROM certinstances ci JOIN c ON c.id = ci.certificate
-), cleanup AS (         -- rule 1
-    SELECT i.certificate, i.id,
-           CASE WHEN i.state = 'reserved' THEN 'rule 1: reserved, and no issue job is pending'
-                WHEN i.state = 'archived' THEN 'rule 1: archived in an earlier run'
-                ELSE format('rule 1: an older %s instance (a newer one exists)', i.state) END AS why
+      LEFT JOIN on_instance oi ON oi.instance = ci.id
+    WINDOW w AS (PARTITION BY ci.certificate ORDER BY ci.state = 'deployed' DESC, ci.id DESC)
+), ia AS (
+    SELECT i.id, i.certificate, i.state, i.not_before, i.not_after, i.tlsa_published, i.type, i.rn, i.issuing, i.distributing,
+           CASE WHEN i.first_state = 'deployed' THEN i.first_id END AS act_id,
+           CASE WHEN i.first_state = 'deployed' THEN i.first_nb END AS act_nb,
+           CASE WHEN i.first_state = 'deployed' THEN i.first_na END AS act_na
       FROM i
-     WHERE (i.state = 'reserved' AND NOT i.issuing)
-        OR i.state = 'archived'
-        OR (i.state IN ('issued', 'prepublished', 'deployed', 'expired') AND i.rn > 1)
+), judged AS MATERIALIZED (   -- every instance once, with what the rules say of it
+    SELECT a.*,
+           -- rule 1: why it goes (NULL: it stays, it is alive)
+           CASE WHEN a.state = 'reserved' AND NOT a.issuing THEN 'rule 1: reserved, and no issue job is pending'
+                WHEN a.state = 'archived' THEN 'rule 1: archived in an earlier run'
+                WHEN a.state IN ('issued', 'prepublished', 'deployed', 'expired') AND a.rn > 1
+                    THEN format('rule 1: an older %s instance (a newer one exists)', a.state) END AS cleanup_why,
+           -- rule 3, first half (and revoked ones, once their revocation reached the CA: --revoke retries it)
+           a.state IN ('expired', 'revoked')
+               AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.instance = a.id AND r.done_at IS NULL) AS archiving,
+           -- rule 3, second half
+           a.state IN ('issued', 'prepublished') AND cfg.now >= a.not_after + cfg.grace AS expiring,
+           -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates)
+           CASE WHEN a.state = 'issued' AND NOT cfg.now >= a.not_after + cfg.grace AND a.act_id IS NOT NULL
+                 AND a.not_after < a.act_na + m.margin
+                 -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
+                 -- deleting it would make every pass issue another useless one
+                 AND (a.type = 'local' OR cfg.now + (a.not_after - a.not_before) >= a.act_na + m.margin)
+               THEN format('rule 4: successor expires %s, too soon after the active instance (%s)', a.not_after, a.act_na) END AS useless_why
+      FROM ia a
+      CROSS JOIN cfg
+      CROSS JOIN LATERAL (SELECT least(cfg.mail_days, (a.act_na - a.act_nb) / 3) AS margin) m
+), cleanup AS (         -- rule 1
+    SELECT a.certificate, a.id, a.cleanup_why AS why FROM judged a WHERE a.cleanup_why IS NOT NULL
 ), alive AS (
-    SELECT i.* FROM i WHERE i.id NOT IN (SELECT cleanup.id FROM cleanup)
-), archive AS (         -- rule 3, first half (and revoked ones, once their revocation reached the CA: --revoke retries it)
-    SELECT a.certificate, a.id, format('rule 3: %s in an earlier run', a.state) AS why
-      FROM alive a WHERE a.state IN ('expired', 'revoked')
-       AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.instance = a.id AND r.done_at IS NULL)
+    SELECT a.* FROM judged a WHERE a.cleanup_why IS NULL
+), archive AS (         -- rule 3, first half
+    SELECT a.certificate, a.id, format('rule 3: %s in an earlier run', a.state) AS why FROM alive a WHERE a.archiving
 ), expire AS (          -- rule 3, second half
     SELECT a.certificate, a.id, format('rule 3: not deployed and not_after %s + expire_grace has passed', a.not_after) AS why
-      FROM alive a, cfg
-     WHERE a.state IN ('issued', 'prepublished') AND cfg.now >= a.not_after + cfg.grace
-), active AS (
-    SELECT DISTINCT ON (a.certificate) a.* FROM alive a WHERE a.state = 'deployed' ORDER BY a.certificate, a.id DESC
-), useless AS (         -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates)
-    SELECT s.certificate, s.id,
-           format('rule 4: successor expires %s, too soon after the active instance (%s)', s.not_after, act.not_after) AS why
-      FROM alive s
-      JOIN active act ON act.certificate = s.certificate
-      JOIN c ON c.id = s.certificate
-      CROSS JOIN cfg
-      CROSS JOIN LATERAL (SELECT least(cfg.mail_days, (act.not_after - act.not_before) / 3) AS margin) m
-     WHERE s.state = 'issued' AND s.id NOT IN (SELECT expire.id FROM expire)
-       AND s.not_after < act.not_after + m.margin
-       -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
-       -- deleting it would make every pass issue another useless one
-       AND (c.type = 'local' OR cfg.now + (s.not_after - s.not_before) >= act.not_after + m.margin)
+      FROM alive a WHERE a.expiring
+), useless AS (         -- rule 4
+    SELECT a.certificate, a.id, a.useless_why AS why FROM alive a WHERE a.useless_why IS NOT NULL
+), held AS (            -- one row per certificate with instances: its active one, and what it has left
+    SELECT a.certificate, max(a.act_id) AS act_id, max(a.act_nb) AS act_nb, max(a.act_na) AS act_na,
+           bool_or(a.state = 'reserved') AS issuing,
+           bool_or(a.state <> 'reserved' AND NOT a.expiring AND NOT a.archiving) AS has_left
+      FROM alive a GROUP BY a.certificate
 ), cand AS (            -- the successor: the prepublished instance, else the issued one (rule 7)
     SELECT DISTINCT ON (a.certificate) a.*
       FROM alive a
-     WHERE a.state IN ('issued', 'prepublished') AND a.id NOT IN (SELECT expire.id FROM expire)
-       AND a.id NOT IN (SELECT useless.id FROM useless)
+     WHERE a.state IN ('issued', 'prepublished') AND NOT a.expiring AND a.useless_why IS NULL
      ORDER BY a.certificate, a.state = 'prepublished' DESC, a.id DESC
+), targeted AS (        -- the certificates with a target on a selected disthost
+    SELECT DISTINCT t.certificate FROM targets t JOIN hosts h ON h.id = t.disthost
 ), st AS (              -- one row per certificate with its roles
-    SELECT c.*, act.id AS active_id, act.not_before AS act_nb, act.not_after AS act_na,
+    SELECT c.*, act.act_id AS active_id, act.act_nb AS act_nb, act.act_na AS act_na,
            s.id AS succ_id, s.state AS succ_state, s.tlsa_published AS succ_published,
-           EXISTS (SELECT 1 FROM alive a WHERE a.certificate = c.id AND a.state = 'reserved') AS issuing,
-           EXISTS (SELECT 1 FROM alive a WHERE a.certificate = c.id AND a.state <> 'reserved'
-                     AND a.id NOT IN (SELECT expire.id FROM expire)
-                     AND a.id NOT IN (SELECT archive.id FROM archive)) AS has_left,
-           EXISTS (SELECT 1 FROM pending p WHERE p.instance = s.id AND p.kind = 'distribute') AS succ_distributing,
-           EXISTS (SELECT 1 FROM pending p WHERE p.certificate = c.id AND p.kind = 'publish_tlsa') AS tlsa_pending,
-           EXISTS (SELECT 1 FROM targets t JOIN hosts h ON h.id = t.disthost WHERE t.certificate = c.id) AS has_targets,
-           s.id IN (SELECT requested.id FROM requested) AS succ_requested,
+           coalesce(act.issuing, false) AS issuing,
+           coalesce(act.has_left, false) AS has_left,
+           coalesce(s.distributing, false) AS succ_distributing,
+           coalesce(oc.tlsa_pending, false) AS tlsa_pending,
+           tg.certificate IS NOT NULL AS has_targets,
+           rq.id IS NOT NULL AS succ_requested,
            coalesce(sel.no_tlsa, false) AS no_tlsa,
            cfg.*
       FROM c CROSS JOIN cfg
-      LEFT JOIN active act ON act.certificate = c.id
+      LEFT JOIN held act ON act.certificate = c.id
       LEFT JOIN cand s ON s.certificate = c.id
+      LEFT JOIN on_cert oc ON oc.certificate = c.id
+      LEFT JOIN targeted tg ON tg.certificate = c.id
+      LEFT JOIN requested rq ON rq.id = s.id
 ), sd AS (              -- what the DANE-safe order allows
     SELECT st.*,
            -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
@@ -245,6 +275,7 @@ CREATE OR REPLACE FUNCTION pki.schedule(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (certificate text, instance int, action text, reason text)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
+SET jit = off   -- its bulk statements cost more to compile than to run (see plan_rows)
 AS $$
 BEGIN
     sel := checked_selection(sel);
@@ -257,6 +288,7 @@ BEGIN
         ON COMMIT DROP;
     TRUNCATE pass_plan;
     INSERT INTO pass_plan SELECT * FROM plan_rows(sel);
+    ANALYZE pass_plan;   -- the statements below join it: true row counts, not a temp table's guess
 
     PERFORM set_context('scheduler: rule 1 (cleanup) or rule 4 (useless successor)');
     DELETE FROM certinstances ci USING pass_plan p WHERE p.action = 'delete' AND ci.id = p.instance;

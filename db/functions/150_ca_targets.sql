@@ -51,11 +51,14 @@ $$;
 
 -- ca_plan_rows: the scheduler's rows for CA certificates (plan_rows has none), in plan_rows'
 -- columns: 'distribute CA' when targets on the selected disthosts have no deployment of the
--- CA's current instance, 'wait' while its distribution is pending; nothing when all have it
+-- CA's current instance, 'wait' while its distribution is pending; nothing when all have it. A few CAs,
+-- each looked up by index; no JIT (its estimate of 1,000 rows per set-returning function crosses
+-- jit_above_cost at large fleets: compiling would take longer than the query)
 CREATE OR REPLACE FUNCTION pki.ca_plan_rows(sel dd.selection)
 RETURNS TABLE (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
 LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
+SET jit = off
 AS $$
     SELECT ca.id, ca.name, ca.instance, r.d[1], r.d[2], NULL::text
       FROM selected_cas(sel) ca

@@ -23,7 +23,10 @@ SELECT s1.type                      AS "Subject",
   LEFT JOIN pki.disthosts d ON d.id = t.disthost
   LEFT JOIN pki.jails j ON j.id = t.jail
   LEFT JOIN pki.places p ON p.id = t.place
- ORDER BY s1.name, s2.name, s.name, s.port, d.fqdn, j.name, p.name;
+-- the order of the citext columns, each lowered once per row: citext's own comparison lowers both sides
+-- at every comparison of the sort (the larger part of the listing's query at 5,000 certificates)
+ ORDER BY lower(s1.name::text), lower(s2.name::text), lower(s.name::text), s.port, lower(d.fqdn::text),
+          lower(j.name::text), lower(p.name::text);
 
 -- certs_ids: the same rows with the ids behind them
 CREATE VIEW pki.certs_ids AS

@@ -1,0 +1,43 @@
+"""plan_rows as issue 18 reshaped it (facts once per row, no NOT IN over a CTE): what the old shape got
+wrong with SQL's NULL, the plan gets right. bench/schedule.py measures its growth with the fleet's size."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+NOW = dt.datetime(2027, 6, 1, tzinfo=dt.timezone.utc)
+
+
+def le_certificate_in_the_prepublish_window(owner, name: str) -> int:
+    """An LE certificate whose one deployed instance expires in 25 days (within pre_publish_days), no successor."""
+    owner.execute("SELECT * FROM pki.add_cert(%s, 'server', 'LE', 'ec', false, NULL, NULL, NULL, 'web1.example.org', NULL, 'p')",
+                  (name,)).fetchall()
+    cert = owner.execute("SELECT certificate FROM pki.subjects WHERE name = %s", (name,)).fetchone()[0]
+    with owner.transaction():
+        # the state machine admits new rows only as 'reserved' (reserve -> issue -> deploy): set the end state
+        owner.execute("SET LOCAL session_replication_role = replica")
+        owner.execute("""INSERT INTO pki.certinstances (certificate, state, not_before, not_after)
+                         VALUES (%s, 'deployed', %s::timestamptz - interval '65 days', %s::timestamptz + interval '25 days')""",
+                      (cert, NOW, NOW))
+    return cert
+
+
+def test_a_finished_deploy_request_leaves_rule_9_of_the_other_certificates_alone(owner, conn):
+    """-D marks its publish_tlsa job 'deploy: <successor>'; the job stays (done) after it ran. The old
+    `succ.id IN (SELECT requested ...)` was NULL, not false, for a certificate without successor while
+    any such job existed, so `NOT succ_requested` dropped rule 9 (issue a successor) for all of them."""
+    owner.execute("SELECT pki.add_disthost('web1.example.org')")
+    owner.execute("SELECT pki.add_place('p', 'separate', '/etc/ssl')")
+    first = le_certificate_in_the_prepublish_window(owner, "www1.example.org")
+    other = le_certificate_in_the_prepublish_window(owner, "www2.example.org")
+    conn.execute("SELECT set_config('pki.now', %s, false)", (NOW.isoformat(),))
+    plan = "SELECT certificate, action, reason FROM pki.plan(pki.selection()) ORDER BY 1"
+    before = conn.execute(plan).fetchall()
+    assert [(c, a) for c, a, _ in before] == [("www1.example.org", "issue"), ("www2.example.org", "issue")], before
+    assert all(r.startswith("rule 9:") for _, _, r in before), before
+
+    owner.execute("""INSERT INTO pki.jobs (kind, subject_key, reason, args, certificate, state, run_after, finished)
+                     VALUES ('publish_tlsa', pki.tlsa_subject_key(%s), 'requested (-D)',
+                             jsonb_build_object('deploy', (SELECT max(id) FROM pki.certinstances WHERE certificate = %s)),
+                             %s, 'done', %s, %s)""", (other, other, other, NOW, NOW))
+    assert conn.execute(plan).fetchall() == before, f"certificate {first} lost its rule 9 to {other}'s old -D"
