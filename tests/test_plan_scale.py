@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg
+
 NOW = dt.datetime(2027, 6, 1, tzinfo=dt.timezone.utc)
 
 
@@ -41,3 +43,18 @@ def test_a_finished_deploy_request_leaves_rule_9_of_the_other_certificates_alone
                              jsonb_build_object('deploy', (SELECT max(id) FROM pki.certinstances WHERE certificate = %s)),
                              %s, 'done', %s, %s)""", (other, other, other, NOW, NOW))
     assert conn.execute(plan).fetchall() == before, f"certificate {first} lost its rule 9 to {other}'s old -D"
+
+
+def test_a_pass_that_prepublishes_many_certificates_holds_a_bounded_number_of_TLSA_locks(owner):
+    """lock_tlsa is one of 1,024 buckets: a pass prepublishing 35,000 certificates took one advisory
+    lock per certificate and died 'out of shared memory' (max_locks_per_transaction); now 1,024 at most,
+    and a second transaction is kept out of the same buckets."""
+    with owner.transaction():
+        owner.execute("SELECT pki.lock_tlsa_many(ARRAY(SELECT generate_series(1, 20000)))")
+        held = owner.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()").fetchone()[0]
+        assert held == 1024
+        table_size = owner.execute("SELECT current_setting('max_locks_per_transaction')::int * "
+                                   "(current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int)").fetchone()[0]
+        assert table_size < 20000, "the lock table holds one lock per certificate here: the test proves nothing"
+        with psycopg.connect(owner.info.dsn, autocommit=True) as other:
+            assert other.execute("SELECT pg_try_advisory_xact_lock(hashtext('pki.tlsa'), 7777 % 1024)").fetchone()[0] is False

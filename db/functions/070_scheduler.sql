@@ -319,7 +319,7 @@ BEGIN
           WHERE p.action = 'remind';
         UPDATE certificates c SET authorized_until = pki.now() FROM pass_plan p WHERE p.action = 'remind' AND c.id = p.certificate_id;
     END IF;
-    -- last: enqueue_tlsa_many takes lock_tlsa of each (ascending); a job's completion may hold rows of
+    -- last: enqueue_tlsa_many takes lock_tlsa of each (lock_tlsa_many); a job's completion may hold rows of
     -- certinstances or certificates changed above while it waits for one of those locks (no cycle this way)
     PERFORM enqueue_tlsa_many(array_agg(p.certificate_id), array_agg(p.reason), array_agg(p.instance))
        FROM pass_plan p WHERE p.action = 'prepublish' HAVING count(*) > 0;

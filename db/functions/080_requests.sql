@@ -163,9 +163,8 @@ BEGIN
     IF sel.no_tlsa THEN
         PERFORM raise_error('SP024', format('%s and -N (no TLSA changes) contradict each other', option), 'drop one of them');
     END IF;
-    -- the TLSA locks in ascending order, as the scheduler takes them (lock_tlsa): no deadlock with a pass
-    PERFORM lock_tlsa(c.id) FROM (SELECT c.id FROM selected_certs(sel) c WHERE c.enabled AND c.tlsa_ttl IS NOT NULL
-                                   ORDER BY c.id) c;
+    -- the TLSA locks as the scheduler takes them (lock_tlsa_many): no deadlock with a pass
+    PERFORM lock_tlsa_many(ARRAY(SELECT c.id FROM selected_certs(sel) c WHERE c.enabled AND c.tlsa_ttl IS NOT NULL));
     RETURN QUERY
     SELECT enqueue_tlsa(c.id, why, NULL, remove), c.name, NULL::int, why
       FROM selected_certs(sel) c WHERE c.enabled AND c.tlsa_ttl IS NOT NULL ORDER BY c.id;

@@ -107,6 +107,7 @@ CREATE OR REPLACE FUNCTION pki.crl_plan_rows(sel dd.selection)
 RETURNS TABLE (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
 LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
+SET jit = off
 AS $$
     SELECT ca.id, ca.name, d.ca_instance,
            CASE WHEN p.id IS NULL THEN 'sign CRL' ELSE 'wait' END,
