@@ -335,6 +335,37 @@ def test_encrypt_and_decrypt_round_trip_every_key_but_the_cas(conn, config, tmp_
     assert_no_key_in_jobs(conn)
 
 
+def test_a_key_issued_in_clear_before_x_is_refused_after_it_and_the_job_retried(conn, config, tmp_path):
+    """The agent reads whether the keys are encrypted once for its claimed batch: a -X applied between that
+    read and an issue job's completion must not store a key in clear among encrypted ones. The completion
+    refuses the key's form (40001, nothing stored), the job is retried, and its next attempt stores it encrypted."""
+    issue_ca(conn, config)
+    add_local_cert(conn, "www.example.org", "ec")
+    job_id, = conn.execute("SELECT job FROM request_create(selection(only_certs => ARRAY['www.example.org']))").fetchone()
+    row = conn.cursor(row_factory=dict_row).execute("SELECT * FROM claim_jobs(%s, ARRAY['issue_local'], 1)", (AGENT,)).fetchone()
+    remember_leases(conn, [row])
+    job = Job(id=job_id, kind="issue_local", certificate=row["certificate"], instance=row["instance"], disthost=None,
+              zone=None, args=row["args"], attempts=row["attempts"], max_attempts=row["max_attempts"],
+              lease=str(row["lease_token"]))
+    in_clear = HANDLERS["issue_local"](job, Context(config=config, conn=conn, agent_name=AGENT))
+    assert in_clear.args["pairs"][0].key.startswith("-----BEGIN PRIVATE KEY-----")
+    assert not isinstance(run_job(conn, request_keys(conn, True), config), GiveUp)   # -X meanwhile
+    assert keys_encrypted(conn) is True
+
+    call = completion_call(conn, job_id, lease_of(conn, job_id, AGENT), in_clear)
+    assert_refused(conn, *call, sqlstate="40001", match="-X/-Y applied while it ran")
+    assert conn.execute("SELECT state::text FROM certinstances WHERE id = %s", (job.instance,)).fetchone()[0] == "reserved"
+    # the agent fails a refusal other than SP023 with a retry: the job is not dead
+    assert conn.execute("SELECT fail_job(%s, %s, '40001: refused', true)",
+                        (job_id, lease_of(conn, job_id, AGENT))).fetchone()[0] == "failed"
+    owner_conn(conn).execute("UPDATE jobs SET run_after = pki.now() WHERE id = %s", (job_id,))
+    assert not isinstance(run_job(conn, job_id, config), GiveUp)
+    key = stored_pairs(conn, job.instance)["ec"]["key"]
+    assert key.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    key_public(tmp_path, key, config.paths.db_encryption_key)
+    assert job_row(conn, job_id)["state"] == "done"
+
+
 def test_the_key_of_an_acme_order_in_flight_is_re_encrypted_with_the_others(conn, config, tmp_path):
     """An order's key waits in pki.job_keys while its job retries (maybe for hours): -X/-Y
     re-encrypt it too; the key of an order whose job ended meanwhile is not required."""
@@ -559,3 +590,67 @@ def test_encrypt_and_decrypt_cover_the_acme_account_key(conn, config, tmp_path):
     assert "PRIVATE KEY" not in json.dumps(job_row(conn, job_id)["result"])
     run_job(conn, request_keys(conn, False), config)
     assert conn.execute("SELECT key FROM acme_accounts").fetchone()[0] == clear
+
+
+# --------------------------------------------------------------------------- the agent: a claimed batch
+
+def test_an_agents_batch_of_issue_jobs_keeps_every_jobs_outcome(conn, dsn, config):
+    """The agent reads the CA, the requests and the key form once for a claimed batch, sends an issue
+    job's completion while the next jobs' handlers work, and the completions ready meanwhile together
+    (Agent._run_overlapped, pki.complete_issue_batch). Each job still ends as it would alone: done,
+    refused (SP023: dead, its instance gone), lease taken (SP022: lost, left to its new holder), handler
+    crashed (failed, retried); every handler ran once."""
+    import threading
+
+    from serverpki.agent import Agent
+
+    issue_ca(conn, config)
+    names = ["a.example.org", "b.example.org", "c.example.org", "d.example.org", "e.example.org"]
+    for name in names:
+        add_local_cert(conn, name, "ec")
+    jobs = dict(conn.execute("SELECT certificate, job FROM request_create(selection(only_certs => %s))", (names,)).fetchall())
+    assert sorted(jobs) == names
+    real, runs = HANDLERS["issue_local"], []
+
+    def handler(job, ctx):
+        runs.append(job.id)
+        if job.id == jobs["d.example.org"]:
+            raise RuntimeError("the handler crashed")
+        result = real(job, ctx)
+        if job.id == jobs["b.example.org"]:   # a key that is not the certificate's
+            other = keystore.dump_key(x509util.new_key("ec", 2048, "secp384r1"))
+            return Completion(args={**result.args, "pairs": [result.args["pairs"][0]._replace(key=other)]})
+        if job.id == jobs["c.example.org"]:   # another agent took the job over meanwhile
+            owner_conn(conn).execute("UPDATE jobs SET lease_hash = lease_hash(gen_random_uuid()) WHERE id = %s", (job.id,))
+        if job.id == jobs["e.example.org"]:
+            all_started.set()
+        return result
+
+    config.alerts = SimpleNamespace(channels=[])
+    agent = Agent(dsn, config, name=AGENT, batch=10, kinds=["issue_local"])
+    agent.handlers = {"issue_local": handler}
+    # a's completion is held until every handler ran: b to e wait for the database, and go together
+    all_started, batches = threading.Event(), []
+    finish_overlapped, finish_batch = agent._finish_overlapped, agent._finish_batch
+    agent._finish_overlapped = lambda started: all_started.wait(30) and finish_overlapped(started)
+    agent._finish_batch = lambda batch: batches.append([job.id for job, _ in batch]) or finish_batch(batch)
+    try:
+        stats = agent.drain()
+        assert agent._reader is not None   # the batch went the overlapped way
+    finally:
+        agent.close()
+    assert stats.outcomes == {"done": 2, "dead": 1, "lost": 1, "failed": 1}, stats.summary()
+    assert batches == [[jobs[name] for name in ("b.example.org", "c.example.org", "e.example.org")]]
+    assert sorted(runs) == sorted(jobs.values())
+    state = {name: job_row(conn, job_id) for name, job_id in jobs.items()}
+    for name in ("a.example.org", "e.example.org"):
+        assert state[name]["state"] == "done"
+        assert conn.execute("SELECT state::text FROM certinstances WHERE id = %s",
+                            (state[name]["instance"],)).fetchone()[0] == "issued"
+        assert list(stored_pairs(conn, state[name]["instance"])) == ["ec"]
+    assert state["b.example.org"]["state"] == "dead" and "does not belong" in state["b.example.org"]["last_error"]
+    assert conn.execute("SELECT count(*) FROM certinstances WHERE id = %s", (state["b.example.org"]["instance"],)).fetchone()[0] == 0
+    assert state["c.example.org"]["state"] == "running"   # its new holder's
+    assert stored_pairs(conn, state["c.example.org"]["instance"]) == {}
+    assert state["d.example.org"]["state"] == "failed" and "the handler crashed" in state["d.example.org"]["last_error"]
+    assert_no_key_in_jobs(conn)

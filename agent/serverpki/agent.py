@@ -9,24 +9,26 @@ lease while a handler works, so a slow SSH host or ACME order keeps its job.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import select
 import threading
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
 from . import migrate, notices
 from .config import Config, default_agent_name
 from .errors import GiveUp, RetryLater, ServerPKIError, clean_text
 from .faults import crash_point
-from .handlers import Context, Job
+from .handlers import Completion, Context, Job
 from .log import ProgressBar, on_terminal
 from .queries import q
 
@@ -34,6 +36,10 @@ log = logging.getLogger("serverpki.agent")
 
 # job kinds whose jobs of one claim run in parallel (one disthost each)
 POOLED_KINDS = frozenset({"distribute"})
+# job kinds whose handler does nothing outside the agent but compute its completion (issue_local: a key and
+# a certificate): consecutive jobs of one claim overlap, the database applies the completions sent last
+# while the next handlers work, and those ready meanwhile go together (_run_overlapped)
+OVERLAPPED_KINDS = frozenset({"issue_local"})
 
 
 class DatabaseLost(ServerPKIError):
@@ -74,38 +80,78 @@ class RunStats:
         return f"{self.ran} job(s): " + (", ".join(parts) if parts else "none")
 
 
-class _Heartbeat(threading.Thread):
-    """Extends the lease of the running job every third of the lease, on its own connection."""
+class _Heartbeats(threading.Thread):
+    """Extends the lease of every running job of the agent every third of the lease, on its own connection.
+    One thread for all of them, started with the first: a thread started and joined per job cost more
+    than a short job's handler."""
 
-    def __init__(self, dsn: str, job: Job, lease: int):
-        super().__init__(daemon=True, name=f"heartbeat-{job.id}")
-        self.dsn, self.job_id, self.token, self.lease, self.label = dsn, job.id, job.lease, lease, job.label
-        self.stopped = threading.Event()
+    def __init__(self, dsn: str, lease: int):
+        super().__init__(daemon=True, name="heartbeats")
+        self.dsn, self.lease = dsn, lease
+        self.every = max(lease / 3, 1)
+        self.changed = threading.Condition()
+        self.watched: dict[int, tuple[Job, float]] = {}   # job id -> (job, when its lease is extended next)
+        self.sleeping_until = float("inf")                 # when the thread wakes up next by itself
+        self.closed = False
+
+    def watch(self, job: Job) -> None:
+        with self.changed:
+            when = time.monotonic() + self.every
+            self.watched[job.id] = (job, when)
+            if when < self.sleeping_until:   # else it wakes up in time anyway: no thread switch per job
+                self.changed.notify()
+
+    def unwatch(self, job: Job) -> bool:
+        """Whether the job was watched."""
+        with self.changed:
+            return self.watched.pop(job.id, None) is not None
+
+    def close(self) -> None:
+        with self.changed:
+            self.closed = True
+            self.changed.notify()
+
+    def _due(self) -> list[Job]:
+        """The jobs whose lease is due for extension, waiting until there are some (none: closed)."""
+        with self.changed:
+            while not self.closed:
+                now = time.monotonic()
+                due = [job for job, when in self.watched.values() if when <= now]
+                if due:
+                    for job in due:
+                        self.watched[job.id] = (job, now + self.every)
+                    return due
+                # most jobs end long before a third of their lease: nothing is sent for those
+                self.sleeping_until = min((when for _, when in self.watched.values()), default=now + 60)
+                self.changed.wait(self.sleeping_until - now)
+                self.sleeping_until = float("inf")
+            return []
 
     def run(self) -> None:
-        # most jobs end long before a third of their lease: connect only for those that do not
-        interval = max(self.lease / 3, 1)
-        conn: psycopg.Connection | None = None
+        conn = None
         try:
-            while not self.stopped.wait(interval):
-                try:
-                    # a lost connection (a restart, a failover) is made anew at the next beat: the
-                    # database may answer again, on another host, before the lease runs out
-                    conn = conn if conn is not None and not conn.closed else psycopg.connect(self.dsn, autocommit=True)
-                    conn.execute(q("extend_lease"), {"job": self.job_id, "token": self.token, "lease": self.lease})
-                except psycopg.Error as exc:
-                    if not _connection_lost(exc):  # the job will be refused at completion (SP022); say why now
-                        log.warning("%s: lease could not be extended: %s", self.label, exc.diag.message_primary or exc)
-                        return
-                    log.warning("%s: lease not extended, the database connection was lost (%s); trying again "
-                                "in %.0f s", self.label, _first_line(exc), interval)
+            while due := self._due():
+                for job in due:
+                    try:
+                        # a lost connection (a restart, a failover) is made anew at the next beat: the
+                        # database may answer again, on another host, before the lease runs out
+                        if conn is None or conn.closed or conn.broken:
+                            conn = psycopg.connect(self.dsn, autocommit=True)
+                        conn.execute(q("extend_lease"), {"job": job.id, "token": job.lease, "lease": self.lease})
+                    except psycopg.Error as exc:
+                        if not _connection_lost(exc):  # the job will be refused at completion (SP022); say why now
+                            if self.unwatch(job):   # (not when its handler ended meanwhile: it is reported)
+                                log.warning("%s: lease could not be extended: %s", job.label,
+                                            exc.diag.message_primary or exc)
+                            continue
+                        log.warning("%s: lease not extended, the database connection was lost (%s); trying again "
+                                    "in %.0f s", job.label, _first_line(exc), self.every)
+                        if conn is not None:
+                            conn.close()
+                            conn = None
         finally:
             if conn is not None:
                 conn.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)
 
 
 class Agent:
@@ -128,6 +174,13 @@ class Agent:
             # tells nobody leaves them to one that does (the cron run's file, or the agent's)
             self.kinds.remove("notify_alerts")
         self._conn: psycopg.Connection | None = None
+        self._heartbeats: _Heartbeats | None = None
+        self._heartbeats_lock = threading.Lock()   # the pool's threads start jobs at once
+        # the connection the handlers of overlapped jobs read through while the agent's own one sends
+        # completions (_run_overlapped)
+        self._reader: psycopg.Connection | None = None
+        # reads that hold for the claimed batch being worked (Context.batch); new with each claim
+        self._batch: dict = {}
         # job kind -> its completion function, as the kind's file in db/jobs/ registered it (read by claim)
         self._completions: dict[str, str] = {}
 
@@ -144,6 +197,11 @@ class Agent:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+        if self._reader is not None:
+            self._reader.close()
+        if self._heartbeats is not None:
+            self._heartbeats.close()
+            self._heartbeats = None
 
     def claim(self) -> list[Job]:
         params = {"agent": self.name, "kinds": self.kinds, "max_jobs": self.batch, "lease": self.lease}
@@ -171,14 +229,28 @@ class Agent:
             renewed = self._renew_lease(job, conn)
         if not renewed:
             return "lost"
-        heartbeat = _Heartbeat(self.dsn, job, self.lease)
-        heartbeat.start()
-        ctx = Context(config=self.config, conn=conn, agent_name=self.name)
+        started = self._start_job(job, conn)
+        return started if isinstance(started, str) else self._finish_job(job, started[1], conn)
+
+    def _heartbeat(self) -> _Heartbeats:
+        with self._heartbeats_lock:
+            if self._heartbeats is None or not self._heartbeats.is_alive():
+                self._heartbeats = _Heartbeats(self.dsn, self.lease)
+                self._heartbeats.start()
+            return self._heartbeats
+
+    def _start_job(self, job: Job, conn: psycopg.Connection) -> str | tuple[Completion, tuple]:
+        """The handler of a job whose lease was renewed (or is fresh): its Completion and the statement that
+        sends it, or the outcome (failed, dead) when there is nothing to complete."""
+        heartbeat = self._heartbeat()
+        heartbeat.watch(job)
+        ctx = Context(config=self.config, conn=conn, agent_name=self.name, batch=self._batch)
         log.debug("%s: start (attempt %s of %s)", job.label, job.attempts, job.max_attempts)
         crash_point(f"{job.kind}.claimed")
         try:
             # a handler that returns no Completion fails its attempt like one that crashed
-            statement = self.handlers[job.kind](job, ctx).statement(self._completions[job.kind], job.id, job.lease)
+            completion = self.handlers[job.kind](job, ctx)
+            statement = completion.statement(self._completions[job.kind], job.id, job.lease)
         except RetryLater as exc:
             return self._fail(job, str(exc), retry=True, retry_after=exc.retry_after, conn=conn)
         except GiveUp as exc:
@@ -187,26 +259,36 @@ class Agent:
             log.debug("%s crashed", job.label, exc_info=log.isEnabledFor(logging.DEBUG))
             return self._fail(job, f"{type(exc).__name__}: {exc}", retry=True, conn=conn)
         finally:
-            heartbeat.stop()
+            heartbeat.unwatch(job)
         crash_point(f"{job.kind}.before_complete")
+        return completion, statement
+
+    def _finish_job(self, job: Job, statement: tuple, conn: psycopg.Connection) -> str:
+        """A job's completion sent and its refusal handled: done, failed, dead or lost."""
         try:
             self._report(conn, *statement, label=job.label)
         except psycopg.Error as exc:
             if _connection_lost(exc):
                 raise   # the database stayed away (_report waited): the drain stops, the lease brings the job back
-            state = exc.diag.sqlstate
-            if state == "SP022" and self._completion_stored(job):
-                # sent again after the connection was lost, and refused: the first had been committed
-                log.info("%s: the outcome sent before the connection was lost had been stored", job.label)
-            elif state == "SP022":
-                log.warning("%s: result dropped: %s", job.label, exc.diag.message_primary)
-                return "lost"
-            else:
-                # the outcome did not fit (SP023) or could not be stored: a failed attempt, the error kept
-                return self._fail(job, f"{state or type(exc).__name__}: {exc.diag.message_primary or _first_line(exc)}",
-                                  retry=state != "SP023", conn=conn)
+            return self._refused(job, exc.diag.sqlstate or type(exc).__name__,
+                                 exc.diag.message_primary or _first_line(exc), conn)
         log.info("%s: done", job.label)
         return "done"
+
+    def _refused(self, job: Job, state: str, message: str, conn: psycopg.Connection) -> str:
+        """A job whose completion the database refused: done when it was sent again after a lost connection
+        and the first had been stored, lost (SP022), else a failed attempt, retried unless the outcome did
+        not fit (SP023); the error kept."""
+        if state == "SP022" and self._completion_stored(job):
+            # sent again after the connection was lost, and refused: the first had been committed
+            log.info("%s: the outcome sent before the connection was lost had been stored", job.label)
+            log.info("%s: done", job.label)
+            return "done"
+        if state == "SP022":
+            log.warning("%s: result dropped: %s", job.label, message)
+            return "lost"
+        # the outcome did not fit (SP023) or could not be stored: a failed attempt, the error kept
+        return self._fail(job, f"{state}: {message}", retry=state != "SP023", conn=conn)
 
     def _completion_stored(self, job: Job) -> bool:
         """Whether this attempt's completion is in the database (it was refused when sent again)."""
@@ -327,18 +409,105 @@ class Agent:
         due after each claim (the follow-ups the jobs before it enqueued)."""
         claimed = 0
         while max_jobs is None or claimed < max_jobs:
+            claiming = time.monotonic()
             jobs = self.claim()
             if not jobs:
                 return
+            # the handlers of this claim share what they read once for it (Context.batch)
+            self._batch = {"certificates": sorted({job.certificate for job in jobs if job.certificate is not None})}
             claimed += len(jobs)
             if bar.shown:
                 bar.set_total(claimed + self.due())
             pooled = [job for job in jobs if job.kind in POOLED_KINDS]
             pooled = pooled if len(pooled) > 1 else []
-            for job in jobs:
-                if job.id not in {p.id for p in pooled}:
-                    yield job, self.run_job(job)
+            # in claim order; a run of consecutive overlapped jobs goes together (their completions
+            # are in before any other job starts: that one may depend on them)
+            for overlapped, run in itertools.groupby((job for job in jobs if job.id not in {p.id for p in pooled}),
+                                                     key=lambda job: job.kind in OVERLAPPED_KINDS):
+                if overlapped:
+                    yield from self._run_overlapped(list(run), fresh_until=claiming + self.lease / 3)
+                else:
+                    for job in run:
+                        yield job, self.run_job(job)
             yield from self._run_pooled(pooled)
+
+    # --- completions overlapped: a job of OVERLAPPED_KINDS does nothing outside the agent, so the next ones'
+    # handlers may run while the database applies the completions of those before (checks, storage, events,
+    # on the other core). The completions that are ready when the database is free go together
+    # (complete_issue_batch: one round trip, each job in a subtransaction of its own), on the agent's own
+    # connection (the one whose server-side Python is warm); each refusal is handled as run_job handles it
+    # (_refused: SP022 lost, SP023 dead, else failed and retried; a lost connection stops the drain).
+    # The handlers read through a second connection
+    def _run_overlapped(self, jobs: list[Job], fresh_until: float):
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="completer") as completer:
+            sent: deque[tuple[list[Job], Future]] = deque()   # the batches on their way, in order
+            ready: list[tuple[Job, object]] = []              # (job, (Completion, statement) or its outcome)
+
+            def send() -> None:
+                sent.append(([job for job, _ in ready], completer.submit(self._finish_overlapped, list(ready))))
+                ready.clear()
+
+            for job in jobs:
+                if self._reader is None or self._reader.closed or self._reader.broken:
+                    self._reader = self._connect()   # lost (a restart, a failover): waited for, as the own one
+                # within the first third of the claim's lease the job is ours without asking (no other
+                # agent takes it before the lease runs out); later the lease is renewed as run_job does
+                if time.monotonic() >= fresh_until and not self._renew_lease(job, self._reader):
+                    ready.append((job, "lost"))
+                else:
+                    ready.append((job, self._start_job(job, self._reader)))
+                while sent and sent[0][1].done():
+                    done_jobs, outcomes = sent.popleft()
+                    yield from zip(done_jobs, outcomes.result())
+                if not sent:
+                    send()
+            if ready:
+                send()
+            while sent:
+                done_jobs, outcomes = sent.popleft()
+                yield from zip(done_jobs, outcomes.result())
+
+    def _finish_overlapped(self, started: list[tuple[Job, object]]) -> list[str]:
+        """The outcomes of jobs started by _run_overlapped, their completions sent together."""
+        if self._conn is not None and self._conn.broken:
+            self._conn.close()   # lost since its last use: self.conn waits for a new one (_connect)
+        outcomes: dict[int, str] = {job.id: begun for job, begun in started if isinstance(begun, str)}
+        batch = [(job, begun) for job, begun in started if not isinstance(begun, str)]
+        if len(batch) > 1 and all(self._completions[job.kind] == "complete_issue"
+                                  and set(completion.args) <= {"pairs", "cacert"} for job, (completion, _) in batch):
+            outcomes.update(self._finish_batch(batch))
+        else:
+            for job, (_, statement) in batch:
+                outcomes[job.id] = self._finish_job(job, statement, self.conn)
+        if any(outcome != "done" for outcome in outcomes.values()):
+            self._batch.clear()   # a refusal may come from a stale read of the batch (-X/-Y, the CA): read again
+        return [outcomes[job.id] for job, _ in started]
+
+    def _finish_batch(self, batch: list[tuple[Job, tuple]]) -> dict[int, str]:
+        """complete_issue_batch for the jobs: each one's outcome as _finish_job would give it."""
+        params = {"jobs": [job.id for job, _ in batch], "tokens": [job.lease for job, _ in batch],
+                  "pairs": [Jsonb([pair._asdict() for pair in completion.args.get("pairs") or []])
+                            for _, (completion, _) in batch],
+                  "cacerts": [completion.args.get("cacert") for _, (completion, _) in batch],
+                  "reports": [Jsonb(completion.report) for _, (completion, _) in batch]}
+        try:
+            states, messages = self._report(self.conn, q("complete_issue_batch"), params,
+                                            label=f"{len(batch)} {batch[0][0].kind} jobs")
+        except psycopg.Error as exc:
+            if _connection_lost(exc):
+                raise   # as _finish_job: the drain stops, the leases bring the jobs back
+            # the call itself was refused (nothing of it applied): each completion on its own
+            log.warning("%s jobs: their completions together were refused (%s); sending them one by one",
+                        len(batch), _first_line(exc))
+            return {job.id: self._finish_job(job, statement, self.conn) for job, (_, statement) in batch}
+        outcomes = {}
+        for (job, _), state, message in zip(batch, states, messages):
+            if state is None:
+                log.info("%s: done", job.label)
+                outcomes[job.id] = "done"
+            else:
+                outcomes[job.id] = self._refused(job, state, message or state, self.conn)
+        return outcomes
 
     # --- hosts in parallel: distribute jobs concern one disthost each, so a bounded pool
     # ([ssh] max_parallel_hosts) runs those of one claim at once, each on its own connection

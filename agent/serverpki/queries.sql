@@ -45,6 +45,12 @@ SELECT {function}(job_id => %(job)s, lease_token => %(token)s::uuid{arguments}, 
 -- name: completion_stored
 SELECT EXISTS (SELECT 1 FROM pki.jobs WHERE id = %(job)s AND state = 'done' AND attempts = %(attempt)s);
 
+-- the completions of several issue_local jobs in one call, each applied alone (Agent._finish_batch):
+-- per job the SQLSTATE and message of its refusal, NULL when done
+-- name: complete_issue_batch
+SELECT states, messages
+  FROM pki.complete_issue_batch(%(jobs)s, %(tokens)s::uuid[], %(pairs)s::jsonb[], %(cacerts)s::int[], %(reports)s::jsonb[]);
+
 -- name: job_completions
 SELECT kind, complete_with FROM pki.job_kinds;
 
@@ -66,6 +72,14 @@ SELECT c.id, c.type::text AS cert_type, c.encryption_algo::text AS encryption_al
        ARRAY(SELECT a.name::text FROM pki.subjects a WHERE a.certificate = c.id AND a.isaltname ORDER BY a.name) AS altnames
   FROM pki.certificates c JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname
  WHERE c.id = %(certificate)s;
+
+-- name: issue_requests
+-- issue_request for every certificate of an agent's claimed batch at once
+SELECT c.id, c.type::text AS cert_type, c.encryption_algo::text AS encryption_algo, c.ocsp_must_staple,
+       s.type::text AS subject_type, s.name::text AS name,
+       ARRAY(SELECT a.name::text FROM pki.subjects a WHERE a.certificate = c.id AND a.isaltname ORDER BY a.name) AS altnames
+  FROM pki.certificates c JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname
+ WHERE c.id = ANY(%(certificates)s::int[]);
 
 -- name: local_ca_current
 -- the newest issued instance of the local CA: it signs local certificates

@@ -73,6 +73,8 @@ DECLARE
     stored_error text;
     stored_hint text;
     sel dd.selection;
+    encrypted boolean;
+    misfit text;
 BEGIN
     SELECT * INTO cert FROM certificates WHERE id = j.certificate;
     IF NOT FOUND OR j.instance IS NULL OR NOT EXISTS (SELECT 1 FROM certinstances WHERE id = j.instance AND state = 'reserved') THEN
@@ -98,6 +100,22 @@ BEGIN
     IF cacert IS NOT NULL AND NOT EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = complete_issue.cacert) THEN
         PERFORM raise_error('SP023', format('job %s: cacert %s is not the id of a stored instance', j.id, cacert),
             'give the id of the CA''s instance (SELECT "Serial" FROM inst), or leave cacert out');
+    END IF;
+    -- a key is stored in the form of the stored keys (-X: encrypted, -Y: in clear): the agent read that form
+    -- for its batch, and a re-encryption may have been applied since. The lock keeps a re-encryption's
+    -- completion (which locks the row FOR UPDATE) and this one apart. Refused with a code the agent retries
+    IF j.kind <> 'issue_local_ca' THEN   -- a CA's key is always encrypted, with the local CA passphrase
+        SELECT r.keysencrypted INTO encrypted FROM revision r ORDER BY r.id DESC LIMIT 1 FOR KEY SHARE;   -- current_revision()
+        SELECT p.algo INTO misfit FROM unnest(pairs) p
+         WHERE (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN p.key) > 0) IS DISTINCT FROM coalesce(encrypted, false)
+         LIMIT 1;
+        IF misfit IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'serialization_failure',
+                MESSAGE = format('job %s: its %s key is %s, but the stored keys are %s now (-X/-Y applied while it ran)',
+                                 j.id, misfit, CASE WHEN encrypted THEN 'in clear' ELSE 'encrypted' END,
+                                 CASE WHEN encrypted THEN 'encrypted' ELSE 'in clear' END),
+                HINT = 'nothing to do: the agent retries the job, which stores its keys in the new form';
+        END IF;
     END IF;
     -- the certkeydata trigger checks each clear key against its certificate; its refusal is the job's
     BEGIN
@@ -138,6 +156,45 @@ BEGIN
                                          format('issued by job %s after a key compromise: distribute at once', j.id));
         ELSE NULL;
     END CASE;
+END
+$$;
+
+-- complete_issue_batch: the completions of several issue jobs of one agent in one call (one round trip, one
+-- commit), each applied by complete_issue as if alone, in a subtransaction of its own: a refused one changes
+-- nothing and leaves the others. pairs[i]: job i's pairs as a JSON array of {algo, cert, key[, chain]}.
+-- Returns for each job, in order, the SQLSTATE and message of its refusal (NULL: done), for the agent to
+-- handle as the refusal of its own completion
+CREATE OR REPLACE FUNCTION pki.complete_issue_batch(job_ids bigint[], lease_tokens uuid[], pairs jsonb[],
+    cacerts int[], reports jsonb[], OUT states text[], OUT messages text[])
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    n int := coalesce(cardinality(job_ids), 0);
+    state text;
+    message text;
+BEGIN
+    IF cardinality(lease_tokens) IS DISTINCT FROM n OR cardinality(pairs) IS DISTINCT FROM n
+       OR cardinality(cacerts) IS DISTINCT FROM n OR cardinality(reports) IS DISTINCT FROM n THEN
+        PERFORM raise_error('SP023', format('complete_issue_batch: %s jobs, but %s lease tokens, %s pairs, %s cacerts, %s reports',
+                n, cardinality(lease_tokens), cardinality(pairs), cardinality(cacerts), cardinality(reports)),
+            'give each array one element per job, in the same order');
+    END IF;
+    states := '{}';
+    messages := '{}';
+    FOR i IN 1 .. n LOOP
+        BEGIN
+            PERFORM complete_issue(job_ids[i], lease_tokens[i],
+                ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(pairs[i], '[]')) p),
+                cacerts[i], NULL, NULL, coalesce(reports[i], '{}'));
+            state := NULL;
+            message := NULL;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+        END;
+        states := states || state;
+        messages := messages || message;
+    END LOOP;
 END
 $$;
 

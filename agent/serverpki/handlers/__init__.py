@@ -65,12 +65,15 @@ class Job:
 @dataclass
 class Context:
     """What a handler may use: the configuration, a database connection for
-    named reads, and keep_alive() to extend its lease during long steps."""
+    named reads, and keep_alive() to extend its lease during long steps.
+    batch: reads that hold for the agent's whole claimed batch (handlers.common.batch_read);
+    the agent drops them when a completion is refused, so a stale one costs a retry, not a wrong row."""
 
     config: Config
     conn: psycopg.Connection
     agent_name: str
     keep_alive: Callable[[], None] = field(default=lambda: None)
+    batch: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -55,6 +55,37 @@ def issue_request(job: Job, ctx: Context) -> dict[str, Any]:
     return req
 
 
+_UNREAD = object()
+
+
+def _batch_value(ctx: Context, name: str, read):
+    """ctx.batch[name], read() when it is not there yet. The agent may empty ctx.batch from another thread at
+    any moment (a refused completion): a value is taken once, never looked up again after it was stored."""
+    value = ctx.batch.get(name, _UNREAD)
+    if value is _UNREAD:
+        value = ctx.batch[name] = read()
+    return value
+
+
+def batch_read(ctx: Context, name: str) -> dict[str, Any] | None:
+    """The first row of a named query without parameters, read once for the agent's claimed batch (ctx.batch)."""
+    return _batch_value(ctx, name, lambda: one(ctx, name))
+
+
+def batch_issue_request(job: Job, ctx: Context) -> dict[str, Any]:
+    """issue_request, read in one query for every certificate of the claimed batch (ctx.batch["certificates"],
+    the agent's list) when the first of its jobs asks; a job outside that list reads its own."""
+    certificates = ctx.batch.get("certificates") or ()
+    if job.certificate not in certificates:
+        return issue_request(job, ctx)
+    requests = _batch_value(ctx, "issue_requests", lambda: {
+        r["id"]: r for r in every(ctx, "issue_requests", {"certificates": list(certificates)})})
+    req = requests.get(job.certificate)
+    if req is None:
+        raise GiveUp(f"certificate {job.certificate} of job {job.id} is gone")
+    return req
+
+
 def algorithms(encryption_algo: str) -> list[str]:
     """The key algorithms of a certificate: one pair each."""
     return ["rsa", "ec"] if encryption_algo == "rsa_plus_ec" else [encryption_algo]
@@ -86,6 +117,13 @@ def db_passphrase_if_encrypted(ctx: Context) -> bytes | None:
         except keystore.WrongPassphrase:
             raise GiveUp(f"db_encryption_key: wrong passphrase, it does not open stored key {sample['id']}") from None
     return passphrase
+
+
+def batch_db_passphrase(ctx: Context) -> bytes | None:
+    """db_passphrase_if_encrypted, read and proven once for the agent's claimed batch. A -X/-Y applied
+    meanwhile makes the completion refuse the key's form (complete_issue: serialization_failure), the
+    agent drops the batch's reads and the job is retried with the new form."""
+    return _batch_value(ctx, "db_passphrase", lambda: db_passphrase_if_encrypted(ctx))
 
 
 def job_key(job: Job, ctx: Context, algo: str):

@@ -20,7 +20,8 @@ from typing import Any
 from .. import keystore, x509util
 from ..errors import GiveUp
 from . import Completion, Context, IssuedPair, Job, handler
-from .common import about, algorithms, db_now, db_passphrase_if_encrypted, issue_request, one, open_stored_key
+from .common import (about, algorithms, batch_db_passphrase, batch_issue_request, batch_read, db_now, issue_request,
+                     open_stored_key)
 
 NO_CA = "no local CA: issue one with operate_serverPKI -I"
 
@@ -46,16 +47,17 @@ def x509_names(config: Any) -> dict[str, str | None]:
 def issue_local(job: Job, ctx: Context) -> Completion:
     """One pair per algorithm of the certificate, signed by the newest local CA."""
     with _no_retry():
-        req = issue_request(job, ctx)
+        # what is the same for the agent's whole claimed batch is read once for it (ctx.batch)
+        req = batch_issue_request(job, ctx)
         if req["cert_type"] != "local" or req["subject_type"] not in x509util.SUBJECT_TYPES:
             raise GiveUp(f"certificate {req['name']} is a {req['cert_type']} {req['subject_type']} certificate, "
                          "not a local server or client certificate")
-        ca = one(ctx, "local_ca_current")
+        ca = batch_read(ctx, "local_ca_current")
         if ca is None:
             raise GiveUp(NO_CA)
         ca_cert = x509util.load_cert(ca["cert"])
         ca_key = _open_ca_key(ca, ctx)
-        now = db_now(ctx)
+        now = batch_read(ctx, "db_now")["now"]
         x509cfg = ctx.config.x509
         lifetime = x509cfg.server_lifetime_days if req["subject_type"] == "server" else x509cfg.client_lifetime_days
         pairs = []
@@ -67,8 +69,8 @@ def issue_local(job: Job, ctx: Context) -> Completion:
                 subject_type=req["subject_type"], must_staple=req["ocsp_must_staple"],
                 lifetime_days=lifetime, names=x509_names(ctx.config), now=now)
             pairs.append((algo, cert, key))
-        # read last, so a -X/-Y applied meanwhile is seen
-        passphrase = db_passphrase_if_encrypted(ctx)
+        # a -X/-Y applied meanwhile: complete_issue refuses the key's form, the job is retried
+        passphrase = batch_db_passphrase(ctx)
         return Completion(args={
             "pairs": [IssuedPair(algo, x509util.cert_pem(cert), keystore.dump_key(key, passphrase))
                       for algo, cert, key in pairs],
