@@ -338,7 +338,7 @@ def test_encrypt_and_decrypt_round_trip_every_key_but_the_cas(conn, config, tmp_
 def test_a_key_issued_in_clear_before_x_is_refused_after_it_and_the_job_retried(conn, config, tmp_path):
     """The agent reads whether the keys are encrypted once for its claimed batch: a -X applied between that
     read and an issue job's completion must not store a key in clear among encrypted ones. The completion
-    refuses the key's form (40001, nothing stored), the job is retried, and its next attempt stores it encrypted."""
+    refuses the key's form (SP028, nothing stored), the job is retried, and its next attempt stores it encrypted."""
     issue_ca(conn, config)
     add_local_cert(conn, "www.example.org", "ec")
     job_id, = conn.execute("SELECT job FROM request_create(selection(only_certs => ARRAY['www.example.org']))").fetchone()
@@ -353,10 +353,10 @@ def test_a_key_issued_in_clear_before_x_is_refused_after_it_and_the_job_retried(
     assert keys_encrypted(conn) is True
 
     call = completion_call(conn, job_id, lease_of(conn, job_id, AGENT), in_clear)
-    assert_refused(conn, *call, sqlstate="40001", match="-X/-Y applied while it ran")
+    assert_refused(conn, *call, sqlstate="SP028", match="-X/-Y applied while it ran")
     assert conn.execute("SELECT state::text FROM certinstances WHERE id = %s", (job.instance,)).fetchone()[0] == "reserved"
     # the agent fails a refusal other than SP023 with a retry: the job is not dead
-    assert conn.execute("SELECT fail_job(%s, %s, '40001: refused', true)",
+    assert conn.execute("SELECT fail_job(%s, %s, 'SP028: refused', true)",
                         (job_id, lease_of(conn, job_id, AGENT))).fetchone()[0] == "failed"
     owner_conn(conn).execute("UPDATE jobs SET run_after = pki.now() WHERE id = %s", (job_id,))
     assert not isinstance(run_job(conn, job_id, config), GiveUp)

@@ -103,18 +103,17 @@ BEGIN
     END IF;
     -- a key is stored in the form of the stored keys (-X: encrypted, -Y: in clear): the agent read that form
     -- for its batch, and a re-encryption may have been applied since. The lock keeps a re-encryption's
-    -- completion (which locks the row FOR UPDATE) and this one apart. Refused with a code the agent retries
+    -- completion (which locks the row FOR UPDATE) and this one apart. Refused with SP028, which the agent retries
     IF j.kind <> 'issue_local_ca' THEN   -- a CA's key is always encrypted, with the local CA passphrase
         SELECT r.keysencrypted INTO encrypted FROM revision r ORDER BY r.id DESC LIMIT 1 FOR KEY SHARE;   -- current_revision()
         SELECT p.algo INTO misfit FROM unnest(pairs) p
          WHERE (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN p.key) > 0) IS DISTINCT FROM coalesce(encrypted, false)
          LIMIT 1;
         IF misfit IS NOT NULL THEN
-            RAISE EXCEPTION USING ERRCODE = 'serialization_failure',
-                MESSAGE = format('job %s: its %s key is %s, but the stored keys are %s now (-X/-Y applied while it ran)',
-                                 j.id, misfit, CASE WHEN encrypted THEN 'in clear' ELSE 'encrypted' END,
-                                 CASE WHEN encrypted THEN 'encrypted' ELSE 'in clear' END),
-                HINT = 'nothing to do: the agent retries the job, which stores its keys in the new form';
+            PERFORM raise_error('SP028', format('job %s: its %s key is %s, but the stored keys are %s now (-X/-Y applied while it ran)',
+                                                j.id, misfit, CASE WHEN encrypted THEN 'in clear' ELSE 'encrypted' END,
+                                                CASE WHEN encrypted THEN 'encrypted' ELSE 'in clear' END),
+                'nothing to do: the agent retries the job, which stores its keys in the new form');
         END IF;
     END IF;
     -- the certkeydata trigger checks each clear key against its certificate; its refusal is the job's

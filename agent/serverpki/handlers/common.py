@@ -121,7 +121,7 @@ def db_passphrase_if_encrypted(ctx: Context) -> bytes | None:
 
 def batch_db_passphrase(ctx: Context) -> bytes | None:
     """db_passphrase_if_encrypted, read and proven once for the agent's claimed batch. A -X/-Y applied
-    meanwhile makes the completion refuse the key's form (complete_issue: serialization_failure), the
+    meanwhile makes the completion refuse the key's form (complete_issue: SP028), the
     agent drops the batch's reads and the job is retried with the new form."""
     return _batch_value(ctx, "db_passphrase", lambda: db_passphrase_if_encrypted(ctx))
 
