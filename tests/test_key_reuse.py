@@ -254,6 +254,31 @@ def test_after_the_renewals_allowed_the_key_rotates_in_the_DANE_safe_order(fleet
                                               (new,))] == ["reserved", "issued", "prepublished", "deployed"]
 
 
+def test_a_revoked_key_is_never_kept_by_a_successor(fleet):
+    active = fleet.deployed()[MX]
+    with psycopg.connect(fleet.role_dsn(roles.OPERATOR), autocommit=True) as op:
+        op.execute(SET, (MX, 5, None))
+    start = last_job(fleet)
+    run = fleet.cli("-C", "-o", MX)
+    assert run.returncode == 0, run.stderr
+    [issue] = jobs_of(fleet, MX, "issue_acme", start)
+    kept = issue["instance"]
+    assert issue["args"]["reuse_from"] == active and spkis(fleet, kept) == spkis(fleet, active)
+
+    # the key leaked: the successor that kept it must not replace the revoked instance
+    run = fleet.cli("--revoke", str(active), "--reason", "keyCompromise")
+    assert run.returncode == 0, run.stdout + run.stderr
+    new = fleet.deployed()[MX]
+    assert new not in (active, kept)
+    assert fleet.conn.execute("SELECT count(*) FROM certinstances WHERE id = %s", (kept,)).fetchone()[0] == 0
+    assert all(spkis(fleet, new)[algo] != key for algo, key in spkis(fleet, active).items())
+    [rollover] = jobs_of(fleet, MX, "issue_acme", issue["id"])
+    assert "reuse_from" not in rollover["args"]
+    assert fleet.problems() == []
+    # and no later issue reuses it: the revoked instance is no predecessor, its key is no candidate
+    assert fleet.conn.execute("SELECT reuse_from FROM key_reuse(cert_id(%s))", (MX,)).fetchone()[0] == new
+
+
 def test_no_key_lands_in_the_jobs(fleet):
     # every key of the certificates that reused keys: nowhere in any job's args, reason, result or error
     keys = [bytes(k).decode() for (k,) in fleet.conn.execute(

@@ -101,3 +101,30 @@ AS $$
           FROM certinstances a JOIN certinstances s ON s.certificate = a.certificate
          WHERE a.id = active AND s.id = successor AND a.id <> s.id), false)
 $$;
+
+-- same_key: do the two instances share a private key (a pair of the same algorithm with the same
+-- public key)? A successor that reused the key of a revoked instance must not replace it
+CREATE OR REPLACE FUNCTION pki.same_key(one int, other int)
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM certkeydata a JOIN certkeydata b ON b.encryption_algo = a.encryption_algo
+                    WHERE a.certinstance = one AND b.certinstance = other
+                      AND tlsa_data(a.cert, 1, 0) = tlsa_data(b.cert, 1, 0))
+$$;
+
+-- forget_revoked_key: the instance `revoked` of the certificate was revoked; its key is never used
+-- again: a successor that reused it is deleted (the scheduler or the emergency rollover then issues
+-- one with a new key), and an issue job not done yet makes a new key instead of reusing one
+CREATE OR REPLACE FUNCTION pki.forget_revoked_key(cert int, revoked int)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    PERFORM set_context(format('instance %s revoked: a successor with its key is given up', revoked));
+    DELETE FROM certinstances i WHERE i.certificate = cert AND i.state IN ('issued', 'prepublished') AND same_key(i.id, revoked);
+    UPDATE jobs j SET args = j.args - 'reuse_from'
+     WHERE j.certificate = cert AND j.kind IN ('issue_acme', 'issue_local') AND j.args ? 'reuse_from'
+       AND j.state IN ('queued', 'running', 'failed');
+END
+$$;

@@ -95,6 +95,14 @@ BEGIN
     END IF;
     -- names, issuer and chain are read from the certificates, not taken from the agent (110_result_checks)
     result := check_issued_result(j, cert, result);
+    -- a key of a revoked certificate is never used again (an issue job that read it before the revocation)
+    IF EXISTS (SELECT 1 FROM unnest(pairs) p
+                 JOIN revocations r ON r.certificate = (SELECT s.name::text FROM main_subjects s WHERE s.certificate = j.certificate)
+                                   AND r.encryption_algo::text = p.algo
+                WHERE tlsa_data(r.cert, 1, 0) = tlsa_data(convert_to(p.cert, 'UTF8'), 1, 0)) THEN
+        PERFORM raise_error('SP023', format('job %s: a pair has the key of a revoked certificate of %s', j.id, j.certificate),
+            'issue with a new key: the job''s args no longer name a key to reuse; the next pass issues again');
+    END IF;
     -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (130_acme)
     IF chain IS NOT NULL OR authorized_until IS NOT NULL THEN
         cacert := apply_acme_chain(j, chain, cacert, (result ->> 'authorized_until')::timestamptz, result -> 'issuer_facts');
