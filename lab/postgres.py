@@ -80,9 +80,10 @@ class PostgresCluster:
             options += " " + self.extra_options
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-o", options, "start")
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server; mode "immediate" is a crash (no shutdown checkpoint), as a lost host would be."""
         if (self.data / "postmaster.pid").exists():
-            self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+            self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
         done(self)
 
     def restart(self) -> None:

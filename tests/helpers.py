@@ -108,6 +108,7 @@ ARGS_OF_KIND = {
     "decrypt_keys": ("keys", "accounts", "job_keys"),
     "register_acme": ("directory_url", "uri", "contact", "key"),
     "revoke": ("ca_instance", "crl", "crl_number", "this_update", "next_update"),
+    "sign_crl": ("ca_instance", "crl", "crl_number", "this_update", "next_update"),
 }
 
 

@@ -33,6 +33,8 @@ INTRANET = f"intranet.{ZONE}"   # local, rsa, on web1
 # issues a successor and prepublishes its TLSA records), "rollover day" to the day the successor
 # is deployed. -X starts from keys in clear, -Y from encrypted ones (made so first, unarmed). "revoke" revokes WWW's newest issued instance (--revoke),
 # which the -C before it had Pebble issue: a Pebble restarted by an earlier scenario knows no older one.
+# "revoke local" revokes INTRANET's newest instance (a new CRL of the local CA), "crl due" moves the
+# clock 21 of crl_days' 30 on: the cron run signs the next CRL (sign_crl).
 SCENARIOS = {
     "issue_local": ["-C -o " + INTRANET],
     "issue_acme": ["-C -o " + WWW],
@@ -45,6 +47,7 @@ SCENARIOS = {
     "mail_reminder": ["-S -a"],
     "notify_alerts": ["-S -a"],
     "revoke": ["-C -o " + WWW, "revoke"],
+    "sign_crl": ["-C -o " + INTRANET, "revoke local", "crl due", "-S -a"],
 }
 # a crash point whose step is reached more than once in a run may name which time: the second
 # file written leaves one host's targets new and the rest old
@@ -103,6 +106,13 @@ def test_a_crash_at_every_step_converges(fleet, point):
             newest = fleet.conn.execute("SELECT max(id) FROM certinstances WHERE certificate = cert_id(%s) "
                                         "AND state = 'issued'", (WWW,)).fetchone()[0]
             command = f"--revoke {newest} --reason superseded"
+        if command == "revoke local":
+            newest = fleet.conn.execute("SELECT max(id) FROM certinstances WHERE certificate = cert_id(%s) "
+                                        "AND state IN ('issued', 'deployed')", (INTRANET,)).fetchone()[0]
+            command = f"--revoke {newest} --reason superseded"
+        if command == "crl due":
+            fleet.later(days=21)
+            continue
         run = fleet.cli(*command.split(), SERVERPKI_CRASH_AT=armed, **env)
         said.append(run.stderr)
         if run.returncode == -signal.SIGKILL:
@@ -145,6 +155,8 @@ class Snapshot:
         self.mails = len(fleet.lab.smtp.messages)
         self.alert_mails = len(alert_mails(fleet))
         self.keys_encrypted = self._encrypted()
+        self.last_crl = fleet.conn.execute("SELECT coalesce(max(id), 0) FROM crls").fetchone()[0]
+        self.last_job = fleet.conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
 
     def _encrypted(self) -> bool:
         return self.fleet.conn.execute("SELECT keysencrypted FROM revision").fetchone()[0]
@@ -173,6 +185,15 @@ class Snapshot:
                 serial = x509.load_pem_x509_certificate(bytes(cert)).serial_number
                 assert self.fleet.lab.pebble.cert_status(serial)["Status"] == "Revoked"
             assert conn.execute("SELECT count(*) FROM revocations WHERE done_at IS NULL").fetchone()[0] == 0
+        if kind == "sign_crl":   # the revocation's CRL and the next one (another CA instance -I left may get one too)
+            [ca] = conn.execute("SELECT ca_instance FROM revocations WHERE id = (SELECT max(id) FROM revocations)").fetchone()
+            numbers = [n for (n,) in conn.execute("SELECT number FROM crls WHERE id > %s AND ca_instance = %s ORDER BY id",
+                                                  (self.last_crl, ca))]
+            assert len(numbers) == 2 and numbers[1] > numbers[0], numbers
+            signed = dict(conn.execute("SELECT instance, count(*) FROM jobs WHERE kind = 'sign_crl' AND state = 'done' "
+                                       "AND id > %s GROUP BY instance", (self.last_job,)).fetchall())
+            assert signed.get(ca) == 1 and set(signed.values()) == {1}, signed
+            assert conn.execute("SELECT count(*) FROM crls_due()").fetchone()[0] == 0
         if kind in ("publish_tlsa", "distribute"):   # a successor, unless one is prepublished already
             assert made.get(WWW, 0) <= 1 and set(made) <= {WWW}, made
         if kind == "issue_local_ca":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,9 @@ from serverpki.agent import Agent
 from serverpki.config import parse_config
 from lab.bind import BindLab
 from lab.pebble import PebbleLab
-from lab.ports import free_port
 from lab.resolver import ValidatingResolver
 from lab.sshd import SSHLab
+from lab.tls_server import TlsServer
 
 ZONE = "demo.serverpki.test"
 NAME = f"www.{ZONE}"
@@ -54,25 +53,13 @@ def validated_tlsa(resolver: ValidatingResolver, owner: str) -> list[str]:
     return answer.records
 
 
-def s_client(port: int, records: list[str]) -> subprocess.CompletedProcess:
-    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", NAME,
-            "-dane_tlsa_domain", NAME, "-verify_return_error", "-brief"]
+def s_client(port: int, records: list[str] | tuple[str, ...], name: str = NAME) -> subprocess.CompletedProcess:
+    """A DANE client of name: openssl s_client verifying the server at port with these TLSA records alone."""
+    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name,
+            "-dane_tlsa_domain", name, "-verify_return_error", "-brief"]
     for record in records:
         args += ["-dane_tlsa_rrdata", record]
     return subprocess.run(args, input="", capture_output=True, text=True, timeout=20)
-
-
-def serve(cert: Path, key: Path, chain: Path | None = None) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    args = ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert), "-key", str(key), "-www", "-quiet"]
-    if chain:
-        args += ["-cert_chain", str(chain)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for _ in range(50):
-        if subprocess.run(["bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.1)
-    return proc, port
 
 
 def stranger(tmp_path: Path) -> tuple[Path, Path]:
@@ -115,20 +102,12 @@ def test_deployed_acme_certificate_validates_with_the_validated_tlsa_records(pee
     cert, key = ssl_dir / f"{NAME}_server_ec_cert.pem", ssl_dir / f"{NAME}_server_ec_key.pem"
     chain = ssl_dir / f"{NAME}_server_ec_cert_cacert_chain.pem"
 
-    proc, port = serve(cert, key, chain if chain.exists() else None)
-    try:
-        ok = s_client(port, records)
-    finally:
-        proc.terminate()
-        proc.wait()
+    with TlsServer(cert, key, chain if chain.exists() else None) as server:
+        ok = s_client(server.port, records)
     assert ok.returncode == 0, ok.stderr
     assert "Verification: OK" in ok.stderr and "DANE TLSA 3 0 1" in ok.stderr
 
-    proc, port = serve(*stranger(tmp_path))
-    try:
-        refused = s_client(port, records)
-    finally:
-        proc.terminate()
-        proc.wait()
+    with TlsServer(*stranger(tmp_path)) as server:
+        refused = s_client(server.port, records)
     assert refused.returncode != 0
     assert "no matching DANE TLSA records" in refused.stderr and "Verification: OK" not in refused.stderr

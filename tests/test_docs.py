@@ -15,7 +15,7 @@ def test_state_diagram_in_docs_is_generated_from_the_transition_table(conn, repo
 
 
 # ------------------------------------------------------------------ the repository stands alone
-PLAN_SQL = ("db/functions/070_scheduler.sql", "db/functions/150_ca_targets.sql")
+PLAN_SQL = ("db/functions/070_scheduler.sql", "db/functions/150_ca_targets.sql", "db/functions/155_crls.sql")
 # applied migrations cannot be edited; their comments keep the names of notes kept outside
 APPLIED_MIGRATIONS = re.compile(r"db/schema/000[1-3][^/]*\.sql")
 OUTSIDE = re.compile(r"\b(?:LIFECYCLE|ARCHITECTURE|COMPONENTS)\.md\b|\.\./shared\b")
@@ -74,7 +74,7 @@ def test_every_kind_of_plan_row_is_in_docs_lifecycle(repo_root: Path):
     section = text.split("## The kinds of plan rows", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([a-z][a-zA-Z ]*)` \|", section, re.M))
     for kind in ("delete", "archive", "expire", "issue", "distribute", "prepublish", "remind",
-                 "distribute CA", "wait", "skip", "warn", "overdue"):
+                 "distribute CA", "sign CRL", "wait", "skip", "warn", "overdue"):
         assert kind in literals, f"{kind!r} is no longer a literal of {PLAN_SQL}: update this test and the doc"
         assert kind in documented, f"docs/lifecycle.md, '## The kinds of plan rows', lacks {kind!r}"
     stale = documented - literals

@@ -127,6 +127,66 @@ def test_the_completion_stores_the_CRL_and_refuses_one_that_does_not_fit(conn):
     assert conn.execute("SELECT done_at IS NOT NULL FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
 
 
+def at(conn, when: dt.datetime) -> None:
+    conn.execute("SELECT set_config('pki.now', %s, false)", (when.isoformat(),))
+
+
+def test_a_CRL_is_signed_again_before_its_nextUpdate_and_a_late_one_is_an_alert(conn):
+    """functions/155_crls.sql: the scheduler signs the next CRL when a third of crl_days is left; two
+    CRLs of one CA at once: the second's number is taken (SP028, retried, not dead)."""
+    inst = issued_local(conn, "d.example.org")
+    conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (inst,))
+    [job] = claim(conn, "revoke")
+    ca = conn.execute("SELECT ca_instance FROM revocations WHERE instance = %s", (inst,)).fetchone()[0]
+    ca_key, ca_cert = shared_ca(LOCAL_CA_NAME)
+    serial = x509.load_pem_x509_certificate(bytes(conn.execute("SELECT cert FROM revocations WHERE instance = %s",
+                                                               (inst,)).fetchone()[0])).serial_number
+    start = dt.datetime.now(UTC).replace(microsecond=0)
+
+    def crl(number: int, now: dt.datetime) -> dict:
+        signed = x509util.build_crl(ca_cert, ca_key, [(serial, start, "keyCompromise")], number, now,
+                                    now + dt.timedelta(days=30))
+        return {"ca_instance": ca, "crl": x509util.crl_pem(signed), "crl_number": number, "this_update": now,
+                "next_update": now + dt.timedelta(days=30)}
+
+    complete(conn, job, crl(1, start))
+    crl_rows = lambda: [r for r in rows(conn, "SELECT * FROM plan(selection(true))") if "CRL" in r["reason"]]
+    assert crl_rows() == []
+    alerts = lambda: rows(conn, "SELECT alert_key, severity FROM alerts WHERE alert_key LIKE 'crl:%%'")
+
+    # 20 days later, 10 (a third of crl_days) are left: due
+    at(conn, start + dt.timedelta(days=20, hours=1))
+    [due] = crl_rows()
+    assert (due["instance"], due["action"]) == (ca, "sign CRL") and "nextUpdate" in due["reason"]
+    assert alerts() == []
+    assert [r["action"] for r in rows(conn, "SELECT * FROM schedule(selection(true))") if "CRL" in r["reason"]] == ["sign CRL"]
+    assert [r["action"] for r in crl_rows()] == ["wait"]
+    rows(conn, "SELECT * FROM schedule(selection(true))")   # once: a pending job is not enqueued twice
+    [sign] = claim(conn, "sign_crl")
+    assert (sign["instance"], sign["args"]) == (ca, {"ca_instance": ca})
+
+    # a revocation's CRL stored meanwhile took number 2: the job's is refused with SP028 and stays retryable
+    now = start + dt.timedelta(days=20, hours=1)
+    owner_conn(conn).execute("INSERT INTO crls (ca_instance, number, this_update, next_update, crl) "
+                             "SELECT ca_instance, 2, this_update, next_update, crl FROM crls WHERE number = 1")
+    before = snapshot(conn)
+    assert_refused(conn, *completion_call(conn, sign["id"], lease_of(conn, sign["id"], "sql-test"), crl(2, now)),
+                   sqlstate="SP028", match="taken")
+    assert snapshot(conn) == before
+    owner_conn(conn).execute("DELETE FROM crls WHERE number = 2")
+    assert_refused(conn, *completion_call(conn, sign["id"], lease_of(conn, sign["id"], "sql-test"), crl(3, now)),
+                   sqlstate="SP023", match="not the next one")
+    complete(conn, sign, crl(2, now))
+    assert conn.execute("SELECT array_agg(number ORDER BY number) FROM crls").fetchone()[0] == [1, 2]
+    assert crl_rows() == []
+
+    # no run renews it: a warning when a sixth of crl_days is left, critical past its nextUpdate
+    at(conn, now + dt.timedelta(days=26))
+    assert alerts() == [{"alert_key": f"crl:{ca}", "severity": "warning"}]
+    at(conn, now + dt.timedelta(days=30, hours=1))
+    assert alerts() == [{"alert_key": f"crl:{ca}", "severity": "critical"}]
+
+
 def test_a_replaced_certificate_still_valid_is_revoked_and_reasons_are_those_of_an_end_entity(conn):
     inst = issued_local(conn, "d.example.org")
     owner_conn(conn).execute("UPDATE certinstances SET state = 'expired' WHERE id = %s", (inst,))   # a successor took over
@@ -252,6 +312,21 @@ def test_a_local_certificate_goes_on_a_verified_CRL_that_reaches_the_CA_target(f
         f.write("damaged\n")
     assert fleet.cli("-K", "-a").returncode == 0
     assert listed(crl) == {serial, *serials(fleet, other)}
+
+    # 21 days on, 9 of the CRL's 30 are left: the cron run signs the next one, which reaches the host
+    (root / RELOADED).unlink()
+    fleet.later(days=21)
+    run = fleet.cli("-S", "-q", "-a")
+    assert run.returncode == 0, run.stderr
+    check = subprocess.run(["openssl", "crl", "-in", crl, "-CAfile", cacert, "-noout", "-crlnumber", "-nextupdate"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and "verify OK" in check.stdout + check.stderr, check
+    assert listed(crl) == {serial, *serials(fleet, other)}
+    assert fleet.conn.execute("SELECT array_agg(number ORDER BY number) FROM crls").fetchone()[0] == [
+        stored[0], stored[0] + 1, stored[0] + 2]
+    assert check.stdout.split("crlNumber=")[1].split()[0].endswith(f"{stored[0] + 2:02X}")
+    assert (root / RELOADED).exists(), "the place's reload did not run for the new CRL"
+    assert fleet.conn.execute("SELECT count(*) FROM jobs WHERE kind = 'sign_crl' AND state = 'done'").fetchone()[0] == 1
 
 
 def test_the_command_line_refuses_what_it_cannot_do(fleet):

@@ -84,16 +84,24 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         # most jobs end long before a third of their lease: connect only for those that do not
-        if self.stopped.wait(max(self.lease / 3, 1)):
-            return
+        interval = max(self.lease / 3, 1)
+        conn: psycopg.Connection | None = None
         try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                while True:
+            while not self.stopped.wait(interval):
+                try:
+                    # a lost connection (a restart, a failover) is made anew at the next beat: the
+                    # database may answer again, on another host, before the lease runs out
+                    conn = conn if conn is not None and not conn.closed else psycopg.connect(self.dsn, autocommit=True)
                     conn.execute(q("extend_lease"), {"job": self.job_id, "token": self.token, "lease": self.lease})
-                    if self.stopped.wait(max(self.lease / 3, 1)):
-                        break
-        except psycopg.Error as exc:  # the job will be refused at completion (SP022); say why now
-            log.warning("%s: lease could not be extended: %s", self.label, exc.diag.message_primary or exc)
+                except psycopg.Error as exc:
+                    if not _connection_lost(exc):  # the job will be refused at completion (SP022); say why now
+                        log.warning("%s: lease could not be extended: %s", self.label, exc.diag.message_primary or exc)
+                        return
+                    log.warning("%s: lease not extended, the database connection was lost (%s); trying again "
+                                "in %.0f s", self.label, _first_line(exc), interval)
+        finally:
+            if conn is not None:
+                conn.close()
 
     def stop(self) -> None:
         self.stopped.set()
@@ -123,11 +131,14 @@ class Agent:
         # job kind -> its completion function, as the kind's file in db/jobs/ registered it (read by claim)
         self._completions: dict[str, str] = {}
 
-    # one autocommit connection for the queue and the handlers' named reads
+    # one autocommit connection for the queue and the handlers' named reads; once it was lost, a new
+    # one is waited for (_connect), so that a drain goes on across a restart or a failover
     @property
     def conn(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
+        if self._conn is None:
             self._conn = psycopg.connect(self.dsn, autocommit=True)
+        elif self._conn.closed:
+            self._conn = self._connect()
         return self._conn
 
     def close(self) -> None:
@@ -140,18 +151,10 @@ class Agent:
         if self.selection is not None:
             params.update(self.selection, requested=self.requested)
             query = q("claim_selected_jobs")
-        try:
-            rows = self.conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
-        except psycopg.OperationalError as exc:
-            if self._conn is None or not (self._conn.closed or self._conn.broken):
-                raise
-            # the connection died while it waited (a restart, a failover): claim on a new one. Had the
-            # lost claim gone through after all, its jobs come back when their lease runs out
-            log.warning("agent %s: the database connection was lost (%s); reconnecting", self.name, _first_line(exc))
-            self.close()
-            with self._reconnected() as conn:
-                rows = conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
-            self._conn = psycopg.connect(self.dsn, autocommit=True)
+        # the connection may have died while it waited (a restart, a failover): claim on a new one. Had
+        # the lost claim gone through after all, its jobs come back when their lease runs out
+        rows = self._on_own_connection(lambda conn: conn.cursor(row_factory=dict_row).execute(query, params).fetchall(),
+                                       f"agent {self.name}")
         if any(r["kind"] not in self._completions for r in rows):
             self._completions = dict(self.conn.execute(q("job_completions")).fetchall())
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
@@ -161,8 +164,12 @@ class Agent:
     def run_job(self, job: Job, conn: psycopg.Connection | None = None) -> str:
         """Run one claimed job to its outcome; returns done, failed, dead or lost.
         conn: the connection for the handler and the outcome (default: the agent's own)."""
-        conn = conn or self.conn
-        if not self._renew_lease(job, conn):
+        if conn is None:   # the agent's own: renewed if it died since the last job (a failover between two jobs)
+            renewed = self._on_own_connection(lambda own: self._renew_lease(job, own), job.label)
+            conn = self.conn
+        else:
+            renewed = self._renew_lease(job, conn)
+        if not renewed:
             return "lost"
         heartbeat = _Heartbeat(self.dsn, job, self.lease)
         heartbeat.start()
@@ -188,14 +195,25 @@ class Agent:
             if _connection_lost(exc):
                 raise   # the database stayed away (_report waited): the drain stops, the lease brings the job back
             state = exc.diag.sqlstate
-            if state == "SP022":
+            if state == "SP022" and self._completion_stored(job):
+                # sent again after the connection was lost, and refused: the first had been committed
+                log.info("%s: the outcome sent before the connection was lost had been stored", job.label)
+            elif state == "SP022":
                 log.warning("%s: result dropped: %s", job.label, exc.diag.message_primary)
                 return "lost"
-            # the outcome did not fit (SP023) or could not be stored: a failed attempt, the error kept
-            return self._fail(job, f"{state or type(exc).__name__}: {exc.diag.message_primary or _first_line(exc)}",
-                              retry=state != "SP023", conn=conn)
+            else:
+                # the outcome did not fit (SP023) or could not be stored: a failed attempt, the error kept
+                return self._fail(job, f"{state or type(exc).__name__}: {exc.diag.message_primary or _first_line(exc)}",
+                                  retry=state != "SP023", conn=conn)
         log.info("%s: done", job.label)
         return "done"
+
+    def _completion_stored(self, job: Job) -> bool:
+        """Whether this attempt's completion is in the database (it was refused when sent again)."""
+        try:
+            return self.conn.execute(q("completion_stored"), {"job": job.id, "attempt": job.attempts}).fetchone()[0]
+        except psycopg.OperationalError:
+            return False   # cannot tell: reported as a lost result; the database keeps whatever it has
 
     def _renew_lease(self, job: Job, conn: psycopg.Connection) -> bool:
         """Whether the job is still ours, its lease renewed, as its handler starts. The jobs of one
@@ -228,21 +246,41 @@ class Agent:
 
     @contextlib.contextmanager
     def _reconnected(self):
-        """A new connection, tried for up to half the lease while the database comes back
-        (then its OperationalError)."""
+        """A new connection (_connect), closed after use."""
+        with self._connect() as conn:
+            yield conn
+
+    def _connect(self) -> psycopg.Connection:
+        """A new autocommit connection, tried with a growing pause for up to half the lease while the
+        database comes back (then its OperationalError). At a failover no host may take it for a
+        moment: the old primary refuses, the standby is still read-only, which a multi-host DSN with
+        target_session_attrs=read-write skips until it is promoted."""
         deadline = time.monotonic() + max(self.lease / 2, 1)
         delay = 0.25
         while True:
             try:
-                conn = psycopg.connect(self.dsn, autocommit=True)
-                break
-            except psycopg.OperationalError:
+                return psycopg.connect(self.dsn, autocommit=True)
+            except psycopg.OperationalError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
+                log.debug("agent %s: no database yet (%s); again in %.2f s", self.name, _first_line(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        with conn:
-            yield conn
+
+    def _on_own_connection(self, work, label: str):
+        """work(conn) on the agent's own connection; when that connection turns out dead (it died since
+        its last use: a restart, a failover), once more on a new one (_connect). Only for work that
+        is safe to repeat: a claim (a lost one's jobs come back with their lease) or a lease renewal."""
+        conn = self.conn   # a new one if the last was lost; its OperationalError when none came in time
+        try:
+            return work(conn)
+        except psycopg.OperationalError as exc:
+            if not (conn.closed or conn.broken):
+                raise
+            log.warning("%s: the database connection was lost (%s); reconnecting", label, _first_line(exc))
+        self.close()
+        self._conn = self._connect()
+        return work(self._conn)
 
     def _fail(self, job: Job, error: str, retry: bool, retry_after: float | None = None,
               conn: psycopg.Connection | None = None) -> str:
@@ -379,7 +417,12 @@ class Agent:
                                 for _ in listener.notifies(timeout=0, stop_after=1000):
                                     pass
                                 break
-            except (psycopg.OperationalError, DatabaseLost) as exc:
+            except (psycopg.OperationalError, DatabaseLost, psycopg.errors.ReadOnlySqlTransaction) as exc:
+                if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+                    # a standby took the connection: a DSN naming several hosts needs
+                    # target_session_attrs=read-write, else libpq takes the first that answers
+                    log.warning("agent %s: the database is read-only, a standby (%s); add "
+                                "target_session_attrs=read-write to the connection string", self.name, _first_line(exc))
                 log.warning("agent %s: database unreachable (%s); reconnecting in %.0f s", self.name,
                             _first_line(exc), delay)
                 self.close()

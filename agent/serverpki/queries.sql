@@ -39,6 +39,12 @@ SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second
 -- name: kind_completion
 SELECT {function}(job_id => %(job)s, lease_token => %(token)s::uuid{arguments}, report => %(report)s);
 
+-- whether the attempt's completion was stored: done, and claimed by nobody since (a second claim
+-- counts another attempt). A completion sent again after a lost connection is refused (SP022)
+-- when the first had been committed; this tells that case from a lease lost to another agent
+-- name: completion_stored
+SELECT EXISTS (SELECT 1 FROM pki.jobs WHERE id = %(job)s AND state = 'done' AND attempts = %(attempt)s);
+
 -- name: job_completions
 SELECT kind, complete_with FROM pki.job_kinds;
 

@@ -21,7 +21,8 @@ INSERT INTO dd.sqlstates (code, name, meaning) VALUES
     ('SP024', 'bad_selection',       'a selection names certificates or disthosts that are not in the configuration, or contradicts itself'),
     ('SP025', 'clock_locked',        'a session set pki.now, but the database owner has not enabled time travel for this database'),
     ('SP026', 'wrong_completion',    'a job was reported done through the completion function of another job kind'),
-    ('SP027', 'not_revocable',       'the instance cannot be revoked: a CA''s instance, one not in service, or one revoked already')
+    ('SP027', 'not_revocable',       'the instance cannot be revoked: a CA''s instance, one not in service, or one revoked already'),
+    ('SP028', 'crl_number_taken',    'another CRL of the same local CA took the CRL number meanwhile: the job signs again with the next one')
 ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, meaning = EXCLUDED.meaning;
 
 -- raise_error: raise one of our SQLSTATEs with a message and a hint

@@ -242,6 +242,7 @@ BEGIN
     sel := checked_selection(sel);
     RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM plan_rows(sel) p;
     RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM ca_plan_rows(sel) p;   -- CA targets (150_ca_targets)
+    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM crl_plan_rows(sel) p;  -- stale CRLs (155_crls)
 END
 $$;
 
@@ -278,6 +279,10 @@ BEGIN
     -- CA certificates: their newest issued instance to the targets that lack it, once (150_ca_targets)
     INSERT INTO pass_plan SELECT * FROM ca_plan_rows(sel);
     PERFORM enqueue_ca_targets(array_agg(p.instance), sel) FROM pass_plan p WHERE p.action = 'distribute CA' HAVING count(*) > 0;
+    -- the local CA's CRLs: the next one before the newest goes stale (155_crls)
+    INSERT INTO pass_plan SELECT * FROM crl_plan_rows(sel);
+    PERFORM enqueue_sign_crl(array_agg(p.instance), 'scheduler: the CRL reaches its nextUpdate; sign the next one')
+       FROM pass_plan p WHERE p.action = 'sign CRL' HAVING count(*) > 0;
 
     -- rule 5: one message lists every local certificate due; each is mailed once
     IF EXISTS (SELECT 1 FROM pass_plan p WHERE p.action = 'remind') THEN

@@ -26,8 +26,6 @@ AS $$
 DECLARE
     j jobs := completing(job_id, lease_token, ARRAY['revoke']);
     issuer int;
-    newest bigint;
-    problem text;
 BEGIN
     SELECT min(r.ca_instance) INTO issuer FROM job_revocations(j) r;
     IF issuer IS DISTINCT FROM complete_revoke.ca_instance THEN
@@ -36,34 +34,10 @@ BEGIN
                 CASE WHEN complete_revoke.ca_instance IS NULL THEN 'no CRL' ELSE 'a CRL of CA instance ' || complete_revoke.ca_instance END),
             'report a CRL signed by the CA instance that issued them (revocations.ca_instance), or none for ACME certificates');
     END IF;
-    IF issuer IS NOT NULL THEN
-        -- CRL numbers rise per CA certificate (RFC 5280 5.2.3): a new CA instance (-I) keeps the name
-        SELECT max(c.number) INTO newest FROM crls c JOIN certinstances i ON i.id = c.ca_instance
-         WHERE i.certificate = (SELECT ca.certificate FROM certinstances ca WHERE ca.id = issuer);
-        IF crl IS NULL OR crl_number IS DISTINCT FROM coalesce(newest, 0) + 1
-           OR this_update IS NULL OR next_update IS NULL OR next_update <= this_update THEN
-            PERFORM raise_error('SP023', format('revoke job %s: the CRL is missing, or its number %s is not the next one (%s)',
-                                                j.id, coalesce(crl_number::text, 'NULL'), coalesce(newest, 0) + 1),
-                'sign a new CRL with the next number (a CRL was stored meanwhile: retry) and report it');
-        END IF;
-        problem := check_crl(issuer, crl, crl_number, this_update, next_update);
-        IF problem IS NOT NULL THEN
-            PERFORM raise_error('SP023', format('revoke job %s: %s', j.id, problem),
-                'report the CRL the CA instance signed for exactly the certificates revoked under it');
-        END IF;
-        INSERT INTO crls (ca_instance, number, this_update, next_update, crl)
-        VALUES (issuer, crl_number, this_update, next_update, convert_to(crl, 'UTF8'));
-        IF issuer = ca_current((SELECT i.certificate FROM certinstances i WHERE i.id = issuer)) THEN
-            -- the CA's targets get the new CRL (a pending distribution of the CA reads it when it runs)
-            PERFORM enqueue_distribution(ARRAY[issuer], selection(), 'deploy',
-                                         format('revoke job %s: CRL %s of the local CA', j.id, crl_number));
-        END IF;
+    IF issuer IS NOT NULL THEN   -- checked, stored and sent to the CA's targets (functions/155_crls.sql)
+        PERFORM store_crl(j, issuer, crl, crl_number, this_update, next_update);
     END IF;
     UPDATE revocations r SET done_at = pki.now() WHERE r.job = j.id AND r.done_at IS NULL;
-    IF issuer IS NOT NULL THEN   -- the stored CRL lists them too: a revocation whose own job died is done as well
-        UPDATE revocations r SET done_at = pki.now()
-         WHERE r.ca_instance = issuer AND r.done_at IS NULL AND r.not_after > pki.now();
-    END IF;
     PERFORM job_done(j, report);
 END
 $$;

@@ -135,6 +135,9 @@ GRANT EXECUTE ON FUNCTION pki.renewal_candidates(dd.selection, integer, boolean)
 -- CA certificates as targets (150_ca_targets): which are selected, their plan rows (plan and schedule)
 GRANT EXECUTE ON FUNCTION pki.selected_cas(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.ca_plan_rows(dd.selection) TO pki_admin;
+-- the local CA's CRLs due for their next (155_crls): plan rows of plan and schedule
+GRANT EXECUTE ON FUNCTION pki.crls_due() TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.crl_plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_config(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_warnings(dd.selection) TO pki_admin;
 

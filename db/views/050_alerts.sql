@@ -3,7 +3,7 @@
 
 -- alerts: one row per open alert.
 --   alert_key    what it is about, stable while the alert lasts ('job:<kind>:<subject>', 'expiry:<cert>',
---                'overdue:<instance>', 'config:<hash>', 'schedule')
+--                'overdue:<instance>', 'config:<hash>', 'schedule', 'crl:<CA instance>')
 --   severity     'warning' or 'critical'
 --   summary      one line naming the certificate, disthost or job; unchanged while the alert is the same
 --   detail       what changes from run to run (the job's id, attempts, its last error)
@@ -12,7 +12,8 @@
 -- subject is done (for alert_job_days after its last attempt); a certificate whose active instance
 -- expires within alert_expiry_days with no successor on its way (critical within
 -- alert_expiry_critical_days); an instance still deployed past not_after; each problem of
--- check_config (what -n reports); no operate_serverPKI -S run within schedule_stale.
+-- check_config (what -n reports); no operate_serverPKI -S run within schedule_stale; a local CA's CRL
+-- with less than a sixth of crl_days left (critical past its nextUpdate).
 CREATE VIEW pki.alerts AS
 WITH knobs AS (
     -- the settings read as the view's owner (not through setting_int): pki_report reads views only
@@ -23,10 +24,11 @@ WITH knobs AS (
            max(CASE WHEN s.name = 'alert_expiry_days' THEN s.value END)::int * interval '1 day' AS expiry,
            max(CASE WHEN s.name = 'alert_expiry_critical_days' THEN s.value END)::int AS critical_days,
            max(CASE WHEN s.name = 'alert_expiry_critical_days' THEN s.value END)::int * interval '1 day' AS expiry_critical,
-           max(CASE WHEN s.name = 'schedule_stale' THEN s.value END)::interval AS schedule_stale
+           max(CASE WHEN s.name = 'schedule_stale' THEN s.value END)::interval AS schedule_stale,
+           max(CASE WHEN s.name = 'crl_days' THEN s.value END)::int * interval '1 day' AS crl_life
       FROM pki.settings s
      WHERE s.name IN ('alert_failing_attempts', 'alert_job_days', 'alert_expiry_days', 'alert_expiry_critical_days',
-                      'schedule_stale')
+                      'schedule_stale', 'crl_days')
 ), troubled AS (
     -- the jobs in trouble since the last done job of their kind and subject; a job's last attempt is
     -- the time of its newest event (pki.now() of the failure: jobs.updated is the wall clock, which
@@ -98,6 +100,22 @@ WITH knobs AS (
            NULL::int8, NULL::text, format('%s: %s; fix: %s', p.certificate, p.problem, p.hint), NULL::text, NULL::timestamptz
       -- one alert per problem (check_config says a problem once per target that has it)
       FROM (SELECT DISTINCT c.certificate, c.problem, c.hint FROM pki.config_problems() c) p
+    UNION ALL
+    -- a CRL the scheduler did not renew in time (functions/155_crls.sql signs the next one when a
+    -- third of crl_days is left): relying parties that check CRLs reject the CA's certificates after it
+    SELECT format('crl:%s', n.ca_instance), CASE WHEN n.next_update <= k.now THEN 'critical' ELSE 'warning' END,
+           s.name::text, n.ca_instance, NULL::int8, NULL::text,
+           CASE WHEN n.next_update <= k.now
+                THEN format('the CRL of local CA %s (instance %s) is past its nextUpdate: relying parties that check CRLs reject its certificates',
+                            s.name, n.ca_instance)
+                ELSE format('the CRL of local CA %s (instance %s) was not renewed in time', s.name, n.ca_instance) END,
+           format('CRL %s, nextUpdate %s', n.number, n.next_update), n.next_update
+      FROM (SELECT DISTINCT ON (c.ca_instance) c.ca_instance, c.number, c.next_update
+              FROM pki.crls c ORDER BY c.ca_instance, c.number DESC) n
+      JOIN pki.certinstances i ON i.id = n.ca_instance
+      JOIN pki.main_subjects s ON s.certificate = i.certificate, knobs k
+     WHERE i.state NOT IN ('revoked', 'archived') AND i.not_after > k.now
+       AND n.next_update - k.now < k.crl_life / 6
     UNION ALL
     SELECT 'schedule', CASE WHEN l.finished IS NULL THEN 'warning' ELSE 'critical' END, NULL::text, NULL::int4,
            NULL::int8, NULL::text,

@@ -40,6 +40,11 @@ def one(ctx: Context, name: str, params: dict[str, Any] | None = None) -> dict[s
     return ctx.conn.cursor(row_factory=dict_row).execute(q(name), params or {}).fetchone()
 
 
+def every(ctx: Context, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """All rows of a named query, as dicts."""
+    return ctx.conn.cursor(row_factory=dict_row).execute(q(name), params or {}).fetchall()
+
+
 def db_now(ctx: Context) -> dt.datetime:
     """The database's clock (pki.now(): the one the scheduler decided with)."""
     return one(ctx, "db_now")["now"]

@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from .. import keystore, sshclient
 from ..errors import GiveUp, RetryLater, ServerPKIError
@@ -61,6 +60,7 @@ from ..log import one_line
 from ..queries import q
 from ..sshclient import RemoteFile
 from . import Completion, Context, Job, handler
+from .common import every
 
 log = logging.getLogger("serverpki.handlers.distribute")
 
@@ -241,7 +241,7 @@ def build_plan(rows: list[dict[str, Any]], open_key) -> Plan:
 
 def _rows(job: Job, ctx: Context) -> list[dict[str, Any]]:
     try:
-        rows = ctx.conn.cursor(row_factory=dict_row).execute(q("distribution_files"), {"job": job.id}).fetchall()
+        rows = every(ctx, "distribution_files", {"job": job.id})
     except psycopg.Error as exc:
         if exc.diag.sqlstate in ("SP002", "SP023"):
             raise GiveUp(f"{exc.diag.sqlstate}: {exc.diag.message_primary}") from exc

@@ -18,21 +18,14 @@ import datetime as dt
 import logging
 from typing import Any
 
-from psycopg.rows import dict_row
-
 from .. import x509util
 from ..acmeclient import Acme
 from ..errors import GiveUp
 from ..faults import crash_point
-from ..queries import q
 from . import Completion, Context, Job, handler
-from .common import about, one, open_account_key, open_stored_key, stored_account
+from .common import about, every, one, open_account_key, open_stored_key, stored_account
 
 log = logging.getLogger("serverpki.handlers.revoke")
-
-
-def _rows(ctx: Context, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    return ctx.conn.cursor(row_factory=dict_row).execute(q(name), params).fetchall()
 
 
 def _reason_code(reason: str) -> int:
@@ -76,7 +69,7 @@ def sign_crl(job: Job, ctx: Context, ca_instance: int) -> tuple[dict[str, Any], 
     this_update = nxt["now"]
     next_update = this_update + dt.timedelta(days=nxt["days"])
     entries = [(x509util.load_cert(e["cert"]).serial_number, e["revoked_at"], e["reason"])
-               for e in _rows(ctx, "crl_entries", {"ca": ca_instance})]
+               for e in every(ctx, "crl_entries", {"ca": ca_instance})]
     crl = x509util.build_crl(ca_cert, ca_key, entries, nxt["number"], this_update, next_update)
     args = {"ca_instance": ca_instance, "crl": x509util.crl_pem(crl), "crl_number": nxt["number"],
             "this_update": this_update, "next_update": next_update}
@@ -86,7 +79,7 @@ def sign_crl(job: Job, ctx: Context, ca_instance: int) -> tuple[dict[str, Any], 
 
 @handler("revoke")
 def revoke(job: Job, ctx: Context) -> Completion:
-    certs = _rows(ctx, "revoke_job_certificates", {"job": job.id})
+    certs = every(ctx, "revoke_job_certificates", {"job": job.id})
     if not certs:
         raise GiveUp(f"revoke job {job.id} has no certificates in pki.revocations: nothing to revoke")
     report: dict[str, Any] = {"certificate": certs[0]["certificate"], "instance": job.instance,
@@ -96,7 +89,9 @@ def revoke(job: Job, ctx: Context) -> Completion:
         report["revoked_at_ca"] = revoke_at_ca(job, ctx, certs)
         return Completion(report=report)
     if len(issuers) > 1:
-        raise GiveUp(f"revoke job {job.id}: its certificates come from different issuers {sorted(map(str, issuers))}")
+        raise GiveUp(f"revoke job {job.id}: its certificates come from different issuers {sorted(map(str, issuers))}; "
+                     "one instance's pairs are issued together, so its rows of pki.revocations were changed by hand: "
+                     f"mend them (SELECT * FROM revocations WHERE job = {job.id}) and run --revoke again")
     args, report["crl"] = sign_crl(job, ctx, issuers.pop())
     report["crl"]["serials"] = [f"{x509util.load_cert(row['cert']).serial_number:x}" for row in certs]
     return Completion(args=args, report=report)
