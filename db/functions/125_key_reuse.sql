@@ -11,7 +11,8 @@
 -- key reuse is on for the certificate and each key of it has served fewer renewals than
 -- reuse_key_renewals and is younger than reuse_key_days; a key of a revoked certificate is never
 -- reused. note says what was decided and why (NULL: key reuse is off). Called by enqueue_issue in
--- the owner's functions (schedule, request_create, request_revoke): it looks at stored keys
+-- the owner's functions (schedule, request_create, request_revoke); it never reads a key (the pairs
+-- of a server or client instance always have theirs: reused_key finding none makes a new key)
 CREATE OR REPLACE FUNCTION pki.key_reuse(the_cert int, OUT reuse_from int, OUT note text)
 LANGUAGE plpgsql STABLE
 SET search_path = pki, dd, pg_temp
@@ -39,9 +40,9 @@ BEGIN
     SELECT array_agg(k.encryption_algo::text ORDER BY k.encryption_algo::text), max(k.key_renewals),
            min(coalesce(k.key_created, k.created))
       INTO have, served, made
-      FROM certkeydata k WHERE k.certinstance = pred AND k.key IS NOT NULL;
+      FROM certkeydata k WHERE k.certinstance = pred;
     IF have IS DISTINCT FROM wanted THEN
-        note := format('new key: instance %s has no stored key for each of %s', pred, wanted);
+        note := format('new key: instance %s has no pair for each of %s', pred, wanted);
     ELSIF c.reuse_key_renewals IS NOT NULL AND served >= c.reuse_key_renewals THEN
         note := format('key rotated: the key of instance %s has served %s renewals (reuse_key_renewals %s)',
                        pred, served, c.reuse_key_renewals);
