@@ -332,6 +332,11 @@ def populate(conn, config) -> None:
                             ).fetchone()[0]
     claim(conn, acme_job)
     conn.execute("SELECT save_job_key(%s, %s, 'rsa', %s)", (acme_job, LEASES[acme_job], make_rsa_key_pem()))
+    # an issue that keeps its predecessor's key (key reuse): its args name the instance, reused_key reads the key
+    conn.execute("SELECT set_key_reuse('www.example.org', 2, NULL)")
+    reuse_job = conn.execute("SELECT job FROM request_create(selection(only_certs => ARRAY['www.example.org']))"
+                             ).fetchone()[0]
+    claim(conn, reuse_job)
     conn.execute("ANALYZE")
 
 
@@ -617,12 +622,13 @@ def ids_for_calls(conn) -> dict:
     return conn.cursor(row_factory=dict_row).execute(
         "SELECT (SELECT max(id) FROM certinstances WHERE state = 'deployed') AS instance, "
         "(SELECT max(id) FROM jobs WHERE kind = 'distribute') AS job, "
-        "(SELECT max(id) FROM jobs WHERE kind = 'issue_acme') AS acme_job").fetchone()
+        "(SELECT max(id) FROM jobs WHERE kind = 'issue_acme') AS acme_job, "
+        "(SELECT max(id) FROM jobs WHERE kind = 'issue_local' AND args ? 'reuse_from') AS reuse_job").fetchone()
 
 
 def key_function_calls(fn: dict, ids: dict) -> list[str]:
     """Calls of a key-returning function with plausible arguments (by their names): one per candidate job."""
-    jobs = [ids["job"], ids["acme_job"]] if "job_id" in fn["argnames"] else [None]
+    jobs = [ids["job"], ids["acme_job"], ids["reuse_job"]] if "job_id" in fn["argnames"] else [None]
     calls = []
     for job in jobs:
         args = []
@@ -688,9 +694,10 @@ def test_every_function_pki_report_may_execute_returns_no_key(keyed_dbs, logins,
     assert leaks == []
     assert not key_functions.keys() & {fn["signature"] for fn in functions}
     # what pki_report may run: the clock of the report views (and the owner's time-travel switch it
-    # reads, one boolean), monitoring's two summaries (the metrics text, and -n's problems that
-    # pki.alerts shows) and the citext extension's own functions, nothing else
-    monitoring = {"metrics()", "config_problems()"}
+    # reads, one boolean), monitoring's summaries (the metrics text, -n's problems that
+    # pki.alerts shows, and the CRLs due that its crl: alerts read: numbers and dates) and the citext
+    # extension's own functions, nothing else
+    monitoring = {"metrics()", "config_problems()", "crls_due()"}
     pki_functions = {fn["signature"] for fn in functions if fn["nspname"] == "pki"}
     assert pki_functions == {"pki.now()", "time_travel_enabled()"} | monitoring, pki_functions
     assert all(fn["from_extension"] for fn in functions if fn["nspname"] == "dd")

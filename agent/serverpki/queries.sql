@@ -387,6 +387,10 @@ SELECT pki.save_job_key(%(job)s, %(token)s::uuid, %(algo)s, %(key)s);
 -- the key an earlier attempt stored for its order of this algorithm, or NULL
 SELECT pki.job_key(%(job)s, %(token)s::uuid, %(algo)s) AS key;
 
+-- name: reused_key
+-- the stored key of this algorithm of the instance whose keys the issue job reuses (args reuse_from), or NULL
+SELECT pki.reused_key(%(job)s, %(token)s::uuid, %(algo)s) AS key;
+
 -- The command line's statements (operate_serverPKI); its selection (-a -i -e -o -s -l -N) is bind parameters.
 -- Why the pki.selection(...) call is written out in each query, not spliced in: what is here is exactly what runs.
 

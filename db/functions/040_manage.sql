@@ -213,6 +213,34 @@ BEGIN
 END
 $$;
 
+-- set_key_reuse: keep the certificate's private key across renewals, for up to `renewals` renewals
+-- and/or `days` days after the key was made (NULL: no limit of that kind; both NULL: reuse off, a new
+-- key every renewal, the default). A key that stays keeps "3 1 1" TLSA records as they are, so the
+-- successor is deployed without the DANE-safe wait (docs/lifecycle.md, rule 7)
+-- SELECT set_key_reuse('mail.example.org', 4, 365);
+CREATE OR REPLACE FUNCTION pki.set_key_reuse(the_cert_name text, renewals integer, days integer)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    v_cert int := cert_id(the_cert_name);
+BEGIN
+    IF renewals <= 0 THEN
+        PERFORM raise_error('SP005', format('key reuse of %s: renewals %s is not 1 or more', the_cert_name, renewals),
+            'give how many renewals one key may serve (1 or more), or NULL for no limit by count');
+    END IF;
+    IF days <= 0 THEN
+        PERFORM raise_error('SP005', format('key reuse of %s: days %s is not 1 or more', the_cert_name, days),
+            'give for how many days after it was made a key may be reused (1 or more), or NULL for no limit by age');
+    END IF;
+    IF is_ca_cert(v_cert) THEN
+        PERFORM raise_error('SP007', format('key reuse of %s: it is a CA certificate, whose key is never reused', the_cert_name),
+            'set key reuse on server or client certificates; issue a new CA with operate_serverPKI -I');
+    END IF;
+    UPDATE certificates SET reuse_key_renewals = renewals, reuse_key_days = days WHERE id = v_cert;
+END
+$$;
+
 -- add_altname: one more name on a certificate's subject alt name list
 CREATE OR REPLACE FUNCTION pki.add_altname(the_cert_name text, the_altname text)
 RETURNS void LANGUAGE plpgsql

@@ -116,6 +116,8 @@ WITH cfg AS (
            tg.certificate IS NOT NULL AS has_targets,
            rq.id IS NOT NULL AS succ_requested,
            coalesce(sel.no_tlsa, false) AS no_tlsa,
+           -- key reused: the successor's TLSA records are the active one's, out for 2 x TTL (125_key_reuse)
+           CASE WHEN c.tlsa_ttl IS NOT NULL AND act.act_id IS NOT NULL AND s.id IS NOT NULL THEN tlsa_unchanged(act.act_id, s.id) ELSE false END AS tlsa_same,
            cfg.*
       FROM c CROSS JOIN cfg
       LEFT JOIN held act ON act.certificate = c.id
@@ -171,6 +173,9 @@ WITH cfg AS (
            WHEN sd.active_id IS NULL THEN ARRAY['distribute', 'rule 7: no active instance; distribute the successor']
            WHEN sd.tlsa_ttl IS NULL
                THEN ARRAY['distribute', format('rule 7: active instance expires %s; distribute the successor', sd.act_na)]
+           WHEN sd.tlsa_same
+               THEN ARRAY['distribute', format('rule 7: %s; key reused, the TLSA records do not change; distribute the successor without the DANE-safe wait',
+                           CASE WHEN sd.replace_due THEN format('active instance expires %s', sd.act_na) ELSE 'requested (-D)' END)]
            WHEN sd.dane_ok AND NOT sd.replace_due
                THEN ARRAY['distribute', format('rule 7: requested (-D): successor''s TLSA published %s (2 x TTL ago); distribute it', sd.succ_published)]
            WHEN sd.dane_ok
@@ -200,6 +205,8 @@ WITH cfg AS (
            WHEN sd.tlsa_pending THEN ARRAY['wait', 'rule 9: the successor''s TLSA publication is pending']
            WHEN sd.succ_id IS NULL
                THEN ARRAY['issue', format('rule 9: active instance expires %s (within pre_publish_days); issue a successor', sd.act_na)]
+           WHEN sd.tlsa_same   -- nothing to prepublish: rule 7 deploys it when due, without the DANE-safe wait
+               THEN ARRAY['wait', format('rule 9: key reused, the TLSA records do not change; nothing to prepublish, the successor is deployed from %s', sd.act_na - sd.grace)]
            WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL   -- nothing to prepublish: no row
            ELSE ARRAY['prepublish', format('rule 9: active instance expires %s; publish the TLSA of active and successor', sd.act_na)]
       END) r(d)

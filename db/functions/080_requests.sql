@@ -278,6 +278,8 @@ BEGIN
                                  CASE WHEN cert.type = 'local' THEN 'put it on the local CA''s CRL' ELSE 'revoke it at the ACME CA' END),
                           jsonb_build_object('reason', why), cert.id, inst.id);
     UPDATE revocations r SET job = revoke_job WHERE r.instance = inst.id;
+    -- its key is never used again: not by a successor that reused it, nor by an issue to come (125_key_reuse)
+    PERFORM forget_revoked_key(cert.id, inst.id);
     RETURN QUERY SELECT revoke_job, name, inst.id,
                         format('revoked (%s): %s', why, CASE WHEN cert.type = 'local' THEN 'the local CA''s CRL lists it'
                                                             ELSE 'revoked at the ACME CA' END);

@@ -109,20 +109,23 @@ LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
 SET jit = off
 AS $$
-    SELECT ca.id, ca.name, d.ca_instance,
-           CASE WHEN p.id IS NULL THEN 'sign CRL' ELSE 'wait' END,
-           CASE WHEN p.id IS NOT NULL
-                THEN format('CRL: the next CRL of CA instance %s is being signed (%s job %s%s)', d.ca_instance, p.state, p.id,
-                            ': ' || p.last_error)
-                WHEN d.number IS NULL
-                THEN format('CRL: CA instance %s (the current one) has no CRL yet; sign one', d.ca_instance)
-                ELSE format('CRL: CRL %s of CA instance %s%s reaches its nextUpdate %s; sign the next one', d.number,
-                            d.ca_instance, CASE WHEN d.ca_instance <> ca.instance THEN ' (an older instance, which signed revoked certificates)' ELSE '' END,
-                            d.next_update) END,
-           NULL::text
+    SELECT ca.id, ca.name, d.ca_instance, r.d[1], r.d[2], NULL::text
       FROM crls_due() d
       JOIN selected_cas(sel) ca ON ca.id = d.ca_cert AND ca.enabled
       LEFT JOIN jobs p ON p.kind = 'sign_crl' AND p.instance = d.ca_instance
                       AND p.state IN ('queued', 'running', 'failed')
+      -- one decision, {action, reason}, as plan_rows decides
+      CROSS JOIN LATERAL (SELECT CASE
+           WHEN p.id IS NOT NULL
+               THEN ARRAY['wait', format('CRL: the next CRL of CA instance %s is being signed (%s job %s%s)', d.ca_instance,
+                                         p.state, p.id, ': ' || p.last_error)]
+           WHEN d.number IS NULL
+               THEN ARRAY['sign CRL', format('CRL: CA instance %s (the current one) has no CRL yet; sign one', d.ca_instance)]
+           ELSE ARRAY['sign CRL', format('CRL: CRL %s of CA instance %s%s reaches its nextUpdate %s; sign the next one',
+                                         d.number, d.ca_instance,
+                                         CASE WHEN d.ca_instance <> ca.instance
+                                              THEN ' (an older instance, which signed revoked certificates)' ELSE '' END,
+                                         d.next_update)]
+      END) r(d)
      ORDER BY ca.name, d.ca_instance
 $$;

@@ -22,10 +22,12 @@ BEGIN
     WITH kinds AS MATERIALIZED (
         SELECT k.kind, k.priority, job_attempts(k.max_attempts) AS attempts FROM job_kinds k
     ), todo AS (
-        SELECT DISTINCT ON (u.cert) u.cert, u.then_action, u.why, c.type, sub.type AS subject_type
+        SELECT DISTINCT ON (u.cert) u.cert, u.then_action, u.why, c.type, sub.type AS subject_type, kr.reuse_from, kr.note
           FROM unnest(p_certs, p_then, p_reasons) AS u(cert, then_action, why)
           JOIN certificates c ON c.id = u.cert
           JOIN main_subjects sub ON sub.certificate = c.id
+          -- whether the new instance keeps its predecessor's keys (125_key_reuse): decided here, the agent executes it
+          CROSS JOIN LATERAL key_reuse(u.cert) kr
          WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.subject_key = cert_subject_key(u.cert)
                               AND j.kind IN ('issue_local', 'issue_acme', 'issue_local_ca')
                               AND j.state IN ('queued', 'running', 'failed'))
@@ -35,10 +37,11 @@ BEGIN
         RETURNING certinstances.id, certinstances.certificate
     ), queued AS (
         INSERT INTO jobs (kind, subject_key, reason, args, certificate, instance, priority, max_attempts, run_after)
-        SELECT k.kind, cert_subject_key(todo.cert), todo.why,
+        SELECT k.kind, cert_subject_key(todo.cert), todo.why || coalesce('; ' || todo.note, ''),
                jsonb_build_object('then', todo.then_action, 'no_tlsa', coalesce(sel.no_tlsa, false),
                                   'skip_hosts', to_jsonb(coalesce(sel.skip_hosts, '{}')),
-                                  'only_hosts', to_jsonb(coalesce(sel.only_hosts, '{}'))),
+                                  'only_hosts', to_jsonb(coalesce(sel.only_hosts, '{}')))
+                   || jsonb_strip_nulls(jsonb_build_object('reuse_from', todo.reuse_from)),
                todo.cert, inst.id, k.priority, k.attempts, at_now
           FROM todo JOIN inst ON inst.certificate = todo.cert
           JOIN kinds k ON k.kind = CASE WHEN todo.subject_type = 'CA' THEN 'issue_local_ca'
@@ -75,6 +78,7 @@ DECLARE
     sel dd.selection;
     encrypted boolean;
     misfit text;
+    active int;
 BEGIN
     SELECT * INTO cert FROM certificates WHERE id = j.certificate;
     IF NOT FOUND OR j.instance IS NULL OR NOT EXISTS (SELECT 1 FROM certinstances WHERE id = j.instance AND state = 'reserved') THEN
@@ -93,6 +97,14 @@ BEGIN
     END IF;
     -- names, issuer and chain are read from the certificates, not taken from the agent (110_result_checks)
     result := check_issued_result(j, cert, result);
+    -- a key of a revoked certificate is never used again (an issue job that read it before the revocation)
+    IF EXISTS (SELECT 1 FROM unnest(pairs) p
+                 JOIN revocations r ON r.certificate = (SELECT s.name::text FROM main_subjects s WHERE s.certificate = j.certificate)
+                                   AND r.encryption_algo::text = p.algo
+                WHERE tlsa_data(r.cert, 1, 0) = tlsa_data(convert_to(p.cert, 'UTF8'), 1, 0)) THEN
+        PERFORM raise_error('SP023', format('job %s: a pair has the key of a revoked certificate of %s', j.id, j.certificate),
+            'issue with a new key: the job''s args no longer name a key to reuse; the next pass issues again');
+    END IF;
     -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (130_acme)
     IF chain IS NOT NULL OR authorized_until IS NOT NULL THEN
         cacert := apply_acme_chain(j, chain, cacert, (result ->> 'authorized_until')::timestamptz, result -> 'issuer_facts');
@@ -105,7 +117,7 @@ BEGIN
     -- for its batch, and a re-encryption may have been applied since. The lock keeps a re-encryption's
     -- completion (which locks the row FOR UPDATE) and this one apart. Refused with SP028, which the agent retries
     IF j.kind <> 'issue_local_ca' THEN   -- a CA's key is always encrypted, with the local CA passphrase
-        SELECT r.keysencrypted INTO encrypted FROM revision r ORDER BY r.id DESC LIMIT 1 FOR KEY SHARE;   -- current_revision()
+        SELECT r.keysencrypted INTO encrypted FROM revision r WHERE r.id = current_revision() FOR KEY SHARE;
         SELECT p.algo INTO misfit FROM unnest(pairs) p
          WHERE (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN p.key) > 0) IS DISTINCT FROM coalesce(encrypted, false)
          LIMIT 1;
@@ -119,8 +131,9 @@ BEGIN
     -- the certkeydata trigger checks each clear key against its certificate; its refusal is the job's
     BEGIN
         FOREACH pair IN ARRAY pairs LOOP
-            INSERT INTO certkeydata (certinstance, encryption_algo, cert, key)
-            VALUES (j.instance, pair.algo::dd.cert_encryption_algo, convert_to(pair.cert, 'UTF8'), convert_to(pair.key, 'UTF8'));
+            INSERT INTO certkeydata (certinstance, encryption_algo, cert, key, key_created)
+            VALUES (j.instance, pair.algo::dd.cert_encryption_algo, convert_to(pair.cert, 'UTF8'), convert_to(pair.key, 'UTF8'),
+                    pki.now());
         END LOOP;
     EXCEPTION WHEN SQLSTATE 'SP008' THEN
         GET STACKED DIAGNOSTICS stored_error = MESSAGE_TEXT, stored_hint = PG_EXCEPTION_HINT;
@@ -128,6 +141,12 @@ BEGIN
                 regexp_replace(stored_error, '^plpy\.Error: ', '')),
             stored_hint);
     END;
+    -- a key reused (the job's reuse_from, key_reuse): its age and renewals go on, read from the public
+    -- keys of the certificates, not taken from the agent's word
+    UPDATE certkeydata k SET key_created = coalesce(p.key_created, p.created), key_renewals = p.key_renewals + 1
+      FROM certkeydata p
+     WHERE k.certinstance = j.instance AND p.certinstance = (j.args ->> 'reuse_from')::int
+       AND p.encryption_algo = k.encryption_algo AND tlsa_data(p.cert, 1, 0) = tlsa_data(k.cert, 1, 0);
     UPDATE certinstances SET state = 'issued', cacert = complete_issue.cacert,
                              ocsp_must_staple = cert.ocsp_must_staple
      WHERE id = j.instance;
@@ -140,7 +159,16 @@ BEGIN
         WHEN 'distribute' THEN
             PERFORM enqueue_distribution(ARRAY[j.instance], sel, 'deploy', format('issued by job %s: distribute', j.id));
         WHEN 'prepublish' THEN
-            IF NOT sel.no_tlsa THEN
+            active := (SELECT i.id FROM certinstances i WHERE i.certificate = j.certificate AND i.state = 'deployed'
+                        ORDER BY i.id DESC LIMIT 1);
+            IF tlsa_unchanged(active, j.instance) THEN
+                -- key reused: its TLSA records are in DNS already, nothing to prepublish; when the active
+                -- instance is due (rule 7), it is deployed at once, else a later pass does it
+                IF pki.now() >= (SELECT i.not_after FROM certinstances i WHERE i.id = active) - setting_interval('expire_grace') THEN
+                    PERFORM enqueue_distribution(ARRAY[j.instance], sel, 'deploy', format('issued by job %s: key reused, '
+                                                 'the TLSA records do not change: distribute without the DANE-safe wait', j.id));
+                END IF;
+            ELSIF NOT sel.no_tlsa THEN
                 PERFORM enqueue_tlsa(j.certificate, format('issued by job %s: prepublish TLSA', j.id), j.instance);
             END IF;
         WHEN 'rollover' THEN

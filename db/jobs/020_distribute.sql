@@ -38,6 +38,7 @@ AS $$
 DECLARE
     j jobs := completing(job_id, lease_token, ARRAY['distribute']);
     inst certinstances;
+    old_active int;   -- the instance replaced, when the TLSA records stay as they are
 BEGIN
     SELECT * INTO inst FROM certinstances WHERE id = j.instance FOR UPDATE;
     IF NOT FOUND THEN
@@ -51,11 +52,23 @@ BEGIN
     IF inst.state IN ('issued', 'prepublished') AND NOT is_ca_cert(inst.certificate)   -- a CA stays issued (150_ca_targets)
        AND NOT EXISTS (SELECT 1 FROM targets t WHERE t.certificate = inst.certificate
                          AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.instance = inst.id AND d.target = t.id)) THEN
+        -- a key reused (125_key_reuse): DNS holds this instance's records since the active one's were
+        -- published; they are its own from now on, so the guard lets it go live and no UPDATE follows
+        old_active := (SELECT i.id FROM certinstances i WHERE i.certificate = inst.certificate AND i.state = 'deployed'
+                         AND i.id <> inst.id ORDER BY i.id DESC LIMIT 1);
+        IF tlsa_unchanged(old_active, inst.id) THEN
+            UPDATE certinstances SET tlsa_published = least(tlsa_published, (SELECT o.tlsa_published FROM certinstances o
+                                                                             WHERE o.id = old_active))
+             WHERE id = inst.id;
+        ELSE
+            old_active := NULL;
+        END IF;
         -- promote first, so the DANE-safe guard (SP021) still sees the old active instance
         PERFORM set_context(format('distribute job %s: on every target', j.id), j.id);
         UPDATE certinstances SET state = 'deployed' WHERE id = inst.id;
         PERFORM set_context(format('job %s: successor %s deployed to every target', j.id, inst.id), j.id);
         UPDATE certinstances SET state = 'expired' WHERE certificate = inst.certificate AND state = 'deployed' AND id <> inst.id;
+        UPDATE certinstances SET tlsa_published = NULL WHERE id = old_active;
         -- a new local instance is live: the next reminder is due before it expires
         UPDATE certificates SET authorized_until = NULL WHERE id = inst.certificate AND type = 'local';
         -- unless DNS holds just that already (the emergency rollover after a key compromise published

@@ -32,7 +32,8 @@ GRANT SELECT ON pki.settings, pki.revision, pki.schema_migrations, pki.certinsta
 GRANT SELECT ON pki.schema_migrations TO pki_report;
 GRANT UPDATE (value, remarks) ON pki.settings TO pki_admin;
 -- certificate data without the private key
-GRANT SELECT (id, certinstance, encryption_algo, cert, hash, not_before, not_after, created, updated, remarks)
+GRANT SELECT (id, certinstance, encryption_algo, cert, hash, not_before, not_after, created, updated, remarks,
+               key_created, key_renewals)
     ON pki.certkeydata TO pki_admin;
 GRANT SELECT ON
     pki.certificates, pki.subjects, pki.services, pki.certificates_services,
@@ -72,6 +73,8 @@ GRANT EXECUTE ON FUNCTION pki.tlsa_ttl(integer) TO pki_admin, pki_agent;
 -- the DANE-safe wait, inlined into the plan (pki_admin's)
 GRANT EXECUTE ON FUNCTION pki.dane_safe_after(timestamp with time zone, interval) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.dane_ok(boolean, interval, dd.cert_state, timestamp with time zone, timestamp with time zone) TO pki_admin;
+-- key reuse (125_key_reuse): does a successor keep the active instance's TLSA records (the plan)
+GRANT EXECUTE ON FUNCTION pki.tlsa_unchanged(integer, integer) TO pki_admin;
 -- TLSA records from stored certificates (the views tlsa_owners and tlsa_desired)
 GRANT EXECUTE ON FUNCTION pki.tlsa_prefix_parts(text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.tlsa_data(bytea, integer, integer) TO pki_admin, pki_agent;
@@ -102,6 +105,7 @@ GRANT EXECUTE ON FUNCTION pki.add_cert(text, text, text, text, boolean, text, te
 GRANT EXECUTE ON FUNCTION pki.remove_cert(text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.disable_cert(text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.enable_cert(text) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.set_key_reuse(text, integer, integer) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.add_altname(text, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.remove_altname(text, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.add_service(text, text, integer) TO pki_admin;
@@ -169,6 +173,8 @@ GRANT EXECUTE ON FUNCTION pki.fail_job(bigint, uuid, text, boolean, interval) TO
 GRANT EXECUTE ON FUNCTION pki.save_job_progress(bigint, uuid, jsonb) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.save_job_key(bigint, uuid, text, text) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.job_key(bigint, uuid, text) TO pki_agent;
+-- the stored key an issue job reuses (its args' reuse_from), for the job's holder only
+GRANT EXECUTE ON FUNCTION pki.reused_key(bigint, uuid, text) TO pki_agent;
 -- whether the stored keys are encrypted (-X): the agent, and -E of operate_serverPKI
 GRANT EXECUTE ON FUNCTION pki.current_revision() TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.keys_encrypted() TO pki_admin, pki_agent;

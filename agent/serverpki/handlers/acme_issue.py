@@ -2,7 +2,8 @@
 
 Resumable steps (the job's result holds the progress while it runs, through
 pki.save_job_progress; never a key):
-1. per key algorithm of the certificate (rsa, ec or both) a new key and a CSR
+1. per key algorithm of the certificate (rsa, ec or both) a new key (or, when the
+   job's args name reuse_from, that instance's stored key: pki.reused_key) and a CSR
    for the subject and every alt name, with the TLS Feature (must-staple)
    extension when the certificate asks for it;
 2. an order per algorithm, its key stored first (pki.save_job_key) — or the order
@@ -42,7 +43,7 @@ from ..errors import GiveUp, RetryLater
 from ..faults import crash_point
 from . import Completion, Context, IssuedPair, Job, Progress, handler
 from .common import (about, algorithms, db_passphrase_if_encrypted, issue_request, job_key, open_account_key,
-                     save_job_key, stored_account)
+                     reused_key, save_job_key, stored_account)
 
 log = logging.getLogger("serverpki.acme")
 
@@ -91,7 +92,9 @@ class Issuance:
             key = self._stored_key(algo)
             orderr = self._resume(algo, key) if key is not None else None
             if orderr is None:
-                key = x509util.new_key(algo, self.ctx.config.x509.rsa_key_size, self.ctx.config.x509.ec_curve)
+                # the predecessor's key when the database decided it stays (key reuse), else a new one
+                key = (reused_key(self.job, self.ctx, algo)
+                       or x509util.new_key(algo, self.ctx.config.x509.rsa_key_size, self.ctx.config.x509.ec_curve))
                 # stored before the order exists: a crash after finalization loses no certificate
                 save_job_key(self.job, self.ctx, algo, key, self.passphrase)
                 orderr = self.acme.new_order(self._csr(key))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,8 @@ from .. import keystore
 from ..errors import GiveUp, RetryLater, ServerPKIError
 from ..queries import q
 from . import Context, Job
+
+log = logging.getLogger("serverpki.issue")
 
 
 @contextlib.contextmanager
@@ -133,6 +136,21 @@ def job_key(job: Job, ctx: Context, algo: str):
         return None
     return open_stored_key(stored, ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
                            f"the {algo} key of job {job.id}")
+
+
+def reused_key(job: Job, ctx: Context, algo: str):
+    """The key of this algorithm the database decided the new instance keeps (the job's args name the
+    instance, reuse_from; pki.reused_key reads its stored key), opened; None: make a new key (no reuse,
+    or that instance is gone). The key travels from the database to here only, never through args."""
+    if not job.args.get("reuse_from"):
+        return None
+    stored = ctx.conn.execute(q("reused_key"), {"job": job.id, "token": job.lease, "algo": algo}).fetchone()[0]
+    if stored is None:
+        log.warning("%s: instance %s, whose %s key was to be reused, has none any more: a new key is made",
+                    job.label, job.args["reuse_from"], algo)
+        return None
+    return open_stored_key(stored, ctx.config.paths.db_encryption_key, "paths.db_encryption_key",
+                           f"the {algo} key of instance {job.args['reuse_from']}")
 
 
 def save_job_key(job: Job, ctx: Context, algo: str, key, passphrase: bytes | None) -> None:

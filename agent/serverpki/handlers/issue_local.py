@@ -21,7 +21,7 @@ from .. import keystore, x509util
 from ..errors import GiveUp
 from . import Completion, Context, IssuedPair, Job, handler
 from .common import (about, algorithms, batch_db_passphrase, batch_issue_request, batch_read, db_now, issue_request,
-                     open_stored_key)
+                     open_stored_key, reused_key)
 
 NO_CA = "no local CA: issue one with operate_serverPKI -I"
 
@@ -62,7 +62,8 @@ def issue_local(job: Job, ctx: Context) -> Completion:
         lifetime = x509cfg.server_lifetime_days if req["subject_type"] == "server" else x509cfg.client_lifetime_days
         pairs = []
         for algo in algorithms(req["encryption_algo"]):
-            key = x509util.new_key(algo, x509cfg.rsa_key_size, x509cfg.ec_curve)
+            # the database decided whether the key of the predecessor stays (key reuse, stable TLSA records)
+            key = reused_key(job, ctx, algo) or x509util.new_key(algo, x509cfg.rsa_key_size, x509cfg.ec_curve)
             ctx.keep_alive()
             cert = x509util.issue_leaf(
                 ca_cert, ca_key, key.public_key(), req["name"], altnames=req["altnames"] or [],
