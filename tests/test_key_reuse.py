@@ -18,9 +18,14 @@ import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from psycopg.types.json import Jsonb
 
 from fleet import Fleet
-from helpers import add_small_world, assert_refused
+from certfactory import issue_result
+from helpers import add_small_world, assert_refused, lease_of, owner_conn
+from serverpki.queries import q
+from test_ca_targets import claim, complete
 from lab import roles
 from lab.lab import ZONE
 from test_revoke import BACKUP, INTRANET, WWW
@@ -291,3 +296,32 @@ def test_no_key_lands_in_the_jobs(fleet):
     assert "PRIVATE KEY" not in jobs
     # a JSON text escapes nothing of base64 but '/' maybe: compare with it unescaped too
     assert not [b for b in bodies if b in jobs or b in jobs.replace("\\/", "/")]
+
+
+def test_a_revocation_makes_a_pending_ACME_issue_forget_the_key_it_kept(conn):
+    """An issue_acme job keeps its key and its orders for its next attempt (job_keys, its progress): after
+    the certificate's instance is revoked it must order again with a new key, not resume with the old one."""
+    add_small_world(conn)
+    conn.execute("SELECT * FROM add_cert('k.example.org', 'server', 'LE', 'ec', false, NULL, NULL, NULL, NULL, NULL, NULL)")
+    conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY['k.example.org']))")
+    [first] = claim(conn, "issue_acme")
+    complete(conn, first, issue_result(conn, "issue_acme", first["certificate"], dt.datetime.now(dt.timezone.utc), 90))
+    conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY['k.example.org']))")
+    [second] = claim(conn, "issue_acme")
+    token = lease_of(conn, second["id"], "sql-test")
+    key = ec_key_pem()
+    conn.execute(q("save_job_key"), {"job": second["id"], "token": token, "algo": "ec", "key": key})
+    conn.execute(q("save_job_progress"), {"job": second["id"], "token": token,
+                                          "progress": Jsonb({"orders": {"ec": "https://acme.example/order/1"}})})
+
+    kept = lambda: owner_conn(conn).execute("SELECT count(*) FROM job_keys WHERE job = %s", (second["id"],)).fetchone()[0]
+    assert kept() == 1
+    conn.execute("SELECT * FROM request_revoke(%s, 'keyCompromise')", (first["instance"],))
+
+    assert kept() == 0
+    assert conn.execute("SELECT result ? 'orders' FROM jobs WHERE id = %s", (second["id"],)).fetchone()[0] is False
+
+
+def ec_key_pem() -> str:
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()

@@ -475,7 +475,10 @@ class Agent:
         batch = [(job, begun) for job, begun in started if not isinstance(begun, str)]
         if len(batch) > 1 and all(self._completions[job.kind] == "complete_issue"
                                   and set(completion.args) <= {"pairs", "cacert"} for job, (completion, _) in batch):
-            outcomes.update(self._finish_batch(batch))
+            # at most 32 subtransactions a call (PostgreSQL caches 64 subtransaction ids per backend: beyond,
+            # every snapshot of every session is 'suboverflowed' until it commits)
+            for start in range(0, len(batch), 32):
+                outcomes.update(self._finish_batch(batch[start:start + 32]))
         else:
             for job, (_, statement) in batch:
                 outcomes[job.id] = self._finish_job(job, statement, self.conn)
@@ -485,6 +488,9 @@ class Agent:
 
     def _finish_batch(self, batch: list[tuple[Job, tuple]]) -> dict[int, str]:
         """complete_issue_batch for the jobs: each one's outcome as _finish_job would give it."""
+        # in the order of their TLSA lock buckets (lock_tlsa: certificate mod 1024), as every transaction
+        # that takes several takes them: two agents' batches cannot deadlock on them
+        batch = sorted(batch, key=lambda started: ((started[0].certificate or 0) % 1024, started[0].certificate or 0))
         params = {"jobs": [job.id for job, _ in batch], "tokens": [job.lease for job, _ in batch],
                   "pairs": [Jsonb([pair._asdict() for pair in completion.args.get("pairs") or []])
                             for _, (completion, _) in batch],

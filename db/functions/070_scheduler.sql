@@ -116,8 +116,9 @@ WITH cfg AS (
            tg.certificate IS NOT NULL AS has_targets,
            rq.id IS NOT NULL AS succ_requested,
            coalesce(sel.no_tlsa, false) AS no_tlsa,
-           -- key reused: the successor's TLSA records are the active one's, out for 2 x TTL (125_key_reuse)
-           CASE WHEN c.tlsa_ttl IS NOT NULL AND act.act_id IS NOT NULL AND s.id IS NOT NULL THEN tlsa_unchanged(act.act_id, s.id) ELSE false END AS tlsa_same,
+           -- key reused? Asked (tlsa_unchanged, 125_key_reuse: the successor's TLSA records are the active
+           -- one's, out for 2 x TTL) only where rule 7 or 9 decides, below: it hashes certificates
+           c.tlsa_ttl IS NOT NULL AND act.act_id IS NOT NULL AND s.id IS NOT NULL AS tlsa_same_possible,
            cfg.*
       FROM c CROSS JOIN cfg
       LEFT JOIN held act ON act.certificate = c.id
@@ -173,7 +174,7 @@ WITH cfg AS (
            WHEN sd.active_id IS NULL THEN ARRAY['distribute', 'rule 7: no active instance; distribute the successor']
            WHEN sd.tlsa_ttl IS NULL
                THEN ARRAY['distribute', format('rule 7: active instance expires %s; distribute the successor', sd.act_na)]
-           WHEN sd.tlsa_same
+           WHEN sd.tlsa_same_possible AND NOT sd.tlsa_pending AND tlsa_unchanged(sd.active_id, sd.succ_id)   -- a pending publication may change DNS: wait for it
                THEN ARRAY['distribute', format('rule 7: %s; key reused, the TLSA records do not change; distribute the successor without the DANE-safe wait',
                            CASE WHEN sd.replace_due THEN format('active instance expires %s', sd.act_na) ELSE 'requested (-D)' END)]
            WHEN sd.dane_ok AND NOT sd.replace_due
@@ -205,7 +206,7 @@ WITH cfg AS (
            WHEN sd.tlsa_pending THEN ARRAY['wait', 'rule 9: the successor''s TLSA publication is pending']
            WHEN sd.succ_id IS NULL
                THEN ARRAY['issue', format('rule 9: active instance expires %s (within pre_publish_days); issue a successor', sd.act_na)]
-           WHEN sd.tlsa_same   -- nothing to prepublish: rule 7 deploys it when due, without the DANE-safe wait
+           WHEN sd.tlsa_same_possible AND tlsa_unchanged(sd.active_id, sd.succ_id)   -- nothing to prepublish: rule 7 deploys it when due, without the DANE-safe wait
                THEN ARRAY['wait', format('rule 9: key reused, the TLSA records do not change; nothing to prepublish, the successor is deployed from %s', sd.act_na - sd.grace)]
            WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL   -- nothing to prepublish: no row
            ELSE ARRAY['prepublish', format('rule 9: active instance expires %s; publish the TLSA of active and successor', sd.act_na)]

@@ -38,7 +38,7 @@ BEGIN
     END IF;
     wanted := CASE c.encryption_algo WHEN 'rsa_plus_ec' THEN ARRAY['ec', 'rsa'] ELSE ARRAY[c.encryption_algo::text] END;
     SELECT array_agg(k.encryption_algo::text ORDER BY k.encryption_algo::text), max(k.key_renewals),
-           min(coalesce(k.key_created, k.created))
+           min(coalesce(k.key_created, k.not_before))   -- an imported (0.9.x) key: as old as its first certificate
       INTO have, served, made
       FROM certkeydata k WHERE k.certinstance = pred;
     IF have IS DISTINCT FROM wanted THEN
@@ -116,7 +116,7 @@ $$;
 
 -- forget_revoked_key: the instance `revoked` of the certificate was revoked; its key is never used
 -- again: a successor that reused it is deleted (the scheduler or the emergency rollover then issues
--- one with a new key), and an issue job not done yet makes a new key instead of reusing one
+-- one with a new key), and an issue job not done yet makes a new key instead of reusing or resuming one
 CREATE OR REPLACE FUNCTION pki.forget_revoked_key(cert int, revoked int)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
@@ -127,5 +127,11 @@ BEGIN
     UPDATE jobs j SET args = j.args - 'reuse_from'
      WHERE j.certificate = cert AND j.kind IN ('issue_acme', 'issue_local') AND j.args ? 'reuse_from'
        AND j.state IN ('queued', 'running', 'failed');
+    -- nor does an ACME issue job resume with it: the key it kept for its next attempt and the orders
+    -- whose CSRs carry it go (its next attempt makes a new key and orders again)
+    DELETE FROM job_keys k USING jobs j
+     WHERE k.job = j.id AND j.certificate = cert AND j.kind = 'issue_acme' AND j.state IN ('queued', 'running', 'failed');
+    UPDATE jobs j SET result = j.result - 'orders'
+     WHERE j.certificate = cert AND j.kind = 'issue_acme' AND j.state IN ('queued', 'running', 'failed') AND j.result ? 'orders';
 END
 $$;

@@ -102,8 +102,8 @@ BEGIN
                  JOIN revocations r ON r.certificate = (SELECT s.name::text FROM main_subjects s WHERE s.certificate = j.certificate)
                                    AND r.encryption_algo::text = p.algo
                 WHERE tlsa_data(r.cert, 1, 0) = tlsa_data(convert_to(p.cert, 'UTF8'), 1, 0)) THEN
-        PERFORM raise_error('SP023', format('job %s: a pair has the key of a revoked certificate of %s', j.id, j.certificate),
-            'issue with a new key: the job''s args no longer name a key to reuse; the next pass issues again');
+        PERFORM raise_error('SP028', format('job %s: a pair has the key of a revoked certificate of %s', j.id, j.certificate),
+            'nothing to do: the agent retries the job, whose args no longer name a key to reuse: it makes a new key');
     END IF;
     -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (130_acme)
     IF chain IS NOT NULL OR authorized_until IS NOT NULL THEN
@@ -143,7 +143,7 @@ BEGIN
     END;
     -- a key reused (the job's reuse_from, key_reuse): its age and renewals go on, read from the public
     -- keys of the certificates, not taken from the agent's word
-    UPDATE certkeydata k SET key_created = coalesce(p.key_created, p.created), key_renewals = p.key_renewals + 1
+    UPDATE certkeydata k SET key_created = coalesce(p.key_created, p.not_before), key_renewals = p.key_renewals + 1
       FROM certkeydata p
      WHERE k.certinstance = j.instance AND p.certinstance = (j.args ->> 'reuse_from')::int
        AND p.encryption_algo = k.encryption_algo AND tlsa_data(p.cert, 1, 0) = tlsa_data(k.cert, 1, 0);
