@@ -861,10 +861,11 @@ def test_removals_work_with_sequential_scans(conn, world):
 
 
 def test_every_validation_and_management_function_is_tested(repo_root):
-    """Each function of 020_validation and 040_manage is called by these tests (which assert its SQLSTATE)."""
+    """Each function of 020_validation and 040_manage is called by these tests (which assert its SQLSTATE);
+    set_key_reuse by tests/test_key_reuse.py."""
     import re
 
-    sources = "".join((repo_root / "tests" / name).read_text() for name in ("test_validation.py", "test_manage.py"))
+    sources = "".join((repo_root / "tests" / name).read_text() for name in ("test_validation.py", "test_manage.py", "test_key_reuse.py"))
     for sql_file in ("db/functions/020_validation.sql", "db/functions/040_manage.sql"):
         names = re.findall(r"CREATE OR REPLACE FUNCTION pki\.(\w+)\(", (repo_root / sql_file).read_text())
         assert names, sql_file
