@@ -106,6 +106,10 @@ WITH cfg AS (
      ORDER BY a.certificate, a.state = 'prepublished' DESC, a.id DESC
 ), targeted AS (        -- the certificates with a target on a selected disthost
     SELECT DISTINCT t.certificate FROM targets t JOIN hosts h ON h.id = t.disthost
+), reusing AS (         -- the instances that kept a key of their predecessor (key reuse, 125_key_reuse)
+    SELECT DISTINCT k.certinstance FROM certkeydata k WHERE k.key_renewals > 0
+), ee_owners AS (       -- the certificates with an end-entity TLSA record (usage 1 or 3): a new key changes it
+    SELECT DISTINCT o.certificate FROM tlsa_owners o JOIN c ON c.id = o.certificate WHERE o.usage IN (1, 3)
 ), st AS (              -- one row per certificate with its roles
     SELECT c.*, act.act_id AS active_id, act.act_nb AS act_nb, act.act_na AS act_na,
            s.id AS succ_id, s.state AS succ_state, s.tlsa_published AS succ_published,
@@ -116,9 +120,11 @@ WITH cfg AS (
            tg.certificate IS NOT NULL AS has_targets,
            rq.id IS NOT NULL AS succ_requested,
            coalesce(sel.no_tlsa, false) AS no_tlsa,
-           -- key reused? Asked (tlsa_unchanged, 125_key_reuse: the successor's TLSA records are the active
-           -- one's, out for 2 x TTL) only where rule 7 or 9 decides, below: it hashes certificates
-           c.tlsa_ttl IS NOT NULL AND act.act_id IS NOT NULL AND s.id IS NOT NULL AS tlsa_same_possible,
+           -- may the TLSA records stay as they are? Only a successor that kept the key, or one whose records
+           -- are all trust-anchor ones (usage 0/2), can keep them; tlsa_unchanged (125_key_reuse, which
+           -- hashes certificates: 2 ms) is asked only for those, and only where rule 7 or 9 decides
+           c.tlsa_ttl IS NOT NULL AND act.act_id IS NOT NULL AND s.id IS NOT NULL
+               AND (ru.certinstance IS NOT NULL OR eo.certificate IS NULL) AS tlsa_same_possible,
            cfg.*
       FROM c CROSS JOIN cfg
       LEFT JOIN held act ON act.certificate = c.id
@@ -126,6 +132,8 @@ WITH cfg AS (
       LEFT JOIN on_cert oc ON oc.certificate = c.id
       LEFT JOIN targeted tg ON tg.certificate = c.id
       LEFT JOIN requested rq ON rq.id = s.id
+      LEFT JOIN reusing ru ON ru.certinstance = s.id
+      LEFT JOIN ee_owners eo ON eo.certificate = c.id
 ), sd AS (              -- what the DANE-safe order allows
     SELECT st.*,
            -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
