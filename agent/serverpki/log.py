@@ -171,7 +171,10 @@ def _syslog_handler(address: str, facility: str, program: str) -> tuple[SysLogHa
 
 def one_line(text: object) -> str:
     """text on one line, for a log line: control and invisible characters (a name with a newline) shown escaped."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+    text = str(text)
+    if text.isprintable():   # nearly always: one C call instead of a look at each character
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def on_terminal() -> bool:
