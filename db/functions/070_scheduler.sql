@@ -109,7 +109,11 @@ WITH cfg AS (
 ), reusing AS (         -- the instances that kept a key of their predecessor (key reuse, 125_key_reuse)
     SELECT DISTINCT k.certinstance FROM certkeydata k WHERE k.key_renewals > 0
 ), ee_owners AS (       -- the certificates with an end-entity TLSA record (usage 1 or 3): a new key changes it
-    SELECT DISTINCT o.certificate FROM tlsa_owners o JOIN c ON c.id = o.certificate WHERE o.usage IN (1, 3)
+    -- (each service's prefix parsed once, not once per certificate and name as the tlsa_owners view does)
+    SELECT DISTINCT cs.certificate
+      FROM certificates_services cs JOIN c ON c.id = cs.certificate
+     WHERE cs.service IN (SELECT sv.id FROM services sv CROSS JOIN LATERAL tlsa_prefix_parts(sv.tlsaprefix) p
+                           WHERE p.usage IN (1, 3))
 ), st AS (              -- one row per certificate with its roles
     SELECT c.*, act.act_id AS active_id, act.act_nb AS act_nb, act.act_na AS act_na,
            s.id AS succ_id, s.state AS succ_state, s.tlsa_published AS succ_published,
