@@ -6,6 +6,18 @@
 -- tells the scheduler (rule 7 and 9), complete_issue and complete_distribute that no TLSA change
 -- and no DANE-safe wait is needed.
 
+-- key_revoked: is the key of this certificate (PEM) of the given algorithm the key of a revoked
+-- certificate of the same certificate (by its name, which revocations keep after the instance is
+-- gone)? One rule for key_reuse (never pick it) and complete_issue (never store it)
+CREATE OR REPLACE FUNCTION pki.key_revoked(the_cert int, the_algo text, the_pem bytea)
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM revocations r
+                    WHERE r.certificate = (SELECT s.name::text FROM main_subjects s WHERE s.certificate = the_cert)
+                      AND r.encryption_algo::text = the_algo AND tlsa_data(r.cert, 1, 0) = tlsa_data(the_pem, 1, 0))
+$$;
+
 -- key_reuse: whether a new instance of the certificate reuses the keys of its predecessor (the
 -- deployed instance, else the newest issued or prepublished one): reuse_from is that instance when
 -- key reuse is on for the certificate and each key of it has served fewer renewals than
@@ -49,10 +61,8 @@ BEGIN
     ELSIF c.reuse_key_days IS NOT NULL AND pki.now() >= made + c.reuse_key_days * interval '1 day' THEN
         note := format('key rotated: the key of instance %s was made %s, more than reuse_key_days %s ago',
                        pred, made, c.reuse_key_days);
-    ELSIF EXISTS (SELECT 1 FROM revocations r JOIN certkeydata k ON k.certinstance = pred
-                   WHERE r.certificate = (SELECT s.name::text FROM main_subjects s WHERE s.certificate = the_cert)
-                     AND r.encryption_algo = k.encryption_algo
-                     AND tlsa_data(r.cert, 1, 0) = tlsa_data(k.cert, 1, 0)) THEN
+    ELSIF EXISTS (SELECT 1 FROM certkeydata k WHERE k.certinstance = pred
+                     AND key_revoked(the_cert, k.encryption_algo::text, k.cert)) THEN
         note := format('key rotated: the key of instance %s is the key of a revoked certificate', pred);
     ELSE
         reuse_from := pred;

@@ -98,10 +98,7 @@ BEGIN
     -- names, issuer and chain are read from the certificates, not taken from the agent (110_result_checks)
     result := check_issued_result(j, cert, result);
     -- a key of a revoked certificate is never used again (an issue job that read it before the revocation)
-    IF EXISTS (SELECT 1 FROM unnest(pairs) p
-                 JOIN revocations r ON r.certificate = (SELECT s.name::text FROM main_subjects s WHERE s.certificate = j.certificate)
-                                   AND r.encryption_algo::text = p.algo
-                WHERE tlsa_data(r.cert, 1, 0) = tlsa_data(convert_to(p.cert, 'UTF8'), 1, 0)) THEN
+    IF EXISTS (SELECT 1 FROM unnest(pairs) p WHERE key_revoked(j.certificate, p.algo, convert_to(p.cert, 'UTF8'))) THEN
         PERFORM raise_error('SP028', format('job %s: a pair has the key of a revoked certificate of %s', j.id, j.certificate),
             'nothing to do: the agent retries the job, whose args no longer name a key to reuse: it makes a new key');
     END IF;
