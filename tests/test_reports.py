@@ -4,13 +4,15 @@ ways give prettytable's default grid, the one the seed's operation manual shows.
 
 from __future__ import annotations
 
+import datetime as dt
 import string
+from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prettytable import PrettyTable
 
-from serverpki.reports import Report
+from serverpki.reports import Report, cell, column_cells
 
 NARROW = st.text(alphabet=string.printable.strip("\t\n\r\x0b\x0c") + "…", max_size=14)
 WIDE = st.text(alphabet="ab c漢字éü\n…", max_size=6)
@@ -52,3 +54,40 @@ def test_a_seed_grid():
                     "|    1    |  server |\n"
                     "|    22   |   None  |\n"
                     "+---------+---------+")
+
+
+UTC_ZONES = st.sampled_from([dt.timezone.utc, ZoneInfo("Etc/UTC"), ZoneInfo("Europe/Berlin"),
+                             dt.timezone(dt.timedelta(hours=-5)), None])
+TIMESTAMPS = st.builds(lambda t, zone: t.replace(tzinfo=zone),
+                       st.datetimes(min_value=dt.datetime(1990, 1, 1), max_value=dt.datetime(2100, 1, 1)), UTC_ZONES)
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.dates(), TIMESTAMPS)
+
+
+@QUIET
+@given(st.lists(VALUES, max_size=8), st.booleans())
+def test_a_column_at_a_time_is_each_cell(values, shorten):
+    """column_cells (the grids' way) gives each value's cell(): text, None, numbers, dates, timestamps in
+    UTC (the fast way) and in other zones or none (through cell), mixed in one column or not."""
+    assert column_cells(values, shorten) == [cell(v, shorten) for v in values]
+
+
+@QUIET
+@given(st.lists(TIMESTAMPS, max_size=8))
+def test_a_column_of_timestamps_is_each_cell(values):
+    assert column_cells(values) == [cell(v) for v in values]
+
+
+def test_a_grid_of_typed_cells():
+    """The seed's instance grid: timestamps in UTC without their zone, None, booleans."""
+    at = dt.datetime(2026, 12, 6, 22, 35, 45, 120000, tzinfo=dt.timezone.utc)
+    grid = Report(["Serial", "CI CA", "OCSP m st", "updated"], [(1, None, False, at), (22, 3, True, at.replace(microsecond=0))]).grid()
+    assert grid == ("+--------+-------+-----------+----------------------------+\n"
+                    "| Serial | CI CA | OCSP m st |          updated           |\n"
+                    "+--------+-------+-----------+----------------------------+\n"
+                    "|   1    |  None |   False   | 2026-12-06 22:35:45.120000 |\n"
+                    "|   22   |   3   |    True   |    2026-12-06 22:35:45     |\n"
+                    "+--------+-------+-----------+----------------------------+")
+
+
+def test_an_empty_grid():
+    assert Report(["A", "Bc"], []).grid() == prettytable_grid(["A", "Bc"], [])
