@@ -8,6 +8,7 @@ import datetime as dt
 import string
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prettytable import PrettyTable
@@ -91,3 +92,15 @@ def test_a_grid_of_typed_cells():
 
 def test_an_empty_grid():
     assert Report(["A", "Bc"], []).grid() == prettytable_grid(["A", "Bc"], [])
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "America/St_Johns"])
+def test_the_servers_grid_time_is_the_cell_of_the_timestamp(conn, zone):
+    """pki.grid_time (the instance grid of -n -v, made by the server) prints a timestamp as cell() does,
+    whatever the session's time zone: UTC, no zone, microseconds only when it has some."""
+    conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+    at = dt.datetime(2026, 3, 29, 0, 59, 59, tzinfo=dt.timezone.utc)
+    for value in (at, at.replace(microsecond=1), at.replace(microsecond=500000), at.replace(microsecond=999999),
+                  at.replace(year=1999, month=12, day=31, hour=23), at.astimezone(ZoneInfo("Asia/Kolkata")), None):
+        shown = conn.execute("SELECT pki.grid_time(%s)", (value,)).fetchone()[0]
+        assert column_cells([shown]) == [cell(value)], (zone, value)

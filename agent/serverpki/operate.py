@@ -157,7 +157,8 @@ def operate(
             conn.execute(q("check_selection"), sel_params)  # unknown names stop the run first
             if check_only:
                 found = reports.check(conn, sel_params, verbose=verbose and not quiet, only=only or [],
-                                      schedule=actions["-S"], remaining=renew_local_certs, distribute=actions["-D"])
+                                      schedule=actions["-S"], remaining=renew_local_certs, distribute=actions["-D"],
+                                      for_json=as_json)
                 typer.echo(found.json() if as_json else found.text())
                 if not found.sound:
                     raise typer.Exit(ExitStatus.CHECK_PROBLEMS)

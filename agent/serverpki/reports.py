@@ -160,8 +160,9 @@ def meta(conn: psycopg.Connection, only: list[str]) -> Report:
     return fetch(conn, META_COLUMNS, "report_meta", {"only": only})
 
 
-def instances(conn: psycopg.Connection, only: list[str]) -> Report:
-    return fetch(conn, INSTANCE_COLUMNS, "report_instances", {"only": only})
+def instances(conn: psycopg.Connection, only: list[str], as_text: bool = False) -> Report:
+    """The instances; as_text: for the grid only, its timestamps already the grid's text (pki.grid_time)."""
+    return fetch(conn, INSTANCE_COLUMNS, "report_instances_grid" if as_text else "report_instances", {"only": only})
 
 
 def renew(conn: psycopg.Connection, sel_params: dict, remaining_days: int, distribute: bool = False) -> Report:
@@ -217,9 +218,10 @@ class Check:
 
 
 def check(conn: psycopg.Connection, sel_params: dict, *, verbose: bool, only: list[str], schedule: bool,
-          remaining: Optional[int], distribute: bool) -> Check:
+          remaining: Optional[int], distribute: bool, for_json: bool = False) -> Check:
     """-n of the selected certificates (every one without -o/-e): the problems and warnings, then with -S the
-    plan, else with -r N the renewals (-D -r N: what -D -r N would distribute), else with -v the two seed grids."""
+    plan, else with -r N the renewals (-D -r N: what -D -r N would distribute), else with -v the two seed grids.
+    Without for_json, for text() only: the instance grid's timestamps come as the grid's text."""
     found = Check(CHECK_SCHEMA, fetch(conn, PROBLEM_COLUMNS, "check_config", sel_params),
                   fetch(conn, WARNING_COLUMNS, "check_warnings", sel_params))
     if verbose:
@@ -231,7 +233,7 @@ def check(conn: psycopg.Connection, sel_params: dict, *, verbose: bool, only: li
         found.schema, found.listings = RENEW_SCHEMA, {"renew": renew(conn, sel_params, remaining, distribute)}
         found.facts = {"remaining_days": remaining, "distribute": distribute}
     elif verbose:
-        found.listings = {"certificates": meta(conn, only), "instances": instances(conn, only)}
+        found.listings = {"certificates": meta(conn, only), "instances": instances(conn, only, as_text=not for_json)}
     return found
 
 

@@ -139,3 +139,14 @@ BEGIN
      WHERE EXISTS (SELECT 1 FROM c WHERE c.type = 'local') AND l.remaining < l.life_days * interval '1 day';
 END
 $$;
+
+-- grid_time: a timestamp as operate_serverPKI's grids show it (reports.cell: in UTC without the zone,
+-- microseconds only when it has some, as Python prints them), made by the server for the instance grid of
+-- -n -v: loading 18,000 timestamps into Python and printing them again was a tenth of -n -v -a at 5,000
+-- certificates. A plain SQL expression (no SET): the planner inlines it
+CREATE OR REPLACE FUNCTION pki.grid_time(t timestamptz)
+RETURNS text LANGUAGE sql STABLE
+AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC',
+                   CASE WHEN date_trunc('second', t) = t THEN 'YYYY-MM-DD HH24:MI:SS' ELSE 'YYYY-MM-DD HH24:MI:SS.US' END)
+$$;
