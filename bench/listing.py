@@ -8,7 +8,7 @@ services, a fifth with an issued successor, some expired in service), analyzed (
 (pki_cron: an operator's `operate_serverPKI -n -v -a` runs as it; the reporting login is refused -n):
     - the whole process, `operate_serverPKI -n -v -a` with its output to a pipe (best of 3)
     - the statements it sends (queries.sql: check_config, check_warnings, certificate_counts,
-      report_meta, report_instances), each executed and fetched over one connection as the same role
+      report_meta, report_instances_grid), each executed and fetched over one connection as the same role
       (best of 3): the query time; what the process spends beyond it is starting, formatting and printing.
 Target (issue 18, item 3): most of the time is printing, not querying.
 """
@@ -43,7 +43,7 @@ ARGS = ("-n", "-v", "-a")
 SELECTION = {"sel_all": True, "sel_include": [], "sel_exclude": [], "sel_only": [], "sel_skip": [], "sel_limit": [],
              "sel_no_tlsa": False}
 STATEMENTS = (("check_config", SELECTION), ("check_warnings", SELECTION), ("certificate_counts", {}),
-              ("report_meta", {"only": []}), ("report_instances", {"only": []}))
+              ("report_meta", {"only": []}), ("report_instances_grid", {"only": []}))
 # libpq and serverPKI variables of the caller never reach the measured process (tests/commands.py)
 FOREIGN_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGOPTIONS",
                 "SERVERPKI_DSN", "SERVERPKI_CONFIG")

@@ -78,6 +78,12 @@ def cron_environment(cluster: PostgresCluster, db: str, config_file: Path) -> di
     return env
 
 
+def cached_environment(env: dict[str, str], base: Path) -> dict[str, str]:
+    """env with Python's bytecode cache in the bench's folder base (PYTHONPYCACHEPREFIX), as an installed
+    release has it (pip compiles the wheel): without, every run of the checkout compiles its modules again."""
+    return {**{k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPYCACHEPREFIX": str(base / "pycache")}
+
+
 def main(runs: int) -> int:
     base = temp_dir("serverpki-bench-", 0o755)  # removed also when SIGTERM ends the run (lab.process)
     config_file = base / "serverpki.toml"
@@ -87,8 +93,7 @@ def main(runs: int) -> int:
     try:
         installed_database(cluster, "bench")
         env = cron_environment(cluster, "bench", config_file)
-        cached = {**{k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"},
-                  "PYTHONPYCACHEPREFIX": str(base / "pycache")}
+        cached = cached_environment(env, base)
         uncached = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
         operate = operate_command()
         floor = median_wall([sys.executable, "-c", "pass"], cached, runs)

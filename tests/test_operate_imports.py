@@ -5,6 +5,8 @@ the runs that act; -h needs not even the database driver. bench/startup.py measu
 
 from __future__ import annotations
 
+import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from commands import OPERATE, SERVERPKI, environment, run
 from helpers import small_cli_world
 from lab import roles
+from serverpki import operate
 
 # the top-level packages (and our modules) a run that only checks or lists must not import
 ACTING = {"acme", "josepy", "paramiko", "dns", "cryptography", "OpenSSL", "bcrypt", "rich", "lab",
@@ -66,3 +69,27 @@ def test_serverpki_help_imports_no_agent_peer_or_crypto(cron_env):
     """The administrative command line too: its importer of legacy databases and -E's keystore load on use."""
     names = imported_modules("-h", env=cron_env, command=SERVERPKI, module="serverpki.admin")
     assert unwanted(names, ACTING | {"serverpki.legacy"}) == set()
+
+
+# what the interpreter collects while the module loads, once imported, and inside a run of main(); a run that
+# acts turns collection on in _run, whose first statement says so (read from its source: it needs a database)
+GC_PROBE = """
+import atexit, gc, sys
+before = gc.isenabled()
+from serverpki import operate
+imported = gc.isenabled()
+operate.app = lambda **options: print(before, imported, gc.isenabled())
+atexit.register(lambda: print(gc.get_freeze_count() > 0))   # at exit, what the run made is frozen
+operate.main()
+"""
+
+
+def test_the_command_line_collects_no_garbage_while_checking_and_its_importers_as_before():
+    """main() turns cyclic garbage collection off for a run (its libraries and a listing make no cycles worth
+    collecting: 10-25 ms of each run) and freezes what the run made before it exits (the interpreter's last
+    collection need not walk it); a program that imports the module (the tests' CliRunner) collects as before."""
+    done = run([sys.executable, "-c", GC_PROBE], env={k: v for k, v in os.environ.items()})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True", "False", "True"]
+    source = inspect.getsource(operate._run)
+    assert "gc.enable()" in source.split('"""', 2)[2].split("\n", 2)[1]

@@ -491,6 +491,13 @@ SELECT "Serial", "Cert Name", "Type", "State", "CI CA", "OCSP m st", "not before
   FROM pki.inst
  WHERE cardinality(%(only)s::citext[]) = 0 OR "Cert Name" = ANY(%(only)s::citext[]);
 
+-- name: report_instances_grid
+-- -n -v as text: report_instances with its timestamps as the grid shows them, made by the server (pki.grid_time)
+SELECT "Serial", "Cert Name", "Type", "State", "CI CA", "OCSP m st", pki.grid_time("not before") AS "not before",
+       pki.grid_time("not after") AS "not after", "ALGO", "Hash", pki.grid_time("updated") AS "updated"
+  FROM pki.inst
+ WHERE cardinality(%(only)s::citext[]) = 0 OR "Cert Name" = ANY(%(only)s::citext[]);
+
 -- name: report_renew
 -- -r N -n (-D -r N -n): the local certificates -C -r N (-D -r N) would act on (pki.renewal_candidates)
 SELECT m."Subject", m."Cert Name", m."Type", m."authorized", m."Alt Name", m."TLSA", m."Port", m."Dist Host",

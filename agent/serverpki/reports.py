@@ -12,8 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import repeat
+from operator import methodcaller
 from typing import Any, Optional
 
 import psycopg
@@ -61,6 +64,24 @@ def cell(value: Any, shorten: bool = False) -> str:
     return text
 
 
+def column_cells(values: Sequence[Any], shorten: bool = False) -> list[str]:
+    """cell() of each value of one column, a column at a time (12 columns of 6,000 rows, each cell one
+    Python call, were most of -n -v -a at 5,000 certificates): text as it is, everything else str() in one
+    C pass; timestamps that are all in UTC (what a session in UTC loads) lose their '+00:00', which is _utc's
+    text; other columns of timestamps go through cell()."""
+    if shorten:
+        return [cell(v, True) for v in values]
+    kinds = set(map(type, values))
+    if kinds <= {str}:
+        return list(values)
+    texts = list(map(str, values))
+    if not any(issubclass(k, dt.datetime) for k in kinds):
+        return texts
+    if kinds == {dt.datetime} and all(map(methodcaller("endswith", "+00:00"), texts)):
+        return [text[:-6] for text in texts]
+    return [cell(v) for v in values]
+
+
 def json_value(value: Any) -> Any:
     """A value as the JSON holds it: numbers, booleans, null, text; timestamps ISO 8601 in UTC ('...Z'), dates ISO."""
     if isinstance(value, dt.datetime):
@@ -83,14 +104,16 @@ class Report:
     shortened: frozenset[str] = frozenset()   # columns whose text the grid cuts to one short line
 
     def grid(self) -> str:
-        cells = [[cell(v, c in self.shortened) for c, v in zip(self.columns, row)] for row in self.rows]
-        if _narrow("".join(self.columns) + "".join(map("".join, cells))):   # every cell: a property of each character
-            return _narrow_grid(self.columns, cells)
+        # a column at a time (column_cells); the rows' tuples transposed by zip, in C
+        texts = [column_cells(values, c in self.shortened)
+                 for c, values in zip(self.columns, zip(*self.rows) if self.rows else [()] * len(self.columns))]
+        if _narrow("".join(self.columns) + "".join(map("".join, texts))):   # every cell: a property of each character
+            return _narrow_grid(self.columns, texts)
         from prettytable import PrettyTable   # only when a grid is printed (-n -v, -S -n): -n alone prints none
 
         table = PrettyTable(self.columns)
-        for row in cells:
-            table.add_row(row)
+        for row in zip(*texts):
+            table.add_row(list(row))
         return table.get_string()
 
     def records(self) -> list[dict[str, Any]]:
@@ -103,17 +126,17 @@ def _narrow(text: str) -> bool:
     return text.isprintable() and (text.isascii() or text.replace("…", "").isascii())
 
 
-def _narrow_grid(columns: list[str], rows: list[list[str]]) -> str:
+def _narrow_grid(columns: list[str], texts: list[list[str]]) -> str:
     """prettytable's default grid, drawn directly: the same text (tests/test_reports.py compares them),
     8 times faster, which is most of -n -v -a at 5,000 certificates. Cells of one line whose width is
-    their length only; others go through prettytable (wide characters, line breaks)."""
-    widths = [max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(columns)]
+    their length only; others go through prettytable (wide characters, line breaks). texts: the cells
+    of each column; each is centred a column at a time and each line put together by one format (C loops)."""
+    widths = [max(len(name), max(map(len, column), default=0)) for name, column in zip(columns, texts)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(texts: list[str]) -> str:
-        return "| " + " | ".join(text.center(w) for text, w in zip(texts, widths)) + " |"
-
-    return "\n".join([rule, line(columns), rule, *(line(row) for row in rows), rule])
+    line = ("| " + " | ".join(["{}"] * len(columns)) + " |").format
+    centred = [map(str.center, column, repeat(w)) for column, w in zip(texts, widths)]
+    header = line(*map(str.center, columns, widths))
+    return "\n".join([rule, header, rule, *map(line, *centred), rule])
 
 
 def fetch(conn: psycopg.Connection, columns: list[str], name: str, params: dict,
@@ -137,8 +160,9 @@ def meta(conn: psycopg.Connection, only: list[str]) -> Report:
     return fetch(conn, META_COLUMNS, "report_meta", {"only": only})
 
 
-def instances(conn: psycopg.Connection, only: list[str]) -> Report:
-    return fetch(conn, INSTANCE_COLUMNS, "report_instances", {"only": only})
+def instances(conn: psycopg.Connection, only: list[str], as_text: bool = False) -> Report:
+    """The instances; as_text: for the grid only, its timestamps already the grid's text (pki.grid_time)."""
+    return fetch(conn, INSTANCE_COLUMNS, "report_instances_grid" if as_text else "report_instances", {"only": only})
 
 
 def renew(conn: psycopg.Connection, sel_params: dict, remaining_days: int, distribute: bool = False) -> Report:
@@ -194,9 +218,10 @@ class Check:
 
 
 def check(conn: psycopg.Connection, sel_params: dict, *, verbose: bool, only: list[str], schedule: bool,
-          remaining: Optional[int], distribute: bool) -> Check:
+          remaining: Optional[int], distribute: bool, for_json: bool = False) -> Check:
     """-n of the selected certificates (every one without -o/-e): the problems and warnings, then with -S the
-    plan, else with -r N the renewals (-D -r N: what -D -r N would distribute), else with -v the two seed grids."""
+    plan, else with -r N the renewals (-D -r N: what -D -r N would distribute), else with -v the two seed grids.
+    Without for_json, for text() only: the instance grid's timestamps come as the grid's text."""
     found = Check(CHECK_SCHEMA, fetch(conn, PROBLEM_COLUMNS, "check_config", sel_params),
                   fetch(conn, WARNING_COLUMNS, "check_warnings", sel_params))
     if verbose:
@@ -208,7 +233,7 @@ def check(conn: psycopg.Connection, sel_params: dict, *, verbose: bool, only: li
         found.schema, found.listings = RENEW_SCHEMA, {"renew": renew(conn, sel_params, remaining, distribute)}
         found.facts = {"remaining_days": remaining, "distribute": distribute}
     elif verbose:
-        found.listings = {"certificates": meta(conn, only), "instances": instances(conn, only)}
+        found.listings = {"certificates": meta(conn, only), "instances": instances(conn, only, as_text=not for_json)}
     return found
 
 

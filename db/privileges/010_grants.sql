@@ -142,6 +142,7 @@ GRANT EXECUTE ON FUNCTION pki.crl_keepers() TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.crl_plan_rows(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_config(dd.selection) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.check_warnings(dd.selection) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.grid_time(timestamptz) TO pki_admin;
 
 -- the requests of operate_serverPKI: each validates and enqueues as the owner (SECURITY DEFINER)
 GRANT EXECUTE ON FUNCTION pki.schedule(dd.selection) TO pki_admin;
