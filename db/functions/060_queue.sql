@@ -13,6 +13,12 @@ AS $$
 DECLARE
     out jsonb;
 BEGIN
+    -- nothing to remove (its text names no such field, lower-cased as below, and holds no PEM key): the
+    -- value as it is, not rebuilt field by field (a report with certificates took a quarter of a millisecond)
+    IF lower(doc::text) !~ '"(key|private_key|passphrase|password|secret|hmac_key|account_key)": '
+       AND doc::text NOT LIKE '%PRIVATE KEY-----%' THEN
+        RETURN doc;
+    END IF;
     CASE jsonb_typeof(doc)
         WHEN 'object' THEN
             SELECT coalesce(jsonb_object_agg(k, without_secrets(v)), '{}') INTO out
