@@ -597,7 +597,7 @@ def test_encrypt_and_decrypt_cover_the_acme_account_key(conn, config, tmp_path):
 def test_an_agents_batch_of_issue_jobs_keeps_every_jobs_outcome(conn, dsn, config):
     """The agent reads the CA, the requests and the key form once for a claimed batch, sends an issue
     job's completion while the next jobs' handlers work, and the completions ready meanwhile together
-    (Agent._run_overlapped, pki.complete_issue_batch). Each job still ends as it would alone: done,
+    (agent._Completions, pki.complete_issue_batch). Each job still ends as it would alone: done,
     refused (SP023: dead, its instance gone), lease taken (SP022: lost, left to its new holder), handler
     crashed (failed, retried); every handler ran once."""
     import threading
