@@ -731,3 +731,50 @@ def test_a_batch_of_issue_jobs_is_applied_together_and_each_ends_as_alone(conn, 
     assert job_row(conn, jobs["f.example.org"])["state"] == "done"
     assert stored_pairs(conn, job_row(conn, jobs["e.example.org"])["instance"]) == {}
     assert_no_key_in_jobs(conn)
+
+
+def test_the_follow_up_of_an_issue_completed_while_the_agent_claimed_runs_in_the_same_drain(conn, dsn, config):
+    """The agent claims its next jobs while the last completions are on their way (agent._Completions): a claim
+    that finds nothing then is no end of the drain, as the follow-ups of those completions (the distribution
+    after an issue) are enqueued only when they are in. Here the issue job's completion is held until the next
+    claim came back empty; its distribution job runs all the same (its handler gives up: no host here)."""
+    import threading
+
+    from serverpki.agent import Agent
+
+    issue_ca(conn, config)
+    conn.execute("SELECT add_disthost('web1.example.org')")
+    conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
+    conn.execute("SELECT * FROM add_cert('a.example.org', 'server', 'local', 'ec', false, NULL, NULL, NULL, "
+                 "'web1.example.org', NULL, 'p')")
+    [(job,)] = conn.execute("SELECT job FROM request_create(selection(only_certs => ARRAY['a.example.org']))").fetchall()
+    owner_conn(conn).execute("UPDATE jobs SET args = args || '{\"then\": \"distribute\"}' WHERE id = %s", (job,))
+    config.alerts = SimpleNamespace(channels=[])
+    agent = Agent(dsn, config, name=AGENT, batch=10, kinds=["issue_local", "distribute"])
+
+    def distribute(job, ctx):
+        raise GiveUp("no host in this test")
+
+    agent.handlers["distribute"] = distribute
+    claims, second_claim = [], threading.Event()
+    claim, finish_overlapped = agent.claim, agent._finish_overlapped
+
+    def counted_claim(**kwargs):
+        jobs = claim(**kwargs)
+        claims.append([j.kind for j in jobs])
+        if len(claims) == 2:
+            second_claim.set()
+        return jobs
+
+    agent.claim = counted_claim
+    agent._finish_overlapped = lambda started: second_claim.wait(30) and finish_overlapped(started)
+    try:
+        stats = agent.drain()
+    finally:
+        agent.close()
+    assert claims[:2] == [["issue_local"], []], claims
+    assert ["distribute"] in claims[2:], claims
+    assert stats.outcomes == {"done": 1, "dead": 1}, stats.summary()
+    assert job_row(conn, job)["state"] == "done"
+    assert conn.execute("SELECT state::text, last_error FROM jobs WHERE kind = 'distribute'").fetchone() == \
+        ("dead", "no host in this test")

@@ -498,7 +498,12 @@ class Agent:
                 # own connection), the next claim goes on the handlers' one: the database has both at once
                 jobs = self.claim(on_reader=completions.pending)
                 if not jobs:
-                    break
+                    if not completions.pending:
+                        break
+                    # the follow-ups of the completions on their way (a distribution after an issue) are
+                    # enqueued when these are in: claimed once they are
+                    yield from completions.wait()
+                    continue
                 # the handlers of this claim share what they read once for it (Context.batch)
                 self._batch = {"certificates": sorted({job.certificate for job in jobs if job.certificate is not None})}
                 claimed += len(jobs)
