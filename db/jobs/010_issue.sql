@@ -109,8 +109,7 @@ BEGIN
     -- for its batch, and a re-encryption may have been applied since. The lock keeps a re-encryption's
     -- completion (which locks the row FOR UPDATE) and this one apart. Refused with SP028, which the agent retries
     IF j.kind <> 'issue_local_ca' THEN   -- a CA's key is always encrypted, with the local CA passphrase
-        -- the current revision (current_revision() in this query would be planned anew at each call)
-        SELECT r.keysencrypted INTO encrypted FROM revision r ORDER BY r.id DESC LIMIT 1 FOR KEY SHARE;
+        SELECT r.keysencrypted INTO encrypted FROM revision r WHERE r.id = current_revision() FOR KEY SHARE;
         SELECT p.algo INTO misfit FROM unnest(pairs) p
          WHERE (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN p.key) > 0) IS DISTINCT FROM coalesce(encrypted, false)
          LIMIT 1;
