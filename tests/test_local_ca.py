@@ -597,7 +597,7 @@ def test_encrypt_and_decrypt_cover_the_acme_account_key(conn, config, tmp_path):
 def test_an_agents_batch_of_issue_jobs_keeps_every_jobs_outcome(conn, dsn, config):
     """The agent reads the CA, the requests and the key form once for a claimed batch, sends an issue
     job's completion while the next jobs' handlers work, and the completions ready meanwhile together
-    (Agent._run_overlapped, pki.complete_issue_batch). Each job still ends as it would alone: done,
+    (agent._Completions, pki.complete_issue_batch). Each job still ends as it would alone: done,
     refused (SP023: dead, its instance gone), lease taken (SP022: lost, left to its new holder), handler
     crashed (failed, retried); every handler ran once."""
     import threading
@@ -654,3 +654,127 @@ def test_an_agents_batch_of_issue_jobs_keeps_every_jobs_outcome(conn, dsn, confi
     assert stored_pairs(conn, state["c.example.org"]["instance"]) == {}
     assert state["d.example.org"]["state"] == "failed" and "the handler crashed" in state["d.example.org"]["last_error"]
     assert_no_key_in_jobs(conn)
+
+
+def test_a_batch_of_issue_jobs_is_applied_together_and_each_ends_as_alone(conn, config):
+    """complete_issue_batch applies the completions of a batch whose jobs are all right together
+    (complete_issues_together: each step one statement for all the jobs, in one subtransaction: their pairs
+    share one xmin), and each job ends as complete_issue ends it alone: its pairs stored (both of an
+    rsa_plus_ec certificate), its instance issued with an event naming the job, the job done with its report
+    without keys, what its args said follows enqueued. A batch with a refused job goes job by job: a
+    subtransaction, so an xmin, each, the others done all the same."""
+    from psycopg.types.json import Jsonb
+
+    from serverpki.queries import q
+
+    issue_ca(conn, config)
+    conn.execute("SELECT add_disthost('web1.example.org')")
+    conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
+    conn.execute("SELECT * FROM add_cert('a.example.org', 'server', 'local', 'ec', false, NULL, NULL, NULL, "
+                 "'web1.example.org', NULL, 'p')")
+    for name, algo in [("b.example.org", "rsa_plus_ec"), ("c.example.org", "ec"), ("d.example.org", "ec"),
+                       ("e.example.org", "ec"), ("f.example.org", "ec")]:
+        add_local_cert(conn, name, algo)
+    jobs = dict(conn.execute("SELECT certificate, job FROM request_create(selection())").fetchall())
+    owner = owner_conn(conn)
+    owner.execute("UPDATE jobs SET args = args || '{\"then\": \"distribute\"}' WHERE id = %s", (jobs["a.example.org"],))
+
+    rows = {r["id"]: r for r in conn.cursor(row_factory=dict_row).execute(
+        "SELECT * FROM claim_jobs(%s, ARRAY['issue_local'], 10)", (AGENT,)).fetchall()}
+    assert sorted(rows) == sorted(jobs.values())
+    ctx = Context(config=config, conn=conn, agent_name=AGENT)
+
+    def started(names: list[str]) -> list[tuple[int, str, Completion]]:
+        """The claimed jobs' handlers run: (job, lease token, completion) of each."""
+        return [(r["id"], str(r["lease_token"]),
+                 HANDLERS["issue_local"](Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
+                                             r["args"], r["attempts"], r["max_attempts"], str(r["lease_token"])), ctx))
+                for r in (rows[jobs[name]] for name in names)]
+
+    def batch(done: list[tuple[int, str, Completion]]) -> list[str | None]:
+        states, _ = conn.execute(q("complete_issue_batch"), {
+            "jobs": [j for j, _, _ in done], "tokens": [t for _, t, _ in done],
+            "pairs": [Jsonb([p._asdict() for p in c.args["pairs"]]) for _, _, c in done],
+            "cacerts": [c.args["cacert"] for _, _, c in done], "reports": [Jsonb(c.report) for _, _, c in done]}).fetchone()
+        return states
+
+    def xmins(names: list[str]) -> int:
+        return owner.execute("SELECT count(DISTINCT k.xmin::text) FROM certkeydata k JOIN jobs j ON j.instance = k.certinstance "
+                             "WHERE j.id = ANY(%s)", ([jobs[n] for n in names],)).fetchone()[0]
+
+    # d alone, through complete_issue: what each job of a batch must end like
+    [(alone, token, completion)] = started(["d.example.org"])
+    complete(conn, alone, token, completion)
+    together = ["a.example.org", "b.example.org", "c.example.org"]
+    assert batch(started(together)) == [None, None, None]
+    assert xmins(together) == 1
+    for name in [*together, "d.example.org"]:
+        row = job_row(conn, jobs[name])
+        assert row["state"] == "done" and row["locked_by"] is None and row["lease_hash"] is None
+        assert sorted(row["result"]) == ["cacert", "pairs"]
+        assert sorted(stored_pairs(conn, row["instance"])) == (["ec", "rsa"] if name == "b.example.org" else ["ec"])
+        assert [sorted(p) for p in row["result"]["pairs"]] == [["algo", "cert"]] * len(stored_pairs(conn, row["instance"]))
+        events = conn.execute("SELECT from_state::text, to_state::text, job_state::text, reason FROM events "
+                              "WHERE job = %s ORDER BY id", (row["id"],)).fetchall()
+        assert events == [("reserved", "issued", None, f"issue_local job {row['id']} done"),
+                          (None, None, "done", f"issue_local job {row['id']}: done")], events
+        assert conn.execute("SELECT state::text FROM certinstances WHERE id = %s", (row["instance"],)).fetchone()[0] == "issued"
+    distributed = conn.execute("SELECT j.instance, j.reason FROM jobs j WHERE j.kind = 'distribute'").fetchall()
+    assert distributed == [(job_row(conn, jobs["a.example.org"])["instance"],
+                            f"issued by job {jobs['a.example.org']}: distribute")], distributed
+
+    # a refused job (its lease taken over meanwhile): each alone, the others done
+    refused = started(["e.example.org", "f.example.org"])
+    owner.execute("UPDATE jobs SET lease_hash = lease_hash(gen_random_uuid()) WHERE id = %s", (jobs["e.example.org"],))
+    assert batch(refused) == ["SP022", None]
+    assert job_row(conn, jobs["e.example.org"])["state"] == "running"
+    assert job_row(conn, jobs["f.example.org"])["state"] == "done"
+    assert stored_pairs(conn, job_row(conn, jobs["e.example.org"])["instance"]) == {}
+    assert_no_key_in_jobs(conn)
+
+
+def test_the_follow_up_of_an_issue_completed_while_the_agent_claimed_runs_in_the_same_drain(conn, dsn, config):
+    """The agent claims its next jobs while the last completions are on their way (agent._Completions): a claim
+    that finds nothing then is no end of the drain, as the follow-ups of those completions (the distribution
+    after an issue) are enqueued only when they are in. Here the issue job's completion is held until the next
+    claim came back empty; its distribution job runs all the same (its handler gives up: no host here)."""
+    import threading
+
+    from serverpki.agent import Agent
+
+    issue_ca(conn, config)
+    conn.execute("SELECT add_disthost('web1.example.org')")
+    conn.execute("SELECT add_place('p', 'separate', '/etc/ssl')")
+    conn.execute("SELECT * FROM add_cert('a.example.org', 'server', 'local', 'ec', false, NULL, NULL, NULL, "
+                 "'web1.example.org', NULL, 'p')")
+    [(job,)] = conn.execute("SELECT job FROM request_create(selection(only_certs => ARRAY['a.example.org']))").fetchall()
+    owner_conn(conn).execute("UPDATE jobs SET args = args || '{\"then\": \"distribute\"}' WHERE id = %s", (job,))
+    config.alerts = SimpleNamespace(channels=[])
+    agent = Agent(dsn, config, name=AGENT, batch=10, kinds=["issue_local", "distribute"])
+
+    def distribute(job, ctx):
+        raise GiveUp("no host in this test")
+
+    agent.handlers["distribute"] = distribute
+    claims, second_claim = [], threading.Event()
+    claim, finish_overlapped = agent.claim, agent._finish_overlapped
+
+    def counted_claim(**kwargs):
+        jobs = claim(**kwargs)
+        claims.append([j.kind for j in jobs])
+        if len(claims) == 2:
+            second_claim.set()
+        return jobs
+
+    agent.claim = counted_claim
+    agent._finish_overlapped = lambda started: second_claim.wait(30) and finish_overlapped(started)
+    try:
+        stats = agent.drain()
+    finally:
+        agent.close()
+    assert claims[:2] == [["issue_local"], []], claims
+    assert ["distribute"] in claims[2:], claims
+    assert stats.outcomes == {"done": 1, "dead": 1}, stats.summary()
+    assert job_row(conn, job)["state"] == "done"
+    assert conn.execute("SELECT state::text, last_error FROM jobs WHERE kind = 'distribute'").fetchone() == \
+        ("dead", "no host in this test")

@@ -38,7 +38,7 @@ log = logging.getLogger("serverpki.agent")
 POOLED_KINDS = frozenset({"distribute"})
 # job kinds whose handler does nothing outside the agent but compute its completion (issue_local: a key and
 # a certificate): consecutive jobs of one claim overlap, the database applies the completions sent last
-# while the next handlers work, and those ready meanwhile go together (_run_overlapped)
+# while the next handlers work, and those ready meanwhile go together (_Completions)
 OVERLAPPED_KINDS = frozenset({"issue_local"})
 
 
@@ -154,6 +154,67 @@ class _Heartbeats(threading.Thread):
                 conn.close()
 
 
+class _Completions:
+    """Completions overlapped: a job of OVERLAPPED_KINDS does nothing outside the agent, so the next ones'
+    handlers may run while the database applies the completions of those before (checks, storage, events,
+    on the other core), and the next claim goes while the last ones are applied. The completions that are
+    ready when the database is free go together (complete_issue_batch: one round trip, one statement per
+    step for all of them), on the agent's own connection (the one whose server-side Python is warm); each
+    refusal is handled as run_job handles it (_refused: SP022 lost, SP023 dead, else failed and retried; a
+    lost connection stops the drain). The handlers read through a second connection."""
+
+    def __init__(self, agent: "Agent"):
+        self.agent = agent
+        self.completer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="completer")
+        self.sent: deque[tuple[list[Job], Future]] = deque()   # the batches on their way, in order
+        self.ready: list[tuple[Job, object]] = []              # (job, (Completion, statement) or its outcome)
+
+    def __enter__(self) -> "_Completions":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.completer.shutdown(wait=True)
+
+    @property
+    def pending(self) -> bool:
+        """Whether completions are on their way or waiting to be sent."""
+        return bool(self.sent or self.ready)
+
+    def _send(self) -> None:
+        self.sent.append(([job for job, _ in self.ready], self.completer.submit(self.agent._finish_overlapped, list(self.ready))))
+        self.ready.clear()
+
+    def _arrived(self):
+        while self.sent and self.sent[0][1].done():
+            done_jobs, outcomes = self.sent.popleft()
+            yield from zip(done_jobs, outcomes.result())
+
+    def run(self, jobs: list[Job], fresh_until: float):
+        """The handlers of the jobs, their completions sent as the database is free; those of the last ones
+        may still be on their way (wait)."""
+        agent = self.agent
+        for job in jobs:
+            if agent._reader is None or agent._reader.closed or agent._reader.broken:
+                agent._reader = agent._connect()   # lost (a restart, a failover): waited for, as the own one
+            # within the first third of the claim's lease the job is ours without asking (no other
+            # agent takes it before the lease runs out); later the lease is renewed as run_job does
+            if time.monotonic() >= fresh_until and not agent._renew_lease(job, agent._reader):
+                self.ready.append((job, "lost"))
+            else:
+                self.ready.append((job, agent._start_job(job, agent._reader)))
+            yield from self._arrived()
+            if not self.sent:
+                self._send()
+
+    def wait(self):
+        """The outcomes of every completion still to come, sent and received."""
+        if self.ready:
+            self._send()
+        while self.sent:
+            done_jobs, outcomes = self.sent.popleft()
+            yield from zip(done_jobs, outcomes.result())
+
+
 class Agent:
     def __init__(self, dsn: str, config: Config, name: str | None = None, lease: int = 300, batch: int = 10,
                  kinds: list[str] | None = None, selection: dict | None = None):
@@ -177,7 +238,7 @@ class Agent:
         self._heartbeats: _Heartbeats | None = None
         self._heartbeats_lock = threading.Lock()   # the pool's threads start jobs at once
         # the connection the handlers of overlapped jobs read through while the agent's own one sends
-        # completions (_run_overlapped)
+        # completions (_Completions)
         self._reader: psycopg.Connection | None = None
         # reads that hold for the claimed batch being worked (Context.batch); new with each claim
         self._batch: dict = {}
@@ -203,16 +264,24 @@ class Agent:
             self._heartbeats.close()
             self._heartbeats = None
 
-    def claim(self) -> list[Job]:
+    def claim(self, on_reader: bool = False) -> list[Job]:
+        """The next due jobs, leased to this agent. on_reader: claimed on the handlers' connection, while
+        the agent's own one sends completions (_Completions)."""
         params = {"agent": self.name, "kinds": self.kinds, "max_jobs": self.batch, "lease": self.lease}
         query = q("claim_jobs")
         if self.selection is not None:
             params.update(self.selection, requested=self.requested)
             query = q("claim_selected_jobs")
+
+        def claimed(conn: psycopg.Connection) -> list[dict]:
+            return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
+
         # the connection may have died while it waited (a restart, a failover): claim on a new one. Had
         # the lost claim gone through after all, its jobs come back when their lease runs out
-        rows = self._on_own_connection(lambda conn: conn.cursor(row_factory=dict_row).execute(query, params).fetchall(),
-                                       f"agent {self.name}")
+        if on_reader:
+            rows = self._on_reader(claimed, f"agent {self.name}")
+        else:
+            rows = self._on_own_connection(claimed, f"agent {self.name}")
         if any(r["kind"] not in self._completions for r in rows):
             self._completions = dict(self.conn.execute(q("job_completions")).fetchall())
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
@@ -364,6 +433,20 @@ class Agent:
         self._conn = self._connect()
         return work(self._conn)
 
+    def _on_reader(self, work, label: str):
+        """work(conn) on the handlers' connection (_Completions), as _on_own_connection on the agent's own."""
+        if self._reader is None or self._reader.closed or self._reader.broken:
+            self._reader = self._connect()   # lost (a restart, a failover): waited for, as the own one
+        try:
+            return work(self._reader)
+        except psycopg.OperationalError as exc:
+            if not (self._reader.closed or self._reader.broken):
+                raise
+            log.warning("%s: the database connection was lost (%s); reconnecting", label, _first_line(exc))
+        self._reader.close()
+        self._reader = self._connect()
+        return work(self._reader)
+
     def _fail(self, job: Job, error: str, retry: bool, retry_after: float | None = None,
               conn: psycopg.Connection | None = None) -> str:
         # the error comes from peers too (a reload's output, a CA's answer): no NUL, no control
@@ -408,67 +491,43 @@ class Agent:
         the distribute jobs of one claim run in the pool. The bar's total: what was claimed and what is
         due after each claim (the follow-ups the jobs before it enqueued)."""
         claimed = 0
-        while max_jobs is None or claimed < max_jobs:
-            claiming = time.monotonic()
-            jobs = self.claim()
-            if not jobs:
-                return
-            # the handlers of this claim share what they read once for it (Context.batch)
-            self._batch = {"certificates": sorted({job.certificate for job in jobs if job.certificate is not None})}
-            claimed += len(jobs)
-            if bar.shown:
-                bar.set_total(claimed + self.due())
-            pooled = [job for job in jobs if job.kind in POOLED_KINDS]
-            pooled = pooled if len(pooled) > 1 else []
-            # in claim order; a run of consecutive overlapped jobs goes together (their completions
-            # are in before any other job starts: that one may depend on them)
-            for overlapped, run in itertools.groupby((job for job in jobs if job.id not in {p.id for p in pooled}),
-                                                     key=lambda job: job.kind in OVERLAPPED_KINDS):
-                if overlapped:
-                    yield from self._run_overlapped(list(run), fresh_until=claiming + self.lease / 3)
-                else:
-                    for job in run:
-                        yield job, self.run_job(job)
-            yield from self._run_pooled(pooled)
-
-    # --- completions overlapped: a job of OVERLAPPED_KINDS does nothing outside the agent, so the next ones'
-    # handlers may run while the database applies the completions of those before (checks, storage, events,
-    # on the other core). The completions that are ready when the database is free go together
-    # (complete_issue_batch: one round trip, each job in a subtransaction of its own), on the agent's own
-    # connection (the one whose server-side Python is warm); each refusal is handled as run_job handles it
-    # (_refused: SP022 lost, SP023 dead, else failed and retried; a lost connection stops the drain).
-    # The handlers read through a second connection
-    def _run_overlapped(self, jobs: list[Job], fresh_until: float):
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="completer") as completer:
-            sent: deque[tuple[list[Job], Future]] = deque()   # the batches on their way, in order
-            ready: list[tuple[Job, object]] = []              # (job, (Completion, statement) or its outcome)
-
-            def send() -> None:
-                sent.append(([job for job, _ in ready], completer.submit(self._finish_overlapped, list(ready))))
-                ready.clear()
-
-            for job in jobs:
-                if self._reader is None or self._reader.closed or self._reader.broken:
-                    self._reader = self._connect()   # lost (a restart, a failover): waited for, as the own one
-                # within the first third of the claim's lease the job is ours without asking (no other
-                # agent takes it before the lease runs out); later the lease is renewed as run_job does
-                if time.monotonic() >= fresh_until and not self._renew_lease(job, self._reader):
-                    ready.append((job, "lost"))
-                else:
-                    ready.append((job, self._start_job(job, self._reader)))
-                while sent and sent[0][1].done():
-                    done_jobs, outcomes = sent.popleft()
-                    yield from zip(done_jobs, outcomes.result())
-                if not sent:
-                    send()
-            if ready:
-                send()
-            while sent:
-                done_jobs, outcomes = sent.popleft()
-                yield from zip(done_jobs, outcomes.result())
+        with _Completions(self) as completions:
+            while max_jobs is None or claimed < max_jobs:
+                claiming = time.monotonic()
+                # while the completions of the last claim's overlapped jobs are on their way (on the agent's
+                # own connection), the next claim goes on the handlers' one: the database has both at once
+                jobs = self.claim(on_reader=completions.pending)
+                if not jobs:
+                    if not completions.pending:
+                        break
+                    # the follow-ups of the completions on their way (a distribution after an issue) are
+                    # enqueued when these are in: claimed once they are
+                    yield from completions.wait()
+                    continue
+                # the handlers of this claim share what they read once for it (Context.batch)
+                self._batch = {"certificates": sorted({job.certificate for job in jobs if job.certificate is not None})}
+                claimed += len(jobs)
+                if bar.shown:
+                    bar.set_total(claimed + self.due())
+                pooled = [job for job in jobs if job.kind in POOLED_KINDS]
+                pooled = pooled if len(pooled) > 1 else []
+                # in claim order; the completions of a run of consecutive overlapped jobs are in before any
+                # other job starts: that one may depend on them
+                for overlapped, run in itertools.groupby((job for job in jobs if job.id not in {p.id for p in pooled}),
+                                                         key=lambda job: job.kind in OVERLAPPED_KINDS):
+                    if overlapped:
+                        yield from completions.run(list(run), fresh_until=claiming + self.lease / 3)
+                    else:
+                        yield from completions.wait()
+                        for job in run:
+                            yield job, self.run_job(job)
+                if pooled:
+                    yield from completions.wait()
+                    yield from self._run_pooled(pooled)
+            yield from completions.wait()
 
     def _finish_overlapped(self, started: list[tuple[Job, object]]) -> list[str]:
-        """The outcomes of jobs started by _run_overlapped, their completions sent together."""
+        """The outcomes of jobs started by _Completions.run, their completions sent together."""
         if self._conn is not None and self._conn.broken:
             self._conn.close()   # lost since its last use: self.conn waits for a new one (_connect)
         outcomes: dict[int, str] = {job.id: begun for job, begun in started if isinstance(begun, str)}

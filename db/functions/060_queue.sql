@@ -13,6 +13,12 @@ AS $$
 DECLARE
     out jsonb;
 BEGIN
+    -- nothing to remove (its text names no such field, lower-cased as below, and holds no PEM key): the
+    -- value as it is, not rebuilt field by field (a report with certificates took a quarter of a millisecond)
+    IF lower(doc::text) !~ '"(key|private_key|passphrase|password|secret|hmac_key|account_key)": '
+       AND doc::text NOT LIKE '%PRIVATE KEY-----%' THEN
+        RETURN doc;
+    END IF;
     CASE jsonb_typeof(doc)
         WHEN 'object' THEN
             SELECT coalesce(jsonb_object_agg(k, without_secrets(v)), '{}') INTO out
@@ -267,6 +273,23 @@ BEGIN
 END
 $$;
 
+-- jobs_done: job_done for several jobs (reports[i]: that of jobs[i]), one statement each for all of them
+CREATE OR REPLACE FUNCTION pki.jobs_done(jobs pki.jobs[], reports jsonb[])
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    UPDATE pki.jobs j SET state = 'done', locked_by = NULL, locked_until = NULL, lease_hash = NULL, last_error = NULL,
+                          result = without_secrets(coalesce(reports[i], '{}')), finished = pki.now()
+      FROM generate_subscripts(jobs, 1) AS i
+     WHERE j.id = (jobs[i]).id;
+    DELETE FROM job_keys k WHERE k.job IN (SELECT d.id FROM unnest(jobs) d);
+    INSERT INTO events (at, instance, certificate, job, job_state, reason)
+    SELECT pki.now(), d.instance, d.certificate, d.id, 'done', format('%s job %s: done', d.kind, d.id)
+      FROM unnest(jobs) WITH ORDINALITY AS d ORDER BY d.ordinality;
+END
+$$;
+
 -- job_done: the queue's half of a completion: the job done, its report kept (without secrets), its
 -- order key dropped (it is in certkeydata now), the event recorded. A kind's completion calls it
 -- once the outcome is applied, and before it enqueues a follow-up of its own kind and subject
@@ -276,11 +299,7 @@ RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
-    UPDATE jobs SET state = 'done', locked_by = NULL, locked_until = NULL, lease_hash = NULL, last_error = NULL,
-                    result = without_secrets(coalesce(report, '{}')), finished = pki.now()
-     WHERE id = j.id;
-    DELETE FROM job_keys WHERE job = j.id;
-    PERFORM record_job_event(j, 'done', 'done');
+    PERFORM jobs_done(ARRAY[j], ARRAY[report]);
 END
 $$;
 

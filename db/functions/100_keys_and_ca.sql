@@ -4,11 +4,16 @@
 -- CA's own key is never touched by -X/-Y: it is always encrypted, with the local CA passphrase, not
 -- the database's.
 
--- current_revision: the row of pki.revision that holds the installation's state (the newest)
+-- current_revision: the row of pki.revision that holds the installation's state (the newest). PL/pgSQL:
+-- planned once a session (a SQL function with SET is planned at every call: complete_issue asks once a job)
 CREATE OR REPLACE FUNCTION pki.current_revision()
-RETURNS int LANGUAGE sql STABLE
+RETURNS int LANGUAGE plpgsql STABLE
 SET search_path = pki, dd, pg_temp
-AS $$ SELECT max(r.id) FROM revision r $$;
+AS $$
+BEGIN
+    RETURN (SELECT max(r.id) FROM revision r);
+END
+$$;
 
 -- keys_encrypted: whether the stored keys are encrypted (-X) or in clear (-Y)
 CREATE OR REPLACE FUNCTION pki.keys_encrypted()

@@ -52,36 +52,20 @@ BEGIN
 END
 $$;
 
--- complete_issue: the completion of an issue job (its agent calls it): store the pairs, reserved ->
--- issued, then what the job said follows. pairs: one (algo, cert, key[, chain]) per key algorithm,
--- PEM text; cacert: the local CA's instance that signed them (issue_local); chain (the issuer
--- first) and authorized_until: an ACME order's (issue_acme); report: what the agent did, kept
-CREATE OR REPLACE FUNCTION pki.complete_issue(job_id bigint, lease_token uuid, pairs dd.issued_pair[] DEFAULT '{}',
-    cacert int DEFAULT NULL, chain text[] DEFAULT NULL, authorized_until timestamptz DEFAULT NULL,
-    report jsonb DEFAULT '{}')
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+-- issue_result_checked: the checks of an issue job's result before anything of it is stored (complete_issue,
+-- and complete_issue_batch for several at once): the reserved instance still there, one pair per key
+-- algorithm of the certificate (cert: the job's, all NULL when it is gone), names and issuer read from the
+-- certificates (110_result_checks), no key of a revoked certificate. Refusals raise (SP023, SP028);
+-- returns the result as the checks completed it
+CREATE OR REPLACE FUNCTION pki.issue_result_checked(j pki.jobs, cert pki.certificates, pairs dd.issued_pair[], result jsonb)
+RETURNS jsonb LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
-    j jobs := completing(job_id, lease_token, ARRAY['issue_local', 'issue_acme', 'issue_local_ca']);
-    -- the checks (110_result_checks) read the outcome in this form; they add what they derive
-    result jsonb := jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(pairs), 'cacert', cacert,
-                        'chain', to_jsonb(chain), 'authorized_until', authorized_until));
-    -- the job's report (keys stripped by job_done); what was applied wins over the agent's words
-    reported constant jsonb := coalesce(report, '{}') || result;
-    cert certificates;
     algos text[];
     wanted text[];
-    pair dd.issued_pair;
-    stored_error text;
-    stored_hint text;
-    sel dd.selection;
-    encrypted boolean;
-    misfit text;
-    active int;
 BEGIN
-    SELECT * INTO cert FROM certificates WHERE id = j.certificate;
-    IF NOT FOUND OR j.instance IS NULL OR NOT EXISTS (SELECT 1 FROM certinstances WHERE id = j.instance AND state = 'reserved') THEN
+    IF cert.id IS NULL OR j.instance IS NULL OR NOT EXISTS (SELECT 1 FROM certinstances WHERE id = j.instance AND state = 'reserved') THEN
         PERFORM raise_error('SP023', format('job %s: its certificate or reserved instance is gone', j.id),
             'the certificate was removed meanwhile; fail the job without retry');
     END IF;
@@ -102,11 +86,22 @@ BEGIN
         PERFORM raise_error('SP028', format('job %s: a pair has the key of a revoked certificate of %s', j.id, j.certificate),
             'nothing to do: the agent retries the job, whose args no longer name a key to reuse: it makes a new key');
     END IF;
-    -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (130_acme)
-    IF chain IS NOT NULL OR authorized_until IS NOT NULL THEN
-        cacert := apply_acme_chain(j, chain, cacert, (result ->> 'authorized_until')::timestamptz, result -> 'issuer_facts');
-    END IF;
-    IF cacert IS NOT NULL AND NOT EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = complete_issue.cacert) THEN
+    RETURN result;
+END
+$$;
+
+-- issue_pairs_storable: the last checks of an issue job's result, once its issuer is known (cacert):
+-- that instance exists, and each key is in the form of the stored keys (-X: encrypted, -Y: in clear),
+-- the stored form held (FOR KEY SHARE) until the transaction ends. Refusals raise (SP023, SP028)
+CREATE OR REPLACE FUNCTION pki.issue_pairs_storable(j pki.jobs, pairs dd.issued_pair[], cacert int)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    encrypted boolean;
+    misfit text;
+BEGIN
+    IF cacert IS NOT NULL AND NOT EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = issue_pairs_storable.cacert) THEN
         PERFORM raise_error('SP023', format('job %s: cacert %s is not the id of a stored instance', j.id, cacert),
             'give the id of the CA''s instance (SELECT "Serial" FROM inst), or leave cacert out');
     END IF;
@@ -125,33 +120,50 @@ BEGIN
                 'nothing to do: the agent retries the job, which stores its keys in the new form');
         END IF;
     END IF;
-    -- the certkeydata trigger checks each clear key against its certificate; its refusal is the job's
-    BEGIN
-        FOREACH pair IN ARRAY pairs LOOP
-            INSERT INTO certkeydata (certinstance, encryption_algo, cert, key, key_created)
-            VALUES (j.instance, pair.algo::dd.cert_encryption_algo, convert_to(pair.cert, 'UTF8'), convert_to(pair.key, 'UTF8'),
-                    pki.now());
-        END LOOP;
-    EXCEPTION WHEN SQLSTATE 'SP008' THEN
-        GET STACKED DIAGNOSTICS stored_error = MESSAGE_TEXT, stored_hint = PG_EXCEPTION_HINT;
-        PERFORM raise_error('SP023', format('job %s: the %s pair cannot be stored: %s', j.id, pair.algo,
-                regexp_replace(stored_error, '^plpy\.Error: ', '')),
-            stored_hint);
-    END;
-    -- a key reused (the job's reuse_from, key_reuse): its age and renewals go on, read from the public
-    -- keys of the certificates, not taken from the agent's word
+END
+$$;
+
+-- store_issued_pairs: the checked pairs of issue jobs stored, in one statement for all the jobs (pairs[i]: those
+-- of jobs[i], as a JSON array of {algo, cert, key}); the certkeydata trigger parses each certificate and checks
+-- each clear key against it (SP008)
+CREATE OR REPLACE FUNCTION pki.store_issued_pairs(jobs pki.jobs[], pairs jsonb[])
+RETURNS void LANGUAGE sql
+SET search_path = pki, dd, pg_temp
+AS $$
+    INSERT INTO certkeydata (certinstance, encryption_algo, cert, key, key_created)
+    SELECT (jobs[i]).instance, p.algo::dd.cert_encryption_algo, convert_to(p.cert, 'UTF8'), convert_to(p.key, 'UTF8'),
+           pki.now()
+      FROM generate_subscripts(jobs, 1) AS i
+     CROSS JOIN LATERAL jsonb_populate_recordset(NULL::dd.issued_pair, pairs[i]) WITH ORDINALITY AS p
+     ORDER BY i, p.ordinality
+$$;
+
+-- continue_reused_keys: a key reused by an issue job (its reuse_from, key_reuse) keeps its age and renewals,
+-- read from the public keys of the certificates, not taken from the agent's word; one statement for all the jobs
+CREATE OR REPLACE FUNCTION pki.continue_reused_keys(jobs pki.jobs[])
+RETURNS void LANGUAGE sql
+SET search_path = pki, dd, pg_temp
+AS $$
     UPDATE certkeydata k SET key_created = coalesce(p.key_created, p.not_before), key_renewals = p.key_renewals + 1
-      FROM certkeydata p
-     WHERE k.certinstance = j.instance AND p.certinstance = (j.args ->> 'reuse_from')::int
-       AND p.encryption_algo = k.encryption_algo AND tlsa_data(p.cert, 1, 0) = tlsa_data(k.cert, 1, 0);
-    UPDATE certinstances SET state = 'issued', cacert = complete_issue.cacert,
-                             ocsp_must_staple = cert.ocsp_must_staple
-     WHERE id = j.instance;
-    PERFORM job_done(j, reported);
-    sel := ROW(false, '{}', '{}', '{}',
+      FROM unnest(jobs) AS u, certkeydata p
+     WHERE (u.args ->> 'reuse_from') IS NOT NULL
+       AND k.certinstance = u.instance AND p.certinstance = (u.args ->> 'reuse_from')::int
+       AND p.encryption_algo = k.encryption_algo AND tlsa_data(p.cert, 1, 0) = tlsa_data(k.cert, 1, 0)
+$$;
+
+-- issue_followup: what an issue job's args said follows once its instance is issued ('then'):
+-- distribute it, prepublish its TLSA records, or both at once after a key compromise (rollover)
+CREATE OR REPLACE FUNCTION pki.issue_followup(j pki.jobs)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    sel dd.selection := ROW(false, '{}', '{}', '{}',
                ARRAY(SELECT jsonb_array_elements_text(coalesce(j.args -> 'skip_hosts', '[]'))),
                ARRAY(SELECT jsonb_array_elements_text(coalesce(j.args -> 'only_hosts', '[]'))),
                coalesce((j.args ->> 'no_tlsa')::boolean, false));
+    active int;
+BEGIN
     CASE j.args ->> 'then'
         WHEN 'distribute' THEN
             PERFORM enqueue_distribution(ARRAY[j.instance], sel, 'deploy', format('issued by job %s: distribute', j.id));
@@ -183,11 +195,60 @@ BEGIN
 END
 $$;
 
--- complete_issue_batch: the completions of several issue jobs of one agent in one call (one round trip, one
--- commit), each applied by complete_issue as if alone, in a subtransaction of its own: a refused one changes
--- nothing and leaves the others. pairs[i]: job i's pairs as a JSON array of {algo, cert, key[, chain]}.
--- Returns for each job, in order, the SQLSTATE and message of its refusal (NULL: done), for the agent to
--- handle as the refusal of its own completion
+-- complete_issue: the completion of an issue job (its agent calls it): store the pairs, reserved ->
+-- issued, then what the job said follows. pairs: one (algo, cert, key[, chain]) per key algorithm,
+-- PEM text; cacert: the local CA's instance that signed them (issue_local); chain (the issuer
+-- first) and authorized_until: an ACME order's (issue_acme); report: what the agent did, kept
+CREATE OR REPLACE FUNCTION pki.complete_issue(job_id bigint, lease_token uuid, pairs dd.issued_pair[] DEFAULT '{}',
+    cacert int DEFAULT NULL, chain text[] DEFAULT NULL, authorized_until timestamptz DEFAULT NULL,
+    report jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs := completing(job_id, lease_token, ARRAY['issue_local', 'issue_acme', 'issue_local_ca']);
+    -- the checks (110_result_checks) read the outcome in this form; they add what they derive
+    result jsonb := jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(pairs), 'cacert', cacert,
+                        'chain', to_jsonb(chain), 'authorized_until', authorized_until));
+    cert certificates;
+    pair dd.issued_pair;
+    stored_error text;
+    stored_hint text;
+BEGIN
+    SELECT * INTO cert FROM certificates WHERE id = j.certificate;
+    result := issue_result_checked(j, cert, pairs, result);
+    -- an ACME result names its issuer by the chain (stored as a CA instance) and its authorizations' expiry (130_acme)
+    IF chain IS NOT NULL OR authorized_until IS NOT NULL THEN
+        cacert := apply_acme_chain(j, chain, cacert, (result ->> 'authorized_until')::timestamptz, result -> 'issuer_facts');
+    END IF;
+    PERFORM issue_pairs_storable(j, pairs, cacert);
+    -- the certkeydata trigger checks each clear key against its certificate; its refusal is the job's
+    BEGIN
+        FOREACH pair IN ARRAY pairs LOOP
+            PERFORM store_issued_pairs(ARRAY[j], ARRAY[jsonb_build_array(to_jsonb(pair))]);
+        END LOOP;
+    EXCEPTION WHEN SQLSTATE 'SP008' THEN
+        GET STACKED DIAGNOSTICS stored_error = MESSAGE_TEXT, stored_hint = PG_EXCEPTION_HINT;
+        PERFORM raise_error('SP023', format('job %s: the %s pair cannot be stored: %s', j.id, pair.algo,
+                regexp_replace(stored_error, '^plpy\.Error: ', '')),
+            stored_hint);
+    END;
+    PERFORM continue_reused_keys(ARRAY[j]);
+    UPDATE certinstances SET state = 'issued', cacert = complete_issue.cacert,
+                             ocsp_must_staple = cert.ocsp_must_staple
+     WHERE id = j.instance;
+    -- the job's report (keys stripped by job_done); what was applied wins over the agent's words
+    PERFORM job_done(j, coalesce(report, '{}') || result);
+    PERFORM issue_followup(j);
+END
+$$;
+
+-- complete_issue_batch: the completions of several issue_local jobs of one agent in one call (one round trip,
+-- one commit). pairs[i]: job i's pairs as a JSON array of {algo, cert, key}. First all together, each step
+-- one statement for all the jobs (complete_issues_together); when any of them is refused, that is undone
+-- and each is applied by complete_issue as if alone, in a subtransaction of its own: a refused one changes
+-- nothing and leaves the others. Returns for each job, in order, the SQLSTATE and message of its refusal
+-- (NULL: done), for the agent to handle as the refusal of its own completion
 CREATE OR REPLACE FUNCTION pki.complete_issue_batch(job_ids bigint[], lease_tokens uuid[], pairs jsonb[],
     cacerts int[], reports jsonb[], OUT states text[], OUT messages text[])
 LANGUAGE plpgsql SECURITY DEFINER
@@ -204,6 +265,16 @@ BEGIN
                 n, cardinality(lease_tokens), cardinality(pairs), cardinality(cacerts), cardinality(reports)),
             'give each array one element per job, in the same order');
     END IF;
+    states := array_fill(NULL::text, ARRAY[n]);
+    messages := states;
+    IF n > 1 THEN
+        BEGIN
+            PERFORM complete_issues_together(job_ids, lease_tokens, pairs, cacerts, reports);
+            RETURN;
+        EXCEPTION WHEN OTHERS THEN
+            NULL;   -- one of them was refused: each alone below, which says which
+        END;
+    END IF;
     states := '{}';
     messages := '{}';
     FOR i IN 1 .. n LOOP
@@ -218,6 +289,54 @@ BEGIN
         END;
         states := states || state;
         messages := messages || message;
+    END LOOP;
+END
+$$;
+
+-- complete_issues_together: complete_issue for several issue_local jobs (complete_issue_batch), the same
+-- checks and steps, each step taken for all the jobs before the next (the certificates checked one after
+-- the other in one statement, stored in one, the jobs done in one): the first refusal raises and undoes all
+CREATE OR REPLACE FUNCTION pki.complete_issues_together(job_ids bigint[], lease_tokens uuid[], pairs jsonb[],
+    cacerts int[], reports jsonb[])
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    js jobs[];
+    results jsonb[];
+    j jobs;
+BEGIN
+    -- the jobs locked (in the order given: the agent's lock-bucket order) and their results checked
+    SELECT array_agg(c.j ORDER BY c.i), array_agg(c.result ORDER BY c.i) INTO js, results
+      FROM (SELECT u.i, u.j, issue_result_checked(u.j, cert, u.ps,
+                       jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(u.ps), 'cacert', cacerts[u.i]))) AS result,
+                   issue_pairs_storable(u.j, u.ps, cacerts[u.i])
+              FROM (SELECT i, completing(job_ids[i], lease_tokens[i], ARRAY['issue_local']) AS j,
+                           ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(pairs[i], '[]')) p) AS ps
+                      FROM generate_subscripts(job_ids, 1) AS i
+                    OFFSET 0) u
+              LEFT JOIN certificates cert ON cert.id = (u.j).certificate
+            OFFSET 0) c;
+    PERFORM store_issued_pairs(js, pairs);
+    PERFORM continue_reused_keys(js);
+    -- each transition recorded with its job (the event context: one at a time)
+    FOR i IN 1 .. cardinality(js) LOOP
+        j := js[i];
+        PERFORM set_context(format('%s job %s done', j.kind, j.id), j.id);
+        UPDATE certinstances ci SET state = 'issued', cacert = cacerts[i], ocsp_must_staple = c.ocsp_must_staple
+          FROM certificates c WHERE ci.id = j.instance AND c.id = j.certificate;
+    END LOOP;
+    -- the reports as complete_issue keeps them, the pairs' keys left out here already: without_secrets then
+    -- finds nothing to rebuild them for
+    PERFORM jobs_done(js, ARRAY(
+        SELECT coalesce(r, '{}') || jsonb_set(c, '{pairs}', (SELECT coalesce(jsonb_agg(p - 'key' ORDER BY n), '[]')
+                                                             FROM jsonb_array_elements(c -> 'pairs') WITH ORDINALITY AS e(p, n)))
+          FROM unnest(reports, results) WITH ORDINALITY AS u(r, c, i) ORDER BY u.i));
+    FOREACH j IN ARRAY js LOOP
+        IF j.args ->> 'then' IS NOT NULL THEN
+            PERFORM set_context(format('%s job %s done', j.kind, j.id), j.id);
+            PERFORM issue_followup(j);
+        END IF;
     END LOOP;
 END
 $$;

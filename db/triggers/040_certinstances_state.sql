@@ -4,23 +4,29 @@
 
 -- set_context: the reason and job that the next transitions of this transaction are recorded
 -- with. It writes pki.event_context, which only the owner may write: the functions that change
--- states (SECURITY DEFINER) call it; no role may, so nobody can forge an event's reason or job
+-- states (SECURITY DEFINER) call it; no role may, so nobody can forge an event's reason or job.
+-- PL/pgSQL, as event_reason: planned once a session (a SQL function with SET is planned at each call,
+-- and these run once per job and per transition)
 CREATE OR REPLACE FUNCTION pki.set_context(reason text, job bigint DEFAULT NULL)
-RETURNS void LANGUAGE sql
+RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
-    INSERT INTO pki.event_context (backend_pid, xact, reason, job)
-    VALUES (pg_backend_pid(), pg_current_xact_id(), coalesce(reason, ''), job)
-    ON CONFLICT (backend_pid) DO UPDATE SET xact = EXCLUDED.xact, reason = EXCLUDED.reason, job = EXCLUDED.job
+BEGIN
+    INSERT INTO pki.event_context AS c (backend_pid, xact, reason, job)
+    VALUES (pg_backend_pid(), pg_current_xact_id(), coalesce(set_context.reason, ''), set_context.job)
+    ON CONFLICT (backend_pid) DO UPDATE SET xact = EXCLUDED.xact, reason = EXCLUDED.reason, job = EXCLUDED.job;
+END
 $$;
 
 -- event_reason: the context set_context wrote in this transaction (none: NULL)
 CREATE OR REPLACE FUNCTION pki.event_reason(OUT reason text, OUT job bigint)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pki, dd, pg_temp
 AS $$
-    SELECT nullif(c.reason, ''), c.job FROM pki.event_context c
-     WHERE c.backend_pid = pg_backend_pid() AND c.xact = pg_current_xact_id_if_assigned()
+BEGIN
+    SELECT nullif(c.reason, ''), c.job INTO event_reason.reason, event_reason.job FROM pki.event_context c
+     WHERE c.backend_pid = pg_backend_pid() AND c.xact = pg_current_xact_id_if_assigned();
+END
 $$;
 
 -- guard_instance_state: refuse every change not in state_transitions, naming both states
