@@ -99,3 +99,11 @@ BEGIN
     END IF;
 END
 $$;
+-- 1.0: selected_certs returns the certificate's own disabled flag too (plan_rows read it with a second join)
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('pki.selected_certs(dd.selection)') AND NOT 'disabled' = ANY(proargnames)) THEN
+        DROP FUNCTION pki.selected_certs(dd.selection);
+    END IF;
+END
+$$;
