@@ -54,7 +54,7 @@ WITH cfg AS (
 ), on_cert AS (        -- and of each certificate
     SELECT p.certificate, bool_or(p.kind = 'publish_tlsa') AS tlsa_pending FROM pending p GROUP BY p.certificate
 ), inst AS MATERIALIZED (   -- the instances of the selected certificates, with their pending jobs
-    SELECT ci.id, ci.certificate, ci.state, ci.not_before, ci.not_after, ci.tlsa_published, c.type,
+    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_before, ci.not_after, ci.tlsa_published, c.type,
            coalesce(oi.issuing, false) AS issuing, coalesce(oi.distributing, false) AS distributing
       FROM certinstances ci JOIN c ON c.id = ci.certificate
       LEFT JOIN on_instance oi ON oi.instance = ci.id
@@ -163,7 +163,7 @@ WITH cfg AS (
       FROM st
 ), decided AS (
     -- rule 5: the reminder for a local certificate (before rule 6: disabled ones are reminded too, marked so)
-    SELECT sd.id, sd.active_id AS inst, 'remind' AS action,
+    SELECT sd.id, sd.name, sd.active_id AS inst, 'remind' AS action,
            format('rule 5: active instance expires %s; mail a reminder to issue its successor (-C)%s', sd.act_na,
                   CASE WHEN sd.disabled THEN ' [DISABLED]' ELSE '' END) AS why, NULL AS then_action,
            false AS on_jobs, false AS skipped
@@ -173,7 +173,7 @@ WITH cfg AS (
     UNION ALL
     -- rules 2 and 7: nothing deployed, or the active instance is about to expire, or -D asked for the
     -- successor: replace it (rule 6: a disabled certificate only shows what would be due, as 'skip')
-    SELECT sd.id,
+    SELECT sd.id, sd.name,
            CASE WHEN sd.succ_id IS NOT NULL THEN sd.succ_id ELSE sd.active_id END,
            r.d[1], r.d[2],
            CASE WHEN sd.succ_id IS NULL AND sd.type = 'LE'
@@ -222,7 +222,7 @@ WITH cfg AS (
      WHERE sd.replace_due OR sd.succ_requested
     UNION ALL
     -- rule 9: prepublish the successor of an LE certificate (-N: only issue it; the warning below says why)
-    SELECT sd.id, coalesce(sd.succ_id, sd.active_id), r.d[1], r.d[2],
+    SELECT sd.id, sd.name, coalesce(sd.succ_id, sd.active_id), r.d[1], r.d[2],
            CASE WHEN sd.succ_id IS NULL THEN CASE WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL ELSE 'prepublish' END END,
            sd.issuing OR sd.tlsa_pending,
            sd.disabled
@@ -242,7 +242,7 @@ WITH cfg AS (
        AND sd.succ_state IS DISTINCT FROM 'prepublished'
     UNION ALL
     -- -N: the rollover of a certificate with TLSA services goes on without TLSA changes; say so on every run
-    SELECT sd.id, coalesce(sd.succ_id, sd.active_id), 'warn',
+    SELECT sd.id, sd.name, coalesce(sd.succ_id, sd.active_id), 'warn',
            format('-N (no TLSA changes): the TLSA records of %s are left as they are; its successor is deployed %s '
                   'without waiting for its TLSA records (DANE-safe order off): DNS is the operator''s '
                   '(publish them yourself, or run operate_serverPKI -T without -N)',
@@ -254,7 +254,7 @@ WITH cfg AS (
             OR (sd.type = 'LE' AND sd.now >= sd.act_na - least(sd.pre_publish, (sd.act_na - sd.act_nb) / 3)))
     UNION ALL
     -- no flag leaves an active instance in service past its not_after unsaid
-    SELECT sd.id, sd.active_id, 'overdue',
+    SELECT sd.id, sd.name, sd.active_id, 'overdue',
            format('active instance %s expired %s and is still in service: %s', sd.active_id, sd.act_na,
                   CASE WHEN sd.disabled
                            THEN format('the certificate is disabled, the scheduler does not replace it '
@@ -266,10 +266,10 @@ WITH cfg AS (
       FROM sd
      WHERE sd.active_id IS NOT NULL AND sd.now >= sd.act_na
 )
-SELECT x.certificate, c.name, x.inst, x.action, x.why, x.then_action
+SELECT x.certificate, x.name, x.inst, x.action, x.why, x.then_action
   FROM (
     -- rules 1, 3 and 4, in one pass over the instances (an instance meets at most one of them)
-    SELECT a.certificate, a.id AS inst, r.d[1] AS action, r.d[2] AS why, NULL AS then_action
+    SELECT a.certificate, a.name, a.id AS inst, r.d[1] AS action, r.d[2] AS why, NULL AS then_action
       FROM judged a
       CROSS JOIN LATERAL (SELECT CASE   -- {action, reason}
            WHEN a.cleanup_why IS NOT NULL THEN ARRAY['delete', a.cleanup_why]
@@ -279,7 +279,7 @@ SELECT x.certificate, c.name, x.inst, x.action, x.why, x.then_action
       END) r(d)
      WHERE r.d IS NOT NULL
     UNION ALL
-    SELECT d.id, d.inst, r.action, r.why, r.then_action
+    SELECT d.id, d.name, d.inst, r.action, r.why, r.then_action
       FROM decided d LEFT JOIN trouble tr ON tr.certificate = d.id
       CROSS JOIN LATERAL (   -- rule 6 or the decision: {action, reason, what follows} together
             SELECT 'skip', format('rule 6: the certificate is disabled; the scheduler leaves it alone, even with -a or -i '
@@ -290,9 +290,8 @@ SELECT x.certificate, c.name, x.inst, x.action, x.why, x.then_action
                                   THEN d.why || ' (' || tr.errors || ')' ELSE d.why END, d.then_action
              WHERE d.skipped IS NOT TRUE) r(action, why, then_action)
      WHERE d.action IS NOT NULL
-  ) x(certificate, inst, action, why, then_action)
-  JOIN c ON c.id = x.certificate
- ORDER BY c.name, x.inst NULLS LAST, x.action;
+  ) x(certificate, name, inst, action, why, then_action)
+ ORDER BY x.name, x.inst NULLS LAST, x.action;
 END
 $$;
 
