@@ -30,7 +30,24 @@ WITH cfg AS (
            setting_int('local_issue_mail_days') * interval '1 day' AS mail_days,
            setting_interval('expire_grace') AS grace
 ), c AS MATERIALIZED (   -- the selection; disabled is the certificate's own flag: -a and -i do not lift it here (rule 6)
-    SELECT * FROM selected_certs(sel)
+    -- With each certificate's newest instance of each state, which rule 1 keeps: the active instance is the newest
+    -- deployed one. Grouped from the table itself (not window functions: no sort), so the planner's estimates of
+    -- every join below start from the table's statistics
+    SELECT sc.*, n.act_id,
+           -- the active instance's dates: the deployed one's when it is the only one (rule 1 sees to that), else looked up
+           CASE WHEN n.deployed = 1 THEN n.one_nb ELSE (SELECT a.not_before FROM certinstances a WHERE a.id = n.act_id) END AS act_nb,
+           CASE WHEN n.deployed = 1 THEN n.one_na ELSE (SELECT a.not_after FROM certinstances a WHERE a.id = n.act_id) END AS act_na,
+           n.issued_id, n.prepub_id, n.expired_id
+      FROM selected_certs(sel) sc
+      LEFT JOIN (SELECT ci.certificate,
+                        max(ci.id) FILTER (WHERE ci.state = 'deployed') AS act_id,
+                        count(*) FILTER (WHERE ci.state = 'deployed') AS deployed,
+                        max(ci.not_before) FILTER (WHERE ci.state = 'deployed') AS one_nb,
+                        max(ci.not_after) FILTER (WHERE ci.state = 'deployed') AS one_na,
+                        max(ci.id) FILTER (WHERE ci.state = 'issued') AS issued_id,
+                        max(ci.id) FILTER (WHERE ci.state = 'prepublished') AS prepub_id,
+                        max(ci.id) FILTER (WHERE ci.state = 'expired') AS expired_id
+                   FROM certinstances ci GROUP BY ci.certificate) n ON n.certificate = sc.id
 ), hosts AS MATERIALIZED (   -- the disthosts that distribution may go to (-s, -l)
     SELECT d.id FROM disthosts d WHERE host_selected(sel, d.fqdn)
 ), pending AS MATERIALIZED (   -- active jobs of the selected certificates
@@ -53,28 +70,13 @@ WITH cfg AS (
       FROM pending p WHERE p.instance IS NOT NULL GROUP BY p.instance
 ), on_cert AS (        -- and of each certificate
     SELECT p.certificate, bool_or(p.kind = 'publish_tlsa') AS tlsa_pending FROM pending p GROUP BY p.certificate
-), inst AS MATERIALIZED (   -- the instances of the selected certificates, with their pending jobs
-    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_before, ci.not_after, ci.tlsa_published, c.type,
-           coalesce(oi.issuing, false) AS issuing, coalesce(oi.distributing, false) AS distributing
-      FROM certinstances ci JOIN c ON c.id = ci.certificate
-      LEFT JOIN on_instance oi ON oi.instance = ci.id
-), newest AS (          -- per certificate, the newest instance of each state rule 1 keeps; the active
-                        -- instance is the newest deployed one (aggregates, not window functions: no sort)
-    SELECT n.certificate, n.act_id, act.not_before AS act_nb, act.not_after AS act_na, n.issued_id, n.prepub_id, n.expired_id
-      FROM (SELECT i.certificate,
-                   max(i.id) FILTER (WHERE i.state = 'deployed') AS act_id,
-                   max(i.id) FILTER (WHERE i.state = 'issued') AS issued_id,
-                   max(i.id) FILTER (WHERE i.state = 'prepublished') AS prepub_id,
-                   max(i.id) FILTER (WHERE i.state = 'expired') AS expired_id
-              FROM inst i GROUP BY i.certificate) n
-      LEFT JOIN inst act ON act.id = n.act_id
-), judged AS MATERIALIZED (   -- every instance once, with what the rules say of it
-    SELECT a.*, n.act_id, n.act_nb, n.act_na,
+), judged AS MATERIALIZED (   -- every instance of the selected certificates once, with what the rules say of it
+    SELECT a.*,
            -- rule 1: why it goes (NULL: it stays, it is alive)
            CASE WHEN a.state = 'reserved' AND NOT a.issuing THEN 'rule 1: reserved, and no issue job is pending'
                 WHEN a.state = 'archived' THEN 'rule 1: archived in an earlier run'
-                WHEN a.id <> CASE a.state WHEN 'deployed' THEN n.act_id WHEN 'issued' THEN n.issued_id
-                                          WHEN 'prepublished' THEN n.prepub_id WHEN 'expired' THEN n.expired_id END
+                WHEN a.id <> CASE a.state WHEN 'deployed' THEN a.act_id WHEN 'issued' THEN a.issued_id
+                                          WHEN 'prepublished' THEN a.prepub_id WHEN 'expired' THEN a.expired_id END
                     THEN format('rule 1: an older %s instance (a newer one exists)', a.state) END AS cleanup_why,
            -- rule 3, first half (and revoked ones, once their revocation reached the CA: --revoke retries it)
            a.state IN ('expired', 'revoked')
@@ -82,23 +84,26 @@ WITH cfg AS (
            -- rule 3, second half
            a.state IN ('issued', 'prepublished') AND cfg.now >= a.not_after + cfg.grace AS expiring,
            -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates)
-           CASE WHEN a.state = 'issued' AND NOT cfg.now >= a.not_after + cfg.grace AND n.act_id IS NOT NULL
-                 AND a.not_after < n.act_na + least(cfg.mail_days, (n.act_na - n.act_nb) / 3)
+           CASE WHEN a.state = 'issued' AND NOT cfg.now >= a.not_after + cfg.grace AND a.act_id IS NOT NULL
+                 AND a.not_after < a.act_na + least(cfg.mail_days, (a.act_na - a.act_nb) / 3)
                  -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
                  -- deleting it would make every pass issue another useless one
-                 AND (a.type = 'local' OR cfg.now + (a.not_after - a.not_before) >= n.act_na + least(cfg.mail_days, (n.act_na - n.act_nb) / 3))
-               THEN format('rule 4: successor expires %s, too soon after the active instance (%s)', a.not_after, n.act_na) END AS useless_why
-      FROM inst a JOIN newest n ON n.certificate = a.certificate
+                 AND (a.type = 'local' OR cfg.now + (a.not_after - a.not_before) >= a.act_na + least(cfg.mail_days, (a.act_na - a.act_nb) / 3))
+               THEN format('rule 4: successor expires %s, too soon after the active instance (%s)', a.not_after, a.act_na) END AS useless_why
+      FROM (SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_before, ci.not_after, ci.tlsa_published, c.type,
+                   coalesce(oi.issuing, false) AS issuing, coalesce(oi.distributing, false) AS distributing,
+                   c.act_id, c.act_nb, c.act_na, c.issued_id, c.prepub_id, c.expired_id
+              FROM certinstances ci JOIN c ON c.id = ci.certificate
+              LEFT JOIN on_instance oi ON oi.instance = ci.id) a
       CROSS JOIN cfg
 ), due AS MATERIALIZED (   -- the certificates a rule below may act on in this pass (most of a settled fleet is
                            -- not: rules 1, 3 and 4 above are all it needs), with their active instance. Each rule
                            -- below needs one of: no active instance, a -D request, or the active instance within
                            -- expire_grace (rule 7), local_issue_mail_days (rule 5) or pre_publish_days (rule 9) of its end
-    SELECT c.*, n.act_id AS active_id, n.act_nb, n.act_na
+    SELECT c.*, c.act_id AS active_id
       FROM c CROSS JOIN cfg
-      LEFT JOIN newest n ON n.certificate = c.id
-     WHERE n.act_id IS NULL
-        OR cfg.now >= n.act_na - greatest(cfg.grace, cfg.mail_days, cfg.pre_publish, interval '0')
+     WHERE c.act_id IS NULL
+        OR cfg.now >= c.act_na - greatest(cfg.grace, cfg.mail_days, cfg.pre_publish, interval '0')
         OR c.id IN (SELECT r.certificate FROM requested r)
 ), held AS (            -- one row per due certificate with alive instances: what it has left, its successor
     SELECT a.certificate,
@@ -112,23 +117,22 @@ WITH cfg AS (
            max(a.id) FILTER (WHERE a.state = 'issued' AND NOT a.expiring AND a.useless_why IS NULL) AS issued_id,
            max(a.tlsa_published) FILTER (WHERE a.state = 'issued' AND NOT a.expiring AND a.useless_why IS NULL) AS issued_published,
            bool_or(a.distributing) FILTER (WHERE a.state = 'issued' AND NOT a.expiring AND a.useless_why IS NULL) AS issued_distributing
-      FROM judged a JOIN due d ON d.id = a.certificate WHERE a.cleanup_why IS NULL GROUP BY a.certificate
+      FROM judged a CROSS JOIN cfg
+     WHERE a.cleanup_why IS NULL
+       -- the certificate is due (as in due: from the instance's own columns, no join)
+       AND (a.act_id IS NULL OR cfg.now >= a.act_na - greatest(cfg.grace, cfg.mail_days, cfg.pre_publish, interval '0')
+            OR a.certificate IN (SELECT r.certificate FROM requested r))
+     GROUP BY a.certificate
 ), cand AS (            -- the successor of each certificate that has one
     SELECT h.certificate, coalesce(h.prepub_id, h.issued_id) AS id,
            CASE WHEN h.prepub_id IS NOT NULL THEN 'prepublished' ELSE 'issued' END::cert_state AS state,
            CASE WHEN h.prepub_id IS NOT NULL THEN h.prepub_published ELSE h.issued_published END AS tlsa_published,
            CASE WHEN h.prepub_id IS NOT NULL THEN h.prepub_distributing ELSE h.issued_distributing END AS distributing
       FROM held h WHERE coalesce(h.prepub_id, h.issued_id) IS NOT NULL
-), targeted AS (        -- the certificates with a target on a selected disthost
-    SELECT DISTINCT t.certificate FROM targets t JOIN hosts h ON h.id = t.disthost
+), targeted AS (        -- the due certificates with a target on a selected disthost
+    SELECT DISTINCT t.certificate FROM targets t JOIN hosts h ON h.id = t.disthost JOIN due d ON d.id = t.certificate
 ), reusing AS (         -- the instances that kept a key of their predecessor (key reuse, 125_key_reuse)
     SELECT DISTINCT k.certinstance FROM certkeydata k WHERE k.key_renewals > 0
-), ee_owners AS (       -- the certificates with an end-entity TLSA record (usage 1 or 3): a new key changes it
-    -- (each service's prefix parsed once, not once per certificate and name as the tlsa_owners view does)
-    SELECT DISTINCT cs.certificate
-      FROM certificates_services cs JOIN due c ON c.id = cs.certificate
-     WHERE cs.service IN (SELECT sv.id FROM services sv CROSS JOIN LATERAL tlsa_prefix_parts(sv.tlsaprefix) p
-                           WHERE p.usage IN (1, 3))
 ), st AS (              -- one row per certificate with its roles
     SELECT c.*,
            coalesce(h.issuing, false) AS issuing, coalesce(h.has_left, false) AS has_left,
@@ -142,7 +146,7 @@ WITH cfg AS (
            -- are all trust-anchor ones (usage 0/2), can keep them; tlsa_unchanged (125_key_reuse, which
            -- hashes certificates: 2 ms) is asked only for those, and only where rule 7 or 9 decides
            c.tlsa_ttl IS NOT NULL AND c.active_id IS NOT NULL AND s.id IS NOT NULL
-               AND (ru.certinstance IS NOT NULL OR eo.certificate IS NULL) AS tlsa_same_possible,
+               AND (ru.certinstance IS NOT NULL OR NOT c.tlsa_ee) AS tlsa_same_possible,
            cfg.*
       FROM due c CROSS JOIN cfg
       LEFT JOIN held h ON h.certificate = c.id
@@ -151,7 +155,6 @@ WITH cfg AS (
       LEFT JOIN targeted tg ON tg.certificate = c.id
       LEFT JOIN requested rq ON rq.id = s.id
       LEFT JOIN reusing ru ON ru.certinstance = s.id
-      LEFT JOIN ee_owners eo ON eo.certificate = c.id
 ), sd AS (              -- what the DANE-safe order allows
     SELECT st.*,
            -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
