@@ -99,3 +99,11 @@ BEGIN
     END IF;
 END
 $$;
+-- 1.0: selected_certs returns the certificate's own disabled flag and whether a TLSA record is end-entity (tlsa_ee)
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE oid = to_regprocedure('pki.selected_certs(dd.selection)') AND NOT 'tlsa_ee' = ANY(proargnames)) THEN
+        DROP FUNCTION pki.selected_certs(dd.selection);
+    END IF;
+END
+$$;
