@@ -157,14 +157,16 @@ def small_cli_world(conn: psycopg.Connection, tmp_path) -> Path:
 
 def inlined_by_the_planner(owner: psycopg.Connection, signature: str) -> bool:
     """Whether the planner puts the body of the function (a regprocedure text) into the calling query:
-    the generic plan of a call with parameters (nothing folded to a constant) shows no call of it."""
-    name, argtypes = owner.execute(
-        "SELECT p.oid::regproc::text, ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes::oid[]) t) "
+    the generic plan of a call with parameters (nothing folded to a constant) shows no call of it. A
+    set-returning function is called as a table (FROM), where the planner inlines one."""
+    name, argtypes, returns_set = owner.execute(
+        "SELECT p.oid::regproc::text, ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes::oid[]) t), p.proretset "
         "FROM pg_proc p WHERE p.oid = %s::regprocedure", (signature,)).fetchone()
     params = ", ".join(f"${i}" for i in range(1, len(argtypes) + 1))
+    call = f"* FROM {name}({params})" if returns_set else f"{name}({params})"
     with owner.transaction():
         owner.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        owner.execute(f"PREPARE inline_probe{'(' + ', '.join(argtypes) + ')' if argtypes else ''} AS SELECT {name}({params})")
+        owner.execute(f"PREPARE inline_probe{'(' + ', '.join(argtypes) + ')' if argtypes else ''} AS SELECT {call}")
         try:
             plan = "\n".join(r[0] for r in owner.execute(
                 f"EXPLAIN (VERBOSE, COSTS OFF) EXECUTE inline_probe{'(' + ', '.join(['NULL'] * len(argtypes)) + ')' if argtypes else ''}"))

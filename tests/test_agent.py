@@ -178,3 +178,14 @@ def test_forever_wakes_on_notify_and_survives_a_database_restart():
         worker.join(timeout=70)
     finally:
         cluster.destroy()
+
+
+def test_while_completions_are_on_their_way_only_jobs_that_depend_on_nothing_are_claimed(conn, dsn, kinds):
+    """The next claim overlaps the completions of issue_local jobs (_Completions): it takes only kinds of
+    OVERLAPPED_KINDS then. A job of another kind (a publish_tlsa) claimed while an issue completion's
+    follow-up asks it to prepublish the new instance too would run without it, and the request was lost."""
+    jid = enqueue(conn, "t_ok")
+    agent = make_agent(dsn, {"t_ok": lambda j, ctx: Completion()})
+    assert agent.claim(on_reader=True) == [], "a job of a kind outside OVERLAPPED_KINDS was claimed beside completions"
+    assert job(conn, jid)[0] == "queued"
+    assert [j.id for j in agent.claim()] == [jid], "claimed with no completion on its way, the job is taken"

@@ -45,6 +45,27 @@ def test_a_finished_deploy_request_leaves_rule_9_of_the_other_certificates_alone
     assert conn.execute(plan).fetchall() == before, f"certificate {first} lost its rule 9 to {other}'s old -D"
 
 
+def test_a_grace_of_a_month_hides_no_rule_of_a_certificate_due_in_march(owner, conn):
+    """plan_rows takes only the certificates a rule may act on through the certificate rules (due): each
+    rule's own threshold as a time. Compared as intervals, 'greatest(1 mon, 30 days)' is '1 mon' (months
+    count 30 days), but 2027-03-20 - 1 mon is 02-20 and - 30 days 02-18: on 02-19 rule 9 is due and the
+    certificate was not."""
+    owner.execute("SELECT pki.add_disthost('web1.example.org')")
+    owner.execute("SELECT pki.add_place('p', 'separate', '/etc/ssl')")
+    owner.execute("SELECT * FROM pki.add_cert('www.example.org', 'server', 'LE', 'ec', false, NULL, NULL, NULL, "
+                  "'web1.example.org', NULL, 'p')").fetchall()
+    cert = owner.execute("SELECT certificate FROM pki.subjects WHERE name = 'www.example.org'").fetchone()[0]
+    with owner.transaction():
+        owner.execute("SET LOCAL session_replication_role = replica")
+        owner.execute("""INSERT INTO pki.certinstances (certificate, state, not_before, not_after)
+                         VALUES (%s, 'deployed', '2026-12-20T00:00:00Z', '2027-03-20T00:00:00Z')""", (cert,))
+    owner.execute("UPDATE pki.settings SET value = '1 mon' WHERE name = 'expire_grace'")
+    conn.execute("SELECT set_config('pki.now', '2027-02-19T12:00:00+00:00', false)")
+    rows = conn.execute("SELECT certificate, action, reason FROM pki.plan(pki.selection())").fetchall()
+    assert [(c, a) for c, a, _ in rows] == [("www.example.org", "issue")], rows
+    assert rows[0][2].startswith("rule 9:"), rows
+
+
 def test_a_pass_that_prepublishes_many_certificates_holds_a_bounded_number_of_TLSA_locks(owner):
     """lock_tlsa is one of 1,024 buckets: a pass prepublishing 35,000 certificates took one advisory
     lock per certificate and died 'out of shared memory' (max_locks_per_transaction); now 1,024 at most,

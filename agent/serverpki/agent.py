@@ -267,7 +267,13 @@ class Agent:
     def claim(self, on_reader: bool = False) -> list[Job]:
         """The next due jobs, leased to this agent. on_reader: claimed on the handlers' connection, while
         the agent's own one sends completions (_Completions)."""
-        params = {"agent": self.name, "kinds": self.kinds, "max_jobs": self.batch, "lease": self.lease}
+        # while completions are on their way, only jobs that depend on nothing they do: a job of another kind
+        # may be the one a completion's follow-up would have joined (a publish_tlsa claimed here while an
+        # issue completion asks it to prepublish the new instance too would run without it)
+        kinds = [k for k in self.kinds if k in OVERLAPPED_KINDS] if on_reader else self.kinds
+        if not kinds:
+            return []
+        params = {"agent": self.name, "kinds": kinds, "max_jobs": self.batch, "lease": self.lease}
         query = q("claim_jobs")
         if self.selection is not None:
             params.update(self.selection, requested=self.requested)
@@ -283,7 +289,9 @@ class Agent:
         else:
             rows = self._on_own_connection(claimed, f"agent {self.name}")
         if any(r["kind"] not in self._completions for r in rows):
-            self._completions = dict(self.conn.execute(q("job_completions")).fetchall())
+            # on the connection the claim used: the agent's own one may be busy sending completions
+            self._completions = dict(self._on_reader(lambda conn: conn.execute(q("job_completions")).fetchall(), f"agent {self.name}")
+                                     if on_reader else self.conn.execute(q("job_completions")).fetchall())
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
                     r["args"] or {}, r["attempts"], r["max_attempts"], str(r["lease_token"]),
                     r["certificate_name"], r["disthost_name"]) for r in rows]

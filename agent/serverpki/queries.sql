@@ -45,8 +45,8 @@ SELECT {function}(job_id => %(job)s, lease_token => %(token)s::uuid{arguments}, 
 -- name: completion_stored
 SELECT EXISTS (SELECT 1 FROM pki.jobs WHERE id = %(job)s AND state = 'done' AND attempts = %(attempt)s);
 
--- the completions of several issue_local jobs in one call, each applied alone (Agent._finish_batch):
--- per job the SQLSTATE and message of its refusal, NULL when done
+-- the completions of several issue_local jobs in one call, together, or each alone when one is refused
+-- (Agent._finish_batch): per job the SQLSTATE and message of its refusal, NULL when done
 -- name: complete_issue_batch
 SELECT states, messages
   FROM pki.complete_issue_batch(%(jobs)s, %(tokens)s::uuid[], %(pairs)s::jsonb[], %(cacerts)s::int[], %(reports)s::jsonb[]);

@@ -67,8 +67,9 @@ $$;
 -- selected_certs: the certificates an action works on (not CA or reserved subjects);
 -- enabled says whether rules beyond cleanup apply (not disabled, or included by -a/-i), disabled is the
 -- certificate's own flag; tlsa_ttl the longest TTL of its TLSA services, tlsa_ee whether one of them has an
--- end-entity record (usage 1 or 3: a new key changes it). No SET clause and every name qualified: so the planner inlines it into the
--- caller's query and knows its row count (a set-returning function it cannot inline counts 1,000 rows,
+-- end-entity record (usage 1 or 3: a new key changes it). No SET clause and every name qualified (the operators
+-- and functions that would otherwise resolve through the caller's search_path too): so the planner inlines it
+-- into the caller's query and knows its row count (a set-returning function it cannot inline counts 1,000 rows,
 -- which chose nested loops over 100,000 certificates in plan_rows)
 CREATE OR REPLACE FUNCTION pki.selected_certs(sel dd.selection)
 RETURNS TABLE (id int, name text, type dd.cert_type, enabled boolean, authorized_until timestamptz,
@@ -85,14 +86,14 @@ AS $$
             -- each service's prefix parsed once per call, not once per certificate
             SELECT cs.certificate, max(sv.ttl) AS ttl, bool_or(sv.usage IN (1, 3)) AS ee
               FROM pki.certificates_services cs
-              JOIN (SELECT sv0.id, p.ttl * interval '1 second' AS ttl, p.usage
+              JOIN (SELECT sv0.id, pg_catalog.make_interval(secs => p.ttl) AS ttl, p.usage
                       FROM pki.services sv0 CROSS JOIN LATERAL pki.tlsa_prefix_parts(sv0.tlsaprefix) p OFFSET 0) sv
                 ON sv.id = cs.service
              GROUP BY cs.certificate) t ON t.certificate = c.id
-     WHERE s.type NOT IN ('CA', 'reserved')
-       AND (cardinality(coalesce(sel.only_certs, '{}')) = 0 OR s.name OPERATOR(dd.=) ANY (sel.only_certs::dd.citext[]))
+     WHERE NOT (s.type OPERATOR(pg_catalog.=) ANY ('{CA,reserved}'::dd.subject_type[]))
+       AND (pg_catalog.cardinality(coalesce(sel.only_certs, '{}')) = 0 OR s.name OPERATOR(dd.=) ANY (sel.only_certs::dd.citext[]))
        -- citext compares by lower(): not once per certificate when nothing is excluded
-       AND (cardinality(coalesce(sel.exclude, '{}')) = 0 OR NOT (s.name OPERATOR(dd.=) ANY (sel.exclude::dd.citext[])))
+       AND (pg_catalog.cardinality(coalesce(sel.exclude, '{}')) = 0 OR NOT (s.name OPERATOR(dd.=) ANY (sel.exclude::dd.citext[])))
 $$;
 
 -- host_selected: may distribution go to this disthost under the selection?

@@ -29,6 +29,11 @@ WITH cfg AS (
            setting_int('pre_publish_days') * interval '1 day' AS pre_publish,
            setting_int('local_issue_mail_days') * interval '1 day' AS mail_days,
            setting_interval('expire_grace') AS grace
+), horizon AS (   -- how long before its end a rule below may act on a certificate: the longest of their windows,
+                  -- as a time span no shorter than any of them is on the calendar (a month may have 31 days,
+                  -- a day 25 hours), so due is never later than a rule, and comparing costs no calendar arithmetic
+    SELECT pg_catalog.make_interval(secs => greatest(0, max(extract(epoch FROM w) + 86400 * (12 * extract(year FROM w) + extract(month FROM w)) + 7200))) AS span
+      FROM cfg CROSS JOIN LATERAL (VALUES (cfg.grace), (cfg.mail_days), (cfg.pre_publish)) v(w)
 ), c AS MATERIALIZED (   -- the selection; disabled is the certificate's own flag: -a and -i do not lift it here (rule 6)
     -- With each certificate's newest instance of each state, which rule 1 keeps: the active instance is the newest
     -- deployed one. Grouped from the table itself (not window functions: no sort), so the planner's estimates of
@@ -99,11 +104,11 @@ WITH cfg AS (
 ), due AS MATERIALIZED (   -- the certificates a rule below may act on in this pass (most of a settled fleet is
                            -- not: rules 1, 3 and 4 above are all it needs), with their active instance. Each rule
                            -- below needs one of: no active instance, a -D request, or the active instance within
-                           -- expire_grace (rule 7), local_issue_mail_days (rule 5) or pre_publish_days (rule 9) of its end
+                           -- expire_grace (rule 7), local_issue_mail_days (rule 5) or rule 9's window of its end, or past it
     SELECT c.*, c.act_id AS active_id
       FROM c CROSS JOIN cfg
      WHERE c.act_id IS NULL
-        OR cfg.now >= c.act_na - greatest(cfg.grace, cfg.mail_days, cfg.pre_publish, interval '0')
+        OR cfg.now >= c.act_na - (SELECT h.span FROM horizon h)
         OR c.id IN (SELECT r.certificate FROM requested r)
 ), held AS (            -- one row per due certificate with alive instances: what it has left, its successor
     SELECT a.certificate,
@@ -117,11 +122,9 @@ WITH cfg AS (
            max(a.id) FILTER (WHERE a.state = 'issued' AND NOT a.expiring AND a.useless_why IS NULL) AS issued_id,
            max(a.tlsa_published) FILTER (WHERE a.state = 'issued' AND NOT a.expiring AND a.useless_why IS NULL) AS issued_published,
            bool_or(a.distributing) FILTER (WHERE a.state = 'issued' AND NOT a.expiring AND a.useless_why IS NULL) AS issued_distributing
-      FROM judged a CROSS JOIN cfg
+      FROM judged a
      WHERE a.cleanup_why IS NULL
-       -- the certificate is due (as in due: from the instance's own columns, no join)
-       AND (a.act_id IS NULL OR cfg.now >= a.act_na - greatest(cfg.grace, cfg.mail_days, cfg.pre_publish, interval '0')
-            OR a.certificate IN (SELECT r.certificate FROM requested r))
+       AND a.certificate IN (SELECT d.id FROM due d)
      GROUP BY a.certificate
 ), cand AS (            -- the successor of each certificate that has one
     SELECT h.certificate, coalesce(h.prepub_id, h.issued_id) AS id,

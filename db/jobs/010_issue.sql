@@ -272,7 +272,9 @@ BEGIN
             PERFORM complete_issues_together(job_ids, lease_tokens, pairs, cacerts, reports);
             RETURN;
         EXCEPTION WHEN OTHERS THEN
-            NULL;   -- one of them was refused: each alone below, which says which
+            -- one of them was refused: each alone below, which says which. The SQLSTATE only (a message may
+            -- quote a result): a batch path that always fails shows in the server log at log_min_messages = debug1
+            RAISE DEBUG 'complete_issue_batch: the batch of % was refused together (%): each job alone', n, SQLSTATE;
         END;
     END IF;
     states := '{}';
