@@ -437,7 +437,7 @@ class Agent:
             if not (conn.closed or conn.broken):
                 raise
             log.warning("%s: the database connection was lost (%s); reconnecting", label, _first_line(exc))
-        self.close()
+        self._conn.close()   # this one only: close() would end the handlers' connection and the heartbeats too
         self._conn = self._connect()
         return work(self._conn)
 
@@ -570,8 +570,9 @@ class Agent:
             if _connection_lost(exc):
                 raise   # as _finish_job: the drain stops, the leases bring the jobs back
             # the call itself was refused (nothing of it applied): each completion on its own
-            log.warning("%s jobs: their completions together were refused (%s); sending them one by one",
-                        len(batch), _first_line(exc))
+            log.warning("%s jobs: their completions together were refused (%s: %s); sending them one by one. "
+                        "The database's schema or grants do not match this agent: run serverpki db upgrade",
+                        len(batch), exc.diag.sqlstate or type(exc).__name__, _first_line(exc))
             return {job.id: self._finish_job(job, statement, self.conn) for job, (_, statement) in batch}
         outcomes = {}
         for (job, _), state, message in zip(batch, states, messages):

@@ -65,16 +65,9 @@ SELECT kind, count(*) FROM pki.jobs WHERE state IN ('queued', 'failed') AND run_
 -- name: job_state
 SELECT state, last_error FROM pki.jobs WHERE id = %(job)s;
 
--- name: issue_request
--- the certificate an issue job is for: its names, subject type, algorithm, must-staple
-SELECT c.id, c.type::text AS cert_type, c.encryption_algo::text AS encryption_algo, c.ocsp_must_staple,
-       s.type::text AS subject_type, s.name::text AS name,
-       ARRAY(SELECT a.name::text FROM pki.subjects a WHERE a.certificate = c.id AND a.isaltname ORDER BY a.name) AS altnames
-  FROM pki.certificates c JOIN pki.subjects s ON s.certificate = c.id AND NOT s.isaltname
- WHERE c.id = %(certificate)s;
-
 -- name: issue_requests
--- issue_request for every certificate of an agent's claimed batch at once
+-- the certificates issue jobs are for (one job's, or every one of an agent's claimed batch at once): their
+-- names, subject type, algorithm, must-staple
 SELECT c.id, c.type::text AS cert_type, c.encryption_algo::text AS encryption_algo, c.ocsp_must_staple,
        s.type::text AS subject_type, s.name::text AS name,
        ARRAY(SELECT a.name::text FROM pki.subjects a WHERE a.certificate = c.id AND a.isaltname ORDER BY a.name) AS altnames

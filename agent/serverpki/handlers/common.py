@@ -51,10 +51,11 @@ def db_now(ctx: Context) -> dt.datetime:
 
 
 def issue_request(job: Job, ctx: Context) -> dict[str, Any]:
-    """The certificate the job issues an instance of (pki issue_request); gone: GiveUp."""
-    req = one(ctx, "issue_request", {"certificate": job.certificate})
+    """The certificate the job issues an instance of (query issue_requests); gone: GiveUp."""
+    req = one(ctx, "issue_requests", {"certificates": [job.certificate]})
     if req is None:
-        raise GiveUp(f"certificate {job.certificate} of job {job.id} is gone")
+        raise GiveUp(f"certificate {job.certificate} of job {job.id} is gone: it was removed while the job waited; "
+                     "nothing to do (add it again to issue it)")
     return req
 
 
@@ -83,10 +84,7 @@ def batch_issue_request(job: Job, ctx: Context) -> dict[str, Any]:
         return issue_request(job, ctx)
     requests = _batch_value(ctx, "issue_requests", lambda: {
         r["id"]: r for r in every(ctx, "issue_requests", {"certificates": list(certificates)})})
-    req = requests.get(job.certificate)
-    if req is None:
-        raise GiveUp(f"certificate {job.certificate} of job {job.id} is gone")
-    return req
+    return requests.get(job.certificate) or issue_request(job, ctx)   # not there: gone, issue_request says so
 
 
 def algorithms(encryption_algo: str) -> list[str]:

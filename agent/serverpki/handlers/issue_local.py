@@ -102,9 +102,11 @@ def issue_local_ca(job: Job, ctx: Context) -> Completion:
     with _no_retry():
         req = issue_request(job, ctx)
         if req["cert_type"] != "local" or req["subject_type"] != "CA":
-            raise GiveUp(f"certificate {req['name']} is not a local CA")
+            raise GiveUp(f"certificate {req['name']} is not a local CA (cert type local, subject type CA): "
+                         "-I issues the local CA; add the CA with add_cert as the operation manual shows")
         if req["encryption_algo"] not in ("rsa", "ec"):
-            raise GiveUp(f"local CA {req['name']}: a CA has one key, 'rsa' or 'ec', not {req['encryption_algo']!r}")
+            raise GiveUp(f"local CA {req['name']}: a CA has one key, 'rsa' or 'ec', not {req['encryption_algo']!r}: "
+                         f"UPDATE certificates SET encryption_algo = 'ec' WHERE id = cert_id('{req['name']}'), then -I again")
         cfg = ctx.config.local_ca
         # read the passphrase first: no key is made that could not be stored
         passphrase = keystore.read_passphrase(cfg.passphrase_file, "Passphrase of the new local CA: ")

@@ -83,7 +83,8 @@ def sign_crl(job: Job, ctx: Context, ca_instance: int) -> tuple[dict[str, Any], 
 def revoke(job: Job, ctx: Context) -> Completion:
     certs = every(ctx, "revoke_job_certificates", {"job": job.id})
     if not certs:
-        raise GiveUp(f"revoke job {job.id} has no certificates in pki.revocations: nothing to revoke")
+        raise GiveUp(f"revoke job {job.id} has no certificates in pki.revocations: nothing to revoke (its rows were "
+                     "deleted by hand); to revoke the instance, run operate_serverPKI --revoke again")
     report: dict[str, Any] = {"certificate": certs[0]["certificate"], "instance": job.instance,
                               "reason": certs[0]["reason"]}
     issuers = {row["ca_instance"] for row in certs}
