@@ -555,9 +555,6 @@ class Agent:
 
     def _finish_batch(self, batch: list[tuple[Job, tuple]]) -> dict[int, str]:
         """complete_issue_batch for the jobs: each one's outcome as _finish_job would give it."""
-        # in the order of their TLSA lock buckets (lock_tlsa: certificate mod 1024), as every transaction
-        # that takes several takes them: two agents' batches cannot deadlock on them
-        batch = sorted(batch, key=lambda started: ((started[0].certificate or 0) % 1024, started[0].certificate or 0))
         params = {"jobs": [job.id for job, _ in batch], "tokens": [job.lease for job, _ in batch],
                   "pairs": [Jsonb([pair._asdict() for pair in completion.args.get("pairs") or []])
                             for _, (completion, _) in batch],

@@ -248,7 +248,9 @@ $$;
 -- one statement for all the jobs (complete_issues_together); when any of them is refused, that is undone
 -- and each is applied by complete_issue as if alone, in a subtransaction of its own: a refused one changes
 -- nothing and leaves the others. Returns for each job, in order, the SQLSTATE and message of its refusal
--- (NULL: done), for the agent to handle as the refusal of its own completion
+-- (NULL: done), for the agent to handle as the refusal of its own completion. The jobs are completed in
+-- the order of their TLSA lock buckets (lock_tlsa), whatever order they come in: two batches, or a batch
+-- and a pass, take the buckets in the same order and cannot deadlock on them
 CREATE OR REPLACE FUNCTION pki.complete_issue_batch(job_ids bigint[], lease_tokens uuid[], pairs jsonb[],
     cacerts int[], reports jsonb[], OUT states text[], OUT messages text[])
 LANGUAGE plpgsql SECURITY DEFINER
@@ -258,6 +260,8 @@ DECLARE
     n int := coalesce(cardinality(job_ids), 0);
     state text;
     message text;
+    by_bucket int[];   -- the positions of the jobs in lock-bucket order
+    pos int;
 BEGIN
     IF cardinality(lease_tokens) IS DISTINCT FROM n OR cardinality(pairs) IS DISTINCT FROM n
        OR cardinality(cacerts) IS DISTINCT FROM n OR cardinality(reports) IS DISTINCT FROM n THEN
@@ -267,9 +271,15 @@ BEGIN
     END IF;
     states := array_fill(NULL::text, ARRAY[n]);
     messages := states;
+    by_bucket := ARRAY(SELECT i FROM generate_subscripts(job_ids, 1) AS i LEFT JOIN jobs jb ON jb.id = job_ids[i]
+                        ORDER BY coalesce(jb.certificate, 0) % 1024, coalesce(jb.certificate, 0), i);
     IF n > 1 THEN
         BEGIN
-            PERFORM complete_issues_together(job_ids, lease_tokens, pairs, cacerts, reports);
+            PERFORM complete_issues_together(ARRAY(SELECT job_ids[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
+                                             ARRAY(SELECT lease_tokens[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
+                                             ARRAY(SELECT pairs[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
+                                             ARRAY(SELECT cacerts[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
+                                             ARRAY(SELECT reports[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o));
             RETURN;
         EXCEPTION WHEN OTHERS THEN
             -- one of them was refused: each alone below, which says which. The SQLSTATE only (a message may
@@ -277,20 +287,18 @@ BEGIN
             RAISE DEBUG 'complete_issue_batch: the batch of % was refused together (%): each job alone', n, SQLSTATE;
         END;
     END IF;
-    states := '{}';
-    messages := '{}';
-    FOR i IN 1 .. n LOOP
+    FOREACH pos IN ARRAY by_bucket LOOP
         BEGIN
-            PERFORM complete_issue(job_ids[i], lease_tokens[i],
-                ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(pairs[i], '[]')) p),
-                cacerts[i], NULL, NULL, coalesce(reports[i], '{}'));
+            PERFORM complete_issue(job_ids[pos], lease_tokens[pos],
+                ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(pairs[pos], '[]')) p),
+                cacerts[pos], NULL, NULL, coalesce(reports[pos], '{}'));
             state := NULL;
             message := NULL;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
         END;
-        states := states || state;
-        messages := messages || message;
+        states[pos] := state;
+        messages[pos] := message;
     END LOOP;
 END
 $$;
@@ -308,7 +316,7 @@ DECLARE
     results jsonb[];
     j jobs;
 BEGIN
-    -- the jobs locked (in the order given: the agent's lock-bucket order) and their results checked
+    -- the jobs locked (in the order given: complete_issue_batch's, by lock bucket) and their results checked
     SELECT array_agg(c.j ORDER BY c.i), array_agg(c.result ORDER BY c.i) INTO js, results
       FROM (SELECT u.i, u.j, issue_result_checked(u.j, cert, u.ps,
                        jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(u.ps), 'cacert', cacerts[u.i]))) AS result,
