@@ -649,6 +649,7 @@ def test_an_agents_batch_of_issue_jobs_keeps_every_jobs_outcome(conn, dsn, confi
                             (state[name]["instance"],)).fetchone()[0] == "issued"
         assert list(stored_pairs(conn, state[name]["instance"])) == ["ec"]
     assert state["b.example.org"]["state"] == "dead" and "does not belong" in state["b.example.org"]["last_error"]
+    assert "(hint: " in state["b.example.org"]["last_error"], "the refusal's hint, what says how to mend it, was dropped"
     assert conn.execute("SELECT count(*) FROM certinstances WHERE id = %s", (state["b.example.org"]["instance"],)).fetchone()[0] == 0
     assert state["c.example.org"]["state"] == "running"   # its new holder's
     assert stored_pairs(conn, state["c.example.org"]["instance"]) == {}

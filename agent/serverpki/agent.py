@@ -347,8 +347,10 @@ class Agent:
         except psycopg.Error as exc:
             if _connection_lost(exc):
                 raise   # the database stayed away (_report waited): the drain stops, the lease brings the job back
+            # the hint is what says how to mend it (errors.from_database's form)
+            message = exc.diag.message_primary or _first_line(exc)
             return self._refused(job, exc.diag.sqlstate or type(exc).__name__,
-                                 exc.diag.message_primary or _first_line(exc), conn)
+                                 f"{message} (hint: {exc.diag.message_hint})" if exc.diag.message_hint else message, conn)
         log.info("%s: done", job.label)
         return "done"
 

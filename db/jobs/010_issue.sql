@@ -248,7 +248,7 @@ $$;
 -- one statement for all the jobs (complete_issues_together); when any of them is refused, that is undone
 -- and each is applied by complete_issue as if alone, in a subtransaction of its own: a refused one changes
 -- nothing and leaves the others. Returns for each job, in order, the SQLSTATE and message of its refusal
--- (NULL: done), for the agent to handle as the refusal of its own completion. The jobs are completed in
+-- with its hint (NULL: done), for the agent to handle as the refusal of its own completion. The jobs are completed in
 -- the order of their TLSA lock buckets (lock_tlsa), whatever order they come in: two batches, or a batch
 -- and a pass, take the buckets in the same order and cannot deadlock on them
 CREATE OR REPLACE FUNCTION pki.complete_issue_batch(job_ids bigint[], lease_tokens uuid[], pairs jsonb[],
@@ -262,6 +262,7 @@ DECLARE
     message text;
     by_bucket int[];   -- the positions of the jobs in lock-bucket order
     pos int;
+    hint text;
 BEGIN
     IF cardinality(lease_tokens) IS DISTINCT FROM n OR cardinality(pairs) IS DISTINCT FROM n
        OR cardinality(cacerts) IS DISTINCT FROM n OR cardinality(reports) IS DISTINCT FROM n THEN
@@ -295,7 +296,8 @@ BEGIN
             state := NULL;
             message := NULL;
         EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+            GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+            message := message || coalesce(' (hint: ' || nullif(hint, '') || ')', '');   -- what says how to mend it
         END;
         states[pos] := state;
         messages[pos] := message;
