@@ -17,10 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-# bench/acme.py is named like the acme library: keep this folder off the path, the agent on it
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent / "agent"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
 from serverpki import keystore, x509util  # noqa: E402
 

@@ -16,7 +16,6 @@ Target (issue 18, item 3): most of the time is printing, not querying.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -25,12 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-# bench/acme.py is named like the acme library: keep this folder off the path (bench/kdf.py)
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-_spec = importlib.util.spec_from_file_location("bench_schedule", _HERE / "schedule.py")
-fleet = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fleet)   # its fleet, its clock; it puts agent/ and the checkout on the path
+import schedule as fleet  # noqa: E402  bench/schedule.py: its fleet, its clock; it puts agent/ and the checkout on the path
 
 from serverpki.queries import q  # noqa: E402
 from lab import roles  # noqa: E402

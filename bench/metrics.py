@@ -19,20 +19,13 @@ subquery run once per certificate (or a sort) shows as a ratio growing with N.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import psycopg
 
-# bench/acme.py is named like the acme library: keep this folder off the path (bench/kdf.py)
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-_spec = importlib.util.spec_from_file_location("bench_schedule", _HERE / "schedule.py")
-fleet = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fleet)   # its fleet, its clock; it puts agent/ and the checkout on the path
+import schedule as fleet  # noqa: E402  bench/schedule.py: its fleet, its clock; it puts agent/ and the checkout on the path
 
 from lab import roles  # noqa: E402
 from lab.postgres import PostgresCluster  # noqa: E402

@@ -85,7 +85,7 @@ LOCAL = ("local_due", "local_settled")
 DANE = ("issued_successor", "prepublished_successor")   # 'original' gives these a TLSA service always
 
 
-class Shape(NamedTuple):   # not a dataclass: bench/metrics.py and bench/listing.py load this file by path
+class Shape(NamedTuple):   # one fleet shape (bench/metrics.py and bench/listing.py use them too)
     name: str
     weights: dict[str, float]
     targets: float = 1.0          # share of certificates with a target
