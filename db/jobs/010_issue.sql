@@ -386,7 +386,8 @@ BEGIN
                EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = (u.j).instance AND ci.state = 'reserved') AS reserved
           FROM u
           LEFT JOIN certificates c ON c.id = (u.j).certificate
-          LEFT JOIN main_subjects main ON main.certificate = c.id
+          -- one row per job: the results of check_result_certs are matched by position
+          LEFT JOIN LATERAL (SELECT m.type, m.name FROM main_subjects m WHERE m.certificate = c.id LIMIT 1) main ON true
           LEFT JOIN ca ON u.cacert_text ~ '^[0-9]{1,9}$' AND ca.id = u.cacert_text::int
     ), misfits AS MATERIALIZED (
         SELECT f.i, f.job FROM facts f
