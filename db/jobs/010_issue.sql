@@ -319,13 +319,17 @@ DECLARE
     j jobs;
 BEGIN
     -- the jobs locked (in the order given: complete_issue_batch's, by lock bucket), their results in the form
-    -- complete_issue checks, then checked all at once
+    -- complete_issue checks, then checked all at once. held_job, not completing: its event context would be
+    -- replaced before any transition (each job's is set where its instance is issued, below)
     SELECT array_agg(c.j ORDER BY c.i), array_agg(c.result ORDER BY c.i) INTO js, results
-      FROM (SELECT i, completing(job_ids[i], lease_tokens[i], ARRAY['issue_local']) AS j,
+      FROM (SELECT i, held_job(job_ids[i], lease_tokens[i]) AS j,
                    jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(ARRAY(SELECT p FROM jsonb_populate_recordset(
                        NULL::dd.issued_pair, coalesce(pairs[i], '[]')) p)), 'cacert', cacerts[i])) AS result
               FROM generate_subscripts(job_ids, 1) AS i
             OFFSET 0) c;
+    IF EXISTS (SELECT 1 FROM unnest(js) u WHERE u.kind <> 'issue_local') THEN   -- completing's SP026, said per job
+        PERFORM raise_error('SP026', 'complete_issue_batch: a job is not an issue_local job', 'complete it with its kind''s completion');
+    END IF;
     PERFORM issue_local_results_checked(js, results);
     PERFORM store_issued_pairs(js, pairs);
     PERFORM continue_reused_keys(js);
@@ -399,7 +403,10 @@ BEGIN
             -- each key in the form of the stored keys (-X: encrypted, -Y: in clear)
             OR EXISTS (SELECT 1 FROM unnest(f.ps) p
                         WHERE (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN p.key) > 0) IS DISTINCT FROM coalesce(encrypted, false))
-            OR EXISTS (SELECT 1 FROM unnest(f.ps) p WHERE key_revoked(f.cert_id, p.algo, convert_to(p.cert, 'UTF8')))
+            -- (key_revoked called only where the certificate has a revoked one of the algorithm at all: most never had)
+            OR EXISTS (SELECT 1 FROM unnest(f.ps) p
+                        WHERE EXISTS (SELECT 1 FROM revocations r WHERE r.certificate = f.main_name AND r.encryption_algo::text = p.algo)
+                          AND key_revoked(f.cert_id, p.algo, convert_to(p.cert, 'UTF8')))
     ), certs AS (   -- the certificates (what costs) only when everything else fits
         SELECT r.ord, r.problem FROM check_result_certs(
                 ARRAY(SELECT f.job FROM facts f ORDER BY f.i), ARRAY(SELECT 'issue_local' FROM facts f ORDER BY f.i),
