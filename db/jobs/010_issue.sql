@@ -332,7 +332,9 @@ BEGIN
     END IF;
     PERFORM issue_local_results_checked(js, results);
     PERFORM store_issued_pairs(js, pairs);
-    PERFORM continue_reused_keys(js);
+    IF EXISTS (SELECT 1 FROM unnest(js) u WHERE (u.args ->> 'reuse_from') IS NOT NULL) THEN   -- else nothing to plan
+        PERFORM continue_reused_keys(js);
+    END IF;
     -- each transition recorded with its job (the event context: one at a time)
     FOR i IN 1 .. cardinality(js) LOOP
         j := js[i];
