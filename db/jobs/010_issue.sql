@@ -407,8 +407,9 @@ BEGIN
                         WHERE (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN p.key) > 0) IS DISTINCT FROM coalesce(encrypted, false))
             -- (key_revoked called only where the certificate has a revoked one of the algorithm at all: most never had)
             OR EXISTS (SELECT 1 FROM unnest(f.ps) p
-                        WHERE EXISTS (SELECT 1 FROM revocations r WHERE r.certificate = f.main_name AND r.encryption_algo::text = p.algo)
-                          AND key_revoked(f.cert_id, p.algo, convert_to(p.cert, 'UTF8')))
+                        WHERE CASE WHEN EXISTS (SELECT 1 FROM revocations r WHERE r.certificate = f.main_name
+                                                   AND r.encryption_algo::text = p.algo)   -- CASE: in this order
+                                   THEN key_revoked(f.cert_id, p.algo, convert_to(p.cert, 'UTF8')) ELSE false END)
     ), certs AS (   -- the certificates (what costs) only when everything else fits
         SELECT r.ord, r.problem FROM check_result_certs(
                 ARRAY(SELECT f.job FROM facts f ORDER BY f.i), ARRAY(SELECT 'issue_local' FROM facts f ORDER BY f.i),
