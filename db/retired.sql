@@ -45,6 +45,8 @@ BEGIN
     END IF;
 END
 $$;
+-- 1.0: check_result_certs checks the results of a batch in one call (arrays, a row per result)
+DROP FUNCTION IF EXISTS pki.check_result_certs(bigint, text, text, text, text[], jsonb, text, int, jsonb);
 
 -- 1.0: add_cert returns a table of its own, not the row type of the view certs (views are dropped
 -- and re-created by every upgrade, and nothing may depend on them)

@@ -695,8 +695,8 @@ def test_a_batch_of_issue_jobs_is_applied_together_and_each_ends_as_alone(conn, 
     def batch(done: list[tuple[int, str, Completion]]) -> list[str | None]:
         states, _ = conn.execute(q("complete_issue_batch"), {
             "jobs": [j for j, _, _ in done], "tokens": [t for _, t, _ in done],
-            "pairs": [Jsonb([p._asdict() for p in c.args["pairs"]]) for _, _, c in done],
-            "cacerts": [c.args["cacert"] for _, _, c in done], "reports": [Jsonb(c.report) for _, _, c in done]}).fetchone()
+            "pairs": Jsonb([[p._asdict() for p in c.args["pairs"]] for _, _, c in done]),
+            "cacerts": [c.args["cacert"] for _, _, c in done], "reports": Jsonb([c.report for _, _, c in done])}).fetchone()
         return states
 
     def xmins(names: list[str]) -> int:

@@ -558,10 +558,10 @@ class Agent:
     def _finish_batch(self, batch: list[tuple[Job, tuple]]) -> dict[int, str]:
         """complete_issue_batch for the jobs: each one's outcome as _finish_job would give it."""
         params = {"jobs": [job.id for job, _ in batch], "tokens": [job.lease for job, _ in batch],
-                  "pairs": [Jsonb([pair._asdict() for pair in completion.args.get("pairs") or []])
-                            for _, (completion, _) in batch],
+                  "pairs": Jsonb([[pair._asdict() for pair in completion.args.get("pairs") or []]
+                                  for _, (completion, _) in batch]),
                   "cacerts": [completion.args.get("cacert") for _, (completion, _) in batch],
-                  "reports": [Jsonb(completion.report) for _, (completion, _) in batch]}
+                  "reports": Jsonb([completion.report for _, (completion, _) in batch])}
         try:
             states, messages = self._report(self.conn, q("complete_issue_batch"), params,
                                             label=f"{len(batch)} {batch[0][0].kind} jobs")

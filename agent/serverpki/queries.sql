@@ -48,8 +48,13 @@ SELECT EXISTS (SELECT 1 FROM pki.jobs WHERE id = %(job)s AND state = 'done' AND 
 -- the completions of several issue_local jobs in one call, together, or each alone when one is refused
 -- (Agent._finish_batch): per job the SQLSTATE and message of its refusal, NULL when done
 -- name: complete_issue_batch
+-- pairs and reports come as one JSON array each (element i: job i's), made arrays here: sent as jsonb[], every
+-- backslash of the PEM texts' JSON would be escaped once more for the array literal, in the agent's Python
 SELECT states, messages
-  FROM pki.complete_issue_batch(%(jobs)s, %(tokens)s::uuid[], %(pairs)s::jsonb[], %(cacerts)s::int[], %(reports)s::jsonb[]);
+  FROM pki.complete_issue_batch(%(jobs)s, %(tokens)s::uuid[],
+        ARRAY(SELECT e FROM jsonb_array_elements(%(pairs)s::jsonb) WITH ORDINALITY AS a(e, n) ORDER BY n),
+        %(cacerts)s::int[],
+        ARRAY(SELECT e FROM jsonb_array_elements(%(reports)s::jsonb) WITH ORDINALITY AS a(e, n) ORDER BY n));
 
 -- name: job_completions
 SELECT kind, complete_with FROM pki.job_kinds;

@@ -8,16 +8,18 @@
 -- whose SP008 complete_issue reports as SP023 of the job; a key encrypted at rest
 -- (-X, and the local CA's key) cannot be opened in the database, so it is not checked.
 
--- check_result_certs: the certificates of one issue result, parsed once and checked:
+-- check_result_certs: the certificates of issue results (one call for a batch of them: element i of each
+-- array is result i's), each parsed once and checked:
 --   names:  CN and SAN DNS names as x509util builds them, set-wise, case-insensitively;
 --   issuer: issue_local signed by the CA certificate ca_pem (instance ca_id), issue_local_ca
 --           self-signed, issue_acme linked to its chain (a pair's own "chain", else the result's)
 --           certificate by certificate: issuer name = next subject, signature by the next key.
--- Returns what is wrong (problem, hint: SP023 for the caller to raise), else the earliest not_after of the leaves and, for issue_acme, the facts of the result
--- chain's first certificate (the stored issuer) as {subject_cn, algo, hash, is_ca}.
-CREATE OR REPLACE FUNCTION pki.check_result_certs(job_id bigint, kind text, subject_type text, main_name text,
-    altnames text[], pairs jsonb, ca_pem text, ca_id int, chain jsonb,
-    OUT problem text, OUT hint text, OUT leaf_not_after timestamptz, OUT issuer jsonb)
+-- Returns one row per result, in order (ord): what is wrong (problem, hint: SP023 for the caller to raise), else the
+-- earliest not_after of the leaves and, for issue_acme, the facts of the result chain's first certificate (the stored
+-- issuer) as {subject_cn, algo, hash, is_ca}. altnames[i]: a JSON array of result i's alt names
+CREATE OR REPLACE FUNCTION pki.check_result_certs(job_ids bigint[], kinds text[], subject_types text[], main_names text[],
+    altnames jsonb[], pairs jsonb[], ca_pems text[], ca_ids int[], chains jsonb[])
+RETURNS TABLE (ord int, problem text, hint text, leaf_not_after timestamptz, issuer jsonb)
 LANGUAGE plpython3u STABLE
 SET search_path = pki, dd, pg_temp
 AS $$
@@ -36,7 +38,7 @@ class Refused(Exception):
 def refuse(message, hint):
     raise Refused("job %s: %s" % (job_id, message), hint)
 
-parsed = {}   # PEM text -> certificate: a chain shared by both pairs is parsed once
+parsed = {}   # PEM text -> certificate: a chain shared by both pairs (or by the results of a batch) is parsed once
 
 def load(pem, what):
     if not isinstance(pem, str):
@@ -111,9 +113,9 @@ def signed_by(child, parent, what, by):
                "report the certificate with the issuer that signed it")
     check_signed(child, parent, what, by)
 
-def check():
+def check(job_id, kind, subject_type, main_name, altnames, pairs, ca_pem, ca_id, chain):
     main = main_name.lower()
-    alts = {a.lower() for a in (altnames or [])}
+    alts = {a.lower() for a in (json.loads(altnames) if isinstance(altnames, str) else altnames or [])}
     # what x509util makes: server CN + SAN of every name; client CN, SAN the other names; CA CN only
     if kind == "issue_local_ca" or subject_type == "CA":
         want_san = set()
@@ -191,10 +193,16 @@ def check():
             "is_ca": True})
     return (None, None, not_after.isoformat() + "+00:00" if not_after is not None else None, facts)
 
-try:
-    return check()
-except Refused as exc:
-    return (exc.args[0], exc.args[1], None, None)
+job_id = None   # the job whose result is checked: refuse names it
+rows = []
+for i in range(len(job_ids or [])):
+    job_id = job_ids[i]
+    try:
+        rows.append((i + 1,) + check(job_ids[i], kinds[i], subject_types[i], main_names[i], altnames[i], pairs[i],
+                                     ca_pems[i], ca_ids[i], chains[i]))
+    except Refused as exc:
+        rows.append((i + 1, exc.args[0], exc.args[1], None, None))
+return rows
 $$;
 
 -- check_issued_result: who may report what, the CA instance a local result names, then the
@@ -255,9 +263,9 @@ BEGIN
                 'give the id of the local CA''s instance that signed the certificate (SELECT "Serial" FROM inst WHERE "Subject Type" = ''CA'')');
         END IF;
     END IF;
-    SELECT * INTO facts FROM check_result_certs(j.id, j.kind, main.type::text, main.name::text,
-        ARRAY(SELECT s.name::text FROM subjects s WHERE s.certificate = cert.id AND s.isaltname),
-        result -> 'pairs', ca_pem, ca_id, result -> 'chain');
+    SELECT * INTO facts FROM check_result_certs(ARRAY[j.id], ARRAY[j.kind], ARRAY[main.type::text], ARRAY[main.name::text],
+        ARRAY[(SELECT coalesce(jsonb_agg(s.name::text), '[]') FROM subjects s WHERE s.certificate = cert.id AND s.isaltname)],
+        ARRAY[result -> 'pairs'], ARRAY[ca_pem], ARRAY[ca_id], ARRAY[result -> 'chain']);
     IF facts.problem IS NOT NULL THEN
         PERFORM raise_error('SP023', facts.problem, facts.hint);
     END IF;

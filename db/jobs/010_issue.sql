@@ -52,8 +52,8 @@ BEGIN
 END
 $$;
 
--- issue_result_checked: the checks of an issue job's result before anything of it is stored (complete_issue,
--- and complete_issue_batch for several at once): the reserved instance still there, one pair per key
+-- issue_result_checked: the checks of an issue job's result before anything of it is stored (complete_issue;
+-- issue_local_results_checked makes them for a batch at once): the reserved instance still there, one pair per key
 -- algorithm of the certificate (cert: the job's, all NULL when it is gone), names and issuer read from the
 -- certificates (110_result_checks), no key of a revoked certificate. Refusals raise (SP023, SP028);
 -- returns the result as the checks completed it
@@ -318,19 +318,23 @@ DECLARE
     results jsonb[];
     j jobs;
 BEGIN
-    -- the jobs locked (in the order given: complete_issue_batch's, by lock bucket) and their results checked
+    -- the jobs locked (in the order given: complete_issue_batch's, by lock bucket), their results in the form
+    -- complete_issue checks, then checked all at once. held_job, not completing: its event context would be
+    -- replaced before any transition (each job's is set where its instance is issued, below)
     SELECT array_agg(c.j ORDER BY c.i), array_agg(c.result ORDER BY c.i) INTO js, results
-      FROM (SELECT u.i, u.j, issue_result_checked(u.j, cert, u.ps,
-                       jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(u.ps), 'cacert', cacerts[u.i]))) AS result,
-                   issue_pairs_storable(u.j, u.ps, cacerts[u.i])
-              FROM (SELECT i, completing(job_ids[i], lease_tokens[i], ARRAY['issue_local']) AS j,
-                           ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(pairs[i], '[]')) p) AS ps
-                      FROM generate_subscripts(job_ids, 1) AS i
-                    OFFSET 0) u
-              LEFT JOIN certificates cert ON cert.id = (u.j).certificate
+      FROM (SELECT i, held_job(job_ids[i], lease_tokens[i]) AS j,
+                   jsonb_strip_nulls(jsonb_build_object('pairs', to_jsonb(ARRAY(SELECT p FROM jsonb_populate_recordset(
+                       NULL::dd.issued_pair, coalesce(pairs[i], '[]')) p)), 'cacert', cacerts[i])) AS result
+              FROM generate_subscripts(job_ids, 1) AS i
             OFFSET 0) c;
+    IF EXISTS (SELECT 1 FROM unnest(js) u WHERE u.kind <> 'issue_local') THEN   -- completing's SP026, said per job
+        PERFORM raise_error('SP026', 'complete_issue_batch: a job is not an issue_local job', 'complete it with its kind''s completion');
+    END IF;
+    PERFORM issue_local_results_checked(js, results);
     PERFORM store_issued_pairs(js, pairs);
-    PERFORM continue_reused_keys(js);
+    IF EXISTS (SELECT 1 FROM unnest(js) u WHERE (u.args ->> 'reuse_from') IS NOT NULL) THEN   -- else nothing to plan
+        PERFORM continue_reused_keys(js);
+    END IF;
     -- each transition recorded with its job (the event context: one at a time)
     FOR i IN 1 .. cardinality(js) LOOP
         j := js[i];
@@ -350,6 +354,80 @@ BEGIN
             PERFORM issue_followup(j);
         END IF;
     END LOOP;
+END
+$$;
+
+-- issue_local_results_checked: the checks of issue_result_checked, check_issued_result and issue_pairs_storable for
+-- the results of several issue_local jobs (complete_issues_together; results[i] is job i's, in the form complete_issue
+-- gives check_issued_result), in one statement for all of them with one call of check_result_certs for all their
+-- certificates. Any misfit raises SP023 naming the first such job: complete_issue_batch then completes each job alone,
+-- and complete_issue's own checks say what was wrong. The stored form of the keys is held (FOR KEY SHARE) until the
+-- transaction ends, as issue_pairs_storable holds it
+CREATE OR REPLACE FUNCTION pki.issue_local_results_checked(js pki.jobs[], results jsonb[])
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    encrypted boolean;
+    misfit bigint;
+BEGIN
+    SELECT r.keysencrypted INTO encrypted FROM revision r WHERE r.id = current_revision() FOR KEY SHARE;
+    WITH u AS MATERIALIZED (
+        SELECT i, js[i] AS j, results[i] AS result, results[i] ->> 'cacert' AS cacert_text,
+               ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(results[i] -> 'pairs', '[]')) p) AS ps
+          FROM generate_subscripts(js, 1) AS i
+    ), ca AS (   -- each CA instance named, read once (check_issued_result's query)
+        SELECT DISTINCT ON (i.id) i.id, convert_from(k.cert, 'UTF8') AS pem
+          FROM certinstances i
+          JOIN certificates c ON c.id = i.certificate AND c.type = 'local'
+          JOIN main_subjects s ON s.certificate = c.id AND s.type = 'CA'
+          JOIN certkeydata k ON k.certinstance = i.id
+         WHERE i.id IN (SELECT u.cacert_text::int FROM u WHERE u.cacert_text ~ '^[0-9]{1,9}$')
+           AND i.state IN ('issued', 'deployed')
+         ORDER BY i.id, k.id
+    ), facts AS MATERIALIZED (
+        SELECT u.i, (u.j).id AS job, u.ps, u.result, c.id AS cert_id, c.encryption_algo, main.type::text AS subject_type,
+               main.name::text AS main_name, ca.id AS ca_id, ca.pem AS ca_pem,
+               (SELECT coalesce(jsonb_agg(s.name::text), '[]') FROM subjects s WHERE s.certificate = c.id AND s.isaltname) AS altnames,
+               EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = (u.j).instance AND ci.state = 'reserved') AS reserved
+          FROM u
+          LEFT JOIN certificates c ON c.id = (u.j).certificate
+          -- one row per job: the results of check_result_certs are matched by position
+          LEFT JOIN LATERAL (SELECT m.type, m.name FROM main_subjects m WHERE m.certificate = c.id LIMIT 1) main ON true
+          LEFT JOIN ca ON u.cacert_text ~ '^[0-9]{1,9}$' AND ca.id = u.cacert_text::int
+    ), misfits AS MATERIALIZED (
+        SELECT f.i, f.job FROM facts f
+         WHERE f.cert_id IS NULL OR NOT f.reserved OR f.ca_pem IS NULL
+            -- one complete pair per key algorithm of the certificate
+            OR EXISTS (SELECT 1 FROM unnest(f.ps) p WHERE p.algo IS NULL OR p.cert IS NULL OR p.key IS NULL)
+            OR ARRAY(SELECT p.algo FROM unnest(f.ps) p ORDER BY p.algo)
+               IS DISTINCT FROM CASE f.encryption_algo WHEN 'rsa_plus_ec' THEN ARRAY['ec', 'rsa'] ELSE ARRAY[f.encryption_algo::text] END
+            -- each key in the form of the stored keys (-X: encrypted, -Y: in clear)
+            OR EXISTS (SELECT 1 FROM unnest(f.ps) p
+                        WHERE (position('-----BEGIN ENCRYPTED PRIVATE KEY-----' IN p.key) > 0) IS DISTINCT FROM coalesce(encrypted, false))
+            -- (key_revoked called only where the certificate has a revoked one of the algorithm at all: most never had)
+            OR EXISTS (SELECT 1 FROM unnest(f.ps) p
+                        WHERE CASE WHEN EXISTS (SELECT 1 FROM revocations r WHERE r.certificate = f.main_name
+                                                   AND r.encryption_algo::text = p.algo)   -- CASE: in this order
+                                   THEN key_revoked(f.cert_id, p.algo, convert_to(p.cert, 'UTF8')) ELSE false END)
+    ), certs AS (   -- the certificates (what costs) only when everything else fits
+        SELECT r.ord, r.problem FROM check_result_certs(
+                ARRAY(SELECT f.job FROM facts f ORDER BY f.i), ARRAY(SELECT 'issue_local' FROM facts f ORDER BY f.i),
+                ARRAY(SELECT f.subject_type FROM facts f ORDER BY f.i), ARRAY(SELECT f.main_name FROM facts f ORDER BY f.i),
+                ARRAY(SELECT f.altnames FROM facts f ORDER BY f.i), ARRAY(SELECT f.result -> 'pairs' FROM facts f ORDER BY f.i),
+                ARRAY(SELECT f.ca_pem FROM facts f ORDER BY f.i), ARRAY(SELECT f.ca_id FROM facts f ORDER BY f.i),
+                ARRAY(SELECT NULL::jsonb FROM facts f ORDER BY f.i)) r
+         WHERE NOT EXISTS (SELECT 1 FROM misfits)
+    )
+    SELECT x.job INTO misfit
+      FROM (SELECT m.i, m.job FROM misfits m
+            UNION ALL
+            SELECT f.i, f.job FROM facts f JOIN certs c ON c.ord = f.i WHERE c.problem IS NOT NULL) x
+     ORDER BY x.i LIMIT 1;
+    IF misfit IS NOT NULL THEN
+        PERFORM raise_error('SP023', format('job %s: its result does not fit (complete_issue says why)', misfit),
+            'complete the jobs one by one: complete_issue_batch does');
+    END IF;
 END
 $$;
 

@@ -174,7 +174,8 @@ DROP TRIGGER IF EXISTS check_certkeydata ON pki.certkeydata;
 CREATE TRIGGER check_certkeydata BEFORE INSERT OR UPDATE ON pki.certkeydata
     FOR EACH ROW EXECUTE FUNCTION pki.check_certkeydata();
 
--- touch_instance_validity: after a pair is stored or removed, let the instance re-derive its dates.
+-- touch_instance_validity: after pairs are stored or removed, let their instances re-derive their dates;
+-- once per statement for all its rows (a batch of issue completions stores its pairs in one INSERT).
 -- SECURITY DEFINER: pki_admin's remove_cert cascades to key pairs, and the admin may not write instances
 CREATE OR REPLACE FUNCTION pki.touch_instance_validity()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
@@ -182,13 +183,18 @@ SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
     UPDATE certinstances SET not_before = NULL, not_after = NULL
-     WHERE id = CASE WHEN TG_OP = 'DELETE' THEN OLD.certinstance ELSE NEW.certinstance END;
+     WHERE id IN (SELECT DISTINCT k.certinstance FROM changed_pairs k);
     RETURN NULL;
 END
 $$;
 DROP TRIGGER IF EXISTS touch_instance_validity ON pki.certkeydata;
-CREATE TRIGGER touch_instance_validity AFTER INSERT OR DELETE ON pki.certkeydata
-    FOR EACH ROW EXECUTE FUNCTION pki.touch_instance_validity();
+DROP TRIGGER IF EXISTS touch_instance_validity_insert ON pki.certkeydata;
+DROP TRIGGER IF EXISTS touch_instance_validity_delete ON pki.certkeydata;
+-- (a trigger with a transition table has one event: one for INSERT, one for DELETE)
+CREATE TRIGGER touch_instance_validity_insert AFTER INSERT ON pki.certkeydata
+    REFERENCING NEW TABLE AS changed_pairs FOR EACH STATEMENT EXECUTE FUNCTION pki.touch_instance_validity();
+CREATE TRIGGER touch_instance_validity_delete AFTER DELETE ON pki.certkeydata
+    REFERENCING OLD TABLE AS changed_pairs FOR EACH STATEMENT EXECUTE FUNCTION pki.touch_instance_validity();
 
 -- derive_instance_validity: an instance with stored pairs is valid where all of them are
 CREATE OR REPLACE FUNCTION pki.derive_instance_validity()
