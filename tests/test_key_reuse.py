@@ -270,18 +270,57 @@ def test_a_revoked_key_is_never_kept_by_a_successor(fleet):
     kept = issue["instance"]
     assert issue["args"]["reuse_from"] == active and spkis(fleet, kept) == spkis(fleet, active)
 
-    # the key leaked: the successor that kept it must not replace the revoked instance
+    # the key leaked: the successor that kept it must not replace the revoked instance, and is revoked too
+    # (its certificate is valid at the CA and vouches for the leaked key)
     run = fleet.cli("--revoke", str(active), "--reason", "keyCompromise")
     assert run.returncode == 0, run.stdout + run.stderr
+    assert f"it has the key of instance {active}" in run.stdout + run.stderr, run.stdout + run.stderr
     new = fleet.deployed()[MX]
     assert new not in (active, kept)
-    assert fleet.conn.execute("SELECT count(*) FROM certinstances WHERE id = %s", (kept,)).fetchone()[0] == 0
+    assert revoked_at_the_ca(fleet, kept) and revoked_at_the_ca(fleet, active)
     assert all(spkis(fleet, new)[algo] != key for algo, key in spkis(fleet, active).items())
     [rollover] = jobs_of(fleet, MX, "issue_acme", issue["id"])
     assert "reuse_from" not in rollover["args"]
     assert fleet.problems() == []
     # and no later issue reuses it: the revoked instance is no predecessor, its key is no candidate
     assert fleet.conn.execute("SELECT reuse_from FROM key_reuse(cert_id(%s))", (MX,)).fetchone()[0] == new
+
+
+def revoked_at_the_ca(fleet: Fleet, inst: int) -> bool:
+    """The instance is revoked, and its revoke job revoked every certificate of it (rsa_plus_ec: two)."""
+    return fleet.conn.execute(
+        "SELECT i.state = 'revoked' AND count(r.*) = 2 AND bool_and(r.done_at IS NOT NULL) "
+        "FROM certinstances i JOIN revocations r ON r.instance = i.id WHERE i.id = %s GROUP BY i.state", (inst,)).fetchone()[0]
+
+
+def kept_successor(fleet: Fleet) -> tuple[int, int]:
+    """-C of MX (key reuse allowed): the active instance and the successor that kept its key."""
+    active = fleet.deployed()[MX]
+    start = last_job(fleet)
+    run = fleet.cli("-C", "-o", MX)
+    assert run.returncode == 0, run.stderr
+    [issue] = jobs_of(fleet, MX, "issue_acme", start)
+    assert spkis(fleet, issue["instance"]) == spkis(fleet, active)
+    return active, issue["instance"]
+
+
+def test_a_key_compromise_named_by_a_successor_replaces_the_active_instance_with_that_key(fleet):
+    """The operator names the successor that kept the key: the active instance has the same key, so it is
+    revoked and replaced in the same run; another reason (superseded) revokes only what it names."""
+    active, kept = kept_successor(fleet)
+    run = fleet.cli("--revoke", str(kept), "--reason", "keyCompromise")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert revoked_at_the_ca(fleet, kept) and revoked_at_the_ca(fleet, active)
+    new = fleet.deployed()[MX]
+    assert new not in (active, kept)
+    assert all(spkis(fleet, new)[algo] != key for algo, key in spkis(fleet, active).items())
+    assert fleet.problems() == []
+
+    active, kept = kept_successor(fleet)
+    run = fleet.cli("--revoke", str(kept), "--reason", "superseded")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert fleet.deployed()[MX] == active and revoked_at_the_ca(fleet, kept)
+    assert fleet.problems() == []
 
 
 def test_no_key_lands_in_the_jobs(fleet):

@@ -661,6 +661,175 @@ def test_tlsa_job_completes_when_the_wanted_set_changed_meanwhile(conn):
     assert again["instances"] == [succ]
 
 
+def successor_while_tlsa_runs(conn) -> dict:
+    """A deployed instance with TLSA; a publish_tlsa job (-T) running under agent a1; then, as an issue
+    job's follow-up does, a successor is issued and enqueue_tlsa asked to prepublish it."""
+    dep = deployed_cert(conn, tlsa=True)
+    cert, active = dep["certificate"], dep["instance"]
+    day10 = T0 + dt.timedelta(days=10)
+    at(conn, day10)
+    owner_conn(conn).execute("SELECT enqueue_tlsa(%s, 'test: -T')", (cert,))
+    [tlsa] = claim(conn, kinds=["publish_tlsa"])
+    conn.execute("SELECT * FROM request_create(selection(only_certs => ARRAY['www.example.org']))").fetchall()
+    run_jobs(conn, day10, kinds=list(ISSUE_KINDS))
+    succ = conn.execute("SELECT id FROM certinstances WHERE certificate = %s AND state = 'issued'", (cert,)).fetchone()[0]
+    return {"certificate": cert, "active": active, "successor": succ, "tlsa": tlsa}
+
+
+def queued_tlsa_args(conn, cert: int) -> list[dict]:
+    return [r[0] for r in conn.execute("SELECT args FROM jobs WHERE kind = 'publish_tlsa' AND certificate = %s "
+                                       "AND state = 'queued'", (cert,))]
+
+
+@pytest.mark.parametrize("asked_by", ["enqueue_tlsa", "enqueue_tlsa_many"])
+def test_a_prepublication_asked_while_the_tlsa_job_runs_is_enqueued_by_its_completion(conn, asked_by):
+    """The running job takes no new args and its re-check compares only what DNS should hold without the
+    successor: the request waits in tlsa_wishes, and the completion enqueues it (it was dropped before)."""
+    r = successor_while_tlsa_runs(conn)
+    cert, succ = r["certificate"], r["successor"]
+    call = ("SELECT enqueue_tlsa(%s, 'issued by job 7: prepublish TLSA', %s)" if asked_by == "enqueue_tlsa" else
+            "SELECT * FROM enqueue_tlsa_many(ARRAY[%s], ARRAY['issued by job 7: prepublish TLSA'], ARRAY[%s])")
+    owner_conn(conn).execute(call, (cert, succ))
+    assert job(conn, r["tlsa"]["id"])["args"] == r["tlsa"]["args"], "the running job's args changed under its agent"
+    assert queued_tlsa_args(conn, cert) == []
+    complete(conn, r["tlsa"]["id"])
+    assert queued_tlsa_args(conn, cert) == [{"instances": [r["active"], succ], "prepublish": succ, "remove": False}]
+    [reason] = conn.execute("SELECT reason FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()
+    assert reason == f"issued by job 7: prepublish TLSA (asked while job {r['tlsa']['id']} ran)"
+    assert owner_conn(conn).execute("SELECT count(*) FROM tlsa_wishes").fetchone()[0] == 0
+    run_jobs(conn, T0 + dt.timedelta(days=10), kinds=["publish_tlsa"])
+    assert conn.execute("SELECT state FROM certinstances WHERE id = %s", (succ,)).fetchone()[0] == "prepublished"
+
+
+def wishes(conn) -> int:
+    return owner_conn(conn).execute("SELECT count(*) FROM tlsa_wishes").fetchone()[0]
+
+
+def test_the_newest_wish_counts_and_a_gone_successor_is_not_prepublished(conn):
+    """A removal asked while the job runs replaces a prepublication and is carried out; a later plain wish
+    replaces the removal and keeps no successor (the removal dropped it); a successor no longer issued is
+    not prepublished, the records of what is wanted are published again."""
+    r = successor_while_tlsa_runs(conn)
+    cert, succ = r["certificate"], r["successor"]
+    owner = owner_conn(conn)
+    owner.execute("SELECT enqueue_tlsa(%s, 'prepublish', %s)", (cert, succ))
+    owner.execute("SELECT enqueue_tlsa(%s, 'certificate disabled: remove', NULL, true)", (cert,))
+    wish = lambda: owner.execute("SELECT prepublish, remove, reason FROM tlsa_wishes").fetchall()
+    assert wish() == [(None, True, "certificate disabled: remove")]
+    owner.execute("SELECT enqueue_tlsa(%s, 'configuration changed')", (cert,))
+    assert wish() == [(None, False, "configuration changed")]
+    owner.execute("SELECT enqueue_tlsa(%s, 'prepublish', %s)", (cert, succ))
+    owner.execute("SELECT enqueue_tlsa(%s, 'configuration changed')", (cert,))
+    assert wish() == [(succ, False, "configuration changed")]
+    owner.execute("UPDATE certinstances SET state = 'expired' WHERE id = %s", (succ,))
+    complete(conn, r["tlsa"]["id"])
+    assert queued_tlsa_args(conn, cert) == [{"instances": [r["active"]], "prepublish": None, "remove": False}]
+    assert wishes(conn) == 0
+
+
+def test_a_removal_asked_while_the_tlsa_job_runs_is_carried_out(conn):
+    """It was lost: the running job published, and its re-check saw the same instances wanted."""
+    r = successor_while_tlsa_runs(conn)
+    owner_conn(conn).execute("SELECT enqueue_tlsa(%s, 'certificate disabled: remove', NULL, true)", (r["certificate"],))
+    complete(conn, r["tlsa"]["id"])
+    assert queued_tlsa_args(conn, r["certificate"]) == [{"instances": [], "prepublish": None, "remove": True}]
+
+
+def test_a_wish_kept_for_a_job_that_fails_goes_with_the_pending_job(conn):
+    """The job fails and waits for its retry: a later plain wish carries the kept prepublication on, a
+    removal (-R) replaces it; either way the retried job's completion has no old wish to carry out."""
+    r = successor_while_tlsa_runs(conn)
+    cert, succ = r["certificate"], r["successor"]
+    owner = owner_conn(conn)
+    owner.execute("SELECT enqueue_tlsa(%s, 'prepublish', %s)", (cert, succ))
+    assert fail(conn, r["tlsa"]["id"]) == "failed"
+    owner.execute("SELECT enqueue_tlsa(%s, 'instance deployed: the active one only')", (cert,))
+    assert job(conn, r["tlsa"]["id"])["args"] == {"instances": [r["active"], succ], "prepublish": succ, "remove": False}
+    assert wishes(conn) == 0
+    owner.execute("SELECT enqueue_tlsa(%s, 'prepublish', %s)", (cert, succ))   # pending: no wish to keep
+    owner.execute("SELECT enqueue_tlsa(%s, 'requested (-R)', NULL, true)", (cert,))
+    at(conn, T0 + dt.timedelta(days=11))
+    [again] = claim(conn, kinds=["publish_tlsa"])
+    assert again["id"] == r["tlsa"]["id"] and again["args"]["remove"] is True
+    complete(conn, again["id"])
+    assert queued_tlsa_args(conn, cert) == [] and wishes(conn) == 0
+
+
+def test_a_wish_kept_for_a_job_that_dies_is_not_carried_out(conn):
+    """The dying job's transaction takes no lock_tlsa (it would deadlock with an enqueue_tlsa waiting for
+    the job's row); its wish stays, but no later job carries it out: the next request replaces it."""
+    r = successor_while_tlsa_runs(conn)
+    cert = r["certificate"]
+    owner_conn(conn).execute("SELECT enqueue_tlsa(%s, 'prepublish', %s)", (cert, r["successor"]))
+    assert fail(conn, r["tlsa"]["id"], retry=False) == "dead"
+    owner_conn(conn).execute("SELECT enqueue_tlsa(%s, 'test: -T')", (cert,))
+    assert queued_tlsa_args(conn, cert) == [{"instances": [r["active"]], "prepublish": None, "remove": False}]
+    assert wishes(conn) == 0
+
+
+def test_a_plain_request_keeps_the_prepublication_a_pending_job_was_asked(conn):
+    """A configuration change or a -T while the prepublish job waits must not drop the successor from it."""
+    r = successor_while_tlsa_runs(conn)
+    cert, succ = r["certificate"], r["successor"]
+    complete(conn, r["tlsa"]["id"])
+    owner = owner_conn(conn)
+    owner.execute("SELECT enqueue_tlsa(%s, 'prepublish', %s)", (cert, succ))
+    owner.execute("SELECT enqueue_tlsa(%s, 'test: -T')", (cert,))
+    owner.execute("SELECT * FROM enqueue_tlsa_many(ARRAY[%s], ARRAY['the pass'], ARRAY[NULL]::int[])", (cert,))
+    assert queued_tlsa_args(conn, cert) == [{"instances": [r["active"], succ], "prepublish": succ, "remove": False}]
+
+
+def test_the_pass_deleting_a_wished_successor_while_the_tlsa_job_completes_is_no_lock_cycle(conn, dsn):
+    """The scheduler deletes instances (rules 1, 4) before it takes lock_tlsa_many; the completion holds
+    lock_tlsa and reads the wishes: the wish must not be locked through the deleted instance."""
+    r = successor_while_tlsa_runs(conn)
+    cert, succ = r["certificate"], r["successor"]
+    ts = owner_conn(conn)
+    ts.execute("SELECT enqueue_tlsa(%s, 'prepublish', %s)", (cert, succ))
+    with psycopg.connect(dsn, autocommit=True) as tp:
+        at(tp, T0 + dt.timedelta(days=10))
+        tp.execute("SET lock_timeout = '10s'")
+        ts.execute("BEGIN")
+        ts.execute("DELETE FROM certinstances WHERE id = %s", (succ,))   # as rule 4 does, before lock_tlsa_many
+        outcome: dict = {}
+        worker = in_thread(outcome, complete, tp, r["tlsa"]["id"])      # lock_tlsa, then the wish
+        worker.join(5)
+        completion_waited = worker.is_alive()
+        ts.execute("SELECT lock_tlsa_many(ARRAY[%s])", (cert,))           # the pass goes on
+        ts.execute("COMMIT")
+        worker.join(15)
+        assert not worker.is_alive() and "error" not in outcome, outcome.get("error")
+    assert not completion_waited, "the completion waited for the pass's deleted instance"
+    assert job(conn, r["tlsa"]["id"])["state"] == "done" and wishes(conn) == 0
+
+
+def test_a_TLSA_owner_added_to_a_certificate_in_service_is_published_by_the_next_run(conn):
+    """A TLSA service linked, a service's prefix changed: the records of the deployed instance follow now,
+    not at the next renewal (tlsa_owners_grew); a certificate with nothing in DNS gets no job, nor does an
+    alt name (not in the instance served) or an update that changes no owner."""
+    dep = deployed_cert(conn, tlsa=True)
+    cert, active = dep["certificate"], dep["instance"]
+    add_cert(conn, "later.example.org", tlsa=True)
+    assert queued_tlsa_args(conn, cert) == []
+
+    def published(change: str, *args) -> str:
+        conn.execute(change, args)
+        [(job_id, args_, reason)] = conn.execute("SELECT id, args, reason FROM jobs WHERE kind = 'publish_tlsa' "
+                                                 "AND state = 'queued'").fetchall()
+        assert args_ == {"instances": [active], "prepublish": None, "remove": False}
+        run_jobs(conn, T0, kinds=["publish_tlsa"])
+        return reason
+
+    conn.execute("SELECT add_tlsa_service('submissions', 465, '_465._tcp.{}. 3600 IN TLSA 3 1 1')")
+    assert "(certificates_services)" in published("SELECT add_service('www.example.org', 'submissions', 465)")
+    assert "(services)" in published("UPDATE services SET tlsaprefix = '_465._tcp.{}. 3600 IN TLSA 2 1 1' WHERE port = 465")
+    # the instance in service does not carry a new alt name: its records come with the successor's
+    conn.execute("SELECT add_altname('www.example.org', 'alt.example.org')")
+    conn.execute("UPDATE subjects SET remarks = 'no owner changes' WHERE name = 'alt.example.org'")
+    conn.execute("UPDATE services SET remarks = 'nor here' WHERE port = 465")
+    assert conn.execute("SELECT count(*) FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()[0] == 0
+
+
 def rollover_while_tlsa_runs(conn) -> dict:
     """An active instance and a prepublished successor (TLSA out for 2 x TTL); running under agent a1: a
     publish_tlsa job for both (-T) and the successor's distribute job, whose completion deploys it."""
@@ -701,6 +870,19 @@ def in_thread(outcome: dict, call, *args) -> threading.Thread:
     return worker
 
 
+def blocked_until_commit(conn, holder: psycopg.Connection, waiter: psycopg.Connection, call, *args) -> list[str]:
+    """Run call(waiter, *args) in a thread while holder's transaction is open, commit holder, and return
+    the kinds of lock the waiter waited for meanwhile (empty: it did not wait); the call must succeed."""
+    outcome: dict = {}
+    worker = in_thread(outcome, call, waiter, *args)
+    time.sleep(0.5)
+    locks = waits_for(conn, waiter) if worker.is_alive() else []
+    holder.execute("COMMIT")
+    worker.join(15)
+    assert not worker.is_alive() and "error" not in outcome, outcome.get("error")
+    return locks
+
+
 def test_tlsa_job_completing_while_a_change_commits_publishes_the_change(conn, dsn):
     """A distribute job's completion (TD) deploys the successor while the publish_tlsa job completes (TP):
     TD's enqueue_tlsa leaves the running job alone, so TP's re-check must see TD's change. It waits for
@@ -712,20 +894,14 @@ def test_tlsa_job_completing_while_a_change_commits_publishes_the_change(conn, d
         tp.execute("SET lock_timeout = '10s'")
         td.execute("BEGIN")
         complete(td, r["distribute"])         # successor deployed, active expired; publish_tlsa is running
-        outcome: dict = {}
-        worker = in_thread(outcome, complete, tp, r["tlsa"])
-        time.sleep(0.5)
-        blocked, locks = worker.is_alive(), waits_for(conn, tp)
-        td.execute("COMMIT")
-        worker.join(15)
-        assert not worker.is_alive() and "error" not in outcome, outcome.get("error")
+        locks = blocked_until_commit(conn, td, tp, complete, r["tlsa"])
     assert job(conn, r["tlsa"])["state"] == "done"
     wanted = owner_conn(conn).execute("SELECT tlsa_wanted(%s)", (r["certificate"],)).fetchone()[0]
     assert wanted == [r["successor"]]
     queued = conn.execute("SELECT args FROM jobs WHERE kind = 'publish_tlsa' AND certificate = %s AND state = 'queued'",
                           (r["certificate"],)).fetchall()
     assert [q[0]["instances"] for q in queued] == [wanted], "the deployment's TLSA wish was lost"
-    assert blocked and locks == ["advisory"], f"the publish_tlsa completion did not wait (waited for {locks})"
+    assert locks == ["advisory"], f"the publish_tlsa completion did not wait (waited for {locks})"
 
 
 def test_change_committing_while_a_tlsa_job_completes_enqueues_afresh(conn, dsn):
@@ -739,19 +915,29 @@ def test_change_committing_while_a_tlsa_job_completes_enqueues_afresh(conn, dsn)
         tp.execute("BEGIN")
         complete(tp, r["tlsa"])
         assert tp.execute("SELECT count(*) FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()[0] == 0
-        outcome: dict = {}
-        worker = in_thread(outcome, complete, td, r["distribute"])
-        time.sleep(0.5)
-        blocked, locks = worker.is_alive(), waits_for(conn, td)
-        tp.execute("COMMIT")
-        worker.join(15)
-        assert not worker.is_alive() and "error" not in outcome, outcome.get("error")
-    assert blocked and locks == ["advisory"], f"the deployment's enqueue_tlsa did not wait for lock_tlsa ({locks})"
+        locks = blocked_until_commit(conn, tp, td, complete, r["distribute"])
+    assert locks == ["advisory"], f"the deployment's enqueue_tlsa did not wait for lock_tlsa ({locks})"
     assert job(conn, r["tlsa"])["state"] == "done"
     [(fresh, args)] = conn.execute("SELECT id, args FROM jobs WHERE kind = 'publish_tlsa' AND certificate = %s "
                                    "AND state = 'queued'", (r["certificate"],)).fetchall()
     assert fresh > r["tlsa"]
     assert args["instances"] == [r["successor"]] == owner_conn(conn).execute("SELECT tlsa_wanted(%s)", (r["certificate"],)).fetchone()[0]
+
+
+def test_a_prepublication_committing_while_the_tlsa_job_completes_is_not_lost(conn, dsn):
+    """TD asks the running job's certificate for a prepublication and holds lock_tlsa; TP (the job's
+    completion) holds the job's row and waits for that lock, then reads TD's wish: no lock cycle (the wish
+    is not written to the job's row), nothing lost."""
+    r = successor_while_tlsa_runs(conn)
+    td = owner_conn(conn)                      # enqueue_tlsa is internal: an issue completion's follow-up
+    with psycopg.connect(dsn, autocommit=True) as tp:
+        at(tp, T0 + dt.timedelta(days=10))
+        tp.execute("SET lock_timeout = '10s'")
+        td.execute("BEGIN")
+        td.execute("SELECT enqueue_tlsa(%s, 'prepublish', %s)", (r["certificate"], r["successor"]))
+        locks = blocked_until_commit(conn, td, tp, complete, r["tlsa"]["id"])
+    assert locks == ["advisory"], f"the publish_tlsa completion did not wait (waited for {locks})"
+    assert [a["prepublish"] for a in queued_tlsa_args(conn, r["certificate"])] == [r["successor"]]
 
 
 def test_enqueue_tlsa_many_does_what_enqueue_tlsa_does_row_by_row(conn):
@@ -766,14 +952,17 @@ def test_enqueue_tlsa_many_does_what_enqueue_tlsa_does_row_by_row(conn):
     owner_conn(conn).execute("SELECT enqueue_tlsa(%s, 'old wish')", (running,))
     [busy] = claim(conn, kinds=["publish_tlsa"])
     owner_conn(conn).execute("SELECT enqueue_tlsa(%s, 'old wish')", (pending,))
-    certs, reasons, prepublish = [fresh, pending, running], ["why fresh", "why pending", "why running"], [succ, None, None]
+    # a certificate given twice: the last counts, as with calls one after the other
+    certs, reasons, prepublish = ([fresh, pending, running, pending], ["why fresh", "why pending", "why running", "why pending again"],
+                                  [succ, None, None, None])
     columns = "kind, subject_key, reason, args, certificate, state, priority, max_attempts, run_after, locked_by"
 
     # the enqueue functions are internal: the owner compares them, each in a transaction of its own
     owner = owner_conn(conn)
 
     def queue():
-        return owner.execute(f"SELECT {columns} FROM jobs ORDER BY certificate, id").fetchall()
+        return (owner.execute(f"SELECT {columns} FROM jobs ORDER BY certificate, id").fetchall(),
+                owner.execute("SELECT certificate, prepublish, remove, reason FROM tlsa_wishes ORDER BY 1").fetchall())
 
     owner.execute("BEGIN")
     one_by_one = [owner.execute("SELECT enqueue_tlsa(%s, %s, %s)", (c, r, p)).fetchone()[0]
@@ -790,8 +979,8 @@ def test_enqueue_tlsa_many_does_what_enqueue_tlsa_does_row_by_row(conn):
     assert one_by_one[2] is None and many[1][0] == one_by_one[1]
     new = job(conn, many[0][0])
     assert new["args"] == {"instances": sorted([deployed_instance(conn, fresh), succ]), "prepublish": succ, "remove": False}
-    assert job(conn, many[1][0])["reason"] == "why pending"
-    assert job(conn, busy["id"])["reason"] == "old wish"
+    assert job(conn, many[1][0])["reason"] == "why pending again"
+    assert job(conn, busy["id"])["reason"] == "old wish" and got[1] == [(running, None, False, "why running")]
     assert owner_conn(conn).execute("SELECT count(*) FROM enqueue_tlsa_many('{}', '{}', '{}')").fetchone()[0] == 0
 
 

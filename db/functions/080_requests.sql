@@ -192,6 +192,47 @@ CREATE OR REPLACE FUNCTION pki.revocation_reasons()
 RETURNS text[] LANGUAGE sql IMMUTABLE
 AS $$ SELECT ARRAY['unspecified', 'keyCompromise', 'affiliationChanged', 'superseded', 'cessationOfOperation'] $$;
 
+-- revocable: an instance whose certificate may be revoked: in service, or replaced (expired) but
+-- still valid (its key may have leaked)
+CREATE OR REPLACE FUNCTION pki.revocable(i pki.certinstances)
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT i.state IN ('issued', 'prepublished', 'deployed') OR (i.state = 'expired' AND i.not_after > pki.now())
+$$;
+
+-- record_revocation: request_revoke's record of one instance (checked by it): its certificates in
+-- pki.revocations with who, why and when, the instance 'revoked', its revoke job (returned). A local
+-- instance whose issuing CA instance is not known here (imported) is on no CRL: its record is done at
+-- once and says so, and it has no job (NULL)
+CREATE OR REPLACE FUNCTION pki.record_revocation(inst pki.certinstances, cert pki.certificates, name text, why text)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    revoke_job bigint;
+    no_crl boolean := cert.type = 'local' AND inst.cacert IS NULL;
+BEGIN
+    INSERT INTO revocations (instance, certificate, encryption_algo, cert, ca_instance, not_after, reason, revoked_at,
+                             revoked_by, done_at, remarks)
+    SELECT inst.id, name, k.encryption_algo, k.cert, CASE WHEN cert.type = 'local' THEN inst.cacert END, k.not_after,
+           why, pki.now(), session_user, CASE WHEN no_crl THEN pki.now() END,
+           CASE WHEN no_crl THEN 'on no CRL: its issuing CA instance is not known here' END
+      FROM certkeydata k WHERE k.certinstance = inst.id;
+    PERFORM set_context(format('revoked (%s) by %s with --revoke', why, session_user));
+    UPDATE certinstances i SET state = 'revoked' WHERE i.id = inst.id;
+    IF no_crl THEN
+        RETURN NULL;
+    END IF;
+    revoke_job := enqueue('revoke', revoke_subject_key(inst.id),
+                          format('--revoke %s (%s) by %s: %s', inst.id, why, session_user,
+                                 CASE WHEN cert.type = 'local' THEN 'put it on the local CA''s CRL' ELSE 'revoke it at the ACME CA' END),
+                          jsonb_build_object('reason', why), cert.id, inst.id);
+    UPDATE revocations r SET job = revoke_job WHERE r.instance = inst.id;
+    RETURN revoke_job;
+END
+$$;
+
 -- request_revoke: --revoke SERIAL [--reason REASON], the one rule of a revocation. Refuses (changing
 -- nothing) an unknown reason (SP011), an unknown instance (SP002), a CA's instance or one that is not
 -- in service (SP027). Else, in one transaction: the instance becomes 'revoked' at once (nothing
@@ -202,8 +243,10 @@ AS $$ SELECT ARRAY['unspecified', 'keyCompromise', 'affiliationChanged', 'supers
 -- longer holds it). When it was the active (deployed) instance of an enabled certificate, the
 -- emergency rollover (revoke_rollover) replaces it in the same run; after a key compromise its
 -- publish_tlsa job also withdraws the revoked records (one UPDATE), so none is enqueued here. A
--- revoked instance whose revocation is still pending (its job died) is enqueued again. Returns
--- the jobs (the revoke job first).
+-- revoked instance whose revocation is still pending (its job died) is enqueued again. After a key
+-- compromise every other instance of the certificate still valid with the same key is revoked with
+-- it (the key is what leaked: an active instance that shares it is replaced, a successor that kept
+-- it is revoked, not just given up). Returns the jobs (the revoke jobs first).
 CREATE OR REPLACE FUNCTION pki.request_revoke(serial int, revocation_reason text DEFAULT 'unspecified')
 RETURNS TABLE (job bigint, certificate text, instance int, reason text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -219,6 +262,8 @@ DECLARE
     tlsa_job bigint;
     rollover record;
     tlsa_in_rollover boolean := false;
+    one certinstances;
+    active int;
 BEGIN
     PERFORM check_required(serial::text, 'the serial of the instance to revoke (--revoke SERIAL)');
     IF NOT why = ANY (revocation_reasons()) THEN
@@ -226,7 +271,11 @@ BEGIN
             format('give one of %s (RFC 5280; certificateHold is not offered: a revocation is final)',
                    array_to_string(revocation_reasons(), ', ')));
     END IF;
-    SELECT * INTO inst FROM certinstances i WHERE i.id = serial FOR UPDATE;
+    -- every instance of its certificate, in one order (a key compromise revokes those with its key too:
+    -- two revocations at once must not lock them the other way round)
+    PERFORM 1 FROM certinstances i WHERE i.certificate = (SELECT c.certificate FROM certinstances c WHERE c.id = serial)
+      ORDER BY i.id FOR UPDATE;
+    SELECT * INTO inst FROM certinstances i WHERE i.id = serial;
     IF NOT FOUND THEN
         PERFORM raise_error('SP002', format('no instance with serial %s', serial),
             'see the Serial column of operate_serverPKI -n -v');
@@ -255,8 +304,7 @@ BEGIN
         RETURN QUERY SELECT revoke_job, name, inst.id, 'revocation still pending: revoke it (again)'::text;
         RETURN;
     END IF;
-    -- a replaced instance (expired) whose certificate is still valid is revoked too: its key may have leaked
-    IF NOT (inst.state IN ('issued', 'prepublished', 'deployed') OR (inst.state = 'expired' AND inst.not_after > pki.now())) THEN
+    IF NOT revocable(inst) THEN
         PERFORM raise_error('SP027', format('instance %s of %s is %s: only an issued, prepublished, deployed, or replaced '
                                             'but still valid instance is revoked', serial, name, inst.state),
             CASE WHEN inst.state IN ('revoked', 'archived')
@@ -267,25 +315,28 @@ BEGIN
         PERFORM raise_error('SP027', format('instance %s of %s has no known issuing CA instance: no CRL can list it', serial, name),
             'replace it (-C, then -D) and stop using it; its issuer is not a CA instance of this database');
     END IF;
-    INSERT INTO revocations (instance, certificate, encryption_algo, cert, ca_instance, not_after, reason, revoked_at, revoked_by)
-    SELECT inst.id, name, k.encryption_algo, k.cert, CASE WHEN cert.type = 'local' THEN inst.cacert END, k.not_after,
-           why, pki.now(), session_user
-      FROM certkeydata k WHERE k.certinstance = inst.id;
-    PERFORM set_context(format('revoked (%s) by %s with --revoke', why, session_user));
-    UPDATE certinstances i SET state = 'revoked' WHERE i.id = inst.id;
-    revoke_job := enqueue('revoke', revoke_subject_key(inst.id),
-                          format('--revoke %s (%s) by %s: %s', inst.id, why, session_user,
-                                 CASE WHEN cert.type = 'local' THEN 'put it on the local CA''s CRL' ELSE 'revoke it at the ACME CA' END),
-                          jsonb_build_object('reason', why), cert.id, inst.id);
-    UPDATE revocations r SET job = revoke_job WHERE r.instance = inst.id;
+    -- the instance first, and after a key compromise the others with its key that are still valid (an
+    -- imported local one on no CRL, but out of service: the rollover below replaces it when active)
+    FOR one IN SELECT * FROM certinstances i
+                WHERE i.certificate = cert.id
+                  AND (i.id = inst.id OR why = 'keyCompromise' AND revocable(i) AND same_key(i.id, inst.id))
+                ORDER BY i.id = inst.id DESC, i.id LOOP
+        revoke_job := record_revocation(one, cert, name, why);
+        RETURN QUERY SELECT revoke_job, name, one.id,
+                            format('revoked (%s): %s%s', why,
+                                   CASE WHEN cert.type <> 'local' THEN 'revoked at the ACME CA'
+                                        WHEN one.cacert IS NULL THEN 'on no CRL (its issuing CA instance is not known here): stop trusting it'
+                                        ELSE 'the local CA''s CRL lists it' END,
+                                   CASE WHEN one.id <> inst.id THEN format('; it has the key of instance %s', inst.id) ELSE '' END);
+        IF one.state = 'deployed' THEN
+            active := one.id;
+        END IF;
+    END LOOP;
     -- its key is never used again: not by a successor that reused it, nor by an issue to come (125_key_reuse)
     PERFORM forget_revoked_key(cert.id, inst.id);
-    RETURN QUERY SELECT revoke_job, name, inst.id,
-                        format('revoked (%s): %s', why, CASE WHEN cert.type = 'local' THEN 'the local CA''s CRL lists it'
-                                                            ELSE 'revoked at the ACME CA' END);
     -- the emergency rollover: the active instance of an enabled certificate is replaced in this run
-    IF inst.state = 'deployed' AND NOT cert.disabled THEN
-        FOR rollover IN SELECT * FROM revoke_rollover(cert.id, inst.id, why) LOOP
+    IF active IS NOT NULL AND NOT cert.disabled THEN
+        FOR rollover IN SELECT * FROM revoke_rollover(cert.id, active, why) LOOP
             job := rollover.job; certificate := rollover.certificate; instance := rollover.instance; reason := rollover.reason;
             RETURN NEXT;
             -- key compromise: the successor's publish_tlsa job withdraws the revoked records too

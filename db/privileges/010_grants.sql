@@ -50,7 +50,7 @@ GRANT SELECT ON pki.alert_notices TO pki_admin, pki_agent;
 -- ACME accounts: the agent signs with the key; the operator sees the accounts without it
 GRANT SELECT ON pki.acme_accounts TO pki_agent;
 GRANT SELECT (id, directory_url, contact, uri, created, updated, remarks) ON pki.acme_accounts TO pki_admin;
--- pki.job_keys and pki.event_context: nobody's (the queue's functions read and write them);
+-- pki.job_keys, pki.event_context and pki.tlsa_wishes: nobody's (the queue's functions read and write them);
 -- pki.time_travel: the owner's switch, read through pki.time_travel_enabled()
 -- reports: views that show no key material
 GRANT SELECT ON pki.certs, pki.certs_ids, pki.inst, pki.jobs_summary, pki.jobs_overview, pki.expiring,
