@@ -269,7 +269,8 @@ class Agent:
         the agent's own one sends completions (_Completions)."""
         # while completions are on their way, only jobs that depend on nothing they do: a job of another kind
         # may be the one a completion's follow-up would have joined (a publish_tlsa claimed here while an
-        # issue completion asks it to prepublish the new instance too would run without it)
+        # issue completion asks it to prepublish the new instance too would run without it, and the request
+        # wait for its completion in tlsa_wishes: a second round of DNS updates)
         kinds = [k for k in self.kinds if k in OVERLAPPED_KINDS] if on_reader else self.kinds
         if not kinds:
             return []
