@@ -12,7 +12,11 @@
 -- selection's conditions fold away and the planner knows how many certificates it works on (a SQL
 -- function is planned with the selection unknown: 500 rows of 100,000). Only the certificates that a
 -- rule may act on in this pass (due) go through the rules of the certificate: 0.1 s of 0.8 s at
--- 100,000 certificates, in a settled fleet
+-- 100,000 certificates, in a settled fleet. The instances are read in one grouped pass (c), which
+-- gives each certificate's rules all they need of its instances (its successor, what it has left);
+-- rules 1, 3 and 4 then look only at the instances they may act on, a few. The one nested loop left
+-- is each row's decision (LATERAL ... OFFSET 0: one row per row, evaluated once; pulled up into the
+-- query, its CASE and format() calls ran once per reference to it, three times)
 CREATE OR REPLACE FUNCTION pki.plan_rows(sel dd.selection)
 RETURNS TABLE (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
 LANGUAGE plpgsql STABLE
@@ -35,24 +39,53 @@ WITH cfg AS (
     SELECT pg_catalog.make_interval(secs => greatest(0, max(extract(epoch FROM w) + 86400 * (12 * extract(year FROM w) + extract(month FROM w)) + 7200))) AS span
       FROM cfg CROSS JOIN LATERAL (VALUES (cfg.grace), (cfg.mail_days), (cfg.pre_publish)) v(w)
 ), c AS MATERIALIZED (   -- the selection; disabled is the certificate's own flag: -a and -i do not lift it here (rule 6)
-    -- With each certificate's newest instance of each state, which rule 1 keeps: the active instance is the newest
-    -- deployed one. Grouped from the table itself (not window functions: no sort), so the planner's estimates of
-    -- every join below start from the table's statistics
-    SELECT sc.*, n.act_id,
-           -- the active instance's dates: the deployed one's when it is the only one (rule 1 sees to that), else looked up
-           CASE WHEN n.deployed = 1 THEN n.one_nb ELSE (SELECT a.not_before FROM certinstances a WHERE a.id = n.act_id) END AS act_nb,
-           CASE WHEN n.deployed = 1 THEN n.one_na ELSE (SELECT a.not_after FROM certinstances a WHERE a.id = n.act_id) END AS act_na,
-           n.issued_id, n.prepub_id, n.expired_id
-      FROM selected_certs(sel) sc
-      LEFT JOIN (SELECT ci.certificate,
-                        max(ci.id) FILTER (WHERE ci.state = 'deployed') AS act_id,
-                        count(*) FILTER (WHERE ci.state = 'deployed') AS deployed,
-                        max(ci.not_before) FILTER (WHERE ci.state = 'deployed') AS one_nb,
-                        max(ci.not_after) FILTER (WHERE ci.state = 'deployed') AS one_na,
-                        max(ci.id) FILTER (WHERE ci.state = 'issued') AS issued_id,
-                        max(ci.id) FILTER (WHERE ci.state = 'prepublished') AS prepub_id,
-                        max(ci.id) FILTER (WHERE ci.state = 'expired') AS expired_id
-                   FROM certinstances ci GROUP BY ci.certificate) n ON n.certificate = sc.id
+    -- With each certificate's newest instance of each state, which rule 1 keeps (the active instance is the newest
+    -- deployed one), and what rules 3 and 4 say of its newest issued and prepublished ones: all a certificate's
+    -- rules need of its instances, in ONE grouped pass over the table (not window functions: no sort; no join
+    -- back from the instances to their certificate), so the planner's estimates start from the table's statistics
+    SELECT x.*,
+           cfg.now >= x.iss_na + cfg.grace AS iss_expiring,
+           cfg.now >= x.pp_na + cfg.grace AS pp_expiring,
+           -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates)
+           (NOT cfg.now >= x.iss_na + cfg.grace AND x.act_id IS NOT NULL
+            AND x.iss_na < x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3)
+            -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
+            -- deleting it would make every pass issue another useless one
+            AND (x.type = 'local' OR cfg.now + (x.iss_na - x.iss_nb) >= x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3))) IS TRUE AS iss_useless
+      FROM (SELECT sc.*, n.act_id, n.issued_id, n.prepub_id, n.expired_id, n.exp_revoking_id, n.revoking,
+                   n.deployed > 1 OR n.issued > 1 OR n.prepublished > 1 AS older,   -- rule 1 has older instances to delete
+                   -- the dates of the newest instance of a state: the one's when it is the only one (rule 1 sees
+                   -- to that), else looked up
+                   CASE WHEN coalesce(n.deployed, 0) <= 1 THEN n.act_nb1 ELSE (SELECT a.not_before FROM certinstances a WHERE a.id = n.act_id) END AS act_nb,
+                   CASE WHEN coalesce(n.deployed, 0) <= 1 THEN n.act_na1 ELSE (SELECT a.not_after FROM certinstances a WHERE a.id = n.act_id) END AS act_na,
+                   CASE WHEN coalesce(n.issued, 0) <= 1 THEN n.iss_nb1 ELSE (SELECT a.not_before FROM certinstances a WHERE a.id = n.issued_id) END AS iss_nb,
+                   CASE WHEN coalesce(n.issued, 0) <= 1 THEN n.iss_na1 ELSE (SELECT a.not_after FROM certinstances a WHERE a.id = n.issued_id) END AS iss_na,
+                   CASE WHEN coalesce(n.issued, 0) <= 1 THEN n.iss_pub1 ELSE (SELECT a.tlsa_published FROM certinstances a WHERE a.id = n.issued_id) END AS iss_published,
+                   CASE WHEN coalesce(n.prepublished, 0) <= 1 THEN n.pp_na1 ELSE (SELECT a.not_after FROM certinstances a WHERE a.id = n.prepub_id) END AS pp_na,
+                   CASE WHEN coalesce(n.prepublished, 0) <= 1 THEN n.pp_pub1 ELSE (SELECT a.tlsa_published FROM certinstances a WHERE a.id = n.prepub_id) END AS pp_published
+              FROM selected_certs(sel) sc
+              LEFT JOIN (SELECT ci.certificate,
+                                max(ci.id) FILTER (WHERE ci.state = 'deployed') AS act_id,
+                                count(*) FILTER (WHERE ci.state = 'deployed') AS deployed,
+                                max(ci.not_before) FILTER (WHERE ci.state = 'deployed') AS act_nb1,
+                                max(ci.not_after) FILTER (WHERE ci.state = 'deployed') AS act_na1,
+                                max(ci.id) FILTER (WHERE ci.state = 'issued') AS issued_id,
+                                count(*) FILTER (WHERE ci.state = 'issued') AS issued,
+                                max(ci.not_before) FILTER (WHERE ci.state = 'issued') AS iss_nb1,
+                                max(ci.not_after) FILTER (WHERE ci.state = 'issued') AS iss_na1,
+                                max(ci.tlsa_published) FILTER (WHERE ci.state = 'issued') AS iss_pub1,
+                                max(ci.id) FILTER (WHERE ci.state = 'prepublished') AS prepub_id,
+                                count(*) FILTER (WHERE ci.state = 'prepublished') AS prepublished,
+                                max(ci.not_after) FILTER (WHERE ci.state = 'prepublished') AS pp_na1,
+                                max(ci.tlsa_published) FILTER (WHERE ci.state = 'prepublished') AS pp_pub1,
+                                max(ci.id) FILTER (WHERE ci.state = 'expired') AS expired_id,
+                                -- rule 3 archives an expired or revoked instance once its revocation reached the CA
+                                max(ci.id) FILTER (WHERE ci.state = 'expired' AND rv.instance IS NOT NULL) AS exp_revoking_id,
+                                bool_or(ci.state = 'revoked' AND rv.instance IS NOT NULL) AS revoking
+                           FROM certinstances ci
+                           LEFT JOIN (SELECT DISTINCT r.instance FROM revocations r WHERE r.done_at IS NULL) rv ON rv.instance = ci.id
+                          GROUP BY ci.certificate) n ON n.certificate = sc.id) x
+      CROSS JOIN cfg
 ), hosts AS MATERIALIZED (   -- the disthosts that distribution may go to (-s, -l)
     SELECT d.id FROM disthosts d WHERE host_selected(sel, d.fqdn)
 ), pending AS MATERIALIZED (   -- active jobs of the selected certificates
@@ -75,7 +108,8 @@ WITH cfg AS (
       FROM pending p WHERE p.instance IS NOT NULL GROUP BY p.instance
 ), on_cert AS (        -- and of each certificate
     SELECT p.certificate, bool_or(p.kind = 'publish_tlsa') AS tlsa_pending FROM pending p GROUP BY p.certificate
-), judged AS MATERIALIZED (   -- every instance of the selected certificates once, with what the rules say of it
+), judged AS (        -- the instances that rule 1, 3 or 4 may act on (a few of them: the rules of the certificate
+                        -- below take what they need of the others from c), with what these rules say of each
     SELECT a.*,
            -- rule 1: why it goes (NULL: it stays, it is alive)
            CASE WHEN a.state = 'reserved' AND NOT a.issuing THEN 'rule 1: reserved, and no issue job is pending'
@@ -88,59 +122,57 @@ WITH cfg AS (
                AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.instance = a.id AND r.done_at IS NULL) AS archiving,
            -- rule 3, second half
            a.state IN ('issued', 'prepublished') AND cfg.now >= a.not_after + cfg.grace AS expiring,
-           -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates)
-           CASE WHEN a.state = 'issued' AND NOT cfg.now >= a.not_after + cfg.grace AND a.act_id IS NOT NULL
-                 AND a.not_after < a.act_na + least(cfg.mail_days, (a.act_na - a.act_nb) / 3)
-                 -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
-                 -- deleting it would make every pass issue another useless one
-                 AND (a.type = 'local' OR cfg.now + (a.not_after - a.not_before) >= a.act_na + least(cfg.mail_days, (a.act_na - a.act_nb) / 3))
+           -- rule 4, decided in c for the newest issued instance (an older one goes by rule 1)
+           CASE WHEN a.state = 'issued' AND a.id = a.issued_id AND a.iss_useless
                THEN format('rule 4: successor expires %s, too soon after the active instance (%s)', a.not_after, a.act_na) END AS useless_why
-      FROM (SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_before, ci.not_after, ci.tlsa_published, c.type,
-                   coalesce(oi.issuing, false) AS issuing, coalesce(oi.distributing, false) AS distributing,
-                   c.act_id, c.act_nb, c.act_na, c.issued_id, c.prepub_id, c.expired_id
-              FROM certinstances ci JOIN c ON c.id = ci.certificate
+      FROM (SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
+                   coalesce(oi.issuing, false) AS issuing,
+                   c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+              FROM (   -- an instance that rule 1 or 3 may act on by itself: neither deployed nor a successor, or past its end
+                    SELECT ci.id, ci.certificate, ci.state, ci.not_after FROM certinstances ci CROSS JOIN cfg
+                     WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace
+                    UNION ALL   -- the others of a certificate with older instances (rule 1)
+                    SELECT ci.id, ci.certificate, ci.state, ci.not_after FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate AND c.older
+                     WHERE (ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace) IS NOT TRUE
+                    UNION ALL   -- else a useless successor (rule 4): the newest issued instance, as c has it
+                    SELECT c.issued_id, c.id, 'issued', c.iss_na FROM c WHERE c.iss_useless AND c.older IS NOT TRUE) ci
+              JOIN c ON c.id = ci.certificate
               LEFT JOIN on_instance oi ON oi.instance = ci.id) a
       CROSS JOIN cfg
 ), due AS MATERIALIZED (   -- the certificates a rule below may act on in this pass (most of a settled fleet is
                            -- not: rules 1, 3 and 4 above are all it needs), with their active instance. Each rule
                            -- below needs one of: no active instance, a -D request, or the active instance within
                            -- expire_grace (rule 7), local_issue_mail_days (rule 5) or rule 9's window of its end, or past it
-    SELECT c.*, c.act_id AS active_id
-      FROM c CROSS JOIN cfg
-     WHERE c.act_id IS NULL
-        OR cfg.now >= c.act_na - (SELECT h.span FROM horizon h)
-        OR c.id IN (SELECT r.certificate FROM requested r)
-), held AS (            -- one row per due certificate with alive instances: what it has left, its successor
-    SELECT a.certificate,
-           bool_or(a.state = 'reserved') AS issuing,
-           bool_or(a.state <> 'reserved' AND NOT a.expiring AND NOT a.archiving) AS has_left,
-           -- the successor (rule 7): the prepublished instance, else the issued one; rule 1 leaves at most one of each,
-           -- so each aggregate below reads exactly that instance
-           max(a.id) FILTER (WHERE a.state = 'prepublished' AND NOT a.expiring) AS prepub_id,
-           max(a.tlsa_published) FILTER (WHERE a.state = 'prepublished' AND NOT a.expiring) AS prepub_published,
-           bool_or(a.distributing) FILTER (WHERE a.state = 'prepublished' AND NOT a.expiring) AS prepub_distributing,
-           max(a.id) FILTER (WHERE a.state = 'issued' AND NOT a.expiring AND a.useless_why IS NULL) AS issued_id,
-           max(a.tlsa_published) FILTER (WHERE a.state = 'issued' AND NOT a.expiring AND a.useless_why IS NULL) AS issued_published,
-           bool_or(a.distributing) FILTER (WHERE a.state = 'issued' AND NOT a.expiring AND a.useless_why IS NULL) AS issued_distributing
-      FROM judged a
-     WHERE a.cleanup_why IS NULL
-       AND a.certificate IN (SELECT d.id FROM due d)
-     GROUP BY a.certificate
-), cand AS (            -- the successor of each certificate that has one
-    SELECT h.certificate, coalesce(h.prepub_id, h.issued_id) AS id,
-           CASE WHEN h.prepub_id IS NOT NULL THEN 'prepublished' ELSE 'issued' END::cert_state AS state,
-           CASE WHEN h.prepub_id IS NOT NULL THEN h.prepub_published ELSE h.issued_published END AS tlsa_published,
-           CASE WHEN h.prepub_id IS NOT NULL THEN h.prepub_distributing ELSE h.issued_distributing END AS distributing
-      FROM held h WHERE coalesce(h.prepub_id, h.issued_id) IS NOT NULL
+    -- only what the rules below read: their rows are scanned once per rule
+    SELECT s.id, s.name, s.type, s.disabled, s.authorized_until, s.tlsa_ttl, s.tlsa_ee,
+           s.active_id, s.act_nb, s.act_na, s.succ_id, s.has_left,
+           CASE WHEN s.prepub_ok THEN 'prepublished' WHEN s.issued_ok THEN 'issued' END::cert_state AS succ_state,
+           CASE WHEN s.prepub_ok THEN s.pp_published WHEN s.issued_ok THEN s.iss_published END AS succ_published
+      FROM (SELECT c.*, c.act_id AS active_id,
+                   -- the successor (rule 7): the prepublished instance, else the issued one, unless rule 3 or 4 takes it
+                   CASE WHEN c.pp_expiring IS FALSE THEN c.prepub_id
+                        WHEN c.iss_expiring IS FALSE AND NOT c.iss_useless THEN c.issued_id END AS succ_id,
+                   c.pp_expiring IS FALSE AS prepub_ok,
+                   c.iss_expiring IS FALSE AND NOT c.iss_useless AS issued_ok,
+                   -- what the certificate has left after rules 1 and 3 (rule 2: nothing)
+                   coalesce(c.act_id IS NOT NULL OR NOT c.iss_expiring OR NOT c.pp_expiring
+                            OR c.expired_id = c.exp_revoking_id OR c.revoking, false) AS has_left
+              FROM c CROSS JOIN cfg
+             WHERE c.act_id IS NULL
+                OR cfg.now >= c.act_na - (SELECT h.span FROM horizon h)
+                OR c.id IN (SELECT r.certificate FROM requested r)) s
+), reserving AS (       -- the certificates with a reserved instance whose issue job is pending
+    SELECT DISTINCT ci.certificate FROM certinstances ci JOIN on_instance oi ON oi.instance = ci.id
+     WHERE ci.state = 'reserved' AND oi.issuing
 ), targeted AS (        -- the due certificates with a target on a selected disthost
-    SELECT DISTINCT t.certificate FROM targets t JOIN hosts h ON h.id = t.disthost JOIN due d ON d.id = t.certificate
+    SELECT d.id AS certificate FROM due d
+     WHERE EXISTS (SELECT 1 FROM targets t JOIN hosts h ON h.id = t.disthost WHERE t.certificate = d.id)
 ), reusing AS (         -- the instances that kept a key of their predecessor (key reuse, 125_key_reuse)
     SELECT DISTINCT k.certinstance FROM certkeydata k WHERE k.key_renewals > 0
 ), st AS (              -- one row per certificate with its roles
     SELECT c.*,
-           coalesce(h.issuing, false) AS issuing, coalesce(h.has_left, false) AS has_left,
-           s.id AS succ_id, s.state AS succ_state, s.tlsa_published AS succ_published,
-           coalesce(s.distributing, false) AS succ_distributing,
+           rs.certificate IS NOT NULL AS issuing,
+           coalesce(oi.distributing, false) AS succ_distributing,
            coalesce(oc.tlsa_pending, false) AS tlsa_pending,
            tg.certificate IS NOT NULL AS has_targets,
            rq.id IS NOT NULL AS succ_requested,
@@ -148,16 +180,16 @@ WITH cfg AS (
            -- may the TLSA records stay as they are? Only a successor that kept the key, or one whose records
            -- are all trust-anchor ones (usage 0/2), can keep them; tlsa_unchanged (125_key_reuse, which
            -- hashes certificates: 2 ms) is asked only for those, and only where rule 7 or 9 decides
-           c.tlsa_ttl IS NOT NULL AND c.active_id IS NOT NULL AND s.id IS NOT NULL
+           c.tlsa_ttl IS NOT NULL AND c.active_id IS NOT NULL AND c.succ_id IS NOT NULL
                AND (ru.certinstance IS NOT NULL OR NOT c.tlsa_ee) AS tlsa_same_possible,
            cfg.*
       FROM due c CROSS JOIN cfg
-      LEFT JOIN held h ON h.certificate = c.id
-      LEFT JOIN cand s ON s.certificate = c.id
+      LEFT JOIN reserving rs ON rs.certificate = c.id
+      LEFT JOIN on_instance oi ON oi.instance = c.succ_id
       LEFT JOIN on_cert oc ON oc.certificate = c.id
       LEFT JOIN targeted tg ON tg.certificate = c.id
-      LEFT JOIN requested rq ON rq.id = s.id
-      LEFT JOIN reusing ru ON ru.certinstance = s.id
+      LEFT JOIN requested rq ON rq.id = c.succ_id
+      LEFT JOIN reusing ru ON ru.certinstance = c.succ_id
 ), sd AS (              -- what the DANE-safe order allows
     SELECT st.*,
            -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
@@ -224,7 +256,7 @@ WITH cfg AS (
                            CASE WHEN sd.replace_due THEN '' ELSE 'requested (-D): ' END, dane_safe_after(sd.now, sd.tlsa_ttl))]
            -- the successor is 'issued' here (cand: issued or prepublished)
            ELSE ARRAY['prepublish', 'rule 7: DANE-safe order: publish the successor''s TLSA before deploying it']
-      END) r(d)
+      END OFFSET 0) r(d)   -- OFFSET 0: decided once per row (pulled up, the CASE and its format() calls ran once per reference)
      WHERE sd.replace_due OR sd.succ_requested
     UNION ALL
     -- rule 9: prepublish the successor of an LE certificate (-N: only issue it; the warning below says why)
@@ -242,7 +274,7 @@ WITH cfg AS (
                THEN ARRAY['wait', format('rule 9: key reused, the TLSA records do not change; nothing to prepublish, the successor is deployed from %s', sd.act_na - sd.grace)]
            WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL   -- nothing to prepublish: no row
            ELSE ARRAY['prepublish', format('rule 9: active instance expires %s; publish the TLSA of active and successor', sd.act_na)]
-      END) r(d)
+      END OFFSET 0) r(d)
      WHERE sd.type = 'LE' AND NOT sd.replace_due AND NOT sd.succ_requested
        AND sd.now >= sd.act_na - least(sd.pre_publish, (sd.act_na - sd.act_nb) / 3)
        AND sd.succ_state IS DISTINCT FROM 'prepublished'
@@ -282,19 +314,18 @@ SELECT x.certificate, x.name, x.inst, x.action, x.why, x.then_action
            WHEN a.useless_why IS NOT NULL THEN ARRAY['delete', a.useless_why]
            WHEN a.archiving THEN ARRAY['archive', format('rule 3: %s in an earlier run', a.state)]
            WHEN a.expiring THEN ARRAY['expire', format('rule 3: not deployed and not_after %s + expire_grace has passed', a.not_after)]
-      END) r(d)
+      END OFFSET 0) r(d)
      WHERE r.d IS NOT NULL
     UNION ALL
-    SELECT d.id, d.name, d.inst, r.action, r.why, r.then_action
+    SELECT d.id, d.name, d.inst, r.d[1], r.d[2], r.d[3]
       FROM decided d LEFT JOIN trouble tr ON tr.certificate = d.id
-      CROSS JOIN LATERAL (   -- rule 6 or the decision: {action, reason, what follows} together
-            SELECT 'skip', format('rule 6: the certificate is disabled; the scheduler leaves it alone, even with -a or -i '
-                                  '(enabled it would %s: %s)', d.action, d.why), NULL::text
-             WHERE d.skipped
-            UNION ALL
-            SELECT d.action, CASE WHEN d.action = 'wait' AND d.on_jobs AND tr.errors IS NOT NULL
-                                  THEN d.why || ' (' || tr.errors || ')' ELSE d.why END, d.then_action
-             WHERE d.skipped IS NOT TRUE) r(action, why, then_action)
+      CROSS JOIN LATERAL (SELECT CASE   -- rule 6 or the decision: {action, reason, what follows} together
+           WHEN d.skipped
+               THEN ARRAY['skip', format('rule 6: the certificate is disabled; the scheduler leaves it alone, even with -a or -i '
+                                         '(enabled it would %s: %s)', d.action, d.why), NULL]
+           ELSE ARRAY[d.action, CASE WHEN d.action = 'wait' AND d.on_jobs AND tr.errors IS NOT NULL
+                                     THEN d.why || ' (' || tr.errors || ')' ELSE d.why END, d.then_action]
+      END OFFSET 0) r(d)
      WHERE d.action IS NOT NULL
   ) x(certificate, name, inst, action, why, then_action)
  ORDER BY x.name, x.inst NULLS LAST, x.action;
