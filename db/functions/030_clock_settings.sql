@@ -54,12 +54,13 @@ $$;
 -- The DANE-safe order: a successor goes live only after its TLSA records were published for
 -- 2 x TTL (resolvers may cache the old RRset for one TTL, and the new one for another).
 -- No SET search_path on the two below, and plain SQL: the planner inlines them into the
--- scheduler's per-certificate expressions (a SET clause would make each a function call).
+-- scheduler's per-certificate expressions (a SET clause would make each a function call). So
+-- every operator is pg_catalog's by name: a caller's search_path must not pick another.
 
 -- dane_safe_after: when a successor whose TLSA records were published at published may go live
 CREATE OR REPLACE FUNCTION pki.dane_safe_after(published timestamptz, ttl interval)
 RETURNS timestamptz LANGUAGE sql STABLE
-AS $$ SELECT published + 2 * ttl $$;
+AS $$ SELECT published OPERATOR(pg_catalog.+) (2::float8 OPERATOR(pg_catalog.*) ttl) $$;
 
 -- dane_ok: may the successor (in state succ_state) go live at the time at? Yes when there is no
 -- active instance to roll over from, no TLSA service (ttl NULL), or it is prepublished and the wait is over
@@ -68,5 +69,6 @@ CREATE OR REPLACE FUNCTION pki.dane_ok(has_active boolean, ttl interval, succ_st
 RETURNS boolean LANGUAGE sql STABLE
 AS $$
     SELECT NOT has_active OR ttl IS NULL
-        OR (succ_state = 'prepublished' AND at >= pki.dane_safe_after(published, ttl))
+        OR (succ_state OPERATOR(pg_catalog.=) 'prepublished'::dd.cert_state
+            AND at OPERATOR(pg_catalog.>=) pki.dane_safe_after(published, ttl))
 $$;

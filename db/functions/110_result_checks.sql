@@ -54,7 +54,8 @@ def load(pem, what):
 # the few CA and chain certificates that sign every leaf, with their public keys, kept for the
 # session: loading an RSA public key costs OpenSSL 3 about 120 us, more than the rest of a check
 issuers = SD.setdefault("issuers", {})
-keys = {}   # id(certificate) -> public key, for the issuers of this call
+keys = {}   # id(certificate) -> (certificate, public key), for the issuers of this call: the certificate is
+            # held so that its id is not reused within the call (issuers.clear() may drop it meanwhile)
 
 def load_issuer(pem, what):
     entry = issuers.get(pem) if isinstance(pem, str) else None
@@ -67,7 +68,7 @@ def load_issuer(pem, what):
         if len(issuers) >= 32:
             issuers.clear()
         issuers[pem] = entry
-    keys[id(entry[0])] = entry[1]
+    keys[id(entry[0])] = entry
     return entry[0]
 
 def extension(cert, cls, what):
@@ -90,7 +91,7 @@ verified = set()  # (child, parent) already checked: identical chains of two pai
 def check_signed(child, parent, what, by):
     if (id(child), id(parent)) in verified:
         return
-    key = keys.get(id(parent)) or parent.public_key()
+    key = keys[id(parent)][1] if id(parent) in keys else parent.public_key()
     try:
         digest = child.signature_hash_algorithm
         if isinstance(key, rsa.RSAPublicKey):
@@ -184,7 +185,7 @@ def check(job_id, kind, subject_type, main_name, altnames, pairs, ca_pem, ca_id,
     facts = None
     if kind == "issue_acme":
         first = load_issuer(result_chain[0], "chain certificate 1")
-        key = keys[id(first)]
+        key = keys[id(first)][1]
         found = first.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         facts = json.dumps({
             "subject_cn": found[0].value if found else None,

@@ -422,7 +422,9 @@ BEGIN
     SELECT x.job INTO misfit
       FROM (SELECT m.i, m.job FROM misfits m
             UNION ALL
-            SELECT f.i, f.job FROM facts f JOIN certs c ON c.ord = f.i WHERE c.problem IS NOT NULL) x
+            -- a certificate without its verdict row counts as a misfit, never as checked
+            SELECT f.i, f.job FROM facts f LEFT JOIN certs c ON c.ord = f.i
+             WHERE c.problem IS NOT NULL OR (c.ord IS NULL AND NOT EXISTS (SELECT 1 FROM misfits))) x
      ORDER BY x.i LIMIT 1;
     IF misfit IS NOT NULL THEN
         PERFORM raise_error('SP023', format('job %s: its result does not fit (complete_issue says why)', misfit),
