@@ -28,9 +28,11 @@ class Shape:
 
 
 SHAPES = [
-    Shape("pki.dane_safe_after(published, ttl)", r"\b2\s*\*\s*[\w.]*ttl\b|\b[\w.]*ttl\s*\*\s*2\b",
+    Shape("pki.dane_safe_after(published, ttl)",
+          r"\b2(?:::float8)?\s*(?:\*|OPERATOR\(pg_catalog\.\*\))\s*[\w.]*ttl\b|\b[\w.]*ttl\s*(?:\*|OPERATOR\(pg_catalog\.\*\))\s*2\b",
           frozenset({"db/functions/030_clock_settings.sql"})),
-    Shape("pki.dane_ok(has_active, ttl, succ_state, published, at)", r"'prepublished'\s+AND\s+[\w.()]+\s*>=",
+    Shape("pki.dane_ok(has_active, ttl, succ_state, published, at)",
+          r"'prepublished'(?:::dd\.cert_state)?\s+AND\s+[\w.()]+\s*(?:>=|OPERATOR\(pg_catalog\.>=\))",
           frozenset({"db/functions/030_clock_settings.sql"})),
     # an action of the scheduler alone: actions are decided together with their reasons, {action, reason}
     Shape("one CASE of {action, reason} pairs (plan_rows, ca_plan_rows)", r"\b(?:THEN|ELSE)\s+'wait'",
