@@ -189,3 +189,36 @@ def test_while_completions_are_on_their_way_only_jobs_that_depend_on_nothing_are
     assert agent.claim(on_reader=True) == [], "a job of a kind outside OVERLAPPED_KINDS was claimed beside completions"
     assert job(conn, jid)[0] == "queued"
     assert [j.id for j in agent.claim()] == [jid], "claimed with no completion on its way, the job is taken"
+
+
+def test_a_heartbeat_connect_to_a_host_that_never_answers_gives_up_in_time(monkeypatch, caplog):
+    """A database host gone during a failover may drop packets: libpq would wait for it forever, and the one
+    heartbeat thread with it, letting every lease of the agent run out. It gives up after connect_timeout
+    and tries again at the next beat. (A listener that accepts and never answers: the error path a real
+    PostgreSQL cannot produce.)"""
+    import socket
+
+    from serverpki.agent import _Heartbeats
+    from serverpki.handlers import Job
+
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    taker = threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True)
+    taker.start()
+    beats = _Heartbeats(f"host=127.0.0.1 port={silent.getsockname()[1]} dbname=pki user=pki_worker", lease=12)
+    assert beats.every == 4 and beats.connect_timeout == 2
+    beats.start()
+    started = time.monotonic()
+    try:
+        with caplog.at_level("WARNING", logger="serverpki.agent"):
+            beats.watch(Job(7, "publish_tlsa", None, None, None, None, {}, 1, 3, lease="t"))
+            deadline = started + 4 + 2 + 5
+            while time.monotonic() < deadline and "the database connection was lost" not in caplog.text:
+                time.sleep(0.1)
+        assert "job 7 publish_tlsa: lease not extended, the database connection was lost" in caplog.text
+        assert time.monotonic() - started < 4 + 2 + 3
+    finally:
+        beats.close()
+        silent.close()
+    assert accepted, "the heartbeat never reached the silent host"

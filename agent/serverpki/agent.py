@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import select
 import threading
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -80,6 +82,11 @@ class RunStats:
         return f"{self.ran} job(s): " + (", ".join(parts) if parts else "none")
 
 
+def _names_connect_timeout(dsn: str) -> bool:
+    """Whether the DSN or the environment (PGCONNECT_TIMEOUT) sets libpq's connect_timeout."""
+    return bool(conninfo_to_dict(dsn).get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT"))
+
+
 class _Heartbeats(threading.Thread):
     """Extends the lease of every running job of the agent every third of the lease, on its own connection.
     One thread for all of them, started with the first: a thread started and joined per job cost more
@@ -89,6 +96,9 @@ class _Heartbeats(threading.Thread):
         super().__init__(daemon=True, name="heartbeats")
         self.dsn, self.lease = dsn, lease
         self.every = max(lease / 3, 1)
+        # a connect that hangs (a host gone during a failover, its packets dropped) must not hold every
+        # lease past its end: libpq waits forever unless told; the DSN's or PGCONNECT_TIMEOUT's value wins
+        self.connect_timeout = None if _names_connect_timeout(dsn) else max(2, min(10, int(self.every / 2)))
         self.changed = threading.Condition()
         self.watched: dict[int, tuple[Job, float]] = {}   # job id -> (job, when its lease is extended next)
         self.sleeping_until = float("inf")                 # when the thread wakes up next by itself
@@ -136,7 +146,8 @@ class _Heartbeats(threading.Thread):
                         # a lost connection (a restart, a failover) is made anew at the next beat: the
                         # database may answer again, on another host, before the lease runs out
                         if conn is None or conn.closed or conn.broken:
-                            conn = psycopg.connect(self.dsn, autocommit=True)
+                            timeout = {} if self.connect_timeout is None else {"connect_timeout": self.connect_timeout}
+                            conn = psycopg.connect(self.dsn, autocommit=True, **timeout)
                         conn.execute(q("extend_lease"), {"job": job.id, "token": job.lease, "lease": self.lease})
                     except psycopg.Error as exc:
                         if not _connection_lost(exc):  # the job will be refused at completion (SP022); say why now
