@@ -821,8 +821,8 @@ def test_a_TLSA_owner_added_to_a_certificate_in_service_is_published_by_the_next
         return reason
 
     conn.execute("SELECT add_tlsa_service('submissions', 465, '_465._tcp.{}. 3600 IN TLSA 3 1 1')")
-    assert "(certificates_services)" in published("SELECT add_service('www.example.org', 'submissions', 465)")
-    assert "(services)" in published("UPDATE services SET tlsaprefix = '_465._tcp.{}. 3600 IN TLSA 2 1 1' WHERE port = 465")
+    assert "www.example.org changed (a TLSA service linked to it)" in published("SELECT add_service('www.example.org', 'submissions', 465)")
+    assert "www.example.org changed (a TLSA service's prefix or port)" in published("UPDATE services SET tlsaprefix = '_465._tcp.{}. 3600 IN TLSA 2 1 1' WHERE port = 465")
     # the instance in service does not carry a new alt name: its records come with the successor's
     conn.execute("SELECT add_altname('www.example.org', 'alt.example.org')")
     conn.execute("UPDATE subjects SET remarks = 'no owner changes' WHERE name = 'alt.example.org'")

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 from . import handlers as handler_registry
 from . import migrate, notices
 from .config import Config, default_agent_name
-from .errors import GiveUp, RetryLater, ServerPKIError, clean_text
+from .errors import GiveUp, RetryLater, ServerPKIError, clean_text, with_hint
 from .faults import crash_point
 from .handlers import Completion, Context, Job
 from .log import ProgressBar, on_terminal
@@ -359,10 +359,9 @@ class Agent:
         except psycopg.Error as exc:
             if _connection_lost(exc):
                 raise   # the database stayed away (_report waited): the drain stops, the lease brings the job back
-            # the hint is what says how to mend it (errors.from_database's form)
-            message = exc.diag.message_primary or _first_line(exc)
+            # the hint is what says how to mend it
             return self._refused(job, exc.diag.sqlstate or type(exc).__name__,
-                                 f"{message} (hint: {exc.diag.message_hint})" if exc.diag.message_hint else message, conn)
+                                 with_hint(exc.diag.message_primary or _first_line(exc), exc.diag.message_hint), conn)
         log.info("%s: done", job.label)
         return "done"
 

@@ -104,11 +104,15 @@ REFUSAL_EXIT = {
 }
 
 
+def with_hint(message: str, hint: str | None) -> str:
+    """A database refusal's message and its hint (what says how to mend it) on one line."""
+    return f"{message} (hint: {hint})" if hint else message
+
+
 def from_database(exc: psycopg.Error) -> ServerPKIError:
     """Turn a database error into one line an operator can act on (our SQLSTATEs are SPnnn)."""
     diag = exc.diag
-    message = diag.message_primary or str(exc).strip()
-    text = f"{message} (hint: {diag.message_hint})" if diag.message_hint else message
+    text = with_hint(diag.message_primary or str(exc).strip(), diag.message_hint)
     if diag.sqlstate and diag.sqlstate.startswith("SP"):
         text = f"{diag.sqlstate}: {text}"
     elif REFUSAL_EXIT.get(diag.sqlstate or "") == ExitStatus.DATABASE:

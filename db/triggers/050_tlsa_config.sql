@@ -37,7 +37,9 @@ BEGIN
     PERFORM lock_tlsa_many(certs);    -- the buckets in order (enqueue_tlsa takes each again: held already)
     FOREACH cert IN ARRAY certs LOOP
         PERFORM enqueue_tlsa(cert, format('TLSA configuration of %s changed (%s): its records follow',
-                                          (SELECT s.name FROM main_subjects s WHERE s.certificate = cert), TG_TABLE_NAME));
+                                          (SELECT s.name FROM main_subjects s WHERE s.certificate = cert),
+                                          CASE TG_TABLE_NAME WHEN 'services' THEN 'a TLSA service''s prefix or port'
+                                                             ELSE 'a TLSA service linked to it' END));
     END LOOP;
     RETURN NULL;
 END
