@@ -109,3 +109,9 @@ BEGIN
     END IF;
 END
 $$;
+-- 1.0: the configuration trigger of TLSA owners also withdraws the ones that go (tlsa_owners_changed);
+-- its triggers first (named, never CASCADE), triggers/050_tlsa_config.sql makes the new ones
+DROP TRIGGER IF EXISTS tlsa_owners_grew_insert ON pki.certificates_services;
+DROP TRIGGER IF EXISTS tlsa_owners_grew_update ON pki.certificates_services;
+DROP TRIGGER IF EXISTS tlsa_owners_grew_update ON pki.services;
+DROP FUNCTION IF EXISTS pki.tlsa_owners_grew();

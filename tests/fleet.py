@@ -261,6 +261,11 @@ class Fleet:
             seen = self.lab.resolver.tlsa(owner)
             if not seen.ad or {r.lower() for r in seen.records} != want:
                 found.append(f"TLSA {owner}: the validating resolver returns {seen}, the database wants {sorted(want)}")
+        # an owner gone from the configuration has its records withdrawn, and is forgotten, by the next run
+        for owner, cert in self.conn.execute("SELECT owner, certificate FROM tlsa_owners_in_dns "
+                                             "WHERE tlsa_owner_holder(owner) IS DISTINCT FROM certificate").fetchall():
+            found.append(f"TLSA {owner}: kept as holding the records of certificate {cert}, which does not configure it"
+                         + (f"; BIND serves {sorted(served)}" if (served := self.tlsa_served(owner)) else ""))
         for (name,) in self.conn.execute("SELECT DISTINCT name::text FROM subjects WHERE type <> 'CA'").fetchall():
             if name.endswith(ZONE) and (left := self._ask(f"_acme-challenge.{name}", dns.rdatatype.TXT)):
                 found.append(f"challenge records left for {name}: {left}")

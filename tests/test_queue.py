@@ -805,7 +805,7 @@ def test_the_pass_deleting_a_wished_successor_while_the_tlsa_job_completes_is_no
 
 def test_a_TLSA_owner_added_to_a_certificate_in_service_is_published_by_the_next_run(conn):
     """A TLSA service linked, a service's prefix changed: the records of the deployed instance follow now,
-    not at the next renewal (tlsa_owners_grew); a certificate with nothing in DNS gets no job, nor does an
+    not at the next renewal (tlsa_owners_changed); a certificate with nothing in DNS gets no job, nor does an
     alt name (not in the instance served) or an update that changes no owner."""
     dep = deployed_cert(conn, tlsa=True)
     cert, active = dep["certificate"], dep["instance"]
@@ -829,6 +829,77 @@ def test_a_TLSA_owner_added_to_a_certificate_in_service_is_published_by_the_next
     conn.execute("UPDATE services SET remarks = 'nor here' WHERE port = 465")
     assert conn.execute("SELECT count(*) FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()[0] == 0
 
+
+
+def test_a_TLSA_owner_that_goes_has_its_records_withdrawn_by_the_next_run(conn):
+    """A service detached, an alt name removed or renamed: a publish_tlsa job follows (tlsa_owners_changed),
+    whose handler deletes the RRsets of the owners gone (tlsa_owners_in_dns). A certificate removed, or an
+    update that changes no owner, gets none."""
+    dep = deployed_cert(conn, tlsa=True)
+    cert = dep["certificate"]
+    conn.execute("SELECT add_tlsa_service('submissions', 465, '_465._tcp.{}. 3600 IN TLSA 3 1 1')")
+    conn.execute("SELECT add_service('www.example.org', 'submissions', 465)")
+    conn.execute("SELECT add_altname('www.example.org', 'alt.example.org')")
+    run_jobs(conn, T0, kinds=["publish_tlsa"])
+
+    def reason_of_job_after(change: str, *args) -> str:
+        conn.execute(change, args)
+        [(reason,)] = conn.execute("SELECT reason FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchall()
+        run_jobs(conn, T0, kinds=["publish_tlsa"])
+        return reason
+
+    assert "(a TLSA service detached)" in reason_of_job_after("SELECT remove_service('www.example.org', 'submissions', 465)")
+    assert "(a name changed)" in reason_of_job_after("UPDATE subjects SET name = 'alt2.example.org' WHERE name = 'alt.example.org'")
+    assert "(a name removed)" in reason_of_job_after("SELECT remove_altname('www.example.org', 'alt2.example.org')")
+    conn.execute("UPDATE subjects SET remarks = 'no owner changes' WHERE certificate = %s", (cert,))
+    conn.execute("SELECT remove_cert('www.example.org')")
+    assert conn.execute("SELECT count(*) FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()[0] == 0
+
+
+def test_the_publish_tlsa_completion_keeps_the_owners_in_DNS_and_refuses_a_malformed_or_foreign_list(conn):
+    """keep_owners_in_dns: the owners written become the certificate's, the ones withdrawn or abandoned
+    (their zone given up) go, a refused one stays for the next job; one it had that another certificate in service
+    configures now goes to that one's job; owner names compare in lower case; an owner not of the job's
+    certificate, or not an owner name, is refused (SP023)."""
+    cert = deployed_cert(conn, name="WWW.example.org", tlsa=True)["certificate"]
+    other = deployed_cert(conn, name="moved.example.org", tlsa=True)["certificate"]
+    owner_conn(conn).execute("SELECT enqueue_tlsa(%s, 'test: -T')", (cert,))
+    [j] = claim(conn, kinds=["publish_tlsa"])
+    call = "SELECT complete_publish_tlsa(%s, %s::uuid, %s::jsonb)"
+    lease = lease_of(conn, j["id"], "a1")
+    assert_refused(conn, call, (j["id"], lease, json.dumps({"in_dns": "_443._tcp.www.example.org."})),
+                   sqlstate="SP023", match='"in_dns" is not a list of TLSA owner names')
+    assert_refused(conn, call, (j["id"], lease, json.dumps({"withdrawn": [443]})), sqlstate="SP023")
+    assert_refused(conn, call, (j["id"], lease, json.dumps({"abandoned": ["not a name"]})), sqlstate="SP023")
+    assert_refused(conn, call, (j["id"], lease, json.dumps({"in_dns": ["_25._tcp.handmade.example.net."]})),
+                   sqlstate="SP023", match="names _25._tcp.handmade.example.net. as written, not an owner of its certificate")
+    # the owners the certificate had: withdrawn, abandoned, and one whose name moved to the other certificate
+    owner_conn(conn).execute("INSERT INTO tlsa_owners_in_dns (owner, certificate) VALUES ('_25._tcp.www.example.org.', %s), "
+                             "('_443._tcp.old.example.net.', %s), ('_443._tcp.given-up.example.net.', %s), "
+                             "('_443._tcp.moved.example.org.', %s)", (cert, cert, cert, cert))
+    conn.execute(call, (j["id"], lease, json.dumps({"in_dns": ["_443._tcp.WWW.example.org."],
+                                                    "withdrawn": ["_25._tcp.www.example.org."],
+                                                    "abandoned": ["_443._tcp.given-up.example.net."],
+                                                    "not_withdrawn": ["_443._tcp.old.example.net."]})))
+    assert conn.execute("SELECT owner, certificate FROM tlsa_owners_in_dns ORDER BY owner").fetchall() == [
+        ("_443._tcp.old.example.net.", cert), ("_443._tcp.www.example.org.", cert)]
+    [(reason,)] = conn.execute("SELECT reason FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued' AND certificate = %s",
+                               (other,)).fetchall()
+    assert reason.startswith(f"TLSA owner _443._tcp.moved.example.org. came from WWW.example.org (publish_tlsa job {j['id']})"), reason
+    assert conn.execute("SELECT owner FROM tlsa_owners WHERE certificate = %s", (cert,)).fetchall() == [
+        ("_443._tcp.www.example.org.",)]
+
+def test_a_disabled_certificate_whose_records_were_removed_gets_none_back_by_a_configuration_change(conn):
+    dep = deployed_cert(conn, tlsa=True)
+    owner_conn(conn).execute("SELECT enqueue_tlsa(%s, 'test: -R', remove => true)", (dep["certificate"],))
+    run_jobs(conn, T0, kinds=["publish_tlsa"])
+    assert conn.execute("SELECT count(*) FROM certinstances WHERE tlsa_published IS NOT NULL").fetchone()[0] == 0
+    conn.execute("SELECT disable_cert('www.example.org')")
+    conn.execute("SELECT add_altname('www.example.org', 'alt.example.org')")
+    conn.execute("SELECT remove_altname('www.example.org', 'alt.example.org')")
+    conn.execute("SELECT add_tlsa_service('submissions', 465, '_465._tcp.{}. 3600 IN TLSA 3 1 1')")
+    conn.execute("SELECT add_service('www.example.org', 'submissions', 465)")
+    assert conn.execute("SELECT count(*) FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()[0] == 0
 
 def rollover_while_tlsa_runs(conn) -> dict:
     """An active instance and a prepublished successor (TLSA out for 2 x TTL); running under agent a1: a

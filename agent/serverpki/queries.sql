@@ -263,6 +263,15 @@ SELECT * FROM pki.import_instance_state(%(id)s, %(state)s::dd.cert_state);
 -- name: import_states
 SELECT id, state::text AS state FROM pki.certinstances WHERE id = ANY(%(ids)s::int[]);
 
+-- name: import_tlsa_owners_in_dns
+-- the original published the TLSA records of its prepublished and deployed instances: every owner the
+-- imported certificates configure is taken as in DNS (pki.tlsa_owners_in_dns), so that one that goes is withdrawn
+INSERT INTO pki.tlsa_owners_in_dns (owner, certificate)
+SELECT DISTINCT o.owner, o.certificate FROM pki.tlsa_owners o
+ WHERE EXISTS (SELECT 1 FROM pki.certinstances i WHERE i.certificate = o.certificate AND i.id = ANY(%(ids)s::int[])
+                  AND i.tlsa_published IS NOT NULL)
+ON CONFLICT (owner) DO NOTHING;
+
 -- name: cert_states
 SELECT unnest(enum_range(NULL::dd.cert_state))::text AS state;
 
@@ -376,6 +385,13 @@ SELECT DISTINCT owner, ttl, usage, selector, matching, data
 -- name: tlsa_owners
 -- every TLSA owner of a certificate, with the TTL of its RRset (the longest of its services)
 SELECT owner, max(ttl) AS ttl FROM pki.tlsa_owners WHERE certificate = %(certificate)s GROUP BY owner ORDER BY owner;
+
+-- name: tlsa_owners_gone
+-- the owners at which DNS holds the certificate's records (its jobs reported them) that no certificate
+-- configures now (one another certificate configures is left to that one's jobs)
+SELECT d.owner FROM pki.tlsa_owners_in_dns d
+ WHERE d.certificate = %(certificate)s AND pki.tlsa_owner_holder(d.owner) IS NULL
+ ORDER BY d.owner;
 
 -- name: save_job_key
 -- the key of an ACME order, stored before the order is placed (pki.save_job_key)

@@ -102,8 +102,9 @@ $$;
 
 -- tlsa_unchanged: does deploying the successor need no TLSA change and no DANE-safe wait? Yes when
 -- its TLSA records (every owner, usage, selector, matching and data) are exactly those of the active
--- instance, and these are in DNS since 2 x TTL: a reused key with "3 1 1", an unchanged issuer key
--- with "2 1 1". No certificate with TLSA services, or either instance missing: false
+-- instance, and these are in DNS since 2 x TTL at every owner the certificate has (an alt name added
+-- since has none: prepublished then): a reused key with "3 1 1", an unchanged issuer key with "2 1 1".
+-- No certificate with TLSA services, or either instance missing: false
 CREATE OR REPLACE FUNCTION pki.tlsa_unchanged(active int, successor int)
 RETURNS boolean LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
@@ -118,6 +119,9 @@ AS $$
                  = ARRAY(SELECT DISTINCT format('%s %s %s %s %s', d.owner, d.usage, d.selector, d.matching, d.data)
                            FROM tlsa_desired d WHERE d.instance = s.id ORDER BY 1)
                AND EXISTS (SELECT 1 FROM tlsa_owners o WHERE o.certificate = a.certificate)
+               AND NOT EXISTS (SELECT 1 FROM tlsa_owners o WHERE o.certificate = a.certificate
+                                  AND NOT EXISTS (SELECT 1 FROM tlsa_owners_in_dns d
+                                                   WHERE d.certificate = o.certificate AND d.owner = o.owner))
           FROM certinstances a JOIN certinstances s ON s.certificate = a.certificate
          WHERE a.id = active AND s.id = successor AND a.id <> s.id), false)
 $$;

@@ -164,8 +164,115 @@ AS $$
     SELECT renewed.id, renewed.certificate FROM renewed
 $$;
 
+-- tlsa_owner_holder: the certificate that configures a TLSA owner name now (pki.tlsa_owners), or NULL;
+-- looked up by the owner's name through the subjects' unique index, not by scanning every owner
+CREATE OR REPLACE FUNCTION pki.tlsa_owner_holder(the_owner text)
+RETURNS int LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT o.certificate
+      FROM subjects s JOIN tlsa_owners o ON o.certificate = s.certificate
+     WHERE s.name = (regexp_match(the_owner, '^_[0-9]+\._[a-z]+\.(.+)\.$', 'i'))[1]::citext
+       AND o.owner = lower(the_owner)
+     LIMIT 1
+$$;
+
+-- report_owners: the owner names a publish_tlsa report lists under key, in lower case (none when it is
+-- absent); a value that is not a list of owner names is refused (SP023)
+CREATE OR REPLACE FUNCTION pki.report_owners(j pki.jobs, report jsonb, key text)
+RETURNS text[] LANGUAGE plpgsql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+BEGIN
+    IF report -> key IS NULL THEN
+        RETURN '{}';
+    END IF;
+    IF jsonb_typeof(report -> key) <> 'array'
+       OR EXISTS (SELECT 1 FROM jsonb_array_elements(report -> key) e
+                   WHERE jsonb_typeof(e) <> 'string'
+                      OR e #>> '{}' !~* '^_[1-9][0-9]{0,4}\._(tcp|udp|sctp)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)+\.$') THEN
+        PERFORM raise_error('SP023', format('publish_tlsa job %s: its report''s "%s" is not a list of TLSA owner names', j.id, key),
+            'report the owners as a JSON array of names such as "_443._tcp.www.example.org."');
+    END IF;
+    RETURN ARRAY(SELECT lower(e) FROM jsonb_array_elements_text(report -> key) e);
+END
+$$;
+
+-- tlsa_followed: does a change of the certificate's TLSA owners call for a publish_tlsa job now? An
+-- enabled certificate in service does, and one with records in DNS (a published instance, an owner kept);
+-- a disabled one whose records -R removed does not get them back
+CREATE OR REPLACE FUNCTION pki.tlsa_followed(cert int)
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT (NOT x.disabled AND EXISTS (SELECT 1 FROM certinstances i WHERE i.certificate = x.id AND i.state IN ('deployed', 'prepublished')))
+           OR EXISTS (SELECT 1 FROM certinstances i WHERE i.certificate = x.id AND i.tlsa_published IS NOT NULL)
+           OR EXISTS (SELECT 1 FROM tlsa_owners_in_dns d WHERE d.certificate = x.id)
+      FROM certificates x WHERE x.id = cert
+$$;
+
+-- owners_moved: the owners certificate j holds records at (kept, or written now: in_dns) that another
+-- certificate configures now, with that certificate (a name moved to it)
+CREATE OR REPLACE FUNCTION pki.owners_moved(j pki.jobs, in_dns text[])
+RETURNS TABLE (owner text, holder int) LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT h.owner, h.holder
+      FROM (SELECT o.owner, tlsa_owner_holder(o.owner) AS holder
+              FROM (SELECT d.owner FROM tlsa_owners_in_dns d WHERE d.certificate = j.certificate
+                    UNION SELECT unnest(in_dns)) o
+             WHERE NOT EXISTS (SELECT 1 FROM tlsa_owners t WHERE t.certificate = j.certificate AND t.owner = o.owner)) h
+     WHERE h.holder IS NOT NULL AND h.holder <> j.certificate
+$$;
+
+-- keep_owners_in_dns: what a publish_tlsa job of certificate j reported DNS holds now (tlsa_owners_in_dns):
+-- the owners it wrote are its own (taken over from another certificate), the ones it withdrew or abandoned
+-- (in no zone the primary holds) are gone; one whose zone refused the update stays for the next job. An owner it had that
+-- another certificate configures now (a name moved) is that one's to write: when that one is followed
+-- (tlsa_followed), the row goes and its job is enqueued; else the row stays ours (our next job withdraws the
+-- records if nobody configures the owner then; that one's first job takes it over). An owner it wrote must
+-- be one of its own: configured now, kept already, or asked about while the job ran (a wish: its
+-- configuration changed); another is refused (SP023): defence in depth, the agent holds the TSIG key. The
+-- caller holds lock_tlsa of j's certificate and of the holders of owners_moved (enqueue_tlsa takes them)
+CREATE OR REPLACE FUNCTION pki.keep_owners_in_dns(j pki.jobs, report jsonb, in_dns text[])
+RETURNS void LANGUAGE plpgsql
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    gone text[] := report_owners(j, report, 'withdrawn') || report_owners(j, report, 'abandoned');
+    foreign_owner text;
+    moved record;
+BEGIN
+    IF j.certificate IS NULL THEN
+        RETURN;
+    END IF;
+    foreign_owner := (SELECT o FROM unnest(in_dns) o
+                       WHERE NOT EXISTS (SELECT 1 FROM tlsa_owners t WHERE t.certificate = j.certificate AND t.owner = o)
+                         AND NOT EXISTS (SELECT 1 FROM tlsa_owners_in_dns d WHERE d.certificate = j.certificate AND d.owner = o)
+                         AND NOT EXISTS (SELECT 1 FROM tlsa_wishes w WHERE w.certificate = j.certificate AND w.job = j.id)
+                       LIMIT 1);
+    IF foreign_owner IS NOT NULL THEN
+        PERFORM raise_error('SP023', format('publish_tlsa job %s: its report names %s as written, not an owner of its certificate', j.id, foreign_owner),
+            'report only the owners of the job''s certificate (pki.tlsa_owners) and those it had (pki.tlsa_owners_in_dns)');
+    END IF;
+    -- two completions whose certificates swap names would each hold the row the other takes over next
+    PERFORM pg_advisory_xact_lock(hashtext('pki.tlsa_owners_in_dns'));
+    DELETE FROM tlsa_owners_in_dns d WHERE d.certificate = j.certificate AND d.owner = ANY (gone) AND NOT d.owner = ANY (in_dns);
+    INSERT INTO tlsa_owners_in_dns AS d (owner, certificate)
+    SELECT DISTINCT o, j.certificate FROM unnest(in_dns) o
+    ON CONFLICT (owner) DO UPDATE SET certificate = EXCLUDED.certificate;
+    FOR moved IN SELECT m.owner, m.holder FROM owners_moved(j, '{}') m WHERE tlsa_followed(m.holder) ORDER BY m.holder, m.owner LOOP
+        DELETE FROM tlsa_owners_in_dns d WHERE d.owner = moved.owner AND d.certificate = j.certificate;
+        PERFORM enqueue_tlsa(moved.holder, format('TLSA owner %s came from %s (publish_tlsa job %s): its records follow',
+                                                  moved.owner, (SELECT s.name FROM main_subjects s WHERE s.certificate = j.certificate), j.id));
+    END LOOP;
+END
+$$;
+
 -- complete_publish_tlsa: the completion of a publish_tlsa job (its agent calls it): the records are
--- out; count the DANE wait from now; prepublish the successor. report: the zones and updates sent
+-- out; count the DANE wait from now; prepublish the successor; keep which owners hold the certificate's
+-- records (keep_owners_in_dns: the next job withdraws the ones configured no more). report: the zones and
+-- updates sent, the owners in_dns, withdrawn, abandoned (in no zone the primary holds) and not_withdrawn
 CREATE OR REPLACE FUNCTION pki.complete_publish_tlsa(job_id bigint, lease_token uuid, report jsonb DEFAULT '{}')
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
@@ -173,6 +280,7 @@ AS $$
 DECLARE
     j jobs := completing(job_id, lease_token, ARRAY['publish_tlsa']);
     prepublish int := (j.args ->> 'prepublish')::int;
+    in_dns text[] := report_owners(j, report, 'in_dns');
     kept int;
     wish tlsa_wishes;
 BEGIN
@@ -189,8 +297,10 @@ BEGIN
     -- what DNS should hold may have changed while the agent worked: publish again. The lock (only now,
     -- after the certinstances updates: a transaction that holds those rows may be waiting for it; and
     -- before the job's row: an enqueue_tlsa holding it may be waiting for that row) orders this check
-    -- with a concurrent enqueue_tlsa that skipped this running job: one sees the other's work
-    PERFORM lock_tlsa(j.certificate);
+    -- with a concurrent enqueue_tlsa that skipped this running job: one sees the other's work. With it,
+    -- in ascending order, the locks of the certificates whose names this one's owners moved to
+    PERFORM lock_tlsa_many(j.certificate || ARRAY(SELECT m.holder FROM owners_moved(j, in_dns) m));
+    PERFORM keep_owners_in_dns(j, report, in_dns);
     -- done before the re-check: a follow-up of this kind and certificate needs the job out of the active set
     PERFORM job_done(j, report);
     -- what was asked for while the agent worked (keep_tlsa_wishes): the successor only if it still is one.

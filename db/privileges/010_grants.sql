@@ -58,6 +58,8 @@ GRANT SELECT ON pki.certs, pki.certs_ids, pki.inst, pki.jobs_summary, pki.jobs_o
     TO pki_admin, pki_agent, pki_report;
 -- what DNS should hold: hashes of certificates, no key material
 GRANT SELECT ON pki.tlsa_owners, pki.tlsa_desired TO pki_admin, pki_agent;
+-- the owners whose TLSA RRsets hold a certificate's records, as its jobs reported (written by the completion)
+GRANT SELECT ON pki.tlsa_owners_in_dns TO pki_admin, pki_agent;
 -- what was revoked, by whom, why and when, and the local CA's CRLs: public certificates, no key material
 GRANT SELECT ON pki.revocations, pki.crls TO pki_admin, pki_agent;
 
@@ -78,6 +80,8 @@ GRANT EXECUTE ON FUNCTION pki.tlsa_unchanged(integer, integer) TO pki_admin;
 -- TLSA records from stored certificates (the views tlsa_owners and tlsa_desired)
 GRANT EXECUTE ON FUNCTION pki.tlsa_prefix_parts(text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.tlsa_data(bytea, integer, integer) TO pki_admin, pki_agent;
+-- which certificate configures a TLSA owner now (publish_tlsa: the owners gone it withdraws)
+GRANT EXECUTE ON FUNCTION pki.tlsa_owner_holder(text) TO pki_admin, pki_agent;
 
 -- validation: the management functions and the configuration triggers run them with the
 -- operator's rights (they only read the configuration and raise our SQLSTATEs)

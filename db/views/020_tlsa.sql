@@ -2,10 +2,11 @@
 -- (tlsa_data, functions/120_cert_facts.sql); publish_tlsa jobs and the reports read them.
 
 -- tlsa_owners: every TLSA owner name of a certificate: each service's prefix with {} = each
--- server subject and alt name (a wildcard name has no TLSA owner of its own)
+-- server subject and alt name (a wildcard name has no TLSA owner of its own). The owner is in lower
+-- case: DNS names, like subjects.name, compare without case, and pki.tlsa_owners_in_dns keeps them so
 CREATE VIEW pki.tlsa_owners AS
 SELECT cs.certificate, s.name::text AS name,
-       format('_%s._%s.%s.', p.port, lower(p.proto), rtrim(s.name::text, '.')) AS owner,
+       format('_%s._%s.%s.', p.port, lower(p.proto), lower(rtrim(s.name::text, '.'))) AS owner,
        p.ttl, p.usage, p.selector, p.matching
   FROM pki.certificates_services cs
   JOIN pki.services sv ON sv.id = cs.service

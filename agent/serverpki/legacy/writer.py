@@ -294,6 +294,7 @@ class Writer:
             self.imported.add(i["id"])
             self.report.count("certinstances")
         self.states = {r["id"]: r["state"] for r in self.cur.execute(q("import_states"), {"ids": sorted(self.imported)})}
+        self.cur.execute(q("import_tlsa_owners_in_dns"), {"ids": sorted(self.imported)})
         for i in wanted:
             if i["state"] == "deployed" and self.states[i["id"]] == "expired":
                 newer = max((j["id"] for j in wanted if j["certificate"] == i["certificate"]
