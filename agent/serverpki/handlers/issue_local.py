@@ -79,6 +79,17 @@ def issue_local(job: Job, ctx: Context) -> Completion:
         })
 
 
+def _read_ahead(jobs: list[Job], ctx: Context) -> None:
+    """What the issue_local handlers of a claim read once for it (ctx.batch), read by the agent before they
+    start (Agent._claim_ahead): the certificates, the local CA, the database's clock."""
+    batch_issue_request(jobs[0], ctx)
+    batch_read(ctx, "local_ca_current")
+    batch_read(ctx, "db_now")
+
+
+issue_local.read_ahead = _read_ahead
+
+
 # opened CA keys of this process, by instance and stored form: a run that issues many
 # certificates asks for (and derives) the passphrase once, not once per certificate
 _OPEN_CA_KEYS: dict[tuple[int, str], x509util.PrivateKey] = {}
