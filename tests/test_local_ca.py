@@ -704,6 +704,27 @@ def test_a_full_claim_of_issue_jobs_has_the_next_one_claimed_ahead_with_its_read
     assert all(read[job_id] == ["db_now", "issue_requests", "local_ca_current"] for job_id in claimed_ahead), runs
     assert all(job_row(conn, job_id)["state"] == "done" for job_id in jobs.values())
 
+    # reading ahead that fails (a certificate removed meanwhile: GiveUp) leaves the reads to the handlers
+    names = [f"{c}2.example.org" for c in "abc"]
+    for name in names:
+        add_local_cert(conn, name, "ec")
+    jobs = dict(conn.execute("SELECT certificate, job FROM request_create(selection(only_certs => %s))", (names,)).fetchall())
+
+    def failing_read_ahead(jobs, ctx):
+        failed.append(jobs[0].id)
+        raise GiveUp("certificate gone")
+
+    handler.read_ahead, failed = failing_read_ahead, []
+    agent = Agent(dsn, config, name=AGENT, batch=1, kinds=["issue_local"])
+    agent.handlers = {"issue_local": handler}
+    try:
+        stats = agent.drain()
+    finally:
+        agent.close()
+    assert stats.outcomes == {"done": 3}, stats.summary()
+    assert len(failed) == 2, failed   # the claims after the first were made ahead
+    assert all(job_row(conn, job_id)["state"] == "done" for job_id in jobs.values())
+
 
 def test_a_batch_of_issue_jobs_is_applied_together_and_each_ends_as_alone(conn, config):
     """complete_issue_batch applies the completions of a batch whose jobs are all right together

@@ -496,7 +496,7 @@ class Agent:
                 try:
                     self._on_side("_claimer", lambda conn: read_ahead(ofkind, Context(
                         config=self.config, conn=conn, agent_name=self.name, batch=batch)), f"agent {self.name}")
-                except psycopg.Error as exc:   # the handlers read it themselves, and meet the error there
+                except Exception as exc:   # (a certificate gone, the database) the handlers read it, and meet it, themselves
                     log.debug("agent %s: reading ahead for %s jobs failed: %s", self.name, kind, _first_line(exc))
         return claiming, jobs, batch
 
