@@ -13,6 +13,7 @@ is always stored encrypted with the local CA passphrase, and -X/-Y leave it so.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -20,8 +21,8 @@ from typing import Any
 from .. import keystore, x509util
 from ..errors import GiveUp
 from . import Completion, Context, IssuedPair, Job, handler
-from .common import (about, algorithms, batch_db_passphrase, batch_issue_request, batch_read, batch_value, db_now,
-                     issue_request, open_stored_key, reused_key)
+from .common import (about, algorithms, batch_db_passphrase, batch_issue_request, batch_read, db_now, issue_request,
+                     open_stored_key, reused_key)
 
 NO_CA = "no local CA: issue one with operate_serverPKI -I"
 
@@ -55,7 +56,7 @@ def issue_local(job: Job, ctx: Context) -> Completion:
         ca = batch_read(ctx, "local_ca_current")
         if ca is None:
             raise GiveUp(NO_CA)
-        ca_cert, ca_key = _open_ca(ca, ctx)
+        ca_cert, ca_key = _ca_certificate(ca["cert"]), _open_ca_key(ca, ctx)
         now = batch_read(ctx, "db_now")["now"]
         x509cfg = ctx.config.x509
         lifetime = x509cfg.server_lifetime_days if req["subject_type"] == "server" else x509cfg.client_lifetime_days
@@ -101,10 +102,11 @@ def _open_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
     return _OPEN_CA_KEYS[cache_key]
 
 
-def _open_ca(ca: dict[str, Any], ctx: Context) -> tuple[Any, x509util.PrivateKey]:
-    """The CA's certificate and opened key, once for the claimed batch (ctx.batch): parsed anew for every job,
-    the certificate's extensions were read again for each one's authority key identifier."""
-    return batch_value(ctx, "local_ca_opened", lambda: (x509util.load_cert(ca["cert"]), _open_ca_key(ca, ctx)))
+@functools.lru_cache(maxsize=8)
+def _ca_certificate(pem: str) -> Any:
+    """A CA certificate, parsed once per process (by its PEM text): parsed anew for every job, its extensions
+    were read again for each one's authority key identifier."""
+    return x509util.load_cert(pem)
 
 
 def _load_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
