@@ -488,17 +488,22 @@ class Agent:
         read_ahead(jobs, ctx): the same reads, made here, off the thread that runs the handlers)."""
         claiming = time.monotonic()
         jobs = self.claim(ahead=True)
+        return claiming, jobs, self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label))
+
+    def _read_ahead(self, jobs: list[Job], on_connection) -> dict:
+        """Context.batch for the handlers of a claim, with what the handlers of its kinds read once for it
+        read already (a handler's read_ahead(jobs, ctx)); on_connection(work, label): where."""
         batch = self._new_batch(jobs)
         for kind in sorted({job.kind for job in jobs}):
             read_ahead = getattr(self.handlers[kind], "read_ahead", None)
             if read_ahead is not None:
                 ofkind = [job for job in jobs if job.kind == kind]
                 try:
-                    self._on_side("_claimer", lambda conn: read_ahead(ofkind, Context(
+                    on_connection(lambda conn: read_ahead(ofkind, Context(
                         config=self.config, conn=conn, agent_name=self.name, batch=batch)), f"agent {self.name}")
                 except Exception as exc:   # (a certificate gone, the database) the handlers read it, and meet it, themselves
                     log.debug("agent %s: reading ahead for %s jobs failed: %s", self.name, kind, _first_line(exc))
-        return claiming, jobs, batch
+        return batch
 
     @staticmethod
     def _new_batch(jobs: list[Job]) -> dict:
@@ -559,8 +564,11 @@ class Agent:
                     claiming = time.monotonic()
                     # while the completions of the last claim's overlapped jobs are on their way (on the agent's
                     # own connection), the next claim goes on the handlers' one: the database has both at once
-                    jobs = self.claim(on_reader=completions.pending)
-                    batch = self._new_batch(jobs)
+                    on_reader = completions.pending
+                    jobs = self.claim(on_reader=on_reader)
+                    # claimed on the agent's own connection (nothing on its way: the first claim of a drain), the
+                    # handlers' reads go there too: it is idle and warm, the handlers' one is new
+                    batch = self._new_batch(jobs) if on_reader else self._read_ahead(jobs, self._on_own_connection)
                 if not jobs:
                     if not completions.pending:
                         break
