@@ -187,6 +187,7 @@ def test_while_completions_are_on_their_way_only_jobs_that_depend_on_nothing_are
     jid = enqueue(conn, "t_ok")
     agent = make_agent(dsn, {"t_ok": lambda j, ctx: Completion()})
     assert agent.claim(on_reader=True) == [], "a job of a kind outside OVERLAPPED_KINDS was claimed beside completions"
+    assert agent.claim(ahead=True) == [], "a job of a kind outside OVERLAPPED_KINDS was claimed ahead"
     assert job(conn, jid)[0] == "queued"
     assert [j.id for j in agent.claim()] == [jid], "claimed with no completion on its way, the job is taken"
 

@@ -657,6 +657,76 @@ def test_an_agents_batch_of_issue_jobs_keeps_every_jobs_outcome(conn, dsn, confi
     assert_no_key_in_jobs(conn)
 
 
+def test_a_full_claim_of_issue_jobs_has_the_next_one_claimed_ahead_with_its_reads(conn, dsn, config):
+    """The thread that signs does not wait for claims: while the handlers of a full claim of issue_local jobs
+    work, the next claim is made on a connection of its own (Agent._claim_ahead), with what the handlers read
+    once per claim (issue_local's read_ahead: the certificates, the local CA, the clock); the first claim's
+    reads are made on the agent's own connection, idle then. A claim that is not full has no claim ahead:
+    little is left. Every job runs once and is done."""
+    import threading
+
+    from serverpki.agent import Agent
+
+    issue_ca(conn, config)
+    names = [f"{c}.example.org" for c in "abcde"]
+    for name in names:
+        add_local_cert(conn, name, "ec")
+    jobs = dict(conn.execute("SELECT certificate, job FROM request_create(selection(only_certs => %s))", (names,)).fetchall())
+    config.alerts = SimpleNamespace(channels=[])
+    agent = Agent(dsn, config, name=AGENT, batch=2, kinds=["issue_local"])
+    real, runs, claims = HANDLERS["issue_local"], [], []
+
+    def handler(job, ctx):
+        runs.append((job.id, sorted(k for k in ("issue_requests", "local_ca_current", "db_now") if k in ctx.batch)))
+        return real(job, ctx)
+
+    handler.read_ahead = real.read_ahead
+    agent.handlers = {"issue_local": handler}
+    claim = agent.claim
+
+    def recorded_claim(**kwargs):
+        jobs = claim(**kwargs)
+        claims.append((kwargs.get("ahead", False), threading.current_thread().name, [j.id for j in jobs]))
+        return jobs
+
+    agent.claim = recorded_claim
+    try:
+        stats = agent.drain()
+        assert agent._claimer is not None
+    finally:
+        agent.close()
+    assert stats.outcomes == {"done": 5}, stats.summary()
+    assert sorted(job_id for job_id, _ in runs) == sorted(jobs.values()), "a job ran twice, or not at all"
+    ahead = [(thread, ids) for is_ahead, thread, ids in claims if is_ahead]
+    assert [len(ids) for _, ids in ahead] == [2, 1], claims   # after each full claim, the next one ahead
+    assert all(thread.startswith("claimer") for thread, _ in ahead), claims
+    # every handler found the reads made: for the first claim on the agent's own connection (idle then), for
+    # those claimed ahead by the claimer
+    assert all(keys == ["db_now", "issue_requests", "local_ca_current"] for _, keys in runs), runs
+    assert all(job_row(conn, job_id)["state"] == "done" for job_id in jobs.values())
+
+    # reading ahead that fails (a certificate removed meanwhile: GiveUp) leaves the reads to the handlers
+    names = [f"{c}2.example.org" for c in "abc"]
+    for name in names:
+        add_local_cert(conn, name, "ec")
+    jobs = dict(conn.execute("SELECT certificate, job FROM request_create(selection(only_certs => %s))", (names,)).fetchall())
+
+    def failing_read_ahead(jobs, ctx):
+        failed.append(jobs[0].id)
+        raise GiveUp("certificate gone")
+
+    handler.read_ahead, failed = failing_read_ahead, []
+    agent = Agent(dsn, config, name=AGENT, batch=1, kinds=["issue_local"])
+    agent.handlers = {"issue_local": handler}
+    try:
+        stats = agent.drain()
+    finally:
+        agent.close()
+    assert stats.outcomes == {"done": 3}, stats.summary()
+    assert len(failed) == 3, failed   # the first claim's on the agent's connection, the next two ahead
+    assert all(job_row(conn, job_id)["state"] == "done" for job_id in jobs.values())
+
+
 def test_a_batch_of_issue_jobs_is_applied_together_and_each_ends_as_alone(conn, config):
     """complete_issue_batch applies the completions of a batch whose jobs are all right together
     (complete_issues_together: each step one statement for all the jobs, in one subtransaction: their pairs

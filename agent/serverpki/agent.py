@@ -251,6 +251,8 @@ class Agent:
         # the connection the handlers of overlapped jobs read through while the agent's own one sends
         # completions (_Completions)
         self._reader: psycopg.Connection | None = None
+        # the connection the next claim is made on while the handlers of this one work (_claim_ahead)
+        self._claimer: psycopg.Connection | None = None
         # reads that hold for the claimed batch being worked (Context.batch); new with each claim
         self._batch: dict = {}
         # job kind -> its completion function, as the kind's file in db/jobs/ registered it (read by claim)
@@ -271,18 +273,21 @@ class Agent:
             self._conn.close()
         if self._reader is not None:
             self._reader.close()
+        if self._claimer is not None:
+            self._claimer.close()
         if self._heartbeats is not None:
             self._heartbeats.close()
             self._heartbeats = None
 
-    def claim(self, on_reader: bool = False) -> list[Job]:
+    def claim(self, on_reader: bool = False, ahead: bool = False) -> list[Job]:
         """The next due jobs, leased to this agent. on_reader: claimed on the handlers' connection, while
-        the agent's own one sends completions (_Completions)."""
+        the agent's own one sends completions (_Completions); ahead: on a connection of its own, while the
+        handlers of the last claim work (_claim_ahead), as on_reader."""
         # while completions are on their way, only jobs that depend on nothing they do: a job of another kind
         # may be the one a completion's follow-up would have joined (a publish_tlsa claimed here while an
         # issue completion asks it to prepublish the new instance too would run without it, and the request
         # wait for its completion in tlsa_wishes: a second round of DNS updates)
-        kinds = [k for k in self.kinds if k in OVERLAPPED_KINDS] if on_reader else self.kinds
+        kinds = [k for k in self.kinds if k in OVERLAPPED_KINDS] if on_reader or ahead else self.kinds
         if not kinds:
             return []
         params = {"agent": self.name, "kinds": kinds, "max_jobs": self.batch, "lease": self.lease}
@@ -296,14 +301,15 @@ class Agent:
 
         # the connection may have died while it waited (a restart, a failover): claim on a new one. Had
         # the lost claim gone through after all, its jobs come back when their lease runs out
-        if on_reader:
-            rows = self._on_reader(claimed, f"agent {self.name}")
+        side = "_claimer" if ahead else "_reader" if on_reader else None
+        if side:
+            rows = self._on_side(side, claimed, f"agent {self.name}")
         else:
             rows = self._on_own_connection(claimed, f"agent {self.name}")
         if any(r["kind"] not in self._completions for r in rows):
             # on the connection the claim used: the agent's own one may be busy sending completions
-            self._completions = dict(self._on_reader(lambda conn: conn.execute(q("job_completions")).fetchall(), f"agent {self.name}")
-                                     if on_reader else self.conn.execute(q("job_completions")).fetchall())
+            self._completions = dict(self._on_side(side, lambda conn: conn.execute(q("job_completions")).fetchall(), f"agent {self.name}")
+                                     if side else self.conn.execute(q("job_completions")).fetchall())
         return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
                     r["args"] or {}, r["attempts"], r["max_attempts"], str(r["lease_token"]),
                     r["certificate_name"], r["disthost_name"]) for r in rows]
@@ -454,19 +460,55 @@ class Agent:
         self._conn = self._connect()
         return work(self._conn)
 
-    def _on_reader(self, work, label: str):
-        """work(conn) on the handlers' connection (_Completions), as _on_own_connection on the agent's own."""
-        if self._reader is None or self._reader.closed or self._reader.broken:
-            self._reader = self._connect()   # lost (a restart, a failover): waited for, as the own one
+    def _on_side(self, side: str, work, label: str):
+        """work(conn) on one of the agent's side connections (side: the attribute, "_reader" for the handlers'
+        (_Completions), "_claimer" for the claims made ahead), as _on_own_connection on the agent's own."""
+        conn = getattr(self, side)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._connect()   # lost (a restart, a failover): waited for, as the own one
+            setattr(self, side, conn)
         try:
-            return work(self._reader)
+            return work(conn)
         except psycopg.OperationalError as exc:
-            if not (self._reader.closed or self._reader.broken):
+            if not (conn.closed or conn.broken):
                 raise
             log.warning("%s: the database connection was lost (%s); reconnecting", label, _first_line(exc))
-        self._reader.close()
-        self._reader = self._connect()
-        return work(self._reader)
+        conn.close()
+        conn = self._connect()
+        setattr(self, side, conn)
+        return work(conn)
+
+    def _on_reader(self, work, label: str):
+        """work(conn) on the handlers' connection (_Completions)."""
+        return self._on_side("_reader", work, label)
+
+    def _claim_ahead(self) -> tuple[float, list[Job], dict]:
+        """The next claim of overlapped jobs (claim(ahead=True)), when it was made (its leases' start) and
+        its Context.batch, with what the handlers of its kinds read for a batch read already (a handler's
+        read_ahead(jobs, ctx): the same reads, made here, off the thread that runs the handlers)."""
+        claiming = time.monotonic()
+        jobs = self.claim(ahead=True)
+        return claiming, jobs, self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label))
+
+    def _read_ahead(self, jobs: list[Job], on_connection) -> dict:
+        """Context.batch for the handlers of a claim, with what the handlers of its kinds read once for it
+        read already (a handler's read_ahead(jobs, ctx)); on_connection(work, label): where."""
+        batch = self._new_batch(jobs)
+        for kind in sorted({job.kind for job in jobs}):
+            read_ahead = getattr(self.handlers[kind], "read_ahead", None)
+            if read_ahead is not None:
+                ofkind = [job for job in jobs if job.kind == kind]
+                try:
+                    on_connection(lambda conn: read_ahead(ofkind, Context(
+                        config=self.config, conn=conn, agent_name=self.name, batch=batch)), f"agent {self.name}")
+                except Exception as exc:   # (a certificate gone, the database) the handlers read it, and meet it, themselves
+                    log.debug("agent %s: reading ahead for %s jobs failed: %s", self.name, kind, _first_line(exc))
+        return batch
+
+    @staticmethod
+    def _new_batch(jobs: list[Job]) -> dict:
+        """Context.batch for the handlers of a claim: what they read once for it (handlers.common.batch_read)."""
+        return {"certificates": sorted({job.certificate for job in jobs if job.certificate is not None})}
 
     def _fail(self, job: Job, error: str, retry: bool, retry_after: float | None = None,
               conn: psycopg.Connection | None = None) -> str:
@@ -512,12 +554,21 @@ class Agent:
         the distribute jobs of one claim run in the pool. The bar's total: what was claimed and what is
         due after each claim (the follow-ups the jobs before it enqueued)."""
         claimed = 0
-        with _Completions(self) as completions:
+        ahead: Future | None = None   # the next claim, made while the handlers of this one work
+        with _Completions(self) as completions, ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer") as claimer:
             while max_jobs is None or claimed < max_jobs:
-                claiming = time.monotonic()
-                # while the completions of the last claim's overlapped jobs are on their way (on the agent's
-                # own connection), the next claim goes on the handlers' one: the database has both at once
-                jobs = self.claim(on_reader=completions.pending)
+                if ahead is not None:
+                    claiming, jobs, batch = ahead.result()
+                    ahead = None
+                else:
+                    claiming = time.monotonic()
+                    # while the completions of the last claim's overlapped jobs are on their way (on the agent's
+                    # own connection), the next claim goes on the handlers' one: the database has both at once
+                    on_reader = completions.pending
+                    jobs = self.claim(on_reader=on_reader)
+                    # claimed on the agent's own connection (nothing on its way: the first claim of a drain), the
+                    # handlers' reads go there too: it is idle and warm, the handlers' one is new
+                    batch = self._new_batch(jobs) if on_reader else self._read_ahead(jobs, self._on_own_connection)
                 if not jobs:
                     if not completions.pending:
                         break
@@ -526,8 +577,14 @@ class Agent:
                     yield from completions.wait()
                     continue
                 # the handlers of this claim share what they read once for it (Context.batch)
-                self._batch = {"certificates": sorted({job.certificate for job in jobs if job.certificate is not None})}
+                self._batch = batch
                 claimed += len(jobs)
+                # a full claim of overlapped jobs (more are likely due): the next one is claimed while these
+                # run, on a connection of its own, and is there when they are done. Only overlapped kinds,
+                # as on the handlers' connection: completions are on their way by then
+                if (len(jobs) >= self.batch and all(job.kind in OVERLAPPED_KINDS for job in jobs)
+                        and (max_jobs is None or claimed < max_jobs)):
+                    ahead = claimer.submit(self._claim_ahead)
                 if bar.shown:
                     bar.set_total(claimed + self.due())
                 pooled = [job for job in jobs if job.kind in POOLED_KINDS]

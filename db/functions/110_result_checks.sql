@@ -28,8 +28,12 @@ import json
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.x509.oid import NameOID
+
+# the digest of a signed certificate made by hashlib and verified as Prehashed: cryptography 38 hashes through
+# objects of its own, a fifth of a verification; others (SHA-1, SHA-3) as cryptography hashes them
+PREHASHED = {"sha224", "sha256", "sha384", "sha512"}
 
 class Refused(Exception):
     pass
@@ -71,9 +75,14 @@ def load_issuer(pem, what):
     keys[id(entry[0])] = entry
     return entry[0]
 
+extensions = {}   # id(certificate) -> (certificate, its extensions): cryptography parses them all at each access
+
 def extension(cert, cls, what):
     try:
-        return cert.extensions.get_extension_for_class(cls).value
+        entry = extensions.get(id(cert))
+        if entry is None:
+            entry = extensions[id(cert)] = (cert, cert.extensions)
+        return entry[1].get_extension_for_class(cls).value
     except x509.ExtensionNotFound:
         return None
     except Exception as exc:  # duplicate or malformed extensions
@@ -94,10 +103,13 @@ def check_signed(child, parent, what, by):
     key = keys[id(parent)][1] if id(parent) in keys else parent.public_key()
     try:
         digest = child.signature_hash_algorithm
+        signed, algorithm = child.tbs_certificate_bytes, digest
+        if digest is not None and digest.name in PREHASHED:
+            signed, algorithm = hashlib.new(digest.name, signed).digest(), utils.Prehashed(digest)
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), digest)
+            key.verify(child.signature, signed, padding.PKCS1v15(), algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(digest))
+            key.verify(child.signature, signed, ec.ECDSA(algorithm))
         else:
             raise InvalidSignature()
     except InvalidSignature:

@@ -7,109 +7,60 @@ CREATE OR REPLACE FUNCTION pki.check_certkeydata()
 RETURNS trigger LANGUAGE plpython3u
 SET search_path = pki, dd, pg_temp
 AS $$
-import hashlib
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+# the imports and helpers once per session (SD): made anew for every row, they cost a third of a pair's check
+helpers = SD.get("helpers")
+if helpers is None:
+    import base64
+    import hashlib
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-def refuse(code, message, hint):
-    plpy.error(message, hint=hint, sqlstate=code)
+    def der_item(buf, pos):
+        tag, length = buf[pos], buf[pos + 1]
+        pos += 2
+        if length & 0x80:
+            n = length & 0x7F
+            length = int.from_bytes(buf[pos:pos + n], "big")
+            pos += n
+        if pos + length > len(buf):
+            raise ValueError("truncated DER")
+        return tag, pos, pos + length
 
-new = TD["new"]
-if TD["event"] == "UPDATE":
-    old = TD["old"]
-    # key_file_format and file_name_algo say what the hosts hold (0010): changed, the files would move
-    for column in ("certinstance", "encryption_algo", "cert", "hash", "not_before", "not_after",
-                   "key_file_format", "file_name_algo"):
-        if new[column] != old[column]:
-            refuse("SP012", "certkeydata %s: column %s cannot change; a stored certificate is immutable" % (old["id"], column),
-                   "issue a new instance instead")
+    def der_children(buf, start, end):
+        items, pos = [], start
+        while pos < end:
+            item = der_item(buf, pos)
+            items.append(item)
+            pos = item[2]
+        return items
 
-pem = bytes(new["cert"]) if new["cert"] is not None else b""
-# nothing but the one certificate: the cert column is readable by pki_admin, so a key must never ride along
-if pem.count(b"-----BEGIN CERTIFICATE-----") != 1 or pem.count(b"-----BEGIN ") != 1:
-    refuse("SP008", "certkeydata for instance %s: cert must hold exactly one PEM certificate and nothing else" % new["certinstance"],
-           "store the leaf certificate only; its CA certificate is an instance of its own (cacert), its key goes in key")
-try:
-    cert = x509.load_pem_x509_certificate(pem)
-    der = cert.public_bytes(serialization.Encoding.DER)
-except Exception as exc:
-    refuse("SP008", "certkeydata for instance %s: cert is not a parsable PEM certificate (%s)" % (new["certinstance"], type(exc).__name__),
-           "store the PEM text as produced by the CA")
+    RSA_OID, EC_OID = bytes.fromhex("2a864886f70d010101"), bytes.fromhex("2a8648ce3d0201")
 
-def der_item(buf, pos):
-    tag, length = buf[pos], buf[pos + 1]
-    pos += 2
-    if length & 0x80:
-        n = length & 0x7F
-        length = int.from_bytes(buf[pos:pos + n], "big")
-        pos += n
-    if pos + length > len(buf):
-        raise ValueError("truncated DER")
-    return tag, pos, pos + length
-
-def der_children(buf, start, end):
-    items, pos = [], start
-    while pos < end:
-        item = der_item(buf, pos)
-        items.append(item)
-        pos = item[2]
-    return items
-
-RSA_OID, EC_OID = bytes.fromhex("2a864886f70d010101"), bytes.fromhex("2a8648ce3d0201")
-
-def spki_public(tbs):
-    """(algo, public value) from the certificate's SubjectPublicKeyInfo, as embedded_public gives a key's:
-    ('rsa', (n, e)) or ('ec', uncompressed point); None for anything else. Read from the DER: having
-    cryptography decode the key makes OpenSSL 3 check an EC point, about 0.4 ms, more than all the rest."""
-    _, s, e = der_item(tbs, 0)
-    fields = der_children(tbs, s, e)
-    _, s, e = fields[6 if fields[0][0] == 0xA0 else 5]   # after [0] version, serial, signature, issuer, validity, subject
-    algid, bits = der_children(tbs, s, e)[:2]
-    oid = der_children(tbs, algid[1], algid[2])[0]
-    if bits[0] != 0x03 or tbs[bits[1]] != 0:
+    def spki_public(tbs):
+        """(algo, public value) from the certificate's SubjectPublicKeyInfo, as embedded_public gives a key's:
+        ('rsa', (n, e)) or ('ec', uncompressed point); None for anything else. Read from the DER: having
+        cryptography decode the key makes OpenSSL 3 check an EC point, about 0.4 ms, more than all the rest."""
+        _, s, e = der_item(tbs, 0)
+        fields = der_children(tbs, s, e)
+        _, s, e = fields[6 if fields[0][0] == 0xA0 else 5]   # after [0] version, serial, signature, issuer, validity, subject
+        algid, bits = der_children(tbs, s, e)[:2]
+        oid = der_children(tbs, algid[1], algid[2])[0]
+        if bits[0] != 0x03 or tbs[bits[1]] != 0:
+            return None
+        content = tbs[bits[1] + 1:bits[2]]
+        if oid[0] == 0x06 and tbs[oid[1]:oid[2]] == RSA_OID:
+            _, s, e = der_item(content, 0)
+            n, exp = der_children(content, s, e)[:2]
+            return ("rsa", (int.from_bytes(content[n[1]:n[2]], "big"), int.from_bytes(content[exp[1]:exp[2]], "big")))
+        if oid[0] == 0x06 and tbs[oid[1]:oid[2]] == EC_OID and content[:1] == b"\x04":
+            return ("ec", content)
         return None
-    content = tbs[bits[1] + 1:bits[2]]
-    if oid[0] == 0x06 and tbs[oid[1]:oid[2]] == RSA_OID:
-        _, s, e = der_item(content, 0)
-        n, exp = der_children(content, s, e)[:2]
-        return ("rsa", (int.from_bytes(content[n[1]:n[2]], "big"), int.from_bytes(content[exp[1]:exp[2]], "big")))
-    if oid[0] == 0x06 and tbs[oid[1]:oid[2]] == EC_OID and content[:1] == b"\x04":
-        return ("ec", content)
-    return None
 
-try:
-    spki = spki_public(cert.tbs_certificate_bytes)
-except Exception:
-    spki = None   # cryptography decodes it below, and says what it is
-public_key = cert.public_key() if spki is None else None
-algo = spki[0] if spki is not None else \
-    "rsa" if isinstance(public_key, rsa.RSAPublicKey) else "ec" if isinstance(public_key, ec.EllipticCurvePublicKey) else None
-if algo is None or algo != new["encryption_algo"]:
-    refuse("SP008", "certkeydata for instance %s: the certificate's key is %s, the row says %s" % (
-               new["certinstance"], algo or type(public_key).__name__, new["encryption_algo"]),
-           "set encryption_algo to the certificate's key algorithm (rsa or ec)")
-
-digest = hashlib.sha256(der).hexdigest().upper()
-if new["hash"] is not None and new["hash"].upper() != digest:
-    refuse("SP008", "certkeydata for instance %s: hash %s is not the SHA-256 of the certificate (%s)" % (
-               new["certinstance"], new["hash"], digest),
-           "leave hash NULL; the database computes it")
-new["hash"] = digest
-new["not_before"] = cert.not_valid_before.isoformat() + "+00:00"
-new["not_after"] = cert.not_valid_after.isoformat() + "+00:00"
-
-key_pem = bytes(new["key"]) if new["key"] is not None else None
-if key_pem is not None:
-    if key_pem.count(b"-----BEGIN ") != 1:
-        refuse("SP008", "certkeydata for instance %s: key must hold exactly one PEM private key" % new["certinstance"],
-               "store the key as one PKCS#8 PEM block")
     # a clear key must belong to the certificate; an encrypted one cannot be opened here.
     # The public half is read from the PKCS#8 structure itself: loading the key would make
     # OpenSSL 3 validate an RSA key, about 40 ms a key, for a comparison of two numbers.
-    import base64, binascii
-
-    def embedded_public(pem_bytes):
+    def embedded_public(pem_bytes, public_key_kind):
         """(kind, public value) from a clear PKCS#8 key: ('rsa', (n, e)) or ('ec', point); None if not PKCS#8."""
         text = pem_bytes.decode("ascii").strip()
         if not (text.startswith("-----BEGIN PRIVATE KEY-----") and text.endswith("-----END PRIVATE KEY-----")):
@@ -138,7 +89,60 @@ if key_pem is not None:
         parts = der_children(der, s, e)
         return tag == 0x30 and e == len(der) and len(parts) == 2 and parts[0][0] == 0x30 and parts[1][0] == 0x04
 
-    public_key_kind = algo
+    helpers = SD["helpers"] = (hashlib, x509, serialization, ec, rsa, spki_public, embedded_public, encrypted_structure_ok)
+hashlib, x509, serialization, ec, rsa, spki_public, embedded_public, encrypted_structure_ok = helpers
+
+def refuse(code, message, hint):
+    plpy.error(message, hint=hint, sqlstate=code)
+
+new = TD["new"]
+if TD["event"] == "UPDATE":
+    old = TD["old"]
+    # key_file_format and file_name_algo say what the hosts hold (0010): changed, the files would move
+    for column in ("certinstance", "encryption_algo", "cert", "hash", "not_before", "not_after",
+                   "key_file_format", "file_name_algo"):
+        if new[column] != old[column]:
+            refuse("SP012", "certkeydata %s: column %s cannot change; a stored certificate is immutable" % (old["id"], column),
+                   "issue a new instance instead")
+
+pem = bytes(new["cert"]) if new["cert"] is not None else b""
+# nothing but the one certificate: the cert column is readable by pki_admin, so a key must never ride along
+if pem.count(b"-----BEGIN CERTIFICATE-----") != 1 or pem.count(b"-----BEGIN ") != 1:
+    refuse("SP008", "certkeydata for instance %s: cert must hold exactly one PEM certificate and nothing else" % new["certinstance"],
+           "store the leaf certificate only; its CA certificate is an instance of its own (cacert), its key goes in key")
+try:
+    cert = x509.load_pem_x509_certificate(pem)
+    der = cert.public_bytes(serialization.Encoding.DER)
+except Exception as exc:
+    refuse("SP008", "certkeydata for instance %s: cert is not a parsable PEM certificate (%s)" % (new["certinstance"], type(exc).__name__),
+           "store the PEM text as produced by the CA")
+
+try:
+    spki = spki_public(cert.tbs_certificate_bytes)
+except Exception:
+    spki = None   # cryptography decodes it below, and says what it is
+public_key = cert.public_key() if spki is None else None
+algo = spki[0] if spki is not None else \
+    "rsa" if isinstance(public_key, rsa.RSAPublicKey) else "ec" if isinstance(public_key, ec.EllipticCurvePublicKey) else None
+if algo is None or algo != new["encryption_algo"]:
+    refuse("SP008", "certkeydata for instance %s: the certificate's key is %s, the row says %s" % (
+               new["certinstance"], algo or type(public_key).__name__, new["encryption_algo"]),
+           "set encryption_algo to the certificate's key algorithm (rsa or ec)")
+
+digest = hashlib.sha256(der).hexdigest().upper()
+if new["hash"] is not None and new["hash"].upper() != digest:
+    refuse("SP008", "certkeydata for instance %s: hash %s is not the SHA-256 of the certificate (%s)" % (
+               new["certinstance"], new["hash"], digest),
+           "leave hash NULL; the database computes it")
+new["hash"] = digest
+new["not_before"] = cert.not_valid_before.isoformat() + "+00:00"
+new["not_after"] = cert.not_valid_after.isoformat() + "+00:00"
+
+key_pem = bytes(new["key"]) if new["key"] is not None else None
+if key_pem is not None:
+    if key_pem.count(b"-----BEGIN ") != 1:
+        refuse("SP008", "certkeydata for instance %s: key must hold exactly one PEM private key" % new["certinstance"],
+               "store the key as one PKCS#8 PEM block")
     label = key_pem.split(b"\n", 1)[0].strip()
     if label == b"-----BEGIN ENCRYPTED PRIVATE KEY-----":
         try:
@@ -150,7 +154,7 @@ if key_pem is not None:
                    "store the key as PKCS#8 PEM, encrypted with the passphrase of the stored keys")
     else:
         try:
-            embedded = embedded_public(key_pem)
+            embedded = embedded_public(key_pem, algo)
             if embedded is None:  # not PKCS#8, or an EC key without its public half: open it
                 key = serialization.load_pem_private_key(key_pem, password=None)
                 matches = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == \

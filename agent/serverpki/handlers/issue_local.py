@@ -13,6 +13,7 @@ is always stored encrypted with the local CA passphrase, and -X/-Y leave it so.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -55,8 +56,7 @@ def issue_local(job: Job, ctx: Context) -> Completion:
         ca = batch_read(ctx, "local_ca_current")
         if ca is None:
             raise GiveUp(NO_CA)
-        ca_cert = x509util.load_cert(ca["cert"])
-        ca_key = _open_ca_key(ca, ctx)
+        ca_cert, ca_key = _ca_certificate(ca["cert"]), _open_ca_key(ca, ctx)
         now = batch_read(ctx, "db_now")["now"]
         x509cfg = ctx.config.x509
         lifetime = x509cfg.server_lifetime_days if req["subject_type"] == "server" else x509cfg.client_lifetime_days
@@ -79,6 +79,17 @@ def issue_local(job: Job, ctx: Context) -> Completion:
         })
 
 
+def _read_ahead(jobs: list[Job], ctx: Context) -> None:
+    """What the issue_local handlers of a claim read once for it (ctx.batch), read by the agent before they
+    start (Agent._claim_ahead): the certificates, the local CA, the database's clock."""
+    batch_issue_request(jobs[0], ctx)
+    batch_read(ctx, "local_ca_current")
+    batch_read(ctx, "db_now")
+
+
+issue_local.read_ahead = _read_ahead
+
+
 # opened CA keys of this process, by instance and stored form: a run that issues many
 # certificates asks for (and derives) the passphrase once, not once per certificate
 _OPEN_CA_KEYS: dict[tuple[int, str], x509util.PrivateKey] = {}
@@ -89,6 +100,13 @@ def _open_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
     if cache_key not in _OPEN_CA_KEYS:
         _OPEN_CA_KEYS[cache_key] = _load_ca_key(ca, ctx)
     return _OPEN_CA_KEYS[cache_key]
+
+
+@functools.lru_cache(maxsize=8)
+def _ca_certificate(pem: str) -> Any:
+    """A CA certificate, parsed once per process (by its PEM text): parsed anew for every job, its extensions
+    were read again for each one's authority key identifier."""
+    return x509util.load_cert(pem)
 
 
 def _load_ca_key(ca: dict[str, Any], ctx: Context) -> x509util.PrivateKey:
