@@ -125,24 +125,28 @@ WITH cfg AS (
            -- rule 4, decided in c for the newest issued instance (an older one goes by rule 1)
            CASE WHEN a.state = 'issued' AND a.id = a.issued_id AND a.iss_useless
                THEN format('rule 4: successor expires %s, too soon after the active instance (%s)', a.not_after, a.act_na) END AS useless_why
-      FROM (SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
-                   coalesce(oi.issuing, false) AS issuing,
-                   c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
-              FROM (   -- an instance that rule 1 or 3 may act on by itself: neither deployed nor a successor, or past its end
-                    SELECT ci.id, ci.certificate, ci.state, ci.not_after FROM certinstances ci CROSS JOIN cfg
+      FROM (SELECT ci.*, coalesce(ci.id IN (SELECT oi.instance FROM on_instance oi WHERE oi.issuing), false) AS issuing
+              FROM (   -- each branch joins its certificate (c) itself: one join of all of them made the planner hash
+                       -- all of c (it expects more candidates than certificates), where a branch is a few rows
+                       -- an instance that rule 1 or 3 may act on by itself: neither deployed nor a successor, or past its end
+                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate
                      WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace
                     UNION ALL   -- the others of a certificate with older instances (rule 1)
-                    SELECT ci.id, ci.certificate, ci.state, ci.not_after FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate AND c.older
+                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate AND c.older
                      WHERE (ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace) IS NOT TRUE
                     UNION ALL   -- else a useless successor (rule 4): the newest issued instance, as c has it
-                    SELECT c.issued_id, c.id, 'issued', c.iss_na FROM c WHERE c.iss_useless AND c.older IS NOT TRUE) ci
-              JOIN c ON c.id = ci.certificate
-              LEFT JOIN on_instance oi ON oi.instance = ci.id) a
+                    SELECT c.issued_id, c.id, c.name, 'issued', c.iss_na,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM c WHERE c.iss_useless AND c.older IS NOT TRUE) ci) a
       CROSS JOIN cfg
-), due AS MATERIALIZED (   -- the certificates a rule below may act on in this pass (most of a settled fleet is
-                           -- not: rules 1, 3 and 4 above are all it needs), with their active instance. Each rule
-                           -- below needs one of: no active instance, a -D request, or the active instance within
-                           -- expire_grace (rule 7), local_issue_mail_days (rule 5) or rule 9's window of its end, or past it
+), due AS (   -- the certificates a rule below may act on in this pass (most of a settled fleet is not: rules 1, 3
+              -- and 4 above are all it needs), with their active instance. Each rule below needs one of: no active
+              -- instance, a -D request, or the active instance within expire_grace (rule 7), local_issue_mail_days
+              -- (rule 5) or rule 9's window of its end, or past it. Read once, by st (not stored: sd is)
     -- only what the rules below read: their rows are scanned once per rule
     SELECT s.id, s.name, s.type, s.disabled, s.authorized_until, s.tlsa_ttl, s.tlsa_ee,
            s.active_id, s.act_nb, s.act_na, s.succ_id, s.has_left,
@@ -164,32 +168,29 @@ WITH cfg AS (
 ), reserving AS (       -- the certificates with a reserved instance whose issue job is pending
     SELECT DISTINCT ci.certificate FROM certinstances ci JOIN on_instance oi ON oi.instance = ci.id
      WHERE ci.state = 'reserved' AND oi.issuing
-), targeted AS (        -- the due certificates with a target on a selected disthost
-    SELECT d.id AS certificate FROM due d
-     WHERE EXISTS (SELECT 1 FROM targets t JOIN hosts h ON h.id = t.disthost WHERE t.certificate = d.id)
+), targeted AS (        -- the certificates with a target on a selected disthost (asked with IN below: a hashed set
+                        -- of the targets, not a second pass over the due certificates to join it)
+    SELECT t.certificate FROM targets t JOIN hosts h ON h.id = t.disthost
 ), reusing AS (         -- the instances that kept a key of their predecessor (key reuse, 125_key_reuse)
     SELECT DISTINCT k.certinstance FROM certkeydata k WHERE k.key_renewals > 0
 ), st AS (              -- one row per certificate with its roles
     SELECT c.*,
-           rs.certificate IS NOT NULL AS issuing,
-           coalesce(oi.distributing, false) AS succ_distributing,
-           coalesce(oc.tlsa_pending, false) AS tlsa_pending,
-           tg.certificate IS NOT NULL AS has_targets,
-           rq.id IS NOT NULL AS succ_requested,
+           -- each a lookup in a hashed set (IN), not a join: joined, the planner's guess of these sets' sizes
+           -- (unknown, for a CTE) multiplied the rows it expected, and it sorted the due certificates for
+           -- merge joins, twice. coalesce: IN is NULL, not false, for a NULL successor
+           coalesce(c.id IN (SELECT rs.certificate FROM reserving rs), false) AS issuing,
+           coalesce(c.succ_id IN (SELECT oi.instance FROM on_instance oi WHERE oi.distributing), false) AS succ_distributing,
+           coalesce(c.id IN (SELECT oc.certificate FROM on_cert oc WHERE oc.tlsa_pending), false) AS tlsa_pending,
+           coalesce(c.id IN (SELECT tg.certificate FROM targeted tg), false) AS has_targets,
+           coalesce(c.succ_id IN (SELECT rq.id FROM requested rq), false) AS succ_requested,
            coalesce(sel.no_tlsa, false) AS no_tlsa,
            -- may the TLSA records stay as they are? Only a successor that kept the key, or one whose records
            -- are all trust-anchor ones (usage 0/2), can keep them; tlsa_unchanged (125_key_reuse, which
            -- hashes certificates: 2 ms) is asked only for those, and only where rule 7 or 9 decides
            c.tlsa_ttl IS NOT NULL AND c.active_id IS NOT NULL AND c.succ_id IS NOT NULL
-               AND (ru.certinstance IS NOT NULL OR NOT c.tlsa_ee) AS tlsa_same_possible,
+               AND (coalesce(c.succ_id IN (SELECT ru.certinstance FROM reusing ru), false) OR NOT c.tlsa_ee) AS tlsa_same_possible,
            cfg.*
       FROM due c CROSS JOIN cfg
-      LEFT JOIN reserving rs ON rs.certificate = c.id
-      LEFT JOIN on_instance oi ON oi.instance = c.succ_id
-      LEFT JOIN on_cert oc ON oc.certificate = c.id
-      LEFT JOIN targeted tg ON tg.certificate = c.id
-      LEFT JOIN requested rq ON rq.id = c.succ_id
-      LEFT JOIN reusing ru ON ru.certinstance = c.succ_id
 ), sd AS (              -- what the DANE-safe order allows
     SELECT st.*,
            -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
