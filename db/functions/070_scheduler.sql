@@ -59,7 +59,8 @@ WITH cfg AS (
             -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
             -- deleting it would make every pass issue another useless one
             AND (x.type = 'local' OR cfg.now + (x.iss_na - x.iss_nb) >= x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3))) IS TRUE AS iss_useless
-      FROM (SELECT sc.*, n.act_id, n.issued_id, n.prepub_id, n.expired_id, n.exp_revoking_id, n.revoking,
+      FROM (SELECT sc.id, sc.name, sc.type, sc.disabled, sc.authorized_until, sc.tlsa_ttl, sc.tlsa_ee,   -- what the rules read
+                   n.act_id, n.issued_id, n.prepub_id, n.expired_id, n.exp_revoking_id, n.revoking,
                    n.deployed > 1 OR n.issued > 1 OR n.prepublished > 1 AS older,   -- rule 1 has older instances to delete
                    -- the dates of the newest instance of a state: the one's when it is the only one (rule 1 sees
                    -- to that), else looked up
