@@ -16,12 +16,19 @@
 -- gives each certificate's rules all they need of its instances (its successor, what it has left);
 -- rules 1, 3 and 4 then look only at the instances they may act on, a few. The one nested loop left
 -- is each row's decision (LATERAL ... OFFSET 0: one row per row, evaluated once; pulled up into the
--- query, its CASE and format() calls ran once per reference to it, three times)
+-- query, its CASE and format() calls ran once per reference to it, three times). Merge joins and sorted
+-- grouping, not hash joins or hashed aggregates (enable_hashjoin, enable_hashagg off): c reads the
+-- certificates, their main subjects and TLSA services in certificate order (their indexes) and groups the
+-- instances sorted once, where three hash tables of 100,000 rows, built and probed in random order, cost
+-- 15-20% of the whole at 100,000 certificates; the joins after c are of a few rows, or of rows that arrive
+-- in certificate order (a sort of sorted input is one pass). The IN lookups (hashed SubPlans) stay hashed
 CREATE OR REPLACE FUNCTION pki.plan_rows(sel dd.selection)
 RETURNS TABLE (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
 LANGUAGE plpgsql STABLE
 SET search_path = pki, dd, pg_temp
 SET enable_nestloop = off
+SET enable_hashjoin = off   -- merge joins (see above)
+SET enable_hashagg = off
 SET jit = off
 SET plan_cache_mode = force_custom_plan
 SET work_mem = '64MB'   -- its sorts and hashes in memory up to about 200,000 instances
@@ -52,7 +59,8 @@ WITH cfg AS (
             -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
             -- deleting it would make every pass issue another useless one
             AND (x.type = 'local' OR cfg.now + (x.iss_na - x.iss_nb) >= x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3))) IS TRUE AS iss_useless
-      FROM (SELECT sc.*, n.act_id, n.issued_id, n.prepub_id, n.expired_id, n.exp_revoking_id, n.revoking,
+      FROM (SELECT sc.id, sc.name, sc.type, sc.disabled, sc.authorized_until, sc.tlsa_ttl, sc.tlsa_ee,   -- what the rules read
+                   n.act_id, n.issued_id, n.prepub_id, n.expired_id, n.exp_revoking_id, n.revoking,
                    n.deployed > 1 OR n.issued > 1 OR n.prepublished > 1 AS older,   -- rule 1 has older instances to delete
                    -- the dates of the newest instance of a state: the one's when it is the only one (rule 1 sees
                    -- to that), else looked up
@@ -125,24 +133,28 @@ WITH cfg AS (
            -- rule 4, decided in c for the newest issued instance (an older one goes by rule 1)
            CASE WHEN a.state = 'issued' AND a.id = a.issued_id AND a.iss_useless
                THEN format('rule 4: successor expires %s, too soon after the active instance (%s)', a.not_after, a.act_na) END AS useless_why
-      FROM (SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
-                   coalesce(oi.issuing, false) AS issuing,
-                   c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
-              FROM (   -- an instance that rule 1 or 3 may act on by itself: neither deployed nor a successor, or past its end
-                    SELECT ci.id, ci.certificate, ci.state, ci.not_after FROM certinstances ci CROSS JOIN cfg
+      FROM (SELECT ci.*, coalesce(ci.id IN (SELECT oi.instance FROM on_instance oi WHERE oi.issuing), false) AS issuing
+              FROM (   -- each branch joins its certificate (c) itself: one join of all of them made the planner hash
+                       -- all of c (it expects more candidates than certificates), where a branch is a few rows
+                       -- an instance that rule 1 or 3 may act on by itself: neither deployed nor a successor, or past its end
+                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate
                      WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace
                     UNION ALL   -- the others of a certificate with older instances (rule 1)
-                    SELECT ci.id, ci.certificate, ci.state, ci.not_after FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate AND c.older
+                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate AND c.older
                      WHERE (ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace) IS NOT TRUE
                     UNION ALL   -- else a useless successor (rule 4): the newest issued instance, as c has it
-                    SELECT c.issued_id, c.id, 'issued', c.iss_na FROM c WHERE c.iss_useless AND c.older IS NOT TRUE) ci
-              JOIN c ON c.id = ci.certificate
-              LEFT JOIN on_instance oi ON oi.instance = ci.id) a
+                    SELECT c.issued_id, c.id, c.name, 'issued', c.iss_na,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM c WHERE c.iss_useless AND c.older IS NOT TRUE) ci) a
       CROSS JOIN cfg
-), due AS MATERIALIZED (   -- the certificates a rule below may act on in this pass (most of a settled fleet is
-                           -- not: rules 1, 3 and 4 above are all it needs), with their active instance. Each rule
-                           -- below needs one of: no active instance, a -D request, or the active instance within
-                           -- expire_grace (rule 7), local_issue_mail_days (rule 5) or rule 9's window of its end, or past it
+), due AS (   -- the certificates a rule below may act on in this pass (most of a settled fleet is not: rules 1, 3
+              -- and 4 above are all it needs), with their active instance. Each rule below needs one of: no active
+              -- instance, a -D request, or the active instance within expire_grace (rule 7), local_issue_mail_days
+              -- (rule 5) or rule 9's window of its end, or past it. Read once, by st (not stored: sd is)
     -- only what the rules below read: their rows are scanned once per rule
     SELECT s.id, s.name, s.type, s.disabled, s.authorized_until, s.tlsa_ttl, s.tlsa_ee,
            s.active_id, s.act_nb, s.act_na, s.succ_id, s.has_left,
@@ -164,32 +176,29 @@ WITH cfg AS (
 ), reserving AS (       -- the certificates with a reserved instance whose issue job is pending
     SELECT DISTINCT ci.certificate FROM certinstances ci JOIN on_instance oi ON oi.instance = ci.id
      WHERE ci.state = 'reserved' AND oi.issuing
-), targeted AS (        -- the due certificates with a target on a selected disthost
-    SELECT d.id AS certificate FROM due d
-     WHERE EXISTS (SELECT 1 FROM targets t JOIN hosts h ON h.id = t.disthost WHERE t.certificate = d.id)
+), targeted AS (        -- the certificates with a target on a selected disthost (asked with IN below: a hashed set
+                        -- of the targets, not a second pass over the due certificates to join it)
+    SELECT t.certificate FROM targets t JOIN hosts h ON h.id = t.disthost
 ), reusing AS (         -- the instances that kept a key of their predecessor (key reuse, 125_key_reuse)
     SELECT DISTINCT k.certinstance FROM certkeydata k WHERE k.key_renewals > 0
 ), st AS (              -- one row per certificate with its roles
     SELECT c.*,
-           rs.certificate IS NOT NULL AS issuing,
-           coalesce(oi.distributing, false) AS succ_distributing,
-           coalesce(oc.tlsa_pending, false) AS tlsa_pending,
-           tg.certificate IS NOT NULL AS has_targets,
-           rq.id IS NOT NULL AS succ_requested,
+           -- each a lookup in a hashed set (IN), not a join: joined, the planner's guess of these sets' sizes
+           -- (unknown, for a CTE) multiplied the rows it expected, and it sorted the due certificates for
+           -- merge joins, twice. coalesce: IN is NULL, not false, for a NULL successor
+           coalesce(c.id IN (SELECT rs.certificate FROM reserving rs), false) AS issuing,
+           coalesce(c.succ_id IN (SELECT oi.instance FROM on_instance oi WHERE oi.distributing), false) AS succ_distributing,
+           coalesce(c.id IN (SELECT oc.certificate FROM on_cert oc WHERE oc.tlsa_pending), false) AS tlsa_pending,
+           coalesce(c.id IN (SELECT tg.certificate FROM targeted tg), false) AS has_targets,
+           coalesce(c.succ_id IN (SELECT rq.id FROM requested rq), false) AS succ_requested,
            coalesce(sel.no_tlsa, false) AS no_tlsa,
            -- may the TLSA records stay as they are? Only a successor that kept the key, or one whose records
            -- are all trust-anchor ones (usage 0/2), can keep them; tlsa_unchanged (125_key_reuse, which
            -- hashes certificates: 2 ms) is asked only for those, and only where rule 7 or 9 decides
            c.tlsa_ttl IS NOT NULL AND c.active_id IS NOT NULL AND c.succ_id IS NOT NULL
-               AND (ru.certinstance IS NOT NULL OR NOT c.tlsa_ee) AS tlsa_same_possible,
+               AND (coalesce(c.succ_id IN (SELECT ru.certinstance FROM reusing ru), false) OR NOT c.tlsa_ee) AS tlsa_same_possible,
            cfg.*
       FROM due c CROSS JOIN cfg
-      LEFT JOIN reserving rs ON rs.certificate = c.id
-      LEFT JOIN on_instance oi ON oi.instance = c.succ_id
-      LEFT JOIN on_cert oc ON oc.certificate = c.id
-      LEFT JOIN targeted tg ON tg.certificate = c.id
-      LEFT JOIN requested rq ON rq.id = c.succ_id
-      LEFT JOIN reusing ru ON ru.certinstance = c.succ_id
 ), sd AS (              -- what the DANE-safe order allows
     SELECT st.*,
            -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
