@@ -230,8 +230,9 @@ def test_agents_survive_a_failover_every_job_once_nothing_lost():
         assert _event_problems(new, first_job) == []
         after = _state(new, first_job)
         retried = sorted(j for j, (_s, attempts, _d) in after.items() if attempts > 1)
-        # only jobs in flight at the failover (claimed by an agent, a batch each) may need a second attempt
-        assert len(retried) <= N_AGENTS * BATCH, retried
+        # only jobs in flight at the failover may need a second attempt: per agent, the claim being worked and
+        # the one made ahead (issue_local's next claim, made while the handlers of the last one sign)
+        assert len(retried) <= 2 * N_AGENTS * BATCH, retried
 
         # nothing the old primary acknowledged was lost or done again
         assert {j: after[j] for j in acknowledged} == acknowledged

@@ -13,6 +13,8 @@ import datetime as dt
 import json
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -657,27 +659,19 @@ def test_an_agents_batch_of_issue_jobs_keeps_every_jobs_outcome(conn, dsn, confi
     assert_no_key_in_jobs(conn)
 
 
-def test_a_full_claim_of_issue_jobs_has_the_next_one_claimed_ahead_with_its_reads(conn, dsn, config):
-    """The thread that signs does not wait for claims: while the handlers of a full claim of issue_local jobs
-    work, the next claim is made on a connection of its own (Agent._claim_ahead), with what the handlers read
-    once per claim (issue_local's read_ahead: the certificates, the local CA, the clock); the first claim's
-    reads are made on the agent's own connection, idle then. A claim that is not full has no claim ahead:
-    little is left. Every job runs once and is done."""
-    import threading
+# --------------------------------------------------------------------------- claims made ahead
 
+def _agent_counting_runs(dsn, config, before_handler, **kw):
+    """An agent of issue_local jobs whose handler calls before_handler(job, ctx, n) first (n: the how-manieth
+    run), and that records its claims as (made ahead, on which thread, job ids); returns it, the claims and
+    the jobs run."""
     from serverpki.agent import Agent
-
-    issue_ca(conn, config)
-    names = [f"{c}.example.org" for c in "abcde"]
-    for name in names:
-        add_local_cert(conn, name, "ec")
-    jobs = dict(conn.execute("SELECT certificate, job FROM request_create(selection(only_certs => %s))", (names,)).fetchall())
-    config.alerts = SimpleNamespace(channels=[])
-    agent = Agent(dsn, config, name=AGENT, batch=2, kinds=["issue_local"])
-    real, runs, claims = HANDLERS["issue_local"], [], []
+    agent = Agent(dsn, config, name=AGENT, kinds=["issue_local"], **kw)
+    real, claims, runs = HANDLERS["issue_local"], [], []
 
     def handler(job, ctx):
-        runs.append((job.id, sorted(k for k in ("issue_requests", "local_ca_current", "db_now") if k in ctx.batch)))
+        runs.append(job.id)
+        before_handler(job, ctx, len(runs))
         return real(job, ctx)
 
     handler.read_ahead = real.read_ahead
@@ -690,41 +684,64 @@ def test_a_full_claim_of_issue_jobs_has_the_next_one_claimed_ahead_with_its_read
         return jobs
 
     agent.claim = recorded_claim
+    return agent, claims, runs
+
+
+def _local_issue_jobs(conn, config, n: int) -> list[int]:
+    config.alerts = SimpleNamespace(channels=[])   # what an Agent reads of the configuration beside local_ca
+    issue_ca(conn, config)
+    names = [f"o{i}.example.org" for i in range(n)]
+    for name in names:
+        add_local_cert(conn, name, "ec")
+    return [job for (job,) in conn.execute("SELECT job FROM request_create(selection(only_certs => %s))", (names,))]
+
+
+def test_a_full_claim_of_issue_jobs_has_the_next_one_claimed_ahead_with_its_reads(conn, dsn, config):
+    """The thread that signs does not wait for claims: while the handlers of a full claim of issue_local jobs
+    work, the next claim is made on a connection of its own (Agent._claim_ahead), with what the handlers read
+    once per claim (issue_local's read_ahead: the certificates, the clock; the local CA is read at the claim's
+    first job); the first claim's reads are made on the agent's own connection, idle then. A claim that is not
+    full has no claim ahead: little is left. Every job runs once and is done."""
+    jobs = _local_issue_jobs(conn, config, 5)
+    reads = []
+    agent, claims, runs = _agent_counting_runs(
+        dsn, config, lambda job, ctx, n: reads.append(sorted(k for k in ("issue_requests", "db_now") if k in ctx.batch)),
+        batch=2)
     try:
         stats = agent.drain()
         assert agent._claimer is not None
     finally:
         agent.close()
     assert stats.outcomes == {"done": 5}, stats.summary()
-    assert sorted(job_id for job_id, _ in runs) == sorted(jobs.values()), "a job ran twice, or not at all"
+    assert sorted(runs) == sorted(jobs), "a job ran twice, or not at all"
     ahead = [(thread, ids) for is_ahead, thread, ids in claims if is_ahead]
     assert [len(ids) for _, ids in ahead] == [2, 1], claims   # after each full claim, the next one ahead
     assert all(thread.startswith("claimer") for thread, _ in ahead), claims
     # every handler found the reads made: for the first claim on the agent's own connection (idle then), for
     # those claimed ahead by the claimer
-    assert all(keys == ["db_now", "issue_requests", "local_ca_current"] for _, keys in runs), runs
-    assert all(job_row(conn, job_id)["state"] == "done" for job_id in jobs.values())
+    assert reads == [["db_now", "issue_requests"]] * 5, reads
+    assert all(job_row(conn, job_id)["state"] == "done" for job_id in jobs)
 
     # reading ahead that fails (a certificate removed meanwhile: GiveUp) leaves the reads to the handlers
     names = [f"{c}2.example.org" for c in "abc"]
     for name in names:
         add_local_cert(conn, name, "ec")
-    jobs = dict(conn.execute("SELECT certificate, job FROM request_create(selection(only_certs => %s))", (names,)).fetchall())
+    jobs = [job for (job,) in conn.execute("SELECT job FROM request_create(selection(only_certs => %s))", (names,))]
+    failed = []
 
     def failing_read_ahead(jobs, ctx):
         failed.append(jobs[0].id)
         raise GiveUp("certificate gone")
 
-    handler.read_ahead, failed = failing_read_ahead, []
-    agent = Agent(dsn, config, name=AGENT, batch=1, kinds=["issue_local"])
-    agent.handlers = {"issue_local": handler}
+    agent, _, _ = _agent_counting_runs(dsn, config, lambda job, ctx, n: None, batch=1)
+    agent.handlers["issue_local"].read_ahead = failing_read_ahead
     try:
         stats = agent.drain()
     finally:
         agent.close()
     assert stats.outcomes == {"done": 3}, stats.summary()
     assert len(failed) == 3, failed   # the first claim's on the agent's connection, the next two ahead
-    assert all(job_row(conn, job_id)["state"] == "done" for job_id in jobs.values())
+    assert all(job_row(conn, job_id)["state"] == "done" for job_id in jobs)
 
 
 def test_a_batch_of_issue_jobs_is_applied_together_and_each_ends_as_alone(conn, config):
@@ -849,3 +866,65 @@ def test_the_follow_up_of_an_issue_completed_while_the_agent_claimed_runs_in_the
     assert job_row(conn, job)["state"] == "done"
     assert conn.execute("SELECT state::text, last_error FROM jobs WHERE kind = 'distribute'").fetchone() == \
         ("dead", "no host in this test")
+
+
+def test_jobs_claimed_ahead_keep_their_leases_while_the_claim_before_them_runs(conn, dsn, config):
+    """A claim whose handlers take longer in all than the lease (3 x 1.3 s, lease 3 s): the jobs claimed
+    ahead wait for it with their leases extended, as running jobs', and none is lost."""
+    jobs = _local_issue_jobs(conn, config, 9)
+    agent, claims, _ = _agent_counting_runs(dsn, config, lambda job, ctx, n: time.sleep(1.3), batch=3, lease=3)
+    try:
+        stats = agent.drain()
+    finally:
+        agent.close()
+    assert any(ahead for ahead, _, _ in claims), claims
+    assert dict(stats.outcomes) == {"done": 9}, stats.summary()
+    assert {job_row(conn, j)["attempts"] for j in jobs} == {1}
+
+
+def test_jobs_claimed_ahead_are_let_go_when_the_drain_ends_abnormally(conn, dsn, config):
+    """Ctrl-C during the first claim: the claim made ahead is not run, and its leases are no longer
+    extended (the agent's heartbeats go on for other jobs): its jobs come back when the lease runs out."""
+    jobs = _local_issue_jobs(conn, config, 6)
+
+    def interrupt(job, ctx, n):
+        if n == 1:
+            time.sleep(0.5)         # the claim ahead is made by now
+            raise KeyboardInterrupt
+
+    agent, claims, runs = _agent_counting_runs(dsn, config, interrupt, batch=2, lease=3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            agent.drain()
+        ahead = [j for is_ahead, _, ids in claims if is_ahead for j in ids]
+        assert ahead and not set(ahead) & set(runs), (claims, runs)
+        time.sleep(4)               # the agent is alive: its heartbeat thread would extend what it watches
+        owner_conn(conn).execute("SELECT pki.requeue_expired_leases()")
+        assert {job_row(conn, j)["state"] for j in ahead} == {"failed"}
+    finally:
+        agent.close()
+    assert set(jobs) >= set(ahead)
+
+
+def test_a_CA_replaced_during_a_drain_signs_the_claims_made_after(conn, dsn, config):
+    """-I while the first claim's first job signs: the claims after it, made ahead too, are signed by the new
+    CA (the claim ahead does not read the CA before its turn)."""
+    jobs = _local_issue_jobs(conn, config, 6)
+    replaced = {}
+
+    def replace_ca(job, ctx, n):
+        if n == 1:
+            time.sleep(0.5)         # the claim ahead is made by now
+            with psycopg.connect(dsn, autocommit=True) as other:
+                replaced["ca"] = issue_ca(other, config)
+
+    agent, claims, _ = _agent_counting_runs(dsn, config, replace_ca, batch=2, lease=300)
+    try:
+        stats = agent.drain()
+    finally:
+        agent.close()
+    assert dict(stats.outcomes) == {"done": 6}, stats.summary()
+    signed_by = dict(conn.execute("SELECT j.id, i.cacert FROM jobs j JOIN certinstances i ON i.id = j.instance "
+                                  "WHERE j.id = ANY(%s)", (jobs,)).fetchall())
+    later = [j for _, _, ids in claims[1:] for j in ids]
+    assert later and all(signed_by[j] == replaced["ca"] for j in later), (claims, signed_by, replaced)

@@ -488,7 +488,26 @@ class Agent:
         read_ahead(jobs, ctx): the same reads, made here, off the thread that runs the handlers)."""
         claiming = time.monotonic()
         jobs = self.claim(ahead=True)
+        # they wait for the claim before them: their leases are extended as a running job's are
+        heartbeat = self._heartbeat()
+        for job in jobs:
+            heartbeat.watch(job)
         return claiming, jobs, self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label))
+
+    def _let_go(self, ahead: Future | None) -> None:
+        """A drain that ends abnormally leaves the claim made ahead unstarted: its leases are no longer
+        extended, so its jobs come back when they run out (as the unstarted jobs of the current claim)."""
+        if ahead is None or ahead.cancel():
+            return
+        try:
+            _, jobs, _ = ahead.result()
+        except Exception:   # the claim itself failed: nothing was leased, or nothing is known of it
+            return
+        for job in jobs:
+            self._heartbeat().unwatch(job)
+        if jobs:
+            log.info("agent %s: %s jobs claimed ahead not started (%s); they are claimed again when their lease runs out",
+                     self.name, len(jobs), ", ".join(str(job.id) for job in jobs))
 
     def _read_ahead(self, jobs: list[Job], on_connection) -> dict:
         """Context.batch for the handlers of a claim, with what the handlers of its kinds read once for it
@@ -556,53 +575,57 @@ class Agent:
         claimed = 0
         ahead: Future | None = None   # the next claim, made while the handlers of this one work
         with _Completions(self) as completions, ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer") as claimer:
-            while max_jobs is None or claimed < max_jobs:
-                if ahead is not None:
-                    claiming, jobs, batch = ahead.result()
-                    ahead = None
-                else:
-                    claiming = time.monotonic()
-                    # while the completions of the last claim's overlapped jobs are on their way (on the agent's
-                    # own connection), the next claim goes on the handlers' one: the database has both at once
-                    on_reader = completions.pending
-                    jobs = self.claim(on_reader=on_reader)
-                    # claimed on the agent's own connection (nothing on its way: the first claim of a drain), the
-                    # handlers' reads go there too: it is idle and warm, the handlers' one is new
-                    batch = self._new_batch(jobs) if on_reader else self._read_ahead(jobs, self._on_own_connection)
-                if not jobs:
-                    if not completions.pending:
-                        break
-                    # the follow-ups of the completions on their way (a distribution after an issue) are
-                    # enqueued when these are in: claimed once they are
-                    yield from completions.wait()
-                    continue
-                # the handlers of this claim share what they read once for it (Context.batch)
-                self._batch = batch
-                claimed += len(jobs)
-                # a full claim of overlapped jobs (more are likely due): the next one is claimed while these
-                # run, on a connection of its own, and is there when they are done. Only overlapped kinds,
-                # as on the handlers' connection: completions are on their way by then
-                if (len(jobs) >= self.batch and all(job.kind in OVERLAPPED_KINDS for job in jobs)
-                        and (max_jobs is None or claimed < max_jobs)):
-                    ahead = claimer.submit(self._claim_ahead)
-                if bar.shown:
-                    bar.set_total(claimed + self.due())
-                pooled = [job for job in jobs if job.kind in POOLED_KINDS]
-                pooled = pooled if len(pooled) > 1 else []
-                # in claim order; the completions of a run of consecutive overlapped jobs are in before any
-                # other job starts: that one may depend on them
-                for overlapped, run in itertools.groupby((job for job in jobs if job.id not in {p.id for p in pooled}),
-                                                         key=lambda job: job.kind in OVERLAPPED_KINDS):
-                    if overlapped:
-                        yield from completions.run(list(run), fresh_until=claiming + self.lease / 3)
+            try:
+                while max_jobs is None or claimed < max_jobs:
+                    if ahead is not None:
+                        claiming, jobs, batch = ahead.result()
+                        ahead = None
                     else:
+                        claiming = time.monotonic()
+                        # while the completions of the last claim's overlapped jobs are on their way (on the agent's
+                        # own connection), the next claim goes on the handlers' one: the database has both at once
+                        on_reader = completions.pending
+                        jobs = self.claim(on_reader=on_reader)
+                        # claimed on the agent's own connection (nothing on its way: the first claim of a drain), the
+                        # handlers' reads go there too: it is idle and warm, the handlers' one is new
+                        batch = self._new_batch(jobs) if on_reader else self._read_ahead(jobs, self._on_own_connection)
+                    if not jobs:
+                        if not completions.pending:
+                            break
+                        # the follow-ups of the completions on their way (a distribution after an issue) are
+                        # enqueued when these are in: claimed once they are
                         yield from completions.wait()
-                        for job in run:
-                            yield job, self.run_job(job)
-                if pooled:
-                    yield from completions.wait()
-                    yield from self._run_pooled(pooled)
-            yield from completions.wait()
+                        continue
+                    # the handlers of this claim share what they read once for it (Context.batch)
+                    self._batch = batch
+                    claimed += len(jobs)
+                    # a full claim of overlapped jobs (more are likely due): the next one is claimed while these
+                    # run, on a connection of its own, and is there when they are done. Only overlapped kinds,
+                    # as on the handlers' connection: completions are on their way by then
+                    if (len(jobs) >= self.batch and all(job.kind in OVERLAPPED_KINDS for job in jobs)
+                            and (max_jobs is None or claimed < max_jobs)):
+                        ahead = claimer.submit(self._claim_ahead)
+                    if bar.shown:
+                        bar.set_total(claimed + self.due())
+                    pooled = [job for job in jobs if job.kind in POOLED_KINDS]
+                    pooled = pooled if len(pooled) > 1 else []
+                    # in claim order; the completions of a run of consecutive overlapped jobs are in before any
+                    # other job starts: that one may depend on them
+                    for overlapped, run in itertools.groupby((job for job in jobs if job.id not in {p.id for p in pooled}),
+                                                             key=lambda job: job.kind in OVERLAPPED_KINDS):
+                        if overlapped:
+                            yield from completions.run(list(run), fresh_until=claiming + self.lease / 3)
+                        else:
+                            yield from completions.wait()
+                            for job in run:
+                                yield job, self.run_job(job)
+                    if pooled:
+                        yield from completions.wait()
+                        yield from self._run_pooled(pooled)
+                yield from completions.wait()
+            except BaseException:
+                self._let_go(ahead)   # (an error, Ctrl-C, the database lost)
+                raise
 
     def _finish_overlapped(self, started: list[tuple[Job, object]]) -> list[str]:
         """The outcomes of jobs started by _Completions.run, their completions sent together."""

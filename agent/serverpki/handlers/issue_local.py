@@ -81,9 +81,9 @@ def issue_local(job: Job, ctx: Context) -> Completion:
 
 def _read_ahead(jobs: list[Job], ctx: Context) -> None:
     """What the issue_local handlers of a claim read once for it (ctx.batch), read by the agent before they
-    start (Agent._claim_ahead): the certificates, the local CA, the database's clock."""
+    start (Agent._claim_ahead): the certificates, the database's clock. Not the local CA: a claim made ahead
+    waits for the one before it, and a CA replaced (-I) meanwhile must sign it (read at its first job)."""
     batch_issue_request(jobs[0], ctx)
-    batch_read(ctx, "local_ca_current")
     batch_read(ctx, "db_now")
 
 
