@@ -33,9 +33,11 @@ $(STAMP_PIP): pyproject.toml $(STAMP_APT)
 	@$(BIN)/pip install -q -e '.[test,lab]'
 	@touch $@
 
-# two workers (pytest-xdist): every test makes its own database, every lab its own ports and folders
+# two workers (pytest-xdist): every test makes its own database, every lab its own ports and folders.
+# --dist loadscope: a module's tests stay on one worker, in file order: a module-scoped lab (a fleet) is
+# started once, and the tests that build on each other's steps (a renewal, then its revocation) see them
 test: setup
-	$(WITH_LAB) $(BIN)/pytest -q -n 2
+	$(WITH_LAB) $(BIN)/pytest -q -n 2 --dist loadscope
 
 demo: setup
 	$(WITH_LAB) $(BIN)/serverpki demo
