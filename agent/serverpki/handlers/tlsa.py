@@ -67,7 +67,8 @@ def withdraw(updater: DnsUpdater, gone: list[dns.name.Name], label: str) -> dict
         try:
             by_zone.setdefault(updater.zone_for(name), []).append(name)
         except DnsRefused as exc:
-            log.warning("%s: TLSA records at %s forgotten, not withdrawn: %s", label, name, exc)
+            log.warning("%s: TLSA records at %s forgotten, not withdrawn: %s; if that name's zone is served "
+                        "elsewhere now, delete its TLSA RRset there by hand", label, name, exc)
             done["abandoned"].append(name)
     for zone, names in sorted(by_zone.items()):
         try:
@@ -75,7 +76,8 @@ def withdraw(updater: DnsUpdater, gone: list[dns.name.Name], label: str) -> dict
             updater.wait_rrsets(zone, {name: set() for name in names}, dns.rdatatype.TLSA)
             done["withdrawn"] += names
         except DnsRefused as exc:
-            log.warning("%s: TLSA records at %s not withdrawn: %s; the next job tries again", label,
+            log.warning("%s: TLSA records at %s not withdrawn: %s; the next job tries again (mend what the "
+                        "error names: the zone's update policy for the TSIG key, the key, the clock)", label,
                         ", ".join(owner_texts(names)), exc)
             done["not_withdrawn"] += names
     return done
