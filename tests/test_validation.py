@@ -820,6 +820,15 @@ def test_tlsa_prefix_parts(conn):
     assert row == (None,) * 6
 
 
+
+def test_tlsa_owner_name(conn):
+    """The one spelling of an owner name: reports are checked against it and owners looked up by it."""
+    names = ["_443._tcp.www.example.org.", "_25._TCP.Mail.Example.ORG.", "_853._udp._dns.x-1.example.",
+             "_443._tcp.www.example.org", "_0443._tcp.www.example.org.", "_443._icmp.www.example.org.",
+             "_443._tcp..example.org.", "_443._tcp.-bad.example.org.", "_443._tcp.a b.example.", "www.example.org."]
+    got = [conn.execute("SELECT tlsa_owner_name(%s)", (n,)).fetchone()[0] for n in names]
+    assert got == ["www.example.org", "Mail.Example.ORG", "_dns.x-1.example"] + [None] * 7
+
 # --------------------------------------------------------------------------- in-use deletions by plain SQL
 
 

@@ -195,6 +195,16 @@ AS $$
         '^_([1-9][0-9]{0,4})\._(tcp|udp|sctp)\.\{\}\.[ \t]+([0-9]{1,10})[ \t]+IN[ \t]+TLSA[ \t]+([0-9]{1,3})[ \t]+([0-9]{1,3})[ \t]+([0-9]{1,3})$', 'i') AS m
 $$;
 
+-- tlsa_owner_name: the name a TLSA owner name stands for ('_443._tcp.www.example.org.' gives
+-- 'www.example.org'), or NULL when it is not one: the one spelling of an owner name that publish_tlsa
+-- reports are checked against and owners are looked up by (a prefix's port and protocol, as above)
+CREATE OR REPLACE FUNCTION pki.tlsa_owner_name(owner text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT rtrim((regexp_match(owner, '^_[1-9][0-9]{0,4}\._(?:tcp|udp|sctp)\.((?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+)$', 'i'))[1], '.')
+$$;
+
 -- check_tlsa_prefix: the prefix parses, its port is the service's, and its fields are in range
 CREATE OR REPLACE FUNCTION pki.check_tlsa_prefix(prefix text, service_port int)
 RETURNS void LANGUAGE plpgsql IMMUTABLE

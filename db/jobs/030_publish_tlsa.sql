@@ -172,7 +172,7 @@ SET search_path = pki, dd, pg_temp
 AS $$
     SELECT o.certificate
       FROM subjects s JOIN tlsa_owners o ON o.certificate = s.certificate
-     WHERE s.name = (regexp_match(the_owner, '^_[0-9]+\._[a-z]+\.(.+)\.$', 'i'))[1]::citext
+     WHERE s.name = tlsa_owner_name(the_owner)::citext
        AND o.owner = lower(the_owner)
      LIMIT 1
 $$;
@@ -190,7 +190,7 @@ BEGIN
     IF jsonb_typeof(report -> key) <> 'array'
        OR EXISTS (SELECT 1 FROM jsonb_array_elements(report -> key) e
                    WHERE jsonb_typeof(e) <> 'string'
-                      OR e #>> '{}' !~* '^_[1-9][0-9]{0,4}\._(tcp|udp|sctp)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)+\.$') THEN
+                      OR tlsa_owner_name(e #>> '{}') IS NULL) THEN
         PERFORM raise_error('SP023', format('publish_tlsa job %s: its report''s "%s" is not a list of TLSA owner names', j.id, key),
             'report the owners as a JSON array of names such as "_443._tcp.www.example.org."');
     END IF;

@@ -82,6 +82,7 @@ GRANT EXECUTE ON FUNCTION pki.tlsa_prefix_parts(text) TO pki_admin, pki_agent;
 GRANT EXECUTE ON FUNCTION pki.tlsa_data(bytea, integer, integer) TO pki_admin, pki_agent;
 -- which certificate configures a TLSA owner now (publish_tlsa: the owners gone it withdraws)
 GRANT EXECUTE ON FUNCTION pki.tlsa_owner_holder(text) TO pki_admin, pki_agent;
+GRANT EXECUTE ON FUNCTION pki.tlsa_owner_name(text) TO pki_admin, pki_agent;
 
 -- validation: the management functions and the configuration triggers run them with the
 -- operator's rights (they only read the configuration and raise our SQLSTATEs)
