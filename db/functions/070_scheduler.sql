@@ -61,6 +61,7 @@ WITH cfg AS (
             AND (x.type = 'local' OR cfg.now + (x.iss_na - x.iss_nb) >= x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3))) IS TRUE AS iss_useless
       FROM (SELECT sc.id, sc.name, sc.type, sc.disabled, sc.authorized_until, sc.tlsa_ttl, sc.tlsa_ee,   -- what the rules read
                    n.act_id, n.issued_id, n.prepub_id, n.expired_id, n.exp_revoking_id, n.revoking,
+                   n.leftover_ids, n.leftover_states, tr.errors,
                    n.deployed > 1 OR n.issued > 1 OR n.prepublished > 1 AS older,   -- rule 1 has older instances to delete
                    -- the dates of the newest instance of a state: the one's when it is the only one (rule 1 sees
                    -- to that), else looked up
@@ -89,10 +90,22 @@ WITH cfg AS (
                                 max(ci.id) FILTER (WHERE ci.state = 'expired') AS expired_id,
                                 -- rule 3 archives an expired or revoked instance once its revocation reached the CA
                                 max(ci.id) FILTER (WHERE ci.state = 'expired' AND rv.instance IS NOT NULL) AS exp_revoking_id,
-                                bool_or(ci.state = 'revoked' AND rv.instance IS NOT NULL) AS revoking
+                                bool_or(ci.state = 'revoked' AND rv.instance IS NOT NULL) AS revoking,
+                                -- the instances neither deployed nor a successor (judged below, by rules 1 and 3: a few),
+                                -- picked in this pass, not by a second one over the instances joined to c (c sorted again)
+                                array_agg(ci.id) FILTER (WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished')) AS leftover_ids,
+                                array_agg(ci.state) FILTER (WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished')) AS leftover_states
                            FROM certinstances ci
                            LEFT JOIN (SELECT DISTINCT r.instance FROM revocations r WHERE r.done_at IS NULL) rv ON rv.instance = ci.id
-                          GROUP BY ci.certificate) n ON n.certificate = sc.id) x
+                          GROUP BY ci.certificate) n ON n.certificate = sc.id
+              -- partial failure: a wait on failed jobs shows their errors. Joined here, where the certificates
+              -- arrive in order (a merge join of a few rows), not to the rows decided below (sorted again for it)
+              LEFT JOIN (SELECT j.certificate,
+                                string_agg(format('%s job %s%s failed (attempt %s of %s): %s; next attempt at %s', j.kind, j.id,
+                                                  ' to ' || d.fqdn, j.attempts, j.max_attempts, j.last_error, j.run_after), '; ' ORDER BY j.id) AS errors
+                           FROM jobs j LEFT JOIN disthosts d ON d.id = j.disthost
+                          WHERE j.state = 'failed'
+                          GROUP BY j.certificate) tr ON tr.certificate = sc.id) x
       CROSS JOIN cfg
 ), hosts AS MATERIALIZED (   -- the disthosts that distribution may go to (-s, -l)
     SELECT d.id FROM disthosts d WHERE host_selected(sel, d.fqdn)
@@ -100,13 +113,6 @@ WITH cfg AS (
     SELECT j.certificate, j.instance, j.kind, j.id, j.state, j.disthost, j.attempts, j.max_attempts, j.run_after, j.last_error
       FROM jobs j JOIN c ON c.id = j.certificate
      WHERE j.state IN ('queued', 'running', 'failed')
-), trouble AS (         -- partial failure: a wait on failed jobs shows their errors
-    SELECT p.certificate,
-           string_agg(format('%s job %s%s failed (attempt %s of %s): %s; next attempt at %s', p.kind, p.id,
-                             ' to ' || d.fqdn, p.attempts, p.max_attempts, p.last_error, p.run_after), '; ' ORDER BY p.id) AS errors
-      FROM pending p LEFT JOIN disthosts d ON d.id = p.disthost
-     WHERE p.state = 'failed'
-     GROUP BY p.certificate
 ), requested AS (      -- successors that -D asked to deploy: request_distribute marks its publish_tlsa job
     SELECT DISTINCT j.certificate, (j.args ->> 'deploy')::int AS id
       FROM jobs j JOIN c ON c.id = j.certificate
@@ -134,22 +140,25 @@ WITH cfg AS (
            CASE WHEN a.state = 'issued' AND a.id = a.issued_id AND a.iss_useless
                THEN format('rule 4: successor expires %s, too soon after the active instance (%s)', a.not_after, a.act_na) END AS useless_why
       FROM (SELECT ci.*, coalesce(ci.id IN (SELECT oi.instance FROM on_instance oi WHERE oi.issuing), false) AS issuing
-              FROM (   -- each branch joins its certificate (c) itself: one join of all of them made the planner hash
-                       -- all of c (it expects more candidates than certificates), where a branch is a few rows
-                       -- an instance that rule 1 or 3 may act on by itself: neither deployed nor a successor, or past its end
-                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
+              FROM (   -- a certificate without older instances: its leftovers (c picked them), and its successors
+                       -- that rule 3 or 4 takes (as c has them); its deployed instance is not judged (it is the
+                       -- active one, past its end too: rules 7 and 9 below replace it)
+                    SELECT u.id, c.id AS certificate, c.name, u.state, NULL::timestamptz AS not_after,
                            c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
-                      FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate
-                     WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace
-                    UNION ALL   -- the others of a certificate with older instances (rule 1)
-                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
-                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
-                      FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate AND c.older
-                     WHERE (ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace) IS NOT TRUE
-                    UNION ALL   -- else a useless successor (rule 4): the newest issued instance, as c has it
+                      FROM c CROSS JOIN LATERAL unnest(c.leftover_ids, c.leftover_states) u(id, state)
+                     WHERE c.leftover_ids IS NOT NULL AND c.older IS NOT TRUE
+                    UNION ALL   -- the issued successor: useless (rule 4) or past its end (rule 3)
                     SELECT c.issued_id, c.id, c.name, 'issued', c.iss_na,
                            c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
-                      FROM c WHERE c.iss_useless AND c.older IS NOT TRUE) ci) a
+                      FROM c WHERE (c.iss_useless OR c.iss_expiring) AND c.older IS NOT TRUE
+                    UNION ALL   -- the prepublished one past its end (rule 3)
+                    SELECT c.prepub_id, c.id, c.name, 'prepublished', c.pp_na,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM c WHERE c.pp_expiring AND c.older IS NOT TRUE
+                    UNION ALL   -- every instance of a certificate with older instances (rule 1: a few certificates)
+                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM certinstances ci JOIN c ON c.id = ci.certificate AND c.older) ci) a
       CROSS JOIN cfg
 ), due AS (   -- the certificates a rule below may act on in this pass (most of a settled fleet is not: rules 1, 3
               -- and 4 above are all it needs), with their active instance. Each rule below needs one of: no active
@@ -157,7 +166,7 @@ WITH cfg AS (
               -- (rule 5) or rule 9's window of its end, or past it. Read once, by st (not stored: sd is)
     -- only what the rules below read: their rows are scanned once per rule
     SELECT s.id, s.name, s.type, s.disabled, s.authorized_until, s.tlsa_ttl, s.tlsa_ee,
-           s.active_id, s.act_nb, s.act_na, s.succ_id, s.has_left,
+           s.active_id, s.act_nb, s.act_na, s.succ_id, s.has_left, s.errors,
            CASE WHEN s.prepub_ok THEN 'prepublished' WHEN s.issued_ok THEN 'issued' END::cert_state AS succ_state,
            CASE WHEN s.prepub_ok THEN s.pp_published WHEN s.issued_ok THEN s.iss_published END AS succ_published
       FROM (SELECT c.*, c.act_id AS active_id,
@@ -213,7 +222,7 @@ WITH cfg AS (
     SELECT sd.id, sd.name, sd.active_id AS inst, 'remind' AS action,
            format('rule 5: active instance expires %s; mail a reminder to issue its successor (-C)%s', sd.act_na,
                   CASE WHEN sd.disabled THEN ' [DISABLED]' ELSE '' END) AS why, NULL AS then_action,
-           false AS on_jobs, false AS skipped
+           false AS on_jobs, NULL AS errors, false AS skipped
       FROM sd
      WHERE sd.type = 'local' AND sd.active_id IS NOT NULL AND sd.authorized_until IS NULL
        AND sd.now >= sd.act_na - sd.mail_days
@@ -225,7 +234,7 @@ WITH cfg AS (
            r.d[1], r.d[2],
            CASE WHEN sd.succ_id IS NULL AND sd.type = 'LE'
                 THEN CASE WHEN sd.active_id IS NULL OR sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN 'distribute' ELSE 'prepublish' END END,
-           sd.issuing OR sd.succ_distributing OR sd.tlsa_pending,
+           sd.issuing OR sd.succ_distributing OR sd.tlsa_pending, sd.errors,
            sd.disabled
       FROM sd
       -- one decision: each branch gives the action and its reason, {action, reason}
@@ -271,7 +280,7 @@ WITH cfg AS (
     -- rule 9: prepublish the successor of an LE certificate (-N: only issue it; the warning below says why)
     SELECT sd.id, sd.name, coalesce(sd.succ_id, sd.active_id), r.d[1], r.d[2],
            CASE WHEN sd.succ_id IS NULL THEN CASE WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL ELSE 'prepublish' END END,
-           sd.issuing OR sd.tlsa_pending,
+           sd.issuing OR sd.tlsa_pending, sd.errors,
            sd.disabled
       FROM sd
       CROSS JOIN LATERAL (SELECT CASE   -- {action, reason}, as above
@@ -294,7 +303,7 @@ WITH cfg AS (
                   'without waiting for its TLSA records (DANE-safe order off): DNS is the operator''s '
                   '(publish them yourself, or run operate_serverPKI -T without -N)',
                   sd.name, CASE WHEN sd.replace_due OR sd.succ_requested THEN 'now' ELSE format('from %s', sd.act_na - sd.grace) END),
-           NULL, false, false
+           NULL, false, NULL, false
       FROM sd
      WHERE sd.dane_off AND NOT sd.disabled
        AND (sd.replace_due OR sd.succ_requested
@@ -309,7 +318,7 @@ WITH cfg AS (
                        WHEN sd.type = 'local' AND sd.succ_id IS NULL AND NOT sd.issuing
                            THEN format('local certificates are issued on request only (operate_serverPKI -C -o %s)', sd.name)
                        ELSE 'its successor is not deployed yet (see the other rows of this certificate)' END),
-           NULL, false, false
+           NULL, false, NULL, false
       FROM sd
      WHERE sd.active_id IS NOT NULL AND sd.now >= sd.act_na
 )
@@ -327,13 +336,13 @@ SELECT x.certificate, x.name, x.inst, x.action, x.why, x.then_action
      WHERE r.d IS NOT NULL
     UNION ALL
     SELECT d.id, d.name, d.inst, r.d[1], r.d[2], r.d[3]
-      FROM decided d LEFT JOIN trouble tr ON tr.certificate = d.id
+      FROM decided d
       CROSS JOIN LATERAL (SELECT CASE   -- rule 6 or the decision: {action, reason, what follows} together
            WHEN d.skipped
                THEN ARRAY['skip', format('rule 6: the certificate is disabled; the scheduler leaves it alone, even with -a or -i '
                                          '(enabled it would %s: %s)', d.action, d.why), NULL]
-           ELSE ARRAY[d.action, CASE WHEN d.action = 'wait' AND d.on_jobs AND tr.errors IS NOT NULL
-                                     THEN d.why || ' (' || tr.errors || ')' ELSE d.why END, d.then_action]
+           ELSE ARRAY[d.action, CASE WHEN d.action = 'wait' AND d.on_jobs AND d.errors IS NOT NULL
+                                     THEN d.why || ' (' || d.errors || ')' ELSE d.why END, d.then_action]
       END OFFSET 0) r(d)
      WHERE d.action IS NOT NULL
   ) x(certificate, name, inst, action, why, then_action)
@@ -341,18 +350,18 @@ SELECT x.certificate, x.name, x.inst, x.action, x.why, x.then_action
 END
 $$;
 
--- plan: what schedule would do now, and why; writes nothing (operate_serverPKI -S -n)
+-- plan: what schedule would do now, and why; writes nothing (operate_serverPKI -S -n). Plain SQL, no SET
+-- clause, every name qualified: the planner inlines it into the calling query, which reads plan_rows' rows
+-- as they are (as PL/pgSQL it copied every row into a result of its own: 110,000 rows, 6% of the time)
 CREATE OR REPLACE FUNCTION pki.plan(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (certificate text, instance int, action text, reason text)
-LANGUAGE plpgsql STABLE
-SET search_path = pki, dd, pg_temp
+LANGUAGE sql STABLE
 AS $$
-BEGIN
-    sel := checked_selection(sel);
-    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM plan_rows(sel) p;
-    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM ca_plan_rows(sel) p;   -- CA targets (150_ca_targets)
-    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM crl_plan_rows(sel) p;  -- stale CRLs (155_crls)
-END
+    SELECT p.certificate, p.instance, p.action, p.reason FROM pki.plan_rows(pki.checked_selection(sel)) p
+    UNION ALL   -- CA targets (150_ca_targets)
+    SELECT p.certificate, p.instance, p.action, p.reason FROM pki.ca_plan_rows(pki.checked_selection(sel)) p
+    UNION ALL   -- stale CRLs (155_crls)
+    SELECT p.certificate, p.instance, p.action, p.reason FROM pki.crl_plan_rows(pki.checked_selection(sel)) p
 $$;
 
 -- schedule: one scheduler pass (operate_serverPKI -S); returns the plan it carried out. The rows
