@@ -52,8 +52,9 @@ WITH cfg AS (
     -- deployed one), and what rules 3 and 4 say of its newest issued and prepublished ones: all a certificate's
     -- rules need of its instances, in ONE grouped pass over the table (not window functions: no sort; no join
     -- back from the instances to their certificate), so the planner's estimates start from the table's statistics
-    SELECT x.*,
-           cfg.now >= x.iss_na + cfg.grace AS iss_expiring,
+    -- the flags that judged's branches filter c by first, the text and arrays last: a scan of c takes apart each
+    -- row's columns up to the last one it reads
+    SELECT cfg.now >= x.iss_na + cfg.grace AS iss_expiring,
            cfg.now >= x.pp_na + cfg.grace AS pp_expiring,
            -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates). Without an
            -- issued instance false at once (a NULL term lets AND go on: it computed the margins for every certificate)
@@ -61,12 +62,12 @@ WITH cfg AS (
             AND x.iss_na < x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3)
             -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
             -- deleting it would make every pass issue another useless one
-            AND (x.type = 'local' OR cfg.now + (x.iss_na - x.iss_nb) >= x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3))) IS TRUE AS iss_useless
-      FROM (SELECT sc.id, sc.name, sc.type, sc.disabled, sc.authorized_until, sc.tlsa_ttl, sc.tlsa_ee,   -- what the rules read
+            AND (x.type = 'local' OR cfg.now + (x.iss_na - x.iss_nb) >= x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3))) IS TRUE AS iss_useless,
+           x.*
+      FROM (SELECT n.deployed > 1 OR n.issued > 1 OR n.prepublished > 1 AS older,   -- rule 1 has older instances to delete
+                   sc.id, sc.type, sc.disabled, sc.authorized_until, sc.tlsa_ttl, sc.tlsa_ee,   -- what the rules read
                    n.act_id, n.issued_id, n.prepub_id, n.expired_id, n.exp_revoking_id, n.revoking,
-                   n.leftover_ids, n.leftover_states, tr.errors,
                    tg.certificate IS NOT NULL AS has_targets,   -- a target on a selected disthost
-                   n.deployed > 1 OR n.issued > 1 OR n.prepublished > 1 AS older,   -- rule 1 has older instances to delete
                    -- the dates of the newest instance of a state: the one's when it is the only one (rule 1 sees
                    -- to that), else looked up
                    CASE WHEN coalesce(n.deployed, 0) <= 1 THEN n.act_nb1 ELSE (SELECT a.not_before FROM certinstances a WHERE a.id = n.act_id) END AS act_nb,
@@ -75,7 +76,8 @@ WITH cfg AS (
                    CASE WHEN coalesce(n.issued, 0) <= 1 THEN n.iss_na1 ELSE (SELECT a.not_after FROM certinstances a WHERE a.id = n.issued_id) END AS iss_na,
                    CASE WHEN coalesce(n.issued, 0) <= 1 THEN n.iss_pub1 ELSE (SELECT a.tlsa_published FROM certinstances a WHERE a.id = n.issued_id) END AS iss_published,
                    CASE WHEN coalesce(n.prepublished, 0) <= 1 THEN n.pp_na1 ELSE (SELECT a.not_after FROM certinstances a WHERE a.id = n.prepub_id) END AS pp_na,
-                   CASE WHEN coalesce(n.prepublished, 0) <= 1 THEN n.pp_pub1 ELSE (SELECT a.tlsa_published FROM certinstances a WHERE a.id = n.prepub_id) END AS pp_published
+                   CASE WHEN coalesce(n.prepublished, 0) <= 1 THEN n.pp_pub1 ELSE (SELECT a.tlsa_published FROM certinstances a WHERE a.id = n.prepub_id) END AS pp_published,
+                   sc.name, n.leftover_ids, n.leftover_states, tr.errors
               FROM selected_certs(sel) sc
               LEFT JOIN (SELECT ci.certificate,
                                 max(ci.id) FILTER (WHERE ci.state = 'deployed') AS act_id,
@@ -171,10 +173,11 @@ WITH cfg AS (
               -- instance, a -D request, or the active instance within expire_grace (rule 7), local_issue_mail_days
               -- (rule 5) or rule 9's window of its end, or past it. Read once, by st (not stored: sd is)
     -- only what the rules below read: their rows are scanned once per rule
-    SELECT s.id, s.name, s.type, s.disabled, s.authorized_until, s.tlsa_ttl, s.tlsa_ee,
-           s.active_id, s.act_nb, s.act_na, s.succ_id, s.has_left, s.errors, s.has_targets,
+    SELECT s.id, s.type, s.disabled, s.authorized_until, s.tlsa_ttl, s.tlsa_ee,
+           s.active_id, s.act_nb, s.act_na, s.succ_id, s.has_left, s.has_targets,
            CASE WHEN s.prepub_ok THEN 'prepublished' WHEN s.issued_ok THEN 'issued' END::cert_state AS succ_state,
-           CASE WHEN s.prepub_ok THEN s.pp_published WHEN s.issued_ok THEN s.iss_published END AS succ_published
+           CASE WHEN s.prepub_ok THEN s.pp_published WHEN s.issued_ok THEN s.iss_published END AS succ_published,
+           s.name, s.errors   -- the text last (as in c)
       FROM (SELECT c.*, c.act_id AS active_id,
                    -- the successor (rule 7): the prepublished instance, else the issued one, unless rule 3 or 4 takes it
                    CASE WHEN c.pp_expiring IS FALSE THEN c.prepub_id
@@ -194,7 +197,7 @@ WITH cfg AS (
 ), reusing AS (         -- the instances that kept a key of their predecessor (key reuse, 125_key_reuse)
     SELECT DISTINCT k.certinstance FROM certkeydata k WHERE k.key_renewals > 0
 ), st AS (              -- one row per certificate with its roles
-    SELECT c.*,
+    SELECT cfg.*,   -- the fixed-width columns first, the text last (see c)
            -- each a lookup in a hashed set (IN), not a join: joined, the planner's guess of these sets' sizes
            -- (unknown, for a CTE) multiplied the rows it expected, and it sorted the due certificates for
            -- merge joins, twice. coalesce: IN is NULL, not false, for a NULL successor
@@ -208,16 +211,16 @@ WITH cfg AS (
            -- hashes certificates: 2 ms) is asked only for those, and only where rule 7 or 9 decides
            c.tlsa_ttl IS NOT NULL AND c.active_id IS NOT NULL AND c.succ_id IS NOT NULL
                AND (coalesce(c.succ_id IN (SELECT ru.certinstance FROM reusing ru), false) OR NOT c.tlsa_ee) AS tlsa_same_possible,
-           cfg.*
+           c.*
       FROM due c CROSS JOIN cfg
 ), sd AS (              -- what the DANE-safe order allows
-    SELECT st.*,
+    SELECT -- rule 7 is due: nothing active, the active instance is about to expire, or -D asked for the successor
+           st.active_id IS NULL OR st.now >= st.act_na - st.grace AS replace_due,   -- first: what the rules filter by
            -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
            dane_ok(st.active_id IS NOT NULL, st.tlsa_ttl, st.succ_state, st.succ_published, st.now) AS dane_ok,
            -- -N: the operator takes over DNS; the rollover goes on without TLSA changes and without the wait
            st.no_tlsa AND st.tlsa_ttl IS NOT NULL AND st.active_id IS NOT NULL AS dane_off,
-           -- rule 7 is due: nothing active, the active instance is about to expire, or -D asked for the successor
-           st.active_id IS NULL OR st.now >= st.act_na - st.grace AS replace_due
+           st.*
       FROM st
 ), decided AS (
     -- rule 5: the reminder for a local certificate (before rule 6: disabled ones are reminded too, marked so)
