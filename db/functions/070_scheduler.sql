@@ -14,14 +14,16 @@
 -- rule may act on in this pass (due) go through the rules of the certificate: 0.1 s of 0.8 s at
 -- 100,000 certificates, in a settled fleet. The instances are read in one grouped pass (c), which
 -- gives each certificate's rules all they need of its instances (its successor, what it has left);
--- rules 1, 3 and 4 then look only at the instances they may act on, a few. The one nested loop left
--- is each row's decision (LATERAL ... OFFSET 0: one row per row, evaluated once; pulled up into the
--- query, its CASE and format() calls ran once per reference to it, three times). Merge joins and sorted
--- grouping, not hash joins or hashed aggregates (enable_hashjoin, enable_hashagg off): c reads the
--- certificates, their main subjects and TLSA services in certificate order (their indexes) and groups the
--- instances sorted once, where three hash tables of 100,000 rows, built and probed in random order, cost
--- 15-20% of the whole at 100,000 certificates; the joins after c are of a few rows, or of rows that arrive
--- in certificate order (a sort of sorted input is one pass). The IN lookups (hashed SubPlans) stay hashed
+-- rules 1, 3 and 4 then look only at the instances they may act on, a few (c picks a certificate's
+-- leftovers in that pass). The nested loops left are each row's decision (LATERAL ... OFFSET 0: one row
+-- per row, evaluated once; pulled up into the query, its CASE and format() calls ran once per reference
+-- to it, three times) and the unnest of those leftovers. Merge joins and sorted grouping, not hash
+-- joins or hashed aggregates (enable_hashjoin, enable_hashagg off): c reads the certificates, their main
+-- subjects and TLSA services in certificate order (their indexes), groups the instances sorted once and
+-- joins the targets and failed jobs in that order, where three hash tables of 100,000 rows, built and
+-- probed in random order, cost 15-20% of the whole at 100,000 certificates; the joins after c are of a
+-- few rows, or of rows that arrive in certificate order (a sort of sorted input is one pass).
+-- The IN lookups (hashed SubPlans) stay hashed
 CREATE OR REPLACE FUNCTION pki.plan_rows(sel dd.selection)
 RETURNS TABLE (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
 LANGUAGE plpgsql STABLE
@@ -363,7 +365,7 @@ RETURNS TABLE (certificate text, instance int, action text, reason text)
 LANGUAGE sql STABLE
 AS $$
     SELECT p.certificate, p.instance, p.action, p.reason FROM pki.plan_rows(pki.checked_selection(sel)) p
-    UNION ALL   -- CA targets (150_ca_targets)
+    UNION ALL   -- CAs (150_ca_targets)
     SELECT p.certificate, p.instance, p.action, p.reason FROM pki.ca_plan_rows(pki.checked_selection(sel)) p
     UNION ALL   -- stale CRLs (155_crls)
     SELECT p.certificate, p.instance, p.action, p.reason FROM pki.crl_plan_rows(pki.checked_selection(sel)) p
