@@ -66,6 +66,7 @@ INLINED = (
     "pki.dane_ok(boolean, interval, dd.cert_state, timestamptz, timestamptz)",
     "pki.cert_subject_key(int)", "pki.tlsa_subject_key(int)", "pki.distribution_subject_key(int, int)",
     "pki.keys_subject_key()", "pki.acme_account_subject_key(text)", "pki.reminder_subject_key(bigint)",
+    "pki.plan(dd.selection)",   # its caller reads plan_rows' rows as they are, not a copy (070_scheduler)
 )
 
 

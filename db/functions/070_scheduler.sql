@@ -14,14 +14,16 @@
 -- rule may act on in this pass (due) go through the rules of the certificate: 0.1 s of 0.8 s at
 -- 100,000 certificates, in a settled fleet. The instances are read in one grouped pass (c), which
 -- gives each certificate's rules all they need of its instances (its successor, what it has left);
--- rules 1, 3 and 4 then look only at the instances they may act on, a few. The one nested loop left
--- is each row's decision (LATERAL ... OFFSET 0: one row per row, evaluated once; pulled up into the
--- query, its CASE and format() calls ran once per reference to it, three times). Merge joins and sorted
--- grouping, not hash joins or hashed aggregates (enable_hashjoin, enable_hashagg off): c reads the
--- certificates, their main subjects and TLSA services in certificate order (their indexes) and groups the
--- instances sorted once, where three hash tables of 100,000 rows, built and probed in random order, cost
--- 15-20% of the whole at 100,000 certificates; the joins after c are of a few rows, or of rows that arrive
--- in certificate order (a sort of sorted input is one pass). The IN lookups (hashed SubPlans) stay hashed
+-- rules 1, 3 and 4 then look only at the instances they may act on, a few (c picks a certificate's
+-- leftovers in that pass). The nested loops left are each row's decision (LATERAL ... OFFSET 0: one row
+-- per row, evaluated once; pulled up into the query, its CASE and format() calls ran once per reference
+-- to it, three times) and the unnest of those leftovers. Merge joins and sorted grouping, not hash
+-- joins or hashed aggregates (enable_hashjoin, enable_hashagg off): c reads the certificates, their main
+-- subjects and TLSA services in certificate order (their indexes), groups the instances sorted once and
+-- joins the targets and failed jobs in that order, where three hash tables of 100,000 rows, built and
+-- probed in random order, cost 15-20% of the whole at 100,000 certificates; the joins after c are of a
+-- few rows, or of rows that arrive in certificate order (a sort of sorted input is one pass).
+-- The IN lookups (hashed SubPlans) stay hashed
 CREATE OR REPLACE FUNCTION pki.plan_rows(sel dd.selection)
 RETURNS TABLE (certificate_id int, certificate text, instance int, action text, reason text, then_action text)
 LANGUAGE plpgsql STABLE
@@ -45,23 +47,29 @@ WITH cfg AS (
                   -- a day 25 hours), so due is never later than a rule, and comparing costs no calendar arithmetic
     SELECT pg_catalog.make_interval(secs => greatest(0, max(extract(epoch FROM w) + 86400 * (12 * extract(year FROM w) + extract(month FROM w)) + 7200))) AS span
       FROM cfg CROSS JOIN LATERAL (VALUES (cfg.grace), (cfg.mail_days), (cfg.pre_publish)) v(w)
+), hosts AS MATERIALIZED (   -- the disthosts that distribution may go to (-s, -l)
+    SELECT d.id FROM disthosts d WHERE host_selected(sel, d.fqdn)
 ), c AS MATERIALIZED (   -- the selection; disabled is the certificate's own flag: -a and -i do not lift it here (rule 6)
     -- With each certificate's newest instance of each state, which rule 1 keeps (the active instance is the newest
     -- deployed one), and what rules 3 and 4 say of its newest issued and prepublished ones: all a certificate's
     -- rules need of its instances, in ONE grouped pass over the table (not window functions: no sort; no join
     -- back from the instances to their certificate), so the planner's estimates start from the table's statistics
-    SELECT x.*,
-           cfg.now >= x.iss_na + cfg.grace AS iss_expiring,
+    -- the flags that judged's branches filter c by first, the text and arrays last: a scan of c takes apart each
+    -- row's columns up to the last one it reads
+    SELECT cfg.now >= x.iss_na + cfg.grace AS iss_expiring,
            cfg.now >= x.pp_na + cfg.grace AS pp_expiring,
-           -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates)
-           (NOT cfg.now >= x.iss_na + cfg.grace AND x.act_id IS NOT NULL
+           -- rule 4 (the margin is capped to a third of the lifetime, for short-lived certificates). Without an
+           -- issued instance false at once (a NULL term lets AND go on: it computed the margins for every certificate)
+           (x.iss_na IS NOT NULL AND x.act_id IS NOT NULL AND NOT cfg.now >= x.iss_na + cfg.grace
             AND x.iss_na < x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3)
             -- LE: only when a new one would do better; when the CA has shortened its lifetimes,
             -- deleting it would make every pass issue another useless one
-            AND (x.type = 'local' OR cfg.now + (x.iss_na - x.iss_nb) >= x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3))) IS TRUE AS iss_useless
-      FROM (SELECT sc.id, sc.name, sc.type, sc.disabled, sc.authorized_until, sc.tlsa_ttl, sc.tlsa_ee,   -- what the rules read
+            AND (x.type = 'local' OR cfg.now + (x.iss_na - x.iss_nb) >= x.act_na + least(cfg.mail_days, (x.act_na - x.act_nb) / 3))) IS TRUE AS iss_useless,
+           x.*
+      FROM (SELECT n.deployed > 1 OR n.issued > 1 OR n.prepublished > 1 AS older,   -- rule 1 has older instances to delete
+                   sc.id, sc.type, sc.disabled, sc.authorized_until, sc.tlsa_ttl, sc.tlsa_ee,   -- what the rules read
                    n.act_id, n.issued_id, n.prepub_id, n.expired_id, n.exp_revoking_id, n.revoking,
-                   n.deployed > 1 OR n.issued > 1 OR n.prepublished > 1 AS older,   -- rule 1 has older instances to delete
+                   tg.certificate IS NOT NULL AS has_targets,   -- a target on a selected disthost
                    -- the dates of the newest instance of a state: the one's when it is the only one (rule 1 sees
                    -- to that), else looked up
                    CASE WHEN coalesce(n.deployed, 0) <= 1 THEN n.act_nb1 ELSE (SELECT a.not_before FROM certinstances a WHERE a.id = n.act_id) END AS act_nb,
@@ -70,7 +78,8 @@ WITH cfg AS (
                    CASE WHEN coalesce(n.issued, 0) <= 1 THEN n.iss_na1 ELSE (SELECT a.not_after FROM certinstances a WHERE a.id = n.issued_id) END AS iss_na,
                    CASE WHEN coalesce(n.issued, 0) <= 1 THEN n.iss_pub1 ELSE (SELECT a.tlsa_published FROM certinstances a WHERE a.id = n.issued_id) END AS iss_published,
                    CASE WHEN coalesce(n.prepublished, 0) <= 1 THEN n.pp_na1 ELSE (SELECT a.not_after FROM certinstances a WHERE a.id = n.prepub_id) END AS pp_na,
-                   CASE WHEN coalesce(n.prepublished, 0) <= 1 THEN n.pp_pub1 ELSE (SELECT a.tlsa_published FROM certinstances a WHERE a.id = n.prepub_id) END AS pp_published
+                   CASE WHEN coalesce(n.prepublished, 0) <= 1 THEN n.pp_pub1 ELSE (SELECT a.tlsa_published FROM certinstances a WHERE a.id = n.prepub_id) END AS pp_published,
+                   sc.name, n.leftover_ids, n.leftover_states, tr.errors
               FROM selected_certs(sel) sc
               LEFT JOIN (SELECT ci.certificate,
                                 max(ci.id) FILTER (WHERE ci.state = 'deployed') AS act_id,
@@ -89,24 +98,31 @@ WITH cfg AS (
                                 max(ci.id) FILTER (WHERE ci.state = 'expired') AS expired_id,
                                 -- rule 3 archives an expired or revoked instance once its revocation reached the CA
                                 max(ci.id) FILTER (WHERE ci.state = 'expired' AND rv.instance IS NOT NULL) AS exp_revoking_id,
-                                bool_or(ci.state = 'revoked' AND rv.instance IS NOT NULL) AS revoking
+                                bool_or(ci.state = 'revoked' AND rv.instance IS NOT NULL) AS revoking,
+                                -- the instances neither deployed nor a successor (judged below, by rules 1 and 3: a few),
+                                -- picked in this pass, not by a second one over the instances joined to c (c sorted again)
+                                array_agg(ci.id) FILTER (WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished')) AS leftover_ids,
+                                array_agg(ci.state) FILTER (WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished')) AS leftover_states
                            FROM certinstances ci
                            LEFT JOIN (SELECT DISTINCT r.instance FROM revocations r WHERE r.done_at IS NULL) rv ON rv.instance = ci.id
-                          GROUP BY ci.certificate) n ON n.certificate = sc.id) x
+                          GROUP BY ci.certificate) n ON n.certificate = sc.id
+              -- partial failure: a wait on failed jobs shows their errors. Joined here, where the certificates
+              -- arrive in order (a merge join of a few rows), not to the rows decided below (sorted again for it)
+              LEFT JOIN (SELECT j.certificate,
+                                string_agg(format('%s job %s%s failed (attempt %s of %s): %s; next attempt at %s', j.kind, j.id,
+                                                  ' to ' || d.fqdn, j.attempts, j.max_attempts, j.last_error, j.run_after), '; ' ORDER BY j.id) AS errors
+                           FROM jobs j LEFT JOIN disthosts d ON d.id = j.disthost
+                          WHERE j.state = 'failed'
+                          GROUP BY j.certificate) tr ON tr.certificate = sc.id
+              -- the certificates with a target on a selected disthost, in their order (a hashed set of the targets
+              -- asked per due certificate cost 7% at 100,000 certificates)
+              LEFT JOIN (SELECT DISTINCT t.certificate FROM targets t WHERE t.disthost IN (SELECT h.id FROM hosts h)) tg
+                ON tg.certificate = sc.id) x
       CROSS JOIN cfg
-), hosts AS MATERIALIZED (   -- the disthosts that distribution may go to (-s, -l)
-    SELECT d.id FROM disthosts d WHERE host_selected(sel, d.fqdn)
 ), pending AS MATERIALIZED (   -- active jobs of the selected certificates
     SELECT j.certificate, j.instance, j.kind, j.id, j.state, j.disthost, j.attempts, j.max_attempts, j.run_after, j.last_error
       FROM jobs j JOIN c ON c.id = j.certificate
      WHERE j.state IN ('queued', 'running', 'failed')
-), trouble AS (         -- partial failure: a wait on failed jobs shows their errors
-    SELECT p.certificate,
-           string_agg(format('%s job %s%s failed (attempt %s of %s): %s; next attempt at %s', p.kind, p.id,
-                             ' to ' || d.fqdn, p.attempts, p.max_attempts, p.last_error, p.run_after), '; ' ORDER BY p.id) AS errors
-      FROM pending p LEFT JOIN disthosts d ON d.id = p.disthost
-     WHERE p.state = 'failed'
-     GROUP BY p.certificate
 ), requested AS (      -- successors that -D asked to deploy: request_distribute marks its publish_tlsa job
     SELECT DISTINCT j.certificate, (j.args ->> 'deploy')::int AS id
       FROM jobs j JOIN c ON c.id = j.certificate
@@ -134,32 +150,36 @@ WITH cfg AS (
            CASE WHEN a.state = 'issued' AND a.id = a.issued_id AND a.iss_useless
                THEN format('rule 4: successor expires %s, too soon after the active instance (%s)', a.not_after, a.act_na) END AS useless_why
       FROM (SELECT ci.*, coalesce(ci.id IN (SELECT oi.instance FROM on_instance oi WHERE oi.issuing), false) AS issuing
-              FROM (   -- each branch joins its certificate (c) itself: one join of all of them made the planner hash
-                       -- all of c (it expects more candidates than certificates), where a branch is a few rows
-                       -- an instance that rule 1 or 3 may act on by itself: neither deployed nor a successor, or past its end
-                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
+              FROM (   -- a certificate without older instances: its leftovers (c picked them), and its successors
+                       -- that rule 3 or 4 takes (as c has them); its deployed instance is not judged (it is the
+                       -- active one, past its end too: rules 7 and 9 below replace it)
+                    SELECT u.id, c.id AS certificate, c.name, u.state, NULL::timestamptz AS not_after,
                            c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
-                      FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate
-                     WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace
-                    UNION ALL   -- the others of a certificate with older instances (rule 1)
-                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
-                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
-                      FROM certinstances ci CROSS JOIN cfg JOIN c ON c.id = ci.certificate AND c.older
-                     WHERE (ci.state NOT IN ('deployed', 'issued', 'prepublished') OR cfg.now >= ci.not_after + cfg.grace) IS NOT TRUE
-                    UNION ALL   -- else a useless successor (rule 4): the newest issued instance, as c has it
+                      FROM c CROSS JOIN LATERAL unnest(c.leftover_ids, c.leftover_states) u(id, state)
+                     WHERE c.leftover_ids IS NOT NULL AND c.older IS NOT TRUE
+                    UNION ALL   -- the issued successor: useless (rule 4) or past its end (rule 3)
                     SELECT c.issued_id, c.id, c.name, 'issued', c.iss_na,
                            c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
-                      FROM c WHERE c.iss_useless AND c.older IS NOT TRUE) ci) a
+                      FROM c WHERE (c.iss_useless OR c.iss_expiring) AND c.older IS NOT TRUE
+                    UNION ALL   -- the prepublished one past its end (rule 3)
+                    SELECT c.prepub_id, c.id, c.name, 'prepublished', c.pp_na,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM c WHERE c.pp_expiring AND c.older IS NOT TRUE
+                    UNION ALL   -- every instance of a certificate with older instances (rule 1: a few certificates)
+                    SELECT ci.id, ci.certificate, c.name, ci.state, ci.not_after,
+                           c.act_id, c.act_na, c.issued_id, c.prepub_id, c.expired_id, c.iss_useless
+                      FROM certinstances ci JOIN c ON c.id = ci.certificate AND c.older) ci) a
       CROSS JOIN cfg
 ), due AS (   -- the certificates a rule below may act on in this pass (most of a settled fleet is not: rules 1, 3
               -- and 4 above are all it needs), with their active instance. Each rule below needs one of: no active
               -- instance, a -D request, or the active instance within expire_grace (rule 7), local_issue_mail_days
               -- (rule 5) or rule 9's window of its end, or past it. Read once, by st (not stored: sd is)
     -- only what the rules below read: their rows are scanned once per rule
-    SELECT s.id, s.name, s.type, s.disabled, s.authorized_until, s.tlsa_ttl, s.tlsa_ee,
-           s.active_id, s.act_nb, s.act_na, s.succ_id, s.has_left,
+    SELECT s.id, s.type, s.disabled, s.authorized_until, s.tlsa_ttl, s.tlsa_ee,
+           s.active_id, s.act_nb, s.act_na, s.succ_id, s.has_left, s.has_targets,
            CASE WHEN s.prepub_ok THEN 'prepublished' WHEN s.issued_ok THEN 'issued' END::cert_state AS succ_state,
-           CASE WHEN s.prepub_ok THEN s.pp_published WHEN s.issued_ok THEN s.iss_published END AS succ_published
+           CASE WHEN s.prepub_ok THEN s.pp_published WHEN s.issued_ok THEN s.iss_published END AS succ_published,
+           s.name, s.errors   -- the text last (as in c)
       FROM (SELECT c.*, c.act_id AS active_id,
                    -- the successor (rule 7): the prepublished instance, else the issued one, unless rule 3 or 4 takes it
                    CASE WHEN c.pp_expiring IS FALSE THEN c.prepub_id
@@ -176,20 +196,16 @@ WITH cfg AS (
 ), reserving AS (       -- the certificates with a reserved instance whose issue job is pending
     SELECT DISTINCT ci.certificate FROM certinstances ci JOIN on_instance oi ON oi.instance = ci.id
      WHERE ci.state = 'reserved' AND oi.issuing
-), targeted AS (        -- the certificates with a target on a selected disthost (asked with IN below: a hashed set
-                        -- of the targets, not a second pass over the due certificates to join it)
-    SELECT t.certificate FROM targets t JOIN hosts h ON h.id = t.disthost
 ), reusing AS (         -- the instances that kept a key of their predecessor (key reuse, 125_key_reuse)
     SELECT DISTINCT k.certinstance FROM certkeydata k WHERE k.key_renewals > 0
 ), st AS (              -- one row per certificate with its roles
-    SELECT c.*,
+    SELECT cfg.*,   -- the fixed-width columns first, the text last (see c)
            -- each a lookup in a hashed set (IN), not a join: joined, the planner's guess of these sets' sizes
            -- (unknown, for a CTE) multiplied the rows it expected, and it sorted the due certificates for
            -- merge joins, twice. coalesce: IN is NULL, not false, for a NULL successor
            coalesce(c.id IN (SELECT rs.certificate FROM reserving rs), false) AS issuing,
            coalesce(c.succ_id IN (SELECT oi.instance FROM on_instance oi WHERE oi.distributing), false) AS succ_distributing,
            coalesce(c.id IN (SELECT oc.certificate FROM on_cert oc WHERE oc.tlsa_pending), false) AS tlsa_pending,
-           coalesce(c.id IN (SELECT tg.certificate FROM targeted tg), false) AS has_targets,
            coalesce(c.succ_id IN (SELECT rq.id FROM requested rq), false) AS succ_requested,
            coalesce(sel.no_tlsa, false) AS no_tlsa,
            -- may the TLSA records stay as they are? Only a successor that kept the key, or one whose records
@@ -197,23 +213,23 @@ WITH cfg AS (
            -- hashes certificates: 2 ms) is asked only for those, and only where rule 7 or 9 decides
            c.tlsa_ttl IS NOT NULL AND c.active_id IS NOT NULL AND c.succ_id IS NOT NULL
                AND (coalesce(c.succ_id IN (SELECT ru.certinstance FROM reusing ru), false) OR NOT c.tlsa_ee) AS tlsa_same_possible,
-           cfg.*
+           c.*
       FROM due c CROSS JOIN cfg
 ), sd AS (              -- what the DANE-safe order allows
-    SELECT st.*,
+    SELECT -- rule 7 is due: nothing active, the active instance is about to expire, or -D asked for the successor
+           st.active_id IS NULL OR st.now >= st.act_na - st.grace AS replace_due,   -- first: what the rules filter by
            -- the successor may go live: nothing to roll over from, no TLSA services, or published for 2 x TTL
            dane_ok(st.active_id IS NOT NULL, st.tlsa_ttl, st.succ_state, st.succ_published, st.now) AS dane_ok,
            -- -N: the operator takes over DNS; the rollover goes on without TLSA changes and without the wait
            st.no_tlsa AND st.tlsa_ttl IS NOT NULL AND st.active_id IS NOT NULL AS dane_off,
-           -- rule 7 is due: nothing active, the active instance is about to expire, or -D asked for the successor
-           st.active_id IS NULL OR st.now >= st.act_na - st.grace AS replace_due
+           st.*
       FROM st
 ), decided AS (
     -- rule 5: the reminder for a local certificate (before rule 6: disabled ones are reminded too, marked so)
     SELECT sd.id, sd.name, sd.active_id AS inst, 'remind' AS action,
            format('rule 5: active instance expires %s; mail a reminder to issue its successor (-C)%s', sd.act_na,
                   CASE WHEN sd.disabled THEN ' [DISABLED]' ELSE '' END) AS why, NULL AS then_action,
-           false AS on_jobs, false AS skipped
+           false AS on_jobs, NULL AS errors, false AS skipped
       FROM sd
      WHERE sd.type = 'local' AND sd.active_id IS NOT NULL AND sd.authorized_until IS NULL
        AND sd.now >= sd.act_na - sd.mail_days
@@ -225,7 +241,7 @@ WITH cfg AS (
            r.d[1], r.d[2],
            CASE WHEN sd.succ_id IS NULL AND sd.type = 'LE'
                 THEN CASE WHEN sd.active_id IS NULL OR sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN 'distribute' ELSE 'prepublish' END END,
-           sd.issuing OR sd.succ_distributing OR sd.tlsa_pending,
+           sd.issuing OR sd.succ_distributing OR sd.tlsa_pending, sd.errors,
            sd.disabled
       FROM sd
       -- one decision: each branch gives the action and its reason, {action, reason}
@@ -271,7 +287,7 @@ WITH cfg AS (
     -- rule 9: prepublish the successor of an LE certificate (-N: only issue it; the warning below says why)
     SELECT sd.id, sd.name, coalesce(sd.succ_id, sd.active_id), r.d[1], r.d[2],
            CASE WHEN sd.succ_id IS NULL THEN CASE WHEN sd.tlsa_ttl IS NULL OR sd.no_tlsa THEN NULL ELSE 'prepublish' END END,
-           sd.issuing OR sd.tlsa_pending,
+           sd.issuing OR sd.tlsa_pending, sd.errors,
            sd.disabled
       FROM sd
       CROSS JOIN LATERAL (SELECT CASE   -- {action, reason}, as above
@@ -294,7 +310,7 @@ WITH cfg AS (
                   'without waiting for its TLSA records (DANE-safe order off): DNS is the operator''s '
                   '(publish them yourself, or run operate_serverPKI -T without -N)',
                   sd.name, CASE WHEN sd.replace_due OR sd.succ_requested THEN 'now' ELSE format('from %s', sd.act_na - sd.grace) END),
-           NULL, false, false
+           NULL, false, NULL, false
       FROM sd
      WHERE sd.dane_off AND NOT sd.disabled
        AND (sd.replace_due OR sd.succ_requested
@@ -309,7 +325,7 @@ WITH cfg AS (
                        WHEN sd.type = 'local' AND sd.succ_id IS NULL AND NOT sd.issuing
                            THEN format('local certificates are issued on request only (operate_serverPKI -C -o %s)', sd.name)
                        ELSE 'its successor is not deployed yet (see the other rows of this certificate)' END),
-           NULL, false, false
+           NULL, false, NULL, false
       FROM sd
      WHERE sd.active_id IS NOT NULL AND sd.now >= sd.act_na
 )
@@ -327,13 +343,13 @@ SELECT x.certificate, x.name, x.inst, x.action, x.why, x.then_action
      WHERE r.d IS NOT NULL
     UNION ALL
     SELECT d.id, d.name, d.inst, r.d[1], r.d[2], r.d[3]
-      FROM decided d LEFT JOIN trouble tr ON tr.certificate = d.id
+      FROM decided d
       CROSS JOIN LATERAL (SELECT CASE   -- rule 6 or the decision: {action, reason, what follows} together
            WHEN d.skipped
                THEN ARRAY['skip', format('rule 6: the certificate is disabled; the scheduler leaves it alone, even with -a or -i '
                                          '(enabled it would %s: %s)', d.action, d.why), NULL]
-           ELSE ARRAY[d.action, CASE WHEN d.action = 'wait' AND d.on_jobs AND tr.errors IS NOT NULL
-                                     THEN d.why || ' (' || tr.errors || ')' ELSE d.why END, d.then_action]
+           ELSE ARRAY[d.action, CASE WHEN d.action = 'wait' AND d.on_jobs AND d.errors IS NOT NULL
+                                     THEN d.why || ' (' || d.errors || ')' ELSE d.why END, d.then_action]
       END OFFSET 0) r(d)
      WHERE d.action IS NOT NULL
   ) x(certificate, name, inst, action, why, then_action)
@@ -341,18 +357,18 @@ SELECT x.certificate, x.name, x.inst, x.action, x.why, x.then_action
 END
 $$;
 
--- plan: what schedule would do now, and why; writes nothing (operate_serverPKI -S -n)
+-- plan: what schedule would do now, and why; writes nothing (operate_serverPKI -S -n). Plain SQL, no SET
+-- clause, every name qualified: the planner inlines it into the calling query, which reads plan_rows' rows
+-- as they are (as PL/pgSQL it copied every row into a result of its own: 110,000 rows, 6% of the time)
 CREATE OR REPLACE FUNCTION pki.plan(sel dd.selection DEFAULT NULL)
 RETURNS TABLE (certificate text, instance int, action text, reason text)
-LANGUAGE plpgsql STABLE
-SET search_path = pki, dd, pg_temp
+LANGUAGE sql STABLE
 AS $$
-BEGIN
-    sel := checked_selection(sel);
-    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM plan_rows(sel) p;
-    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM ca_plan_rows(sel) p;   -- CA targets (150_ca_targets)
-    RETURN QUERY SELECT p.certificate, p.instance, p.action, p.reason FROM crl_plan_rows(sel) p;  -- stale CRLs (155_crls)
-END
+    SELECT p.certificate, p.instance, p.action, p.reason FROM pki.plan_rows(pki.checked_selection(sel)) p
+    UNION ALL   -- CAs (150_ca_targets)
+    SELECT p.certificate, p.instance, p.action, p.reason FROM pki.ca_plan_rows(pki.checked_selection(sel)) p
+    UNION ALL   -- stale CRLs (155_crls)
+    SELECT p.certificate, p.instance, p.action, p.reason FROM pki.crl_plan_rows(pki.checked_selection(sel)) p
 $$;
 
 -- schedule: one scheduler pass (operate_serverPKI -S); returns the plan it carried out. The rows
