@@ -340,7 +340,8 @@ class Agent:
         heartbeat = self._heartbeat()
         heartbeat.watch(job)
         ctx = Context(config=self.config, conn=conn, agent_name=self.name, batch=self._batch)
-        log.debug("%s: start (attempt %s of %s)", job.label, job.attempts, job.max_attempts)
+        if log.isEnabledFor(logging.DEBUG):   # (a job's label is made anew at each use: not for nothing)
+            log.debug("%s: start (attempt %s of %s)", job.label, job.attempts, job.max_attempts)
         crash_point(f"{job.kind}.claimed")
         try:
             # a handler that returns no Completion fails its attempt like one that crashed
@@ -509,12 +510,13 @@ class Agent:
             log.info("agent %s: %s jobs claimed ahead not started (%s); they are claimed again when their lease runs out",
                      self.name, len(jobs), ", ".join(str(job.id) for job in jobs))
 
-    def _read_ahead(self, jobs: list[Job], on_connection) -> dict:
-        """Context.batch for the handlers of a claim, with what the handlers of its kinds read once for it
-        read already (a handler's read_ahead(jobs, ctx)); on_connection(work, label): where."""
-        batch = self._new_batch(jobs)
+    def _read_ahead(self, jobs: list[Job], on_connection, hook: str = "read_ahead", batch: dict | None = None) -> dict:
+        """Context.batch for the handlers of a claim (batch: the one it has, else a new one), with what the
+        handlers of its kinds read once for it read already (a handler's read_ahead(jobs, ctx), or the hook
+        named); on_connection(work, label): where."""
+        batch = self._new_batch(jobs) if batch is None else batch
         for kind in sorted({job.kind for job in jobs}):
-            read_ahead = getattr(self.handlers[kind], "read_ahead", None)
+            read_ahead = getattr(self.handlers[kind], hook, None)
             if read_ahead is not None:
                 ofkind = [job for job in jobs if job.kind == kind]
                 try:
@@ -596,8 +598,12 @@ class Agent:
                         # enqueued when these are in: claimed once they are
                         yield from completions.wait()
                         continue
-                    # the handlers of this claim share what they read once for it (Context.batch)
+                    # the handlers of this claim share what they read once for it (Context.batch); what may not be
+                    # read before the claim's turn (read_at_turn: issue_local's CA) is read now, before the next
+                    # claim is made ahead: the claimer's work would delay the answer, on the thread that signs
                     self._batch = batch
+                    if any(job.kind in OVERLAPPED_KINDS for job in jobs):
+                        self._read_ahead(jobs, self._on_reader, hook="read_at_turn", batch=batch)
                     claimed += len(jobs)
                     # a full claim of overlapped jobs (more are likely due): the next one is claimed while these
                     # run, on a connection of its own, and is there when they are done. Only overlapped kinds,
@@ -665,9 +671,11 @@ class Agent:
                         len(batch), exc.diag.sqlstate or type(exc).__name__, _first_line(exc))
             return {job.id: self._finish_job(job, statement, self.conn) for job, (_, statement) in batch}
         outcomes = {}
+        told = log.isEnabledFor(logging.INFO)
         for (job, _), state, message in zip(batch, states, messages):
             if state is None:
-                log.info("%s: done", job.label)
+                if told:
+                    log.info("%s: done", job.label)
                 outcomes[job.id] = "done"
             else:
                 outcomes[job.id] = self._refused(job, state, message or state, self.conn)
