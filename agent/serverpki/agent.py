@@ -12,10 +12,11 @@ import contextlib
 import itertools
 import logging
 import os
+import queue
 import select
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -168,41 +169,90 @@ class _Heartbeats(threading.Thread):
 class _Completions:
     """Completions overlapped: a job of OVERLAPPED_KINDS does nothing outside the agent, so the next ones'
     handlers may run while the database applies the completions of those before (checks, storage, events,
-    on the other core), and the next claim goes while the last ones are applied. The completions that are
-    ready when the database is free go together (complete_issue_batch: one round trip, one statement per
-    step for all of them), on the agent's own connection (the one whose server-side Python is warm); each
-    refusal is handled as run_job handles it (_refused: SP022 lost, SP023 dead, else failed and retried; a
-    lost connection stops the drain). The handlers read through a second connection."""
+    on the other core), and the next claim goes while the last ones are applied. A completer thread takes
+    the completions handed over whenever the database is free, all that are there, together
+    (complete_issue_batch: one round trip, one statement per step for all of them), on the agent's own
+    connection (the one whose server-side Python is warm): it does not wait for the thread that signs to
+    finish its job to send them; each refusal is handled as run_job handles it (_refused: SP022 lost,
+    SP023 dead, else failed and retried; a lost connection stops the drain). The handlers read through a
+    second connection."""
 
     def __init__(self, agent: "Agent"):
         self.agent = agent
-        self.completer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="completer")
-        self.sent: deque[tuple[list[Job], Future]] = deque()   # the batches on their way, in order
-        self.ready: list[tuple[Job, object]] = []              # (job, (Completion, statement) or its outcome)
+        self.todo: queue.SimpleQueue = queue.SimpleQueue()   # (job, (Completion, statement) or its outcome); None: the end
+        self.done: queue.SimpleQueue = queue.SimpleQueue()   # (job, outcome) in order; (None, error): the completer stopped
+        self.waiting = 0                                     # jobs handed over whose outcome was not yielded yet
+        self.completer: threading.Thread | None = None      # started with the first completion of the drain
 
     def __enter__(self) -> "_Completions":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.completer.shutdown(wait=True)
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.completer is None:
+            return
+        if exc_type is not None:   # the drain stops (an error, Ctrl-C): what was not taken yet is not sent, the
+            while True:            # leases bring those jobs back; what is on its way is waited for
+                try:
+                    self.todo.get_nowait()
+                except queue.Empty:
+                    break
+        self.todo.put(None)
+        self.completer.join()
 
     @property
     def pending(self) -> bool:
         """Whether completions are on their way or waiting to be sent."""
-        return bool(self.sent or self.ready)
+        return self.waiting > 0
 
-    def _send(self) -> None:
-        self.sent.append(([job for job, _ in self.ready], self.completer.submit(self.agent._finish_overlapped, list(self.ready))))
-        self.ready.clear()
+    def _complete(self) -> None:
+        """The completer thread: the completions there, sent together, as long as the drain hands some over."""
+        while (first := self.todo.get()) is not None:
+            started, end = [first], False
+            while True:
+                try:
+                    item = self.todo.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    end = True
+                    break
+                started.append(item)
+            try:
+                outcomes = self.agent._finish_overlapped(started)
+            except BaseException as exc:   # (the database lost) the drain stops with it, at its next outcome
+                self.done.put((None, exc))
+                return
+            for (job, _), outcome in zip(started, outcomes):
+                self.done.put((job, outcome))
+            if end:
+                return
+
+    def _hand_over(self, job: Job, begun: object) -> None:
+        if self.completer is None:
+            self.completer = threading.Thread(target=self._complete, name="completer", daemon=True)
+            self.completer.start()
+        self.waiting += 1
+        self.todo.put((job, begun))
+
+    def _outcome(self, item: tuple) -> tuple[Job, str]:
+        job, outcome = item
+        if job is None:
+            self.waiting = 0
+            raise outcome
+        self.waiting -= 1
+        return item
 
     def _arrived(self):
-        while self.sent and self.sent[0][1].done():
-            done_jobs, outcomes = self.sent.popleft()
-            yield from zip(done_jobs, outcomes.result())
+        while self.waiting:
+            try:
+                item = self.done.get_nowait()
+            except queue.Empty:
+                return
+            yield self._outcome(item)
 
     def run(self, jobs: list[Job], fresh_until: float):
-        """The handlers of the jobs, their completions sent as the database is free; those of the last ones
-        may still be on their way (wait)."""
+        """The handlers of the jobs, their completions handed to the completer; those of the last ones may
+        still be on their way (wait)."""
         agent = self.agent
         for job in jobs:
             if agent._reader is None or agent._reader.closed or agent._reader.broken:
@@ -210,20 +260,15 @@ class _Completions:
             # within the first third of the claim's lease the job is ours without asking (no other
             # agent takes it before the lease runs out); later the lease is renewed as run_job does
             if time.monotonic() >= fresh_until and not agent._renew_lease(job, agent._reader):
-                self.ready.append((job, "lost"))
+                self._hand_over(job, "lost")
             else:
-                self.ready.append((job, agent._start_job(job, agent._reader)))
+                self._hand_over(job, agent._start_job(job, agent._reader))
             yield from self._arrived()
-            if not self.sent:
-                self._send()
 
     def wait(self):
         """The outcomes of every completion still to come, sent and received."""
-        if self.ready:
-            self._send()
-        while self.sent:
-            done_jobs, outcomes = self.sent.popleft()
-            yield from zip(done_jobs, outcomes.result())
+        while self.waiting:
+            yield self._outcome(self.done.get())
 
 
 class Agent:
