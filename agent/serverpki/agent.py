@@ -250,11 +250,13 @@ class _Completions:
                 return
             yield self._outcome(item)
 
-    def run(self, jobs: list[Job], fresh_until: float):
+    def run(self, jobs: list[Job], fresh_until: float, before_last=None):
         """The handlers of the jobs, their completions handed to the completer; those of the last ones may
-        still be on their way (wait)."""
+        still be on their way (wait). before_last(): called as the last job's handler starts."""
         agent = self.agent
         for job in jobs:
+            if before_last is not None and job is jobs[-1]:
+                before_last()
             if agent._reader is None or agent._reader.closed or agent._reader.broken:
                 agent._reader = agent._connect()   # lost (a restart, a failover): waited for, as the own one
             # within the first third of the claim's lease the job is ours without asking (no other
@@ -540,6 +542,15 @@ class Agent:
             heartbeat.watch(job)
         return claiming, jobs, self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label))
 
+    def _read_at_turn(self, ahead: Future) -> None:
+        """The reads of the claim made ahead that wait for its turn (a handler's read_at_turn: issue_local's
+        CA), made by the claimer as the last handler of the claim before it starts: a job before its turn.
+        The thread that signs finds them there and does not wait for the database."""
+        _, jobs, batch = ahead.result()
+        if jobs:
+            self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label), hook="read_at_turn",
+                             batch=batch)
+
     def _let_go(self, ahead: Future | None) -> None:
         """A drain that ends abnormally leaves the claim made ahead unstarted: its leases are no longer
         extended, so its jobs come back when they run out (as the unstarted jobs of the current claim)."""
@@ -621,12 +632,17 @@ class Agent:
         due after each claim (the follow-ups the jobs before it enqueued)."""
         claimed = 0
         ahead: Future | None = None   # the next claim, made while the handlers of this one work
+        turn: Future | None = None    # its reads that wait for its turn, made as the last handler of this one starts
         with _Completions(self) as completions, ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer") as claimer:
             try:
                 while max_jobs is None or claimed < max_jobs:
                     if ahead is not None:
                         claiming, jobs, batch = ahead.result()
                         ahead = None
+                        if turn is not None:
+                            with contextlib.suppress(Exception):   # (what failed is read below, as the handlers would)
+                                turn.result()
+                            turn = None
                     else:
                         claiming = time.monotonic()
                         # while the completions of the last claim's overlapped jobs are on their way (on the agent's
@@ -644,8 +660,9 @@ class Agent:
                         yield from completions.wait()
                         continue
                     # the handlers of this claim share what they read once for it (Context.batch); what may not be
-                    # read before the claim's turn (read_at_turn: issue_local's CA) is read now, before the next
-                    # claim is made ahead: the claimer's work would delay the answer, on the thread that signs
+                    # read before the claim's turn (read_at_turn: issue_local's CA) was read as the last handler of
+                    # the claim before it started (a claim made ahead, _read_at_turn), else it is read now, before
+                    # the next claim is made ahead: the claimer's work would delay the answer, on the thread that signs
                     self._batch = batch
                     if any(job.kind in OVERLAPPED_KINDS for job in jobs):
                         self._read_ahead(jobs, self._on_reader, hook="read_at_turn", batch=batch)
@@ -653,9 +670,14 @@ class Agent:
                     # a full claim of overlapped jobs (more are likely due): the next one is claimed while these
                     # run, on a connection of its own, and is there when they are done. Only overlapped kinds,
                     # as on the handlers' connection: completions are on their way by then
+                    before_last = None
                     if (len(jobs) >= self.batch and all(job.kind in OVERLAPPED_KINDS for job in jobs)
                             and (max_jobs is None or claimed < max_jobs)):
                         ahead = claimer.submit(self._claim_ahead)
+
+                        def before_last(ahead: Future = ahead) -> None:
+                            nonlocal turn
+                            turn = claimer.submit(self._read_at_turn, ahead)
                     if bar.shown:
                         bar.set_total(claimed + self.due())
                     pooled = [job for job in jobs if job.kind in POOLED_KINDS]
@@ -665,7 +687,8 @@ class Agent:
                     for overlapped, run in itertools.groupby((job for job in jobs if job.id not in {p.id for p in pooled}),
                                                              key=lambda job: job.kind in OVERLAPPED_KINDS):
                         if overlapped:
-                            yield from completions.run(list(run), fresh_until=claiming + self.lease / 3)
+                            yield from completions.run(list(run), fresh_until=claiming + self.lease / 3,
+                                                       before_last=before_last)
                         else:
                             yield from completions.wait()
                             for job in run:
