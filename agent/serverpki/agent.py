@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
@@ -43,6 +42,11 @@ POOLED_KINDS = frozenset({"distribute"})
 # a certificate): consecutive jobs of one claim overlap, the database applies the completions sent last
 # while the next handlers work, and those ready meanwhile go together (_Completions)
 OVERLAPPED_KINDS = frozenset({"issue_local"})
+# the completer gathers at least this many completions, or waits this long for them, before it sends them: each
+# call of the completion has a fixed cost in the database, which a few more completions share
+GATHER_COMPLETIONS = 8
+GATHER_SECONDS = 0.02
+_FLUSH = object()   # to the completer: send what you gathered now (the drain waits for it)
 
 
 class DatabaseLost(ServerPKIError):
@@ -170,10 +174,10 @@ class _Completions:
     """Completions overlapped: a job of OVERLAPPED_KINDS does nothing outside the agent, so the next ones'
     handlers may run while the database applies the completions of those before (checks, storage, events,
     on the other core), and the next claim goes while the last ones are applied. A completer thread takes
-    the completions handed over whenever the database is free, all that are there, together
-    (complete_issue_batch: one round trip, one statement per step for all of them), on the agent's own
-    connection (the one whose server-side Python is warm): it does not wait for the thread that signs to
-    finish its job to send them; each refusal is handled as run_job handles it (_refused: SP022 lost,
+    the completions handed over whenever the database is free, all that are there (a few gathered first:
+    GATHER_COMPLETIONS), together (complete_issue_batch: one round trip, one statement per step for all of
+    them), on the agent's own connection (the one whose server-side Python is warm): it does not wait for
+    the thread that signs to finish its job to send them; each refusal is handled as run_job handles it (_refused: SP022 lost,
     SP023 dead, else failed and retried; a lost connection stops the drain). The handlers read through a
     second connection."""
 
@@ -205,16 +209,23 @@ class _Completions:
         return self.waiting > 0
 
     def _complete(self) -> None:
-        """The completer thread: the completions there, sent together, as long as the drain hands some over."""
+        """The completer thread: the completions there, sent together, as long as the drain hands some over;
+        after the first, it gathers GATHER_COMPLETIONS, for GATHER_SECONDS at most, unless told to send (_FLUSH)."""
         while (first := self.todo.get()) is not None:
+            if first is _FLUSH:
+                continue
             started, end = [first], False
+            until = time.monotonic() + GATHER_SECONDS
             while True:
                 try:
-                    item = self.todo.get_nowait()
+                    gathered = len(started) >= GATHER_COMPLETIONS
+                    item = self.todo.get_nowait() if gathered else self.todo.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:
                     end = True
+                    break
+                if item is _FLUSH:
                     break
                 started.append(item)
             try:
@@ -269,6 +280,8 @@ class _Completions:
 
     def wait(self):
         """The outcomes of every completion still to come, sent and received."""
+        if self.waiting:
+            self.todo.put(_FLUSH)
         while self.waiting:
             yield self._outcome(self.done.get())
 
@@ -343,8 +356,8 @@ class Agent:
             params.update(self.selection, requested=self.requested)
             query = q("claim_selected_jobs")
 
-        def claimed(conn: psycopg.Connection) -> list[dict]:
-            return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
+        def claimed(conn: psycopg.Connection) -> list[tuple]:
+            return conn.execute(query, params).fetchall()   # a Job's fields, in its order (query claim_jobs)
 
         # the connection may have died while it waited (a restart, a failover): claim on a new one. Had
         # the lost claim gone through after all, its jobs come back when their lease runs out
@@ -353,13 +366,14 @@ class Agent:
             rows = self._on_side(side, claimed, f"agent {self.name}")
         else:
             rows = self._on_own_connection(claimed, f"agent {self.name}")
-        if any(r["kind"] not in self._completions for r in rows):
+        if any(r[1] not in self._completions for r in rows):   # (r[1]: the kind)
             # on the connection the claim used: the agent's own one may be busy sending completions
             self._completions = dict(self._on_side(side, lambda conn: conn.execute(q("job_completions")).fetchall(), f"agent {self.name}")
                                      if side else self.conn.execute(q("job_completions")).fetchall())
-        return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
-                    r["args"] or {}, r["attempts"], r["max_attempts"], str(r["lease_token"]),
-                    r["certificate_name"], r["disthost_name"]) for r in rows]
+        return [Job(id, kind, certificate, instance, disthost, zone, args or {}, attempts, max_attempts, lease,
+                    certificate_name, disthost_name)
+                for id, kind, certificate, instance, disthost, zone, args, attempts, max_attempts, lease,
+                    certificate_name, disthost_name in rows]
 
     def run_job(self, job: Job, conn: psycopg.Connection | None = None) -> str:
         """Run one claimed job to its outcome; returns done, failed, dead or lost.
