@@ -47,6 +47,9 @@ OVERLAPPED_KINDS = frozenset({"issue_local"})
 GATHER_COMPLETIONS = 8
 GATHER_SECONDS = 0.02
 _FLUSH = object()   # to the completer: send what you gathered now (the drain waits for it)
+# the reads of a claim made ahead that wait for its turn are made this many jobs before it (Agent._read_at_turn):
+# a query of the claimer takes the GIL a few times, each when the signing thread lets it go (once a certificate)
+TURN_LEAD = 3
 
 
 class DatabaseLost(ServerPKIError):
@@ -263,10 +266,12 @@ class _Completions:
 
     def run(self, jobs: list[Job], fresh_until: float, before_last=None):
         """The handlers of the jobs, their completions handed to the completer; those of the last ones may
-        still be on their way (wait). before_last(): called as the last job's handler starts."""
+        still be on their way (wait). before_last(): called as the last TURN_LEAD jobs' handlers start (the
+        first job's never: what the first one does comes before)."""
         agent = self.agent
-        for job in jobs:
-            if before_last is not None and job is jobs[-1]:
+        lead_from = max(1, len(jobs) - TURN_LEAD)
+        for n, job in enumerate(jobs):
+            if before_last is not None and n == lead_from:
                 before_last()
             if agent._reader is None or agent._reader.closed or agent._reader.broken:
                 agent._reader = agent._connect()   # lost (a restart, a failover): waited for, as the own one
@@ -558,8 +563,9 @@ class Agent:
 
     def _read_at_turn(self, ahead: Future) -> None:
         """The reads of the claim made ahead that wait for its turn (a handler's read_at_turn: issue_local's
-        CA), made by the claimer as the last handler of the claim before it starts: a job before its turn.
-        The thread that signs finds them there and does not wait for the database."""
+        CA), made by the claimer as the last handlers of the claim before it start: TURN_LEAD jobs before its
+        turn at most, never before that claim's first job. The thread that signs finds them there and does not
+        wait for the database."""
         _, jobs, batch = ahead.result()
         if jobs:
             self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label), hook="read_at_turn",
@@ -674,7 +680,7 @@ class Agent:
                         yield from completions.wait()
                         continue
                     # the handlers of this claim share what they read once for it (Context.batch); what may not be
-                    # read before the claim's turn (read_at_turn: issue_local's CA) was read as the last handler of
+                    # read before the claim's turn (read_at_turn: issue_local's CA) was read as the last handlers of
                     # the claim before it started (a claim made ahead, _read_at_turn), else it is read now, before
                     # the next claim is made ahead: the claimer's work would delay the answer, on the thread that signs
                     self._batch = batch

@@ -91,8 +91,8 @@ def _read_ahead(jobs: list[Job], ctx: Context) -> None:
 
 
 def _read_at_turn(jobs: list[Job], ctx: Context) -> None:
-    """The local CA, read by the agent when the claim's turn comes: as the last handler of the claim before it
-    starts (Agent._read_at_turn), or before its first handler (Agent._outcomes)."""
+    """The local CA, read by the agent when the claim's turn comes: as the last handlers of the claim before it
+    start (Agent._read_at_turn: a few jobs before), or before its first handler (Agent._outcomes)."""
     batch_read(ctx, "local_ca_current")
 
 
