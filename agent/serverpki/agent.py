@@ -180,14 +180,16 @@ class _Completions:
     the completions handed over whenever the database is free, all that are there (a few gathered first:
     GATHER_COMPLETIONS), together (complete_issue_batch: one round trip, one statement per step for all of
     them), on the agent's own connection (the one whose server-side Python is warm): it does not wait for
-    the thread that signs to finish its job to send them; each refusal is handled as run_job handles it (_refused: SP022 lost,
-    SP023 dead, else failed and retried; a lost connection stops the drain). The handlers read through a
-    second connection."""
+    the thread that signs to finish its job to send them; each refusal is handled as run_job handles it
+    (_refused: SP022 lost, SP023 dead, else failed and retried; a lost connection stops the drain). The
+    handlers read through a second connection."""
 
     def __init__(self, agent: "Agent"):
         self.agent = agent
-        self.todo: queue.SimpleQueue = queue.SimpleQueue()   # (job, (Completion, statement) or its outcome); None: the end
-        self.done: queue.SimpleQueue = queue.SimpleQueue()   # (job, outcome) in order; (None, error): the completer stopped
+        # (job, (Completion, statement) or its outcome), _FLUSH, None: the end
+        self.todo: queue.SimpleQueue = queue.SimpleQueue()
+        # (job, outcome) in order; (None, error): the completer stopped
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
         self.waiting = 0                                     # jobs handed over whose outcome was not yielded yet
         self.completer: threading.Thread | None = None      # started with the first completion of the drain
 
@@ -222,7 +224,8 @@ class _Completions:
             while True:
                 try:
                     gathered = len(started) >= GATHER_COMPLETIONS
-                    item = self.todo.get_nowait() if gathered else self.todo.get(timeout=max(0.0, until - time.monotonic()))
+                    item = (self.todo.get_nowait() if gathered
+                            else self.todo.get(timeout=max(0.0, until - time.monotonic())))
                 except queue.Empty:
                     break
                 if item is None:
@@ -652,7 +655,7 @@ class Agent:
         due after each claim (the follow-ups the jobs before it enqueued)."""
         claimed = 0
         ahead: Future | None = None   # the next claim, made while the handlers of this one work
-        turn: Future | None = None    # its reads that wait for its turn, made as the last handler of this one starts
+        turn: Future | None = None    # its reads that wait for its turn, made as the last handlers of this one start
         with _Completions(self) as completions, ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer") as claimer:
             try:
                 while max_jobs is None or claimed < max_jobs:
@@ -680,9 +683,9 @@ class Agent:
                         yield from completions.wait()
                         continue
                     # the handlers of this claim share what they read once for it (Context.batch); what may not be
-                    # read before the claim's turn (read_at_turn: issue_local's CA) was read as the last handlers of
-                    # the claim before it started (a claim made ahead, _read_at_turn), else it is read now, before
-                    # the next claim is made ahead: the claimer's work would delay the answer, on the thread that signs
+                    # read before the claim's turn (read_at_turn: issue_local's CA) was read as the last handlers
+                    # of the claim before it started (a claim made ahead, _read_at_turn), else it is read now,
+                    # before the next claim is made ahead: the claimer would delay the answer
                     self._batch = batch
                     if any(job.kind in OVERLAPPED_KINDS for job in jobs):
                         self._read_ahead(jobs, self._on_reader, hook="read_at_turn", batch=batch)

@@ -57,7 +57,8 @@ def issue_local(job: Job, ctx: Context) -> Completion:
         if ca is None:
             raise GiveUp(NO_CA)
         # the opened key by the instance read for the batch: its key's digest (_open_ca_key) taken once a batch
-        ca_cert, ca_key = _ca_certificate(ca["cert"]), batch_value(ctx, f"ca_key {ca['id']}", lambda: _open_ca_key(ca, ctx))
+        ca_cert = _ca_certificate(ca["cert"])
+        ca_key = batch_value(ctx, f"ca_key {ca['id']}", lambda: _open_ca_key(ca, ctx))
         now = batch_read(ctx, "db_now")["now"]
         x509cfg = ctx.config.x509
         lifetime = x509cfg.server_lifetime_days if req["subject_type"] == "server" else x509cfg.client_lifetime_days
