@@ -616,6 +616,8 @@ def test_an_agents_batch_of_issue_jobs_keeps_every_jobs_outcome(conn, dsn, confi
 
     def handler(job, ctx):
         runs.append(job.id)
+        if job.id == jobs["b.example.org"]:
+            a_taken.wait(30)   # the completer takes a's completion alone (it takes all that are there)
         if job.id == jobs["d.example.org"]:
             raise RuntimeError("the handler crashed")
         result = real(job, ctx)
@@ -632,9 +634,9 @@ def test_an_agents_batch_of_issue_jobs_keeps_every_jobs_outcome(conn, dsn, confi
     agent = Agent(dsn, config, name=AGENT, batch=10, kinds=["issue_local"])
     agent.handlers = {"issue_local": handler}
     # a's completion is held until every handler ran: b to e wait for the database, and go together
-    all_started, batches = threading.Event(), []
+    all_started, a_taken, batches = threading.Event(), threading.Event(), []
     finish_overlapped, finish_batch = agent._finish_overlapped, agent._finish_batch
-    agent._finish_overlapped = lambda started: all_started.wait(30) and finish_overlapped(started)
+    agent._finish_overlapped = lambda started: (a_taken.set(), all_started.wait(30))[1] and finish_overlapped(started)
     agent._finish_batch = lambda batch: batches.append([job.id for job, _ in batch]) or finish_batch(batch)
     try:
         stats = agent.drain()

@@ -12,17 +12,17 @@ import contextlib
 import itertools
 import logging
 import os
+import queue
 import select
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import handlers as handler_registry
@@ -42,6 +42,14 @@ POOLED_KINDS = frozenset({"distribute"})
 # a certificate): consecutive jobs of one claim overlap, the database applies the completions sent last
 # while the next handlers work, and those ready meanwhile go together (_Completions)
 OVERLAPPED_KINDS = frozenset({"issue_local"})
+# the completer gathers at least this many completions, or waits this long for them, before it sends them: each
+# call of the completion has a fixed cost in the database, which a few more completions share
+GATHER_COMPLETIONS = 8
+GATHER_SECONDS = 0.02
+_FLUSH = object()   # to the completer: send what you gathered now (the drain waits for it)
+# the reads of a claim made ahead that wait for its turn are made this many jobs before it (Agent._read_at_turn):
+# a query of the claimer takes the GIL a few times, each when the signing thread lets it go (once a certificate)
+TURN_LEAD = 3
 
 
 class DatabaseLost(ServerPKIError):
@@ -168,62 +176,122 @@ class _Heartbeats(threading.Thread):
 class _Completions:
     """Completions overlapped: a job of OVERLAPPED_KINDS does nothing outside the agent, so the next ones'
     handlers may run while the database applies the completions of those before (checks, storage, events,
-    on the other core), and the next claim goes while the last ones are applied. The completions that are
-    ready when the database is free go together (complete_issue_batch: one round trip, one statement per
-    step for all of them), on the agent's own connection (the one whose server-side Python is warm); each
-    refusal is handled as run_job handles it (_refused: SP022 lost, SP023 dead, else failed and retried; a
-    lost connection stops the drain). The handlers read through a second connection."""
+    on the other core), and the next claim goes while the last ones are applied. A completer thread takes
+    the completions handed over whenever the database is free, all that are there (a few gathered first:
+    GATHER_COMPLETIONS), together (complete_issue_batch: one round trip, one statement per step for all of
+    them), on the agent's own connection (the one whose server-side Python is warm): it does not wait for
+    the thread that signs to finish its job to send them; each refusal is handled as run_job handles it
+    (_refused: SP022 lost, SP023 dead, else failed and retried; a lost connection stops the drain). The
+    handlers read through a second connection."""
 
     def __init__(self, agent: "Agent"):
         self.agent = agent
-        self.completer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="completer")
-        self.sent: deque[tuple[list[Job], Future]] = deque()   # the batches on their way, in order
-        self.ready: list[tuple[Job, object]] = []              # (job, (Completion, statement) or its outcome)
+        # (job, (Completion, statement) or its outcome), _FLUSH, None: the end
+        self.todo: queue.SimpleQueue = queue.SimpleQueue()
+        # (job, outcome) in order; (None, error): the completer stopped
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.waiting = 0                                     # jobs handed over whose outcome was not yielded yet
+        self.completer: threading.Thread | None = None      # started with the first completion of the drain
 
     def __enter__(self) -> "_Completions":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.completer.shutdown(wait=True)
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.completer is None:
+            return
+        if exc_type is not None:   # the drain stops (an error, Ctrl-C): what was not taken yet is not sent, the
+            while True:            # leases bring those jobs back; what is on its way is waited for
+                try:
+                    self.todo.get_nowait()
+                except queue.Empty:
+                    break
+        self.todo.put(None)
+        self.completer.join()
 
     @property
     def pending(self) -> bool:
         """Whether completions are on their way or waiting to be sent."""
-        return bool(self.sent or self.ready)
+        return self.waiting > 0
 
-    def _send(self) -> None:
-        self.sent.append(([job for job, _ in self.ready], self.completer.submit(self.agent._finish_overlapped, list(self.ready))))
-        self.ready.clear()
+    def _complete(self) -> None:
+        """The completer thread: the completions there, sent together, as long as the drain hands some over;
+        after the first, it gathers GATHER_COMPLETIONS, for GATHER_SECONDS at most, unless told to send (_FLUSH)."""
+        while (first := self.todo.get()) is not None:
+            if first is _FLUSH:
+                continue
+            started, end = [first], False
+            until = time.monotonic() + GATHER_SECONDS
+            while True:
+                try:
+                    gathered = len(started) >= GATHER_COMPLETIONS
+                    item = (self.todo.get_nowait() if gathered
+                            else self.todo.get(timeout=max(0.0, until - time.monotonic())))
+                except queue.Empty:
+                    break
+                if item is None:
+                    end = True
+                    break
+                if item is _FLUSH:
+                    break
+                started.append(item)
+            try:
+                outcomes = self.agent._finish_overlapped(started)
+            except BaseException as exc:   # (the database lost) the drain stops with it, at its next outcome
+                self.done.put((None, exc))
+                return
+            for (job, _), outcome in zip(started, outcomes):
+                self.done.put((job, outcome))
+            if end:
+                return
+
+    def _hand_over(self, job: Job, begun: object) -> None:
+        if self.completer is None:
+            self.completer = threading.Thread(target=self._complete, name="completer", daemon=True)
+            self.completer.start()
+        self.waiting += 1
+        self.todo.put((job, begun))
+
+    def _outcome(self, item: tuple) -> tuple[Job, str]:
+        job, outcome = item
+        if job is None:
+            self.waiting = 0
+            raise outcome
+        self.waiting -= 1
+        return item
 
     def _arrived(self):
-        while self.sent and self.sent[0][1].done():
-            done_jobs, outcomes = self.sent.popleft()
-            yield from zip(done_jobs, outcomes.result())
+        while self.waiting:
+            try:
+                item = self.done.get_nowait()
+            except queue.Empty:
+                return
+            yield self._outcome(item)
 
-    def run(self, jobs: list[Job], fresh_until: float):
-        """The handlers of the jobs, their completions sent as the database is free; those of the last ones
-        may still be on their way (wait)."""
+    def run(self, jobs: list[Job], fresh_until: float, before_last=None):
+        """The handlers of the jobs, their completions handed to the completer; those of the last ones may
+        still be on their way (wait). before_last(): called as the last TURN_LEAD jobs' handlers start (the
+        first job's never: what the first one does comes before)."""
         agent = self.agent
-        for job in jobs:
+        lead_from = max(1, len(jobs) - TURN_LEAD)
+        for n, job in enumerate(jobs):
+            if before_last is not None and n == lead_from:
+                before_last()
             if agent._reader is None or agent._reader.closed or agent._reader.broken:
                 agent._reader = agent._connect()   # lost (a restart, a failover): waited for, as the own one
             # within the first third of the claim's lease the job is ours without asking (no other
             # agent takes it before the lease runs out); later the lease is renewed as run_job does
             if time.monotonic() >= fresh_until and not agent._renew_lease(job, agent._reader):
-                self.ready.append((job, "lost"))
+                self._hand_over(job, "lost")
             else:
-                self.ready.append((job, agent._start_job(job, agent._reader)))
+                self._hand_over(job, agent._start_job(job, agent._reader))
             yield from self._arrived()
-            if not self.sent:
-                self._send()
 
     def wait(self):
         """The outcomes of every completion still to come, sent and received."""
-        if self.ready:
-            self._send()
-        while self.sent:
-            done_jobs, outcomes = self.sent.popleft()
-            yield from zip(done_jobs, outcomes.result())
+        if self.waiting:
+            self.todo.put(_FLUSH)
+        while self.waiting:
+            yield self._outcome(self.done.get())
 
 
 class Agent:
@@ -296,8 +364,8 @@ class Agent:
             params.update(self.selection, requested=self.requested)
             query = q("claim_selected_jobs")
 
-        def claimed(conn: psycopg.Connection) -> list[dict]:
-            return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
+        def claimed(conn: psycopg.Connection) -> list[tuple]:
+            return conn.execute(query, params).fetchall()   # a Job's fields, in its order (query claim_jobs)
 
         # the connection may have died while it waited (a restart, a failover): claim on a new one. Had
         # the lost claim gone through after all, its jobs come back when their lease runs out
@@ -306,13 +374,14 @@ class Agent:
             rows = self._on_side(side, claimed, f"agent {self.name}")
         else:
             rows = self._on_own_connection(claimed, f"agent {self.name}")
-        if any(r["kind"] not in self._completions for r in rows):
+        if any(r[1] not in self._completions for r in rows):   # (r[1]: the kind)
             # on the connection the claim used: the agent's own one may be busy sending completions
             self._completions = dict(self._on_side(side, lambda conn: conn.execute(q("job_completions")).fetchall(), f"agent {self.name}")
                                      if side else self.conn.execute(q("job_completions")).fetchall())
-        return [Job(r["id"], r["kind"], r["certificate"], r["instance"], r["disthost"], r["zone"],
-                    r["args"] or {}, r["attempts"], r["max_attempts"], str(r["lease_token"]),
-                    r["certificate_name"], r["disthost_name"]) for r in rows]
+        return [Job(id, kind, certificate, instance, disthost, zone, args or {}, attempts, max_attempts, lease,
+                    certificate_name, disthost_name)
+                for id, kind, certificate, instance, disthost, zone, args, attempts, max_attempts, lease,
+                    certificate_name, disthost_name in rows]
 
     def run_job(self, job: Job, conn: psycopg.Connection | None = None) -> str:
         """Run one claimed job to its outcome; returns done, failed, dead or lost.
@@ -340,7 +409,8 @@ class Agent:
         heartbeat = self._heartbeat()
         heartbeat.watch(job)
         ctx = Context(config=self.config, conn=conn, agent_name=self.name, batch=self._batch)
-        log.debug("%s: start (attempt %s of %s)", job.label, job.attempts, job.max_attempts)
+        if log.isEnabledFor(logging.DEBUG):   # (a job's label is made anew at each use: not for nothing)
+            log.debug("%s: start (attempt %s of %s)", job.label, job.attempts, job.max_attempts)
         crash_point(f"{job.kind}.claimed")
         try:
             # a handler that returns no Completion fails its attempt like one that crashed
@@ -494,6 +564,16 @@ class Agent:
             heartbeat.watch(job)
         return claiming, jobs, self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label))
 
+    def _read_at_turn(self, ahead: Future) -> None:
+        """The reads of the claim made ahead that wait for its turn (a handler's read_at_turn: issue_local's
+        CA), made by the claimer as the last handlers of the claim before it start: TURN_LEAD jobs before its
+        turn at most, never before that claim's first job. The thread that signs finds them there and does not
+        wait for the database."""
+        _, jobs, batch = ahead.result()
+        if jobs:
+            self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label), hook="read_at_turn",
+                             batch=batch)
+
     def _let_go(self, ahead: Future | None) -> None:
         """A drain that ends abnormally leaves the claim made ahead unstarted: its leases are no longer
         extended, so its jobs come back when they run out (as the unstarted jobs of the current claim)."""
@@ -509,12 +589,13 @@ class Agent:
             log.info("agent %s: %s jobs claimed ahead not started (%s); they are claimed again when their lease runs out",
                      self.name, len(jobs), ", ".join(str(job.id) for job in jobs))
 
-    def _read_ahead(self, jobs: list[Job], on_connection) -> dict:
-        """Context.batch for the handlers of a claim, with what the handlers of its kinds read once for it
-        read already (a handler's read_ahead(jobs, ctx)); on_connection(work, label): where."""
-        batch = self._new_batch(jobs)
+    def _read_ahead(self, jobs: list[Job], on_connection, hook: str = "read_ahead", batch: dict | None = None) -> dict:
+        """Context.batch for the handlers of a claim (batch: the one it has, else a new one), with what the
+        handlers of its kinds read once for it read already (a handler's read_ahead(jobs, ctx), or the hook
+        named); on_connection(work, label): where."""
+        batch = self._new_batch(jobs) if batch is None else batch
         for kind in sorted({job.kind for job in jobs}):
-            read_ahead = getattr(self.handlers[kind], "read_ahead", None)
+            read_ahead = getattr(self.handlers[kind], hook, None)
             if read_ahead is not None:
                 ofkind = [job for job in jobs if job.kind == kind]
                 try:
@@ -574,12 +655,17 @@ class Agent:
         due after each claim (the follow-ups the jobs before it enqueued)."""
         claimed = 0
         ahead: Future | None = None   # the next claim, made while the handlers of this one work
+        turn: Future | None = None    # its reads that wait for its turn, made as the last handlers of this one start
         with _Completions(self) as completions, ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer") as claimer:
             try:
                 while max_jobs is None or claimed < max_jobs:
                     if ahead is not None:
                         claiming, jobs, batch = ahead.result()
                         ahead = None
+                        if turn is not None:
+                            with contextlib.suppress(Exception):   # (what failed is read below, as the handlers would)
+                                turn.result()
+                            turn = None
                     else:
                         claiming = time.monotonic()
                         # while the completions of the last claim's overlapped jobs are on their way (on the agent's
@@ -596,15 +682,25 @@ class Agent:
                         # enqueued when these are in: claimed once they are
                         yield from completions.wait()
                         continue
-                    # the handlers of this claim share what they read once for it (Context.batch)
+                    # the handlers of this claim share what they read once for it (Context.batch); what may not be
+                    # read before the claim's turn (read_at_turn: issue_local's CA) was read as the last handlers
+                    # of the claim before it started (a claim made ahead, _read_at_turn), else it is read now,
+                    # before the next claim is made ahead: the claimer would delay the answer
                     self._batch = batch
+                    if any(job.kind in OVERLAPPED_KINDS for job in jobs):
+                        self._read_ahead(jobs, self._on_reader, hook="read_at_turn", batch=batch)
                     claimed += len(jobs)
                     # a full claim of overlapped jobs (more are likely due): the next one is claimed while these
                     # run, on a connection of its own, and is there when they are done. Only overlapped kinds,
                     # as on the handlers' connection: completions are on their way by then
+                    before_last = None
                     if (len(jobs) >= self.batch and all(job.kind in OVERLAPPED_KINDS for job in jobs)
                             and (max_jobs is None or claimed < max_jobs)):
                         ahead = claimer.submit(self._claim_ahead)
+
+                        def before_last(ahead: Future = ahead) -> None:
+                            nonlocal turn
+                            turn = claimer.submit(self._read_at_turn, ahead)
                     if bar.shown:
                         bar.set_total(claimed + self.due())
                     pooled = [job for job in jobs if job.kind in POOLED_KINDS]
@@ -614,7 +710,8 @@ class Agent:
                     for overlapped, run in itertools.groupby((job for job in jobs if job.id not in {p.id for p in pooled}),
                                                              key=lambda job: job.kind in OVERLAPPED_KINDS):
                         if overlapped:
-                            yield from completions.run(list(run), fresh_until=claiming + self.lease / 3)
+                            yield from completions.run(list(run), fresh_until=claiming + self.lease / 3,
+                                                       before_last=before_last)
                         else:
                             yield from completions.wait()
                             for job in run:
@@ -665,9 +762,11 @@ class Agent:
                         len(batch), exc.diag.sqlstate or type(exc).__name__, _first_line(exc))
             return {job.id: self._finish_job(job, statement, self.conn) for job, (_, statement) in batch}
         outcomes = {}
+        told = log.isEnabledFor(logging.INFO)
         for (job, _), state, message in zip(batch, states, messages):
             if state is None:
-                log.info("%s: done", job.label)
+                if told:
+                    log.info("%s: done", job.label)
                 outcomes[job.id] = "done"
             else:
                 outcomes[job.id] = self._refused(job, state, message or state, self.conn)

@@ -2,16 +2,20 @@
 -- The queue's own calls are single calls of pki functions.
 
 -- name: claim_jobs
--- with the names the log lines of a job show: its certificate's main subject, its disthost
-SELECT c.*, s.name::text AS certificate_name, d.fqdn::text AS disthost_name
+-- with the names the log lines of a job show: its certificate's main subject, its disthost. The columns of
+-- an agent's Job, in its order (Agent.claim: parsed on the claimer thread, whose Python holds the GIL the
+-- thread that signs waits for: no column it does not use)
+SELECT c.id, c.kind, c.certificate, c.instance, c.disthost, c.zone, c.args, c.attempts, c.max_attempts,
+       c.lease_token::text, s.name::text AS certificate_name, d.fqdn::text AS disthost_name
   FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second') c
   LEFT JOIN pki.main_subjects s ON s.certificate = c.certificate
   LEFT JOIN pki.disthosts d ON d.id = c.disthost;
 
 -- name: claim_selected_jobs
 -- an operate_serverPKI run's drain: only the jobs of its selection, and those it requested (pki.claim_jobs);
--- with the names, as claim_jobs
-SELECT c.*, s.name::text AS certificate_name, d.fqdn::text AS disthost_name
+-- with the names and the columns, as claim_jobs
+SELECT c.id, c.kind, c.certificate, c.instance, c.disthost, c.zone, c.args, c.attempts, c.max_attempts,
+       c.lease_token::text, s.name::text AS certificate_name, d.fqdn::text AS disthost_name
   FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second',
     pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s),
     %(requested)s::bigint[]) c

@@ -62,7 +62,7 @@ def issue_request(job: Job, ctx: Context) -> dict[str, Any]:
 _UNREAD = object()
 
 
-def _batch_value(ctx: Context, name: str, read):
+def batch_value(ctx: Context, name: str, read):
     """ctx.batch[name], read() when it is not there yet. The agent may empty ctx.batch from another thread at
     any moment (a refused completion): a value is taken once, never looked up again after it was stored."""
     value = ctx.batch.get(name, _UNREAD)
@@ -73,7 +73,7 @@ def _batch_value(ctx: Context, name: str, read):
 
 def batch_read(ctx: Context, name: str) -> dict[str, Any] | None:
     """The first row of a named query without parameters, read once for the agent's claimed batch (ctx.batch)."""
-    return _batch_value(ctx, name, lambda: one(ctx, name))
+    return batch_value(ctx, name, lambda: one(ctx, name))
 
 
 def batch_issue_request(job: Job, ctx: Context) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def batch_issue_request(job: Job, ctx: Context) -> dict[str, Any]:
     certificates = ctx.batch.get("certificates") or ()
     if job.certificate not in certificates:
         return issue_request(job, ctx)
-    requests = _batch_value(ctx, "issue_requests", lambda: {
+    requests = batch_value(ctx, "issue_requests", lambda: {
         r["id"]: r for r in every(ctx, "issue_requests", {"certificates": list(certificates)})})
     return requests.get(job.certificate) or issue_request(job, ctx)   # not there: gone, issue_request says so
 
@@ -104,9 +104,10 @@ def open_stored_key(pem: str, passphrase_file, setting: str, what: str):
         raise GiveUp(f"{what}: wrong passphrase (configuration: {setting})") from None
 
 
-def db_passphrase_if_encrypted(ctx: Context) -> bytes | None:
-    """The db_encryption_key passphrase when the stored keys are encrypted (else None), proven on a stored key."""
-    row = one(ctx, "keys_encrypted")
+def db_passphrase_if_encrypted(ctx: Context, row: dict[str, Any] | None = None) -> bytes | None:
+    """The db_encryption_key passphrase when the stored keys are encrypted (else None), proven on a stored key.
+    row: the keys_encrypted row, when it was read already."""
+    row = one(ctx, "keys_encrypted") if row is None else row
     if not (row and row["keysencrypted"]):
         return None
     passphrase = keystore.read_passphrase(ctx.config.paths.db_encryption_key, "Passphrase of the stored keys: ")
@@ -124,7 +125,7 @@ def batch_db_passphrase(ctx: Context) -> bytes | None:
     """db_passphrase_if_encrypted, read and proven once for the agent's claimed batch. A -X/-Y applied
     meanwhile makes the completion refuse the key's form (complete_issue: SP028), the
     agent drops the batch's reads and the job is retried with the new form."""
-    return _batch_value(ctx, "db_passphrase", lambda: db_passphrase_if_encrypted(ctx))
+    return batch_value(ctx, "db_passphrase", lambda: db_passphrase_if_encrypted(ctx, batch_read(ctx, "keys_encrypted")))
 
 
 def job_key(job: Job, ctx: Context, algo: str):

@@ -21,8 +21,8 @@ from typing import Any
 from .. import keystore, x509util
 from ..errors import GiveUp
 from . import Completion, Context, IssuedPair, Job, handler
-from .common import (about, algorithms, batch_db_passphrase, batch_issue_request, batch_read, db_now, issue_request,
-                     open_stored_key, reused_key)
+from .common import (about, algorithms, batch_db_passphrase, batch_issue_request, batch_read, batch_value, db_now,
+                     issue_request, open_stored_key, reused_key)
 
 NO_CA = "no local CA: issue one with operate_serverPKI -I"
 
@@ -56,7 +56,9 @@ def issue_local(job: Job, ctx: Context) -> Completion:
         ca = batch_read(ctx, "local_ca_current")
         if ca is None:
             raise GiveUp(NO_CA)
-        ca_cert, ca_key = _ca_certificate(ca["cert"]), _open_ca_key(ca, ctx)
+        # the opened key by the instance read for the batch: its key's digest (_open_ca_key) taken once a batch
+        ca_cert = _ca_certificate(ca["cert"])
+        ca_key = batch_value(ctx, f"ca_key {ca['id']}", lambda: _open_ca_key(ca, ctx))
         now = batch_read(ctx, "db_now")["now"]
         x509cfg = ctx.config.x509
         lifetime = x509cfg.server_lifetime_days if req["subject_type"] == "server" else x509cfg.client_lifetime_days
@@ -81,13 +83,22 @@ def issue_local(job: Job, ctx: Context) -> Completion:
 
 def _read_ahead(jobs: list[Job], ctx: Context) -> None:
     """What the issue_local handlers of a claim read once for it (ctx.batch), read by the agent before they
-    start (Agent._claim_ahead): the certificates, the database's clock. Not the local CA: a claim made ahead
-    waits for the one before it, and a CA replaced (-I) meanwhile must sign it (read at its first job)."""
+    start (Agent._claim_ahead): the certificates, the database's clock, the stored keys' form (a -X/-Y applied
+    meanwhile: the completion refuses the key's form, SP028, and the job is retried). Not the local CA: a claim
+    made ahead waits for the one before it, and a CA replaced (-I) meanwhile must sign it (_read_at_turn)."""
     batch_issue_request(jobs[0], ctx)
     batch_read(ctx, "db_now")
+    batch_read(ctx, "keys_encrypted")
+
+
+def _read_at_turn(jobs: list[Job], ctx: Context) -> None:
+    """The local CA, read by the agent when the claim's turn comes: as the last handlers of the claim before it
+    start (Agent._read_at_turn: a few jobs before), or before its first handler (Agent._outcomes)."""
+    batch_read(ctx, "local_ca_current")
 
 
 issue_local.read_ahead = _read_ahead
+issue_local.read_at_turn = _read_at_turn
 
 
 # opened CA keys of this process, by instance and stored form: a run that issues many
