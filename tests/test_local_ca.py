@@ -676,7 +676,7 @@ def _agent_counting_runs(dsn, config, before_handler, **kw):
         before_handler(job, ctx, len(runs))
         return real(job, ctx)
 
-    handler.read_ahead = real.read_ahead
+    handler.read_ahead, handler.read_at_turn = real.read_ahead, real.read_at_turn
     agent.handlers = {"issue_local": handler}
     claim = agent.claim
 
@@ -930,3 +930,74 @@ def test_a_CA_replaced_during_a_drain_signs_the_claims_made_after(conn, dsn, con
                                   "WHERE j.id = ANY(%s)", (jobs,)).fetchall())
     later = [j for _, _, ids in claims[1:] for j in ids]
     assert later and all(signed_by[j] == replaced["ca"] for j in later), (claims, signed_by, replaced)
+
+
+def _signed_by(conn, jobs: list[int]) -> dict[int, int]:
+    """Each issue job's CA instance (the cacert of the instance it issued)."""
+    return dict(conn.execute("SELECT j.id, i.cacert FROM jobs j JOIN certinstances i ON i.id = j.instance "
+                             "WHERE j.id = ANY(%s)", (jobs,)).fetchall())
+
+
+def _drained(dsn, config, kinds: list[str]):
+    from serverpki.agent import Agent
+    agent = Agent(dsn, config, name=AGENT, kinds=kinds, batch=10)
+    try:
+        return agent.drain()
+    finally:
+        agent.close()
+
+
+def test_issue_jobs_claimed_after_a_CA_job_are_signed_by_the_new_CA(conn, dsn, config):
+    """One claim: the issue_local_ca job of a -I (it goes first) and issue_local jobs: these read the CA when
+    their turn comes, after the CA job is in, and are signed by the new CA, not the one it replaces."""
+    jobs = _local_issue_jobs(conn, config, 4)
+    ca_job = conn.execute("SELECT request_local_ca('Local CA', 'rsa')").fetchone()[0]
+    stats = _drained(dsn, config, ["issue_local", "issue_local_ca"])
+    assert dict(stats.outcomes) == {"done": 5}, stats.summary()
+    assert set(_signed_by(conn, jobs).values()) == {job_row(conn, ca_job)["instance"]}
+
+
+def test_issue_jobs_claimed_with_the_first_CA_job_are_issued(conn, dsn, config):
+    """No CA yet: the -I and the local certificates in one claim: the issue jobs run after the CA is in, and
+    are issued (not given up: no local CA)."""
+    config.alerts = SimpleNamespace(channels=[])
+    names = [f"n{i}.example.org" for i in range(4)]
+    for name in names:
+        add_local_cert(conn, name, "ec")
+    jobs = [job for (job,) in conn.execute("SELECT job FROM request_create(selection(only_certs => %s))", (names,))]
+    conn.execute("SELECT request_local_ca('Local CA', 'rsa')")
+    stats = _drained(dsn, config, ["issue_local", "issue_local_ca"])
+    assert dict(stats.outcomes) == {"done": 5}, stats.summary()
+    assert {job_row(conn, j)["state"] for j in jobs} == {"done"}
+
+
+def test_issue_jobs_claimed_after_a_key_encryption_job_store_encrypted_keys_at_once(conn, dsn, config):
+    """One claim: the encrypt_keys job of a -X (it goes first) and issue_local jobs: these read the keys' form
+    when their turn comes, after the keys are encrypted: none is refused (SP028) and retried."""
+    jobs = _local_issue_jobs(conn, config, 4)
+    request_keys(conn, True)
+    stats = _drained(dsn, config, ["issue_local", "encrypt_keys"])
+    assert dict(stats.outcomes) == {"done": 5}, stats.summary()
+    assert {job_row(conn, j)["attempts"] for j in jobs} == {1}
+
+
+def test_keys_encrypted_in_another_session_during_a_drain_fail_no_more_than_the_claim_it_hit(conn, dsn, config):
+    """-X completed in another session while the first claim's second job signs: that claim's jobs after it are
+    refused (SP028: the key's form changed) and retried; the claim made ahead reads the keys' form at its turn,
+    not when it was claimed, and is not refused."""
+    jobs = _local_issue_jobs(conn, config, 15)
+
+    def encrypt_keys(job, ctx, n):
+        if n == 2:
+            time.sleep(0.5)   # the claim ahead is made by now
+            with psycopg.connect(dsn, autocommit=True) as other:
+                run_job(other, other.execute("SELECT request_key_encryption(true)").fetchone()[0], config)
+
+    agent, _, runs = _agent_counting_runs(dsn, config, encrypt_keys, batch=5, lease=300)
+    try:
+        agent.drain()
+    finally:
+        agent.close()
+    refused = [runs.index(j) for j in jobs if "SP028" in (job_row(conn, j)["last_error"] or "")]
+    assert all(n < 5 for n in refused), refused
+

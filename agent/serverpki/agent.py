@@ -683,12 +683,10 @@ class Agent:
                         yield from completions.wait()
                         continue
                     # the handlers of this claim share what they read once for it (Context.batch); what may not be
-                    # read before the claim's turn (read_at_turn: issue_local's CA) was read as the last handlers
-                    # of the claim before it started (a claim made ahead, _read_at_turn), else it is read now,
-                    # before the next claim is made ahead: the claimer would delay the answer
+                    # read before the claim's turn (read_at_turn: issue_local's CA and keys' form) was read as the
+                    # last handlers of the claim before it started (a claim made ahead, _read_at_turn), else it is
+                    # read just before its overlapped jobs run, after the jobs claimed before them (-I, -X/-Y)
                     self._batch = batch
-                    if any(job.kind in OVERLAPPED_KINDS for job in jobs):
-                        self._read_ahead(jobs, self._on_reader, hook="read_at_turn", batch=batch)
                     claimed += len(jobs)
                     # a full claim of overlapped jobs (more are likely due): the next one is claimed while these
                     # run, on a connection of its own, and is there when they are done. Only overlapped kinds,
@@ -710,12 +708,16 @@ class Agent:
                     for overlapped, run in itertools.groupby((job for job in jobs if job.id not in {p.id for p in pooled}),
                                                              key=lambda job: job.kind in OVERLAPPED_KINDS):
                         if overlapped:
-                            yield from completions.run(list(run), fresh_until=claiming + self.lease / 3,
+                            run = list(run)
+                            self._read_ahead(run, self._on_reader, hook="read_at_turn", batch=self._batch)
+                            yield from completions.run(run, fresh_until=claiming + self.lease / 3,
                                                        before_last=before_last)
                         else:
                             yield from completions.wait()
                             for job in run:
                                 yield job, self.run_job(job)
+                            # such a job may have changed what the claim read (-I, -X/-Y): the next ones read anew
+                            self._batch = self._new_batch(jobs)
                     if pooled:
                         yield from completions.wait()
                         yield from self._run_pooled(pooled)

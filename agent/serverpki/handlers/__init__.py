@@ -74,7 +74,7 @@ class Context:
     conn: psycopg.Connection
     agent_name: str
     keep_alive: Callable[[], None] = field(default=lambda: None)
-    batch: dict[str, Any] = field(default_factory=dict)
+    batch: dict[str, Any] = field(default_factory=dict, repr=False)   # it holds the opened CA key, passphrases
 
 
 @dataclass

@@ -83,18 +83,20 @@ def issue_local(job: Job, ctx: Context) -> Completion:
 
 def _read_ahead(jobs: list[Job], ctx: Context) -> None:
     """What the issue_local handlers of a claim read once for it (ctx.batch), read by the agent before they
-    start (Agent._claim_ahead): the certificates, the database's clock, the stored keys' form (a -X/-Y applied
-    meanwhile: the completion refuses the key's form, SP028, and the job is retried). Not the local CA: a claim
-    made ahead waits for the one before it, and a CA replaced (-I) meanwhile must sign it (_read_at_turn)."""
+    start (Agent._claim_ahead): the certificates, the database's clock. Not the local CA nor the stored keys'
+    form: a claim made ahead waits for the one before it, and a CA replaced (-I) or keys encrypted (-X/-Y)
+    meanwhile must be what its jobs use (_read_at_turn)."""
     batch_issue_request(jobs[0], ctx)
     batch_read(ctx, "db_now")
-    batch_read(ctx, "keys_encrypted")
 
 
 def _read_at_turn(jobs: list[Job], ctx: Context) -> None:
-    """The local CA, read by the agent when the claim's turn comes: as the last handlers of the claim before it
-    start (Agent._read_at_turn: a few jobs before), or before its first handler (Agent._outcomes)."""
+    """The local CA and the stored keys' form (a -X/-Y applied later: the completion refuses the key's form,
+    SP028, and the job is retried), read by the agent when the claim's turn comes: as the last handlers of the
+    claim before it start (Agent._read_at_turn: a few jobs before), or before its first handler, after the jobs
+    of other kinds claimed before it (Agent._outcomes)."""
     batch_read(ctx, "local_ca_current")
+    batch_read(ctx, "keys_encrypted")
 
 
 issue_local.read_ahead = _read_ahead
