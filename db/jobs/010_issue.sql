@@ -272,15 +272,17 @@ BEGIN
     END IF;
     states := array_fill(NULL::text, ARRAY[n]);
     messages := states;
-    by_bucket := ARRAY(SELECT i FROM generate_subscripts(job_ids, 1) AS i LEFT JOIN jobs jb ON jb.id = job_ids[i]
-                        ORDER BY coalesce(jb.certificate, 0) % 1024, coalesce(jb.certificate, 0), i);
+    -- the arrays put in that order in one pass (unnest): each pairs[i] would walk the array from its start
+    SELECT array_agg(u.i::int ORDER BY u.bucket, u.cert, u.i), array_agg(u.id ORDER BY u.bucket, u.cert, u.i),
+           array_agg(u.token ORDER BY u.bucket, u.cert, u.i), array_agg(u.p ORDER BY u.bucket, u.cert, u.i),
+           array_agg(u.ca ORDER BY u.bucket, u.cert, u.i), array_agg(u.r ORDER BY u.bucket, u.cert, u.i)
+      INTO by_bucket, job_ids, lease_tokens, pairs, cacerts, reports
+      FROM (SELECT a.*, coalesce(jb.certificate, 0) % 1024 AS bucket, coalesce(jb.certificate, 0) AS cert
+              FROM unnest(job_ids, lease_tokens, pairs, cacerts, reports) WITH ORDINALITY AS a(id, token, p, ca, r, i)
+              LEFT JOIN jobs jb ON jb.id = a.id) u;
     IF n > 1 THEN
         BEGIN
-            PERFORM complete_issues_together(ARRAY(SELECT job_ids[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
-                                             ARRAY(SELECT lease_tokens[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
-                                             ARRAY(SELECT pairs[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
-                                             ARRAY(SELECT cacerts[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
-                                             ARRAY(SELECT reports[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o));
+            PERFORM complete_issues_together(job_ids, lease_tokens, pairs, cacerts, reports);
             RETURN;
         EXCEPTION WHEN OTHERS THEN
             -- one of them was refused: each alone below, which says which. The SQLSTATE only (a message may
@@ -288,11 +290,12 @@ BEGIN
             RAISE DEBUG 'complete_issue_batch: the batch of % was refused together (%): each job alone', n, SQLSTATE;
         END;
     END IF;
-    FOREACH pos IN ARRAY by_bucket LOOP
+    FOR k IN 1 .. n LOOP   -- job_ids[k] (in bucket order) is the job given at position by_bucket[k]
+        pos := by_bucket[k];
         BEGIN
-            PERFORM complete_issue(job_ids[pos], lease_tokens[pos],
-                ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(pairs[pos], '[]')) p),
-                cacerts[pos], NULL, NULL, coalesce(reports[pos], '{}'));
+            PERFORM complete_issue(job_ids[k], lease_tokens[k],
+                ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(pairs[k], '[]')) p),
+                cacerts[k], NULL, NULL, coalesce(reports[k], '{}'));
             state := NULL;
             message := NULL;
         EXCEPTION WHEN OTHERS THEN
@@ -316,6 +319,7 @@ AS $$
 DECLARE
     js jobs[];
     results jsonb[];
+    staples boolean[];
     j jobs;
 BEGIN
     -- the jobs locked (in the order given: complete_issue_batch's, by lock bucket), their results in the form
@@ -335,12 +339,14 @@ BEGIN
     IF EXISTS (SELECT 1 FROM unnest(js) u WHERE (u.args ->> 'reuse_from') IS NOT NULL) THEN   -- else nothing to plan
         PERFORM continue_reused_keys(js);
     END IF;
-    -- each transition recorded with its job (the event context: one at a time)
+    -- each transition recorded with its job (the event context: one at a time); what the instances take from
+    -- their certificates read for all at once, so that each job's is an UPDATE of one row by its key
+    staples := ARRAY(SELECT c.ocsp_must_staple FROM unnest(js) WITH ORDINALITY AS u
+                       LEFT JOIN certificates c ON c.id = u.certificate ORDER BY u.ordinality);
     FOR i IN 1 .. cardinality(js) LOOP
         j := js[i];
         PERFORM set_context(format('%s job %s done', j.kind, j.id), j.id);
-        UPDATE certinstances ci SET state = 'issued', cacert = cacerts[i], ocsp_must_staple = c.ocsp_must_staple
-          FROM certificates c WHERE ci.id = j.instance AND c.id = j.certificate;
+        UPDATE certinstances SET state = 'issued', cacert = cacerts[i], ocsp_must_staple = staples[i] WHERE id = j.instance;
     END LOOP;
     -- the reports as complete_issue keeps them, the pairs' keys left out here already: without_secrets then
     -- finds nothing to rebuild them for
