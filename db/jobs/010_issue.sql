@@ -277,9 +277,10 @@ BEGIN
            array_agg(u.token ORDER BY u.bucket, u.cert, u.i), array_agg(u.p ORDER BY u.bucket, u.cert, u.i),
            array_agg(u.ca ORDER BY u.bucket, u.cert, u.i), array_agg(u.r ORDER BY u.bucket, u.cert, u.i)
       INTO by_bucket, job_ids, lease_tokens, pairs, cacerts, reports
-      FROM (SELECT a.*, coalesce(jb.certificate, 0) % 1024 AS bucket, coalesce(jb.certificate, 0) AS cert
+      FROM (SELECT a.*, b.cert % 1024 AS bucket, b.cert
               FROM unnest(job_ids, lease_tokens, pairs, cacerts, reports) WITH ORDINALITY AS a(id, token, p, ca, r, i)
-              LEFT JOIN jobs jb ON jb.id = a.id) u;
+              -- each job by its key (a subquery per job, not a join: that read the whole jobs table)
+              CROSS JOIN LATERAL (SELECT coalesce((SELECT jb.certificate FROM jobs jb WHERE jb.id = a.id), 0) AS cert OFFSET 0) b) u;
     IF n > 1 THEN
         BEGIN
             PERFORM complete_issues_together(job_ids, lease_tokens, pairs, cacerts, reports);
@@ -388,16 +389,18 @@ BEGIN
           JOIN certificates c ON c.id = i.certificate AND c.type = 'local'
           JOIN main_subjects s ON s.certificate = c.id AND s.type = 'CA'
           JOIN certkeydata k ON k.certinstance = i.id
-         WHERE i.id IN (SELECT u.cacert_text::int FROM u WHERE u.cacert_text ~ '^[0-9]{1,9}$')
+         WHERE i.id = ANY (ARRAY(SELECT u.cacert_text::int FROM u WHERE u.cacert_text ~ '^[0-9]{1,9}$'))
            AND i.state IN ('issued', 'deployed')
          ORDER BY i.id, k.id
     ), facts AS MATERIALIZED (
         SELECT u.i, (u.j).id AS job, u.ps, u.result, c.id AS cert_id, c.encryption_algo, main.type::text AS subject_type,
                main.name::text AS main_name, ca.id AS ca_id, ca.pem AS ca_pem,
                (SELECT coalesce(jsonb_agg(s.name::text), '[]') FROM subjects s WHERE s.certificate = c.id AND s.isaltname) AS altnames,
-               EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = (u.j).instance AND ci.state = 'reserved') AS reserved
+               coalesce((SELECT ci.state = 'reserved' FROM certinstances ci WHERE ci.id = (u.j).instance), false) AS reserved
           FROM u
-          LEFT JOIN certificates c ON c.id = (u.j).certificate
+          -- the rows of the jobs found by their keys (LATERAL, a subquery: per job); joined as sets, the planner
+          -- (that cannot know how few jobs a batch has) read the whole tables for every batch
+          LEFT JOIN LATERAL (SELECT * FROM certificates c WHERE c.id = (u.j).certificate OFFSET 0) c ON true
           -- one row per job: the results of check_result_certs are matched by position
           LEFT JOIN LATERAL (SELECT m.type, m.name FROM main_subjects m WHERE m.certificate = c.id LIMIT 1) main ON true
           LEFT JOIN ca ON u.cacert_text ~ '^[0-9]{1,9}$' AND ca.id = u.cacert_text::int
