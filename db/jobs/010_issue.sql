@@ -125,17 +125,20 @@ $$;
 
 -- store_issued_pairs: the checked pairs of issue jobs stored, in one statement for all the jobs (pairs[i]: those
 -- of jobs[i], as a JSON array of {algo, cert, key}); the certkeydata trigger parses each certificate and checks
--- each clear key against it (SP008)
+-- each clear key against it (SP008). PL/pgSQL: its plan kept for the session (a SQL function with SET is planned
+-- at every call, once per batch)
 CREATE OR REPLACE FUNCTION pki.store_issued_pairs(jobs pki.jobs[], pairs jsonb[])
-RETURNS void LANGUAGE sql
+RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
+BEGIN
     INSERT INTO certkeydata (certinstance, encryption_algo, cert, key, key_created)
     SELECT (jobs[i]).instance, p.algo::dd.cert_encryption_algo, convert_to(p.cert, 'UTF8'), convert_to(p.key, 'UTF8'),
            pki.now()
       FROM generate_subscripts(jobs, 1) AS i
      CROSS JOIN LATERAL jsonb_populate_recordset(NULL::dd.issued_pair, pairs[i]) WITH ORDINALITY AS p
-     ORDER BY i, p.ordinality
+     ORDER BY i, p.ordinality;
+END
 $$;
 
 -- continue_reused_keys: a key reused by an issue job (its reuse_from, key_reuse) keeps its age and renewals,
@@ -342,8 +345,8 @@ BEGIN
     END IF;
     -- each transition recorded with its job (the event context: one at a time); what the instances take from
     -- their certificates read for all at once, so that each job's is an UPDATE of one row by its key
-    staples := ARRAY(SELECT c.ocsp_must_staple FROM unnest(js) WITH ORDINALITY AS u
-                       LEFT JOIN certificates c ON c.id = u.certificate ORDER BY u.ordinality);
+    staples := ARRAY(SELECT (SELECT c.ocsp_must_staple FROM certificates c WHERE c.id = u.certificate)
+                       FROM unnest(js) WITH ORDINALITY AS u ORDER BY u.ordinality);
     FOR i IN 1 .. cardinality(js) LOOP
         j := js[i];
         PERFORM set_context(format('%s job %s done', j.kind, j.id), j.id);
