@@ -125,17 +125,20 @@ $$;
 
 -- store_issued_pairs: the checked pairs of issue jobs stored, in one statement for all the jobs (pairs[i]: those
 -- of jobs[i], as a JSON array of {algo, cert, key}); the certkeydata trigger parses each certificate and checks
--- each clear key against it (SP008)
+-- each clear key against it (SP008). PL/pgSQL: its plan kept for the session (a SQL function with SET is planned
+-- at every call, once per batch)
 CREATE OR REPLACE FUNCTION pki.store_issued_pairs(jobs pki.jobs[], pairs jsonb[])
-RETURNS void LANGUAGE sql
+RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
+BEGIN
     INSERT INTO certkeydata (certinstance, encryption_algo, cert, key, key_created)
     SELECT (jobs[i]).instance, p.algo::dd.cert_encryption_algo, convert_to(p.cert, 'UTF8'), convert_to(p.key, 'UTF8'),
            pki.now()
       FROM generate_subscripts(jobs, 1) AS i
      CROSS JOIN LATERAL jsonb_populate_recordset(NULL::dd.issued_pair, pairs[i]) WITH ORDINALITY AS p
-     ORDER BY i, p.ordinality
+     ORDER BY i, p.ordinality;
+END
 $$;
 
 -- continue_reused_keys: a key reused by an issue job (its reuse_from, key_reuse) keeps its age and renewals,
@@ -272,15 +275,18 @@ BEGIN
     END IF;
     states := array_fill(NULL::text, ARRAY[n]);
     messages := states;
-    by_bucket := ARRAY(SELECT i FROM generate_subscripts(job_ids, 1) AS i LEFT JOIN jobs jb ON jb.id = job_ids[i]
-                        ORDER BY coalesce(jb.certificate, 0) % 1024, coalesce(jb.certificate, 0), i);
+    -- the arrays put in that order in one pass (unnest): each pairs[i] would walk the array from its start
+    SELECT array_agg(u.i::int ORDER BY u.bucket, u.cert, u.i), array_agg(u.id ORDER BY u.bucket, u.cert, u.i),
+           array_agg(u.token ORDER BY u.bucket, u.cert, u.i), array_agg(u.p ORDER BY u.bucket, u.cert, u.i),
+           array_agg(u.ca ORDER BY u.bucket, u.cert, u.i), array_agg(u.r ORDER BY u.bucket, u.cert, u.i)
+      INTO by_bucket, job_ids, lease_tokens, pairs, cacerts, reports
+      FROM (SELECT a.*, b.cert % 1024 AS bucket, b.cert
+              FROM unnest(job_ids, lease_tokens, pairs, cacerts, reports) WITH ORDINALITY AS a(id, token, p, ca, r, i)
+              -- each job by its key (a subquery per job, not a join: that read the whole jobs table)
+              CROSS JOIN LATERAL (SELECT coalesce((SELECT jb.certificate FROM jobs jb WHERE jb.id = a.id), 0) AS cert OFFSET 0) b) u;
     IF n > 1 THEN
         BEGIN
-            PERFORM complete_issues_together(ARRAY(SELECT job_ids[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
-                                             ARRAY(SELECT lease_tokens[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
-                                             ARRAY(SELECT pairs[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
-                                             ARRAY(SELECT cacerts[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o),
-                                             ARRAY(SELECT reports[i] FROM unnest(by_bucket) WITH ORDINALITY u(i, o) ORDER BY o));
+            PERFORM complete_issues_together(job_ids, lease_tokens, pairs, cacerts, reports);
             RETURN;
         EXCEPTION WHEN OTHERS THEN
             -- one of them was refused: each alone below, which says which. The SQLSTATE only (a message may
@@ -288,11 +294,12 @@ BEGIN
             RAISE DEBUG 'complete_issue_batch: the batch of % was refused together (%): each job alone', n, SQLSTATE;
         END;
     END IF;
-    FOREACH pos IN ARRAY by_bucket LOOP
+    FOR k IN 1 .. n LOOP   -- job_ids[k] (in bucket order) is the job given at position by_bucket[k]
+        pos := by_bucket[k];
         BEGIN
-            PERFORM complete_issue(job_ids[pos], lease_tokens[pos],
-                ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(pairs[pos], '[]')) p),
-                cacerts[pos], NULL, NULL, coalesce(reports[pos], '{}'));
+            PERFORM complete_issue(job_ids[k], lease_tokens[k],
+                ARRAY(SELECT p FROM jsonb_populate_recordset(NULL::dd.issued_pair, coalesce(pairs[k], '[]')) p),
+                cacerts[k], NULL, NULL, coalesce(reports[k], '{}'));
             state := NULL;
             message := NULL;
         EXCEPTION WHEN OTHERS THEN
@@ -316,6 +323,7 @@ AS $$
 DECLARE
     js jobs[];
     results jsonb[];
+    staples boolean[];
     j jobs;
 BEGIN
     -- the jobs locked (in the order given: complete_issue_batch's, by lock bucket), their results in the form
@@ -335,12 +343,14 @@ BEGIN
     IF EXISTS (SELECT 1 FROM unnest(js) u WHERE (u.args ->> 'reuse_from') IS NOT NULL) THEN   -- else nothing to plan
         PERFORM continue_reused_keys(js);
     END IF;
-    -- each transition recorded with its job (the event context: one at a time)
+    -- each transition recorded with its job (the event context: one at a time); what the instances take from
+    -- their certificates read for all at once, so that each job's is an UPDATE of one row by its key
+    staples := ARRAY(SELECT (SELECT c.ocsp_must_staple FROM certificates c WHERE c.id = u.certificate)
+                       FROM unnest(js) WITH ORDINALITY AS u ORDER BY u.ordinality);
     FOR i IN 1 .. cardinality(js) LOOP
         j := js[i];
         PERFORM set_context(format('%s job %s done', j.kind, j.id), j.id);
-        UPDATE certinstances ci SET state = 'issued', cacert = cacerts[i], ocsp_must_staple = c.ocsp_must_staple
-          FROM certificates c WHERE ci.id = j.instance AND c.id = j.certificate;
+        UPDATE certinstances SET state = 'issued', cacert = cacerts[i], ocsp_must_staple = staples[i] WHERE id = j.instance;
     END LOOP;
     -- the reports as complete_issue keeps them, the pairs' keys left out here already: without_secrets then
     -- finds nothing to rebuild them for
@@ -382,16 +392,18 @@ BEGIN
           JOIN certificates c ON c.id = i.certificate AND c.type = 'local'
           JOIN main_subjects s ON s.certificate = c.id AND s.type = 'CA'
           JOIN certkeydata k ON k.certinstance = i.id
-         WHERE i.id IN (SELECT u.cacert_text::int FROM u WHERE u.cacert_text ~ '^[0-9]{1,9}$')
+         WHERE i.id = ANY (ARRAY(SELECT u.cacert_text::int FROM u WHERE u.cacert_text ~ '^[0-9]{1,9}$'))
            AND i.state IN ('issued', 'deployed')
          ORDER BY i.id, k.id
     ), facts AS MATERIALIZED (
         SELECT u.i, (u.j).id AS job, u.ps, u.result, c.id AS cert_id, c.encryption_algo, main.type::text AS subject_type,
                main.name::text AS main_name, ca.id AS ca_id, ca.pem AS ca_pem,
                (SELECT coalesce(jsonb_agg(s.name::text), '[]') FROM subjects s WHERE s.certificate = c.id AND s.isaltname) AS altnames,
-               EXISTS (SELECT 1 FROM certinstances ci WHERE ci.id = (u.j).instance AND ci.state = 'reserved') AS reserved
+               coalesce((SELECT ci.state = 'reserved' FROM certinstances ci WHERE ci.id = (u.j).instance), false) AS reserved
           FROM u
-          LEFT JOIN certificates c ON c.id = (u.j).certificate
+          -- the rows of the jobs found by their keys (LATERAL, a subquery: per job); joined as sets, the planner
+          -- (that cannot know how few jobs a batch has) read the whole tables for every batch
+          LEFT JOIN LATERAL (SELECT * FROM certificates c WHERE c.id = (u.j).certificate OFFSET 0) c ON true
           -- one row per job: the results of check_result_certs are matched by position
           LEFT JOIN LATERAL (SELECT m.type, m.name FROM main_subjects m WHERE m.certificate = c.id LIMIT 1) main ON true
           LEFT JOIN ca ON u.cacert_text ~ '^[0-9]{1,9}$' AND ca.id = u.cacert_text::int

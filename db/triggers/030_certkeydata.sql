@@ -186,8 +186,10 @@ RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
 AS $$
 BEGIN
+    -- = ANY (ARRAY(...)): each instance found by its key; with IN the planner, not knowing the transition
+    -- table's size, read all the instances (a batch of 20 took a tenth of a millisecond per pair)
     UPDATE certinstances SET not_before = NULL, not_after = NULL
-     WHERE id IN (SELECT DISTINCT k.certinstance FROM changed_pairs k);
+     WHERE id = ANY (ARRAY(SELECT DISTINCT k.certinstance FROM changed_pairs k));
     RETURN NULL;
 END
 $$;
