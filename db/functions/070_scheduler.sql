@@ -19,8 +19,8 @@
 -- per row, evaluated once; pulled up into the query, its CASE and format() calls ran once per reference
 -- to it, three times) and the unnest of those leftovers. Merge joins and sorted grouping, not hash
 -- joins or hashed aggregates (enable_hashjoin, enable_hashagg off): c reads the certificates, their main
--- subjects and TLSA services in certificate order (their indexes), groups the instances sorted once and
--- joins the targets and failed jobs in that order, where three hash tables of 100,000 rows, built and
+-- subjects and instances in certificate order (their indexes), groups the TLSA services sorted once and
+-- joins them, the targets and the failed jobs in that order, where three hash tables of 100,000 rows, built and
 -- probed in random order, cost 15-20% of the whole at 100,000 certificates; the joins after c are of a
 -- few rows, or of rows that arrive in certificate order (a sort of sorted input is one pass).
 -- The IN lookups (hashed SubPlans) stay hashed
@@ -97,14 +97,18 @@ WITH cfg AS (
                                 max(ci.tlsa_published) FILTER (WHERE ci.state = 'prepublished') AS pp_pub1,
                                 max(ci.id) FILTER (WHERE ci.state = 'expired') AS expired_id,
                                 -- rule 3 archives an expired or revoked instance once its revocation reached the CA
-                                max(ci.id) FILTER (WHERE ci.state = 'expired' AND rv.instance IS NOT NULL) AS exp_revoking_id,
-                                bool_or(ci.state = 'revoked' AND rv.instance IS NOT NULL) AS revoking,
+                                max(ci.id) FILTER (WHERE ci.state = 'expired' AND ci.revocation_pending) AS exp_revoking_id,
+                                bool_or(ci.state = 'revoked' AND ci.revocation_pending) AS revoking,
                                 -- the instances neither deployed nor a successor (judged below, by rules 1 and 3: a few),
                                 -- picked in this pass, not by a second one over the instances joined to c (c sorted again)
                                 array_agg(ci.id) FILTER (WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished')) AS leftover_ids,
                                 array_agg(ci.state) FILTER (WHERE ci.state NOT IN ('deployed', 'issued', 'prepublished')) AS leftover_states
-                           FROM certinstances ci
-                           LEFT JOIN (SELECT DISTINCT r.instance FROM revocations r WHERE r.done_at IS NULL) rv ON rv.instance = ci.id
+                           -- in certificate order (their index), not sorted for it: a revocation not done yet is
+                           -- looked up (hashed IN, a few), not merge joined by instance (which wanted them in id order;
+                           -- the sort cost 3% at 100,000 certificates). No NULL in the set: IN would be NULL, not false
+                           FROM (SELECT i.*, i.id IN (SELECT r.instance FROM revocations r
+                                                       WHERE r.done_at IS NULL AND r.instance IS NOT NULL) AS revocation_pending
+                                   FROM certinstances i) ci
                           GROUP BY ci.certificate) n ON n.certificate = sc.id
               -- partial failure: a wait on failed jobs shows their errors. Joined here, where the certificates
               -- arrive in order (a merge join of a few rows), not to the rows decided below (sorted again for it)
@@ -115,8 +119,15 @@ WITH cfg AS (
                           WHERE j.state = 'failed'
                           GROUP BY j.certificate) tr ON tr.certificate = sc.id
               -- the certificates with a target on a selected disthost, in their order (a hashed set of the targets
-              -- asked per due certificate cost 7% at 100,000 certificates)
-              LEFT JOIN (SELECT DISTINCT t.certificate FROM targets t WHERE t.disthost IN (SELECT h.id FROM hosts h)) tg
+              -- asked per due certificate cost 7% at 100,000 certificates). Without -s/-l every disthost is selected:
+              -- their index alone, in certificate order (the planner drops the branch its selection rules out; the
+              -- join to the disthosts wants the targets in disthost order, sorted again: 5% of rollover's plan)
+              LEFT JOIN (SELECT DISTINCT t.certificate FROM targets t
+                          WHERE cardinality(coalesce(sel.only_hosts, '{}')) = 0 AND cardinality(coalesce(sel.skip_hosts, '{}')) = 0
+                         UNION ALL
+                         SELECT DISTINCT t.certificate FROM targets t
+                          WHERE NOT (cardinality(coalesce(sel.only_hosts, '{}')) = 0 AND cardinality(coalesce(sel.skip_hosts, '{}')) = 0)
+                            AND t.disthost IN (SELECT h.id FROM hosts h)) tg
                 ON tg.certificate = sc.id) x
       CROSS JOIN cfg
 ), pending AS MATERIALIZED (   -- active jobs of the selected certificates
