@@ -1073,6 +1073,7 @@ def deployed_instance(conn, cert: int) -> int:
     ({"n": None, "b": True, "i": 3, "f": 1.5, "e": [], "o": {}}, {"n": None, "b": True, "i": 3, "f": 1.5, "e": [], "o": {}}),
     ([1, "two", {"key": 3}], [1, "two", {}]),
     ({"Passphrase": "p", "KEY": "k", "Account_Key": "a", "keys": ["kept"]}, {"keys": ["kept"]}),
+    ({"ok": 1, "inner": {"\u212aey": "hunter2"}}, {"ok": 1, "inner": {}}),   # a Kelvin sign: lower() gives 'key'
     ("-----BEGIN RSA PRIVATE KEY-----", "(private key removed)"),
     ("plain", "plain"),
     (42, 42),
