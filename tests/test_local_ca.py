@@ -885,9 +885,11 @@ def test_jobs_claimed_ahead_keep_their_leases_while_the_claim_before_them_runs(c
     assert {job_row(conn, j)["attempts"] for j in jobs} == {1}
 
 
-def test_jobs_claimed_ahead_are_let_go_when_the_drain_ends_abnormally(conn, dsn, config):
-    """Ctrl-C during the first claim: the claim made ahead is not run, and its leases are no longer
-    extended (the agent's heartbeats go on for other jobs): its jobs come back when the lease runs out."""
+def test_jobs_claimed_ahead_are_handed_back_when_the_drain_ends_abnormally(conn, dsn, config):
+    """Ctrl-C during the first claim: the claim made ahead is not run; its jobs are handed back at once
+    (release_jobs: queued, due, their attempt not counted, with an event), and their leases are no longer
+    extended (the agent's heartbeats go on for other jobs). A job released twice, or under another lease
+    token, is left alone."""
     jobs = _local_issue_jobs(conn, config, 6)
 
     def interrupt(job, ctx, n):
@@ -901,12 +903,25 @@ def test_jobs_claimed_ahead_are_let_go_when_the_drain_ends_abnormally(conn, dsn,
             agent.drain()
         ahead = [j for is_ahead, _, ids in claims if is_ahead for j in ids]
         assert ahead and not set(ahead) & set(runs), (claims, runs)
+        for j in ahead:
+            row = job_row(conn, j)
+            assert (row["state"], row["attempts"], row["locked_by"], row["lease_hash"]) == ("queued", 0, None, None), row
+        events = conn.execute("SELECT job, job_state::text FROM events WHERE reason LIKE '%handed back unstarted%' "
+                              "ORDER BY job").fetchall()
+        assert events == [(j, "queued") for j in sorted(ahead)], events
         time.sleep(4)               # the agent is alive: its heartbeat thread would extend what it watches
-        owner_conn(conn).execute("SELECT pki.requeue_expired_leases()")
-        assert {job_row(conn, j)["state"] for j in ahead} == {"failed"}
+        # the current claim's jobs (the one interrupted and the one not started) at their lease's end; not these
+        current = [ids for is_ahead, _, ids in claims if not is_ahead][0]
+        assert owner_conn(conn).execute("SELECT pki.requeue_expired_leases()").fetchone()[0] == len(current)
+        assert {job_row(conn, j)["state"] for j in ahead} == {"queued"}
     finally:
         agent.close()
     assert set(jobs) >= set(ahead)
+    # a second claim of one of them, handed back with a wrong token, then twice with its own: once only
+    [mine] = conn.execute("SELECT id, lease_token FROM claim_jobs('a2', ARRAY['issue_local'], 1)").fetchall()
+    assert conn.execute("SELECT release_jobs(%s, ARRAY[gen_random_uuid()])", ([mine[0]],)).fetchone()[0] == 0
+    assert conn.execute("SELECT release_jobs(%s, %s)", ([mine[0]], [mine[1]])).fetchone()[0] == 1
+    assert conn.execute("SELECT release_jobs(%s, %s)", ([mine[0]], [mine[1]])).fetchone()[0] == 0
 
 
 def test_a_CA_replaced_during_a_drain_signs_the_claims_made_after(conn, dsn, config):

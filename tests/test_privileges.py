@@ -60,7 +60,8 @@ DB_PASS = "db passphrase of the privileges test"
 ADMIN_WRITES = {"certificates", "subjects", "services", "certificates_services", "disthosts", "jails", "places", "targets"}
 ADMIN_COLUMN_UPDATES = {"settings": {"value", "remarks"}}
 # SECURITY DEFINER functions the agent may call (some of them: the test follows whatever the catalog lists)
-AGENT_DEFINER_FUNCTIONS = {"claim_jobs", "extend_lease", "complete_issue", "complete_distribute", "fail_job", "save_job_progress"}
+AGENT_DEFINER_FUNCTIONS = {"claim_jobs", "extend_lease", "release_jobs", "complete_issue", "complete_distribute", "fail_job",
+                           "save_job_progress"}
 # tables no SECURITY DEFINER code may write: configuration, the state machine, the job kinds
 NEVER_WRITTEN_BY_DEFINERS = {"subjects", "services", "certificates_services", "disthosts", "jails", "places",
                              "targets", "settings", "state_transitions", "job_kinds", "schema_migrations"}

@@ -576,7 +576,9 @@ class Agent:
 
     def _let_go(self, ahead: Future | None) -> None:
         """A drain that ends abnormally leaves the claim made ahead unstarted: its leases are no longer
-        extended, so its jobs come back when they run out (as the unstarted jobs of the current claim)."""
+        extended, and its jobs are handed back (release_jobs: due again at once, the attempt not counted),
+        on the claimer's connection, once; if that fails (the database lost), they come back when their
+        leases run out (as the unstarted jobs of the current claim)."""
         if ahead is None or ahead.cancel():
             return
         try:
@@ -585,9 +587,20 @@ class Agent:
             return
         for job in jobs:
             self._heartbeat().unwatch(job)
-        if jobs:
-            log.info("agent %s: %s jobs claimed ahead not started (%s); they are claimed again when their lease runs out",
-                     self.name, len(jobs), ", ".join(str(job.id) for job in jobs))
+        if not jobs:
+            return
+        listed = ", ".join(str(job.id) for job in jobs)
+        # on the connection that claimed them, once, not _on_side: a drain that ends (Ctrl-C) does not wait
+        # for a database that is gone
+        conn = self._claimer
+        try:
+            if conn is None or conn.closed:
+                raise psycopg.OperationalError("the claimer's connection is closed")
+            conn.execute(q("release_jobs"), {"jobs": [job.id for job in jobs], "tokens": [job.lease for job in jobs]})
+            log.info("agent %s: %s jobs claimed ahead not started (%s) handed back", self.name, len(jobs), listed)
+        except psycopg.Error as exc:
+            log.info("agent %s: %s jobs claimed ahead not started (%s); they are claimed again when their lease runs "
+                     "out (%s)", self.name, len(jobs), listed, _first_line(exc))
 
     def _read_ahead(self, jobs: list[Job], on_connection, hook: str = "read_ahead", batch: dict | None = None) -> dict:
         """Context.batch for the handlers of a claim (batch: the one it has, else a new one), with what the

@@ -37,6 +37,10 @@ SELECT count(*) FROM pki.jobs_of_selection(
 -- name: extend_lease
 SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second');
 
+-- name: release_jobs
+-- claimed jobs handed back unstarted: due again at once, their attempt not counted (Agent._let_go)
+SELECT pki.release_jobs(%(jobs)s::bigint[], %(tokens)s::uuid[]);
+
 -- a job kind's completion function, named by job_kinds.complete_with (job_completions), with the
 -- handler's typed arguments: handlers.Completion.statement fills in the function and the arguments
 -- with psycopg.sql identifiers and placeholders (values travel as bind parameters)

@@ -127,6 +127,32 @@ BEGIN
 END
 $$;
 
+-- release_jobs: claimed jobs that their agent hands back unstarted (the claim it made ahead, when its drain
+-- ends early: an error, Ctrl-C) are due again at once, their attempt not counted: left to their leases, they
+-- would come back only when those run out, an attempt spent (the last one: dead, never run). Only a job still
+-- running under the lease token presented; returns how many went back
+CREATE OR REPLACE FUNCTION pki.release_jobs(job_ids bigint[], lease_tokens uuid[])
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    j jobs;
+    n int := 0;
+BEGIN
+    FOR j IN SELECT * FROM jobs WHERE id = ANY (job_ids) AND state = 'running' ORDER BY id FOR UPDATE LOOP
+        CONTINUE WHEN j.lease_hash IS DISTINCT FROM lease_hash(lease_tokens[array_position(job_ids, j.id)]);
+        -- as it was before the claim: failed when an attempt had gone before, else queued
+        UPDATE jobs SET state = CASE WHEN j.attempts > 1 THEN 'failed' ELSE 'queued' END::job_state,
+                        attempts = greatest(j.attempts - 1, 0), locked_by = NULL, locked_until = NULL, lease_hash = NULL
+         WHERE id = j.id;
+        PERFORM record_job_event(j, CASE WHEN j.attempts > 1 THEN 'failed' ELSE 'queued' END::job_state,
+                                 format('handed back unstarted by agent %s; due again, the attempt not counted', j.locked_by));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
 -- check_lease: a lease the agent asks for must be positive (NULL: the setting job_lease)
 CREATE OR REPLACE FUNCTION pki.check_lease(lease interval)
 RETURNS void LANGUAGE plpgsql IMMUTABLE

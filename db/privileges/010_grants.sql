@@ -174,6 +174,7 @@ GRANT EXECUTE ON FUNCTION pki.record_run(text, text[], timestamp with time zone,
 -- the runs' and the agent's request to tell what is new in pki.alerts (db/jobs/070_notify_alerts.sql)
 GRANT EXECUTE ON FUNCTION pki.request_alert_notices(text[]) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.extend_lease(bigint, uuid, interval) TO pki_agent;
+GRANT EXECUTE ON FUNCTION pki.release_jobs(bigint[], uuid[]) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.complete_issue_batch(bigint[], uuid[], jsonb[], integer[], jsonb[]) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.fail_job(bigint, uuid, text, boolean, interval) TO pki_agent;
 GRANT EXECUTE ON FUNCTION pki.save_job_progress(bigint, uuid, jsonb) TO pki_agent;
