@@ -137,16 +137,15 @@ SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
     j jobs;
+    back job_state;
     n int := 0;
 BEGIN
     FOR j IN SELECT * FROM jobs WHERE id = ANY (job_ids) AND state = 'running' ORDER BY id FOR UPDATE LOOP
         CONTINUE WHEN j.lease_hash IS DISTINCT FROM lease_hash(lease_tokens[array_position(job_ids, j.id)]);
-        -- as it was before the claim: failed when an attempt had gone before, else queued
-        UPDATE jobs SET state = CASE WHEN j.attempts > 1 THEN 'failed' ELSE 'queued' END::job_state,
-                        attempts = greatest(j.attempts - 1, 0), locked_by = NULL, locked_until = NULL, lease_hash = NULL
+        back := CASE WHEN j.attempts > 1 THEN 'failed' ELSE 'queued' END;   -- as before the claim: an attempt had gone before
+        UPDATE jobs SET state = back, attempts = greatest(j.attempts - 1, 0), locked_by = NULL, locked_until = NULL, lease_hash = NULL
          WHERE id = j.id;
-        PERFORM record_job_event(j, CASE WHEN j.attempts > 1 THEN 'failed' ELSE 'queued' END::job_state,
-                                 format('handed back unstarted by agent %s; due again, the attempt not counted', j.locked_by));
+        PERFORM record_job_event(j, back, format('handed back unstarted by agent %s; due again, the attempt not counted', j.locked_by));
         n := n + 1;
     END LOOP;
     RETURN n;
