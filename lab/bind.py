@@ -15,9 +15,11 @@ ns1.ZONE with the address 127.0.0.1, so the "every authoritative server" of a
 zone is this server (at the port of [dns] primary).
 
 Signed by default (signed=False for a plain server): BIND signs each zone by
-itself (dnssec-policy POLICY, inline signing beside the update-policy), so every
-UPDATE is served re-signed at once; its key (a CSK, ECDSA P-256) is made at the
-first start and kept by stop()/start() and reset(), so a trust anchor stays valid.
+itself (dnssec-policy POLICY, inline signing beside the update-policy). named
+answers an UPDATE once its raw zone has it, and serves it re-signed a moment
+later (longer under load): wait for what an UPDATE should show. Its key (a CSK,
+ECDSA P-256) is made at the first start and kept by stop()/start() and reset(),
+so a trust anchor stays valid.
 
         bind.dnskeys(zone)        # the DNSKEY records served, once start() returned
         bind.trust_anchor(zone)   # "ZONE. 60 IN DNSKEY ..." lines, for a validating resolver
