@@ -885,11 +885,12 @@ def test_jobs_claimed_ahead_keep_their_leases_while_the_claim_before_them_runs(c
     assert {job_row(conn, j)["attempts"] for j in jobs} == {1}
 
 
-def test_jobs_claimed_ahead_are_handed_back_when_the_drain_ends_abnormally(conn, dsn, config):
-    """Ctrl-C during the first claim: the claim made ahead is not run; its jobs are handed back at once
-    (release_jobs: queued, due, their attempt not counted, with an event), and their leases are no longer
-    extended (the agent's heartbeats go on for other jobs). A job released twice, or under another lease
-    token, is left alone."""
+def test_jobs_claimed_and_not_done_are_handed_back_when_the_drain_ends_abnormally(conn, dsn, config):
+    """Ctrl-C in the first job's handler: every issue_local job of the drain is handed back at once (release_jobs:
+    queued, due, their attempt not counted, with an event): the one interrupted and the one after it in the
+    claim (nothing of an issue_local job acts outside the agent before its completion is stored), and the claim
+    made ahead, not run, whose leases are no longer extended (the agent's heartbeats go on for other jobs). A
+    job released twice, or under another lease token, is left alone."""
     jobs = _local_issue_jobs(conn, config, 6)
 
     def interrupt(job, ctx, n):
@@ -902,18 +903,17 @@ def test_jobs_claimed_ahead_are_handed_back_when_the_drain_ends_abnormally(conn,
         with pytest.raises(KeyboardInterrupt):
             agent.drain()
         ahead = [j for is_ahead, _, ids in claims if is_ahead for j in ids]
-        assert ahead and not set(ahead) & set(runs), (claims, runs)
-        for j in ahead:
+        current = [j for is_ahead, _, ids in claims if not is_ahead for j in ids]
+        assert ahead and len(current) == 2 and not set(ahead) & set(runs) and runs == current[:1], (claims, runs)
+        for j in ahead + current:
             row = job_row(conn, j)
             assert (row["state"], row["attempts"], row["locked_by"], row["lease_hash"]) == ("queued", 0, None, None), row
-        events = conn.execute("SELECT job, job_state::text FROM events WHERE reason LIKE '%handed back unstarted%' "
+        events = conn.execute("SELECT job, job_state::text FROM events WHERE reason LIKE '%handed back by agent%' "
                               "ORDER BY job").fetchall()
-        assert events == [(j, "queued") for j in sorted(ahead)], events
+        assert events == [(j, "queued") for j in sorted(ahead + current)], events
         time.sleep(4)               # the agent is alive: its heartbeat thread would extend what it watches
-        # the current claim's jobs (the one interrupted and the one not started) at their lease's end; not these
-        current = [ids for is_ahead, _, ids in claims if not is_ahead][0]
-        assert owner_conn(conn).execute("SELECT pki.requeue_expired_leases()").fetchone()[0] == len(current)
-        assert {job_row(conn, j)["state"] for j in ahead} == {"queued"}
+        assert owner_conn(conn).execute("SELECT pki.requeue_expired_leases()").fetchone()[0] == 0
+        assert {job_row(conn, j)["state"] for j in ahead + current} == {"queued"}
     finally:
         agent.close()
     assert set(jobs) >= set(ahead)
@@ -922,6 +922,52 @@ def test_jobs_claimed_ahead_are_handed_back_when_the_drain_ends_abnormally(conn,
     assert conn.execute("SELECT release_jobs(%s, ARRAY[gen_random_uuid()])", ([mine[0]],)).fetchone()[0] == 0
     assert conn.execute("SELECT release_jobs(%s, %s)", ([mine[0]], [mine[1]])).fetchone()[0] == 1
     assert conn.execute("SELECT release_jobs(%s, %s)", ([mine[0]], [mine[1]])).fetchone()[0] == 0
+
+
+def test_a_job_whose_handler_began_keeps_its_lease_and_the_rest_of_its_claim_is_handed_back(conn, dsn, config, monkeypatch):
+    """Ctrl-C in the handler of a job of a kind that acts outside the agent (here issue_local, taken as one):
+    that job stays leased (what it began outside may have happened); the jobs after it in the claim go back at
+    once. A job that had failed an attempt before goes back failed, its attempt not counted and its error
+    kept, due at once."""
+    from serverpki import agent as agent_module
+    monkeypatch.setattr(agent_module, "OVERLAPPED_KINDS", frozenset())
+    jobs = _local_issue_jobs(conn, config, 3)
+
+    def fail_all(job, ctx, n):
+        raise RuntimeError(f"run {n} failed")
+
+    agent, _, _ = _agent_counting_runs(dsn, config, fail_all, batch=3)
+    try:
+        assert dict(agent.drain().outcomes) == {"failed": 3}
+    finally:
+        agent.close()
+    errors = {j: job_row(conn, j)["last_error"] for j in jobs}
+    owner_conn(conn).execute("UPDATE pki.jobs SET run_after = now() WHERE id = ANY(%s)", (jobs,))
+
+    def interrupt(job, ctx, n):
+        raise KeyboardInterrupt
+
+    agent, claims, runs = _agent_counting_runs(dsn, config, interrupt, batch=3, lease=300)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            agent.drain()
+    finally:
+        agent.close()
+    [(_, _, claimed)] = claims
+    begun, rest = runs[0], [j for j in claimed if j not in runs]
+    assert runs == claimed[:1] and sorted(claimed) == sorted(jobs) and len(rest) == 2, (claims, runs)
+    row = job_row(conn, begun)
+    assert (row["state"], row["attempts"], row["locked_by"]) == ("running", 2, AGENT), row
+    due = conn.execute("SELECT array_agg(id ORDER BY id) FROM jobs WHERE id = ANY(%s) AND run_after <= now()",
+                       (rest,)).fetchone()[0]
+    assert due == sorted(rest)
+    for j in rest:
+        row = job_row(conn, j)
+        assert (row["state"], row["attempts"], row["locked_by"], row["lease_hash"], row["last_error"]) == \
+            ("failed", 1, None, None, errors[j]), row
+    events = conn.execute("SELECT job, job_state::text FROM events WHERE reason LIKE '%handed back by agent%' "
+                          "ORDER BY job").fetchall()
+    assert events == [(j, "failed") for j in sorted(rest)], events
 
 
 def test_a_CA_replaced_during_a_drain_signs_the_claims_made_after(conn, dsn, config):

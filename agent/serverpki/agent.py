@@ -199,8 +199,8 @@ class _Completions:
     def __exit__(self, exc_type, *exc) -> None:
         if self.completer is None:
             return
-        if exc_type is not None:   # the drain stops (an error, Ctrl-C): what was not taken yet is not sent, the
-            while True:            # leases bring those jobs back; what is on its way is waited for
+        if exc_type is not None:   # the drain stops (an error, Ctrl-C): what was not taken yet is not sent (those
+            while True:            # jobs are handed back: Agent._hand_back); what is on its way is waited for
                 try:
                     self.todo.get_nowait()
                 except queue.Empty:
@@ -325,6 +325,10 @@ class Agent:
         self._batch: dict = {}
         # job kind -> its completion function, as the kind's file in db/jobs/ registered it (read by claim)
         self._completions: dict[str, str] = {}
+        # the drain's jobs claimed and without an outcome yet, and those of them whose handler may have begun
+        # something outside the agent (run_job): what a drain that ends abnormally hands back (_hand_back)
+        self._held: dict[int, Job] = {}
+        self._begun: set[int] = set()
 
     # one autocommit connection for the queue and the handlers' named reads; once it was lost, a new
     # one is waited for (_connect), so that a drain goes on across a restart or a failover
@@ -378,14 +382,17 @@ class Agent:
             # on the connection the claim used: the agent's own one may be busy sending completions
             self._completions = dict(self._on_side(side, lambda conn: conn.execute(q("job_completions")).fetchall(), f"agent {self.name}")
                                      if side else self.conn.execute(q("job_completions")).fetchall())
-        return [Job(id, kind, certificate, instance, disthost, zone, args or {}, attempts, max_attempts, lease,
+        jobs = [Job(id, kind, certificate, instance, disthost, zone, args or {}, attempts, max_attempts, lease,
                     certificate_name, disthost_name)
                 for id, kind, certificate, instance, disthost, zone, args, attempts, max_attempts, lease,
                     certificate_name, disthost_name in rows]
+        self._held.update((job.id, job) for job in jobs)
+        return jobs
 
     def run_job(self, job: Job, conn: psycopg.Connection | None = None) -> str:
         """Run one claimed job to its outcome; returns done, failed, dead or lost.
         conn: the connection for the handler and the outcome (default: the agent's own)."""
+        self._begun.add(job.id)   # from here its handler may act outside the agent: never handed back
         if conn is None:   # the agent's own: renewed if it died since the last job (a failover between two jobs)
             renewed = self._on_own_connection(lambda own: self._renew_lease(job, own), job.label)
             conn = self.conn
@@ -574,33 +581,36 @@ class Agent:
             self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label), hook="read_at_turn",
                              batch=batch)
 
-    def _let_go(self, ahead: Future | None) -> None:
-        """A drain that ends abnormally leaves the claim made ahead unstarted: its leases are no longer
-        extended, and its jobs are handed back (release_jobs: due again at once, the attempt not counted),
-        on the claimer's connection, once; if that fails (the database lost), they come back when their
-        leases run out (as the unstarted jobs of the current claim)."""
-        if ahead is None or ahead.cancel():
-            return
-        try:
-            _, jobs, _ = ahead.result()
-        except Exception:   # the claim itself failed: nothing was leased, or nothing is known of it
-            return
-        for job in jobs:
-            self._heartbeat().unwatch(job)
+    def _hand_back(self) -> None:
+        """A drain that ended abnormally (an error, Ctrl-C, the database lost), its threads joined, hands back
+        the jobs it claimed whose work never took effect: those whose handlers had not begun (the claim made
+        ahead, the rest of a claim) and those of OVERLAPPED_KINDS whose completions were not sent (they did
+        nothing outside the agent). release_jobs: due again at once, the attempt not counted; a job done,
+        refused or taken over meanwhile is not under its lease any more and stays as it is. A job whose
+        handler had begun (a copy, a DNS update, an order) keeps its lease. Once, on a connection there: a
+        drain that ends does not wait for a database that is gone; then the leases bring them back."""
+        jobs = [job for job in self._held.values() if job.id not in self._begun]
+        self._held, self._begun = {}, set()
+        if self._heartbeats is not None:
+            for job in jobs:
+                self._heartbeats.unwatch(job)   # those claimed ahead: no longer extended
         if not jobs:
             return
         listed = ", ".join(str(job.id) for job in jobs)
-        # on the connection that claimed them, once, not _on_side: a drain that ends (Ctrl-C) does not wait
-        # for a database that is gone
-        conn = self._claimer
-        try:
-            if conn is None or conn.closed:
-                raise psycopg.OperationalError("the claimer's connection is closed")
-            conn.execute(q("release_jobs"), {"jobs": [job.id for job in jobs], "tokens": [job.lease for job in jobs]})
-            log.info("agent %s: %s jobs claimed ahead not started (%s) handed back", self.name, len(jobs), listed)
-        except psycopg.Error as exc:
-            log.info("agent %s: %s jobs claimed ahead not started (%s); they are claimed again when their lease runs "
-                     "out (%s)", self.name, len(jobs), listed, _first_line(exc))
+        failure = "no connection is open"
+        for conn in (self._conn, self._claimer):
+            if conn is None or conn.closed or conn.broken:
+                continue
+            try:
+                back = conn.execute(q("release_jobs"), {"jobs": [job.id for job in jobs],
+                                                        "tokens": [job.lease for job in jobs]}).fetchone()[0]
+            except psycopg.Error as exc:
+                failure = _first_line(exc)
+                continue
+            log.info("agent %s: %s of %s jobs claimed and not begun (%s) handed back", self.name, back, len(jobs), listed)
+            return
+        log.info("agent %s: %s jobs claimed and not begun (%s); they are claimed again when their lease runs "
+                 "out (%s)", self.name, len(jobs), listed, failure)
 
     def _read_ahead(self, jobs: list[Job], on_connection, hook: str = "read_ahead", batch: dict | None = None) -> dict:
         """Context.batch for the handlers of a claim (batch: the one it has, else a new one), with what the
@@ -735,8 +745,9 @@ class Agent:
                         yield from completions.wait()
                         yield from self._run_pooled(pooled)
                 yield from completions.wait()
-            except BaseException:
-                self._let_go(ahead)   # (an error, Ctrl-C, the database lost)
+            except BaseException:   # (an error, Ctrl-C, the database lost): drain() hands back what was not begun
+                if ahead is not None:
+                    ahead.cancel()      # not made if not under way; else waited for as the claimer exits (its jobs: _held)
                 raise
 
     def _finish_overlapped(self, started: list[tuple[Job, object]]) -> list[str]:
@@ -807,14 +818,22 @@ class Agent:
         returned)."""
         self.requested = [job for job in requested or () if job is not None]
         stats = RunStats()
+        self._held, self._begun = {}, set()
         try:
             # counted for a terminal only; nothing due, no bar (`serverpki agent` drains at every wake-up)
             with ProgressBar(label, self.due() if on_terminal() else 0) as bar:
-                for job, outcome in self._outcomes(max_jobs, bar):
-                    stats.outcomes[outcome] += 1
-                    bar.advance()
-                    if outcome != "done":
-                        stats.errors.append(f"{job.label}: {outcome}")
+                outcomes = self._outcomes(max_jobs, bar)
+                try:
+                    for job, outcome in outcomes:
+                        self._held.pop(job.id, None)
+                        stats.outcomes[outcome] += 1
+                        bar.advance()
+                        if outcome != "done":
+                            stats.errors.append(f"{job.label}: {outcome}")
+                except BaseException:
+                    outcomes.close()   # its threads joined: the completions on their way are in, the others dropped
+                    self._hand_back()
+                    raise
         except psycopg.OperationalError as exc:
             if not _connection_lost(exc):
                 raise

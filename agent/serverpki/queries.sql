@@ -38,7 +38,7 @@ SELECT count(*) FROM pki.jobs_of_selection(
 SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second');
 
 -- name: release_jobs
--- claimed jobs handed back unstarted: due again at once, their attempt not counted (Agent._let_go)
+-- claimed jobs whose work never took effect, handed back: due again at once, their attempt not counted (Agent._hand_back)
 SELECT pki.release_jobs(%(jobs)s::bigint[], %(tokens)s::uuid[]);
 
 -- a job kind's completion function, named by job_kinds.complete_with (job_completions), with the

@@ -127,10 +127,11 @@ BEGIN
 END
 $$;
 
--- release_jobs: claimed jobs that their agent hands back unstarted (the claim it made ahead, when its drain
--- ends early: an error, Ctrl-C) are due again at once, their attempt not counted: left to their leases, they
--- would come back only when those run out, an attempt spent (the last one: dead, never run). Only a job still
--- running under the lease token presented; returns how many went back
+-- release_jobs: claimed jobs whose work never took effect, handed back by their agent when its drain ends
+-- early (an error, Ctrl-C: the jobs whose handlers had not begun, and those of kinds that act only in the
+-- agent whose completions were not sent), are due again at once, their attempt not counted: left to their
+-- leases, they would come back only when those run out, an attempt spent (the last one: dead, never run).
+-- Only a job still running under the lease token presented; returns how many went back
 CREATE OR REPLACE FUNCTION pki.release_jobs(job_ids bigint[], lease_tokens uuid[])
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pki, dd, pg_temp
@@ -145,7 +146,7 @@ BEGIN
         back := CASE WHEN j.attempts > 1 THEN 'failed' ELSE 'queued' END;   -- as before the claim: an attempt had gone before
         UPDATE jobs SET state = back, attempts = greatest(j.attempts - 1, 0), locked_by = NULL, locked_until = NULL, lease_hash = NULL
          WHERE id = j.id;
-        PERFORM record_job_event(j, back, format('handed back unstarted by agent %s; due again, the attempt not counted', j.locked_by));
+        PERFORM record_job_event(j, back, format('handed back by agent %s before its work took effect; due again, the attempt not counted', j.locked_by));
         n := n + 1;
     END LOOP;
     RETURN n;
