@@ -115,3 +115,5 @@ DROP TRIGGER IF EXISTS tlsa_owners_grew_insert ON pki.certificates_services;
 DROP TRIGGER IF EXISTS tlsa_owners_grew_update ON pki.certificates_services;
 DROP TRIGGER IF EXISTS tlsa_owners_grew_update ON pki.services;
 DROP FUNCTION IF EXISTS pki.tlsa_owners_grew();
+-- 1.0: define_job_kind takes the kind's concurrency (job_kinds.concurrency, migration 0021)
+DROP FUNCTION IF EXISTS pki.define_job_kind(text, text, int, int, text, text);

@@ -181,15 +181,19 @@ def test_forever_wakes_on_notify_and_survives_a_database_restart():
 
 
 def test_while_completions_are_on_their_way_only_jobs_that_depend_on_nothing_are_claimed(conn, dsn, kinds):
-    """The next claim overlaps the completions of issue_local jobs (_Completions): it takes only kinds of
-    OVERLAPPED_KINDS then. A job of another kind (a publish_tlsa) claimed while an issue completion's
+    """The next claim overlaps the completions of issue_local jobs (_Completions): it takes only kinds whose
+    job_kinds.concurrency is overlapped then (pki.kinds_to_claim). A job of another kind (a publish_tlsa) claimed while an issue completion's
     follow-up asks it to prepublish the new instance too would run without it, and the request was lost."""
     jid = enqueue(conn, "t_ok")
     agent = make_agent(dsn, {"t_ok": lambda j, ctx: Completion()})
-    assert agent.claim(on_reader=True) == [], "a job of a kind outside OVERLAPPED_KINDS was claimed beside completions"
-    assert agent.claim(ahead=True) == [], "a job of a kind outside OVERLAPPED_KINDS was claimed ahead"
+    assert agent.claim(on_reader=True) == [], "a job of a kind not overlapped was claimed beside completions"
+    assert agent.claim(ahead=True) == [], "a job of a kind not overlapped was claimed ahead"
     assert job(conn, jid)[0] == "queued"
     assert [j.id for j in agent.claim()] == [jid], "claimed with no completion on its way, the job is taken"
+    # a kind registered as acting only inside the agent is claimed beside completions, and ahead
+    owner_conn(conn).execute("UPDATE job_kinds SET concurrency = 'overlapped' WHERE kind = 't_ok'")
+    beside, ahead = enqueue(conn, "t_ok", key="beside"), enqueue(conn, "t_ok", key="ahead")
+    assert [j.id for j in agent.claim(on_reader=True)] + [j.id for j in agent.claim(ahead=True)] == [beside, ahead]
 
 
 def test_a_heartbeat_connect_to_a_host_that_never_answers_gives_up_in_time(monkeypatch, caplog):

@@ -885,6 +885,21 @@ def test_jobs_claimed_ahead_keep_their_leases_while_the_claim_before_them_runs(c
     assert {job_row(conn, j)["attempts"] for j in jobs} == {1}
 
 
+def _handed_back(conn) -> dict[int, str]:
+    """The jobs handed back (release_jobs' events), with the state each went back to."""
+    return dict(conn.execute("SELECT job, job_state::text FROM events WHERE reason LIKE '%handed back by agent%' "
+                             "ORDER BY job").fetchall())
+
+
+def _interrupted(agent) -> None:
+    """Drain until a handler's KeyboardInterrupt (Ctrl-C), then close the agent."""
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            agent.drain()
+    finally:
+        agent.close()
+
+
 def test_jobs_claimed_and_not_done_are_handed_back_when_the_drain_ends_abnormally(conn, dsn, config):
     """Ctrl-C in the first job's handler: every issue_local job of the drain is handed back at once (release_jobs:
     queued, due, their attempt not counted, with an event): the one interrupted and the one after it in the
@@ -908,9 +923,7 @@ def test_jobs_claimed_and_not_done_are_handed_back_when_the_drain_ends_abnormall
         for j in ahead + current:
             row = job_row(conn, j)
             assert (row["state"], row["attempts"], row["locked_by"], row["lease_hash"]) == ("queued", 0, None, None), row
-        events = conn.execute("SELECT job, job_state::text FROM events WHERE reason LIKE '%handed back by agent%' "
-                              "ORDER BY job").fetchall()
-        assert events == [(j, "queued") for j in sorted(ahead + current)], events
+        assert _handed_back(conn) == {j: "queued" for j in sorted(ahead + current)}
         time.sleep(4)               # the agent is alive: its heartbeat thread would extend what it watches
         assert owner_conn(conn).execute("SELECT pki.requeue_expired_leases()").fetchone()[0] == 0
         assert {job_row(conn, j)["state"] for j in ahead + current} == {"queued"}
@@ -924,13 +937,13 @@ def test_jobs_claimed_and_not_done_are_handed_back_when_the_drain_ends_abnormall
     assert conn.execute("SELECT release_jobs(%s, %s)", ([mine[0]], [mine[1]])).fetchone()[0] == 0
 
 
-def test_a_job_whose_handler_began_keeps_its_lease_and_the_rest_of_its_claim_is_handed_back(conn, dsn, config, monkeypatch):
-    """Ctrl-C in the handler of a job of a kind that acts outside the agent (here issue_local, taken as one):
+def test_a_job_whose_handler_began_keeps_its_lease_and_the_rest_of_its_claim_is_handed_back(conn, dsn, config):
+    """Ctrl-C in the handler of a job of a kind that acts outside the agent (here issue_local, registered as
+    serial):
     that job stays leased (what it began outside may have happened); the jobs after it in the claim go back at
     once. A job that had failed an attempt before goes back failed, its attempt not counted and its error
     kept, due at once."""
-    from serverpki import agent as agent_module
-    monkeypatch.setattr(agent_module, "OVERLAPPED_KINDS", frozenset())
+    owner_conn(conn).execute("UPDATE pki.job_kinds SET concurrency = 'serial' WHERE kind = 'issue_local'")
     jobs = _local_issue_jobs(conn, config, 3)
 
     def fail_all(job, ctx, n):
@@ -948,11 +961,7 @@ def test_a_job_whose_handler_began_keeps_its_lease_and_the_rest_of_its_claim_is_
         raise KeyboardInterrupt
 
     agent, claims, runs = _agent_counting_runs(dsn, config, interrupt, batch=3, lease=300)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            agent.drain()
-    finally:
-        agent.close()
+    _interrupted(agent)
     [(_, _, claimed)] = claims
     begun, rest = runs[0], [j for j in claimed if j not in runs]
     assert runs == claimed[:1] and sorted(claimed) == sorted(jobs) and len(rest) == 2, (claims, runs)
@@ -965,9 +974,108 @@ def test_a_job_whose_handler_began_keeps_its_lease_and_the_rest_of_its_claim_is_
         row = job_row(conn, j)
         assert (row["state"], row["attempts"], row["locked_by"], row["lease_hash"], row["last_error"]) == \
             ("failed", 1, None, None, errors[j]), row
-    events = conn.execute("SELECT job, job_state::text FROM events WHERE reason LIKE '%handed back by agent%' "
-                          "ORDER BY job").fetchall()
-    assert events == [(j, "failed") for j in sorted(rest)], events
+    assert _handed_back(conn) == {j: "failed" for j in sorted(rest)}
+
+
+@pytest.mark.parametrize("at, pause", [(3, 0.0), (5, 0.3)])
+def test_a_drain_interrupted_while_completions_are_on_their_way_leaves_no_job_running(conn, dsn, config, at, pause):
+    """Ctrl-C in a later job's handler, completions of those before on their way (sent, or waiting for the
+    completer): each job is done (its completion was in) or handed back; none waits for its lease."""
+    jobs = _local_issue_jobs(conn, config, 6)
+
+    def interrupt(job, ctx, n):
+        if n == at:
+            time.sleep(pause)
+            raise KeyboardInterrupt
+
+    agent, _, runs = _agent_counting_runs(dsn, config, interrupt, batch=10, lease=300)
+    _interrupted(agent)
+    states = {j: job_row(conn, j)["state"] for j in jobs}
+    assert set(states.values()) <= {"done", "queued"}, states
+    assert sorted(j for j, state in states.items() if state == "queued") == list(_handed_back(conn)), states
+    assert runs[-1] in _handed_back(conn) and len(runs) == at
+
+
+def test_a_claim_ahead_still_under_way_at_the_interrupt_is_handed_back_in_full(conn, dsn, config):
+    """Ctrl-C while the claim ahead is being made: the drain waits for it, and hands back its jobs too."""
+    jobs = _local_issue_jobs(conn, config, 6)
+    claiming = threading.Event()
+
+    def interrupt(job, ctx, n):
+        if n == 1:
+            claiming.wait(5)
+            raise KeyboardInterrupt
+
+    agent, claims, _ = _agent_counting_runs(dsn, config, interrupt, batch=2, lease=300)
+    claim_ahead = agent._claim_ahead
+
+    def slow_claim_ahead():
+        claiming.set()
+        time.sleep(0.5)
+        return claim_ahead()
+
+    agent._claim_ahead = slow_claim_ahead
+    _interrupted(agent)
+    ahead = [j for is_ahead, _, ids in claims if is_ahead for j in ids]
+    assert len(ahead) == 2 and set(ahead) <= set(_handed_back(conn)), claims
+    assert {job_row(conn, j)["state"] for j in jobs} <= {"queued"}
+
+
+def test_after_an_error_of_the_agent_the_jobs_whose_handlers_ran_keep_their_leases(conn, dsn, config, monkeypatch):
+    """Not Ctrl-C but an error outside the handlers (here the completions refused by a fault of the agent):
+    the jobs not begun go back, those whose handlers ran keep their leases and their attempts (the error may
+    be theirs: a job that makes every drain fail goes dead in the end, not round at once forever)."""
+    from serverpki.agent import Agent
+    jobs = _local_issue_jobs(conn, config, 6)
+
+    def agent_fault(self, started):
+        raise RuntimeError("a fault of the agent")
+
+    monkeypatch.setattr(Agent, "_finish_overlapped", agent_fault)
+    agent, claims, runs = _agent_counting_runs(dsn, config, lambda job, ctx, n: time.sleep(0.05), batch=2, lease=300)
+    try:
+        with pytest.raises(RuntimeError, match="a fault of the agent"):
+            agent.drain()
+    finally:
+        agent.close()
+    states = {j: job_row(conn, j)["state"] for j in jobs}
+    claimed = {j for _, _, ids in claims for j in ids}
+    assert runs and {states[j] for j in runs} == {"running"}, (runs, states)
+    assert sorted(claimed - set(runs)) == list(_handed_back(conn)) != [], (claims, runs)
+    assert {states[j] for j in claimed - set(runs)} == {"queued"}
+
+
+def test_a_database_that_does_not_answer_does_not_hold_the_end_of_a_drain(conn, dsn, config, monkeypatch, caplog):
+    """Ctrl-C with the database gone silent (a host lost, its packets dropped): the hand back waits
+    HAND_BACK_SECONDS at most, and the jobs come back with their leases. (A listener that accepts and never
+    answers: the error path a real PostgreSQL cannot produce.)"""
+    import socket
+
+    from serverpki import agent as agent_module
+    monkeypatch.setattr(agent_module, "HAND_BACK_SECONDS", 2)
+    jobs = _local_issue_jobs(conn, config, 3)
+    silent, accepted = socket.create_server(("127.0.0.1", 0)), []
+    threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()   # kept open, silent
+
+    def interrupt(job, ctx, n):
+        agent.dsn = f"host=127.0.0.1 port={silent.getsockname()[1]} dbname=pki user=pki_worker"
+        raise KeyboardInterrupt
+
+    agent, _, _ = _agent_counting_runs(dsn, config, interrupt, batch=10, lease=300)
+    try:
+        with caplog.at_level("INFO", logger="serverpki.agent"), pytest.raises(KeyboardInterrupt):
+            started = time.monotonic()
+            try:
+                agent.drain()
+            finally:
+                took = time.monotonic() - started
+    finally:
+        agent.close()
+        silent.close()
+    assert took < 2 + 1.5, took
+    # (no answer within 2 s, or the connection's own timeout of as long: whichever comes first)
+    assert "3 jobs claimed and not begun (" in caplog.text and "they are claimed again when their lease runs out (" in caplog.text
+    assert {job_row(conn, j)["state"] for j in jobs} == {"running"} and accepted
 
 
 def test_a_CA_replaced_during_a_drain_signs_the_claims_made_after(conn, dsn, config):

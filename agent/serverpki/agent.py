@@ -36,12 +36,6 @@ from .queries import q
 
 log = logging.getLogger("serverpki.agent")
 
-# job kinds whose jobs of one claim run in parallel (one disthost each)
-POOLED_KINDS = frozenset({"distribute"})
-# job kinds whose handler does nothing outside the agent but compute its completion (issue_local: a key and
-# a certificate): consecutive jobs of one claim overlap, the database applies the completions sent last
-# while the next handlers work, and those ready meanwhile go together (_Completions)
-OVERLAPPED_KINDS = frozenset({"issue_local"})
 # the completer gathers at least this many completions, or waits this long for them, before it sends them: each
 # call of the completion has a fixed cost in the database, which a few more completions share
 GATHER_COMPLETIONS = 8
@@ -50,6 +44,9 @@ _FLUSH = object()   # to the completer: send what you gathered now (the drain wa
 # the reads of a claim made ahead that wait for its turn are made this many jobs before it (Agent._read_at_turn):
 # a query of the claimer takes the GIL a few times, each when the signing thread lets it go (once a certificate)
 TURN_LEAD = 3
+# how long a drain that ends abnormally waits to hand its jobs back (Agent._hand_back): a database that does
+# not answer does not hold the exit; the leases bring the jobs back then
+HAND_BACK_SECONDS = 5
 
 
 class DatabaseLost(ServerPKIError):
@@ -173,9 +170,50 @@ class _Heartbeats(threading.Thread):
                 conn.close()
 
 
+class _Held:
+    """The jobs a drain claimed that have no outcome yet, and how far their handlers went: what a drain that
+    ends abnormally hands back (Agent._hand_back). Threads claim (the claimer) and begin jobs (the pool) while
+    the drain ends: once it hands back, no job begins any more."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.jobs: dict[int, Job] = {}
+        self.acting: set[int] = set()   # handlers that may have acted outside the agent (run_job): never handed back
+        self.inside: set[int] = set()   # handlers of overlapped kinds that ran (they act only inside the agent)
+        self.closed = False
+
+    def claimed(self, jobs: list[Job]) -> None:
+        with self.lock:
+            if not self.closed:   # (claimed as the drain ends: left to their leases)
+                self.jobs.update((job.id, job) for job in jobs)
+
+    def finished(self, job: Job) -> None:
+        self.jobs.pop(job.id, None)
+
+    def ran_inside(self, job: Job) -> None:
+        self.inside.add(job.id)
+
+    def may_act(self, job: Job) -> bool:
+        """Whether the job may begin (its handler act outside the agent): not once the drain hands back."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.acting.add(job.id)
+            return True
+
+    def to_hand_back(self, interrupted: bool) -> list[Job]:
+        """The jobs whose work never took effect, and no job begins any more. Interrupted (Ctrl-C): those of
+        overlapped kinds whose handlers ran too; after an error they keep their leases (it may be theirs,
+        and its attempt counts: a job that makes the drain fail goes dead in the end)."""
+        with self.lock:
+            self.closed = True
+            return [job for job in self.jobs.values()
+                    if job.id not in self.acting and (interrupted or job.id not in self.inside)]
+
+
 class _Completions:
-    """Completions overlapped: a job of OVERLAPPED_KINDS does nothing outside the agent, so the next ones'
-    handlers may run while the database applies the completions of those before (checks, storage, events,
+    """Completions overlapped: a job of an overlapped kind (job_kinds.concurrency: issue_local, a key and a
+    certificate) does nothing outside the agent but compute its completion, so the next ones' handlers may run while the database applies the completions of those before (checks, storage, events,
     on the other core), and the next claim goes while the last ones are applied. A completer thread takes
     the completions handed over whenever the database is free, all that are there (a few gathered first:
     GATHER_COMPLETIONS), together (complete_issue_batch: one round trip, one statement per step for all of
@@ -283,6 +321,7 @@ class _Completions:
             if time.monotonic() >= fresh_until and not agent._renew_lease(job, agent._reader):
                 self._hand_over(job, "lost")
             else:
+                agent._held.ran_inside(job)
                 self._hand_over(job, agent._start_job(job, agent._reader))
             yield from self._arrived()
 
@@ -323,12 +362,11 @@ class Agent:
         self._claimer: psycopg.Connection | None = None
         # reads that hold for the claimed batch being worked (Context.batch); new with each claim
         self._batch: dict = {}
-        # job kind -> its completion function, as the kind's file in db/jobs/ registered it (read by claim)
-        self._completions: dict[str, str] = {}
-        # the drain's jobs claimed and without an outcome yet, and those of them whose handler may have begun
-        # something outside the agent (run_job): what a drain that ends abnormally hands back (_hand_back)
-        self._held: dict[int, Job] = {}
-        self._begun: set[int] = set()
+        # job kind -> (its completion function, how its jobs may run: serial, pooled (those of one claim at
+        # once), overlapped (_Completions)), as the kind's file in db/jobs/ registered them (read by claim)
+        self._kinds: dict[str, tuple[str, str]] = {}
+        # the drain's jobs claimed and without an outcome yet (_hand_back)
+        self._held = _Held()
 
     # one autocommit connection for the queue and the handlers' named reads; once it was lost, a new
     # one is waited for (_connect), so that a drain goes on across a restart or a failover
@@ -355,14 +393,9 @@ class Agent:
         """The next due jobs, leased to this agent. on_reader: claimed on the handlers' connection, while
         the agent's own one sends completions (_Completions); ahead: on a connection of its own, while the
         handlers of the last claim work (_claim_ahead), as on_reader."""
-        # while completions are on their way, only jobs that depend on nothing they do: a job of another kind
-        # may be the one a completion's follow-up would have joined (a publish_tlsa claimed here while an
-        # issue completion asks it to prepublish the new instance too would run without it, and the request
-        # wait for its completion in tlsa_wishes: a second round of DNS updates)
-        kinds = [k for k in self.kinds if k in OVERLAPPED_KINDS] if on_reader or ahead else self.kinds
-        if not kinds:
-            return []
-        params = {"agent": self.name, "kinds": kinds, "max_jobs": self.batch, "lease": self.lease}
+        # while completions are on their way, only jobs that depend on nothing they do (pki.kinds_to_claim)
+        params = {"agent": self.name, "kinds": self.kinds, "overlapped_only": on_reader or ahead,
+                  "max_jobs": self.batch, "lease": self.lease}
         query = q("claim_jobs")
         if self.selection is not None:
             params.update(self.selection, requested=self.requested)
@@ -378,21 +411,24 @@ class Agent:
             rows = self._on_side(side, claimed, f"agent {self.name}")
         else:
             rows = self._on_own_connection(claimed, f"agent {self.name}")
-        if any(r[1] not in self._completions for r in rows):   # (r[1]: the kind)
+        if any(r[1] not in self._kinds for r in rows):   # (r[1]: the kind)
             # on the connection the claim used: the agent's own one may be busy sending completions
-            self._completions = dict(self._on_side(side, lambda conn: conn.execute(q("job_completions")).fetchall(), f"agent {self.name}")
-                                     if side else self.conn.execute(q("job_completions")).fetchall())
+            kinds = (self._on_side(side, lambda conn: conn.execute(q("job_kinds")).fetchall(), f"agent {self.name}")
+                     if side else self.conn.execute(q("job_kinds")).fetchall())
+            self._kinds = {kind: (complete_with, concurrency) for kind, complete_with, concurrency in kinds}
         jobs = [Job(id, kind, certificate, instance, disthost, zone, args or {}, attempts, max_attempts, lease,
                     certificate_name, disthost_name)
                 for id, kind, certificate, instance, disthost, zone, args, attempts, max_attempts, lease,
                     certificate_name, disthost_name in rows]
-        self._held.update((job.id, job) for job in jobs)
+        self._held.claimed(jobs)
         return jobs
 
     def run_job(self, job: Job, conn: psycopg.Connection | None = None) -> str:
         """Run one claimed job to its outcome; returns done, failed, dead or lost.
         conn: the connection for the handler and the outcome (default: the agent's own)."""
-        self._begun.add(job.id)   # from here its handler may act outside the agent: never handed back
+        if not self._held.may_act(job):   # (the drain hands its jobs back: this one is among them)
+            log.warning("%s: not run, the drain ends", job.label)
+            return "lost"
         if conn is None:   # the agent's own: renewed if it died since the last job (a failover between two jobs)
             renewed = self._on_own_connection(lambda own: self._renew_lease(job, own), job.label)
             conn = self.conn
@@ -422,7 +458,7 @@ class Agent:
         try:
             # a handler that returns no Completion fails its attempt like one that crashed
             completion = self.handlers[job.kind](job, ctx)
-            statement = completion.statement(self._completions[job.kind], job.id, job.lease)
+            statement = completion.statement(self._kinds[job.kind][0], job.id, job.lease)
         except RetryLater as exc:
             return self._fail(job, str(exc), retry=True, retry_after=exc.retry_after, conn=conn)
         except GiveUp as exc:
@@ -581,36 +617,40 @@ class Agent:
             self._read_ahead(jobs, lambda work, label: self._on_side("_claimer", work, label), hook="read_at_turn",
                              batch=batch)
 
-    def _hand_back(self) -> None:
-        """A drain that ended abnormally (an error, Ctrl-C, the database lost), its threads joined, hands back
-        the jobs it claimed whose work never took effect: those whose handlers had not begun (the claim made
-        ahead, the rest of a claim) and those of OVERLAPPED_KINDS whose completions were not sent (they did
-        nothing outside the agent). release_jobs: due again at once, the attempt not counted; a job done,
-        refused or taken over meanwhile is not under its lease any more and stays as it is. A job whose
-        handler had begun (a copy, a DNS update, an order) keeps its lease. Once, on a connection there: a
-        drain that ends does not wait for a database that is gone; then the leases bring them back."""
-        jobs = [job for job in self._held.values() if job.id not in self._begun]
-        self._held, self._begun = {}, set()
+    def _hand_back(self, interrupted: bool) -> None:
+        """A drain that ended abnormally, its threads joined, hands back the jobs it claimed whose work never
+        took effect (_Held.to_hand_back: the claim made ahead, the rest of a claim, and when interrupted the
+        overlapped jobs whose completions were not sent). release_jobs: due again at once, the attempt not
+        counted; a job done, refused or taken over meanwhile is not under its lease any more and stays as it
+        is. On a connection of its own, for HAND_BACK_SECONDS at most: a database that does not answer does
+        not hold the exit, and the leases bring the jobs back."""
+        jobs = self._held.to_hand_back(interrupted)
         if self._heartbeats is not None:
             for job in jobs:
                 self._heartbeats.unwatch(job)   # those claimed ahead: no longer extended
         if not jobs:
             return
-        listed = ", ".join(str(job.id) for job in jobs)
-        failure = "no connection is open"
-        for conn in (self._conn, self._claimer):
-            if conn is None or conn.closed or conn.broken:
-                continue
+        released: list = []
+
+        def release() -> None:
             try:
-                back = conn.execute(q("release_jobs"), {"jobs": [job.id for job in jobs],
-                                                        "tokens": [job.lease for job in jobs]}).fetchone()[0]
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=HAND_BACK_SECONDS) as conn:
+                    released.append(conn.execute(q("release_jobs"), {"jobs": [job.id for job in jobs],
+                                                                     "tokens": [job.lease for job in jobs]}).fetchone()[0])
             except psycopg.Error as exc:
-                failure = _first_line(exc)
-                continue
-            log.info("agent %s: %s of %s jobs claimed and not begun (%s) handed back", self.name, back, len(jobs), listed)
-            return
-        log.info("agent %s: %s jobs claimed and not begun (%s); they are claimed again when their lease runs "
-                 "out (%s)", self.name, len(jobs), listed, failure)
+                released.append(exc)
+
+        worker = threading.Thread(target=release, name="hand-back", daemon=True)
+        worker.start()
+        worker.join(HAND_BACK_SECONDS)
+        listed = ", ".join(str(job.id) for job in jobs)
+        if released and isinstance(released[0], int):
+            log.info("agent %s: %s jobs handed back, due again (of %s claimed and not begun: %s)", self.name,
+                     released[0], len(jobs), listed)
+        else:
+            why = _first_line(released[0]) if released else f"no answer within {HAND_BACK_SECONDS} s"
+            log.info("agent %s: %s jobs claimed and not begun (%s); they are claimed again when their lease runs "
+                     "out (%s)", self.name, len(jobs), listed, why)
 
     def _read_ahead(self, jobs: list[Job], on_connection, hook: str = "read_ahead", batch: dict | None = None) -> dict:
         """Context.batch for the handlers of a claim (batch: the one it has, else a new one), with what the
@@ -715,7 +755,7 @@ class Agent:
                     # run, on a connection of its own, and is there when they are done. Only overlapped kinds,
                     # as on the handlers' connection: completions are on their way by then
                     before_last = None
-                    if (len(jobs) >= self.batch and all(job.kind in OVERLAPPED_KINDS for job in jobs)
+                    if (len(jobs) >= self.batch and all(map(self._overlapped, jobs))
                             and (max_jobs is None or claimed < max_jobs)):
                         ahead = claimer.submit(self._claim_ahead)
 
@@ -724,12 +764,12 @@ class Agent:
                             turn = claimer.submit(self._read_at_turn, ahead)
                     if bar.shown:
                         bar.set_total(claimed + self.due())
-                    pooled = [job for job in jobs if job.kind in POOLED_KINDS]
+                    pooled = [job for job in jobs if self._kinds[job.kind][1] == "pooled"]
                     pooled = pooled if len(pooled) > 1 else []
                     # in claim order; the completions of a run of consecutive overlapped jobs are in before any
                     # other job starts: that one may depend on them
                     for overlapped, run in itertools.groupby((job for job in jobs if job.id not in {p.id for p in pooled}),
-                                                             key=lambda job: job.kind in OVERLAPPED_KINDS):
+                                                             key=self._overlapped):
                         if overlapped:
                             run = list(run)
                             self._read_ahead(run, self._on_reader, hook="read_at_turn", batch=self._batch)
@@ -750,13 +790,17 @@ class Agent:
                     ahead.cancel()      # not made if not under way; else waited for as the claimer exits (its jobs: _held)
                 raise
 
+    def _overlapped(self, job: Job) -> bool:
+        """Whether the job's kind acts only inside the agent (job_kinds.concurrency): _Completions runs it."""
+        return self._kinds[job.kind][1] == "overlapped"
+
     def _finish_overlapped(self, started: list[tuple[Job, object]]) -> list[str]:
         """The outcomes of jobs started by _Completions.run, their completions sent together."""
         if self._conn is not None and self._conn.broken:
             self._conn.close()   # lost since its last use: self.conn waits for a new one (_connect)
         outcomes: dict[int, str] = {job.id: begun for job, begun in started if isinstance(begun, str)}
         batch = [(job, begun) for job, begun in started if not isinstance(begun, str)]
-        if len(batch) > 1 and all(self._completions[job.kind] == "complete_issue"
+        if len(batch) > 1 and all(self._kinds[job.kind][0] == "complete_issue"
                                   and set(completion.args) <= {"pairs", "cacert"} for job, (completion, _) in batch):
             # at most 32 subtransactions a call (PostgreSQL caches 64 subtransaction ids per backend: beyond,
             # every snapshot of every session is 'suboverflowed' until it commits)
@@ -809,8 +853,11 @@ class Agent:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 return self.run_job(job, conn)
 
-        with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pool") as pool:
+        pool = ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="pool")
+        try:
             yield from zip(jobs, pool.map(one, jobs))
+        finally:   # a drain that ends abnormally: the jobs not begun are not (they are handed back); running ones end
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def drain(self, max_jobs: int | None = None, requested: list[int] | None = None, label: str = "jobs") -> RunStats:
         """Run what is due now, follow-ups included, then return (the cron run); a progress bar named label
@@ -818,22 +865,23 @@ class Agent:
         returned)."""
         self.requested = [job for job in requested or () if job is not None]
         stats = RunStats()
-        self._held, self._begun = {}, set()
+        self._held = _Held()
         try:
             # counted for a terminal only; nothing due, no bar (`serverpki agent` drains at every wake-up)
             with ProgressBar(label, self.due() if on_terminal() else 0) as bar:
                 outcomes = self._outcomes(max_jobs, bar)
                 try:
                     for job, outcome in outcomes:
-                        self._held.pop(job.id, None)
+                        self._held.finished(job)
                         stats.outcomes[outcome] += 1
                         bar.advance()
                         if outcome != "done":
                             stats.errors.append(f"{job.label}: {outcome}")
-                except BaseException:
+                except BaseException as exc:
                     outcomes.close()   # its threads joined: the completions on their way are in, the others dropped
-                    self._hand_back()
-                    raise
+                    if not (isinstance(exc, psycopg.OperationalError) and _connection_lost(exc)):
+                        self._hand_back(interrupted=isinstance(exc, KeyboardInterrupt))
+                    raise   # (the database lost: the leases bring the jobs back)
         except psycopg.OperationalError as exc:
             if not _connection_lost(exc):
                 raise
@@ -858,7 +906,7 @@ class Agent:
                 with psycopg.connect(self.dsn, autocommit=True) as listener:
                     # at start and after every reconnection: the database may have been upgraded meanwhile
                     migrate.check_compatible(listener)   # SchemaMismatch: the agent stops
-                    self._completions = {}               # an upgrade may have changed them
+                    self._kinds = {}                     # an upgrade may have changed them (claim reads them anew)
                     listener.execute(q("listen_jobs"))
                     delay = 1.0
                     log.info("agent %s: listening for jobs of kinds %s", self.name, ", ".join(self.kinds))

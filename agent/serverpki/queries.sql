@@ -4,19 +4,22 @@
 -- name: claim_jobs
 -- with the names the log lines of a job show: its certificate's main subject, its disthost. The columns of
 -- an agent's Job, in its order (Agent.claim: parsed on the claimer thread, whose Python holds the GIL the
--- thread that signs waits for: no column it does not use)
+-- thread that signs waits for: no column it does not use). overlapped_only: of the agent's kinds only those
+-- whose jobs may be claimed while completions are on their way (pki.kinds_to_claim)
 SELECT c.id, c.kind, c.certificate, c.instance, c.disthost, c.zone, c.args, c.attempts, c.max_attempts,
        c.lease_token::text, s.name::text AS certificate_name, d.fqdn::text AS disthost_name
-  FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second') c
+  FROM pki.claim_jobs(%(agent)s, pki.kinds_to_claim(%(kinds)s, %(overlapped_only)s), %(max_jobs)s,
+                      %(lease)s * interval '1 second') c
   LEFT JOIN pki.main_subjects s ON s.certificate = c.certificate
   LEFT JOIN pki.disthosts d ON d.id = c.disthost;
 
 -- name: claim_selected_jobs
 -- an operate_serverPKI run's drain: only the jobs of its selection, and those it requested (pki.claim_jobs);
--- with the names and the columns, as claim_jobs
+-- with the names and the columns, and of the kinds, as claim_jobs
 SELECT c.id, c.kind, c.certificate, c.instance, c.disthost, c.zone, c.args, c.attempts, c.max_attempts,
        c.lease_token::text, s.name::text AS certificate_name, d.fqdn::text AS disthost_name
-  FROM pki.claim_jobs(%(agent)s, %(kinds)s, %(max_jobs)s, %(lease)s * interval '1 second',
+  FROM pki.claim_jobs(%(agent)s, pki.kinds_to_claim(%(kinds)s, %(overlapped_only)s), %(max_jobs)s,
+                      %(lease)s * interval '1 second',
     pki.selection(%(sel_all)s, %(sel_include)s, %(sel_exclude)s, %(sel_only)s, %(sel_skip)s, %(sel_limit)s, %(sel_no_tlsa)s),
     %(requested)s::bigint[]) c
   LEFT JOIN pki.main_subjects s ON s.certificate = c.certificate
@@ -41,7 +44,7 @@ SELECT pki.extend_lease(%(job)s, %(token)s::uuid, %(lease)s * interval '1 second
 -- claimed jobs whose work never took effect, handed back: due again at once, their attempt not counted (Agent._hand_back)
 SELECT pki.release_jobs(%(jobs)s::bigint[], %(tokens)s::uuid[]);
 
--- a job kind's completion function, named by job_kinds.complete_with (job_completions), with the
+-- a job kind's completion function, named by job_kinds.complete_with (job_kinds), with the
 -- handler's typed arguments: handlers.Completion.statement fills in the function and the arguments
 -- with psycopg.sql identifiers and placeholders (values travel as bind parameters)
 -- name: kind_completion
@@ -64,8 +67,9 @@ SELECT states, messages
         %(cacerts)s::int[],
         ARRAY(SELECT e FROM jsonb_array_elements(%(reports)s::jsonb) WITH ORDINALITY AS a(e, n) ORDER BY n));
 
--- name: job_completions
-SELECT kind, complete_with FROM pki.job_kinds;
+-- name: job_kinds
+-- each kind's completion function and how the agent may run its jobs (Agent.claim reads them)
+SELECT kind, complete_with, concurrency FROM pki.job_kinds;
 
 -- name: fail_job
 SELECT pki.fail_job(%(job)s, %(token)s::uuid, %(error)s, %(retry)s, %(retry_after)s * interval '1 second');

@@ -52,10 +52,12 @@ AS $$ SELECT regexp_replace(error, '-----BEGIN [A-Z ]*PRIVATE KEY-----.*$', '(pr
 
 -- define_job_kind: a kind's file in db/jobs/ registers the kind (on every upgrade): complete_with
 -- names the function its agent calls with the outcome, pki.<complete_with>(job_id, lease_token, ...);
--- on_dead, pki.<on_dead>(pki.jobs), undoes what waited for a job that failed for good. Attempts and
--- priority are set when the kind is new (an operator may tune them)
+-- on_dead, pki.<on_dead>(pki.jobs), undoes what waited for a job that failed for good; concurrency, how
+-- the agent may run its jobs (job_kinds.concurrency: serial, pooled, overlapped). Attempts and priority
+-- are set when the kind is new (an operator may tune them)
 CREATE OR REPLACE FUNCTION pki.define_job_kind(the_kind text, the_description text, the_max_attempts int, the_priority int,
-                                               complete_with text DEFAULT 'complete_job', on_dead text DEFAULT NULL)
+                                               complete_with text DEFAULT 'complete_job', on_dead text DEFAULT NULL,
+                                               concurrency text DEFAULT 'serial')
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
@@ -71,12 +73,26 @@ BEGIN
     IF on_dead IS NOT NULL AND to_regprocedure(format('pki.%I(pki.jobs)', on_dead)) IS NULL THEN
         RAISE EXCEPTION 'job kind %: no clean-up function pki.%(pki.jobs)', the_kind, on_dead;
     END IF;
-    INSERT INTO job_kinds AS k (kind, description, max_attempts, priority, complete_with, on_dead)
-    VALUES (the_kind, the_description, the_max_attempts, the_priority, complete_with, on_dead)
+    INSERT INTO job_kinds AS k (kind, description, max_attempts, priority, complete_with, on_dead, concurrency)
+    VALUES (the_kind, the_description, the_max_attempts, the_priority, complete_with, on_dead, concurrency)
     ON CONFLICT (kind) DO UPDATE SET description = EXCLUDED.description, complete_with = EXCLUDED.complete_with,
-                                     on_dead = EXCLUDED.on_dead
-     WHERE (k.description, k.complete_with, k.on_dead) IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.complete_with, EXCLUDED.on_dead);
+                                     on_dead = EXCLUDED.on_dead, concurrency = EXCLUDED.concurrency
+     WHERE (k.description, k.complete_with, k.on_dead, k.concurrency)
+           IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.complete_with, EXCLUDED.on_dead, EXCLUDED.concurrency);
 END
+$$;
+
+-- kinds_to_claim: of an agent's kinds, those it claims; overlapped_only: while completions of its
+-- jobs are on their way (or ahead of them), only the kinds whose jobs depend on nothing those do, which
+-- act only inside the agent (job_kinds.concurrency 'overlapped'): a publish_tlsa claimed while an issue
+-- completion's follow-up asks it to prepublish the new instance too would run without it
+CREATE OR REPLACE FUNCTION pki.kinds_to_claim(kinds text[], overlapped_only boolean)
+RETURNS text[] LANGUAGE sql STABLE
+SET search_path = pki, dd, pg_temp
+AS $$
+    SELECT ARRAY(SELECT k.kind FROM job_kinds k
+                  WHERE k.kind = ANY (kinds) AND (k.concurrency = 'overlapped' OR NOT overlapped_only)
+                  ORDER BY k.kind)
 $$;
 
 -- active_job: the job of this kind and subject that is queued, running or failed (jobs_one_active

@@ -462,8 +462,9 @@ BEGIN
 END
 $$;
 
+-- overlapped: its handler only signs, inside the agent; its completions go together (complete_issue_batch)
 SELECT pki.define_job_kind('issue_local', 'issue an instance of a local certificate with the local CA', 3, 20,
-                           'complete_issue', 'issue_dead');
+                           'complete_issue', 'issue_dead', concurrency => 'overlapped');
 SELECT pki.define_job_kind('issue_acme', 'order an instance of an LE certificate (dns-01 over RFC 2136)', 8, 20,
                            'complete_issue', 'issue_dead');
 SELECT pki.define_job_kind('issue_local_ca', 'issue a new local CA certificate', 3, 30, 'complete_issue', 'issue_dead');

@@ -86,5 +86,6 @@ BEGIN
 END
 $$;
 
+-- pooled: one disthost each (subject_key), so the jobs of one claim run at once
 SELECT pki.define_job_kind('distribute', 'copy an instance to the targets on one disthost and reload', 8, 10,
-                           'complete_distribute');
+                           'complete_distribute', concurrency => 'pooled');

@@ -166,6 +166,7 @@ GRANT EXECUTE ON FUNCTION pki.revocation_reasons() TO pki_admin;
 
 -- the queue, the agent's: every call about a claimed job presents the claim's lease token
 GRANT EXECUTE ON FUNCTION pki.claim_jobs(text, text[], integer, interval, dd.selection, bigint[]) TO pki_agent;
+GRANT EXECUTE ON FUNCTION pki.kinds_to_claim(text[], boolean) TO pki_agent;
 -- what -n reports, for pki.alerts (which pki_report reads): problems, not the rows behind them
 GRANT EXECUTE ON FUNCTION pki.config_problems() TO pki_admin, pki_agent, pki_report;
 -- the Prometheus metrics (serverpki metrics; monitoring logins): no key material
