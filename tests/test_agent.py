@@ -193,7 +193,57 @@ def test_while_completions_are_on_their_way_only_jobs_that_depend_on_nothing_are
     # a kind registered as acting only inside the agent is claimed beside completions, and ahead
     owner_conn(conn).execute("UPDATE job_kinds SET concurrency = 'overlapped' WHERE kind = 't_ok'")
     beside, ahead = enqueue(conn, "t_ok", key="beside"), enqueue(conn, "t_ok", key="ahead")
-    assert [j.id for j in agent.claim(on_reader=True)] + [j.id for j in agent.claim(ahead=True)] == [beside, ahead]
+    one_by_one = make_agent(dsn, {"t_ok": lambda j, ctx: Completion()}, batch=1)
+    assert [j.id for j in one_by_one.claim(on_reader=True)] == [beside]
+    assert [j.id for j in one_by_one.claim(ahead=True)] == [ahead]
+
+
+def test_a_pooled_drain_that_ends_abnormally_does_not_begin_the_jobs_it_has_not_begun(conn, dsn, kinds, monkeypatch):
+    """An error in the drain's own loop (here Ctrl-C as the first outcome is counted) while jobs of a pooled
+    kind wait for the pool: those not begun are not begun any more (cancelled) but handed back, due again
+    at once; the one running ends."""
+    from dataclasses import replace
+
+    from serverpki import agent as agent_module
+    owner_conn(conn).execute("UPDATE job_kinds SET concurrency = 'pooled' WHERE kind = 't_ok'")
+    ids = [enqueue(conn, "t_ok", key=f"host{i}") for i in range(5)]
+    ran = []
+
+    def handler(j, ctx):
+        ran.append(j.id)
+        time.sleep(0.2)
+        return Completion()
+
+    def interrupt_at_the_first(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent_module.ProgressBar, "advance", interrupt_at_the_first)
+    agent = make_agent(dsn, {"t_ok": handler}, batch=5)
+    agent.config = replace(CONFIG, ssh=replace(CONFIG.ssh, max_parallel_hosts=1))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            agent.drain()
+    finally:
+        agent.close()
+    states = {i: job(conn, i)[0] for i in ids}
+    back = [i for i, in conn.execute("SELECT job FROM events WHERE reason LIKE '%%handed back by agent%%' ORDER BY job")]
+    assert ran and back and sorted(set(ran) | set(back)) == ids and not set(ran) & set(back), (ran, back)
+    assert {states[i] for i in ran} == {"done"} and {states[i] for i in back} == {"queued"}, states
+
+
+def test_a_drain_that_hands_back_begins_no_job(conn, dsn, kinds):
+    """Once a drain hands its jobs back (a thread still running after a second Ctrl-C), run_job begins none:
+    the job is not run, its lease not renewed, and release_jobs takes it back."""
+    jid = enqueue(conn, "t_ok")
+    called = []
+    agent = make_agent(dsn, {"t_ok": lambda j, ctx: called.append(j.id) or Completion()})
+    try:
+        [claimed] = agent.claim()
+        assert [j.id for j in agent._held.to_hand_back(interrupted=True)] == [jid]
+        assert agent.run_job(claimed) == "lost" and called == []
+        assert job(conn, jid)[0] == "running"
+    finally:
+        agent.close()
 
 
 def test_a_heartbeat_connect_to_a_host_that_never_answers_gives_up_in_time(monkeypatch, caplog):

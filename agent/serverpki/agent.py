@@ -618,8 +618,8 @@ class Agent:
                              batch=batch)
 
     def _hand_back(self, interrupted: bool) -> None:
-        """A drain that ended abnormally, its threads joined, hands back the jobs it claimed whose work never
-        took effect (_Held.to_hand_back: the claim made ahead, the rest of a claim, and when interrupted the
+        """A drain that ended abnormally, its threads joined (after a second Ctrl-C some may still run: _Held
+        keeps them from beginning a job), hands back the jobs it claimed whose work never took effect (_Held.to_hand_back: the claim made ahead, the rest of a claim, and when interrupted the
         overlapped jobs whose completions were not sent). release_jobs: due again at once, the attempt not
         counted; a job done, refused or taken over meanwhile is not under its lease any more and stays as it
         is. On a connection of its own, for HAND_BACK_SECONDS at most: a database that does not answer does
@@ -645,12 +645,12 @@ class Agent:
         worker.join(HAND_BACK_SECONDS)
         listed = ", ".join(str(job.id) for job in jobs)
         if released and isinstance(released[0], int):
-            log.info("agent %s: %s jobs handed back, due again (of %s claimed and not begun: %s)", self.name,
-                     released[0], len(jobs), listed)
+            # (of those listed, a job whose outcome was stored meanwhile stays as it is)
+            log.info("agent %s: %s jobs handed back, due again (of %s: %s)", self.name, released[0], len(jobs), listed)
         else:
             why = _first_line(released[0]) if released else f"no answer within {HAND_BACK_SECONDS} s"
-            log.info("agent %s: %s jobs claimed and not begun (%s); they are claimed again when their lease runs "
-                     "out (%s)", self.name, len(jobs), listed, why)
+            log.info("agent %s: %s jobs not handed back (%s); they are claimed again when their lease runs out (%s)",
+                     self.name, len(jobs), listed, why)
 
     def _read_ahead(self, jobs: list[Job], on_connection, hook: str = "read_ahead", batch: dict | None = None) -> dict:
         """Context.batch for the handlers of a claim (batch: the one it has, else a new one), with what the
@@ -714,8 +714,8 @@ class Agent:
 
     def _outcomes(self, max_jobs: int | None, bar: ProgressBar):
         """(job, outcome) of every due job, claim after claim until nothing is due (follow-ups included);
-        the distribute jobs of one claim run in the pool. The bar's total: what was claimed and what is
-        due after each claim (the follow-ups the jobs before it enqueued)."""
+        the jobs of a pooled kind (distribute) of one claim run in the pool. The bar's total: what was
+        claimed and what is due after each claim (the follow-ups the jobs before it enqueued)."""
         claimed = 0
         ahead: Future | None = None   # the next claim, made while the handlers of this one work
         turn: Future | None = None    # its reads that wait for its turn, made as the last handlers of this one start

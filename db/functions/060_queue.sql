@@ -54,7 +54,8 @@ AS $$ SELECT regexp_replace(error, '-----BEGIN [A-Z ]*PRIVATE KEY-----.*$', '(pr
 -- names the function its agent calls with the outcome, pki.<complete_with>(job_id, lease_token, ...);
 -- on_dead, pki.<on_dead>(pki.jobs), undoes what waited for a job that failed for good; concurrency, how
 -- the agent may run its jobs (job_kinds.concurrency: serial, pooled, overlapped). Attempts and priority
--- are set when the kind is new (an operator may tune them)
+-- are set when the kind is new (an operator may tune them); the rest is the kind's file's, set anew by
+-- every upgrade
 CREATE OR REPLACE FUNCTION pki.define_job_kind(the_kind text, the_description text, the_max_attempts int, the_priority int,
                                                complete_with text DEFAULT 'complete_job', on_dead text DEFAULT NULL,
                                                concurrency text DEFAULT 'serial')
@@ -85,7 +86,8 @@ $$;
 -- kinds_to_claim: of an agent's kinds, those it claims; overlapped_only: while completions of its
 -- jobs are on their way (or ahead of them), only the kinds whose jobs depend on nothing those do, which
 -- act only inside the agent (job_kinds.concurrency 'overlapped'): a publish_tlsa claimed while an issue
--- completion's follow-up asks it to prepublish the new instance too would run without it
+-- completion's follow-up asks it to prepublish the new instance too would run without it. NULL for
+-- either argument: no kind (claim_jobs' NULL for every kind is not what an agent means here)
 CREATE OR REPLACE FUNCTION pki.kinds_to_claim(kinds text[], overlapped_only boolean)
 RETURNS text[] LANGUAGE sql STABLE
 SET search_path = pki, dd, pg_temp
