@@ -852,6 +852,12 @@ def test_a_TLSA_owner_that_goes_has_its_records_withdrawn_by_the_next_run(conn):
     assert "(a name changed)" in reason_of_job_after("UPDATE subjects SET name = 'alt2.example.org' WHERE name = 'alt.example.org'")
     assert "(a name removed)" in reason_of_job_after("SELECT remove_altname('www.example.org', 'alt2.example.org')")
     conn.execute("UPDATE subjects SET remarks = 'no owner changes' WHERE certificate = %s", (cert,))
+    # a publish_tlsa job that may still write records: not removed until it ran (SP029), nothing changed
+    conn.execute("SELECT add_service('www.example.org', 'submissions', 465)")
+    [(job,)] = conn.execute("SELECT id FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchall()
+    assert_refused(conn, "SELECT remove_cert('www.example.org')", sqlstate="SP029",
+                   match=f"has publish_tlsa job {job} (queued), which may write TLSA records")
+    run_jobs(conn, T0, kinds=["publish_tlsa"])
     conn.execute("SELECT remove_cert('www.example.org')")
     assert conn.execute("SELECT count(*) FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()[0] == 0
 

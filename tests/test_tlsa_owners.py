@@ -138,3 +138,35 @@ def test_an_owner_in_a_zone_given_up_is_forgotten_and_a_refused_one_retried_with
     run = fleet.cli("-T", "-o", NAME)
     assert run.returncode == 0 and f"TLSA records at {refused} forgotten" in run.stderr, run.stdout + run.stderr
     assert fleet.problems() == []
+
+
+def test_a_certificate_with_records_in_dns_is_removed_only_once_they_are_withdrawn(fleet):
+    """remove_cert of a certificate whose TLSA records are in DNS is refused (SP029), nothing changed: gone, it
+    would leave records vouching for its keys that nobody withdraws. -R withdraws them (an hourly run in
+    between does not bring them back); then it goes."""
+    gone = f"gone.{ZONE}"
+    operator(fleet, "SELECT * FROM add_cert(%s, 'server', 'local', 'ec', false, NULL, 'https-key', 443, %s, NULL, 'nginx')",
+             gone, WEB)
+    run = fleet.cli("-C", "-o", gone)
+    assert run.returncode == 0, run.stdout + run.stderr
+    fleet.settle()
+    records = fleet.tlsa_served(owner(443, gone))
+    assert records
+
+    with psycopg.connect(fleet.role_dsn(roles.OPERATOR), autocommit=True) as op, \
+            pytest.raises(psycopg.Error) as refused:
+        op.execute("SELECT remove_cert(%s)", (gone,))
+    assert refused.value.diag.sqlstate == "SP029"
+    assert f"has TLSA records in DNS at {owner(443, gone)}" in refused.value.diag.message_primary
+    assert f"operate_serverPKI -R -o {gone}" in refused.value.diag.message_hint
+    assert fleet.conn.execute("SELECT count(*) FROM certificates WHERE id = cert_id(%s)", (gone,)).fetchone()[0] == 1
+    assert fleet.tlsa_served(owner(443, gone)) == records
+
+    for args in (["-R", "-o", gone], ["-S", "-q", "-a"]):
+        run = fleet.cli(*args)
+        assert run.returncode == 0, run.stdout + run.stderr
+    assert fleet.tlsa_served(owner(443, gone)) == set()
+    assert fleet.conn.execute("SELECT count(*) FROM tlsa_owners_in_dns WHERE owner = %s", (owner(443, gone),)).fetchone()[0] == 0
+    operator(fleet, "SELECT remove_cert(%s)", gone)
+    assert fleet.conn.execute("SELECT count(*) FROM certificates c JOIN subjects s ON s.certificate = c.id "
+                              "WHERE s.name = %s", (gone,)).fetchone()[0] == 0

@@ -22,7 +22,8 @@ INSERT INTO dd.sqlstates (code, name, meaning) VALUES
     ('SP025', 'clock_locked',        'a session set pki.now, but the database owner has not enabled time travel for this database'),
     ('SP026', 'wrong_completion',    'a job was reported done through the completion function of another job kind'),
     ('SP027', 'not_revocable',       'the instance cannot be revoked: a CA''s instance, one not in service, or one revoked already'),
-    ('SP028', 'changed_meanwhile',   'what a job read changed before its result arrived (a CRL number taken, a revocation, -X/-Y): nothing stored, the agent retries it')
+    ('SP028', 'changed_meanwhile',   'what a job read changed before its result arrived (a CRL number taken, a revocation, -X/-Y): nothing stored, the agent retries it'),
+    ('SP029', 'tlsa_in_dns',         'a certificate to be removed has TLSA records in DNS, or a publish_tlsa job that may write some')
 ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, meaning = EXCLUDED.meaning;
 
 -- raise_error: raise one of our SQLSTATEs with a message and a hint

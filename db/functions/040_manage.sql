@@ -177,14 +177,30 @@ $$;
 -- WHERE clause runs only when the scan meets a row, so on an empty table (or
 -- under another plan) an unknown name would pass silently.
 
--- remove_cert: the certificate with its alt names, services, targets and instances
+-- remove_cert: the certificate with its alt names, services, targets and instances. Refused (SP029)
+-- while DNS holds TLSA records it wrote (tlsa_owners_in_dns) or a publish_tlsa job of it may still write
+-- some: gone, it would leave records that vouch for its keys, and nobody would withdraw them
 CREATE OR REPLACE FUNCTION pki.remove_cert(the_cert_name text)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
     v_cert int := cert_id(the_cert_name);
+    v_owners text;
+    v_job text;
 BEGIN
+    PERFORM lock_tlsa(v_cert);   -- a publish_tlsa completion of it keeps tlsa_owners_in_dns under this lock
+    SELECT string_agg(d.owner, ', ' ORDER BY d.owner) INTO v_owners FROM tlsa_owners_in_dns d WHERE d.certificate = v_cert;
+    SELECT format('%s (%s)', j.id, j.state) INTO v_job FROM jobs j
+     WHERE j.kind = 'publish_tlsa' AND j.certificate = v_cert AND j.state IN ('queued', 'running', 'failed');
+    IF v_owners IS NOT NULL OR v_job IS NOT NULL THEN
+        PERFORM raise_error('SP029',
+            format('certificate %s %s: removed, it would leave TLSA records that vouch for its keys, and nobody would withdraw them',
+                   the_cert_name, CASE WHEN v_owners IS NOT NULL THEN 'has TLSA records in DNS at ' || v_owners
+                                       ELSE 'has publish_tlsa job ' || v_job || ', which may write TLSA records' END),
+            format('withdraw them first with operate_serverPKI -R -o %s (add -i %s when it is disabled), then remove it',
+                   the_cert_name, the_cert_name));
+    END IF;
     DELETE FROM certificates WHERE id = v_cert;
 END
 $$;
