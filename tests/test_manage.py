@@ -805,6 +805,7 @@ def test_readme_management_session(conn):
 PLAN_INDEPENDENT = [
     ("SELECT remove_cert(%s)", ("nope.example.org",), "SP002", "nope.example.org"),
     ("SELECT remove_cert(%s)", (None,), "SP009", "certificate name"),
+    ("SELECT * FROM forget_tlsa_owners(%s)", ("nope.example.org",), "SP002", "nope.example.org"),
     ("SELECT disable_cert(%s)", ("nope.example.org",), "SP002", "nope.example.org"),
     ("SELECT enable_cert(%s)", ("nope.example.org",), "SP002", "nope.example.org"),
     ("SELECT remove_disthost(%s)", ("web9.example.org",), "SP002", "web9.example.org"),

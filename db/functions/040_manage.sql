@@ -179,7 +179,9 @@ $$;
 
 -- remove_cert: the certificate with its alt names, services, targets and instances. Refused (SP029)
 -- while DNS holds TLSA records it wrote (tlsa_owners_in_dns) or a publish_tlsa job of it may still write
--- some: gone, it would leave records that vouch for its keys, and nobody would withdraw them
+-- some: gone, it would leave records that vouch for its keys, and nobody would withdraw them. Records that
+-- cannot be withdrawn (the zone given up, or in other hands) the operator removes there and forgets here
+-- (forget_tlsa_owners). A plain DELETE FROM pki.certificates skips this check
 CREATE OR REPLACE FUNCTION pki.remove_cert(the_cert_name text)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pki, dd, pg_temp
@@ -189,19 +191,47 @@ DECLARE
     v_owners text;
     v_job text;
 BEGIN
-    PERFORM lock_tlsa(v_cert);   -- a publish_tlsa completion of it keeps tlsa_owners_in_dns under this lock
-    SELECT string_agg(d.owner, ', ' ORDER BY d.owner) INTO v_owners FROM tlsa_owners_in_dns d WHERE d.certificate = v_cert;
-    SELECT format('%s (%s)', j.id, j.state) INTO v_job FROM jobs j
-     WHERE j.kind = 'publish_tlsa' AND j.certificate = v_cert AND j.state IN ('queued', 'running', 'failed');
-    IF v_owners IS NOT NULL OR v_job IS NOT NULL THEN
+    -- one snapshot, no lock: only a completion of its own publish_tlsa job writes its rows there, and that job
+    -- is running until the completion commits, so one of the two is seen (a lock would wait in the wrong order:
+    -- completions take lock_tlsa after the instances' rows, which the DELETE below takes)
+    SELECT (SELECT string_agg(d.owner, ', ' ORDER BY d.owner) FROM tlsa_owners_in_dns d WHERE d.certificate = v_cert),
+           (SELECT format('%s (%s)', j.id, j.state) FROM jobs j
+             WHERE j.kind = 'publish_tlsa' AND j.certificate = v_cert AND j.state IN ('queued', 'running', 'failed'))
+      INTO v_owners, v_job;
+    IF v_owners IS NOT NULL THEN
         PERFORM raise_error('SP029',
-            format('certificate %s %s: removed, it would leave TLSA records that vouch for its keys, and nobody would withdraw them',
-                   the_cert_name, CASE WHEN v_owners IS NOT NULL THEN 'has TLSA records in DNS at ' || v_owners
-                                       ELSE 'has publish_tlsa job ' || v_job || ', which may write TLSA records' END),
-            format('withdraw them first with operate_serverPKI -R -o %s (add -i %s when it is disabled), then remove it',
-                   the_cert_name, the_cert_name));
+            format('certificate %s has TLSA records in DNS at %s: removed, it would leave them vouching for its keys, '
+                   'and nobody would withdraw them', the_cert_name, v_owners),
+            format('withdraw them first with operate_serverPKI -R -o %s (add -i %s when it is disabled), then remove it; '
+                   'records that cannot be withdrawn (the zone given up, or served elsewhere): delete them there by hand, '
+                   'then SELECT forget_tlsa_owners(%L)', the_cert_name, the_cert_name, the_cert_name));
+    ELSIF v_job IS NOT NULL THEN
+        PERFORM raise_error('SP029',
+            format('certificate %s has publish_tlsa job %s, which may write TLSA records: removed, nobody would withdraw them',
+                   the_cert_name, v_job),
+            format('let that job end first (operate_serverPKI runs it when it is due; SELECT state, run_after, last_error '
+                   'FROM jobs WHERE id = %s), then remove it', split_part(v_job, ' ', 1)));
     END IF;
     DELETE FROM certificates WHERE id = v_cert;
+END
+$$;
+
+-- forget_tlsa_owners: the owners at which the certificate's TLSA records are kept as in DNS
+-- (tlsa_owners_in_dns; all of them, or those named) are forgotten: the operator removed the records by
+-- hand where no publish_tlsa job can (their zone given up or served elsewhere, DNS updates stopped).
+-- Returns the owners forgotten. SECURITY DEFINER: the table is the jobs' record, not configuration
+-- SELECT * FROM forget_tlsa_owners('www.example.org');
+CREATE OR REPLACE FUNCTION pki.forget_tlsa_owners(the_cert_name text, the_owners text[] DEFAULT NULL)
+RETURNS SETOF text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pki, dd, pg_temp
+AS $$
+DECLARE
+    v_cert int := cert_id(the_cert_name);
+BEGIN
+    PERFORM lock_tlsa(v_cert);   -- as a publish_tlsa completion of it, which writes these rows
+    RETURN QUERY DELETE FROM tlsa_owners_in_dns d
+                  WHERE d.certificate = v_cert AND (the_owners IS NULL OR d.owner = ANY (ARRAY(SELECT lower(o) FROM unnest(the_owners) o)))
+              RETURNING d.owner;
 END
 $$;
 

@@ -108,8 +108,7 @@ GRANT EXECUTE ON FUNCTION pki.service_id(text, integer) TO pki_admin;
 -- management: the operator's functions (README, "Managing configuration with psql")
 GRANT EXECUTE ON FUNCTION pki.add_cert(text, text, text, text, boolean, text, text, integer, text, text, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.remove_cert(text) TO pki_admin;
--- remove_cert waits for a publish_tlsa completion of the certificate (its TLSA records in DNS are known then)
-GRANT EXECUTE ON FUNCTION pki.lock_tlsa(integer) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.forget_tlsa_owners(text, text[]) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.disable_cert(text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.enable_cert(text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.set_key_reuse(text, integer, integer) TO pki_admin;
