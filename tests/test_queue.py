@@ -866,9 +866,38 @@ def test_a_TLSA_owner_that_goes_has_its_records_withdrawn_by_the_next_run(conn):
                          match="has TLSA records in DNS at _443._tcp.www.moved.example.")
     assert "SELECT forget_tlsa_owners('www.example.org')" in err.diag.message_hint
     assert conn.execute("SELECT * FROM forget_tlsa_owners('www.example.org', ARRAY['_25._tcp.other.example.'])").fetchall() == []
-    assert conn.execute("SELECT * FROM forget_tlsa_owners('WWW.example.org')").fetchall() == [("_443._tcp.www.moved.example.",)]
+    assert conn.execute("SELECT * FROM forget_tlsa_owners('WWW.example.org', ARRAY['_443._TCP.www.moved.example'])"
+                        ).fetchall() == [("_443._tcp.www.moved.example.",)]
     conn.execute("SELECT remove_cert('www.example.org')")
     assert conn.execute("SELECT count(*) FROM jobs WHERE kind = 'publish_tlsa' AND state = 'queued'").fetchone()[0] == 0
+
+
+def test_remove_cert_waits_for_a_completion_that_hands_an_owner_to_the_certificate(conn, dsn):
+    """A name moved to X: Y's publish_tlsa completion drops Y's record of the owner and enqueues X's job (its
+    records follow). remove_cert(X) while that completion is not committed waits for it, then is refused for
+    X's job (SP029): checked before, it would see neither, and X would go with Y's records left in DNS."""
+    x = deployed_cert(conn, tlsa=True)["certificate"]
+    y = deployed_cert(conn, "other.example.org", tlsa=True)["certificate"]
+    moved = "_443._tcp.www.example.org."
+    owner = owner_conn(conn)
+    owner.execute("DELETE FROM tlsa_owners_in_dns")
+    owner.execute("INSERT INTO tlsa_owners_in_dns VALUES (%s, %s)", (moved, y))
+    owner.execute("SELECT enqueue_tlsa(%s, 'test: the name moved')", (y,))
+    [of_y] = claim(conn, kinds=["publish_tlsa"])
+    assert of_y["certificate"] == y
+    token = lease_of(conn, of_y["id"], "a1")
+    outcome: dict = {}
+    with psycopg.connect(dsn) as completing, psycopg.connect(dsn, autocommit=True) as operator:
+        at(completing, T0)
+        at(operator, T0)
+        completing.execute(*completion_call(completing, of_y["id"], token, {"in_dns": ["_443._tcp.other.example.org."]}))
+        remover = in_thread(outcome, operator.execute, "SELECT remove_cert('www.example.org')")
+        remover.join(1)
+        assert remover.is_alive(), "remove_cert did not wait for the completion that enqueued a job of it"
+        completing.commit()
+        remover.join(15)
+    assert outcome["error"].diag.sqlstate == "SP029" and "has publish_tlsa job" in outcome["error"].diag.message_primary
+    assert conn.execute("SELECT count(*) FROM certificates WHERE id = %s", (x,)).fetchone()[0] == 1
 
 
 def test_the_publish_tlsa_completion_keeps_the_owners_in_DNS_and_refuses_a_malformed_or_foreign_list(conn):

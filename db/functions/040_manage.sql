@@ -191,9 +191,11 @@ DECLARE
     v_owners text;
     v_job text;
 BEGIN
-    -- one snapshot, no lock: only a completion of its own publish_tlsa job writes its rows there, and that job
-    -- is running until the completion commits, so one of the two is seen (a lock would wait in the wrong order:
-    -- completions take lock_tlsa after the instances' rows, which the DELETE below takes)
+    -- its row first, the lock the DELETE below takes first (lock_tlsa here would come before the instances'
+    -- rows, the wrong order: completions take it after them): a transaction that enqueued a job of it (a name
+    -- handed over to it) commits before the check. Then one snapshot: only a completion of its own
+    -- publish_tlsa job writes its rows there, and that job is running until the completion commits
+    PERFORM 1 FROM certificates WHERE id = v_cert FOR UPDATE;
     SELECT (SELECT string_agg(d.owner, ', ' ORDER BY d.owner) FROM tlsa_owners_in_dns d WHERE d.certificate = v_cert),
            (SELECT format('%s (%s)', j.id, j.state) FROM jobs j
              WHERE j.kind = 'publish_tlsa' AND j.certificate = v_cert AND j.state IN ('queued', 'running', 'failed'))
@@ -203,14 +205,16 @@ BEGIN
             format('certificate %s has TLSA records in DNS at %s: removed, it would leave them vouching for its keys, '
                    'and nobody would withdraw them', the_cert_name, v_owners),
             format('withdraw them first with operate_serverPKI -R -o %s (add -i %s when it is disabled), then remove it; '
-                   'records that cannot be withdrawn (the zone given up, or served elsewhere): delete them there by hand, '
-                   'then SELECT forget_tlsa_owners(%L)', the_cert_name, the_cert_name, the_cert_name));
+                   'records it cannot withdraw (their zone given up or served elsewhere, a name moved to a certificate '
+                   'not in service): delete them there by hand, then SELECT forget_tlsa_owners(%L)',
+                   the_cert_name, the_cert_name, the_cert_name));
     ELSIF v_job IS NOT NULL THEN
         PERFORM raise_error('SP029',
             format('certificate %s has publish_tlsa job %s, which may write TLSA records: removed, nobody would withdraw them',
                    the_cert_name, v_job),
-            format('let that job end first (operate_serverPKI runs it when it is due; SELECT state, run_after, last_error '
-                   'FROM jobs WHERE id = %s), then remove it', split_part(v_job, ' ', 1)));
+            format('let that job end first (operate_serverPKI runs it when it is due; one that keeps failing backs off '
+                   'and dies after its attempts: SELECT state, attempts, run_after, last_error FROM jobs WHERE id = %s), '
+                   'then remove it', split_part(v_job, ' ', 1)));
     END IF;
     DELETE FROM certificates WHERE id = v_cert;
 END
@@ -228,9 +232,13 @@ AS $$
 DECLARE
     v_cert int := cert_id(the_cert_name);
 BEGIN
-    PERFORM lock_tlsa(v_cert);   -- as a publish_tlsa completion of it, which writes these rows
+    -- the locks a publish_tlsa completion takes before it writes these rows, in its order (keep_owners_in_dns)
+    PERFORM lock_tlsa(v_cert);
+    PERFORM pg_advisory_xact_lock(hashtext('pki.tlsa_owners_in_dns'));
+    -- owners as tlsa_owners_in_dns spells them: lower case, with the final dot
     RETURN QUERY DELETE FROM tlsa_owners_in_dns d
-                  WHERE d.certificate = v_cert AND (the_owners IS NULL OR d.owner = ANY (ARRAY(SELECT lower(o) FROM unnest(the_owners) o)))
+                  WHERE d.certificate = v_cert
+                    AND (the_owners IS NULL OR d.owner = ANY (ARRAY(SELECT lower(rtrim(o, '.')) || '.' FROM unnest(the_owners) o)))
               RETURNING d.owner;
 END
 $$;
