@@ -213,8 +213,9 @@ class _Held:
 
 class _Completions:
     """Completions overlapped: a job of an overlapped kind (job_kinds.concurrency: issue_local, a key and a
-    certificate) does nothing outside the agent but compute its completion, so the next ones' handlers may run while the database applies the completions of those before (checks, storage, events,
-    on the other core), and the next claim goes while the last ones are applied. A completer thread takes
+    certificate) does nothing outside the agent but compute its completion, so the next ones' handlers may
+    run while the database applies the completions of those before (checks, storage, events, on the other
+    core), and the next claim goes while the last ones are applied. A completer thread takes
     the completions handed over whenever the database is free, all that are there (a few gathered first:
     GATHER_COMPLETIONS), together (complete_issue_batch: one round trip, one statement per step for all of
     them), on the agent's own connection (the one whose server-side Python is warm): it does not wait for
@@ -619,8 +620,9 @@ class Agent:
 
     def _hand_back(self, interrupted: bool) -> None:
         """A drain that ended abnormally, its threads joined (after a second Ctrl-C some may still run: _Held
-        keeps them from beginning a job), hands back the jobs it claimed whose work never took effect (_Held.to_hand_back: the claim made ahead, the rest of a claim, and when interrupted the
-        overlapped jobs whose completions were not sent). release_jobs: due again at once, the attempt not
+        keeps them from beginning a job), hands back the jobs it claimed whose work never took effect
+        (_Held.to_hand_back: the claim made ahead, the rest of a claim, and when interrupted the overlapped
+        jobs whose completions were not sent). release_jobs: due again at once, the attempt not
         counted; a job done, refused or taken over meanwhile is not under its lease any more and stays as it
         is. On a connection of its own, for HAND_BACK_SECONDS at most: a database that does not answer does
         not hold the exit, and the leases bring the jobs back."""
@@ -634,9 +636,9 @@ class Agent:
 
         def release() -> None:
             try:
+                params = {"jobs": [job.id for job in jobs], "tokens": [job.lease for job in jobs]}
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=HAND_BACK_SECONDS) as conn:
-                    released.append(conn.execute(q("release_jobs"), {"jobs": [job.id for job in jobs],
-                                                                     "tokens": [job.lease for job in jobs]}).fetchone()[0])
+                    released.append(conn.execute(q("release_jobs"), params).fetchone()[0])
             except psycopg.Error as exc:
                 released.append(exc)
 
