@@ -113,3 +113,19 @@ def test_a_new_kind_is_one_sql_file_and_one_handler(conn, pg_server, dbname, tmp
     events = owner.execute("SELECT job_state::text, reason FROM events WHERE job = %s ORDER BY id", (mute,)).fetchall()
     assert events == [("dead", f"echo job {mute}: nothing to repeat")]
     assert owner.execute("SELECT args FROM jobs WHERE id = %s", (mute,)).fetchone()[0] == {"cleaned up": True}
+
+
+@pytest.mark.parametrize("call, says", [
+    ("SELECT pki.define_job_kind('t_bad', 'test', 1, 0, 'complete_job', NULL, 'parallel')",
+     "job kind t_bad: concurrency 'parallel' is none of serial, pooled, overlapped"),
+    ("SELECT pki.define_job_kind('t_bad', 'test', 1, 0, 'complete_job', NULL, NULL)",
+     "job kind t_bad: concurrency NULL is none of serial, pooled, overlapped"),
+    ("SELECT pki.define_job_kind('t_bad', 'test', 1, 0, 'complete_job', 'no_such_cleanup')",
+     "job kind t_bad: no clean-up function pki.no_such_cleanup(pki.jobs)"),
+])
+def test_a_kind_registered_wrongly_is_refused_by_name(conn, call, says):
+    """define_job_kind names what is wrong with a kind's file, and registers nothing."""
+    owner = owner_conn(conn)
+    with pytest.raises(psycopg.Error, match=re.escape(says)):
+        owner.execute(call)
+    assert owner.execute("SELECT count(*) FROM job_kinds WHERE kind = 't_bad'").fetchone()[0] == 0

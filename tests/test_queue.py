@@ -865,7 +865,12 @@ def test_a_TLSA_owner_that_goes_has_its_records_withdrawn_by_the_next_run(conn):
     err = assert_refused(conn, "SELECT remove_cert('www.example.org')", sqlstate="SP029",
                          match="has TLSA records in DNS at _443._tcp.www.moved.example.")
     assert "SELECT forget_tlsa_owners('www.example.org')" in err.diag.message_hint
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary))
     assert conn.execute("SELECT * FROM forget_tlsa_owners('www.example.org', ARRAY['_25._tcp.other.example.'])").fetchall() == []
+    assert notices == ["certificate www.example.org: _25._tcp.other.example. not kept as in DNS for it, nothing to forget there"]
+    assert_refused(conn, "SELECT * FROM forget_tlsa_owners('www.example.org', ARRAY['www.moved.example.'])", sqlstate="SP001",
+                   match="www.moved.example. is not a TLSA owner name")
     assert conn.execute("SELECT * FROM forget_tlsa_owners('WWW.example.org', ARRAY['_443._TCP.www.moved.example'])"
                         ).fetchall() == [("_443._tcp.www.moved.example.",)]
     conn.execute("SELECT remove_cert('www.example.org')")

@@ -651,8 +651,8 @@ class Agent:
             log.info("agent %s: %s jobs handed back, due again (of %s: %s)", self.name, released[0], len(jobs), listed)
         else:
             why = _first_line(released[0]) if released else f"no answer within {HAND_BACK_SECONDS} s"
-            log.info("agent %s: %s jobs not handed back (%s); they are claimed again when their lease runs out (%s)",
-                     self.name, len(jobs), listed, why)
+            log.warning("agent %s: %s jobs not handed back (%s); they are claimed again when their lease runs out, "
+                        "in %s s at most: run again then (%s)", self.name, len(jobs), listed, self.lease, why)
 
     def _read_ahead(self, jobs: list[Job], on_connection, hook: str = "read_ahead", batch: dict | None = None) -> dict:
         """Context.batch for the handlers of a claim (batch: the one it has, else a new one), with what the

@@ -189,7 +189,8 @@ AS $$
 DECLARE
     v_cert int := cert_id(the_cert_name);
     v_owners text;
-    v_job text;
+    v_job bigint;
+    v_job_state text;
 BEGIN
     -- its row first, the lock the DELETE below takes first (lock_tlsa here would come before the instances'
     -- rows, the wrong order: completions take it after them): a transaction that enqueued a job of it (a name
@@ -197,9 +198,9 @@ BEGIN
     -- publish_tlsa job writes its rows there, and that job is running until the completion commits
     PERFORM 1 FROM certificates WHERE id = v_cert FOR UPDATE;
     SELECT (SELECT string_agg(d.owner, ', ' ORDER BY d.owner) FROM tlsa_owners_in_dns d WHERE d.certificate = v_cert),
-           (SELECT format('%s (%s)', j.id, j.state) FROM jobs j
-             WHERE j.kind = 'publish_tlsa' AND j.certificate = v_cert AND j.state IN ('queued', 'running', 'failed'))
-      INTO v_owners, v_job;
+           j.id, j.state::text
+      INTO v_owners, v_job, v_job_state
+      FROM (SELECT active_job('publish_tlsa', tlsa_subject_key(v_cert)) AS id) a LEFT JOIN jobs j ON j.id = a.id;
     IF v_owners IS NOT NULL THEN
         PERFORM raise_error('SP029',
             format('certificate %s has TLSA records in DNS at %s: removed, it would leave them vouching for its keys, '
@@ -210,11 +211,11 @@ BEGIN
                    the_cert_name, the_cert_name, the_cert_name));
     ELSIF v_job IS NOT NULL THEN
         PERFORM raise_error('SP029',
-            format('certificate %s has publish_tlsa job %s, which may write TLSA records: removed, nobody would withdraw them',
-                   the_cert_name, v_job),
+            format('certificate %s has publish_tlsa job %s (%s), which may write TLSA records: removed, nobody would withdraw them',
+                   the_cert_name, v_job, v_job_state),
             format('let that job end first (operate_serverPKI runs it when it is due; one that keeps failing backs off '
                    'and dies after its attempts: SELECT state, attempts, run_after, last_error FROM jobs WHERE id = %s), '
-                   'then remove it', split_part(v_job, ' ', 1)));
+                   'then remove it', v_job));
     END IF;
     DELETE FROM certificates WHERE id = v_cert;
 END
@@ -231,15 +232,29 @@ SET search_path = pki, dd, pg_temp
 AS $$
 DECLARE
     v_cert int := cert_id(the_cert_name);
+    -- owners as tlsa_owners_in_dns spells them: lower case, with the final dot
+    v_owners text[] := ARRAY(SELECT lower(rtrim(o, '.')) || '.' FROM unnest(the_owners) o WHERE o IS NOT NULL);
+    v_bad text := (SELECT o FROM unnest(v_owners) o WHERE tlsa_owner_name(o) IS NULL LIMIT 1);
+    v_forgotten text[];
 BEGIN
+    IF v_bad IS NOT NULL THEN
+        PERFORM raise_error('SP001', format('%s is not a TLSA owner name', v_bad),
+            format('name the owners as SELECT owner FROM tlsa_owners_in_dns WHERE certificate = cert_id(%L) lists them, '
+                   'such as ''_443._tcp.www.example.org.'', or none for all of them', the_cert_name));
+    END IF;
     -- the locks a publish_tlsa completion takes before it writes these rows, in its order (keep_owners_in_dns)
     PERFORM lock_tlsa(v_cert);
     PERFORM pg_advisory_xact_lock(hashtext('pki.tlsa_owners_in_dns'));
-    -- owners as tlsa_owners_in_dns spells them: lower case, with the final dot
-    RETURN QUERY DELETE FROM tlsa_owners_in_dns d
-                  WHERE d.certificate = v_cert
-                    AND (the_owners IS NULL OR d.owner = ANY (ARRAY(SELECT lower(rtrim(o, '.')) || '.' FROM unnest(the_owners) o)))
-              RETURNING d.owner;
+    WITH gone AS (
+        DELETE FROM tlsa_owners_in_dns d
+         WHERE d.certificate = v_cert AND (the_owners IS NULL OR d.owner = ANY (v_owners))
+     RETURNING d.owner)
+    SELECT ARRAY(SELECT owner FROM gone ORDER BY owner) INTO v_forgotten;
+    IF the_owners IS NOT NULL AND cardinality(v_owners) > cardinality(v_forgotten) THEN
+        RAISE NOTICE 'certificate %: % not kept as in DNS for it, nothing to forget there', the_cert_name,
+            array_to_string(ARRAY(SELECT o FROM unnest(v_owners) o EXCEPT SELECT unnest(v_forgotten) ORDER BY 1), ', ');
+    END IF;
+    RETURN QUERY SELECT unnest(v_forgotten);
 END
 $$;
 

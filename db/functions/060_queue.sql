@@ -74,6 +74,10 @@ BEGIN
     IF on_dead IS NOT NULL AND to_regprocedure(format('pki.%I(pki.jobs)', on_dead)) IS NULL THEN
         RAISE EXCEPTION 'job kind %: no clean-up function pki.%(pki.jobs)', the_kind, on_dead;
     END IF;
+    IF concurrency IS NULL OR concurrency NOT IN ('serial', 'pooled', 'overlapped') THEN
+        RAISE EXCEPTION 'job kind %: concurrency % is none of serial, pooled, overlapped (job_kinds.concurrency says what each means)',
+            the_kind, coalesce(quote_literal(concurrency), 'NULL');
+    END IF;
     INSERT INTO job_kinds AS k (kind, description, max_attempts, priority, complete_with, on_dead, concurrency)
     VALUES (the_kind, the_description, the_max_attempts, the_priority, complete_with, on_dead, concurrency)
     ON CONFLICT (kind) DO UPDATE SET description = EXCLUDED.description, complete_with = EXCLUDED.complete_with,

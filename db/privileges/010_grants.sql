@@ -108,6 +108,9 @@ GRANT EXECUTE ON FUNCTION pki.service_id(text, integer) TO pki_admin;
 -- management: the operator's functions (README, "Managing configuration with psql")
 GRANT EXECUTE ON FUNCTION pki.add_cert(text, text, text, text, boolean, text, text, integer, text, text, text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.remove_cert(text) TO pki_admin;
+-- remove_cert looks up the certificate's active publish_tlsa job as the queue does
+GRANT EXECUTE ON FUNCTION pki.active_job(text, text) TO pki_admin;
+GRANT EXECUTE ON FUNCTION pki.tlsa_subject_key(integer) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.forget_tlsa_owners(text, text[]) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.disable_cert(text) TO pki_admin;
 GRANT EXECUTE ON FUNCTION pki.enable_cert(text) TO pki_admin;
